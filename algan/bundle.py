@@ -1,0 +1,195 @@
+"""The model bundle: a directory with ``weights.safetensors`` (no pickles) and the ``algan.json`` manifest.
+
+Manifest (format version 1)::
+
+    format_version, model_id, created (UTC ISO 8601), algan_edge_version,
+    backbone:    BackboneSpec (name, blocks, pooling, input_size [H, W], mean, std, weights_sha256)
+    input:       {height, width, layout: NHWC, dtype: uint8, colour_order: BGR}
+    features:    {transform: standardize|pca, in_dim, dim}
+    head:        {kind: algan|mahalanobis|knn, settings: {...}}
+    calibration: {center, threshold, target_fpr, n_images, source}
+    training:    {data: dataset summary, n_train, n_holdout, seed, train_s, final losses}
+    exports:     filled by algan-export
+
+The backbone's ImageNet weights are not copied into the bundle: they are rebuilt from their package and checked
+against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8 held-out normal frames
+(N, H, W, 3) for parity checks and INT8 calibration without the original data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "algan.json"
+WEIGHTS = "weights.safetensors"
+SAMPLES = "samples.safetensors"
+#: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
+STORED_PREFIXES = ("transform.", "head.", "calibration.")
+
+
+class BundleError(ValueError):
+    """A model directory that is missing, incomplete or of an unsupported format."""
+
+
+def utc_now_iso() -> str:
+    """UTC time as ISO 8601 with milliseconds and ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    """Read and validate ``algan.json`` (no torch needed).
+
+    Raises:
+        BundleError: missing directory/manifest, unreadable JSON, or an unsupported format version.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST
+    if not model_dir.is_dir():
+        raise BundleError(f"model directory {model_dir} does not exist; train one with algan-train --out {model_dir}")
+    if not path.is_file():
+        raise BundleError(f"{model_dir} is not a model bundle ({MANIFEST} missing); train one with algan-train")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}; re-train or restore the bundle") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        msg = (
+            f"{path} has format version {version}, this algan-edge reads version {FORMAT_VERSION}; "
+            "re-train the model or install the algan-edge version that wrote it"
+        )
+        raise BundleError(msg)
+    return manifest
+
+
+def write_manifest(model_dir: str | Path, manifest: dict) -> None:
+    """Atomically (temp file + rename) write ``algan.json``."""
+    atomic_write_bytes(Path(model_dir) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: dict | None = None,
+                samples: np.ndarray | None = None) -> Path:
+    """Write a bundle. The directory is built under a temporary name and renamed into place, so an interrupted
+    save never leaves a half-written bundle (an existing bundle at ``model_dir`` is replaced only on success).
+
+    Args:
+        detector: :class:`algan.model.detector.AnomalyDetector`.
+        manifest: the manifest dict (``format_version`` is set here).
+        extra_tensors: more named tensors to store (e.g. the generator, ``generator.*``).
+        samples: optional uint8 (N, H, W, 3) held-out normal frames.
+    """
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.tmp"))
+    try:
+        state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
+        for k, v in (extra_tensors or {}).items():
+            state[k] = v.detach().contiguous()
+        save_file(state, str(tmp / WEIGHTS), metadata={"model_id": manifest.get("model_id", "")})
+        if samples is not None:
+            import torch
+
+            save_file({"images": torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES))
+        manifest = {"format_version": FORMAT_VERSION, **manifest}
+        write_manifest(tmp, manifest)
+        if model_dir.exists():
+            old = model_dir.with_name(f".{model_dir.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            model_dir.rename(old)
+            tmp.rename(model_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model_dir
+
+
+def load_samples(model_dir: str | Path) -> np.ndarray | None:
+    """The bundle's stored uint8 (N, H, W, 3) sample frames, or ``None``."""
+    path = Path(model_dir) / SAMPLES
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))["images"]
+
+
+def load_bundle(model_dir: str | Path):
+    """Rebuild the torch detector of a bundle.
+
+    Returns:
+        ``(detector, manifest)``; the detector is an :class:`AnomalyDetector` in eval mode.
+
+    Raises:
+        BundleError: missing/invalid files or tensors that do not match the manifest.
+    """
+    from safetensors.torch import load_file
+
+    from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
+    from algan.model.detector import AnomalyDetector, Calibration
+    from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
+    from algan.model.train import AlganConfig
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    wpath = model_dir / WEIGHTS
+    if not wpath.is_file():
+        raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
+    try:
+        spec = BackboneSpec.from_json(manifest["backbone"])
+        feat = manifest["features"]
+        head_cfg = manifest["head"]
+        kind = head_cfg["kind"]
+        cal = manifest["calibration"]
+    except KeyError as exc:
+        raise BundleError(f"{model_dir / MANIFEST} lacks the field {exc}; re-train the model") from exc
+    backbone = build_backbone(spec)
+    transform = FeatureTransform.empty(feat["in_dim"], feat["dim"])
+    settings = head_cfg.get("settings", {})
+    if kind == "algan":
+        head = AlganConfig.from_json(settings).build_head(feat["dim"])
+    elif kind == "mahalanobis":
+        head = MahalanobisHead.empty(feat["dim"])
+    elif kind == "knn":
+        head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"])
+    else:
+        raise BundleError(f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn")
+    det = AnomalyDetector(Preprocess(spec.mean, spec.std), backbone, transform, head,
+                          Calibration(cal["center"], cal["threshold"]))
+    state = load_file(str(wpath))
+    wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
+    stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}
+    if set(stored) != wanted:
+        missing = sorted(wanted - set(stored))[:3]
+        extra = sorted(set(stored) - wanted)[:3]
+        raise BundleError(f"{wpath} does not match its manifest (missing {missing}, unexpected {extra}); re-train")
+    try:
+        det.load_state_dict(stored, strict=False)
+    except RuntimeError as exc:
+        raise BundleError(f"{wpath} does not match its manifest: {str(exc).splitlines()[0]}; re-train") from exc
+    det.eval()
+    return det, manifest

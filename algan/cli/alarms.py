@@ -1,0 +1,204 @@
+"""``algan-alarms``: subscribe to alarm events, print one line per event, optionally run a command per raised alarm.
+
+Usage::
+
+    algan-alarms --broker 127.0.0.1:1883 [--prefix algan] [--device +] [--exec 'notify-send alarm']
+                 [--count N] [--timeout S] [--json] [--client-id ID]
+
+Subscribes (QoS1) to ``<prefix>/<device>/+/alarm``. Each event prints one line on stdout, e.g.::
+
+    2026-11-30T01:02:03.456Z  line1/cam1  RAISED   score 1.84 (peak 2.31) frames 120-126  id 3f2a...
+
+For each *raised* event ``--exec CMD`` runs through the shell with the event JSON on stdin (plus
+``ALGAN_DEVICE``/``ALGAN_CAMERA``/``ALGAN_ALARM_ID`` in the environment); a failing or hanging command is logged and
+never stops the subscriber.
+
+Exit status: 0 after ``--count`` events, or at ``--timeout`` when no ``--count`` was given, or on SIGINT/SIGTERM;
+1 when the broker cannot be reached at start (one line; after a successful start paho reconnects by itself and
+re-subscribes), when it refuses the connection, or when ``--timeout`` passes before ``--count`` events arrived.
+With ``--client-id`` the broker keeps a persistent session, so QoS1 alarms sent while the subscriber was down are
+delivered when it comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from algan.edge.logs import LEVELS, setup_logging
+
+log = logging.getLogger("algan.alarms")
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, port 1883; ``[::1]:1883`` for IPv6) -> (host, port).
+
+    Raises:
+        argparse.ArgumentTypeError: malformed text or a port outside 1-65535.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = text, "1883"
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad broker {text!r}: use HOST:PORT, e.g. 127.0.0.1:1883") from None
+    if not host or not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"bad broker {text!r}: use HOST:PORT with a port in 1-65535")
+    return host, port
+
+
+def format_event(topic: str, event: dict[str, Any]) -> str:
+    """One readable line for an alarm event published on ``.../<device>/<camera>/alarm``."""
+    parts = topic.split("/")
+    where = f"{parts[-3]}/{parts[-2]}" if len(parts) >= 3 else topic
+
+    def num(key: str) -> str:
+        v = event.get(key)
+        return f"{v:.2f}" if isinstance(v, int | float) else "?"
+
+    return (
+        f"{event.get('ts', '?')}  {where}  {str(event.get('state', '?')).upper():<8} score {num('score')} "
+        f"(peak {num('peak')}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}  "
+        f"id {event.get('id', '?')}"
+    )
+
+
+def run_command(cmd: str, topic: str, event: dict[str, Any], payload: bytes, timeout: float) -> None:
+    """Run ``cmd`` through the shell with ``payload`` on stdin; log failures, never raise."""
+    parts = topic.split("/")
+    env = dict(os.environ)
+    if len(parts) >= 3:
+        env.update(ALGAN_DEVICE=parts[-3], ALGAN_CAMERA=parts[-2])
+    env["ALGAN_ALARM_ID"] = str(event.get("id", ""))
+    try:
+        res = subprocess.run(cmd, shell=True, input=payload, env=env, timeout=timeout, check=False,
+                             stdout=sys.stderr, stderr=sys.stderr)
+    except subprocess.TimeoutExpired:
+        log.error("--exec command timed out after %g s (killed): %s", timeout, cmd)
+    except OSError as e:
+        log.error("--exec command could not start (%s): %s", e, cmd)
+    else:
+        if res.returncode != 0:
+            log.error("--exec command exited with status %d: %s", res.returncode, cmd)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="algan-alarms", description="Print (and act on) algan-edge alarm events.")
+    p.add_argument("--broker", type=parse_broker, default=("127.0.0.1", 1883), help="HOST:PORT (127.0.0.1:1883)")
+    p.add_argument("--prefix", default="algan", help="topic prefix (default: algan)")
+    p.add_argument("--device", default="+", help="device id, or + for all devices (default)")
+    p.add_argument("--exec", dest="exec_cmd", metavar="CMD", help="shell command run per RAISED event, JSON on stdin")
+    p.add_argument("--exec-timeout", type=float, default=30.0, help="seconds before --exec is killed (default: 30)")
+    p.add_argument("--count", type=int, help="exit 0 after N events")
+    p.add_argument("--timeout", type=float, help="exit after S seconds")
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line (with topic) instead")
+    p.add_argument("--client-id", help="fixed client id: persistent session, alarms queued while away")
+    p.add_argument("--username", help="broker user name")
+    p.add_argument("--password", default=os.environ.get("ALGAN_MQTT_PASSWORD"),
+                   help="broker password (default: $ALGAN_MQTT_PASSWORD)")
+    p.add_argument("--log-level", default="info", choices=LEVELS, help="stderr log verbosity (default: info)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    host, port = args.broker
+    topic = f"{args.prefix}/{args.device}/+/alarm"
+    events: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    connected = threading.Event()
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+            return
+        client.subscribe(topic, qos=1)
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        log.info("subscribed to %s on %s:%d", topic, host, port)
+        connected.set()
+
+    def on_message(client, userdata, msg) -> None:  # noqa: ANN001
+        events.put((msg.topic, msg.payload))
+
+    persistent = args.client_id is not None
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id or "",
+                         clean_session=not persistent, protocol=mqtt.MQTTv311)
+    if args.username:
+        client.username_pw_set(args.username, args.password)
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        print(f"algan-alarms: cannot reach MQTT broker {host}:{port} ({reason}); check --broker and that the broker "
+              "(or algan-edge with its embedded broker) runs", file=sys.stderr)
+        return 1
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while not connected.wait(0.05):
+            if refused or time.monotonic() > deadline:
+                why = refused[0] if refused else "no answer within 10 s"
+                print(f"algan-alarms: MQTT broker {host}:{port} refused the connection ({why}); check --username/"
+                      "--password", file=sys.stderr)
+                return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        return _consume(args, events, stop)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threading.Event) -> int:
+    end = time.monotonic() + args.timeout if args.timeout is not None else None
+    seen = 0
+    while not stop.is_set():
+        if args.count is not None and seen >= args.count:
+            return 0
+        wait = 0.2 if end is None else min(0.2, end - time.monotonic())
+        if wait <= 0:
+            if args.count is not None:
+                log.error("timeout: %d of %d events received in %g s", seen, args.count, args.timeout)
+                return 1
+            return 0
+        try:
+            topic, payload = events.get(timeout=wait)
+        except queue.Empty:
+            continue
+        try:
+            event = json.loads(payload)
+            if not isinstance(event, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            log.warning("ignoring malformed alarm message on %s: %s", topic, e)
+            continue
+        seen += 1
+        if args.json:
+            print(json.dumps({"topic": topic, **event}, separators=(",", ":")), flush=True)
+        else:
+            print(format_event(topic, event), flush=True)
+        if args.exec_cmd and event.get("state") == "raised":
+            run_command(args.exec_cmd, topic, event, payload, args.exec_timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

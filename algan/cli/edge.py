@@ -1,0 +1,90 @@
+"""``algan-edge``: the line-side anomaly detection daemon.
+
+Usage::
+
+    algan-edge run --config /etc/algan/edge.yaml [--log-level info]
+    algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
+
+Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (model,
+broker, no camera readable, undelivered messages); 2 configuration error. User-caused errors print one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from algan.edge.config import load_config
+from algan.edge.errors import EdgeError, ModelError
+from algan.edge.logs import LEVELS, setup_logging
+from algan.edge.runner import resolve_model_path
+
+log = logging.getLogger("algan.edge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="algan-edge", description="Visual anomaly detection daemon publishing to MQTT.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", required=True, help="edge config YAML (see configs/edge.example.yaml)")
+    run.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
+    chk = sub.add_parser("check-config", help="validate a config file: exit 0 valid, 2 invalid")
+    chk.add_argument("config", help="edge config YAML")
+    return p
+
+
+def _install_signals(stop: threading.Event) -> None:
+    """SIGTERM (systemd stop) and SIGINT set the stop event directly; a second signal kills at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def check_config(path: str) -> int:
+    """Validate the schema and that the model file exists; print one line; return the exit status."""
+    cfg = load_config(path)
+    try:
+        model = resolve_model_path(cfg.model)
+    except ModelError as e:
+        print(f"config error: {path}: model: {e}", file=sys.stderr)
+        return 2
+    print(f"{path}: valid ({len(cfg.cameras)} camera(s), model {model})")
+    return 0
+
+
+def run(path: str, log_level: str) -> int:
+    """Load the config and run the daemon until its sources end or a signal stops it."""
+    from algan.edge.app import EdgeApp
+
+    setup_logging(log_level)
+    cfg = load_config(path)
+    stop = threading.Event()
+    _install_signals(stop)
+    return EdgeApp(cfg, stop=stop).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return check_config(args.config)
+        return run(args.config, args.log_level)
+    except EdgeError as e:
+        print(f"algan-edge: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

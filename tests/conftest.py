@@ -1,0 +1,186 @@
+"""Shared fixtures: a real MQTT broker on a free loopback port, and message collectors.
+
+``mqtt_broker`` starts mosquitto (from PATH or /usr/sbin) when installed, else the embedded amqtt broker, and
+yields ``(host, port)``. ``mqtt_collector`` is a factory: each call connects a client that subscribes to ``#``
+(QoS 2, so the delivered QoS equals the published QoS) and records every message in arrival order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
+    """Wait until something accepts TCP connections on host:port."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def mosquitto_path() -> str | None:
+    """Path of the mosquitto binary, or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
+
+
+@dataclass
+class MosquittoBroker:
+    """A mosquitto process on a free port; ``extra_conf`` lines go into its config file."""
+
+    workdir: Path
+    extra_conf: str = "allow_anonymous true\n"
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(f"listener {self.port} {self.host}\npersistence false\n{self.extra_conf}")
+        binary = mosquitto_path()
+        assert binary is not None
+        self.log = (self.workdir / f"mosquitto-{self.port}.log").open("w")
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
+        if not wait_port(self.host, self.port):
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """(host, port) of a fresh broker: mosquitto when installed, else the embedded amqtt broker."""
+    if mosquitto_path() is not None:
+        broker = MosquittoBroker(tmp_path)
+        try:
+            yield broker.host, broker.port
+        finally:
+            broker.stop()
+        return
+    from algan.edge.broker import EmbeddedBroker
+
+    port = free_port()
+    emb = EmbeddedBroker("127.0.0.1", port)
+    emb.start()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        emb.stop()
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received MQTT message."""
+
+    topic: str
+    payload: str
+    qos: int
+    retain: bool
+
+
+class MqttCollector:
+    """Subscribes to a topic filter (``#`` by default) and records every message in order (thread-safe)."""
+
+    def __init__(self, host: str, port: int, topic: str = "#") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=2)
+        c.on_subscribe = lambda cl, u, mid, rcs, p: self._subscribed.set()
+        c.on_message = self._on_message
+        c.connect(host, port, keepalive=30)
+        c.loop_start()
+        if not self._subscribed.wait(10):
+            c.loop_stop()
+            raise RuntimeError(f"collector could not subscribe on {host}:{port}")
+        self._client = c
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        with self._cond:
+            self.messages.append(Message(msg.topic, msg.payload.decode("utf-8", "replace"), msg.qos, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``predicate(messages)`` holds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.messages), timeout=timeout)
+
+    def on(self, suffix: str) -> list[Message]:
+        """Messages whose topic ends with ``suffix``, in order."""
+        with self._cond:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_collector(mqtt_broker: tuple[str, int]) -> Iterator[Callable[..., MqttCollector]]:
+    """Factory ``mqtt_collector(topic="#") -> MqttCollector`` on the test's broker; all are stopped at teardown."""
+    made: list[MqttCollector] = []
+
+    def make(topic: str = "#") -> MqttCollector:
+        col = MqttCollector(*mqtt_broker, topic=topic)
+        made.append(col)
+        return col
+
+    yield make
+    for col in made:
+        col.stop()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 with nothing listening (at the time of the call)."""
+    return free_port()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[str], MosquittoBroker]]:
+    """Factory ``mosquitto_factory(extra_conf) -> MosquittoBroker`` (skips without mosquitto); stopped at teardown."""
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    made: list[MosquittoBroker] = []
+
+    def make(extra_conf: str = "allow_anonymous true\n") -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path, extra_conf=extra_conf)
+        made.append(broker)
+        return broker
+
+    yield make
+    for b in made:
+        b.stop()
