@@ -179,7 +179,7 @@ def load_bundle(model_dir: str | Path):
     else:
         raise BundleError(f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn")
     det = AnomalyDetector(Preprocess(spec.mean, spec.std), backbone, transform, head,
-                          Calibration(cal["center"], cal["threshold"]))
+                          Calibration(cal["center"], cal["threshold"]), input_size=spec.input_size)
     state = load_file(str(wpath))
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}

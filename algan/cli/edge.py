@@ -69,6 +69,10 @@ def run(path: str, log_level: str) -> int:
     from algan.edge.app import EdgeApp
 
     setup_logging(log_level)
+    if log_level != "debug":  # OpenCV's native warnings duplicate our own one-line reports (e.g. corrupt images)
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     cfg = load_config(path)
     stop = threading.Event()
     _install_signals(stop)

@@ -1,1 +1,19 @@
-"""edge subpackage."""
+"""The line-side runtime: camera sources, cross-camera batching, model runners, alarm logic and MQTT publishing.
+
+Modules (one responsibility each)::
+
+    config    pydantic schema of the YAML config + load_config (one-line errors)
+    sources   OpenCV/folder sources, one reader thread per camera
+    hub       bounded per-camera frame queues (back-pressure for files, newest-only for live sources)
+    batcher   pure batching rule + thin driver
+    runner    Runner protocol, ONNX Runtime runner, load_runner
+    alarm     pure debounced alarm state machine with hysteresis
+    messages  MQTT topics and JSON payloads
+    mqtt      paho-mqtt publisher (will, QoS1 queueing, flush)
+    broker    embedded amqtt broker for machines without one
+    stats     fps / latency bookkeeping
+    app       EdgeApp: ordered start, the loop, ordered stop
+
+Rule: nothing here imports torch (checked by tests/edge/test_no_torch.py). Import submodules directly; this package
+module imports nothing so that ``import algan.edge.config`` stays light.
+"""

@@ -56,7 +56,7 @@ class Batcher(Generic[T]):
     def due(self, now: float) -> bool:
         """True when the batch is full, or non-empty and its first item has waited ``max_wait_s``."""
         n = len(self._items)
-        return n >= self.max_size or (n > 0 and now - self._first_t >= self.max_wait_s)
+        return n >= self.max_size or (n > 0 and now >= self._first_t + self.max_wait_s)
 
     def time_left(self, now: float) -> float | None:
         """Seconds until the batch is due by time (0 when due), or ``None`` when empty."""

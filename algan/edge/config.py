@@ -306,6 +306,8 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         allowed = ", ".join(owner.model_fields) if owner is not None else "?"
         return f"unknown key {loc[-1]!r}; remove it or fix its spelling (allowed here: {allowed})"
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"item {loc[-1]} is missing; expected {desc}" if desc else f"item {loc[-1]} is missing"
     if kind == "missing":
         return f"required setting is missing; add it ({desc})" if desc else "required setting is missing; add it"
     msg = err["msg"].removeprefix("Value error, ")

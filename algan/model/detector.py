@@ -36,7 +36,7 @@ class Calibration(nn.Module):
 class AnomalyDetector(nn.Module):
     """Frames -> calibrated anomaly scores.
 
-    Input: uint8 (N, H, W, 3), BGR, already resized to the bundle's input size on the host
+    Input: uint8 (N, H, W, 3), BGR, already resized to ``input_size`` (H, W) on the host
     (:func:`algan.data.preprocess.prepare_frame`). Output: float32 (N,), 1.0 = alarm threshold.
     """
 
@@ -47,8 +47,10 @@ class AnomalyDetector(nn.Module):
         transform: nn.Module,
         head: nn.Module,
         calibration: Calibration | None = None,
+        input_size: tuple[int, int] = (224, 224),
     ) -> None:
         super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
         self.preprocess = preprocess
         self.backbone = backbone
         self.transform = transform

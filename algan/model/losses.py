@@ -55,3 +55,16 @@ def generator_loss(fake_normal: torch.Tensor) -> torch.Tensor:
         fake_normal: D's logits of G(z_n), float32 (B,).
     """
     return F.softplus(-fake_normal).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 gradient penalty on real data, ``gamma/2 * E_x ||grad_x logit D(x)||^2`` (Mescheder, Geiger & Nowozin
+    2018, "Which training methods for GANs do actually converge?", eq. 9).
+
+    Args:
+        real_logits: D's logits of ``real``, float32 (B,), computed with ``real.requires_grad_(True)``.
+        real: the real batch, float32 (B, K).
+        gamma: penalty weight (>= 0).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.pow(2).sum(dim=1).mean()

@@ -1,70 +1,170 @@
 """ALGAN training loop (the only place with optimisers).
 
-Algorithm (Murase & Fukumizu 2022; DESIGN.md): per mini-batch of real normal features x,
-1. D step on ``discriminator_loss`` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a), z_a ~ N(0, sigma^2 I), and
-   samples of both kinds drawn from the buffer of early-training samples;
-2. G step on the non-saturating ``generator_loss`` of fresh G(z_n) only.
+Algorithm (Murase & Fukumizu 2022, arXiv:2202.10281; DESIGN.md), per mini-batch of real normal features x:
+
+1. D step on :func:`algan.model.losses.discriminator_loss` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a),
+   z_a ~ N(0, sigma^2 I), and samples of both kinds drawn from the buffer of early-training samples (plus, when
+   ``r1_gamma > 0``, the R1 penalty of Mescheder et al. 2018 on the real batch);
+2. G step on the non-saturating :func:`algan.model.losses.generator_loss` of fresh G(z_n) only.
 
 Buffer policy (explicit, configurable): during epochs ``[0, buffer_epochs)`` every generated batch of both kinds
-is offered to a per-kind reservoir of at most ``buffer_size`` samples (reservoir sampling: a uniform sample of
-everything generated in that window); the buffer terms are used as soon as the buffer holds one batch, sampled
-uniformly with replacement.
+is offered to a per-kind reservoir of at most ``buffer_size`` samples (reservoir sampling, Vitter's algorithm R: a
+uniform sample of everything generated in that window); from the step at which a reservoir holds one batch the
+buffer terms are used, with ``batch_size`` samples drawn uniformly with replacement per step. ``beta = 1`` or
+``buffer_epochs = 0`` switches the buffer off.
+
+Presets (:meth:`AlganConfig.preset`): ``"paper"`` reproduces the paper's settings on whatever features it gets;
+``"default"`` (what ``AlganConfig()`` gives) adds what made ALGAN-feature detect on backbone features: a shrunk
+ZCA whitening in front of G and D, a generator without batch norm (batch norm re-normalised the sigma-scaled
+latents away, so G(z_a) looked like G(z_n)), an exponential moving average of D's weights, and a shorter schedule.
+See benchmarks/ALGAN_EXPERIMENTS.md for the measurements.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 from torch import nn
 
-from algan.model.heads import AlganHead
-from algan.model.losses import discriminator_loss, generator_loss
+from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
+from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import MLPDiscriminator, MLPGenerator
+
+#: the paper's settings (DESIGN.md "The method"): FC G/D with batch norm in G, no whitening, 192 epochs
+PAPER = {
+    "z_dim": 100,
+    "sigma": 4.0,
+    "alpha": 0.5,
+    "beta": 0.5,
+    "epochs": 192,
+    "batch_size": 16,
+    "lr_g": 2e-4,
+    "lr_d": 1e-4,
+    "adam_betas": (0.0, 0.9),
+    "buffer_epochs": 10,
+    "buffer_size": 2048,
+    "g_hidden": [256, 512],
+    "d_hidden": [512, 256],
+    "g_batch_norm": True,
+    "d_dropout": 0.0,
+    "spectral_norm": False,
+    "d_weight_decay": 0.0,
+    "r1_gamma": 0.0,
+    "d_ema": 0.0,
+    "whiten": "none",
+    "whiten_shrinkage": None,
+    "seed": 0,
+}
+#: the product default; every entry differing from PAPER is a measured improvement (ALGAN_EXPERIMENTS.md)
+DEFAULT = {
+    **PAPER,
+    "g_batch_norm": False,
+    "whiten": "shrunk",
+    "d_ema": 0.99,
+    "epochs": 32,
+}
+PRESETS = {"paper": PAPER, "default": DEFAULT}
+WHITENINGS = ("none", "shrunk")
+
+
+def _field(name: str):
+    v = DEFAULT[name]
+    return field(default_factory=lambda: list(v)) if isinstance(v, list) else field(default=v)
 
 
 @dataclass
 class AlganConfig:
-    """ALGAN-feature hyper-parameters; defaults are the paper's settings (DESIGN.md)."""
+    """ALGAN-feature hyper-parameters. ``AlganConfig()`` is the ``default`` preset; ``preset("paper")`` the paper's.
 
-    z_dim: int = 100
-    sigma: float = 4.0
-    alpha: float = 0.5
-    beta: float = 0.5
-    epochs: int = 192
-    batch_size: int = 16
-    lr_g: float = 2e-4
-    lr_d: float = 1e-4
-    adam_betas: tuple[float, float] = (0.0, 0.9)
-    buffer_epochs: int = 10
-    buffer_size: int = 2048
-    g_hidden: list[int] = field(default_factory=lambda: [256, 512])
-    d_hidden: list[int] = field(default_factory=lambda: [512, 256])
-    d_dropout: float = 0.0
-    spectral_norm: bool = False
-    seed: int = 0
+    Attributes:
+        z_dim: latent dimension of G.
+        sigma: std of the pseudo-anomalous latents z_a ~ N(0, sigma^2 I) (paper: 4).
+        alpha: share of the fake-normal terms vs the pseudo-anomalous terms in L_D (paper: 0.5).
+        beta: share of fresh vs buffered generated samples in L_D (paper: 0.5).
+        epochs, batch_size, lr_g, lr_d, adam_betas: optimisation (paper: 192, 16, 2e-4, 1e-4, (0, 0.9)).
+        buffer_epochs: generated samples of epochs ``[0, buffer_epochs)`` fill the buffer.
+        buffer_size: reservoir capacity per latent kind.
+        g_hidden, d_hidden: hidden widths of the MLPs.
+        g_batch_norm: batch norm after G's hidden layers.
+        d_dropout, spectral_norm, d_weight_decay: D regularisation (dropout rate, spectral norm, Adam L2).
+        r1_gamma: weight of the R1 penalty ``gamma/2 * E||grad_x logit D(x)||^2`` on real data (0 = off).
+        d_ema: decay of an exponential moving average of D's weights used at inference (0 = the last D).
+        whiten: ``none`` or ``shrunk`` (Ledoit-Wolf shrunk ZCA whitening fitted on the training features, applied
+            in front of G's output space and D; part of the head).
+        whiten_shrinkage: fixed shrinkage in [0, 1]; ``None`` = Ledoit-Wolf estimate.
+        seed: seed of initialisation, latents, batches and buffer; training is deterministic for a seed.
+    """
+
+    z_dim: int = _field("z_dim")
+    sigma: float = _field("sigma")
+    alpha: float = _field("alpha")
+    beta: float = _field("beta")
+    epochs: int = _field("epochs")
+    batch_size: int = _field("batch_size")
+    lr_g: float = _field("lr_g")
+    lr_d: float = _field("lr_d")
+    adam_betas: tuple[float, float] = _field("adam_betas")
+    buffer_epochs: int = _field("buffer_epochs")
+    buffer_size: int = _field("buffer_size")
+    g_hidden: list[int] = _field("g_hidden")
+    d_hidden: list[int] = _field("d_hidden")
+    g_batch_norm: bool = _field("g_batch_norm")
+    d_dropout: float = _field("d_dropout")
+    spectral_norm: bool = _field("spectral_norm")
+    d_weight_decay: float = _field("d_weight_decay")
+    r1_gamma: float = _field("r1_gamma")
+    d_ema: float = _field("d_ema")
+    whiten: str = _field("whiten")
+    whiten_shrinkage: float | None = _field("whiten_shrinkage")
+    seed: int = _field("seed")
+
+    def __post_init__(self) -> None:
+        if self.whiten not in WHITENINGS:
+            raise ValueError(f"unknown whitening {self.whiten!r}; use one of {', '.join(WHITENINGS)}")
+        if not 0.0 <= self.d_ema < 1.0:
+            raise ValueError(f"d_ema must lie in [0, 1), got {self.d_ema}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        self.adam_betas = tuple(self.adam_betas)
+        self.g_hidden = list(self.g_hidden)
+        self.d_hidden = list(self.d_hidden)
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> AlganConfig:
+        """A named preset (``paper`` or ``default``) with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown ALGAN preset {name!r}; use one of {', '.join(PRESETS)}")
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["adam_betas"] = list(self.adam_betas)
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> AlganConfig:
+        """Inverse of :meth:`to_json`. Fields missing from ``d`` take the *paper* values: manifests written before a
+        field existed were trained with the paper's structure, so their heads rebuild to the saved shapes."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**copy.deepcopy(PAPER), **{k: v for k, v in d.items() if k in known}})
+
+    def build_generator(self, out_dim: int) -> MLPGenerator:
+        return MLPGenerator(self.z_dim, out_dim, self.g_hidden, batch_norm=self.g_batch_norm)
+
     def build_discriminator(self, in_dim: int) -> MLPDiscriminator:
-        """A fresh D for features of ``in_dim`` dimensions (used by training and by bundle loading)."""
+        """A fresh D for features of ``in_dim`` dimensions."""
         return MLPDiscriminator(in_dim, self.d_hidden, self.d_dropout, self.spectral_norm)
 
     def build_head(self, in_dim: int) -> nn.Module:
-        """The inference head (features (N, K) -> raw scores (N,)) with untrained weights, for bundle loading."""
-        return AlganHead(self.build_discriminator(in_dim))
-
-    @classmethod
-    def from_json(cls, d: dict) -> AlganConfig:
-        d = dict(d)
-        d["adam_betas"] = tuple(d.get("adam_betas", (0.0, 0.9)))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The inference head (features float32 (N, K) -> raw scores (N,)) with untrained weights, for bundle
+        loading; :attr:`TrainResult.head` has the same structure (state-dict keys and shapes)."""
+        whitening = Whitening(in_dim) if self.whiten != "none" else None
+        return AlganEnsembleHead([self.build_discriminator(in_dim)], whitening)
 
 
 class Reservoir:
@@ -95,46 +195,79 @@ class Reservoir:
 
 @dataclass
 class TrainResult:
-    """Trained networks, per-epoch mean losses and wall time (s); ``head`` is what inference runs."""
+    """Trained networks (eval mode), per-epoch mean losses and wall time (s); ``head`` is what inference runs.
+
+    ``discriminator`` is the inference D (the EMA copy when ``d_ema > 0``); ``whitening`` is ``None`` unless
+    ``cfg.whiten != "none"``; ``generator`` works in the whitened space when there is a whitening.
+    """
 
     generator: MLPGenerator
     discriminator: MLPDiscriminator
     history: list[dict]
     train_s: float
+    whitening: Whitening | None = None
 
     @property
     def head(self) -> nn.Module:
-        return AlganHead(self.discriminator)
+        return AlganEnsembleHead([self.discriminator], self.whitening)
 
 
-def train_algan(x: np.ndarray, cfg: AlganConfig, progress: bool = True) -> TrainResult:
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if pe.dtype.is_floating_point:
+            pe.mul_(decay).add_(pm, alpha=1.0 - decay)
+        else:
+            pe.copy_(pm)
+
+
+def train_algan(
+    x: np.ndarray,
+    cfg: AlganConfig | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
     """Train ALGAN on normal feature vectors.
 
     Args:
-        x: float32 (N, K) transformed normal training features.
-        cfg: hyper-parameters.
+        x: float32 (N, K) transformed normal training features, N >= 2.
+        cfg: hyper-parameters (``None`` = ``AlganConfig()``, the default preset).
         progress: show a tqdm bar with epoch and losses.
+        on_epoch: optional ``f(epoch, head)`` called after every epoch with the current inference head (eval
+            mode; do not keep it, it changes as training goes on). For experiments.
 
     Returns:
-        trained G and D (eval mode), per-epoch mean losses, wall time in seconds.
+        trained G and inference D (eval mode), the whitening (or ``None``), per-epoch mean losses, wall time (s).
 
-    Deterministic for a given ``cfg.seed`` on the same machine and torch build.
+    Deterministic for a given ``cfg.seed`` on the same machine, torch build and thread count.
     """
+    cfg = cfg or AlganConfig()
     if len(x) < 2:
         raise ValueError(f"ALGAN needs at least 2 training samples, got {len(x)}")
+    t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    n, dim = data.shape
+    x = np.asarray(x, dtype=np.float32)
+    n, dim = x.shape
+    whitening = None
+    if cfg.whiten == "shrunk":
+        mean, w, _ = shrunk_whitening(x, cfg.whiten_shrinkage)
+        whitening = Whitening(dim).set(mean, w)
+    data = torch.as_tensor(x)
+    if whitening is not None:
+        with torch.no_grad():
+            data = whitening(data)
     bs = min(cfg.batch_size, n)
-    G = MLPGenerator(cfg.z_dim, dim, cfg.g_hidden)
+    G = cfg.build_generator(dim)
     D = cfg.build_discriminator(dim)
+    D_ema = copy.deepcopy(D).eval() if cfg.d_ema > 0 else None
+    for p in D_ema.parameters() if D_ema is not None else ():
+        p.requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas, weight_decay=cfg.d_weight_decay)
     buf_n = Reservoir(cfg.buffer_size, dim, gen)
     buf_a = Reservoir(cfg.buffer_size, dim, gen)
     history: list[dict] = []
-    t0 = time.perf_counter()
     bar = range(cfg.epochs)
     if progress:
         from tqdm import tqdm
@@ -153,12 +286,15 @@ def train_algan(x: np.ndarray, cfg: AlganConfig, progress: bool = True) -> Train
             with torch.no_grad():
                 fake_n = G(z_n)
                 fake_a = G(z_a)
-            if epoch < cfg.buffer_epochs:
+            if epoch < cfg.buffer_epochs and cfg.buffer_size > 0:
                 buf_n.offer(fake_n)
                 buf_a.offer(fake_a)
-            use_buf = buf_n.size >= bs and cfg.beta < 1.0
+            use_buf = cfg.beta < 1.0 and min(buf_n.size, buf_a.size) >= bs
+            if cfg.r1_gamma > 0:
+                real = real.clone().requires_grad_(True)
+            real_logit = D(real)
             loss_d = discriminator_loss(
-                D(real),
+                real_logit,
                 D(fake_n),
                 D(fake_a),
                 D(buf_n.sample(bs)) if use_buf else None,
@@ -166,9 +302,13 @@ def train_algan(x: np.ndarray, cfg: AlganConfig, progress: bool = True) -> Train
                 alpha=cfg.alpha,
                 beta=cfg.beta,
             )
+            if cfg.r1_gamma > 0:
+                loss_d = loss_d + r1_penalty(real_logit, real, cfg.r1_gamma)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
+            if D_ema is not None:
+                _ema_update(D_ema, D, cfg.d_ema)
 
             z_n = torch.randn(bs, cfg.z_dim, generator=gen)
             loss_g = generator_loss(D(G(z_n)))
@@ -182,6 +322,9 @@ def train_algan(x: np.ndarray, cfg: AlganConfig, progress: bool = True) -> Train
         history.append(rec)
         if progress:
             bar.set_postfix(loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}")
+        if on_epoch is not None:
+            D.eval()
+            on_epoch(epoch + 1, AlganEnsembleHead([D_ema if D_ema is not None else D], whitening).eval())
     G.eval()
     D.eval()
-    return TrainResult(G, D, history, time.perf_counter() - t0)
+    return TrainResult(G, D_ema if D_ema is not None else D, history, time.perf_counter() - t0, whitening)

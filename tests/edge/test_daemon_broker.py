@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from edgekit import DARK, edge_config, make_folder, run_edge, write_config
 
 pytestmark = pytest.mark.broker

@@ -1,0 +1,97 @@
+"""``algan-train``: train a model bundle on normal images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from algan.cli._common import run_cli, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="algan-train", description="Train an anomaly detector on normal images and "
+                                "write a model bundle (weights.safetensors + algan.json).")
+    p.add_argument("--data", required=True, help="data directory")
+    p.add_argument("--out", required=True, help="model bundle directory to write")
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
+    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn"], help="scoring head")
+    p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
+                   help="model input size in pixels (default 224 224)")
+    p.add_argument("--blocks", default="8-15", help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15")
+    p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax"], help="spatial pooling")
+    p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
+    p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
+    p.add_argument("--knn-k", type=int, default=1, help="neighbours for --head knn")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
+    p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
+    p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def parse_blocks(text: str) -> list[int]:
+    """``"8-15"`` or ``"5,8,11-15"`` -> sorted block indices."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.update(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.add(int(part))
+    except ValueError:
+        raise ValueError(f"--blocks {text!r} is not a list of block indices like 8-15 or 5,8,11-15") from None
+    return sorted(out)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from algan.bundle import save_bundle
+    from algan.data.datasets import load_dataset
+    from algan.features.backbone import BackboneSpec
+    from algan.model.fit import FitSettings, fit_detector
+    from algan.model.train import AlganConfig
+
+    if not 0 < args.target_fpr < 1:
+        raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
+    ds = load_dataset(args.data, args.layout)
+    algan_cfg = AlganConfig(seed=args.seed)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        algan_cfg.epochs = args.epochs
+    settings = FitSettings(
+        head=args.head,
+        backbone=BackboneSpec(blocks=parse_blocks(args.blocks), pooling=args.pooling,
+                              input_size=tuple(args.input_size)),
+        transform=args.transform,
+        pca_dim=args.pca_dim,
+        algan=algan_cfg,
+        knn_k=args.knn_k,
+        holdout=args.holdout,
+        target_fpr=args.target_fpr,
+        max_train=args.max_train,
+        seed=args.seed,
+    )
+    if not args.quiet:
+        print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
+    result = fit_detector(ds, settings, progress=not args.quiet)
+    out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
+    m = result.manifest
+    cal = m["calibration"]
+    print(f"wrote {out} (model id {m['model_id']}, head {m['head']['kind']}, {m['training']['n_train']} training "
+          f"images, threshold at {cal['target_fpr']:g} FPR from {cal['n_images']} held-out normals, "
+          f"{m['training']['wall_s']:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return run_cli("algan-train", lambda: _main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Fit a complete detector on a data set: features -> transform -> head -> calibration -> manifest.
+
+This is the training pipeline behind ``algan-train``; it holds no CLI code. The ALGAN training loop itself is
+:mod:`algan.model.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algan import __version__
+from algan.bundle import utc_now_iso
+from algan.data.datasets import Dataset
+from algan.data.preprocess import load_batch
+from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
+from algan.model.detector import AnomalyDetector, Calibration
+from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
+from algan.model.train import AlganConfig, train_algan
+
+log = logging.getLogger(__name__)
+HEADS = ("algan", "mahalanobis", "knn")
+#: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
+N_STORED_SAMPLES = 16
+
+
+@dataclass
+class FitSettings:
+    """Everything that decides a trained model (stored in the manifest).
+
+    Attributes:
+        head: ``algan`` (default), ``mahalanobis`` or ``knn``.
+        backbone: backbone spec (name, blocks, pooling, input size).
+        transform: feature transform before the head, ``standardize`` or ``pca``.
+        pca_dim: PCA components for ``pca``.
+        algan: ALGAN hyper-parameters (``head == "algan"``).
+        knn_k: neighbours for ``knn``.
+        holdout: fraction of the normal training images held out for calibration (not trained on).
+        target_fpr: per-frame false-alarm rate the initial threshold is set to (on the held-out normals).
+        max_train: use at most this many training images (a seeded subset), ``None`` = all.
+        seed: seed of the split, the subset and the training.
+        batch_size: images per backbone batch.
+    """
+
+    head: str = "algan"
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    transform: str = "standardize"
+    pca_dim: int | None = None
+    algan: AlganConfig = field(default_factory=AlganConfig)
+    knn_k: int = 1
+    holdout: float = 0.2
+    target_fpr: float = 0.01
+    max_train: int | None = None
+    seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class FitResult:
+    detector: AnomalyDetector
+    manifest: dict
+    samples: np.ndarray
+    extra_tensors: dict
+
+
+@torch.no_grad()
+def extract_features(
+    preprocess: torch.nn.Module,
+    backbone: torch.nn.Module,
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    batch_size: int = 32,
+    desc: str | None = "features",
+) -> np.ndarray:
+    """Backbone features of image files, float32 (N, D). Reads images in batches (bounded memory)."""
+    out = []
+    rng = range(0, len(paths), batch_size)
+    if desc:
+        from tqdm import tqdm
+
+        rng = tqdm(rng, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+    for i in rng:
+        x = torch.from_numpy(load_batch(paths[i : i + batch_size], size))
+        out.append(backbone(preprocess(x)).numpy())
+    dim = getattr(backbone, "out_dim", 0)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+
+def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Seeded split of normal images into (fit, holdout)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction}")
+    idx = np.random.default_rng(seed).permutation(len(paths))
+    n_hold = int(round(len(paths) * fraction))
+    if fraction > 0 and len(paths) - n_hold < 2:
+        raise ValueError(f"only {len(paths)} training images: too few to hold out {fraction:.0%} for calibration")
+    hold = sorted(idx[:n_hold].tolist())
+    fit = sorted(idx[n_hold:].tolist())
+    return [paths[i] for i in fit], [paths[i] for i in hold]
+
+
+def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[float, float]:
+    """``(center, threshold)``: median and the empirical (1 - target_fpr) quantile of normal raw scores.
+
+    With fewer than 1/target_fpr scores the quantile is the maximum (the rate cannot be resolved; see
+    algan-calibrate for an extreme-value fit). A threshold not above the median is widened to keep the
+    calibrated scale valid.
+    """
+    s = np.asarray(normal_scores, dtype=np.float64)
+    center = float(np.median(s))
+    thr = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    if thr <= center:
+        spread = float(np.std(s)) or abs(center) * 1e-3 or 1e-3
+        thr = center + spread
+    return center, thr
+
+
+def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
+    """Fit the configured head on transformed features x (N, K); returns (head module, settings json, extras)."""
+    if settings.head == "algan":
+        cfg = settings.algan
+        result = train_algan(x, cfg, progress=progress)
+        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
+        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1]}
+    if settings.head == "mahalanobis":
+        return MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {}
+    if settings.head == "knn":
+        return KnnHead(x, settings.knn_k), {"k": settings.knn_k, "n_bank": len(x)}, {}, {}
+    raise ValueError(f"unknown head {settings.head!r}; use one of {', '.join(HEADS)}")
+
+
+def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True) -> FitResult:
+    """Train a detector on the normal training images of ``dataset``.
+
+    Returns:
+        the detector (eval mode), its manifest, a few uint8 held-out frames (N, H, W, 3) and extra tensors to
+        store (the ALGAN generator).
+
+    Raises:
+        ValueError: bad settings or too few images.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    paths = list(dataset.train)
+    if settings.max_train is not None and len(paths) > settings.max_train:
+        keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
+        paths = [paths[i] for i in sorted(keep.tolist())]
+    fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
+    spec = settings.backbone
+    backbone = build_backbone(spec)
+    preprocess = Preprocess(spec.mean, spec.std)
+    size = tuple(spec.input_size)
+    log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
+    feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
+                             "features (train)" if progress else None)
+    transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
+    with torch.no_grad():
+        x = transform(torch.from_numpy(feats)).numpy()
+    head, head_settings, extras, train_info = fit_head(settings, x, progress)
+    head.eval()
+    det = AnomalyDetector(preprocess, backbone, transform, head, input_size=size)
+    calib_paths = hold_paths or fit_paths
+    if not hold_paths:
+        log.warning("no held-out images: the threshold comes from training images and will be optimistic")
+    hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,
+                                  "features (holdout)" if progress else None)
+    with torch.no_grad():
+        hold_raw = head(transform(torch.from_numpy(hold_feats))).numpy()
+    center, threshold = quantile_threshold(hold_raw, settings.target_fpr)
+    det.calibration = Calibration(center, threshold)
+    det.eval()
+    rng = np.random.default_rng(settings.seed)
+    pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
+    samples = load_batch([calib_paths[i] for i in pick], size)
+    model_id = f"{dataset.root.name or 'model'}-{settings.head}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
+    manifest = {
+        "model_id": model_id,
+        "created": utc_now_iso(),
+        "algan_edge_version": __version__,
+        "backbone": spec.to_json(),
+        "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"},
+        "features": {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])},
+        "head": {"kind": settings.head, "settings": head_settings},
+        "calibration": {
+            "center": center,
+            "threshold": threshold,
+            "target_fpr": settings.target_fpr,
+            "n_images": len(calib_paths),
+            "source": "held-out training normals" if hold_paths else "training normals (no holdout)",
+            "method": "empirical quantile",
+        },
+        "training": {
+            "data": dataset.summary(),
+            "n_train": len(fit_paths),
+            "n_holdout": len(hold_paths),
+            "seed": settings.seed,
+            "max_train": settings.max_train,
+            "wall_s": round(time.perf_counter() - t0, 2),
+            **train_info,
+        },
+        "exports": {},
+    }
+    return FitResult(det, manifest, samples, extras)

@@ -1,0 +1,36 @@
+"""Message formats: timestamps, topics and payloads."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from algan.edge.alarm import AlarmEvent
+from algan.edge.messages import Topics, alarm_payload, score_payload, utc_iso
+
+
+def test_utc_iso_milliseconds_z():
+    assert utc_iso(0.0) == "1970-01-01T00:00:00.000Z"
+    assert utc_iso(1796000523.456) == "2026-11-30T01:02:03.456Z"
+    assert utc_iso(59.9996) == "1970-01-01T00:01:00.000Z"  # rounding carries into the seconds
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_iso(1.5e9 + 0.0004))
+
+
+def test_topics():
+    t = Topics("plant/algan", "line1")
+    assert (t.status, t.stats) == ("plant/algan/line1/status", "plant/algan/line1/stats")
+    assert (t.score("c"), t.alarm("c"), t.state("c")) == (
+        "plant/algan/line1/c/score", "plant/algan/line1/c/alarm", "plant/algan/line1/c/state")
+
+
+def test_score_payload_nan_is_null():
+    p = json.loads(score_payload(0.0, 3, float("nan"), 1.0, 12.345, "m1"))
+    assert p == {"ts": "1970-01-01T00:00:00.000Z", "frame": 3, "score": None, "threshold": 1.0,
+                 "latency_ms": 12.35, "model_id": "m1"}
+
+
+def test_alarm_payload_fields():
+    e = AlarmEvent("id1", "cam1", "raised", 0.001, 1.84, 2.31, 120, 126, 7)
+    assert json.loads(alarm_payload(e)) == {
+        "id": "id1", "camera": "cam1", "state": "raised", "ts": "1970-01-01T00:00:00.001Z", "score": 1.84,
+        "peak": 2.31, "first_frame": 120, "last_frame": 126, "frames": 7, "snapshot": None}

@@ -1,0 +1,80 @@
+"""OnnxRuntimeRunner: contract checks with tiny onnx.helper graphs (no torch)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgekit import make_model
+from onnx import TensorProto
+
+from algan.edge.config import parse_config
+from algan.edge.errors import ModelError
+from algan.edge.runner import OnnxRuntimeRunner, Runner, load_runner
+
+
+def test_scores_and_properties(tmp_path):
+    runner = OnnxRuntimeRunner(make_model(tmp_path / "m.onnx", size=(48, 32)), threads=1)
+    assert isinstance(runner, Runner)
+    assert runner.input_size == (48, 32) and runner.backend == "onnxruntime" and runner.model_id == "tiny-1"
+    images = np.stack([np.full((48, 32, 3), v, np.uint8) for v in (0, 128, 255)])
+    scores = runner(images)
+    assert scores.dtype == np.float32 and scores.shape == (3,)
+    np.testing.assert_allclose(scores, [0.0, 1.0, 255 / 128], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"expected uint8 images of shape \(N, 48, 32, 3\)"):
+        runner(np.zeros((1, 32, 48, 3), np.uint8))
+
+
+def test_bundle_directory_and_sha_model_id(tmp_path):
+    path = make_model(tmp_path / "bundle" / "model.onnx", model_id=None)
+    runner = OnnxRuntimeRunner(tmp_path / "bundle")
+    assert runner.model_id == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"input_name": "input"}, "inputs are ['input']"),
+        ({"output_name": "logits"}, "outputs are ['logits']"),
+        ({"input_dtype": TensorProto.FLOAT}, "input 'images' is tensor(float)"),
+        ({"batch_dim": 1}, "fixed batch size 1 instead of a dynamic N"),
+    ],
+)
+def test_contract_rejections(tmp_path, kwargs, needle):
+    path = make_model(tmp_path / "bad.onnx", **kwargs)
+    with pytest.raises(ModelError) as info:
+        OnnxRuntimeRunner(path)
+    text = str(info.value)
+    assert needle in text and "re-export it with algan-export" in text and "\n" not in text
+
+
+def test_unreadable_and_missing_models(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"definitely not protobuf")
+    with pytest.raises(ModelError, match="cannot load model .*junk.onnx"):
+        OnnxRuntimeRunner(junk)
+    with pytest.raises(ModelError, match="does not exist"):
+        OnnxRuntimeRunner(tmp_path / "nope.onnx")
+    (tmp_path / "empty_bundle").mkdir()
+    with pytest.raises(ModelError, match="has no model.onnx; export it first"):
+        OnnxRuntimeRunner(tmp_path / "empty_bundle")
+
+
+def test_load_runner_backends(tmp_path):
+    path = make_model(tmp_path / "m.onnx")
+    base = {"device_id": "d", "model": str(path), "cameras": [{"name": "c", "source": 0}]}
+    assert load_runner(parse_config(base)).backend == "onnxruntime"
+    with pytest.raises(ModelError, match="'tensorrt' is not available in this build"):
+        load_runner(parse_config({**base, "runner": {"backend": "tensorrt"}}))
+
+
+def test_cli_wrong_model_one_line(tmp_path):
+    from edgekit import run_edge, write_config
+
+    bad = make_model(tmp_path / "bad.onnx", input_name="x")
+    cfg = {"device_id": "d", "model": str(bad), "cameras": [{"name": "c", "source": str(Path(tmp_path))}]}
+    res = run_edge(write_config(tmp_path / "edge.yaml", cfg))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("algan-edge: model ")
