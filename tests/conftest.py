@@ -1,12 +1,14 @@
 """Shared fixtures: a real MQTT broker on a free loopback port, and message collectors.
 
 ``mqtt_broker`` starts mosquitto (from PATH or /usr/sbin) when installed, else the embedded amqtt broker, and
-yields ``(host, port)``. ``mqtt_collector`` is a factory: each call connects a client that subscribes to ``#``
-(QoS 2, so the delivered QoS equals the published QoS) and records every message in arrival order.
+yields ``(host, port)`` (``ALGAN_TEST_BROKER=amqtt`` forces amqtt). ``mqtt_collector`` is a factory: each call
+connects a client that subscribes to ``#`` (QoS 2, so on mosquitto the delivered QoS equals the published QoS) and
+records every message in arrival order. ``mosquitto_factory`` starts extra brokers with custom config lines.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -57,33 +59,51 @@ class MosquittoBroker:
 
     def __post_init__(self) -> None:
         self.port = free_port()
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start mosquitto on ``self.port`` and wait until it listens."""
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         conf.write_text(f"listener {self.port} {self.host}\npersistence false\n{self.extra_conf}")
         binary = mosquitto_path()
         assert binary is not None
-        self.log = (self.workdir / f"mosquitto-{self.port}.log").open("w")
+        self.log = (self.workdir / f"mosquitto-{self.port}.log").open("a")
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_port(self.host, self.port):
             self.stop()
             raise RuntimeError(f"mosquitto did not start on port {self.port}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """Stop the process (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 
+class BrokerAddress(tuple):
+    """``(host, port)`` plus ``kind`` ('mosquitto' or 'amqtt'): amqtt delivers at the subscription's QoS instead of
+    min(publish QoS, subscription QoS), so QoS assertions only hold on mosquitto."""
+
+    kind: str
+
+    def __new__(cls, host: str, port: int, kind: str) -> BrokerAddress:
+        self = super().__new__(cls, (host, port))
+        self.kind = kind
+        return self
+
+
 @pytest.fixture
-def mqtt_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
+def mqtt_broker(tmp_path: Path) -> Iterator[BrokerAddress]:
     """(host, port) of a fresh broker: mosquitto when installed, else the embedded amqtt broker."""
-    if mosquitto_path() is not None:
+    if mosquitto_path() is not None and os.environ.get("ALGAN_TEST_BROKER", "mosquitto") != "amqtt":
         broker = MosquittoBroker(tmp_path)
         try:
-            yield broker.host, broker.port
+            yield BrokerAddress(broker.host, broker.port, "mosquitto")
         finally:
             broker.stop()
         return
@@ -93,7 +113,7 @@ def mqtt_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
     emb = EmbeddedBroker("127.0.0.1", port)
     emb.start()
     try:
-        yield "127.0.0.1", port
+        yield BrokerAddress("127.0.0.1", port, "amqtt")
     finally:
         emb.stop()
 
@@ -150,11 +170,13 @@ class MqttCollector:
 
 @pytest.fixture
 def mqtt_collector(mqtt_broker: tuple[str, int]) -> Iterator[Callable[..., MqttCollector]]:
-    """Factory ``mqtt_collector(topic="#") -> MqttCollector`` on the test's broker; all are stopped at teardown."""
+    """Factory ``mqtt_collector(topic="#", address=None) -> MqttCollector`` on the test's broker (or on ``address``,
+    a ``(host, port)``); all are stopped at teardown."""
     made: list[MqttCollector] = []
 
-    def make(topic: str = "#") -> MqttCollector:
-        col = MqttCollector(*mqtt_broker, topic=topic)
+    def make(topic: str = "#", address: tuple[str, int] | None = None) -> MqttCollector:
+        host, port = address or mqtt_broker
+        col = MqttCollector(host, port, topic=topic)
         made.append(col)
         return col
 

@@ -12,6 +12,7 @@ Modules (one responsibility each)::
     mqtt      paho-mqtt publisher (will, QoS1 queueing, flush)
     broker    embedded amqtt broker for machines without one
     stats     fps / latency bookkeeping
+    sdnotify  systemd READY/STOPPING/WATCHDOG notifications
     app       EdgeApp: ordered start, the loop, ordered stop
 
 Rule: nothing here imports torch (checked by tests/edge/test_no_torch.py). Import submodules directly; this package

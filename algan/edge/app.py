@@ -34,6 +34,7 @@ from algan.edge.messages import (
 )
 from algan.edge.mqtt import MqttPublisher, Publisher
 from algan.edge.runner import Runner, load_runner
+from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.sources import CameraReader
 from algan.edge.stats import StatsWindow
 
@@ -77,6 +78,7 @@ class EdgeApp:
         self._failures = 0
         self.window = StatsWindow(clock())
         self.last_stats: dict = {}
+        self.systemd = SystemdNotifier()
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -97,8 +99,10 @@ class EdgeApp:
             pub = self._connect()
             try:
                 self._start_cameras(pub, runner.input_size)
+                self.systemd.notify("READY=1")
                 self._loop(runner, pub)
             finally:
+                self.systemd.notify("STOPPING=1")
                 self.stop.set()
                 undelivered = self._shutdown(runner, pub)
         finally:
@@ -163,6 +167,7 @@ class EdgeApp:
         batcher: Batcher[Frame] = Batcher(self.cfg.batch.max_size, self.cfg.batch.max_wait_ms / 1000.0)
         self.window = StatsWindow(self.clock())  # restart: model load and connect are not throughput
         while True:
+            self.systemd.watchdog()
             self._drain_status(pub)
             batch = next_batch(self.hub, batcher, self.stop, self.clock)
             if batch is None:

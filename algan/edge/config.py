@@ -13,6 +13,7 @@ directory (systemd starts it in ``/``).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import types
@@ -304,8 +305,10 @@ def _describe(err: dict[str, Any]) -> str:
     owner, info = _field_info(loc)
     desc = info.description if info is not None else None
     if kind == "extra_forbidden":
-        allowed = ", ".join(owner.model_fields) if owner is not None else "?"
-        return f"unknown key {loc[-1]!r}; remove it or fix its spelling (allowed here: {allowed})"
+        names = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key {loc[-1]!r}; {hint}remove it or fix its spelling (allowed here: {', '.join(names)})"
     if kind == "missing" and loc and isinstance(loc[-1], int):
         return f"item {loc[-1]} is missing; expected {desc}" if desc else f"item {loc[-1]} is missing"
     if kind == "missing":
@@ -321,7 +324,8 @@ def _describe(err: dict[str, Any]) -> str:
 def format_validation_error(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
     """One line for the first schema error: ``file:line: field.path: what is wrong; how to fix`` (+N more)."""
     errors = exc.errors()
-    first = errors[0]
+    # an unknown key is usually a typo that also makes a required key "missing": report the typo first
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     where = ".".join(str(p) for p in loc) or "(top level)"
     line = _yaml_line(root, loc)

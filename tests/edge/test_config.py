@@ -53,7 +53,7 @@ def test_minimal_config_defaults():
     ("path", "value", "expected"),
     [
         ("surprise", 1, "surprise: unknown key 'surprise'"),
-        ("mqtt.hots", "x", "mqtt.hots: unknown key 'hots'; remove it or fix its spelling (allowed here: host, port"),
+        ("mqtt.hots", "x", "mqtt.hots: unknown key 'hots'; did you mean 'host'? remove it or fix its spelling (allowed here: host, port"),
         ("cameras.0.sauce", "x", "cameras.0.sauce: unknown key"),
         ("cameras.0.source", ..., "cameras.0.source: required setting is missing; add it (video file path"),
         ("device_id", ..., "device_id: required setting is missing"),
@@ -109,6 +109,13 @@ def test_password_and_password_file_exclusive():
     data = with_("mqtt.password", "a")
     data["mqtt"].update(username="u", password_file="p")
     assert "set either mqtt.password or mqtt.password_file" in error_of(data)
+
+
+def test_typo_reported_before_the_missing_key_it_causes():
+    data = with_("cameras.0.source", ...)
+    data["cameras"][0]["sorce"] = "clip.mp4"
+    text = error_of(data)
+    assert "cameras.0.sorce: unknown key 'sorce'; did you mean 'source'?" in text and text.endswith("(+1 more error)")
 
 
 def test_more_errors_are_counted_on_the_one_line():

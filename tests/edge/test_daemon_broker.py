@@ -30,7 +30,10 @@ def test_video_run_publishes_exact_messages(tmp_path, tiny_model, step_video, mq
 
     scores = _payloads(col.on("line1/cam1/score"))
     assert [s["frame"] for s in scores] == list(range(60))
-    assert all(m.qos == 0 and not m.retain for m in col.on("/score"))
+    assert not any(m.retain for m in col.on("/score"))
+    if mqtt_broker.kind == "mosquitto":  # amqtt delivers at the subscription QoS, whatever was published
+        assert all(m.qos == 0 for m in col.on("/score"))
+        assert [m.qos for m in col.on("line1/cam1/alarm")] == [1, 1]
     first = scores[0]
     assert set(first) == {"ts", "frame", "score", "threshold", "latency_ms", "model_id"}
     assert first["model_id"] == "tiny-1" and first["threshold"] == 1.0 and first["latency_ms"] >= 0
@@ -39,7 +42,6 @@ def test_video_run_publishes_exact_messages(tmp_path, tiny_model, step_video, mq
     assert high == list(range(20, 35)), "the tiny model scores bright frames >= 1 and dark ones < 0.9"
 
     alarms = col.on("line1/cam1/alarm")
-    assert [m.qos for m in alarms] == [1, 1]
     raised, cleared = _payloads(alarms)
     assert raised["state"] == "raised" and cleared["state"] == "cleared"
     assert (raised["first_frame"], raised["last_frame"], raised["frames"]) == (20, 22, 3)

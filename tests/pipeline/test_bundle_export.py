@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from algan.bundle import BundleError, load_bundle, load_samples, read_manifest
+from algan.data.datasets import load_dataset
+from algan.export.onnx_export import export_onnx, ort_scores, torch_scores
+from algan.model.evaluate import evaluate
+
+HEADS = ("algan", "mahalanobis", "knn")
+SMALL = (64, 64)  # input size the bundles fixture trains at
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_bundle_round_trip_gives_identical_scores(bundles, synth_root, head, tmp_path):
+    det, manifest = load_bundle(bundles[head])
+    assert manifest["head"]["kind"] == head
+    assert det.input_size == SMALL
+    samples = load_samples(bundles[head])
+    assert samples.dtype == np.uint8 and samples.shape[1:] == (*SMALL, 3)
+    again, _ = load_bundle(bundles[head])
+    np.testing.assert_array_equal(torch_scores(det, samples), torch_scores(again, samples))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_calibration_puts_threshold_at_one(bundles, head):
+    det, manifest = load_bundle(bundles[head])
+    cal = manifest["calibration"]
+    assert cal["threshold"] > cal["center"]
+    raw = torch.tensor([cal["center"], cal["threshold"]])
+    np.testing.assert_allclose(det.calibration(raw).numpy(), [0.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_onnx_matches_torch_for_any_batch(bundles, head, tmp_path):
+    det, manifest = load_bundle(bundles[head])
+    path = export_onnx(det, manifest, tmp_path / "m.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["algan.model_id"] == manifest["model_id"]
+    assert meta["algan.threshold"] == "1.0"
+    inp = model.graph.input[0]
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    rng = np.random.default_rng(0)
+    imgs = np.concatenate([load_samples(bundles[head]), rng.integers(0, 256, (5, *SMALL, 3), dtype=np.uint8)])
+    for n in (1, 5, len(imgs)):
+        t = torch_scores(det, imgs[:n])
+        o = ort_scores(path, imgs[:n], batch_size=n)
+        assert o.shape == (n,) and o.dtype == np.float32
+        assert np.max(np.abs(t - o)) <= 1e-4
+
+
+def test_heads_separate_synthetic_defects(bundles, synth_root):
+    ds = load_dataset(synth_root)
+    res = evaluate(load_bundle(bundles["mahalanobis"])[0], ds, progress=False)
+    assert res["n_normal"] == 10 and res["n_anomalous"] == 18
+    assert res["auroc"] > 0.75, res
+
+
+def test_bundle_errors_are_clear(bundles, tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        read_manifest(tmp_path / "missing")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        read_manifest(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    m = json.loads((bundles["knn"] / "algan.json").read_text())
+    m["format_version"] = 99
+    (bad / "algan.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version 99"):
+        read_manifest(bad)
+    m["format_version"] = 1
+    (bad / "algan.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="weights.safetensors is missing"):
+        load_bundle(bad)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = _cli("algan.cli.train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    r = _cli("algan.cli.eval", str(tmp_path / "none"), "--data", str(tmp_path))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_eval_json_and_export(bundles, synth_root):
+    r = _cli("algan.cli.eval", str(bundles["knn"]), "--data", str(synth_root), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"auroc", "n_normal", "n_anomalous"} <= set(out) and out["n_anomalous"] == 18
+    r = _cli("algan.cli.export", str(bundles["knn"]), "--fp16")
+    assert r.returncode == 0, r.stderr
+    assert "parity (FP32)" in r.stdout and "OK" in r.stdout
+    assert "no TensorRT engine was built" in r.stdout or "engine" in r.stdout
+    assert (bundles["knn"] / "model.onnx").is_file()
+    assert read_manifest(bundles["knn"])["exports"]["onnx"]["parity_max_abs_diff"] <= 1e-4
