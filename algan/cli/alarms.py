@@ -14,8 +14,9 @@ For each *raised* event ``--exec CMD`` runs through the shell with the event JSO
 never stops the subscriber.
 
 Exit status: 0 after ``--count`` events, or at ``--timeout`` when no ``--count`` was given, or on SIGINT/SIGTERM;
-1 when the broker cannot be reached at start (one line; after a successful start paho reconnects by itself and
-re-subscribes), when it refuses the connection, or when ``--timeout`` passes before ``--count`` events arrived.
+1 when the broker cannot be reached at start (one line; ``--wait-broker S`` keeps retrying for S seconds first; after
+a successful start paho reconnects by itself and re-subscribes), when it refuses the connection, or when
+``--timeout`` passes before ``--count`` events arrived.
 With ``--client-id`` the broker keeps a persistent session, so QoS1 alarms sent while the subscriber was down are
 delivered when it comes back.
 """
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="exit 0 after N events")
     p.add_argument("--timeout", type=float, help="exit after S seconds")
     p.add_argument("--json", action="store_true", help="print each event as one JSON line (with topic) instead")
+    p.add_argument("--wait-broker", type=float, default=0.0, metavar="S",
+                   help="keep retrying an unreachable broker for S seconds before giving up (default: 0)")
     p.add_argument("--client-id", help="fixed client id: persistent session, alarms queued while away")
     p.add_argument("--username", help="broker user name")
     p.add_argument("--password", default=os.environ.get("ALGAN_MQTT_PASSWORD"),
@@ -143,13 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.username:
         client.username_pw_set(args.username, args.password)
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    try:
-        client.connect(host, port, keepalive=30)
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        print(f"algan-alarms: cannot reach MQTT broker {host}:{port} ({reason}); check --broker and that the broker "
-              "(or algan-edge with its embedded broker) runs", file=sys.stderr)
-        return 1
+    give_up = time.monotonic() + args.wait_broker
+    while True:
+        try:
+            client.connect(host, port, keepalive=30)
+            break
+        except (OSError, ValueError) as e:
+            if time.monotonic() < give_up:
+                time.sleep(0.2)
+                continue
+            reason = getattr(e, "strerror", None) or str(e)
+            print(f"algan-alarms: cannot reach MQTT broker {host}:{port} ({reason}); check --broker and that the "
+                  "broker runs (algan-edge broker starts one)", file=sys.stderr)
+            return 1
     client.loop_start()
     try:
         deadline = time.monotonic() + 10.0

@@ -4,6 +4,7 @@ Usage::
 
     algan-edge run --config /etc/algan/edge.yaml [--log-level info]
     algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
+    algan-edge broker [--host 127.0.0.1] [--port 1883] # the embedded amqtt broker in the foreground (demos)
 
 Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (model,
 broker, no camera readable, undelivered messages); 2 configuration error. User-caused errors print one line.
@@ -34,7 +35,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
     chk = sub.add_parser("check-config", help="validate a config file: exit 0 valid, 2 invalid")
     chk.add_argument("config", help="edge config YAML")
+    brk = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) until SIGINT/SIGTERM, for demos")
+    brk.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    brk.add_argument("--port", type=int, default=1883, help="TCP port (default: 1883)")
+    brk.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
     return p
+
+
+def broker(host: str, port: int, log_level: str) -> int:
+    """Serve the embedded broker until a signal arrives."""
+    from algan.edge.broker import EmbeddedBroker
+
+    setup_logging(log_level)
+    stop = threading.Event()
+    _install_signals(stop)
+    emb = EmbeddedBroker(host, port)
+    emb.start()
+    try:
+        stop.wait()
+    finally:
+        emb.stop()
+    return 0
 
 
 def _install_signals(stop: threading.Event) -> None:
@@ -84,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return check_config(args.config)
+        if args.command == "broker":
+            return broker(args.host, args.port, args.log_level)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(f"algan-edge: {e}", file=sys.stderr)

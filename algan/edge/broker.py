@@ -63,8 +63,11 @@ class EmbeddedBroker:
         except ImportError:
             msg = "mqtt.embedded_broker needs the amqtt package (pip install amqtt); or run mosquitto"
             raise BrokerError(msg) from None
+        # amqtt logs ERROR for every TCP probe that closes without an MQTT packet (our own "is a broker there?"
+        # check does exactly that); its messages only help when debugging
+        quiet = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(quiet)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             reason = self._error or f"not listening after {timeout:g} s"

@@ -53,7 +53,8 @@ def test_minimal_config_defaults():
     ("path", "value", "expected"),
     [
         ("surprise", 1, "surprise: unknown key 'surprise'"),
-        ("mqtt.hots", "x", "mqtt.hots: unknown key 'hots'; did you mean 'host'? remove it or fix its spelling (allowed here: host, port"),
+        ("mqtt.hots", "x",
+         "mqtt.hots: unknown key 'hots'; did you mean 'host'? remove it or fix its spelling (allowed here: host, port"),
         ("cameras.0.sauce", "x", "cameras.0.sauce: unknown key"),
         ("cameras.0.source", ..., "cameras.0.source: required setting is missing; add it (video file path"),
         ("device_id", ..., "device_id: required setting is missing"),

@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh Debian/Ubuntu machine with Python >= 3.10:
+#   make demo   - local venv, synthetic data, train, export, edge daemon -> MQTT -> algan-alarms
+#   make test   - local venv and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.algan-installed
+# the CPU build of torch first, so that the package's torch>=2.13 is already satisfied (no multi-GB CUDA build)
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/algan-demo --out demo-out
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check algan tests benchmarks
+
+clean:
+	rm -rf demo-out .pytest_cache
