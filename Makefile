@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,broker,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -44,7 +44,7 @@ def _write_config(out: Path, port: int) -> Path:
         "alarm: {threshold: 1.0, clear_threshold: 0.9, raise_frames: 3, clear_frames: 5}\n"
         "stats_interval_s: 2\n"
         "cameras:\n"
-        "  - {name: line1, source: line.mp4}\n"
+        "  - {name: line1, source: line.mkv}\n"
     )
     return cfg
 
@@ -63,9 +63,9 @@ def _main(args: argparse.Namespace) -> int:
     summary = generate_dataset(data, texture="metal", n_train=args.n_train, n_test_good=30, n_test_defect=12,
                                size=256, seed=args.seed, overwrite=True)
     print(f"   {summary}")
-    labels = make_sequence_video(data, out / "line.mp4", fps=10.0, seed=args.seed)
+    labels = make_sequence_video(data, out / "line.mkv", fps=10.0, seed=args.seed)
     n_defect_runs = sum(1 for i, r in enumerate(labels) if r["label"] == 1 and (i == 0 or labels[i - 1]["label"] == 0))
-    print(f"   line video {out / 'line.mp4'}: {len(labels)} frames, {n_defect_runs} runs of defective parts")
+    print(f"   line video {out / 'line.mkv'}: {len(labels)} frames, {n_defect_runs} runs of defective parts")
 
     train = [_bin("algan-train"), "--data", str(data), "--out", str(out / "model"), "--seed", str(args.seed)]
     if args.epochs:

@@ -67,8 +67,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise _UsageError(f"--defects must be distinct names from {','.join(DEFECT_TYPES)}, got {args.defects!r}")
     args.defects = tuple(defects)
     if args.video is not None:
-        if not args.video.lower().endswith(".mp4"):
-            raise _UsageError(f"--video must be a .mp4 path, got {args.video!r}")
+        if not args.video.lower().endswith((".mp4", ".mkv", ".avi")):
+            raise _UsageError(f"--video must be a .mp4, .mkv (lossless) or .avi path, got {args.video!r}")
         if not args.fps > 0:
             raise _UsageError(f"--fps must be > 0, got {args.fps}")
         try:

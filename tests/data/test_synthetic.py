@@ -159,7 +159,7 @@ def test_cli_generates_dataset_and_video(tmp_path, capsys):
         (["--n-train", "-1"], "--n-train"),
         (["--texture", "wood"], "invalid choice"),
         (["--defects", "dent"], "--defects"),
-        (["--video", "x.avi"], ".mp4"),
+        (["--video", "x.mov"], ".mp4"),
         (["--video", "x.mp4", "--pattern", "3q"], "--pattern"),
         (["--video", "x.mp4", "--fps", "0"], "--fps"),
         (["--video", "x.mp4", "--pattern", "2g 2:crack", "--defects", "spot"], "not generated"),

@@ -70,7 +70,7 @@ def test_write_video_paths_resize_and_odd_size(tmp_path):
 def test_write_video_errors(tmp_path, monkeypatch):
     f = [np.zeros((32, 32, 3), np.uint8)]
     with pytest.raises(ValueError, match=".mp4"):
-        write_video(f, tmp_path / "v.avi")
+        write_video(f, tmp_path / "v.mov")
     with pytest.raises(ValueError, match="no frames"):
         write_video([], tmp_path / "v.mp4")
     with pytest.raises(ValueError, match="fps"):
@@ -164,3 +164,11 @@ def test_sequence_video_errors(dataset, tmp_path):
     generate_dataset(good_only, n_train=0, n_test_good=2, n_test_defect=0, size=32)
     with pytest.raises(ValueError, match="no defect class"):
         make_sequence_video(good_only, tmp_path / "x.mp4", pattern="2g 2d")
+
+
+def test_mkv_is_lossless(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(4)]
+    assert write_video(frames, tmp_path / "v.mkv") == 4
+    back = _read_all(tmp_path / "v.mkv")
+    assert all(np.array_equal(a, b) for a, b in zip(frames, back, strict=True))
