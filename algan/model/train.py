@@ -63,6 +63,8 @@ PAPER = {
 #: the product default; every entry differing from PAPER is a measured improvement (ALGAN_EXPERIMENTS.md)
 DEFAULT = {
     **PAPER,
+    "z_dim": None,
+    "g_hidden": [],
     "g_batch_norm": False,
     "whiten": "shrunk",
     "d_ema": 0.99,
@@ -82,7 +84,8 @@ class AlganConfig:
     """ALGAN-feature hyper-parameters. ``AlganConfig()`` is the ``default`` preset; ``preset("paper")`` the paper's.
 
     Attributes:
-        z_dim: latent dimension of G.
+        z_dim: latent dimension of G; ``None`` = the feature dimension K (with a linear G, ``g_hidden=[]``, G can
+            then represent any Gaussian, and G(z_a) is the normal data's Gaussian widened by sigma).
         sigma: std of the pseudo-anomalous latents z_a ~ N(0, sigma^2 I) (paper: 4).
         alpha: share of the fake-normal terms vs the pseudo-anomalous terms in L_D (paper: 0.5).
         beta: share of fresh vs buffered generated samples in L_D (paper: 0.5).
@@ -100,7 +103,7 @@ class AlganConfig:
         seed: seed of initialisation, latents, batches and buffer; training is deterministic for a seed.
     """
 
-    z_dim: int = _field("z_dim")
+    z_dim: int | None = _field("z_dim")
     sigma: float = _field("sigma")
     alpha: float = _field("alpha")
     beta: float = _field("beta")
@@ -128,6 +131,8 @@ class AlganConfig:
             raise ValueError(f"unknown whitening {self.whiten!r}; use one of {', '.join(WHITENINGS)}")
         if not 0.0 <= self.d_ema < 1.0:
             raise ValueError(f"d_ema must lie in [0, 1), got {self.d_ema}")
+        if self.z_dim is not None and self.z_dim < 1:
+            raise ValueError(f"z_dim must be >= 1 or None, got {self.z_dim}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         self.adam_betas = tuple(self.adam_betas)
@@ -153,8 +158,13 @@ class AlganConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{**copy.deepcopy(PAPER), **{k: v for k, v in d.items() if k in known}})
 
+    def latent_dim(self, feature_dim: int) -> int:
+        """G's latent dimension for features of ``feature_dim`` dimensions."""
+        return int(self.z_dim) if self.z_dim is not None else int(feature_dim)
+
     def build_generator(self, out_dim: int) -> MLPGenerator:
-        return MLPGenerator(self.z_dim, out_dim, self.g_hidden, batch_norm=self.g_batch_norm)
+        """A fresh G for features of ``out_dim`` dimensions (not part of the inference head)."""
+        return MLPGenerator(self.latent_dim(out_dim), out_dim, self.g_hidden, batch_norm=self.g_batch_norm)
 
     def build_discriminator(self, in_dim: int) -> MLPDiscriminator:
         """A fresh D for features of ``in_dim`` dimensions."""
@@ -258,6 +268,7 @@ def train_algan(
         with torch.no_grad():
             data = whitening(data)
     bs = min(cfg.batch_size, n)
+    z_dim = cfg.latent_dim(dim)
     G = cfg.build_generator(dim)
     D = cfg.build_discriminator(dim)
     D_ema = copy.deepcopy(D).eval() if cfg.d_ema > 0 else None
@@ -281,8 +292,8 @@ def train_algan(
         steps = 0
         for i in range(0, n - bs + 1, bs):
             real = data[perm[i : i + bs]]
-            z_n = torch.randn(bs, cfg.z_dim, generator=gen)
-            z_a = torch.randn(bs, cfg.z_dim, generator=gen) * cfg.sigma
+            z_n = torch.randn(bs, z_dim, generator=gen)
+            z_a = torch.randn(bs, z_dim, generator=gen) * cfg.sigma
             with torch.no_grad():
                 fake_n = G(z_n)
                 fake_a = G(z_a)
@@ -310,7 +321,7 @@ def train_algan(
             if D_ema is not None:
                 _ema_update(D_ema, D, cfg.d_ema)
 
-            z_n = torch.randn(bs, cfg.z_dim, generator=gen)
+            z_n = torch.randn(bs, z_dim, generator=gen)
             loss_g = generator_loss(D(G(z_n)))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
