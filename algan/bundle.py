@@ -193,3 +193,41 @@ def load_bundle(model_dir: str | Path):
         raise BundleError(f"{wpath} does not match its manifest: {str(exc).splitlines()[0]}; re-train") from exc
     det.eval()
     return det, manifest
+
+
+def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict) -> dict:
+    """Replace a bundle's score calibration in place (weights and manifest), keeping its exports.
+
+    ``weights.safetensors`` gets new ``calibration.center`` / ``calibration.scale`` (= threshold - center) tensors
+    and ``algan.json`` a new ``calibration`` section (``center``, ``threshold`` plus ``info``). Both files are
+    written to temporary names first and renamed, weights before manifest.
+
+    Returns:
+        the updated manifest.
+
+    Raises:
+        BundleError: not a bundle; ValueError: threshold not above center.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not threshold > center:
+        raise ValueError(f"threshold ({threshold}) must exceed the normal-score center ({center})")
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    wpath = model_dir / WEIGHTS
+    if not wpath.is_file():
+        raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
+    state = load_file(str(wpath))
+    state["calibration.center"] = torch.tensor(float(center), dtype=torch.float32)
+    state["calibration.scale"] = torch.tensor(float(threshold - center), dtype=torch.float32)
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"model_id": manifest.get("model_id", "")})
+        os.replace(tmp, wpath)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    manifest["calibration"] = {**info, "center": float(center), "threshold": float(threshold)}
+    write_manifest(model_dir, manifest)
+    return manifest

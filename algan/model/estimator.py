@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from algan.model.heads import FeatureTransform
 from algan.model.train import DEFAULT, AlganConfig, train_algan
@@ -153,4 +153,4 @@ class ALGANDetector(OutlierMixin, BaseEstimator):
         return tags
 
 
-__all__ = ["ALGANDetector", "check_array"]
+__all__ = ["ALGANDetector"]

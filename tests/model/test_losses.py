@@ -82,8 +82,9 @@ def test_losses_are_scalar_float32_with_gradients() -> None:
 
 def test_r1_penalty_matches_linear_discriminator() -> None:
     # logit = w . x -> grad_x = w for every sample -> gamma/2 * ||w||^2
-    w = torch.tensor([3.0, 4.0])
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
     x = torch.randn(6, 2, requires_grad=True)
     pen = r1_penalty(x @ w, x, gamma=2.0)
     assert pen.item() == pytest.approx(25.0, rel=1e-6)
-    pen.backward()  # create_graph=True keeps it differentiable (w.r.t. D's parameters in training)
+    pen.backward()  # create_graph=True keeps it differentiable w.r.t. D's parameters: d/dw (||w||^2) = 2w
+    assert torch.allclose(w.grad, 2.0 * torch.tensor([3.0, 4.0]))
