@@ -168,7 +168,7 @@ def load_bundle(model_dir: str | Path):
     except KeyError as exc:
         raise BundleError(f"{model_dir / MANIFEST} lacks the field {exc}; re-train the model") from exc
     backbone = build_backbone(spec)
-    transform = FeatureTransform.empty(feat["in_dim"], feat["dim"])
+    transform = FeatureTransform.empty(feat["transform"], feat["in_dim"], feat["dim"])
     settings = head_cfg.get("settings", {})
     if kind == "algan":
         head = AlganConfig.from_json(settings).build_head(feat["dim"])

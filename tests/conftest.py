@@ -64,7 +64,8 @@ class MosquittoBroker:
     def start(self) -> None:
         """(Re)start mosquitto on ``self.port`` and wait until it listens."""
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} {self.host}\npersistence false\n{self.extra_conf}")
+        persistence = "" if "persistence " in self.extra_conf else "persistence false\n"  # extra_conf may enable it
+        conf.write_text(f"listener {self.port} {self.host}\n{persistence}{self.extra_conf}")
         binary = mosquitto_path()
         assert binary is not None
         self.log = (self.workdir / f"mosquitto-{self.port}.log").open("a")

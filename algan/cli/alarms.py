@@ -3,11 +3,14 @@
 Usage::
 
     algan-alarms --broker 127.0.0.1:1883 [--prefix algan] [--device +] [--exec 'notify-send alarm']
-                 [--count N] [--timeout S] [--json] [--client-id ID]
+                 [--count N] [--timeout S] [--json] [--client-id ID] [--username U --password-file F]
+                 [--cafile CA.pem [--cert C.pem --key K.pem] [--insecure]]
 
 Subscribes (QoS1) to ``<prefix>/<device>/+/alarm``. Each event prints one line on stdout, e.g.::
 
-    2026-11-30T01:02:03.456Z  line1/cam1  RAISED   score 1.84 (peak 2.31) frames 120-126  id 3f2a...
+    2026-11-30T01:02:03.456Z  line1/cam1  RAISED   score 1.84 (peak 2.31 @ 124) frames 120-126  id 3f2a...  SNAPSHOT
+
+(``@ 124``: the peak frame; SNAPSHOT: path of the peak-frame JPEG when the daemon saves snapshots.)
 
 For each *raised* event ``--exec CMD`` runs through the shell with the event JSON on stdin (plus
 ``ALGAN_DEVICE``/``ALGAN_CAMERA``/``ALGAN_ALARM_ID`` in the environment); a failing or hanging command is logged and
@@ -18,7 +21,8 @@ Exit status: 0 after ``--count`` events, or at ``--timeout`` when no ``--count``
 a successful start paho reconnects by itself and re-subscribes), when it refuses the connection, or when
 ``--timeout`` passes before ``--count`` events arrived.
 With ``--client-id`` the broker keeps a persistent session, so QoS1 alarms sent while the subscriber was down are
-delivered when it comes back.
+delivered when it comes back; each message is acknowledged only after it was printed (and ``--exec`` ran), so one
+that arrived but was not handled before exit (``--count``, a signal) is delivered again next time.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -71,10 +77,12 @@ def format_event(topic: str, event: dict[str, Any]) -> str:
         v = event.get(key)
         return f"{v:.2f}" if isinstance(v, int | float) else "?"
 
+    at = f" @ {event['peak_frame']}" if isinstance(event.get("peak_frame"), int) and event["peak_frame"] >= 0 else ""
+    snapshot = f"  {event['snapshot']}" if event.get("snapshot") else ""
     return (
         f"{event.get('ts', '?')}  {where}  {str(event.get('state', '?')).upper():<8} score {num('score')} "
-        f"(peak {num('peak')}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}  "
-        f"id {event.get('id', '?')}"
+        f"(peak {num('peak')}{at}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}  "
+        f"id {event.get('id', '?')}{snapshot}"
     )
 
 
@@ -113,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="broker user name")
     p.add_argument("--password", default=os.environ.get("ALGAN_MQTT_PASSWORD"),
                    help="broker password (default: $ALGAN_MQTT_PASSWORD)")
+    p.add_argument("--password-file", metavar="F", help="read the broker password from the first line of F")
+    p.add_argument("--cafile", metavar="PEM", help="use TLS, verifying the broker with this CA certificate")
+    p.add_argument("--cert", metavar="PEM", help="TLS client certificate (with --key)")
+    p.add_argument("--key", metavar="PEM", help="TLS client key (with --cert)")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system CA store (implied by --cafile)")
+    p.add_argument("--insecure", action="store_true", help="TLS: do not check the broker's host name")
     p.add_argument("--log-level", default="info", choices=LEVELS, help="stderr log verbosity (default: info)")
     return p
 
@@ -138,13 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         connected.set()
 
     def on_message(client, userdata, msg) -> None:  # noqa: ANN001
-        events.put((msg.topic, msg.payload))
+        events.put((msg.topic, msg.payload, msg.mid, msg.qos))
 
     persistent = args.client_id is not None
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id or "",
                          clean_session=not persistent, protocol=mqtt.MQTTv311)
-    if args.username:
-        client.username_pw_set(args.username, args.password)
+    client.manual_ack_set(True)  # acknowledge after handling: a persistent session re-delivers what was not handled
+    err = _setup_auth(client, args)
+    if err:
+        print(f"algan-alarms: {err}", file=sys.stderr)
+        return 2
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     give_up = time.monotonic() + args.wait_broker
     while True:
@@ -170,13 +187,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        return _consume(args, events, stop)
+        return _consume(args, events, stop, client.ack)
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threading.Event) -> int:
+def _setup_auth(client: mqtt.Client, args: argparse.Namespace) -> str | None:
+    """Credentials and TLS from the command line; returns a one-line error for bad options/files."""
+    password = args.password
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            return f"cannot read --password-file {args.password_file} ({getattr(e, 'strerror', None) or 'empty'})"
+    if args.username:
+        client.username_pw_set(args.username, password)
+    if bool(args.cert) != bool(args.key):
+        return "--cert and --key go together; give both or neither"
+    if args.cafile or args.tls or args.cert:
+        try:
+            ctx = ssl.create_default_context(cafile=args.cafile)
+            if args.cert:
+                ctx.load_cert_chain(args.cert, args.key)
+        except (OSError, ssl.SSLError) as e:
+            return f"cannot load the TLS files ({e}); check --cafile/--cert/--key"
+        if args.insecure:
+            ctx.check_hostname = False
+        client.tls_set_context(ctx)
+    return None
+
+
+def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threading.Event,
+             ack: Callable[[int, int], object] = lambda mid, qos: None) -> int:
     end = time.monotonic() + args.timeout if args.timeout is not None else None
     seen = 0
     while not stop.is_set():
@@ -189,7 +232,7 @@ def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threadin
                 return 1
             return 0
         try:
-            topic, payload = events.get(timeout=wait)
+            topic, payload, mid, qos = events.get(timeout=wait)
         except queue.Empty:
             continue
         try:
@@ -198,6 +241,7 @@ def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threadin
                 raise ValueError("not a JSON object")
         except ValueError as e:
             log.warning("ignoring malformed alarm message on %s: %s", topic, e)
+            ack(mid, qos)
             continue
         seen += 1
         if args.json:
@@ -206,6 +250,7 @@ def _consume(args: argparse.Namespace, events: queue.SimpleQueue, stop: threadin
             print(format_event(topic, event), flush=True)
         if args.exec_cmd and event.get("state") == "raised":
             run_command(args.exec_cmd, topic, event, payload, args.exec_timeout)
+        ack(mid, qos)
     return 0
 
 

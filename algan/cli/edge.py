@@ -6,6 +6,9 @@ Usage::
     algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
     algan-edge broker [--host 127.0.0.1] [--port 1883] # the embedded amqtt broker in the foreground (demos)
 
+Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
+section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
+
 Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (model,
 broker, no camera readable, undelivered messages); 2 configuration error. User-caused errors print one line.
 """
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from algan.edge.config import load_config
 from algan.edge.errors import EdgeError, ModelError
 from algan.edge.logs import LEVELS, setup_logging
-from algan.edge.runner import resolve_model_path
+from algan.edge.runner import choose_backend, resolve_model_path
 
 log = logging.getLogger("algan.edge")
 
@@ -77,7 +80,7 @@ def check_config(path: str) -> int:
     """Validate the schema and that the model file exists; print one line; return the exit status."""
     cfg = load_config(path)
     try:
-        model = resolve_model_path(cfg.model)
+        model = resolve_model_path(cfg.model, choose_backend(cfg))
     except ModelError as e:
         print(f"config error: {path}: model: {e}", file=sys.stderr)
         return 2
@@ -97,7 +100,14 @@ def run(path: str, log_level: str) -> int:
     cfg = load_config(path)
     stop = threading.Event()
     _install_signals(stop)
-    return EdgeApp(cfg, stop=stop).run()
+    app = EdgeApp(cfg, stop=stop, config_path=path)
+
+    def on_hup(signum: int, frame: object) -> None:
+        log.info("received SIGHUP: reloading alarm thresholds from %s", path)
+        app.request_reload()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    return app.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,13 @@
-"""``algan-export``: ONNX graph (+ FP16 / TensorRT when asked) with a parity check against torch."""
+"""``algan-export``: ONNX graph, FP16 ONNX, TensorRT engine and Triton repository, each checked against torch.
+
+Usage::
+
+    algan-export MODEL_DIR [--fp16] [--int8] [--batch MIN:OPT:MAX] [--workspace-mib N] [--opset 17]
+                 [--images DIR] [--data DIR [--layout L] [--max-data N]] [--triton-repo DIR] [--no-simplify]
+
+Exit codes: 0 done (also when TensorRT is absent: the ONNX graphs are written and the reason is printed),
+1 export failed (parity, checker, engine build; nothing is written), 2 user error (missing bundle, bad option).
+"""
 
 from __future__ import annotations
 
@@ -6,75 +15,69 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from algan.cli._common import run_cli, setup_logging
 
-FP32_TOLERANCE = 1e-4
+
+def _batch(text: str):
+    from algan.export.tensorrt import BatchProfile
+
+    try:
+        return BatchProfile.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parity_images(model_dir: Path, images_dir: str | None, size: tuple[int, int]) -> np.ndarray:
-    from algan.bundle import load_samples
-    from algan.data.datasets import IMAGE_SUFFIXES
-    from algan.data.preprocess import load_batch
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
 
-    parts = []
-    samples = load_samples(model_dir)
-    if samples is not None:
-        parts.append(samples)
-    if images_dir:
-        d = Path(images_dir)
-        if not d.is_dir():
-            raise ValueError(f"--images {d} is not a directory")
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:64]
-        if not files:
-            raise ValueError(f"--images {d} holds no image files")
-        parts.append(load_batch(files, size))
-    if not parts:
-        raise ValueError(f"{model_dir} stores no sample images; pass --images DIR for the parity check")
-    return np.concatenate(parts)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="algan-export", description="Export a model bundle to ONNX, FP16 ONNX, a "
+                                "TensorRT engine and a Triton model repository, with parity checks against torch.")
+    p.add_argument("model_dir", help="model bundle directory (algan-train --out)")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx and, where TensorRT is "
+                   "installed, an FP16 engine")
+    p.add_argument("--int8", action="store_true", help="build an INT8 engine from MODEL_DIR/"
+                   "int8_calibration.safetensors (algan-calibrate); TensorRT < 11 only")
+    p.add_argument("--batch", type=_batch, default="1:8:16", metavar="MIN:OPT:MAX",
+                   help="engine batch profile and Triton max batch size (default 1:8:16)")
+    p.add_argument("--workspace-mib", type=_positive, default=1024, help="TensorRT builder workspace (MiB)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--images", type=Path, default=None, help="directory of extra frames for the parity check")
+    p.add_argument("--data", type=Path, default=None, help="labelled data (MVTec AD / MTD layout): parity on part "
+                   "of it and the AUROC change of the FP16 graph")
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="layout of --data")
+    p.add_argument("--max-data", type=int, default=256, help="use at most N test images of --data, spread over "
+                   "normal and anomalous (default 256; 0 = all)")
+    p.add_argument("--triton-repo", type=Path, default=None, help="write a Triton model repository here")
+    p.add_argument("--triton-name", default="algan", help="Triton model name (default algan)")
+    p.add_argument("--triton-queue-delay-us", type=int, default=2000,
+                   help="Triton dynamic batching max_queue_delay_microseconds")
+    p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim/onnxsim pass")
+    p.add_argument("--log-level", default="WARNING")
+    return p
 
 
 def _main(args: argparse.Namespace) -> int:
-    from algan.bundle import load_bundle, utc_now_iso, write_manifest
-    from algan.export.onnx_export import export_onnx, parity
+    from algan.export.pipeline import ExportOptions, export_bundle
 
-    model_dir = Path(args.model_dir)
-    det, manifest = load_bundle(model_dir)
-    onnx_path = model_dir / "model.onnx"
-    export_onnx(det, manifest, onnx_path, opset=args.opset)
-    images = _parity_images(model_dir, args.images, det.input_size)
-    rep = parity(det, onnx_path, images)
-    ok = rep["max_abs_diff"] <= FP32_TOLERANCE
-    print(f"wrote {onnx_path}: uint8 BGR [N,{det.input_size[0]},{det.input_size[1]},3] -> float32 scores [N]")
-    print(f"parity (FP32): max |ONNX Runtime - torch| = {rep['max_abs_diff']:.2e} over {rep['n_images']} images "
-          f"(tolerance {FP32_TOLERANCE:g}) {'OK' if ok else 'FAILED'}")
-    if not ok:
-        onnx_path.unlink(missing_ok=True)
-        print("algan-export: error: parity check failed; the ONNX graph was removed", file=sys.stderr)
-        return 1
-    manifest.setdefault("exports", {})["onnx"] = {
-        "file": onnx_path.name, "opset": args.opset, "created": utc_now_iso(),
-        "parity_max_abs_diff": rep["max_abs_diff"], "parity_images": rep["n_images"],
-    }
-    write_manifest(model_dir, manifest)
-    if args.fp16:
-        from algan.export.tensorrt import tensorrt_status
-
-        available, reason = tensorrt_status()
-        if not available:
-            print(f"wrote the ONNX graph; no TensorRT engine was built: {reason}")
+    opts = ExportOptions(model_dir=Path(args.model_dir), fp16=args.fp16, int8=args.int8, batch=args.batch,
+                         workspace_mib=args.workspace_mib, opset=args.opset, images=args.images, data=args.data,
+                         layout=args.layout, max_data=args.max_data, simplify=not args.no_simplify,
+                         triton_repo=args.triton_repo, triton_name=args.triton_name,
+                         triton_queue_delay_us=args.triton_queue_delay_us)
+    export_bundle(opts, say=lambda line: print(line, flush=True))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="algan-export", description="Export a model bundle to ONNX (and TensorRT).")
-    p.add_argument("model_dir", help="model bundle directory")
-    p.add_argument("--fp16", action="store_true", help="also build an FP16 TensorRT engine where TensorRT exists")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    p.add_argument("--images", default=None, help="directory of extra images for the parity check")
-    p.add_argument("--log-level", default="WARNING")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return run_cli("algan-export", lambda: _main(args))
 

@@ -3,10 +3,14 @@
 Modules (one responsibility each)::
 
     config    pydantic schema of the YAML config + load_config (one-line errors)
-    sources   OpenCV/folder sources, one reader thread per camera
+    sources   OpenCV sources (V4L2, files, RTSP, GStreamer), image folders (once or watched), pacing/fps rules
+    camera    one reader thread per camera: prepare, hand over, stale watchdog, reopen with backoff
     hub       bounded per-camera frame queues (back-pressure for files, newest-only for live sources)
     batcher   pure batching rule + thin driver
-    runner    Runner protocol, ONNX Runtime runner, load_runner
+    runner    Runner protocol, model contract, backend choice (load_runner)
+    runner_onnx / runner_tensorrt / runner_torch   the backends (torch only inside runner_torch, lazily)
+    calibration  run-time re-mapping of exported scores after a re-calibration
+    metrics   optional Prometheus endpoint
     alarm     pure debounced alarm state machine with hysteresis
     messages  MQTT topics and JSON payloads
     mqtt      paho-mqtt publisher (will, QoS1 queueing, flush)

@@ -1,19 +1,30 @@
-"""Alarm logic per camera: consecutive-frame debouncing with hysteresis. Pure: no threads, clocks, cv2 or MQTT.
+"""Alarm logic per camera: N-of-M debouncing, hysteresis, minimum duration and cooldown.
+
+Pure: no threads, clocks, cv2 or MQTT. Time comes in with every frame (``ts``, Unix seconds).
 
 State machine (scores are calibrated, 1.0 = calibrated threshold, higher = more anomalous)::
 
-    normal --(raise_frames consecutive frames with score >= threshold)--> alarm      emits "raised"
-    alarm  --(clear_frames consecutive frames with score < clear_threshold)--> normal  emits "cleared"
+    normal --(raise_frames of the last raise_window frames have score >= threshold,
+              and at least cooldown_s after the previous clear)------------------------> alarm   emits "raised"
+    alarm  --(clear_frames of the last clear_window frames have score < clear_threshold,
+              and at least min_duration_s after the raise)------------------------------> normal  emits "cleared"
 
-A score between ``clear_threshold`` and ``threshold`` keeps the current state and resets the count towards the
-other state (hysteresis). A non-finite score (NaN/inf, i.e. a broken model) counts as anomalous: the fail-safe
-direction for an inspection system. Raised and cleared events of one episode share the same ``id``.
+With ``raise_window == raise_frames`` (the default) raising needs that many *consecutive* anomalous frames; likewise
+for clearing. A score between ``clear_threshold`` and ``threshold`` counts towards neither state (hysteresis). A
+non-finite score (NaN/inf, i.e. a broken model) counts as anomalous: the fail-safe direction for an inspection
+system. Raised and cleared events of one episode share the same ``id``.
+
+An episode starts at the first anomalous frame of the raising window (``first_frame``); its ``peak`` is the highest
+finite score from there on and ``peak_frame`` the frame that had it. :meth:`AlarmTracker.snapshot_candidates` names
+the frames whose pixels may still become the episode's peak snapshot, so a caller keeps at most ``raise_window``
+images before the raise and exactly one while the alarm is open.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +37,63 @@ def _new_id() -> str:
 
 
 @dataclass(frozen=True)
+class AlarmPolicy:
+    """Settings of one camera's alarm logic (validated by :meth:`check`).
+
+    Attributes:
+        threshold: score at or above which a frame is anomalous (score, > 0).
+        clear_threshold: score below which a frame is normal again while alarmed (score, <= threshold).
+        raise_frames: anomalous frames needed within the raise window to raise (frames, >= 1).
+        raise_window: length of the raise window (frames, >= raise_frames); ``None`` = raise_frames (consecutive).
+        clear_frames: normal frames needed within the clear window to clear (frames, >= 1).
+        clear_window: length of the clear window (frames, >= clear_frames); ``None`` = clear_frames (consecutive).
+        min_duration_s: an alarm stays raised at least this long (seconds, >= 0).
+        cooldown_s: after a clear, no new alarm is raised for this long (seconds, >= 0).
+    """
+
+    threshold: float = 1.0
+    clear_threshold: float = 0.9
+    raise_frames: int = 3
+    raise_window: int | None = None
+    clear_frames: int = 5
+    clear_window: int | None = None
+    min_duration_s: float = 0.0
+    cooldown_s: float = 0.0
+
+    @property
+    def raise_m(self) -> int:
+        """Effective raise window (frames)."""
+        return self.raise_window if self.raise_window is not None else self.raise_frames
+
+    @property
+    def clear_m(self) -> int:
+        """Effective clear window (frames)."""
+        return self.clear_window if self.clear_window is not None else self.clear_frames
+
+    def check(self) -> AlarmPolicy:
+        """Return ``self`` when consistent.
+
+        Raises:
+            ValueError: one line naming the offending setting.
+        """
+        if not (self.threshold > 0 and 0 < self.clear_threshold <= self.threshold):
+            msg = (f"need 0 < clear_threshold <= threshold, got threshold={self.threshold}, "
+                   f"clear_threshold={self.clear_threshold}")
+            raise ValueError(msg)
+        if self.raise_frames < 1 or self.clear_frames < 1:
+            msg = f"raise_frames and clear_frames must be >= 1, got {self.raise_frames}, {self.clear_frames}"
+            raise ValueError(msg)
+        if self.raise_m < self.raise_frames:
+            raise ValueError(f"raise_window ({self.raise_m}) must be >= raise_frames ({self.raise_frames})")
+        if self.clear_m < self.clear_frames:
+            raise ValueError(f"clear_window ({self.clear_m}) must be >= clear_frames ({self.clear_frames})")
+        if not (self.min_duration_s >= 0 and self.cooldown_s >= 0):
+            msg = f"min_duration_s and cooldown_s must be >= 0, got {self.min_duration_s}, {self.cooldown_s}"
+            raise ValueError(msg)
+        return self
+
+
+@dataclass(frozen=True)
 class AlarmEvent:
     """One alarm transition.
 
@@ -35,10 +103,13 @@ class AlarmEvent:
         state: ``"raised"`` or ``"cleared"``.
         ts: time of the frame that decided the transition (Unix seconds, as passed to ``update``).
         score: score of that frame.
-        peak: highest finite score in the episode so far (for "raised": within the raising run).
-        first_frame: first frame index of the episode (first anomalous frame of the raising run).
+        peak: highest finite score of the episode so far (NaN when every score was non-finite).
+        first_frame: first frame index of the episode (first anomalous frame of the raising window).
         last_frame: frame index that decided the transition.
         frames: number of scored frames in the episode from ``first_frame`` to ``last_frame``.
+        peak_frame: frame index that had ``peak`` (``first_frame`` when no score was finite).
+        duration_s: seconds from the raise to this event (0.0 for "raised").
+        snapshot: path of the peak-frame JPEG, filled in by the daemon when snapshots are enabled.
     """
 
     id: str
@@ -50,6 +121,16 @@ class AlarmEvent:
     first_frame: int
     last_frame: int
     frames: int
+    peak_frame: int = -1
+    duration_s: float = 0.0
+    snapshot: str | None = None
+
+
+@dataclass
+class _Seen:
+    frame: int
+    score: float
+    anomalous: bool
 
 
 class AlarmTracker:
@@ -57,14 +138,13 @@ class AlarmTracker:
 
     Args:
         camera: camera name copied into events.
-        threshold: score at or above which a frame is anomalous (> 0).
-        clear_threshold: score below which a frame is normal again while alarmed (<= threshold).
-        raise_frames: consecutive anomalous frames needed to raise (>= 1).
-        clear_frames: consecutive normal frames needed to clear (>= 1).
+        threshold, clear_threshold, raise_frames, clear_frames: see :class:`AlarmPolicy` (kept positional for
+            backward compatibility); ignored when ``policy`` is given.
         new_id: factory of episode ids (default: random UUID hex); pass a deterministic one in tests.
+        policy: the full settings (N-of-M windows, minimum duration, cooldown).
 
     Raises:
-        ValueError: for thresholds or frame counts outside the ranges above.
+        ValueError: for inconsistent settings (see :meth:`AlarmPolicy.check`).
 
     Example:
         >>> t = AlarmTracker("cam1", 1.0, 0.9, raise_frames=2, clear_frames=1, new_id=lambda: "e1")
@@ -75,69 +155,123 @@ class AlarmTracker:
     def __init__(
         self,
         camera: str,
-        threshold: float,
-        clear_threshold: float,
-        raise_frames: int,
-        clear_frames: int,
+        threshold: float = 1.0,
+        clear_threshold: float = 0.9,
+        raise_frames: int = 3,
+        clear_frames: int = 5,
         new_id: Callable[[], str] = _new_id,
+        policy: AlarmPolicy | None = None,
     ) -> None:
-        if not (threshold > 0 and 0 < clear_threshold <= threshold):
-            msg = f"need 0 < clear_threshold <= threshold, got threshold={threshold}, clear_threshold={clear_threshold}"
-            raise ValueError(msg)
-        if raise_frames < 1 or clear_frames < 1:
-            raise ValueError(f"raise_frames and clear_frames must be >= 1, got {raise_frames}, {clear_frames}")
+        if policy is None:
+            policy = AlarmPolicy(float(threshold), float(clear_threshold), int(raise_frames), None, int(clear_frames))
         self.camera = camera
-        self.threshold = float(threshold)
-        self.clear_threshold = float(clear_threshold)
-        self.raise_frames = int(raise_frames)
-        self.clear_frames = int(clear_frames)
         self._new_id = new_id
         self.alarmed = False
+        self._window: deque[_Seen] = deque()  # last raise_m frames while normal
+        self._clear: deque[bool] = deque()  # last clear_m "is normal" flags while alarmed
         self._episode_id = ""
-        self._first = -1  # first frame of the current anomalous run / episode
-        self._count = 0  # anomalous run length (normal) or episode length (alarmed)
+        self._first = -1
+        self._count = 0  # frames of the open episode (alarmed)
         self._peak = -math.inf
-        self._below = 0  # consecutive normal frames while alarmed
+        self._peak_frame = -1
+        self._raised_ts = 0.0
+        self._cleared_ts = -math.inf
+        self.policy = policy.check()
 
+    # -- settings --------------------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        return self.policy.threshold
+
+    @property
+    def clear_threshold(self) -> float:
+        return self.policy.clear_threshold
+
+    def reconfigure(self, policy: AlarmPolicy) -> None:
+        """Switch to new settings (e.g. on SIGHUP) keeping the current state; windows are trimmed or restarted.
+
+        Raises:
+            ValueError: inconsistent settings; the tracker keeps its old ones.
+        """
+        self.policy = policy.check()
+        while len(self._window) > policy.raise_m:
+            self._window.popleft()
+        while len(self._clear) > policy.clear_m:
+            self._clear.popleft()
+
+    # -- frames ----------------------------------------------------------------------------------------------
     def update(self, frame: int, score: float, ts: float) -> AlarmEvent | None:
         """Feed one scored frame (in frame order) and return the transition it causes, if any.
 
         Args:
             frame: frame index in the camera's source (int, increasing).
             score: calibrated score (float).
-            ts: frame time (Unix seconds), copied into the event.
+            ts: frame time (Unix seconds); drives ``min_duration_s`` and ``cooldown_s``.
 
         Returns:
             An :class:`AlarmEvent` when this frame raises or clears the alarm, else ``None``.
         """
+        p = self.policy
         finite = math.isfinite(score)
-        if finite:
-            self._peak = max(self._peak, score)
-        if not self.alarmed:
-            if finite and score < self.threshold:
-                self._reset()
-                return None
-            if self._count == 0:
-                self._first = frame
-                self._peak = score if finite else -math.inf
+        if self.alarmed:
             self._count += 1
-            if self._count < self.raise_frames:
+            if finite and score > self._peak:
+                self._peak, self._peak_frame = score, frame
+            self._clear.append(finite and score < p.clear_threshold)
+            if len(self._clear) > p.clear_m:
+                self._clear.popleft()
+            if sum(self._clear) < p.clear_frames or ts - self._raised_ts < p.min_duration_s:
                 return None
-            self.alarmed = True
-            self._episode_id = self._new_id()
-            self._below = 0
-            return self._event("raised", frame, score, ts)
-        self._count += 1
-        self._below = self._below + 1 if finite and score < self.clear_threshold else 0
-        if self._below < self.clear_frames:
+            event = self._event("cleared", frame, score, ts)
+            self.alarmed = False
+            self._cleared_ts = ts
+            self._window.clear()
+            self._clear.clear()
+            return event
+        self._window.append(_Seen(frame, float(score), not finite or score >= p.threshold))
+        if len(self._window) > p.raise_m:
+            self._window.popleft()
+        hits = [s for s in self._window if s.anomalous]
+        if len(hits) < p.raise_frames or ts - self._cleared_ts < p.cooldown_s:
             return None
-        event = self._event("cleared", frame, score, ts)
-        self.alarmed = False
-        self._reset()
-        return event
+        self._first = hits[0].frame
+        self._count = sum(1 for s in self._window if s.frame >= self._first)
+        finite_hits = [s for s in self._window if s.frame >= self._first and math.isfinite(s.score)]
+        if finite_hits:
+            best = max(finite_hits, key=lambda s: s.score)  # first of equal maxima
+            self._peak, self._peak_frame = best.score, best.frame
+        else:
+            self._peak, self._peak_frame = -math.inf, self._first
+        self.alarmed = True
+        self._episode_id = self._new_id()
+        self._raised_ts = ts
+        self._window.clear()
+        self._clear.clear()
+        return self._event("raised", frame, score, ts)
 
-    def _reset(self) -> None:
-        self._first, self._count, self._peak, self._below = -1, 0, -math.inf, 0
+    def snapshot_candidates(self) -> set[int]:
+        """Frame indices whose pixels may still be the episode's peak frame (keep their images, drop the others).
+
+        Before a raise: the anomalous frames of the window not outscored by a later one (at most ``raise_window``);
+        while alarmed: only the current peak frame; none otherwise.
+        """
+        if self.alarmed:
+            return {self._peak_frame}
+        keep: set[int] = set()
+        best = -math.inf
+        for s in reversed(self._window):
+            if not s.anomalous:
+                continue
+            value = s.score if math.isfinite(s.score) else -math.inf
+            if value >= best or not keep:
+                keep.add(s.frame)
+                best = max(best, value)
+        return keep
+
+    @property
+    def peak_frame(self) -> int:
+        """Frame index of the open episode's peak (-1 when not alarmed)."""
+        return self._peak_frame if self.alarmed else -1
 
     def _event(self, state: AlarmState, frame: int, score: float, ts: float) -> AlarmEvent:
         return AlarmEvent(
@@ -150,4 +284,6 @@ class AlarmTracker:
             first_frame=self._first,
             last_frame=frame,
             frames=self._count,
+            peak_frame=self._peak_frame,
+            duration_s=max(0.0, ts - self._raised_ts) if state == "cleared" else 0.0,
         )

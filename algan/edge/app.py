@@ -1,9 +1,13 @@
 """The edge daemon's composition root: :class:`EdgeApp` starts and stops everything in order.
 
-Start: model runner -> (embedded broker) -> MQTT connection -> initial camera states -> camera readers.
-Loop: batch frames across cameras -> score -> publish score, alarm and state messages -> periodic stats.
-Stop (sources exhausted, or the stop event set by SIGTERM/SIGINT): join readers -> final stats -> retained
-``offline`` -> wait until every message is written/acked -> disconnect -> stop the embedded broker.
+Start: model runner -> (embedded broker) -> MQTT connection -> initial camera states -> camera readers ->
+metrics endpoint -> systemd ``READY=1``.
+Loop: batch frames across cameras -> score -> publish score, alarm and state messages -> periodic stats (and
+systemd ``STATUS=``); systemd ``WATCHDOG=1`` while frames flow; a SIGHUP (:meth:`EdgeApp.request_reload`) re-reads
+the alarm thresholds from the config file between two batches.
+Stop (sources exhausted, or the stop event set by SIGTERM/SIGINT): systemd ``STOPPING=1`` -> join readers (one
+shared deadline) -> final stats -> retained ``offline`` -> wait until every message is written/acked -> disconnect
+-> stop the embedded broker.
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from algan.edge.alarm import AlarmTracker
+from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.batcher import Batcher, next_batch
 from algan.edge.broker import EmbeddedBroker, wants_embedded_broker
-from algan.edge.config import EdgeConfig
-from algan.edge.errors import EdgeError
+from algan.edge.camera import CameraReader
+from algan.edge.config import EdgeConfig, load_config
+from algan.edge.discovery import discovery_messages
+from algan.edge.errors import ConfigError, EdgeError
 from algan.edge.hub import Frame, FrameHub
 from algan.edge.messages import (
     STATE_ALARM,
@@ -32,10 +41,12 @@ from algan.edge.messages import (
     score_payload,
     utc_iso,
 )
+from algan.edge.metrics import Metrics
 from algan.edge.mqtt import MqttPublisher, Publisher
+from algan.edge.outbox import Outbox
 from algan.edge.runner import Runner, load_runner
 from algan.edge.sdnotify import SystemdNotifier
-from algan.edge.sources import CameraReader
+from algan.edge.snapshots import SnapshotStore, snapshot_name
 from algan.edge.stats import StatsWindow
 
 log = logging.getLogger(__name__)
@@ -44,6 +55,10 @@ log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 15.0
 #: Consecutive failed inference batches after which the daemon gives up (exit 1).
 MAX_INFERENCE_FAILURES = 10
+#: Seconds all camera readers together get to stop at shutdown (then they are abandoned: daemon threads).
+READER_JOIN_S = 5.0
+#: Without a systemd watchdog: frames count as flowing when one was scored within this many seconds.
+FLOWING_S = 30.0
 
 
 class EdgeApp:
@@ -54,6 +69,8 @@ class EdgeApp:
         stop: event that ends the run when set (signal handlers set it); a new one by default.
         runner_factory: builds the runner (tests inject fakes).
         clock: monotonic clock (seconds).
+        config_path: the YAML file re-read on :meth:`request_reload` (SIGHUP); ``None`` = reload disabled.
+        notifier: systemd notifier (default: from the environment, a no-op outside systemd).
     """
 
     def __init__(
@@ -62,6 +79,8 @@ class EdgeApp:
         stop: threading.Event | None = None,
         runner_factory: Callable[[EdgeConfig], Runner] = load_runner,
         clock: Callable[[], float] = time.monotonic,
+        config_path: str | Path | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.cfg = config
         self.stop = stop or threading.Event()
@@ -78,7 +97,20 @@ class EdgeApp:
         self._failures = 0
         self.window = StatsWindow(clock())
         self.last_stats: dict = {}
-        self.systemd = SystemdNotifier()
+        self.systemd = notifier or SystemdNotifier()
+        self.config_path = Path(config_path) if config_path is not None else None
+        self._reload = threading.Event()
+        self.reloads = 0
+        self.backend = ""
+        self._batcher: Batcher[Frame] | None = None
+        self._last_scored: float | None = None
+        self.metrics = Metrics(config.metrics, config.device_id, self.stats_snapshot)
+        snap = config.alarm.snapshots
+        self.snapshots = None if snap is None else SnapshotStore(
+            snap.dir, snap.max_count, None if snap.max_age_h is None else snap.max_age_h * 3600.0, snap.jpeg_quality)
+        #: per camera: images of the frames that may still be the open/next alarm's peak (see AlarmTracker)
+        self._peak_images: dict[str, dict[int, np.ndarray]] = {}
+        self._open_snapshots: dict[str, tuple[str, str | None, int]] = {}  # camera -> (file name, path, peak frame)
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -94,18 +126,24 @@ class EdgeApp:
         h, w = runner.input_size
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,
                  runner.model_id)
+        self.backend = runner.backend
         broker = self._start_broker()
         try:
             pub = self._connect()
             try:
                 self._start_cameras(pub, runner.input_size)
-                self.systemd.notify("READY=1")
+                self.metrics.start()
+                self.systemd.ready(f"running: {len(self.readers)} camera(s), backend {runner.backend}")
                 self._loop(runner, pub)
             finally:
-                self.systemd.notify("STOPPING=1")
+                self.systemd.stopping("stopping: flushing messages")
                 self.stop.set()
                 undelivered = self._shutdown(runner, pub)
         finally:
+            self.metrics.stop()
+            close = getattr(runner, "close", None)
+            if callable(close):
+                close()
             if broker is not None:
                 broker.stop()
         if undelivered:
@@ -127,15 +165,20 @@ class EdgeApp:
 
     def _connect(self) -> MqttPublisher:
         m = self.cfg.mqtt
-        pub = MqttPublisher(m, m.client_id or f"algan-edge-{self.cfg.device_id}", self.topics.status)
+        outbox = Outbox(m.outbox.path, m.outbox.max_events) if m.outbox.enabled else None
+        if outbox is not None and len(outbox):
+            log.info("MQTT outbox %s holds %d undelivered messages from before; they go out first", outbox.path,
+                     len(outbox))
+        ha = m.homeassistant
+        birth = discovery_messages(self.topics, [c.name for c in self.cfg.cameras], ha.discovery_prefix,
+                                   ha.device_name) if ha.enabled else []
+        pub = MqttPublisher(m, m.client_id or f"algan-edge-{self.cfg.device_id}", self.topics.status, outbox, birth)
         pub.connect(m.connect_timeout_s)
         return pub
 
     def _start_cameras(self, pub: Publisher, size: tuple[int, int]) -> None:
-        a = self.cfg.alarm
         for cam in self.cfg.cameras:
-            thr, clr = self.thresholds[cam.name]
-            self.trackers[cam.name] = AlarmTracker(cam.name, thr, clr, a.raise_frames, a.clear_frames)
+            self.trackers[cam.name] = AlarmTracker(cam.name, policy=self.cfg.alarm_policy(cam))
             self._set_state(pub, cam.name, STATE_NORMAL)
         for cam in self.cfg.cameras:
             reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status)
@@ -149,7 +192,7 @@ class EdgeApp:
     def _set_state(self, pub: Publisher, camera: str, state: str) -> None:
         if self._states.get(camera) != state:
             self._states[camera] = state
-            pub.publish(self.topics.state(camera), state, qos=self.cfg.mqtt.alarm_qos, retain=True)
+            pub.publish(self.topics.state(camera), state, qos=self.cfg.mqtt.alarm_qos, retain=True, durable=True)
 
     def _drain_status(self, pub: Publisher) -> None:
         while True:
@@ -162,23 +205,89 @@ class EdgeApp:
             elif status == "online":
                 self._set_state(pub, camera, STATE_ALARM if self.trackers[camera].alarmed else STATE_NORMAL)
 
+    # -- reload (SIGHUP) -----------------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Ask the loop to re-read the alarm thresholds from :attr:`config_path` (safe from a signal handler)."""
+        self._reload.set()
+
+    def _apply_reload(self) -> bool:
+        """Re-read the config file and apply the alarm section and per-camera thresholds to the running trackers.
+
+        Other changes (cameras, model, MQTT...) need a restart; they are logged and ignored. A config that does
+        not load is logged as one line and the old settings stay.
+
+        Returns:
+            True when new thresholds were applied.
+        """
+        self._reload.clear()
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: the daemon was not started from a config file")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload failed, keeping the current settings: %s", e)
+            return False
+        old_names = [c.name for c in self.cfg.cameras]
+        if [c.name for c in new.cameras] != old_names:
+            log.warning("reload: cameras were added, removed or renamed; that needs a restart (ignored)")
+        ignored = [k for k in ("model", "runner", "batch", "mqtt", "device_id", "metrics")
+                   if getattr(new, k) != getattr(self.cfg, k)]
+        if ignored:
+            log.warning("reload: changes to %s need a restart (ignored)", ", ".join(ignored))
+        by_name = {c.name: c for c in new.cameras}
+        policies = {}
+        try:
+            for name in old_names:
+                cam = by_name.get(name)
+                if cam is None:
+                    continue
+                policies[name] = new.alarm_policy(cam).check()
+        except ValueError as e:
+            log.error("reload failed, keeping the current settings: %s", e)
+            return False
+        for name, policy in policies.items():
+            self.trackers[name].reconfigure(policy)
+            self.thresholds[name] = (policy.threshold, policy.clear_threshold)
+        cams = [by_name.get(c.name, c) for c in self.cfg.cameras]
+        self.cfg = self.cfg.model_copy(update={"alarm": new.alarm, "cameras": cams})
+        self.reloads += 1
+        log.info("reloaded alarm settings from %s: %s", self.config_path,
+                 ", ".join(f"{n} {t:g}/{c:g}" for n, (t, c) in self.thresholds.items()))
+        return True
+
     # -- loop ----------------------------------------------------------------------------------------------
+    def _frames_flowing(self, now: float) -> bool:
+        """Whether the watchdog may be fed: a frame was scored recently, or no live camera is online (all are
+        reconnecting, finished, or watched folders waiting for files: nothing is stuck)."""
+        window = 2 * self.systemd.watchdog_interval if self.systemd.watchdog_interval else FLOWING_S
+        if self._last_scored is not None and now - self._last_scored <= window:
+            return True
+        return not any(r.cam.is_live and r.counters.status == "online" for r in self.readers)
+
     def _loop(self, runner: Runner, pub: Publisher) -> None:
         batcher: Batcher[Frame] = Batcher(self.cfg.batch.max_size, self.cfg.batch.max_wait_ms / 1000.0)
+        self._batcher = batcher
         self.window = StatsWindow(self.clock())  # restart: model load and connect are not throughput
+        self._last_scored = self.clock()  # grace period for the first frames
         while True:
-            self.systemd.watchdog()
+            if self._frames_flowing(self.clock()):
+                self.systemd.watchdog()
+            if self._reload.is_set():
+                self._apply_reload()
             self._drain_status(pub)
             batch = next_batch(self.hub, batcher, self.stop, self.clock)
             if batch is None:
                 break
             if batch:
+                self._drain_status(pub)  # a camera's "online" state goes out before its first scores
                 self._process(batch, runner, pub)
             if self.window.due(self.clock(), self.cfg.stats_interval_s):
                 self._publish_stats(runner, pub)
         self._drain_status(pub)
 
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
+        t0 = self.clock()
         try:
             scores = runner(np.stack([f.image for f in batch]))
         except (RuntimeError, ValueError) as e:
@@ -188,6 +297,8 @@ class EdgeApp:
                 raise EdgeError(f"inference failed {self._failures} times in a row; last error: {e}") from None
             return
         self._failures = 0
+        self.metrics.observe_batch(self.clock() - t0)
+        self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
         for frame, score in zip(batch, scores.tolist(), strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
@@ -197,16 +308,46 @@ class EdgeApp:
             pub.publish(self.topics.score(cam), payload, qos=self.cfg.mqtt.score_qos)
             self.scored[cam] += 1
             self.window.record(latency_ms, now)
+            self.metrics.observe_frame(latency_ms / 1000.0)
+            self._last_scored = now
             event = self.trackers[cam].update(frame.index, score, frame.t_wall)
+            if self.snapshots is not None:
+                event = self._snapshot(frame, event)
             if event is not None:
-                pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos)
+                pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,
                             event.state, frame.index, score, event.peak, event.first_frame, event.last_frame, event.id)
 
-    def _publish_stats(self, runner: Runner, pub: Publisher) -> None:
-        fig = self.window.report(self.clock())
+    def _snapshot(self, frame: Frame, event: AlarmEvent | None) -> AlarmEvent | None:
+        """Keep only the images that may become an alarm's peak frame (at most raise_window per camera before a
+        raise, one while alarmed); write the peak JPEG at the raise and rewrite it at the clear if the peak rose."""
+        assert self.snapshots is not None
+        cam = frame.camera
+        keep = self.trackers[cam].snapshot_candidates()
+        images = self._peak_images.setdefault(cam, {})
+        if frame.index in keep or (event is not None and frame.index == event.peak_frame):
+            images[frame.index] = frame.image
+        if event is not None:
+            image = images.get(event.peak_frame)
+            if event.state == "raised":
+                name = snapshot_name(cam, event.ts, event.id)
+                path = self.snapshots.save(name, image) if image is not None else None
+                self._open_snapshots[cam] = (name, path, event.peak_frame)
+            else:
+                name, path, saved = self._open_snapshots.pop(cam, ("", None, -1))
+                if path is not None and image is not None and event.peak_frame != saved:
+                    path = self.snapshots.save(name, image) or path
+            event = replace(event, snapshot=path)
+        for index in [i for i in images if i not in keep]:
+            del images[index]
+        return event
+
+    def _camera_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-camera counters right now (read without locks: each is written by one thread)."""
+        now = self.clock()
         cams = {}
+        depths = self.hub.depths()
         for r in self.readers:
             name = r.cam.name
             c = r.counters
@@ -217,15 +358,34 @@ class EdgeApp:
                 "read": c.read,
                 "dropped": self.hub.dropped.get(name, 0),
                 "corrupt": c.corrupt,
+                "skipped": c.skipped,
+                "backpressure": self.hub.waits.get(name, 0),
+                "queue_depth": depths.get(name, 0),
                 "reconnects": c.reconnects,
+                "stale": c.stale,
+                "frame_age_s": round(now - c.last_frame, 3) if c.last_frame is not None else None,
             }
+        return cams
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """The latest stats message with live camera counters (for the metrics endpoint; any thread)."""
+        return {**self.last_stats, "cameras": self._camera_stats(), "queue_depth": self.hub.depth()}
+
+    def _publish_stats(self, runner: Runner, pub: Publisher) -> None:
+        fig = self.window.report(self.clock())
+        cams = self._camera_stats()
+        b = self._batcher
         payload = {
             "ts": utc_iso(time.time()),
             **fig,
             "frames": sum(self.scored.values()),
             "dropped": sum(v["dropped"] for v in cams.values()),
             "corrupt": sum(v["corrupt"] for v in cams.values()),
+            "skipped": sum(v["skipped"] for v in cams.values()),
+            "backpressure": sum(v["backpressure"] for v in cams.values()),
             "queue_depth": self.hub.depth(),
+            "batches_full": b.full_batches if b is not None else 0,
+            "batches_partial": b.partial_batches if b is not None else 0,
             "backend": runner.backend,
             "model_id": runner.model_id,
             "mqtt_lost": getattr(pub, "lost", 0),
@@ -233,13 +393,18 @@ class EdgeApp:
         }
         pub.publish(self.topics.stats, dumps(payload))
         self.last_stats = payload
+        online = sum(1 for v in cams.values() if v["status"] == "online")
+        self.systemd.status(f"{fig['fps']} frames/s, latency p99 {fig['latency_ms_p99']} ms, {online}/{len(cams)} "
+                            f"cameras online, {payload['dropped']} dropped")
+        log.debug("stats: %s", payload)
 
     # -- stop ----------------------------------------------------------------------------------------------
     def _shutdown(self, runner: Runner, pub: MqttPublisher) -> int:
+        deadline = time.monotonic() + READER_JOIN_S
         for r in self.readers:
-            r.join(timeout=6.0)
+            r.join(timeout=max(0.0, deadline - time.monotonic()))
             if r.is_alive():
-                log.warning("camera %s: reader did not stop within 6 s; abandoning it", r.cam.name)
+                log.warning("camera %s: reader did not stop within %g s; abandoning it", r.cam.name, READER_JOIN_S)
         self._drain_status(pub)
         if self.readers:
             self._publish_stats(runner, pub)

@@ -1,5 +1,10 @@
 """Cross-camera batching: run a batch when it holds ``max_size`` frames or its first frame has waited ``max_wait_s``.
 
+The same rule as DeepStream's ``nvstreammux`` (``batch-size`` + ``batched-push-timeout``): a full batch goes at
+once, a partial one when the timeout since its first frame expires, so one slow camera adds at most
+``max_wait_s`` of latency to the others. Frames wait in the hub's bounded per-camera queues meanwhile (drops of
+live cameras and back-pressure waits of files are counted there).
+
 :class:`Batcher` is the pure rule (the clock is passed in, nothing blocks). :func:`next_batch` is the thin driver
 that pulls frames from a :class:`FrameSource`-like hub until the rule says "go".
 """
@@ -43,6 +48,9 @@ class Batcher(Generic[T]):
         self.max_wait_s = float(max_wait_s)
         self._items: list[T] = []
         self._first_t = 0.0
+        #: batches taken full (``max_size`` items) and taken partial (wait expired, hub exhausted or stop)
+        self.full_batches = 0
+        self.partial_batches = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -69,6 +77,10 @@ class Batcher(Generic[T]):
     def take(self) -> list[T]:
         """Return all pending items, oldest first (at most ``max_size`` when fed one at a time), and start anew."""
         items, self._items = self._items, []
+        if len(items) >= self.max_size:
+            self.full_batches += 1
+        elif items:
+            self.partial_batches += 1
         return items
 
 

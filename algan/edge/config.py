@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from algan.edge.alarm import AlarmPolicy
 from algan.edge.errors import ConfigError
 
 #: Names used inside MQTT topics (device id, camera names): no ``/``, ``+``, ``#``, spaces or control characters.
@@ -33,7 +34,9 @@ TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-
 #: URL schemes OpenCV/FFmpeg opens as live network streams.
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
-SourceKind = Literal["file", "device", "stream", "folder"]
+SourceKind = Literal["file", "device", "stream", "folder", "gstreamer"]
+#: Source kinds read live (a camera): newest frame only, never "finished", stale watchdog applies.
+LIVE_KINDS = ("device", "stream", "gstreamer")
 
 
 class _Section(BaseModel):
@@ -50,15 +53,44 @@ def _topic_name(value: str, what: str) -> str:
     return value
 
 
+#: Short names of ONNX Runtime execution providers accepted in ``runner.providers`` and their ORT names.
+ORT_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
 class RunnerConfig(_Section):
     """Inference backend settings."""
 
-    backend: Literal["onnxruntime", "tensorrt"] = Field(
-        "onnxruntime", description="inference backend: 'onnxruntime' (CPU) or 'tensorrt' (NVIDIA GPU)"
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+        "auto",
+        description="inference backend: 'auto' (a .engine model -> tensorrt, else onnxruntime), 'onnxruntime', "
+        "'tensorrt' (serialized engine via pycuda, NVIDIA GPU) or 'torch' (bundle on a CUDA GPU in FP16)",
+    )
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["cpu"],
+        min_length=1,
+        description="ONNX Runtime execution providers in order of preference (tensorrt, cuda, cpu); unavailable "
+        "ones are skipped with a warning and cpu is always the last fallback",
     )
     threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime intra-op threads (count); 0 = ONNX Runtime default (all cores)"
     )
+    device: int = Field(
+        0, ge=0, le=64, description="CUDA device index for the tensorrt/torch backends and the GPU providers"
+    )
+    fp16: bool = Field(
+        True, description="half precision where the backend chooses it (torch backend, ORT TensorRT provider)"
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"providers {v} lists one twice; give each of tensorrt, cuda, cpu at most once")
+        return v
 
 
 class BatchConfig(_Section):
@@ -70,11 +102,67 @@ class BatchConfig(_Section):
     )
 
 
+class MqttTlsConfig(_Section):
+    """TLS towards the broker (mosquitto ``listener 8883`` with ``cafile``/``certfile``/``keyfile``)."""
+
+    ca_file: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the broker certificate; omit = the system CA store"
+    )
+    cert_file: Path | None = Field(None, description="PEM client certificate (with key_file), for brokers that "
+                                   "require client certificates (require_certificate true)")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (unencrypted)")
+    insecure: bool = Field(
+        False,
+        description="skip the check that the broker certificate names mqtt.host (the chain is still verified); "
+        "only for test setups and IP-addressed brokers without a matching certificate",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.tls.cert_file and mqtt.tls.key_file go together; set both or neither")
+        return self
+
+
+class OutboxConfig(_Section):
+    """On-disk queue (SQLite) of alarm events and camera states not yet acknowledged by the broker."""
+
+    enabled: bool = Field(
+        True, description="keep alarm events and camera states on disk until the broker acknowledged them"
+    )
+    path: Path = Field(
+        Path("outbox.sqlite"),
+        description="SQLite file; a relative path is looked up in $STATE_DIRECTORY (systemd StateDirectory=) if "
+        "set, else next to the config file",
+    )
+    max_events: int = Field(
+        10_000, ge=10, le=10_000_000,
+        description="most undelivered messages kept (messages); when full the oldest is dropped with a warning",
+    )
+
+
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery: a binary_sensor (alarm) and a sensor (score) per camera."""
+
+    enabled: bool = Field(False, description="publish retained discovery configs on every broker connection")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery topic prefix")
+    device_name: str | None = Field(
+        None, description="device name shown in Home Assistant; default 'algan <device_id>'"
+    )
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix_topic_safe(cls, v: str) -> str:
+        if not TOPIC_PREFIX_RE.match(v):
+            raise ValueError(f"discovery_prefix {v!r} is not a valid topic prefix; use e.g. 'homeassistant'")
+        return v
+
+
 class MqttConfig(_Section):
     """MQTT broker connection and topic prefix."""
 
     host: str = Field("127.0.0.1", min_length=1, description="broker host name or IP address")
-    port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
+    port: int = Field(1883, ge=1, le=65535, description="broker TCP port (usually 1883, or 8883 with TLS)")
     prefix: str = Field("algan", description="first topic level(s), e.g. 'algan' or 'plant1/algan'")
     client_id: str | None = Field(None, description="MQTT client id; default 'algan-edge-<device_id>'")
     username: str | None = Field(None, description="broker user name; omit for anonymous access")
@@ -84,15 +172,27 @@ class MqttConfig(_Section):
         description="file holding the broker password (first line); relative paths are looked up in "
         "$CREDENTIALS_DIRECTORY (systemd LoadCredential=) if set, else next to the config file",
     )
+    tls: MqttTlsConfig | None = Field(None, description="TLS settings; omit for plain TCP")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval (seconds)")
     connect_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="how long to wait for the first broker connection at start (seconds)"
+        10.0, ge=0, le=300,
+        description="how long start-up waits for the first broker connection (seconds); an unreachable broker is "
+        "then an error, a refusing one is retried; 0 = do not wait: run and keep retrying (alarms wait in the outbox)",
+    )
+    reconnect_min_s: int = Field(1, ge=1, le=3600, description="first wait before reconnecting (seconds)")
+    reconnect_max_s: int = Field(
+        30, ge=1, le=3600, description="longest wait between reconnect attempts; waits double up to it (seconds)"
     )
     max_queued_messages: int = Field(
-        10_000, ge=1, description="QoS1 messages kept in memory while the broker is unreachable (messages)"
+        10_000, ge=1, description="messages kept in memory by the MQTT client while the broker is unreachable "
+        "(messages); alarm events and states are kept on disk in the outbox instead"
     )
     score_qos: Literal[0, 1, 2] = Field(0, description="QoS of score messages (0 = at most once, cheapest)")
     alarm_qos: Literal[1, 2] = Field(1, description="QoS of alarm events and state (1 or 2; alarms are never QoS 0)")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="on-disk queue of undelivered alarms")
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="optional Home Assistant MQTT discovery"
+    )
     embedded_broker: Literal["auto", "never"] = Field(
         "auto",
         description="'auto': when host is loopback and nothing listens on host:port, start a built-in broker; "
@@ -113,18 +213,76 @@ class MqttConfig(_Section):
             raise ValueError("set either mqtt.password or mqtt.password_file, not both")
         if (self.password is not None or self.password_file is not None) and self.username is None:
             raise ValueError("a broker password needs mqtt.username; add it or remove the password")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            msg = (f"mqtt.reconnect_max_s ({self.reconnect_max_s}) must be >= mqtt.reconnect_min_s "
+                   f"({self.reconnect_min_s}); raise it")
+            raise ValueError(msg)
         return self
 
 
+class SnapshotConfig(_Section):
+    """JPEG of the peak frame of each alarm (the model-input image: after ROI crop and resize)."""
+
+    dir: Path = Field(description="directory of the snapshots; a relative path is resolved next to the config file")
+    max_count: int = Field(1000, ge=1, le=1_000_000, description="most snapshots kept; older ones are deleted (files)")
+    max_age_h: float | None = Field(
+        168.0, gt=0, le=87_600, description="snapshots older than this are deleted (hours); null = no age limit"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality (1-100)")
+
+
+class AlarmOverride(_Section):
+    """Per-camera alarm settings; each one given replaces the global ``alarm`` value for that camera."""
+
+    threshold: float | None = Field(None, gt=0, description="score at or above which a frame is anomalous (score)")
+    clear_threshold: float | None = Field(
+        None, gt=0, description="score below which a frame is normal again (score); default scales with threshold"
+    )
+    raise_frames: int | None = Field(None, ge=1, le=1000, description="anomalous frames that raise (frames)")
+    raise_window: int | None = Field(None, ge=1, le=1000, description="frames looked at for raise_frames (frames)")
+    clear_frames: int | None = Field(None, ge=1, le=100_000, description="normal frames that clear (frames)")
+    clear_window: int | None = Field(None, ge=1, le=100_000, description="frames looked at for clear_frames (frames)")
+    min_duration_s: float | None = Field(None, ge=0, le=86_400, description="shortest alarm (seconds)")
+    cooldown_s: float | None = Field(
+        None, ge=0, le=86_400, description="no new alarm this long after a clear (seconds)"
+    )
+
+
 class AlarmConfig(_Section):
-    """Alarm debouncing and hysteresis on calibrated scores (1.0 = calibrated alarm threshold)."""
+    """Alarm debouncing and hysteresis on calibrated scores (1.0 = calibrated alarm threshold).
+
+    A frame is anomalous at ``score >= threshold`` and normal at ``score < clear_threshold``. An alarm is raised
+    when ``raise_frames`` of the last ``raise_window`` frames are anomalous (default window = raise_frames, i.e.
+    consecutive) and cleared when ``clear_frames`` of the last ``clear_window`` frames are normal, but not before
+    ``min_duration_s``; after a clear no alarm is raised for ``cooldown_s``.
+    """
 
     threshold: float = Field(1.0, gt=0, description="score at or above which a frame counts as anomalous (score)")
     clear_threshold: float = Field(
         0.9, gt=0, description="score below which a frame counts as normal again while alarmed (score, <= threshold)"
     )
-    raise_frames: int = Field(3, ge=1, le=10_000, description="consecutive anomalous frames that raise an alarm")
-    clear_frames: int = Field(5, ge=1, le=100_000, description="consecutive normal frames that clear an alarm")
+    raise_frames: int = Field(
+        3, ge=1, le=1000, description="anomalous frames within raise_window that raise an alarm (frames)"
+    )
+    raise_window: int | None = Field(
+        None, ge=1, le=1000,
+        description="frames looked at for raise_frames (frames, >= raise_frames); default raise_frames = consecutive",
+    )
+    clear_frames: int = Field(5, ge=1, le=100_000, description="normal frames within clear_window that clear (frames)")
+    clear_window: int | None = Field(
+        None, ge=1, le=100_000,
+        description="frames looked at for clear_frames (frames, >= clear_frames); default clear_frames = consecutive",
+    )
+    min_duration_s: float = Field(
+        0.0, ge=0, le=86_400, description="an alarm stays raised at least this long (seconds)"
+    )
+    cooldown_s: float = Field(
+        0.0, ge=0, le=86_400, description="after a clear, no new alarm is raised for this long (seconds)"
+    )
+    snapshots: SnapshotConfig | None = Field(None, description="JPEG of each alarm's peak frame; omit = none")
+    cameras: dict[str, AlarmOverride] = Field(
+        default_factory=dict, description="per-camera overrides by camera name, e.g. {cam1: {raise_frames: 5}}"
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmConfig:
@@ -134,6 +292,10 @@ class AlarmConfig(_Section):
                 "lower it (hysteresis)"
             )
             raise ValueError(msg)
+        for key, n, m in (("raise", self.raise_frames, self.raise_window),
+                          ("clear", self.clear_frames, self.clear_window)):
+            if m is not None and m < n:
+                raise ValueError(f"alarm.{key}_window ({m}) must be >= alarm.{key}_frames ({n}); raise it")
         return self
 
 
@@ -150,10 +312,13 @@ class CameraConfig(_Section):
 
     name: str = Field(description="camera name, unique on this device, used as a topic level")
     source: int | str = Field(
-        description="video file path, device index (0) or /dev/videoN, rtsp/http URL, or folder of images"
+        description="video file path, device index (0) or /dev/videoN, rtsp/http URL, folder of images, or a "
+        "GStreamer pipeline ending in appsink (kind gstreamer)"
     )
-    kind: Literal["auto", "file", "device", "stream", "folder"] = Field(
-        "auto", description="source kind; 'auto': integer or /dev path = device, URL = stream, else file/folder"
+    kind: Literal["auto", "file", "device", "stream", "folder", "gstreamer"] = Field(
+        "auto",
+        description="source kind; 'auto': integer or /dev path = device, URL = stream, text with ' ! ' = gstreamer "
+        "pipeline, else file/folder",
     )
     roi: Roi | None = Field(None, description="crop [x, y, width, height] before resizing (pixels); omit = full frame")
     threshold: float | None = Field(None, gt=0, description="per-camera alarm threshold overriding alarm.threshold")
@@ -163,9 +328,50 @@ class CameraConfig(_Section):
     queue_size: int | None = Field(
         None, ge=1, le=1024, description="frames buffered per camera; default 1 for live sources, 16 for files"
     )
-    reconnect_interval_s: float = Field(
-        5.0, gt=0, le=3600, description="wait before reopening a live source that failed or died (seconds)"
+    fps: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="target frames/s passed on to the model (frames/s); extra frames are skipped (counted), for "
+        "files by source time so a replay scores the same frames; omit = every frame",
     )
+    realtime: bool = Field(
+        False, description="file/folder replay paced at the video's own frame rate (like a camera); default: as fast "
+        "as the model goes"
+    )
+    replay_fps: float | None = Field(
+        None, gt=0, le=1000, description="file/folder replay paced at this rate (frames/s); implies realtime"
+    )
+    loop: bool = Field(False, description="file/folder: start again at the end instead of finishing (soak tests)")
+    watch: bool = Field(
+        False, description="folder: keep running and read new image files as they arrive (in name order)"
+    )
+    settle_s: float = Field(
+        0.5,
+        ge=0,
+        le=600,
+        description="folder watch: a new file is read once its size and mtime stayed unchanged this long (seconds); "
+        "names starting with '.' or ending in .tmp/.part/.partial/.crdownload/~ are never read",
+    )
+    stale_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="live source without a frame for this long is released and reopened (seconds)",
+    )
+    reconnect_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="first wait before reopening a live source that failed or died (seconds)"
+    )
+    reconnect_max_s: float = Field(
+        60.0, gt=0, le=86_400, description="longest wait between reopen attempts; waits double up to it (seconds)"
+    )
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="stream: RTSP transport given to FFmpeg (tcp avoids smeared frames on lossy links)"
+    )
+    low_delay: bool = Field(True, description="stream: FFmpeg nobuffer/low_delay flags (less latency, fewer frames "
+                            "buffered)")
+    open_timeout_s: float = Field(10.0, gt=0, le=600, description="stream: FFmpeg open timeout (seconds)")
+    read_timeout_s: float = Field(5.0, gt=0, le=600, description="stream: FFmpeg read timeout (seconds)")
 
     @field_validator("name")
     @classmethod
@@ -183,10 +389,23 @@ class CameraConfig(_Section):
 
     @model_validator(mode="after")
     def _kind_matches_source(self) -> CameraConfig:
-        if self.kind in ("file", "folder", "stream") and isinstance(self.source, int):
+        if self.kind in ("file", "folder", "stream", "gstreamer") and isinstance(self.source, int):
             raise ValueError(f"kind '{self.kind}' needs a path or URL as source, got the device index {self.source}")
         if self.threshold is not None and self.clear_threshold is not None and self.clear_threshold > self.threshold:
             msg = f"clear_threshold ({self.clear_threshold}) must be <= threshold ({self.threshold}); lower it"
+            raise ValueError(msg)
+        kind = self.resolved_kind
+        replay = [k for k in ("realtime", "replay_fps", "loop", "watch") if getattr(self, k) not in (False, None)]
+        if replay and kind not in ("file", "folder"):
+            msg = f"{', '.join(replay)} only apply to file/folder sources, not to a {kind} source; remove it"
+            raise ValueError(msg)
+        if self.watch and self.kind == "file":
+            raise ValueError("watch applies to folder sources; set kind: folder (or auto) or remove watch")
+        if self.watch and self.loop:
+            raise ValueError("a watched folder never ends, so loop has no meaning; remove one of watch/loop")
+        if self.reconnect_max_s < self.reconnect_interval_s:
+            msg = (f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_interval_s "
+                   f"({self.reconnect_interval_s}); raise it")
             raise ValueError(msg)
         return self
 
@@ -200,12 +419,27 @@ class CameraConfig(_Section):
             return "device"
         if src.lower().startswith(STREAM_SCHEMES):
             return "stream"
+        if " ! " in src:
+            return "gstreamer"
         return "file"
 
     @property
     def is_live(self) -> bool:
-        """True for cameras and network streams (run until stopped), False for files/folders (end when exhausted)."""
-        return self.resolved_kind in ("device", "stream")
+        """True for cameras, network streams and GStreamer pipelines (newest frame only, run until stopped), False
+        for files/folders (never drop a frame)."""
+        return self.resolved_kind in LIVE_KINDS
+
+    @property
+    def endless(self) -> bool:
+        """True when the source never finishes by itself: live sources, watched folders and looped replays."""
+        return self.is_live or self.watch or self.loop
+
+
+class MetricsConfig(_Section):
+    """Optional Prometheus endpoint (needs the prometheus-client package)."""
+
+    port: int | None = Field(None, ge=1, le=65535, description="HTTP port of /metrics; omit = no endpoint")
+    host: str = Field("127.0.0.1", min_length=1, description="bind address of the metrics endpoint")
 
 
 class EdgeConfig(_Section):
@@ -218,6 +452,7 @@ class EdgeConfig(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker and topics")
     alarm: AlarmConfig = Field(default_factory=AlarmConfig, description="alarm debouncing and hysteresis")
     stats_interval_s: float = Field(5.0, gt=0, le=3600, description="period of the stats message (seconds)")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="optional Prometheus endpoint")
     cameras: list[CameraConfig] = Field(min_length=1, description="cameras to watch (at least one)")
 
     @field_validator("device_id")
@@ -234,18 +469,61 @@ class EdgeConfig(_Section):
             seen.add(cam.name)
         return self
 
-    def camera_thresholds(self, cam: CameraConfig) -> tuple[float, float]:
-        """Effective ``(threshold, clear_threshold)`` of a camera (scores).
+    @model_validator(mode="after")
+    def _alarm_overrides(self) -> EdgeConfig:
+        names = [cam.name for cam in self.cameras]
+        for name in self.alarm.cameras:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                msg = (f"alarm.cameras.{name}: no camera is named {name!r}; {hint}use a name from cameras "
+                       f"({', '.join(names)})")
+                raise ValueError(msg)
+        for cam in self.cameras:
+            over = self.alarm.cameras.get(cam.name)
+            if over is not None and cam.threshold is not None and over.threshold is not None:
+                msg = (f"camera {cam.name}: threshold is set both in cameras[].threshold and "
+                       f"alarm.cameras.{cam.name}.threshold; keep one")
+                raise ValueError(msg)
+            try:
+                self.alarm_policy(cam).check()
+            except ValueError as e:
+                where = f"alarm.cameras.{cam.name}" if over is not None else f"camera {cam.name}"
+                raise ValueError(f"{where}: {e}; fix the alarm settings of this camera") from None
+        return self
 
-        A camera ``threshold`` without ``clear_threshold`` keeps the global ratio clear_threshold / threshold.
-        """
-        if cam.threshold is None:
-            return self.alarm.threshold, (
-                cam.clear_threshold if cam.clear_threshold is not None else self.alarm.clear_threshold
-            )
-        if cam.clear_threshold is not None:
-            return cam.threshold, cam.clear_threshold
-        return cam.threshold, cam.threshold * self.alarm.clear_threshold / self.alarm.threshold
+    def alarm_policy(self, cam: CameraConfig) -> AlarmPolicy:
+        """Effective alarm settings of a camera: ``alarm`` overridden by ``alarm.cameras.<name>`` and the camera's own
+        ``threshold``/``clear_threshold``. A threshold override without a clear threshold keeps the global ratio
+        clear_threshold / threshold."""
+        a = self.alarm
+        over = a.cameras.get(cam.name) or AlarmOverride()
+        thr = over.threshold if over.threshold is not None else cam.threshold
+        clr = over.clear_threshold if over.clear_threshold is not None else cam.clear_threshold
+        if thr is None:
+            thr, clr = a.threshold, clr if clr is not None else a.clear_threshold
+        elif clr is None:
+            clr = thr * a.clear_threshold / a.threshold
+
+        def pick(key: str) -> Any:
+            value = getattr(over, key)
+            return value if value is not None else getattr(a, key)
+
+        return AlarmPolicy(
+            threshold=thr,
+            clear_threshold=clr,
+            raise_frames=pick("raise_frames"),
+            raise_window=pick("raise_window"),
+            clear_frames=pick("clear_frames"),
+            clear_window=pick("clear_window"),
+            min_duration_s=pick("min_duration_s"),
+            cooldown_s=pick("cooldown_s"),
+        )
+
+    def camera_thresholds(self, cam: CameraConfig) -> tuple[float, float]:
+        """Effective ``(threshold, clear_threshold)`` of a camera (scores), see :meth:`alarm_policy`."""
+        policy = self.alarm_policy(cam)
+        return policy.threshold, policy.clear_threshold
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,6 +639,43 @@ def _resolve_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
     return cfg.model_copy(update={"model": model, "cameras": cams})
 
 
+def _credential_path(p: Path, base: Path) -> Path:
+    if p.is_absolute():
+        return p
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(creds) / p if creds else base / p
+
+
+def _resolve_mqtt_alarm_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
+    """Resolve (and check readable) TLS files; resolve the outbox file and the snapshot directory."""
+    mqtt = cfg.mqtt
+    if mqtt.tls is not None:
+        files = {}
+        for key in ("ca_file", "cert_file", "key_file"):
+            p = getattr(mqtt.tls, key)
+            if p is None:
+                continue
+            p = _credential_path(p.expanduser(), base)
+            try:
+                with p.open("rb"):
+                    pass
+            except OSError as e:
+                msg = f"config error: mqtt.tls.{key}: cannot read {p} ({e.strerror or e}); fix the path"
+                raise ConfigError(msg) from None
+            files[key] = p
+        mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=files)})
+    ob = mqtt.outbox.path.expanduser()
+    if not ob.is_absolute():
+        state = os.environ.get("STATE_DIRECTORY")
+        ob = Path(state.split(":")[0]) / ob if state else base / ob
+    mqtt = mqtt.model_copy(update={"outbox": mqtt.outbox.model_copy(update={"path": ob})})
+    alarm = cfg.alarm
+    if alarm.snapshots is not None and not alarm.snapshots.dir.expanduser().is_absolute():
+        snaps = alarm.snapshots.model_copy(update={"dir": base / alarm.snapshots.dir.expanduser()})
+        alarm = alarm.model_copy(update={"snapshots": snaps})
+    return cfg.model_copy(update={"mqtt": mqtt, "alarm": alarm})
+
+
 def parse_config(data: Any, path: Path = Path("<config>"), root: yaml.Node | None = None) -> EdgeConfig:
     """Validate already-parsed YAML data.
 
@@ -407,4 +722,4 @@ def load_config(path: str | Path) -> EdgeConfig:
         raise ConfigError(msg) from None
     cfg = parse_config(data, path, root)
     base = path.resolve().parent
-    return _read_password(_resolve_paths(cfg, base), base)
+    return _resolve_mqtt_alarm_paths(_read_password(_resolve_paths(cfg, base), base), base)

@@ -50,7 +50,10 @@ class FrameHub:
         self._open: set[str] = set()
         self._order: list[str] = []
         self._next = 0
+        #: frames a live camera dropped because its queue was full (newest kept), per camera
         self.dropped: dict[str, int] = {}
+        #: puts of a file/folder camera that had to wait for room (back-pressure on the reader), per camera
+        self.waits: dict[str, int] = {}
 
     def register(self, camera: str, capacity: int, live: bool) -> None:
         """Add a camera with a FIFO of ``capacity`` frames (>= 1); ``live`` selects drop-oldest over blocking."""
@@ -61,6 +64,7 @@ class FrameHub:
             self._open.add(camera)
             self._order.append(camera)
             self.dropped[camera] = 0
+            self.waits[camera] = 0
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
         """Queue a frame. Live cameras drop their oldest frame when full; others wait for room.
@@ -75,7 +79,8 @@ class FrameHub:
                 while len(q) >= self._capacity[cam]:
                     q.popleft()
                     self.dropped[cam] += 1
-            else:
+            elif len(q) >= self._capacity[cam]:
+                self.waits[cam] += 1
                 while len(q) >= self._capacity[cam]:
                     if stop.is_set():
                         return False
@@ -120,3 +125,8 @@ class FrameHub:
         """Frames currently queued over all cameras."""
         with self._cond:
             return sum(len(q) for q in self._queues.values())
+
+    def depths(self) -> dict[str, int]:
+        """Frames currently queued, per camera."""
+        with self._cond:
+            return {cam: len(q) for cam, q in self._queues.items()}

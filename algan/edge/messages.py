@@ -100,9 +100,12 @@ def score_payload(ts: float, frame: int, score: float, threshold: float, latency
 
 
 def alarm_payload(event: AlarmEvent) -> str:
-    """Alarm event JSON: id, camera, state (raised|cleared), ts, score, peak, first_frame, last_frame, frames, snapshot.
+    """Alarm event JSON.
 
-    ``snapshot`` is always ``null`` for now (no snapshot store yet).
+    Keys: ``id``, ``camera``, ``state`` (raised|cleared), ``ts`` (decisive frame, UTC ISO), ``score`` (of that frame),
+    ``peak`` (highest score of the episode so far), ``peak_frame``, ``first_frame``, ``last_frame``, ``frames``
+    (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised) and ``snapshot`` (absolute path
+    of the peak-frame JPEG on the device, or ``null``).
     """
     return dumps(
         {
@@ -112,9 +115,11 @@ def alarm_payload(event: AlarmEvent) -> str:
             "ts": utc_iso(event.ts),
             "score": _num(event.score),
             "peak": _num(event.peak),
+            "peak_frame": event.peak_frame,
             "first_frame": event.first_frame,
             "last_frame": event.last_frame,
             "frames": event.frames,
-            "snapshot": None,
+            "duration_s": round(float(event.duration_s), 3),
+            "snapshot": event.snapshot,
         }
     )

@@ -1,36 +1,55 @@
-"""MQTT publisher of the edge daemon (paho-mqtt 2.x, callback API v2).
+"""MQTT publisher of the edge daemon (paho-mqtt 2.x, callback API v2), with a persistent outbox for alarms.
 
-* ``connect_async`` + ``loop_start``: paho's network thread reconnects by itself after an outage.
+* ``connect_async`` + ``loop_start``: paho's network thread reconnects by itself after an outage, waiting
+  ``mqtt.reconnect_min_s`` doubling up to ``mqtt.reconnect_max_s`` between attempts.
 * Last Will: retained QoS1 ``offline`` on ``<prefix>/<device>/status``; ``online`` (retained, QoS1) is published on
-  every successful (re)connect, ``offline`` explicitly at a clean shutdown.
-* ``on_connect`` checks the CONNACK reason code: a refusal (bad credentials, banned client id...) is logged as one
-  line and never treated as connected.
-* QoS1 messages published while disconnected stay in paho's queue (bounded by ``mqtt.max_queued_messages``) and
-  are sent after reconnecting; QoS0 messages published while disconnected are dropped and counted in ``lost``.
+  every successful (re)connect (plus the Home Assistant discovery configs, when enabled), ``offline`` explicitly at a
+  clean shutdown.
+* ``on_connect`` checks the CONNACK reason code: a refusal (bad credentials, banned client id...) is logged as ONE
+  line per refusal streak and retried with the same backoff; it is never treated as connected.
+* Durable messages (``publish(..., durable=True)``: alarm events and camera states) are first committed to the
+  :class:`~algan.edge.outbox.Outbox`, then handed to paho, in sequence order, by one sender thread while the broker
+  is connected; the row is deleted when paho reports the PUBACK (``on_publish`` with the message's ``mid``). Each row
+  is handed to paho once per process: paho itself re-sends its unacknowledged QoS1 messages after a reconnect, and
+  the sender waits for those before handing newer rows, so the order holds and the daemon sends nothing twice.
+  Rows left at exit (broker down, SIGKILL) are delivered by the next run.
+* Other QoS1 messages published while disconnected stay in paho's memory queue (bounded by
+  ``mqtt.max_queued_messages``); QoS0 messages published while disconnected are dropped and counted in ``lost``.
 * Every accepted message is tracked until paho reports it written (QoS0) or acknowledged (QoS1), so
-  :meth:`MqttPublisher.flush` can guarantee nothing is lost at exit.
+  :meth:`MqttPublisher.flush` can tell what is still undelivered at exit.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
+import time
+from collections.abc import Sequence
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from algan.edge.config import MqttConfig
+from algan.edge.config import MqttConfig, MqttTlsConfig
 from algan.edge.errors import BrokerError
 from algan.edge.messages import STATUS_OFFLINE, STATUS_ONLINE
+from algan.edge.outbox import Outbox, OutboxError
 
 log = logging.getLogger(__name__)
+
+#: Outbox rows handed to paho and not yet acknowledged, at most (bounds paho's memory and the replay burst).
+SEND_WINDOW = 100
+#: After a reconnect, newer outbox rows wait this long at most for paho's re-sent older ones to be acknowledged.
+RESYNC_TIMEOUT_S = 10.0
+
+Message = tuple[str, str, int, bool]  # topic, payload, qos, retain
 
 
 class Publisher(Protocol):
     """What the daemon needs from a message transport."""
 
-    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> None: ...
+    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False, durable: bool = False) -> None: ...
 
     def flush(self, timeout: float) -> int: ...
 
@@ -46,114 +65,276 @@ def probe_tcp(host: str, port: int, timeout: float = 1.0) -> str | None:
         return e.strerror or str(e) or type(e).__name__
 
 
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """SSL context for the broker connection (certificate chain always verified; host name unless ``insecure``).
+
+    Raises:
+        BrokerError: a CA, certificate or key file cannot be loaded (one line naming the setting).
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except (OSError, ssl.SSLError) as e:
+        raise BrokerError(f"mqtt.tls.ca_file: cannot load {tls.ca_file} ({e}); give a PEM CA certificate") from None
+    if tls.cert_file is not None:
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as e:
+            msg = (f"mqtt.tls.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file} ({e}); give a PEM "
+                   "certificate and its unencrypted key")
+            raise BrokerError(msg) from None
+    if tls.insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def probe_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 2.0) -> str | None:
+    """Try a TLS handshake: ``None`` when it succeeds, else the reason (e.g. a certificate verification failure)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(
+            raw, server_hostname=host
+        ):
+            return None
+    except ssl.SSLCertVerificationError as e:
+        return f"TLS certificate check failed: {e.verify_message}"
+    except ssl.SSLError as e:
+        return f"TLS handshake failed: {e.reason or e}"
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
 class MqttPublisher:
     """Publishes the daemon's messages to one broker.
 
     Args:
-        cfg: MQTT section of the config.
+        cfg: MQTT section of the config (password already read from ``password_file``).
         client_id: MQTT client id.
         status_topic: ``<prefix>/<device>/status`` (Will and online/offline).
+        outbox: persistent queue of durable messages; ``None`` keeps them in memory only.
+        birth: messages published after ``online`` on every (re)connect (e.g. Home Assistant discovery).
 
     Attributes:
         published: messages handed to the broker connection and confirmed written/acked.
-        lost: messages dropped (QoS0 while disconnected, or the QoS1 queue was full).
+        lost: messages dropped (QoS0 while disconnected, or the in-memory QoS1 queue was full).
+        kept: durable messages still in the outbox after :meth:`close` (delivered by the next run).
     """
 
-    def __init__(self, cfg: MqttConfig, client_id: str, status_topic: str) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        status_topic: str,
+        outbox: Outbox | None = None,
+        birth: Sequence[Message] = (),
+    ) -> None:
         self.cfg = cfg
         self.status_topic = status_topic
+        self.outbox = outbox
+        self.birth = list(birth)
         self.published = 0
         self.lost = 0
-        self._lock = threading.Condition()
-        self._pending: set[int] = set()
+        self.kept = 0
+        self._lock = threading.Condition()  # guards everything below and wakes the sender / flush
+        self._pending: dict[int, int | None] = {}  # paho mid -> outbox seq (None: not durable)
         self._early: set[int] = set()  # mids acked before publish() returned
+        self._qos0: set[int] = set()  # pending mids of QoS0 messages
+        self._unacked: set[int] = set()  # outbox seqs handed to paho, not yet acknowledged
+        self._last_handed = 0  # highest outbox seq handed to paho
+        self._resync_until = 0.0  # monotonic time until which newer rows wait for paho's re-sent older ones
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closing = False
+        self._kick = False  # something changed that may let the sender hand more rows
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         c.will_set(status_topic, STATUS_OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             c.username_pw_set(cfg.username, cfg.password)
+        self._tls_ctx: ssl.SSLContext | None = None
+        if cfg.tls is not None:
+            self._tls_ctx = tls_context(cfg.tls)
+            c.tls_set_context(self._tls_ctx)
+            if cfg.tls.insecure:
+                c.tls_insecure_set(True)
         c.max_queued_messages_set(cfg.max_queued_messages)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         self._client = c
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
 
     @property
     def where(self) -> str:
-        return f"{self.cfg.host}:{self.cfg.port}"
+        return f"{self.cfg.host}:{self.cfg.port}" + (" (TLS)" if self.cfg.tls is not None else "")
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted the connection."""
+        return self._connected.is_set()
 
     # -- paho callbacks (network thread) -------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
-            first = self._refused is None
+            if self._refused is None:
+                log.error("MQTT broker %s refused the connection: %s; check mqtt.username, mqtt.password(_file) and "
+                          "mqtt.client_id; retrying every %d-%d s, alarms wait in the outbox", self.where,
+                          reason_code, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
             self._refused = str(reason_code)
-            if first:
-                log.error("MQTT broker %s refused the connection: %s; check mqtt.username/password/client_id",
-                          self.where, reason_code)
             return
         self._refused = None
         log.info("connected to MQTT broker %s", self.where)
         self.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before connect() returns: first message
-        self._connected.set()
+        for topic, payload, qos, retain in self.birth:
+            self.publish(topic, payload, qos=qos, retain=retain)
+        with self._lock:
+            # paho re-sends its unacknowledged messages right after this callback; newer rows wait for them
+            self._resync_until = time.monotonic() + RESYNC_TIMEOUT_S if self._unacked else 0.0
+            self._connected.set()
+            self._kick = True
+            self._lock.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was = self._connected.is_set()
         self._connected.clear()
+        with self._lock:  # QoS0 packets not yet written are discarded by paho: they will never be confirmed
+            self.lost += len(self._qos0)
+            for mid in self._qos0:
+                self._pending.pop(mid, None)
+            self._qos0.clear()
         if was and not self._closing:
             log.warning("lost MQTT broker %s (%s); reconnecting, alarms are queued meanwhile", self.where, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:
-            if mid in self._pending:
-                self._pending.discard(mid)
-                self.published += 1
-                self._lock.notify_all()
-            else:
+            if mid not in self._pending:
                 self._early.add(mid)
+                return
+            seq = self._pending.pop(mid)
+            self._qos0.discard(mid)
+            self.published += 1
+            if seq is not None:
+                self._unacked.discard(seq)
+                if not self._unacked:
+                    self._resync_until = 0.0
+        if seq is not None and self.outbox is not None:
+            self.outbox.ack(seq)
+        with self._lock:
+            self._kick = True
+            self._lock.notify_all()
+
+    # -- outbox sender thread ------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        assert self.outbox is not None
+        while True:
+            with self._lock:
+                if not self._kick:
+                    self._lock.wait(0.5)
+                self._kick = False
+                if self._closing and not self._connected.is_set():
+                    return
+                room = SEND_WINDOW - len(self._unacked)
+                ready = self._connected.is_set() and room > 0 and time.monotonic() >= self._resync_until
+                after = self._last_handed
+            if not ready:
+                continue
+            try:
+                self._hand(self.outbox.after(after, room))
+            except Exception:  # never let the sender die silently: the outbox would stop draining
+                log.exception("MQTT outbox sender failed; retrying")
+                time.sleep(1.0)
+
+    def _hand(self, rows: list) -> None:
+        for row in rows:
+            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                return  # paho's queue is full: retry this row later
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued in paho, re-sent
+                log.error("MQTT outbox message %d on %s cannot be published (%s); dropping it", row.seq, row.topic,
+                          mqtt.error_string(info.rc))
+                self.outbox.ack(row.seq)  # type: ignore[union-attr]
+                with self._lock:
+                    self._last_handed = row.seq
+                continue
+            acked_early = False
+            with self._lock:
+                self._last_handed = row.seq
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self.published += 1
+                    acked_early = True
+                else:
+                    self._pending[info.mid] = row.seq
+                    self._unacked.add(row.seq)
+            if acked_early:
+                self.outbox.ack(row.seq)  # type: ignore[union-attr]
 
     # -- API -----------------------------------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
-        """Start the network thread and wait for the first accepted connection.
+        """Start the network thread and wait up to ``timeout`` seconds for the first accepted connection.
+
+        A broker that answers but refuses the connection (credentials) is logged in one line and retried in the
+        background; ``timeout`` 0 does not wait at all. Either way the daemon runs on and alarms wait in the outbox.
 
         Raises:
-            BrokerError: the broker refused the connection or was not reachable within ``timeout`` seconds.
+            BrokerError: the broker was not reachable within ``timeout`` seconds (one line with the reason).
         """
         try:
             self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         except (OSError, ValueError) as e:
             raise BrokerError(f"cannot connect to MQTT broker {self.where}: {e}; check mqtt.host/port") from None
         self._client.loop_start()
-        step = 0.05
-        waited = 0.0
-        while waited < timeout:
-            if self._connected.wait(step):
+        if self.outbox is not None:
+            self._sender.start()
+        if timeout <= 0:
+            log.info("not waiting for MQTT broker %s (mqtt.connect_timeout_s: 0); connecting in the background",
+                     self.where)
+            return
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._connected.wait(0.05):
                 return
-            waited += step
             if self._refused is not None:
-                self._stop_loop()
-                msg = (
-                    f"MQTT broker {self.where} refused the connection ({self._refused}); "
-                    "check mqtt.username, mqtt.password and mqtt.client_id"
-                )
-                raise BrokerError(msg)
+                log.warning("running without the MQTT broker for now; alarms are kept in the outbox until it "
+                            "accepts the connection")
+                return
         self._stop_loop()
-        reason = probe_tcp(self.cfg.host, self.cfg.port) or "no MQTT answer"
-        msg = (
-            f"cannot reach MQTT broker {self.where} within {timeout:g} s ({reason}); start the broker "
-            "(e.g. mosquitto), fix mqtt.host/port, or use mqtt.embedded_broker: auto on a loopback host"
-        )
+        reason = probe_tcp(self.cfg.host, self.cfg.port)
+        if reason is None and self._tls_ctx is not None:
+            reason = probe_tls(self.cfg.host, self.cfg.port, self._tls_ctx)
+        hint = "check mqtt.tls (ca_file, or insecure for a certificate without this host name)" if (
+            reason and reason.startswith("TLS")) else (
+            "start the broker (e.g. mosquitto), fix mqtt.host/port, or use mqtt.embedded_broker: auto on a loopback "
+            "host")
+        msg = f"cannot reach MQTT broker {self.where} within {timeout:g} s ({reason or 'no MQTT answer'}); {hint}"
         raise BrokerError(msg)
 
     def _stop_loop(self) -> None:
-        self._closing = True
+        with self._lock:
+            self._closing = True
+            self._kick = True
+            self._lock.notify_all()
         self._client.disconnect()
         self._client.loop_stop()
+        if self._sender.is_alive():
+            self._sender.join(2.0)
 
-    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> None:
-        """Queue a message; never blocks, never raises for a broker outage (the loss is counted instead)."""
+    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False, durable: bool = False) -> None:
+        """Queue a message; never blocks on the network, never raises for a broker outage.
+
+        Args:
+            topic, payload, qos, retain: the MQTT message.
+            durable: keep it in the outbox on disk until the broker acknowledged it (alarm events, camera
+                states; needs qos >= 1). Without an outbox it goes to paho's memory queue like any QoS1 message.
+        """
+        if durable and qos >= 1 and self.outbox is not None:
+            try:
+                self.outbox.add(topic, payload, qos, retain)
+            except OutboxError as e:
+                log.error("%s; sending this message without the outbox", e)
+            else:
+                with self._lock:
+                    self._kick = True
+                    self._lock.notify_all()
+                return
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         rc = info.rc
         if rc == mqtt.MQTT_ERR_QUEUE_SIZE or (rc == mqtt.MQTT_ERR_NO_CONN and qos == 0) or (
@@ -171,32 +352,46 @@ class MqttPublisher:
                 self._early.discard(info.mid)
                 self.published += 1
             else:
-                self._pending.add(info.mid)
+                self._pending[info.mid] = None
+                if qos == 0:
+                    self._qos0.add(info.mid)
 
     def pending(self) -> int:
-        """Messages accepted but not yet confirmed written/acked."""
+        """Messages accepted but not yet confirmed written/acked (including durable ones in the outbox)."""
         with self._lock:
-            return len(self._pending)
+            n = sum(1 for seq in self._pending.values() if seq is None)
+        return n + (len(self.outbox) if self.outbox is not None else 0)
 
     def flush(self, timeout: float) -> int:
-        """Wait until every accepted message is written (QoS0) or acknowledged (QoS1).
+        """Wait until every accepted message is written (QoS0) or acknowledged (QoS1), outbox included.
 
         Returns:
             The number of messages still unconfirmed after ``timeout`` seconds (0 = all delivered).
         """
-        with self._lock:
-            self._lock.wait_for(lambda: not self._pending, timeout=timeout)
-            return len(self._pending)
+        end = time.monotonic() + timeout
+        while True:
+            left = self.pending()
+            if left == 0 or time.monotonic() >= end:
+                return left
+            with self._lock:
+                self._lock.wait(min(0.1, max(0.0, end - time.monotonic())))
 
     def close(self, timeout: float) -> int:
-        """Publish retained ``offline`` status, flush, disconnect and stop the network thread.
+        """Publish retained ``offline`` status, flush, disconnect and stop the network and sender threads.
+
+        When the broker is not connected at that moment the flush waits at most 1 s: durable messages are safe in
+        the outbox (:attr:`kept`) and are delivered by the next run.
 
         Returns:
-            Messages not confirmed within ``timeout`` seconds (they are lost).
+            Messages not delivered within ``timeout`` seconds (lost, or kept in the outbox for the next run).
         """
         self.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
-        left = self.flush(timeout)
-        self._closing = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        left = self.flush(timeout if self._connected.is_set() else min(timeout, 1.0))
+        self._stop_loop()
+        if self.outbox is not None:
+            self.kept = len(self.outbox)
+            if self.kept:
+                log.warning("%d alarm/state messages stay in the MQTT outbox %s; they are delivered at the next start",
+                            self.kept, self.outbox.path)
+            self.outbox.close()
         return left

@@ -1,18 +1,30 @@
-"""Model runners: the edge side of the exported-graph contract.
+"""Model runners: the edge side of the exported-graph contract, and the choice of backend.
 
 Contract (see DESIGN.md, "Exported graph"): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
 static), one output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm threshold and higher is more
-anomalous. ``metadata_props`` may carry ``algan.model_id``.
+anomalous. ``metadata_props`` may carry ``algan.model_id`` and the export-time calibration
+(see :mod:`algan.edge.calibration`).
 
-Backends are imported lazily, so this module needs only numpy (never torch).
+Backends, each in its own module and imported only when chosen (this module needs only numpy, never torch):
+
+============  ==========================  ==========================================================
+backend       module                      needs
+============  ==========================  ==========================================================
+onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
+tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
+torch         ``runner_torch``            torch with CUDA, the model bundle (FP16)
+============  ==========================  ==========================================================
+
+``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +36,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
 MODEL_FILE = "model.onnx"
+ENGINE_FILE = "model.engine"
 MODEL_ID_KEY = "algan.model_id"
 
 
@@ -47,20 +60,30 @@ class Runner(Protocol):
         """Score a batch: uint8 BGR ``(N, H, W, 3)`` -> float32 ``(N,)`` calibrated scores."""
 
 
-def resolve_model_path(model: Path) -> Path:
-    """Return the ONNX file for ``model`` (a bundle directory holding ``model.onnx``, or the file itself).
+def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
+    """Return the model file for ``model`` (a bundle directory, or the file itself).
+
+    Args:
+        model: bundle directory or file.
+        backend: ``tensorrt`` looks for ``model.engine`` in a bundle, others for ``model.onnx``; ``torch`` takes
+            the bundle directory itself.
 
     Raises:
         ModelError: when no such file exists.
     """
+    if backend == "torch":
+        if not (model.is_dir() and (model / "algan.json").is_file()):
+            raise ModelError(f"backend 'torch' needs a model bundle directory with algan.json; {model} is not one")
+        return model
+    name = ENGINE_FILE if backend == "tensorrt" else MODEL_FILE
     if model.is_dir():
-        path = model / MODEL_FILE
+        path = model / name
         if not path.is_file():
-            msg = f"model bundle {model} has no {MODEL_FILE}; export it first (algan-export {model})"
-            raise ModelError(msg)
+            how = f"algan-export --fp16 {model} on this device" if backend == "tensorrt" else f"algan-export {model}"
+            raise ModelError(f"model bundle {model} has no {name}; export it first ({how})")
         return path
     if not model.is_file():
-        raise ModelError(f"model {model} does not exist; set 'model' to a bundle directory or a .onnx file")
+        raise ModelError(f"model {model} does not exist; set 'model' to a bundle directory or a .onnx/.engine file")
     return model
 
 
@@ -73,8 +96,15 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
-    """Check ORT NodeArg lists against the contract; return (H, W)."""
+def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
+    """Check ONNX Runtime NodeArg lists against the contract.
+
+    Returns:
+        The static input ``(H, W)`` in pixels.
+
+    Raises:
+        ModelError: one line naming what differs.
+    """
 
     def bad(what: str) -> ModelError:
         return ModelError(
@@ -103,101 +133,51 @@ def _check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     return h, w
 
 
-class OnnxRuntimeRunner:
-    """ONNX Runtime (CPU provider) runner.
+_check_contract = check_contract  # the name used before the split into runner_*.py
 
-    Args:
-        model: bundle directory or ``.onnx`` file.
-        threads: intra-op threads; 0 lets ONNX Runtime choose.
 
-    Raises:
-        ModelError: unreadable file, graph not matching the contract, or a graph that fails on a warm-up batch.
-    """
+def choose_backend(config: EdgeConfig) -> str:
+    """The backend a config selects: ``runner.backend``, or for ``auto`` the model file (``.engine`` -> tensorrt)."""
+    backend = config.runner.backend
+    if backend != "auto":
+        return backend
+    return "tensorrt" if config.model.suffix == ".engine" else "onnxruntime"
 
-    def __init__(self, model: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
 
-        path = resolve_model_path(Path(model))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises several pybind exception types for bad files
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            msg = f"cannot load model {path}: {reason[:300]}; is it an ONNX file from algan-export?"
-            raise ModelError(msg) from None
-        self._size = _check_contract(path, self._session.get_inputs(), self._session.get_outputs())
-        meta = self._session.get_modelmeta().custom_metadata_map or {}
-        self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
-        self.path = path
-        self._warmup()
-
-    def _warmup(self) -> None:
-        """Run one black frame: the first ORT run allocates buffers (slow), and a broken graph fails here, at
-        start-up, with a clear message instead of on the first camera frame."""
-        h, w = self._size
-        try:
-            out = self(np.zeros((1, h, w, 3), dtype=np.uint8))
-        except (RuntimeError, ValueError) as e:
-            raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
-        if out.shape != (1,):
-            raise ModelError(f"model {self.path} returned scores of shape {out.shape} for 1 image; expected (1,)")
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._size
-
-    @property
-    def backend(self) -> str:
-        return "onnxruntime"
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Score a batch.
-
-        Args:
-            images: uint8 BGR, shape (N, H, W, 3) with (H, W) = :attr:`input_size`.
-
-        Returns:
-            float32 scores, shape (N,).
-
-        Raises:
-            ValueError: wrong dtype or shape.
-            RuntimeError: ONNX Runtime failed, or the graph returned a wrong shape.
-        """
-        h, w = self._size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
-        try:
-            (scores,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})
-        except Exception as e:
-            raise RuntimeError(f"ONNX Runtime failed: {e}") from e
-        scores = np.asarray(scores, dtype=np.float32)
-        if scores.shape != (images.shape[0],):
-            raise RuntimeError(f"model returned scores of shape {scores.shape} for {images.shape[0]} images")
-        return scores
+#: backend -> (module, class, install hint); modules are imported only when chosen
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
+    "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
+                 "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
+    "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+}
 
 
 def load_runner(config: EdgeConfig) -> Runner:
-    """Build the runner chosen by ``config.runner.backend`` for ``config.model``.
+    """Build the runner chosen by :func:`choose_backend` for ``config.model``.
 
     Raises:
-        ModelError: model problems, or a backend not available in this build.
+        ModelError: model problems, or a backend whose packages are not installed (with the install hint).
     """
-    backend = config.runner.backend
+    backend = choose_backend(config)
+    module, cls, hint = BACKENDS[backend]
+    r = config.runner
+    kwargs: dict[str, Any] = {"device": r.device}
     if backend == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise ModelError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime") from None
-        return OnnxRuntimeRunner(config.model, threads=config.runner.threads)
-    if backend == "tensorrt":
-        raise ModelError(
-            "runner backend 'tensorrt' is not available in this build yet; set runner.backend: onnxruntime"
-        )
-    raise ModelError(f"unknown runner backend {backend!r}; use 'onnxruntime'")
+        kwargs.update(threads=r.threads, providers=list(r.providers), fp16=r.fp16)
+    if backend == "torch":
+        kwargs.update(fp16=r.fp16)
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+        return factory(config.model, **kwargs)
+    except ImportError as e:
+        raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
+
+
+def __getattr__(name: str) -> Any:
+    """``algan.edge.runner.OnnxRuntimeRunner`` keeps working (lazily, to avoid importing onnxruntime here)."""
+    if name == "OnnxRuntimeRunner":
+        from algan.edge.runner_onnx import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner
+    raise AttributeError(name)

@@ -1,35 +1,42 @@
-"""Camera sources (OpenCV VideoCapture, image folders) and the per-camera reader thread.
+"""Camera sources: OpenCV ``VideoCapture`` (V4L2 devices, files, RTSP/HTTP streams, GStreamer pipelines) and image
+folders (read once, or watched for new files).
 
-A source yields raw uint8 BGR frames; :class:`CameraReader` prepares them with
-:func:`algan.data.preprocess.prepare_frame` (the same crop+resize as training) and feeds a
-:class:`~algan.edge.hub.FrameHub`. A source that cannot be opened, a corrupt frame or a dead camera is logged and
-counted; it never stops the other cameras.
+A source's :meth:`Source.read` returns one raw uint8 BGR frame ``(H, W, 3)``, a :class:`Corrupt` marker (the frame
+exists but cannot be decoded), :data:`NO_FRAME` (nothing new yet: a watched folder is idle) or ``None`` (end of a
+file, or a failed read of a live source). The per-camera thread that drives a source lives in
+:mod:`algan.edge.camera`; the pacing and frame-rate rules it applies are the pure classes :class:`FrameGate` and
+:class:`Pacer` here.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from algan.data.preprocess import ImageReadError, prepare_frame, read_image
+from algan.data.preprocess import ImageReadError, read_image
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
-from algan.edge.hub import Frame, FrameHub
 
 log = logging.getLogger(__name__)
 
 #: File name suffixes a folder source reads (case-insensitive); other files are ignored.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-#: Open/read timeout for network streams (milliseconds), so a dead RTSP server cannot hang a reader for minutes.
-STREAM_TIMEOUT_MS = 5000
+#: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+#: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+#: Serialises opens that set :data:`FFMPEG_OPTIONS_ENV` (the environment is process-wide).
+_ENV_LOCK = threading.Lock()
 
 
 class Corrupt:
@@ -39,212 +46,346 @@ class Corrupt:
         self.reason = reason
 
 
+class NoFrame:
+    """Type of :data:`NO_FRAME`: the source is healthy but has nothing new yet (e.g. a watched folder is idle)."""
+
+    def __repr__(self) -> str:
+        return "NO_FRAME"
+
+
+NO_FRAME = NoFrame()
+
+ReadResult = np.ndarray | Corrupt | NoFrame | None
+
+
 class Source(Protocol):
-    """A frame source. ``read`` returns a uint8 BGR frame (H, W, 3), a :class:`Corrupt` marker, or ``None`` at the end
-    (file exhausted, camera died)."""
+    """A frame source.
 
-    def read(self) -> np.ndarray | Corrupt | None: ...
+    Attributes:
+        fps: native frame rate (frames/s) when known (video files, most cameras), else ``None``.
+    """
 
-    def close(self) -> None: ...
+    fps: float | None
+
+    def read(self) -> ReadResult:
+        """Next raw uint8 BGR frame (H, W, 3), :class:`Corrupt`, :data:`NO_FRAME`, or ``None`` (end / failed read)."""
+
+    def close(self) -> None:
+        """Release the source (idempotent)."""
+
+
+def ffmpeg_capture_options(rtsp_transport: str = "tcp", low_delay: bool = True) -> str:
+    """The value of ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for a network stream: ``key;value`` pairs joined by ``|``.
+
+    Example:
+        >>> ffmpeg_capture_options("tcp", low_delay=True)
+        'rtsp_transport;tcp|fflags;nobuffer|flags;low_delay'
+    """
+    opts = [f"rtsp_transport;{rtsp_transport}"]
+    if low_delay:
+        opts += ["fflags;nobuffer", "flags;low_delay"]
+    return "|".join(opts)
+
+
+@functools.lru_cache(maxsize=1)
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build has the GStreamer backend (pip's opencv-python wheels do not)."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line.split(":", 1)[1]
+    return False
+
+
+def _capture_fps(cap: Any) -> float | None:
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+    except (TypeError, ValueError, cv2.error):
+        return None
+    return fps if 0 < fps < 1000 else None
 
 
 class VideoSource:
-    """OpenCV ``VideoCapture`` on a file, a device index/path or a stream URL.
+    """OpenCV ``VideoCapture`` on a file, a device index/path, a stream URL or a GStreamer pipeline.
+
+    Args:
+        source: file path, device index or ``/dev/videoN``, URL, or pipeline text (ending in ``appsink``).
+        kind: ``file``, ``device``, ``stream`` or ``gstreamer``.
+        rtsp_transport: stream only: ``tcp`` or ``udp`` (FFmpeg ``rtsp_transport``).
+        low_delay: stream only: FFmpeg ``fflags nobuffer`` + ``flags low_delay``.
+        open_timeout_s: stream only: ``CAP_PROP_OPEN_TIMEOUT_MSEC`` (seconds).
+        read_timeout_s: stream only: ``CAP_PROP_READ_TIMEOUT_MSEC`` (seconds), so a silent server cannot hang the
+            reader for minutes.
+        capture: ``cv2.VideoCapture``-like factory (tests inject fakes), called as ``capture(target)`` or
+            ``capture(target, api, params)``.
 
     Raises:
-        SourceError: when the file does not exist or OpenCV cannot open the source.
+        SourceError: the file does not exist, OpenCV lacks GStreamer, or OpenCV cannot open the source.
     """
 
-    def __init__(self, source: int | str, kind: str) -> None:
+    def __init__(
+        self,
+        source: int | str,
+        kind: str,
+        *,
+        rtsp_transport: str = "tcp",
+        low_delay: bool = True,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 5.0,
+        capture: Callable[..., Any] = cv2.VideoCapture,
+    ) -> None:
+        self.kind = kind
         if kind == "file" and not Path(str(source)).is_file():
             raise SourceError(f"video file {source} does not exist; fix the camera's source path")
         if kind == "device":
             target: int | str = int(source) if isinstance(source, int) or str(source).isdigit() else str(source)
-            cap = cv2.VideoCapture(target)
+            cap = capture(target, cv2.CAP_V4L2) if isinstance(target, str) else capture(target)
+            if cap.isOpened():
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short: newest frames, low latency
         elif kind == "stream":
-            ms = STREAM_TIMEOUT_MS
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-            cap = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG, params)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+            with _ENV_LOCK:
+                before = os.environ.get(FFMPEG_OPTIONS_ENV)
+                os.environ[FFMPEG_OPTIONS_ENV] = ffmpeg_capture_options(rtsp_transport, low_delay)
+                try:
+                    cap = capture(str(source), cv2.CAP_FFMPEG, params)
+                finally:
+                    if before is None:
+                        os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+                    else:
+                        os.environ[FFMPEG_OPTIONS_ENV] = before
+        elif kind == "gstreamer":
+            if capture is cv2.VideoCapture and not gstreamer_available():
+                msg = (
+                    "this OpenCV build has no GStreamer backend (pip's opencv-python wheels lack it); use the "
+                    "system OpenCV (apt install python3-opencv, or JetPack's on a Jetson) or kind: stream"
+                )
+                raise SourceError(msg)
+            cap = capture(str(source), cv2.CAP_GSTREAMER)
         else:
-            cap = cv2.VideoCapture(str(source))
+            cap = capture(str(source))
         if not cap.isOpened():
             cap.release()
             hint = {
                 "file": "not a video format OpenCV/FFmpeg decodes",
                 "device": "no such camera, or it is busy / not permitted (check /dev/video* and the video group)",
-                "stream": f"unreachable or silent for {STREAM_TIMEOUT_MS / 1000:.0f} s; check the URL and network",
-            }[kind]
+                "stream": f"unreachable or silent for {open_timeout_s:g} s; check the URL, credentials and network",
+                "gstreamer": "the pipeline does not start; test it with gst-launch-1.0 and end it in appsink",
+            }.get(kind, "OpenCV cannot open it")
             raise SourceError(f"cannot open {kind} source {source}: {hint}")
         self._cap = cap
+        self.fps = _capture_fps(cap)
 
-    def read(self) -> np.ndarray | Corrupt | None:
-        ok, frame = self._cap.read()
+    def read(self) -> ReadResult:
+        try:
+            ok, frame = self._cap.read()
+        except cv2.error as e:  # a broken stream can make the decoder raise instead of returning False
+            return Corrupt(f"decoder error: {str(e).strip().splitlines()[-1][:200]}")
         return frame if ok and frame is not None else None
 
     def close(self) -> None:
         self._cap.release()
 
 
+def _is_partial(name: str) -> bool:
+    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+
+
 class FolderSource:
-    """Image files of a folder in sorted (name) order; undecodable files come back as :class:`Corrupt`.
+    """Image files of a folder in name order; undecodable files come back as :class:`Corrupt`.
+
+    Without ``watch`` the folder is listed once at open and the source ends after its last file. With ``watch`` it
+    never ends: each :meth:`read` rescans (at most every ``poll_s``) and returns new files once they are complete,
+    i.e. their size (> 0) and mtime stayed the same for ``settle_s`` seconds; names starting with ``.`` or ending
+    in :data:`PARTIAL_SUFFIXES` are skipped. It returns :data:`NO_FRAME` while idle and ``None`` when the folder
+    disappears (the reader then reopens it with backoff). Files already in the folder at open are read too.
+    Memory stays bounded: names are forgotten once the files are gone.
+
+    Args:
+        folder: the directory.
+        watch: keep watching for new files.
+        settle_s: watch: how long a new file must stay unchanged before it is read (seconds).
+        poll_s: watch: shortest time between two directory scans (seconds).
+        clock: monotonic clock (seconds); tests pass a fake.
 
     Raises:
-        SourceError: when the folder does not exist or holds no image files.
+        SourceError: the folder does not exist, or (without ``watch``) holds no image files.
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        path = Path(folder)
-        if not path.is_dir():
-            raise SourceError(f"image folder {path} does not exist; fix the camera's source path")
-        self._files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not self._files:
-            exts = " ".join(sorted(IMAGE_SUFFIXES))
-            raise SourceError(f"image folder {path} holds no image files ({exts}); fix the camera's source path")
-        self._pos = 0
+    fps: float | None = None
 
-    def read(self) -> np.ndarray | Corrupt | None:
-        if self._pos >= len(self._files):
+    def __init__(
+        self,
+        folder: str | Path,
+        watch: bool = False,
+        settle_s: float = 0.5,
+        poll_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(folder)
+        if not self.path.is_dir():
+            raise SourceError(f"image folder {self.path} does not exist; fix the camera's source path")
+        self.watch = watch
+        self.settle_s = float(settle_s)
+        self.poll_s = float(poll_s)
+        self._clock = clock
+        self._ready: deque[Path] = deque()
+        self._seen: set[str] = set()
+        self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
+        self._last_scan = -float("inf")
+        self._closed = False
+        if not watch:
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                exts = " ".join(sorted(IMAGE_SUFFIXES))
+                raise SourceError(f"image folder {self.path} holds no image files ({exts}); fix the camera's source "
+                                  "path (or set watch: true to wait for files)")
+            self._ready.extend(files)
+
+    def _scan(self) -> bool:
+        """Move complete new files to the ready queue; False when the folder is gone."""
+        now = self._clock()
+        self._last_scan = now
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError:
+            return False
+        names: set[str] = set()
+        ready: list[str] = []
+        for e in entries:
+            name = e.name
+            if _is_partial(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            names.add(name)
+            if name in self._seen:
+                continue
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            if not e.is_file():
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            old = self._pending.get(name)
+            if old is None or old[:2] != key:
+                self._pending[name] = (*key, now)
+                old = self._pending[name]
+            if st.st_size > 0 and now - old[2] >= self.settle_s:
+                ready.append(name)
+        for name in sorted(ready):
+            self._pending.pop(name, None)
+            self._seen.add(name)
+            self._ready.append(self.path / name)
+        self._seen &= names  # forget deleted files: memory bounded by the folder's contents
+        for name in list(self._pending):
+            if name not in names:
+                del self._pending[name]
+        return True
+
+    def read(self) -> ReadResult:
+        if self._closed:
             return None
-        p = self._files[self._pos]
-        self._pos += 1
+        if not self._ready and self.watch:
+            if self._clock() - self._last_scan < self.poll_s:
+                return NO_FRAME
+            if not self._scan():
+                return None
+            if not self._ready:
+                return NO_FRAME
+        if not self._ready:
+            return None
+        p = self._ready.popleft()
         try:
             return read_image(p)
         except ImageReadError as e:
             return Corrupt(str(e))
 
     def close(self) -> None:
-        self._pos = len(self._files)
+        self._closed = True
+        self._ready.clear()
 
 
-def open_source(cam: CameraConfig) -> Source:
+def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCapture) -> Source:
     """Open a camera's source according to its (resolved) kind; a path to a directory is a folder source.
+
+    Args:
+        cam: camera config.
+        capture: ``cv2.VideoCapture``-like factory (tests inject fakes).
 
     Raises:
         SourceError: one-line reason when it cannot be opened.
     """
     kind = cam.resolved_kind
-    if kind == "folder" or (kind == "file" and Path(str(cam.source)).is_dir()):
-        return FolderSource(str(cam.source))
-    return VideoSource(cam.source, kind)
+    if kind == "folder" or (kind == "file" and Path(str(cam.source)).is_dir()) or cam.watch:
+        return FolderSource(str(cam.source), watch=cam.watch, settle_s=cam.settle_s)
+    return VideoSource(
+        cam.source,
+        kind,
+        rtsp_transport=cam.rtsp_transport,
+        low_delay=cam.low_delay,
+        open_timeout_s=cam.open_timeout_s,
+        read_timeout_s=cam.read_timeout_s,
+        capture=capture,
+    )
 
 
-@dataclass
-class CameraCounters:
-    """Counters of one camera, written by its reader thread only (read by the stats code)."""
+class FrameGate:
+    """Target frame rate by skipping: keeps a frame when its time reached the next slot. Pure.
 
-    status: str = "starting"  # starting | online | offline | finished | failed
-    read: int = 0  # frames taken from the source (including corrupt ones)
-    corrupt: int = 0  # frames skipped because they could not be decoded or prepared
-    reconnects: int = 0  # times a live source was reopened after failing or dying
-
-
-class CameraReader(threading.Thread):
-    """Reads one camera in its own thread and feeds prepared frames into the hub.
+    Times are source time for files (frame number / native fps, so a replay keeps the same frames every run) and
+    capture time (monotonic seconds) for live sources.
 
     Args:
-        cam: camera config.
-        size: model input ``(height, width)`` in pixels.
-        hub: destination of prepared frames (the camera must not be registered yet; this does it).
-        stop: shared stop event.
-        on_status: called from this thread with ``(camera, status)`` when the status changes
-            (``online``, ``offline``, ``finished``, ``failed``).
-        open_fn: source factory (tests inject fakes).
+        fps: target frames/s, or ``None`` to keep every frame.
+
+    Example:
+        >>> g = FrameGate(10.0)
+        >>> [g.keep(i / 30) for i in range(7)]
+        [True, False, False, True, False, False, True]
     """
 
-    def __init__(
-        self,
-        cam: CameraConfig,
-        size: tuple[int, int],
-        hub: FrameHub,
-        stop: threading.Event,
-        on_status: Callable[[str, str], None],
-        open_fn: Callable[[CameraConfig], Source] = open_source,
-    ) -> None:
-        super().__init__(name=f"camera-{cam.name}", daemon=True)
-        self.cam = cam
-        self.size = size
-        self.hub = hub
-        self.stop = stop
-        self.on_status = on_status
-        self.open_fn = open_fn
-        self.counters = CameraCounters()
-        self._index = 0
-        capacity = cam.queue_size or (1 if cam.is_live else 16)
-        hub.register(cam.name, capacity, live=cam.is_live)
+    def __init__(self, fps: float | None) -> None:
+        self.period = 1.0 / fps if fps else 0.0
+        self._next: float | None = None
 
-    def _set_status(self, status: str) -> None:
-        if status != self.counters.status:
-            self.counters.status = status
-            self.on_status(self.cam.name, status)
+    def keep(self, t: float) -> bool:
+        """Whether the frame at time ``t`` (seconds) is passed on."""
+        if self.period <= 0:
+            return True
+        eps = 1e-9
+        if self._next is None or t >= self._next + self.period - eps:
+            self._next = t + self.period  # first frame, or a gap longer than a slot: resynchronise
+            return True
+        if t >= self._next - eps:
+            self._next += self.period
+            return True
+        return False
 
-    def run(self) -> None:
-        name = self.cam.name
-        try:
-            while not self.stop.is_set():
-                try:
-                    src = self.open_fn(self.cam)
-                except SourceError as e:
-                    log.error("camera %s: %s", name, e)
-                    if not self.cam.is_live:
-                        self._set_status("failed")
-                        return
-                    self._set_status("offline")
-                    self.stop.wait(self.cam.reconnect_interval_s)
-                    self.counters.reconnects += 1
-                    continue
-                self._set_status("online")
-                log.info("camera %s: opened %s", name, self.cam.source)
-                try:
-                    outcome = self._pump(src)
-                finally:
-                    src.close()
-                if outcome == "failed":
-                    self._set_status("failed")
-                    return
-                if not self.cam.is_live:
-                    log.info("camera %s: source exhausted after %d frames", name, self._index)
-                    self._set_status("finished")
-                    return
-                if self.stop.is_set():
-                    return
-                log.warning("camera %s: source stopped delivering frames; reopening in %.0f s", name,
-                            self.cam.reconnect_interval_s)
-                self._set_status("offline")
-                self.stop.wait(self.cam.reconnect_interval_s)
-                self.counters.reconnects += 1
-        except Exception:  # a bug in one reader must not take the daemon down silently
-            log.exception("camera %s: reader crashed", name)
-            self._set_status("failed")
-        finally:
-            self.hub.close(name)
 
-    def _pump(self, src: Source) -> str:
-        """Read until the source ends, the stop event is set, or the ROI proves invalid ("failed")."""
-        name, roi = self.cam.name, self.cam.roi
-        while not self.stop.is_set():
-            raw = src.read()
-            if raw is None:
-                return "ended"
-            t_mono, t_wall = time.monotonic(), time.time()
-            index = self._index
-            self._index += 1
-            self.counters.read += 1
-            if isinstance(raw, Corrupt):
-                self.counters.corrupt += 1
-                log.warning("camera %s: frame %d skipped: %s", name, index, raw.reason)
-                continue
-            if roi is not None and raw.ndim >= 2:
-                x, y, w, h = roi
-                if x + w > raw.shape[1] or y + h > raw.shape[0]:
-                    log.error("camera %s: roi %s does not fit in the %dx%d frame; fix the camera's roi setting",
-                              name, list(roi), raw.shape[1], raw.shape[0])
-                    return "failed"
-            try:
-                image = prepare_frame(raw, self.size, roi)
-            except ValueError as e:
-                self.counters.corrupt += 1
-                log.warning("camera %s: frame %d skipped: %s", name, index, e)
-                continue
-            if not self.hub.put(Frame(name, index, image, t_mono, t_wall), self.stop):
-                return "stopped"
-        return "stopped"
+class Pacer:
+    """Paces a replay at ``fps``: frame ``n`` (from 0) is released at ``start + n / fps``.
+
+    Args:
+        fps: release rate (frames/s); ``None`` = no pacing.
+        clock: monotonic clock (seconds).
+    """
+
+    def __init__(self, fps: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fps = fps
+        self._clock = clock
+        self._start: float | None = None
+        self._n = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before reading the next frame (0 when due or without pacing); counts the frame."""
+        if not self.fps:
+            return 0.0
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._n / self.fps
+        self._n += 1
+        if now - due > 1.0:  # fell behind by more than a second (slow model): do not burst to catch up
+            self._start, self._n = now, 1
+            return 0.0
+        return max(0.0, due - now)

@@ -1,12 +1,15 @@
-"""ONNX export of the whole detector and parity checks against torch (DESIGN.md "Exported graph").
+"""ONNX export of the whole detector (DESIGN.md "Exported graph").
 
 Graph contract: input ``images`` uint8 [N, H, W, 3] (BGR, NHWC, N dynamic, H and W static) -> output ``scores``
 float32 [N], calibrated so 1.0 = alarm threshold. Colour conversion, normalisation, backbone, feature transform,
-head and calibration are all inside the graph; resizing/cropping stays on the host.
+head and calibration are all inside the graph; resizing/cropping stays on the host. The opset and the dynamic axis
+are set here, in one place (STYLE.md item 15); the I/O contract goes into ``metadata_props``
+(:mod:`algan.export.metadata`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -15,33 +18,42 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
+from algan.export.metadata import INPUT_NAME, OUTPUT_NAME, graph_metadata, set_metadata
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "scores"
+log = logging.getLogger(__name__)
+
 DEFAULT_OPSET = 17
+MIN_OPSET = 17
+
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "ort_scores", "simplify_onnx",
+           "torch_scores"]
 
 
 class ExportError(RuntimeError):
-    """An export that failed (tracing, checker, parity)."""
+    """An export that failed (tracing, checker, parity, engine build); the message says what and how to fix."""
 
 
 def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Trace ``detector`` to ONNX, add metadata, check it with ``onnx.checker`` and write it atomically.
+    """Trace ``detector`` to ONNX, add the I/O contract metadata, check it with ``onnx.checker``, write atomically.
 
     Args:
-        detector: :class:`algan.model.detector.AnomalyDetector` (eval mode).
-        manifest: the bundle manifest (model id, threshold, input size go into metadata_props).
-        path: output ``.onnx`` file.
-        opset: ONNX opset (>= 17).
+        detector: :class:`algan.model.detector.AnomalyDetector` (put in eval mode here); maps uint8 BGR
+            (N, H, W, 3) to float32 calibrated scores (N,).
+        manifest: the bundle manifest (model id, backbone normalisation, head kind go into ``metadata_props``).
+        path: output ``.onnx`` file; written under a temporary name in the same directory and renamed.
+        opset: ONNX opset, >= 17.
+
+    Returns:
+        ``path`` as a :class:`Path`.
 
     Raises:
-        ExportError: tracing or checking failed.
+        ExportError: opset too old, tracing failed, or the checker rejected the graph.
     """
     import onnx
     import torch
 
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old; use 17 or newer")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer (--opset)")
     path = Path(path)
     h, w = detector.input_size
     dummy = torch.zeros((2, h, w, 3), dtype=torch.uint8)
@@ -62,21 +74,11 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
                 do_constant_folding=True,
             )
         model = onnx.load(tmp)
-        meta = {
-            "algan.model_id": manifest.get("model_id", ""),
-            "algan.version": __version__,
-            "algan.input_height": str(h),
-            "algan.input_width": str(w),
-            "algan.colour_order": "BGR",
-            "algan.threshold": "1.0",
-            "algan.head": manifest.get("head", {}).get("kind", ""),
-        }
-        del model.metadata_props[:]
-        for k, v in meta.items():
-            model.metadata_props.add(key=k, value=v)
+        cal = detector.calibration
+        set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset))
         model.producer_name = "algan-edge"
         model.producer_version = __version__
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model, full_check=True)
         onnx.save(model, tmp)
         os.replace(tmp, path)
     except ExportError:
@@ -88,33 +90,78 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
     return path
 
 
+def simplify_onnx(src: str | Path, dst: str | Path) -> str | None:
+    """Simplify an ONNX graph with onnxslim (or onnx-simplifier) when installed, keeping its metadata.
+
+    The caller must check parity of ``dst`` against torch before using it: a simplifier may change results
+    (onnxslim 0.1.98 folds the negative-step channel-reversal ``Slice`` of the BGR->RGB conversion wrongly).
+
+    Returns:
+        the tool used (``"onnxslim x.y"`` / ``"onnxsim x.y"``), or ``None`` when neither is installed (``dst`` is
+        then not written).
+
+    Raises:
+        ExportError: the simplifier failed or produced a graph the checker rejects.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        import onnxslim
+
+        tool = f"onnxslim {onnxslim.__version__}"
+        simplify = onnxslim.slim
+    except ImportError:
+        try:
+            import onnxsim
+
+            tool = f"onnxsim {getattr(onnxsim, '__version__', '?')}"
+
+            def simplify(m):
+                out, ok = onnxsim.simplify(m)
+                if not ok:
+                    raise ExportError("onnx-simplifier could not validate the simplified graph")
+                return out
+        except ImportError:
+            return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = simplify(model)
+        set_metadata(out, meta)
+        onnx.checker.check_model(out)
+        onnx.save(out, str(dst))
+    except Exception as exc:
+        raise ExportError(f"{tool} failed: {exc}") from exc
+    return tool
+
+
 def ort_scores(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16, threads: int = 0) -> np.ndarray:
-    """Scores of uint8 (N, H, W, 3) images with ONNX Runtime on the CPU, float32 (N,)."""
+    """Scores of ONNX Runtime on the CPU.
+
+    Args:
+        onnx_path: graph with the ``images`` -> ``scores`` contract.
+        images: uint8 BGR (N, H, W, 3).
+        batch_size: images per run.
+        threads: intra-op threads, 0 = ONNX Runtime's choice.
+
+    Returns:
+        float32 (N,).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images),
-                                                                                               batch_size)]
-    return np.concatenate(out).astype(np.float32)
+    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
 
 def torch_scores(detector, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Scores of the torch detector for uint8 (N, H, W, 3) images, float32 (N,)."""
+    """Scores of the torch detector for uint8 BGR (N, H, W, 3) images, float32 (N,)."""
     from algan.model.detector import run_batched
 
     return run_batched(detector, images, batch_size)
-
-
-def parity(detector, onnx_path: str | Path, images: np.ndarray) -> dict:
-    """Compare ONNX Runtime with torch on the same images.
-
-    Returns:
-        ``{"n_images", "max_abs_diff", "torch", "onnx"}`` (scores on the calibrated scale).
-    """
-    if len(images) == 0:
-        raise ExportError("no images for the parity check; pass --images DIR or re-train to store samples")
-    t = torch_scores(detector, images)
-    o = ort_scores(onnx_path, images)
-    return {"n_images": int(len(images)), "max_abs_diff": float(np.max(np.abs(t - o))), "torch": t, "onnx": o}

@@ -65,11 +65,14 @@ class ALGANDetector(OutlierMixin, BaseEstimator):
         g_batch_norm=DEFAULT["g_batch_norm"],
         d_dropout=DEFAULT["d_dropout"],
         spectral_norm=DEFAULT["spectral_norm"],
+        d_quadratic=DEFAULT["d_quadratic"],
         d_weight_decay=DEFAULT["d_weight_decay"],
         r1_gamma=DEFAULT["r1_gamma"],
         d_ema=DEFAULT["d_ema"],
         whiten=DEFAULT["whiten"],
         whiten_shrinkage=DEFAULT["whiten_shrinkage"],
+        ensemble=DEFAULT["ensemble"],
+        min_steps=DEFAULT["min_steps"],
         seed=DEFAULT["seed"],
         transform="standardize",
         pca_dim=None,
@@ -92,11 +95,14 @@ class ALGANDetector(OutlierMixin, BaseEstimator):
         self.g_batch_norm = g_batch_norm
         self.d_dropout = d_dropout
         self.spectral_norm = spectral_norm
+        self.d_quadratic = d_quadratic
         self.d_weight_decay = d_weight_decay
         self.r1_gamma = r1_gamma
         self.d_ema = d_ema
         self.whiten = whiten
         self.whiten_shrinkage = whiten_shrinkage
+        self.ensemble = ensemble
+        self.min_steps = min_steps
         self.seed = seed
         self.transform = transform
         self.pca_dim = pca_dim
@@ -113,7 +119,7 @@ class ALGANDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"contamination must lie in (0, 0.5], got {self.contamination}")
         cfg = self._config()
         if self.transform == "none":
-            self.transform_ = FeatureTransform(np.zeros(X.shape[1], np.float32), np.eye(X.shape[1], dtype=np.float32))
+            self.transform_ = FeatureTransform(np.zeros(X.shape[1], np.float32), np.ones(X.shape[1], np.float32))
         else:
             self.transform_ = FeatureTransform.fit(X, self.transform, self.pca_dim)
         with torch.no_grad():

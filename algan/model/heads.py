@@ -21,22 +21,30 @@ from algan.model.networks import MLPDiscriminator
 
 
 class FeatureTransform(nn.Module):
-    """Affine feature transform ``(x - mean) @ proj``: standardisation (proj = diag(1/std)) or PCA whitening.
+    """Affine feature transform ``((x - mean) * scale) [@ proj]``.
 
-    Input float32 (N, D); output float32 (N, K).
+    ``standardize``: per-dimension z-score (``scale = 1/std``, no projection, O(D) per image).
+    ``pca``: PCA whitening to K components (``scale = 1``, ``proj`` (D, K) = principal axes / sqrt(variance)).
+
+    Input float32 (N, D); output float32 (N, K) (K = D for ``standardize``).
     """
 
-    def __init__(self, mean: np.ndarray, proj: np.ndarray) -> None:
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray | None = None) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("proj", torch.as_tensor(proj, dtype=torch.float32))
+        self.kind = "standardize" if proj is None else "pca"
+        # torch.tensor copies: buffers never share memory with the caller's arrays (or each other)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        # always assigned; an empty (0, 0) matrix means "no projection"
+        self.register_buffer("proj", torch.tensor(np.zeros((0, 0)) if proj is None else proj, dtype=torch.float32))
 
     @property
     def out_dim(self) -> int:
-        return int(self.proj.shape[1])
+        return int(self.proj.shape[1]) if self.kind == "pca" else int(self.mean.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) @ self.proj
+        y = (x - self.mean) * self.scale
+        return y @ self.proj if self.kind == "pca" else y
 
     @classmethod
     def fit(cls, x: np.ndarray, kind: str = "standardize", dim: int | None = None, eps: float = 1e-6):
@@ -49,19 +57,19 @@ class FeatureTransform(nn.Module):
         x = np.asarray(x, dtype=np.float64)
         mean = x.mean(0)
         if kind == "standardize":
-            std = x.std(0) + eps
-            return cls(mean, np.diag(1.0 / std))
+            return cls(mean, 1.0 / (x.std(0) + eps))
         if kind == "pca":
             k = dim or min(x.shape[0] - 1, x.shape[1], 128)
-            u, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+            _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
             var = s[:k] ** 2 / max(x.shape[0] - 1, 1)
-            return cls(mean, vt[:k].T / np.sqrt(var + eps))
+            return cls(mean, np.ones_like(mean), vt[:k].T / np.sqrt(var + eps))
         raise ValueError(f"unknown feature transform {kind!r}; use standardize or pca")
 
     @classmethod
-    def empty(cls, in_dim: int, out_dim: int) -> FeatureTransform:
+    def empty(cls, kind: str, in_dim: int, out_dim: int) -> FeatureTransform:
         """Shape-only instance to load saved buffers into."""
-        return cls(np.zeros(in_dim, np.float32), np.zeros((in_dim, out_dim), np.float32))
+        proj = None if kind == "standardize" else np.zeros((in_dim, out_dim), np.float32)
+        return cls(np.zeros(in_dim, np.float32), np.ones(in_dim, np.float32), proj)
 
 
 class AlganHead(nn.Module):
@@ -80,8 +88,8 @@ class MahalanobisHead(nn.Module):
 
     def __init__(self, mean: np.ndarray, precision: np.ndarray) -> None:
         super().__init__()
-        self.register_buffer("mu", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("precision", torch.as_tensor(precision, dtype=torch.float32))
+        self.register_buffer("mu", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("precision", torch.tensor(precision, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x - self.mu
@@ -108,7 +116,7 @@ class KnnHead(nn.Module):
         if k < 1 or k > len(bank):
             raise ValueError(f"k must lie in [1, {len(bank)}] (number of training images), got {k}")
         self.k = int(k)
-        bank_t = torch.as_tensor(bank, dtype=torch.float32)
+        bank_t = torch.tensor(bank, dtype=torch.float32)
         self.register_buffer("bank", bank_t)
         self.register_buffer("bank_sq", (bank_t * bank_t).sum(dim=1))
 

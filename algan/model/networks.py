@@ -43,6 +43,10 @@ class MLPDiscriminator(nn.Module):
 
     Input: float32 (N, in_dim). Output: float32 (N,) logits; D(x) = sigmoid(logit). The anomaly score used at
     inference is ``-logit`` (higher = more anomalous).
+
+    ``quadratic=True`` adds a learnable radial term ``w * mean_k(x_k^2)`` (w initialised to 0) to the MLP's logit:
+    the log density ratio of two centred Gaussians (whitened normal data vs. the sigma-widened pseudo-anomalies
+    G(z_a)) is exactly such a quadratic, so the MLP only has to learn the non-Gaussian correction.
     """
 
     def __init__(
@@ -51,8 +55,10 @@ class MLPDiscriminator(nn.Module):
         hidden: Sequence[int] = (512, 256),
         dropout: float = 0.0,
         spectral: bool = False,
+        quadratic: bool = False,
     ) -> None:
         super().__init__()
+        self.quad = nn.Parameter(torch.zeros(())) if quadratic else None
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
@@ -67,4 +73,7 @@ class MLPDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        logit = self.net(x).squeeze(-1)
+        if self.quad is not None:
+            logit = logit + self.quad * (x * x).mean(dim=-1)
+        return logit

@@ -53,11 +53,14 @@ PAPER = {
     "g_batch_norm": True,
     "d_dropout": 0.0,
     "spectral_norm": False,
+    "d_quadratic": False,
     "d_weight_decay": 0.0,
     "r1_gamma": 0.0,
     "d_ema": 0.0,
     "whiten": "none",
     "whiten_shrinkage": None,
+    "ensemble": 1,
+    "min_steps": 0,
     "seed": 0,
 }
 #: the product default; every entry differing from PAPER is a measured improvement (ALGAN_EXPERIMENTS.md)
@@ -69,6 +72,7 @@ DEFAULT = {
     "whiten": "shrunk",
     "d_ema": 0.99,
     "epochs": 32,
+    "min_steps": 1200,
 }
 PRESETS = {"paper": PAPER, "default": DEFAULT}
 WHITENINGS = ("none", "shrunk")
@@ -95,11 +99,16 @@ class AlganConfig:
         g_hidden, d_hidden: hidden widths of the MLPs.
         g_batch_norm: batch norm after G's hidden layers.
         d_dropout, spectral_norm, d_weight_decay: D regularisation (dropout rate, spectral norm, Adam L2).
+        d_quadratic: add a learnable radial term ``w * mean(x^2)`` to D's logit (see MLPDiscriminator).
         r1_gamma: weight of the R1 penalty ``gamma/2 * E||grad_x logit D(x)||^2`` on real data (0 = off).
         d_ema: decay of an exponential moving average of D's weights used at inference (0 = the last D).
         whiten: ``none`` or ``shrunk`` (Ledoit-Wolf shrunk ZCA whitening fitted on the training features, applied
             in front of G's output space and D; part of the head).
         whiten_shrinkage: fixed shrinkage in [0, 1]; ``None`` = Ledoit-Wolf estimate.
+        min_steps: train at least this many D/G steps: with few samples an epoch has few steps, so the epoch count
+            is raised to ``ceil(min_steps / steps_per_epoch)`` (0 = exactly ``epochs``; see :meth:`epochs_for`).
+        ensemble: number of independent (G, D) pairs trained with seeds ``seed, seed + 1, ...`` on the same
+            whitened data; the head averages their D logits (training time grows linearly).
         seed: seed of initialisation, latents, batches and buffer; training is deterministic for a seed.
     """
 
@@ -119,11 +128,14 @@ class AlganConfig:
     g_batch_norm: bool = _field("g_batch_norm")
     d_dropout: float = _field("d_dropout")
     spectral_norm: bool = _field("spectral_norm")
+    d_quadratic: bool = _field("d_quadratic")
     d_weight_decay: float = _field("d_weight_decay")
     r1_gamma: float = _field("r1_gamma")
     d_ema: float = _field("d_ema")
     whiten: str = _field("whiten")
     whiten_shrinkage: float | None = _field("whiten_shrinkage")
+    ensemble: int = _field("ensemble")
+    min_steps: int = _field("min_steps")
     seed: int = _field("seed")
 
     def __post_init__(self) -> None:
@@ -133,8 +145,9 @@ class AlganConfig:
             raise ValueError(f"d_ema must lie in [0, 1), got {self.d_ema}")
         if self.z_dim is not None and self.z_dim < 1:
             raise ValueError(f"z_dim must be >= 1 or None, got {self.z_dim}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.epochs < 1 or self.batch_size < 1 or self.ensemble < 1:
+            raise ValueError(f"epochs, batch_size and ensemble must be >= 1, got {self.epochs}, {self.batch_size}, "
+                             f"{self.ensemble}")
         self.adam_betas = tuple(self.adam_betas)
         self.g_hidden = list(self.g_hidden)
         self.d_hidden = list(self.d_hidden)
@@ -158,6 +171,11 @@ class AlganConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{**copy.deepcopy(PAPER), **{k: v for k, v in d.items() if k in known}})
 
+    def epochs_for(self, n: int) -> int:
+        """Epochs actually run on ``n`` training samples: ``max(epochs, ceil(min_steps / (n // batch)))``."""
+        steps = max(n // min(self.batch_size, n), 1)
+        return max(self.epochs, -(-self.min_steps // steps))
+
     def latent_dim(self, feature_dim: int) -> int:
         """G's latent dimension for features of ``feature_dim`` dimensions."""
         return int(self.z_dim) if self.z_dim is not None else int(feature_dim)
@@ -168,13 +186,13 @@ class AlganConfig:
 
     def build_discriminator(self, in_dim: int) -> MLPDiscriminator:
         """A fresh D for features of ``in_dim`` dimensions."""
-        return MLPDiscriminator(in_dim, self.d_hidden, self.d_dropout, self.spectral_norm)
+        return MLPDiscriminator(in_dim, self.d_hidden, self.d_dropout, self.spectral_norm, self.d_quadratic)
 
     def build_head(self, in_dim: int) -> nn.Module:
         """The inference head (features float32 (N, K) -> raw scores (N,)) with untrained weights, for bundle
         loading; :attr:`TrainResult.head` has the same structure (state-dict keys and shapes)."""
         whitening = Whitening(in_dim) if self.whiten != "none" else None
-        return AlganEnsembleHead([self.build_discriminator(in_dim)], whitening)
+        return AlganEnsembleHead([self.build_discriminator(in_dim) for _ in range(self.ensemble)], whitening)
 
 
 class Reservoir:
@@ -207,19 +225,29 @@ class Reservoir:
 class TrainResult:
     """Trained networks (eval mode), per-epoch mean losses and wall time (s); ``head`` is what inference runs.
 
-    ``discriminator`` is the inference D (the EMA copy when ``d_ema > 0``); ``whitening`` is ``None`` unless
-    ``cfg.whiten != "none"``; ``generator`` works in the whitened space when there is a whitening.
+    ``discriminators`` are the inference Ds, one per ensemble member (EMA copies when ``d_ema > 0``), and
+    ``generators`` their Gs (working in the whitened space when there is a whitening); ``whitening`` is ``None``
+    unless ``cfg.whiten != "none"``; ``history`` holds the first member's losses.
     """
 
-    generator: MLPGenerator
-    discriminator: MLPDiscriminator
+    generators: list[MLPGenerator]
+    discriminators: list[MLPDiscriminator]
     history: list[dict]
     train_s: float
     whitening: Whitening | None = None
 
     @property
+    def generator(self) -> MLPGenerator:
+        return self.generators[0]
+
+    @property
+    def discriminator(self) -> MLPDiscriminator:
+        return self.discriminators[0]
+
+    @property
     def head(self) -> nn.Module:
-        return AlganEnsembleHead([self.discriminator], self.whitening)
+        """Features float32 (N, K) -> raw scores (N,); same structure as ``cfg.build_head(K)``."""
+        return AlganEnsembleHead(list(self.discriminators), self.whitening)
 
 
 @torch.no_grad()
@@ -244,7 +272,8 @@ def train_algan(
         cfg: hyper-parameters (``None`` = ``AlganConfig()``, the default preset).
         progress: show a tqdm bar with epoch and losses.
         on_epoch: optional ``f(epoch, head)`` called after every epoch with the current inference head (eval
-            mode; do not keep it, it changes as training goes on). For experiments.
+            mode; do not keep it, it changes as training goes on; with ``ensemble > 1`` only once, at the end).
+            For experiments.
 
     Returns:
         trained G and inference D (eval mode), the whitening (or ``None``), per-epoch mean losses, wall time (s).
@@ -255,18 +284,34 @@ def train_algan(
     if len(x) < 2:
         raise ValueError(f"ALGAN needs at least 2 training samples, got {len(x)}")
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     x = np.asarray(x, dtype=np.float32)
-    n, dim = x.shape
     whitening = None
     if cfg.whiten == "shrunk":
         mean, w, _ = shrunk_whitening(x, cfg.whiten_shrinkage)
-        whitening = Whitening(dim).set(mean, w)
+        whitening = Whitening(x.shape[1]).set(mean, w)
     data = torch.as_tensor(x)
     if whitening is not None:
         with torch.no_grad():
             data = whitening(data)
+    gs, ds, history = [], [], []
+    for member in range(cfg.ensemble):
+        cb = None
+        if on_epoch is not None and cfg.ensemble == 1:
+            cb = lambda e, d: on_epoch(e, AlganEnsembleHead([d], whitening).eval())  # noqa: E731
+        G, D, hist = _train_member(data, cfg, cfg.seed + member, progress, cb)
+        gs.append(G)
+        ds.append(D)
+        history = history or hist
+    if on_epoch is not None and cfg.ensemble > 1:
+        on_epoch(len(history), AlganEnsembleHead(ds, whitening).eval())
+    return TrainResult(gs, ds, history, time.perf_counter() - t0, whitening)
+
+
+def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: bool, on_epoch):
+    """One (G, D) pair on (whitened) data float32 (N, K); returns (G, inference D, history), both in eval mode."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n, dim = data.shape
     bs = min(cfg.batch_size, n)
     z_dim = cfg.latent_dim(dim)
     G = cfg.build_generator(dim)
@@ -279,7 +324,7 @@ def train_algan(
     buf_n = Reservoir(cfg.buffer_size, dim, gen)
     buf_a = Reservoir(cfg.buffer_size, dim, gen)
     history: list[dict] = []
-    bar = range(cfg.epochs)
+    bar = range(cfg.epochs_for(n))
     if progress:
         from tqdm import tqdm
 
@@ -335,7 +380,7 @@ def train_algan(
             bar.set_postfix(loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}")
         if on_epoch is not None:
             D.eval()
-            on_epoch(epoch + 1, AlganEnsembleHead([D_ema if D_ema is not None else D], whitening).eval())
+            on_epoch(epoch + 1, D_ema if D_ema is not None else D)
     G.eval()
     D.eval()
-    return TrainResult(G, D_ema if D_ema is not None else D, history, time.perf_counter() - t0, whitening)
+    return G, (D_ema if D_ema is not None else D), history

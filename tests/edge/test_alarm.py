@@ -1,4 +1,5 @@
-"""Alarm logic: raise/clear debouncing and hysteresis on hand-made score sequences."""
+"""Alarm logic on hand-made score sequences: debouncing (consecutive and N-of-M), hysteresis, minimum duration,
+cooldown, peak frame and the snapshot candidates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import pytest
 
-from algan.edge.alarm import AlarmTracker
+from algan.edge.alarm import AlarmPolicy, AlarmTracker
 
 
 def tracker(raise_frames=3, clear_frames=2, threshold=1.0, clear_threshold=0.8) -> AlarmTracker:
@@ -77,3 +78,130 @@ def test_event_fields():
 def test_rejects_bad_settings(thr, clr, rf, cf):
     with pytest.raises(ValueError):
         AlarmTracker("c", thr, clr, rf, cf)
+
+
+# -- N-of-M, minimum duration, cooldown, peak frame, snapshot candidates ------------------------------------------
+
+def ptracker(**kw) -> AlarmTracker:
+    ids = (f"e{i}" for i in itertools.count(1))
+    base = {"threshold": 1.0, "clear_threshold": 0.8, "raise_frames": 3, "clear_frames": 2}
+    return AlarmTracker("cam1", policy=AlarmPolicy(**{**base, **kw}), new_id=lambda: next(ids))
+
+
+def run(t: AlarmTracker, scores, dt: float = 1.0, start: int = 0):
+    """Events as (frame, state, first_frame, frames, peak_frame); frame i at ts = i * dt."""
+    out = []
+    for i, s in enumerate(scores, start):
+        e = t.update(i, s, ts=i * dt)
+        if e is not None:
+            out.append((i, e.state, e.first_frame, e.frames, e.peak_frame))
+    return out
+
+
+def test_n_of_m_raise_tolerates_gaps():
+    t = ptracker(raise_frames=3, raise_window=5)
+    # anomalous at 1, 3, 5: 3 of the last 5 (frames 1-5) -> raised at 5, episode from frame 1
+    assert run(t, [0.1, 1.2, 0.5, 1.6, 0.5, 1.1]) == [(5, "raised", 1, 5, 3)]
+
+
+def test_n_of_m_raise_window_slides():
+    t = ptracker(raise_frames=3, raise_window=4)
+    # anomalous at 0, 2, 5, 6: window 3-6 holds 5, 6 only; 4-7 holds 5, 6, 7 -> raised at 7, first frame 5
+    ev = run(t, [1.5, 0.1, 1.5, 0.1, 0.1, 1.2, 1.3, 1.1])
+    assert ev == [(7, "raised", 5, 3, 6)]
+
+
+def test_consecutive_is_the_default_window():
+    t = ptracker(raise_frames=3)
+    assert run(t, [1.2, 1.2, 0.1, 1.2, 1.2, 0.1]) == []
+
+
+def test_n_of_m_clear():
+    t = ptracker(raise_frames=1, clear_frames=3, clear_window=5)
+    # normal (< 0.8) at 2, 4, 6 within the window 2-6 -> cleared at 6
+    ev = run(t, [2.0, 1.0, 0.1, 1.0, 0.1, 1.0, 0.1])
+    assert [e[:2] for e in ev] == [(0, "raised"), (6, "cleared")]
+
+
+def test_min_duration_holds_the_alarm():
+    t = ptracker(raise_frames=1, clear_frames=1, min_duration_s=5.0)
+    ev = run(t, [2.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert [e[:2] for e in ev] == [(0, "raised"), (5, "cleared")]
+    e = t.update(6, 2.0, ts=6.0)
+    assert e is not None and e.state == "raised"
+
+
+def test_min_duration_still_needs_the_clear_condition():
+    t = ptracker(raise_frames=1, clear_frames=2, min_duration_s=2.0)
+    ev = run(t, [2.0, 0.1, 0.1, 0.9, 0.1, 0.1])
+    assert [e[:2] for e in ev] == [(0, "raised"), (2, "cleared")]  # 2 normal frames and 2 s elapsed at frame 2
+    t = ptracker(raise_frames=1, clear_frames=2, min_duration_s=3.0)
+    ev = run(t, [2.0, 0.1, 0.1, 0.9, 0.1, 0.1])
+    assert [e[:2] for e in ev] == [(0, "raised"), (5, "cleared")]  # at 3 s frame 3 (hysteresis band) broke the run
+
+
+def test_cooldown_blocks_a_new_raise():
+    t = ptracker(raise_frames=2, clear_frames=1, cooldown_s=3.0)
+    # raised at 1, cleared at 2; frames 3-4 anomalous but within 3 s of the clear; first raise at ts 5
+    ev = run(t, [2.0, 2.0, 0.1, 2.0, 2.0, 2.0, 0.1])
+    assert [e[:2] for e in ev] == [(1, "raised"), (2, "cleared"), (5, "raised"), (6, "cleared")]
+    assert ev[2][2] == 4, "the window (frames 4-5) decides; the episode starts at its first anomalous frame"
+
+
+def test_cooldown_uses_timestamps_not_frames():
+    t = ptracker(raise_frames=1, clear_frames=1, cooldown_s=1.0)
+    ev = run(t, [2.0, 0.1, 2.0, 2.0, 2.0], dt=0.4)  # cleared at 0.4 s; 0.8 and 1.2 s too soon; 1.6 s ok
+    assert [e[:2] for e in ev] == [(0, "raised"), (1, "cleared"), (4, "raised")]
+
+
+def test_peak_frame_and_duration():
+    t = ptracker(raise_frames=2, clear_frames=1)
+    events = [t.update(i, s, ts=10.0 + i) for i, s in enumerate([1.5, 1.2, 3.0, 2.0, 0.1])]
+    raised, cleared = (e for e in events if e is not None)
+    assert (raised.peak, raised.peak_frame, raised.duration_s) == (1.5, 0, 0.0)
+    assert (cleared.peak, cleared.peak_frame, cleared.duration_s) == (3.0, 2, 3.0)
+    assert cleared.frames == 5 and cleared.first_frame == 0
+
+
+def test_snapshot_candidates_bounded():
+    t = ptracker(raise_frames=3, raise_window=4)
+    t.update(0, 1.5, ts=0)
+    t.update(1, 1.2, ts=1)  # 1.2 < 1.5: frame 0 stays the best, 1 may become it when 0 slides out
+    assert t.snapshot_candidates() == {0, 1}
+    t.update(2, 2.0, ts=2)  # raised: only the peak (frame 2) is kept
+    assert t.alarmed and t.snapshot_candidates() == {2} and t.peak_frame == 2
+    t.update(3, 2.5, ts=3)
+    assert t.snapshot_candidates() == {3}
+    t.update(4, 0.1, ts=4)
+    t.update(5, 0.1, ts=5)  # cleared
+    assert not t.alarmed and t.snapshot_candidates() == set()
+
+
+def test_snapshot_candidates_drop_outscored_frames():
+    t = ptracker(raise_frames=5, raise_window=5)
+    for i, s in enumerate([1.1, 1.3, 1.2, 0.1]):
+        t.update(i, s, ts=i)
+    assert t.snapshot_candidates() == {1, 2}  # frame 0 is outscored by frame 1, which stays longer in the window
+
+
+def test_reconfigure_keeps_state():
+    t = ptracker(raise_frames=1, clear_frames=1)
+    run(t, [2.0])
+    t.reconfigure(AlarmPolicy(threshold=3.0, clear_threshold=2.5, raise_frames=1, clear_frames=1))
+    assert t.alarmed and t.update(1, 2.6, ts=1) is None  # 2.6 is in the new hysteresis band
+    e = t.update(2, 2.4, ts=2)
+    assert e is not None and e.state == "cleared" and e.id == "e1"
+    with pytest.raises(ValueError, match="raise_window"):
+        t.reconfigure(AlarmPolicy(raise_frames=3, raise_window=2))
+    assert t.threshold == 3.0
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"raise_frames": 3, "raise_window": 2}, "raise_window"),
+    ({"clear_frames": 3, "clear_window": 1}, "clear_window"),
+    ({"min_duration_s": -1.0}, "min_duration_s"),
+    ({"cooldown_s": -1.0}, "cooldown_s"),
+])
+def test_policy_rejects_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        AlarmPolicy(**kw).check()

@@ -141,12 +141,16 @@ def test_unreachable_broker_one_line(tmp_path, tiny_model, step_video, unused_po
 
 
 def test_refused_connection_one_line(tmp_path, tiny_model, step_video, mosquitto_factory):
+    """A refusing broker (credentials) is reported in one line and retried; the run goes on, alarms stay in the
+    outbox for the next start, and the exit status says something was not delivered."""
     broker = mosquitto_factory("allow_anonymous false\n")  # every client is refused: not authorised
-    cfg = edge_config(tiny_model, (broker.host, broker.port), [{"name": "cam1", "source": str(step_video)}])
+    cfg = edge_config(tiny_model, (broker.host, broker.port), [{"name": "cam1", "source": str(step_video)}],
+                      mqtt={"reconnect_max_s": 1})
     res = run_edge(write_config(tmp_path / "edge.yaml", cfg))
-    assert res.returncode == 1
-    last = res.stderr.strip().splitlines()[-1]
-    assert "refused the connection" in last and "mqtt.username" in last and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    refused = [line for line in res.stderr.splitlines() if "refused the connection" in line]
+    assert len(refused) == 1 and "Not authorized" in refused[0] and "mqtt.username" in refused[0]
+    assert "stay in the MQTT outbox" in res.stderr
 
 
 def test_embedded_broker_when_nothing_listens(tmp_path, tiny_model, unused_port):

@@ -33,4 +33,5 @@ def test_alarm_payload_fields():
     e = AlarmEvent("id1", "cam1", "raised", 0.001, 1.84, 2.31, 120, 126, 7)
     assert json.loads(alarm_payload(e)) == {
         "id": "id1", "camera": "cam1", "state": "raised", "ts": "1970-01-01T00:00:00.001Z", "score": 1.84,
-        "peak": 2.31, "first_frame": 120, "last_frame": 126, "frames": 7, "snapshot": None}
+        "peak": 2.31, "peak_frame": -1, "first_frame": 120, "last_frame": 126, "frames": 7, "duration_s": 0.0,
+        "snapshot": None}

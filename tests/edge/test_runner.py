@@ -12,7 +12,8 @@ from onnx import TensorProto
 
 from algan.edge.config import parse_config
 from algan.edge.errors import ModelError
-from algan.edge.runner import OnnxRuntimeRunner, Runner, load_runner
+from algan.edge.runner import Runner, choose_backend, load_runner
+from algan.edge.runner_onnx import OnnxRuntimeRunner
 
 
 def test_scores_and_properties(tmp_path):
@@ -66,8 +67,45 @@ def test_load_runner_backends(tmp_path):
     path = make_model(tmp_path / "m.onnx")
     base = {"device_id": "d", "model": str(path), "cameras": [{"name": "c", "source": 0}]}
     assert load_runner(parse_config(base)).backend == "onnxruntime"
-    with pytest.raises(ModelError, match="'tensorrt' is not available in this build"):
-        load_runner(parse_config({**base, "runner": {"backend": "tensorrt"}}))
+    assert choose_backend(parse_config(base)) == "onnxruntime"
+    assert choose_backend(parse_config({**base, "model": "/m/model.engine"})) == "tensorrt", ".engine -> tensorrt"
+    assert choose_backend(parse_config({**base, "model": "/m/model.engine", "runner": {"backend": "torch"}})) == "torch"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelError, match="backend 'tensorrt' needs a package that is missing") as info:
+            load_runner(parse_config({**base, "runner": {"backend": "tensorrt"}}))
+        assert "install NVIDIA TensorRT and pycuda" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unavailable_providers_fall_back_to_cpu(tmp_path, caplog):
+    from algan.edge.runner_onnx import choose_providers
+
+    got = choose_providers(["tensorrt", "cuda", "cpu"], ["CPUExecutionProvider"])
+    assert got == ["CPUExecutionProvider"]
+    assert "provider tensorrt is not in this onnxruntime build" in caplog.text
+    full = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    got = choose_providers(["cuda"], full, device=1)
+    assert got == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"], "cpu always last"
+    assert choose_providers(["tensorrt"], full, fp16=False)[0] == (
+        "TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": False})
+    runner = OnnxRuntimeRunner(make_model(tmp_path / "m.onnx"), threads=1, providers=["cuda", "cpu"])
+    assert runner.backend == "onnxruntime" and runner.providers == ["CPUExecutionProvider"]
+
+
+def test_torch_backend_without_cuda_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present (tested in test_runner_torch.py)")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "algan.json").write_text("{}")
+    base = {"device_id": "d", "model": str(bundle), "runner": {"backend": "torch"}, "cameras": [{"name": "c",
+                                                                                                "source": 0}]}
+    with pytest.raises(ModelError, match="backend 'torch' needs a CUDA GPU"):
+        load_runner(parse_config(base))
+    with pytest.raises(ModelError, match="needs a model bundle directory"):
+        load_runner(parse_config({**base, "model": str(tmp_path / "x.onnx")}))
 
 
 def test_cli_wrong_model_one_line(tmp_path):

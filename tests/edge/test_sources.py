@@ -1,46 +1,36 @@
-"""Camera sources and the reader thread, with real files and injected fake sources."""
+"""Camera sources (real files and folders, a stand-in VideoCapture) and the pure pacing / frame-rate rules."""
 
 from __future__ import annotations
 
-import threading
-import time
+import os
 
+import cv2
 import numpy as np
 import pytest
 from edgekit import DARK, make_folder, make_video
 
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
-from algan.edge.hub import FrameHub
-from algan.edge.sources import CameraReader, Corrupt, FolderSource, VideoSource, open_source
+from algan.edge.sources import (
+    FFMPEG_OPTIONS_ENV,
+    NO_FRAME,
+    Corrupt,
+    FolderSource,
+    FrameGate,
+    Pacer,
+    VideoSource,
+    ffmpeg_capture_options,
+    gstreamer_available,
+    open_source,
+)
 
 
-def drain(hub: FrameHub):
-    return [(f.index, f.image.shape) for f in iter(lambda: hub.get(0), None)]
+class Clock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
 
-
-def run_reader(cam: CameraConfig, open_fn=open_source, size=(16, 16)):
-    hub, stop, statuses = FrameHub(), threading.Event(), []
-    reader = CameraReader(cam, size, hub, stop, lambda c, s: statuses.append(s), open_fn=open_fn)
-    reader.start()
-    reader.join(10)
-    return hub, reader, statuses
-
-
-def test_video_file_all_frames_prepared(tmp_path):
-    video = make_video(tmp_path / "v.mp4", [DARK] * 12)
-    cam = CameraConfig(name="c", source=str(video), queue_size=64)
-    hub, reader, statuses = run_reader(cam)
-    assert drain(hub) == [(i, (16, 16, 3)) for i in range(12)]
-    assert statuses == ["online", "finished"] and reader.counters.read == 12
-
-
-def test_folder_sorted_and_corrupt_counted(tmp_path):
-    folder = make_folder(tmp_path / "f", [DARK] * 4, corrupt=[1])
-    (folder / "notes.txt").write_text("ignored")
-    hub, reader, _ = run_reader(CameraConfig(name="c", source=str(folder)))
-    assert [i for i, _ in drain(hub)] == [0, 2, 3]
-    assert reader.counters.corrupt == 1 and reader.counters.read == 4
+    def __call__(self) -> float:
+        return self.t
 
 
 def test_open_errors_are_one_line(tmp_path):
@@ -55,39 +45,143 @@ def test_open_errors_are_one_line(tmp_path):
         VideoSource(str(notvideo), "file")
 
 
-def test_roi_that_does_not_fit_fails_the_camera(tmp_path):
-    folder = make_folder(tmp_path / "f", [DARK] * 2, size=32)
-    hub, reader, statuses = run_reader(CameraConfig(name="c", source=str(folder), roi=(16, 16, 32, 32)))
-    assert drain(hub) == [] and statuses == ["online", "failed"]
+def test_video_file_reports_native_fps(tmp_path):
+    src = VideoSource(str(make_video(tmp_path / "v.mp4", [DARK] * 3, fps=20.0)), "file")
+    assert src.fps == pytest.approx(20.0)
+    frames = [src.read() for _ in range(4)]
+    src.close()
+    assert [f.shape for f in frames[:3]] == [(64, 64, 3)] * 3 and frames[3] is None
 
 
-class FlakyLive:
-    """A live source that delivers two frames, then a corrupt one, then dies."""
+class StandInCapture:
+    """Stand-in for cv2.VideoCapture that records how it was opened (and the FFmpeg options env at that time)."""
 
-    opened = 0
+    calls: list = []
 
-    def __init__(self, cam):
-        FlakyLive.opened += 1
-        self.items = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), Corrupt("bad"), None]
+    def __init__(self, *args):
+        StandInCapture.calls.append((args, os.environ.get(FFMPEG_OPTIONS_ENV)))
+        self.opened = True
+        self.props = {}
+
+    def isOpened(self):  # noqa: N802 - cv2 naming
+        return self.opened
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
 
     def read(self):
-        return self.items.pop(0)
+        return True, np.zeros((4, 4, 3), np.uint8)
 
-    def close(self):
-        pass
+    def release(self):
+        self.opened = False
 
 
-def test_live_source_reconnects_after_dying():
-    hub, stop, statuses = FrameHub(), threading.Event(), []
-    cam = CameraConfig(name="live", source=0, reconnect_interval_s=0.05, queue_size=100)
-    reader = CameraReader(cam, (8, 8), hub, stop, lambda c, s: statuses.append(s), open_fn=FlakyLive)
-    reader.start()
-    end = time.monotonic() + 5
-    while FlakyLive.opened < 3 and time.monotonic() < end:
-        time.sleep(0.02)
-    stop.set()
-    reader.join(5)
-    assert not reader.is_alive()
-    assert reader.counters.reconnects >= 2 and reader.counters.corrupt >= 2
-    assert statuses[:3] == ["online", "offline", "online"]
-    assert [i for i, _ in drain(hub)][:4] == [0, 1, 3, 4]  # indices keep counting across reconnects
+def test_stream_gets_ffmpeg_options_and_timeouts(monkeypatch):
+    StandInCapture.calls = []
+    monkeypatch.setenv(FFMPEG_OPTIONS_ENV, "user;value")
+    cam = CameraConfig(name="c", source="rtsp://10.0.0.5/s", rtsp_transport="tcp", open_timeout_s=3, read_timeout_s=2)
+    src = open_source(cam, capture=StandInCapture)
+    (args, env_at_open), = StandInCapture.calls
+    assert args[0] == "rtsp://10.0.0.5/s" and args[1] == cv2.CAP_FFMPEG
+    assert args[2] == [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 3000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000]
+    assert env_at_open == "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay"
+    assert os.environ[FFMPEG_OPTIONS_ENV] == "user;value", "the process environment is restored after the open"
+    assert src.fps == 30.0 and src.read().shape == (4, 4, 3)
+    assert ffmpeg_capture_options("udp", low_delay=False) == "rtsp_transport;udp"
+
+
+def test_gstreamer_pipeline_and_device_backends():
+    StandInCapture.calls = []
+    pipeline = "nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! video/x-raw,format=BGRx ! appsink"
+    cam = CameraConfig(name="csi", source=pipeline)
+    assert cam.resolved_kind == "gstreamer" and cam.is_live
+    open_source(cam, capture=StandInCapture)
+    open_source(CameraConfig(name="d", source="/dev/video2"), capture=StandInCapture)
+    src = open_source(CameraConfig(name="d0", source=0), capture=StandInCapture)
+    assert [c[0] for c in StandInCapture.calls] == [(pipeline, cv2.CAP_GSTREAMER), ("/dev/video2", cv2.CAP_V4L2), (0,)]
+    assert src._cap.props == {cv2.CAP_PROP_BUFFERSIZE: 1}
+
+
+@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer")
+def test_gstreamer_missing_is_one_line():
+    with pytest.raises(SourceError, match="no GStreamer backend") as info:
+        open_source(CameraConfig(name="csi", source="videotestsrc ! appsink", kind="gstreamer"))
+    assert "\n" not in str(info.value)
+
+
+def test_folder_once_sorted_with_corrupt_file(tmp_path):
+    folder = make_folder(tmp_path / "f", [DARK] * 3, corrupt=[1])
+    src = FolderSource(folder)
+    items = [src.read() for _ in range(4)]
+    assert isinstance(items[0], np.ndarray) and isinstance(items[1], Corrupt) and items[3] is None
+
+
+def test_watched_folder_reads_only_settled_complete_files(tmp_path):
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    clock = Clock()
+    src = FolderSource(folder, watch=True, settle_s=0.5, poll_s=0.0, clock=clock)
+    assert src.read() is NO_FRAME
+    good = cv2.imencode(".png", np.full((8, 8, 3), 7, np.uint8))[1].tobytes()
+    (folder / "b.png").write_bytes(good)
+    (folder / "a.png.part").write_bytes(good)  # still being copied: never read under this name
+    (folder / ".c.png").write_bytes(good)  # hidden temp file
+    (folder / "d.png").write_bytes(good[:10])  # half-written: grows below
+    assert src.read() is NO_FRAME, "new files wait settle_s"
+    clock.t = 0.3
+    with (folder / "d.png").open("ab") as f:
+        f.write(good[10:])
+    os.utime(folder / "d.png", ns=(10**18, 10**18))  # mtime changes with the append
+    clock.t = 0.6
+    first = src.read()
+    assert isinstance(first, np.ndarray) and first[0, 0, 0] == 7, "b.png settled"
+    assert src.read() is NO_FRAME, "d.png changed at 0.3 s: not settled yet"
+    (folder / "a.png.part").rename(folder / "a.png")
+    clock.t = 1.2
+    assert isinstance(src.read(), np.ndarray), "d.png unchanged since 0.6 s: settled"
+    assert src.read() is NO_FRAME, "a.png first seen under its final name at 1.2 s"
+    clock.t = 1.8
+    got = [src.read() for _ in range(2)]
+    assert isinstance(got[0], np.ndarray) and got[1] is NO_FRAME
+    assert src._seen == {"a.png", "b.png", "d.png"}
+    (folder / "b.png").unlink()
+    clock.t = 2.0
+    src.read()
+    assert src._seen == {"a.png", "d.png"}, "names of deleted files are forgotten (bounded memory)"
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+    clock.t = 3.0
+    assert src.read() is None, "a vanished folder ends the source (the reader reopens it)"
+
+
+def test_watch_open_errors(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        FolderSource(tmp_path / "nope", watch=True)
+    (tmp_path / "empty").mkdir()
+    assert FolderSource(tmp_path / "empty", watch=True).read() is NO_FRAME
+
+
+def test_frame_gate_by_source_time():
+    gate = FrameGate(10.0)
+    kept = [i for i in range(30) if gate.keep(i / 30.0)]
+    assert kept == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    gate = FrameGate(10.0)
+    assert [gate.keep(t) for t in (0.0, 0.05, 0.5, 0.55, 0.6)] == [True, False, True, False, True], "resync on gap"
+    assert all(FrameGate(None).keep(t) for t in (0.0, 0.0, 0.0))
+
+
+def test_pacer_releases_at_rate_and_never_bursts():
+    clock = Clock(100.0)
+    pacer = Pacer(10.0, clock)
+    assert pacer.delay() == 0.0
+    assert pacer.delay() == pytest.approx(0.1)
+    clock.t = 100.1
+    assert pacer.delay() == pytest.approx(0.1)
+    clock.t = 105.0  # the model stalled for seconds: start afresh instead of bursting
+    assert pacer.delay() == 0.0 and pacer.delay() == pytest.approx(0.1)
+    assert Pacer(None, clock).delay() == 0.0

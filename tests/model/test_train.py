@@ -24,7 +24,7 @@ def blobs(n: int = 64, dim: int = 12, seed: int = 0) -> np.ndarray:
 
 
 def small(preset: str = "default", **kw) -> AlganConfig:
-    return AlganConfig.preset(preset, **{"epochs": 3, "batch_size": 8, "d_hidden": [32, 16], **kw})
+    return AlganConfig.preset(preset, **{"epochs": 3, "min_steps": 0, "batch_size": 8, "d_hidden": [32, 16], **kw})
 
 
 def test_default_is_the_default_preset_and_paper_is_the_paper() -> None:
@@ -108,6 +108,29 @@ def test_regularisers_and_options_run() -> None:
     assert seen == [1, 2, 3]
 
 
+def test_min_steps_raises_the_epoch_count_for_small_data() -> None:
+    cfg = AlganConfig(epochs=32, batch_size=16, min_steps=1200)
+    assert cfg.epochs_for(619) == 32  # 38 steps per epoch
+    assert cfg.epochs_for(150) == 134  # 9 steps per epoch
+    assert cfg.epochs_for(5) == 1200  # one (short) batch per epoch
+    assert AlganConfig.preset("paper").epochs_for(150) == 192
+    r = train_algan(blobs(16, 4), small(min_steps=10), progress=False)
+    assert len(r.history) == 5  # 2 steps per epoch
+
+
+def test_ensemble_head_structure_and_members() -> None:
+    x = blobs(32, 6)
+    cfg = small(ensemble=3)
+    r = train_algan(x, cfg, progress=False)
+    assert len(r.discriminators) == len(r.generators) == 3
+    fresh = cfg.build_head(6)
+    fresh.load_state_dict(r.head.state_dict())
+    with torch.no_grad():
+        one = [AlganEnsembleHead([d], r.whitening)(torch.from_numpy(x)) for d in r.discriminators]
+        torch.testing.assert_close(fresh.eval()(torch.from_numpy(x)), sum(one) / 3)
+    assert head_digest(train_algan(x, small(), progress=False)) != head_digest(r)
+
+
 def test_too_few_samples() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         train_algan(np.zeros((1, 4), np.float32), small(), progress=False)
@@ -153,7 +176,6 @@ def test_shrunk_whitening_gives_mahalanobis_geometry() -> None:
 def test_default_detects_outliers_on_toy_vectors() -> None:
     rng = np.random.default_rng(1)
     x = blobs(300, 16, seed=1)
-    normal = blobs(100, 16, seed=1)[:0]  # same generator -> use a fresh draw with the same covariance below
     cov_root = np.linalg.cholesky(np.cov(x.T) + 1e-6 * np.eye(16))
     normal = rng.normal(size=(100, 16)) @ cov_root.T
     outl = rng.normal(size=(100, 16)) @ cov_root.T

@@ -104,3 +104,18 @@ def test_cli_eval_json_and_export(bundles, synth_root):
     assert "no TensorRT engine was built" in r.stdout or "engine" in r.stdout
     assert (bundles["knn"] / "model.onnx").is_file()
     assert read_manifest(bundles["knn"])["exports"]["onnx"]["parity_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_saved_bundle_scores_like_the_trained_detector(synth_root, head, tmp_path):
+    from algan.bundle import save_bundle
+    from algan.features.backbone import BackboneSpec
+    from algan.model.fit import FitSettings, fit_detector
+    from algan.model.train import AlganConfig
+
+    settings = FitSettings(head=head, backbone=BackboneSpec(input_size=SMALL), algan=AlganConfig.preset(epochs=2))
+    fitted = fit_detector(load_dataset(synth_root), settings, progress=False)
+    save_bundle(tmp_path / "b", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
+    loaded, _ = load_bundle(tmp_path / "b")
+    np.testing.assert_allclose(torch_scores(loaded, fitted.samples), torch_scores(fitted.detector, fitted.samples),
+                               rtol=0, atol=1e-5)

@@ -1,0 +1,128 @@
+"""``algan-bench detection``: every head on the same features in one run -> AUROC and timings.
+
+Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms`` (head_ms and backbone_ms are per image,
+batch 32, this machine's CPU, measured in the same run so their ratio is meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from algan.cli._common import run_cli, setup_logging
+
+
+def _time_per_image(fn, x, repeats: int = 3) -> float:
+    """Best-of-``repeats`` wall time of ``fn(x)`` divided by len(x), in milliseconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - t)
+    return best / len(x) * 1000.0
+
+
+def bench_detection(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    from algan.cli.train import parse_blocks
+    from algan.data.datasets import load_dataset
+    from algan.data.preprocess import load_batch
+    from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
+    from algan.model.evaluate import auroc
+    from algan.model.fit import FitSettings, extract_features, fit_head
+    from algan.model.heads import FeatureTransform
+    from algan.model.train import AlganConfig
+
+    torch.manual_seed(args.seed)
+    ds = load_dataset(args.data, args.layout)
+    if not ds.test:
+        raise ValueError(f"{ds.root} has no labelled test split; use an mvtec or mtd layout")
+    train = ds.train
+    if args.max_train and len(train) > args.max_train:
+        keep = np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)
+        train = [train[i] for i in sorted(keep.tolist())]
+    spec = BackboneSpec(blocks=parse_blocks(args.blocks), input_size=(args.input_size, args.input_size))
+    backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
+    size = spec.input_size
+    progress = not args.json
+    f_train = extract_features(pre, backbone, train, size, 32, "features (train)" if progress else None)
+    f_test = extract_features(pre, backbone, [s.path for s in ds.test], size, 32,
+                              "features (test)" if progress else None)
+    y = np.array([s.label for s in ds.test])
+    sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
+    with torch.no_grad():
+        backbone_ms = _time_per_image(lambda x: backbone(pre(x)), sample)
+    transform = FeatureTransform.fit(f_train, "standardize")
+    with torch.no_grad():
+        x_train = transform(torch.from_numpy(f_train)).numpy()
+        x_test = torch.from_numpy(transform(torch.from_numpy(f_test)).numpy())
+    rows = []
+    runs = [("algan", p) for p in args.presets.split(",") if "algan" in args.heads.split(",")]
+    runs += [(h, None) for h in args.heads.split(",") if h != "algan"]
+    for head_name, preset in runs:
+        overrides = {"seed": args.seed}
+        if args.epochs:
+            overrides["epochs"] = args.epochs
+        settings = FitSettings(head=head_name, algan=AlganConfig.preset(preset, **overrides) if preset else
+                               AlganConfig(), knn_k=args.knn_k, seed=args.seed)
+        t = time.perf_counter()
+        head, *_ = fit_head(settings, x_train, progress)
+        train_s = time.perf_counter() - t
+        head.eval()
+        with torch.no_grad():
+            scores = head(x_test).numpy()
+            head_ms = _time_per_image(head, x_test[:32])
+        rows.append({
+            "dataset": f"{ds.root.name}({ds.layout})",
+            "variant": "feature",
+            "head": head_name if preset is None else f"algan[{preset}]",
+            "auroc": round(auroc(y, scores), 4),
+            "train_s": round(train_s, 2),
+            "head_ms": round(head_ms, 4),
+            "backbone_ms": round(backbone_ms, 2),
+        })
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.what != "detection":
+        raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
+    rows = bench_detection(args)
+    if not args.json:
+        print(f"{'dataset':<14} {'variant':<8} {'head':<16} {'AUROC':>7} {'train_s':>8} {'head_ms':>9} "
+              f"{'backbone_ms':>11} {'head/backbone':>13}")
+        for r in rows:
+            print(f"{r['dataset']:<14} {r['variant']:<8} {r['head']:<16} {r['auroc']:>7.4f} {r['train_s']:>8.1f} "
+                  f"{r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="algan-bench", description="Detection quality and speed of every head.")
+    p.add_argument("what", choices=["detection"], help="which benchmark")
+    p.add_argument("--data", required=True, help="data directory with a labelled test split")
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd"])
+    p.add_argument("--heads", default="algan,mahalanobis,knn", help="comma-separated heads")
+    p.add_argument("--presets", default="default,paper", help="ALGAN presets to run (comma-separated)")
+    p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")
+    p.add_argument("--blocks", default="8-15", help="backbone blocks")
+    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
+    p.add_argument("--knn-k", type=int, default=1)
+    p.add_argument("--max-train", type=int, default=None, help="subset of training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    return run_cli("algan-bench", lambda: _main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Persistent outbox: MQTT messages that must survive broker outages and daemon restarts (stdlib sqlite3, WAL).
+
+Every alarm event and camera state change is appended here *before* it is handed to the MQTT client, and deleted
+only when the broker acknowledged it (QoS1 PUBACK / QoS2 PUBCOMP). Rows carry an increasing sequence number; they
+are delivered in that order. After a crash (even SIGKILL) the rows still here are delivered by the next run.
+
+The file is opened in WAL mode with ``synchronous=FULL``: a committed row survives a process kill and a power cut.
+All methods are thread-safe (one connection behind a lock; the MQTT network thread acknowledges rows while the
+main loop appends).
+
+Bounded: at ``max_rows`` the oldest row is dropped to make room, with a warning (first drop, then every 1000).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from algan.edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic   TEXT    NOT NULL,
+    payload BLOB    NOT NULL,
+    qos     INTEGER NOT NULL,
+    retain  INTEGER NOT NULL,
+    created REAL    NOT NULL
+)
+"""
+
+
+class OutboxError(EdgeError):
+    """The outbox file cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One queued message.
+
+    Attributes:
+        seq: sequence number (delivery order, increasing across restarts).
+        topic: MQTT topic.
+        payload: message bytes.
+        qos: MQTT QoS (1 or 2).
+        retain: MQTT retain flag.
+        created: time it was queued (Unix seconds).
+    """
+
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    created: float
+
+
+class Outbox:
+    """SQLite-backed FIFO of messages awaiting a broker acknowledgement.
+
+    Args:
+        path: SQLite file (created with its parent directory); ``":memory:"`` for a volatile one (tests).
+        max_rows: most rows kept (>= 1); the oldest is dropped when full.
+
+    Raises:
+        OutboxError: the file cannot be created/opened (one line, with the path and how to fix it).
+    """
+
+    def __init__(self, path: str | Path, max_rows: int = 10_000) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.path = str(path)
+        self.max_rows = int(max_rows)
+        self.dropped = 0
+        self._lock = threading.Lock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            msg = (f"cannot open the MQTT outbox {self.path} ({e}); make its directory writable or set "
+                   "mqtt.outbox.path")
+            raise OutboxError(msg) from None
+        self._db = db
+
+    def add(self, topic: str, payload: str | bytes, qos: int, retain: bool, now: float | None = None) -> int:
+        """Append a message (committed to disk when this returns) and return its sequence number.
+
+        Raises:
+            OutboxError: the row could not be written (disk full, file removed...).
+        """
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        created = time.time() if now is None else now
+        with self._lock:
+            try:
+                n = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                excess = n - self.max_rows + 1
+                if excess > 0:
+                    self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                                     (excess,))
+                    self.dropped += excess
+                    if self.dropped == excess or self.dropped % 1000 < excess:
+                        log.warning("MQTT outbox %s is full (%d messages): dropped the oldest, %d dropped so far; the "
+                                    "broker has not acknowledged anything for a long time (raise "
+                                    "mqtt.outbox.max_events or fix the broker connection)", self.path, self.max_rows,
+                                    self.dropped)
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
+                    (topic, data, int(qos), int(bool(retain)), created),
+                )
+            except sqlite3.Error as e:
+                raise OutboxError(f"cannot write the MQTT outbox {self.path} ({e}); check the disk") from None
+            return int(cur.lastrowid)
+
+    def after(self, seq: int, limit: int = 100) -> list[OutboxRow]:
+        """Up to ``limit`` rows with a sequence number greater than ``seq``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, payload, qos, retain, created FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(seq), int(limit)),
+            ).fetchall()
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+
+    def ack(self, seq: int) -> bool:
+        """Delete an acknowledged row; ``False`` when it was not there (already acknowledged or dropped)."""
+        with self._lock:
+            try:
+                return self._db.execute("DELETE FROM outbox WHERE seq = ?", (int(seq),)).rowcount > 0
+            except sqlite3.Error as e:  # the broker has it; at worst it is sent again after a restart
+                log.error("cannot delete acknowledged message %d from the MQTT outbox %s: %s", seq, self.path, e)
+                return False
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            self._db.close()

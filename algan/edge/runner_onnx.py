@@ -1,0 +1,148 @@
+"""ONNX Runtime runner: CPU, or the CUDA / TensorRT execution providers when this onnxruntime build has them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from algan.edge.calibration import remap_for
+from algan.edge.config import ORT_PROVIDERS
+from algan.edge.errors import ModelError
+from algan.edge.runner import INPUT_NAME, MODEL_ID_KEY, OUTPUT_NAME, check_contract, file_sha256, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def choose_providers(
+    wanted: list[str], available: list[str], device: int = 0, fp16: bool = True
+) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime provider list for the config's short names, keeping only those this build has.
+
+    Args:
+        wanted: short names in order of preference (``tensorrt``, ``cuda``, ``cpu``).
+        available: ``onnxruntime.get_available_providers()``.
+        device: CUDA device index for the GPU providers.
+        fp16: let the TensorRT provider build FP16 engines.
+
+    Returns:
+        Providers (name or ``(name, options)``) for ``InferenceSession``; always ends with the CPU provider.
+    """
+    out: list[str | tuple[str, dict]] = []
+    for short in wanted:
+        name = ORT_PROVIDERS[short]
+        if name not in available:
+            log.warning("ONNX Runtime provider %s is not in this onnxruntime build (has %s); skipping it "
+                        "(install onnxruntime-gpu for cuda/tensorrt)", short, ", ".join(available))
+            continue
+        if short == "tensorrt":
+            out.append((name, {"device_id": device, "trt_fp16_enable": fp16}))
+        elif short == "cuda":
+            out.append((name, {"device_id": device}))
+        else:
+            out.append(name)
+    if ORT_PROVIDERS["cpu"] not in [p if isinstance(p, str) else p[0] for p in out]:
+        out.append(ORT_PROVIDERS["cpu"])
+    return out
+
+
+class OnnxRuntimeRunner:
+    """ONNX Runtime runner.
+
+    Args:
+        model: bundle directory or ``.onnx`` file.
+        threads: intra-op threads; 0 lets ONNX Runtime choose.
+        providers: short provider names in order of preference (``tensorrt``, ``cuda``, ``cpu``).
+        device: CUDA device index for GPU providers.
+        fp16: FP16 engines in the TensorRT provider.
+
+    Raises:
+        ModelError: unreadable file, graph not matching the contract, or a graph that fails on a warm-up batch.
+    """
+
+    def __init__(
+        self,
+        model: Path,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        device: int = 0,
+        fp16: bool = True,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = resolve_model_path(Path(model))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        # no busy-waiting between runs: the camera readers decode and resize on the same cores, and a spinning
+        # intra-op pool steals their CPU (measured 2x slower end to end on a loaded 2-core box)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        chosen = choose_providers(providers or ["cpu"], ort.get_available_providers(), device, fp16)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+        except Exception as e:  # ORT raises several pybind exception types for bad files
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = f"cannot load model {path}: {reason[:300]}; is it an ONNX file from algan-export?"
+            raise ModelError(msg) from None
+        self._size = check_contract(path, self._session.get_inputs(), self._session.get_outputs())
+        meta = self._session.get_modelmeta().custom_metadata_map or {}
+        self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
+        self._remap = remap_for(Path(model), meta)
+        self.providers = self._session.get_providers()
+        self.path = path
+        log.info("ONNX Runtime providers: %s", ", ".join(self.providers))
+        self._warmup()
+
+    def _warmup(self) -> None:
+        """Run one black frame: the first ORT run allocates buffers (slow), and a broken graph fails here, at
+        start-up, with a clear message instead of on the first camera frame."""
+        h, w = self._size
+        try:
+            out = self(np.zeros((1, h, w, 3), dtype=np.uint8))
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
+        if out.shape != (1,):
+            raise ModelError(f"model {self.path} returned scores of shape {out.shape} for 1 image; expected (1,)")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._size
+
+    @property
+    def backend(self) -> str:
+        short = {v: k for k, v in ORT_PROVIDERS.items()}.get(self.providers[0], self.providers[0])
+        return "onnxruntime" if short == "cpu" else f"onnxruntime:{short}"
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Score a batch.
+
+        Args:
+            images: uint8 BGR, shape (N, H, W, 3) with (H, W) = :attr:`input_size`.
+
+        Returns:
+            float32 scores, shape (N,).
+
+        Raises:
+            ValueError: wrong dtype or shape.
+            RuntimeError: ONNX Runtime failed, or the graph returned a wrong shape.
+        """
+        h, w = self._size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+            raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
+        try:
+            (scores,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})
+        except Exception as e:
+            raise RuntimeError(f"ONNX Runtime failed: {e}") from e
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.shape != (images.shape[0],):
+            raise RuntimeError(f"model returned scores of shape {scores.shape} for {images.shape[0]} images")
+        return self._remap(scores) if self._remap is not None else scores
+
+    def close(self) -> None:
+        """Nothing to release explicitly (the session is freed with the object)."""

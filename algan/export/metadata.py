@@ -1,0 +1,98 @@
+"""The exported graph's I/O contract, written into ONNX ``metadata_props`` (STYLE.md item 14).
+
+A runner (``algan.edge``) reads these keys instead of guessing: input layout, colour order, dtype and value range,
+normalisation, output name and score direction, and the calibration constants baked into the graph. The edge runner
+uses ``algan.calibration_center`` / ``algan.calibration_scale`` to re-map scores when the bundle is re-calibrated
+after export (``raw = score * scale + center``; new score = ``(raw - new_center) / new_scale``).
+
+All values are strings (ONNX ``StringStringEntryProto``); lists are JSON, floats are written with ``repr`` so they
+round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from algan import __version__
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "scores"
+
+#: metadata keys the edge runner relies on (contract shared with the edge and calibration engineers)
+KEY_MODEL_ID = "algan.model_id"
+KEY_CAL_CENTER = "algan.calibration_center"
+KEY_CAL_SCALE = "algan.calibration_scale"
+
+
+def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, scale: float, opset: int,
+                   precision: str = "fp32") -> dict[str, str]:
+    """The ``metadata_props`` of an exported graph.
+
+    Args:
+        manifest: the bundle manifest (``model_id``, ``backbone.mean/std``, ``head.kind``, ``calibration``).
+        input_size: (height, width) in pixels of the static input.
+        center: raw-score center baked into the graph (``calibration.center`` buffer).
+        scale: raw-score scale baked into the graph (threshold - center, ``calibration.scale`` buffer), > 0.
+        opset: ONNX opset of the graph.
+        precision: ``fp32`` or ``fp16`` (compute precision of the graph; its I/O types never change).
+
+    Returns:
+        ``{key: value}`` with string values.
+
+    Raises:
+        ValueError: a non-positive ``scale``.
+    """
+    if not scale > 0:
+        raise ValueError(f"calibration scale must be > 0 (threshold above center), got {scale}")
+    backbone = manifest.get("backbone", {})
+    h, w = int(input_size[0]), int(input_size[1])
+    return {
+        KEY_MODEL_ID: str(manifest.get("model_id", "")),
+        "algan.version": __version__,
+        "algan.format_version": str(manifest.get("format_version", "")),
+        "algan.input_name": INPUT_NAME,
+        "algan.output_name": OUTPUT_NAME,
+        "algan.input_height": str(h),
+        "algan.input_width": str(w),
+        "algan.input_shape": json.dumps(["N", h, w, 3]),
+        "algan.layout": "NHWC",
+        "algan.dtype": "uint8",
+        "algan.value_range": "[0, 255]",
+        "algan.colour_order": "BGR",
+        "algan.mean_rgb": json.dumps(list(backbone.get("mean", []))),
+        "algan.std_rgb": json.dumps(list(backbone.get("std", []))),
+        "algan.backbone": str(backbone.get("name", "")),
+        "algan.head": str(manifest.get("head", {}).get("kind", "")),
+        "algan.score_direction": "higher is more anomalous",
+        "algan.threshold": "1.0",
+        KEY_CAL_CENTER: repr(float(center)),
+        KEY_CAL_SCALE: repr(float(scale)),
+        "algan.opset": str(int(opset)),
+        "algan.precision": precision,
+    }
+
+
+def set_metadata(model, meta: dict[str, str]) -> None:
+    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` in place."""
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def read_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (loads the graph without its external data)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,331 @@
+"""``algan-export`` as a function: stage every artifact, check parity, then commit by renaming.
+
+Order: FP32 ONNX -> parity vs torch -> optional simplification (kept only if parity holds) -> FP16 ONNX -> parity
+-> AUROC on labelled data -> TensorRT engine (where the builder is installed) -> rename into the bundle -> manifest
+``exports`` -> Triton repository. Everything is written in a staging directory inside the bundle first; a failed
+check raises :class:`ExportError` and the staging directory is removed, so the bundle never holds half an export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from algan.export import parity as par
+from algan.export.metadata import file_sha256
+from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_scores, simplify_onnx, torch_scores
+from algan.export.tensorrt import (
+    CALIBRATION_CACHE_FILE,
+    DEFAULT_WORKSPACE_MIB,
+    ENGINE_FILE,
+    INT8_CALIBRATION_SET,
+    SIDECAR_FILE,
+    TIMING_CACHE_FILE,
+    BatchProfile,
+    EngineRequest,
+    build_engine,
+    plan_build,
+    tensorrt_status,
+)
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+FP16_FILE = "model.fp16.onnx"
+
+
+@dataclass
+class ExportOptions:
+    """What ``algan-export`` was asked to do (CLI flags)."""
+
+    model_dir: Path
+    fp16: bool = False
+    int8: bool = False
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    opset: int = DEFAULT_OPSET
+    images: Path | None = None
+    data: Path | None = None
+    layout: str = "auto"
+    max_data: int = 256
+    simplify: bool = True
+    triton_repo: Path | None = None
+    triton_name: str = "algan"
+    triton_queue_delay_us: int = 2000
+
+
+@dataclass
+class ExportReport:
+    """What an export produced: final file paths, parity results, AUROC figures and notes."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    parity: list[par.ParityResult] = field(default_factory=list)
+    auroc: dict | None = None
+    engine_note: str = ""
+    seconds: float = 0.0
+
+
+def _load_calibration_set(model_dir: Path, size: tuple[int, int]) -> np.ndarray:
+    path = model_dir / INT8_CALIBRATION_SET
+    if not path.is_file():
+        raise ValueError(f"--int8 needs {path} (tensor 'images', uint8 [N,H,W,3]); run algan-calibrate first")
+    from safetensors.numpy import load_file
+
+    imgs = load_file(str(path)).get("images")
+    if imgs is None or imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[1:] != (*size, 3):
+        got = None if imgs is None else (imgs.dtype, imgs.shape)
+        raise ValueError(f"{path} must hold tensor 'images' uint8 [N,{size[0]},{size[1]},3], got {got}; "
+                         "re-run algan-calibrate")
+    return imgs
+
+
+def _labelled(opts: ExportOptions, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 test images and labels of ``--data`` (spread subset of ``--max-data`` when > 0), or None."""
+    if opts.data is None:
+        return None
+    from algan.data.datasets import load_dataset
+    from algan.data.preprocess import load_batch
+
+    ds = load_dataset(opts.data, opts.layout)
+    if not ds.test:
+        raise ValueError(f"--data {opts.data} has no labelled test images (layout {ds.layout}); use an MVTec AD or "
+                         "MTD layout, or --images for unlabelled frames")
+    labels = np.array([s.label for s in ds.test])
+    idx = par.spread_indices(labels, opts.max_data) if opts.max_data > 0 else np.arange(len(labels))
+    return load_batch([ds.test[i].path for i in idx], size), labels[idx]
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from algan.model.evaluate import auroc
+
+    try:
+        return auroc(labels, scores)
+    except ValueError:  # a single class
+        return None
+
+
+def _check(report: ExportReport, result: par.ParityResult, say: Callable[[str], None], what: str) -> None:
+    report.parity.append(result)
+    say(result.line())
+    if not result.ok:
+        raise ExportError(f"parity check failed for {what}; nothing was written to the bundle")
+
+
+def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=None) -> ExportReport:
+    """Run the whole export of one bundle.
+
+    Args:
+        opts: the request.
+        say: receives one human-readable line per step.
+        trt: a ``tensorrt`` module (tests pass a stand-in); None imports it when needed.
+
+    Returns:
+        :class:`ExportReport` of the committed export.
+
+    Raises:
+        BundleError / ValueError: missing bundle, unsupported format, bad option values, missing data.
+        ExportError: tracing, checker, parity or engine build failures (nothing is committed).
+    """
+    from algan.bundle import load_bundle, read_manifest, utc_now_iso, write_manifest
+
+    t0 = time.monotonic()
+    model_dir = Path(opts.model_dir)
+    det, manifest = load_bundle(model_dir)
+    size = det.input_size
+    want_engine = opts.fp16 or opts.int8
+    trt_ok, trt_reason = (True, "") if trt is not None else (tensorrt_status() if want_engine else (False, ""))
+    calib = None
+    if want_engine and trt_ok:
+        if trt is None:
+            import tensorrt as trt
+        plan_build(trt.__version__, opts.fp16, opts.int8)  # fail before any work on an unsupported request
+        if opts.int8:
+            calib = _load_calibration_set(model_dir, size)
+    report = ExportReport()
+    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".export-"))
+    try:
+        onnx_path = export_onnx(det, manifest, staging / ONNX_FILE, opset=opts.opset)
+        images = par.parity_images(model_dir, opts.images, size)
+        labelled = _labelled(opts, size)
+        if labelled is not None:
+            pick = par.spread_indices(labelled[1], par.DATA_PARITY_IMAGES)
+            images = np.concatenate([images, labelled[0][pick]])
+        if len(images) == 0:
+            raise ValueError(f"{model_dir} stores no sample images; pass --images DIR or --data DIR for parity")
+        import onnx
+
+        n_nodes = len(onnx.load(str(onnx_path), load_external_data=False).graph.node)
+        say(f"wrote {ONNX_FILE}: uint8 BGR [N,{size[0]},{size[1]},3] -> float32 scores [N] "
+            f"(opset {opts.opset}, {n_nodes} nodes)")
+        ref = torch_scores(det, images)
+        _check(report, par.compare("onnx-fp32", ref, ort_scores(onnx_path, images), par.FP32_TOLERANCE), say,
+               ONNX_FILE)
+        simplified = None
+        if opts.simplify:
+            slim = staging / "model.slim.onnx"
+            tool = simplify_onnx(onnx_path, slim)
+            if tool is None:
+                say("simplification skipped: neither onnxslim nor onnxsim is installed")
+            else:
+                res = par.compare("onnx-fp32 simplified", ref, ort_scores(slim, images), par.FP32_TOLERANCE)
+                n_slim = len(onnx.load(str(slim), load_external_data=False).graph.node)
+                if res.ok:
+                    os.replace(onnx_path, staging / "model.unsimplified.onnx")
+                    os.replace(slim, onnx_path)
+                    simplified = tool
+                    report.parity[-1] = res
+                    say(f"simplified with {tool}: {n_nodes} -> {n_slim} nodes; {res.line()}")
+                else:
+                    slim.unlink(missing_ok=True)
+                    say(f"simplification with {tool} dropped: {res.max_abs_diff:.2e} > {par.FP32_TOLERANCE:g} "
+                        "against torch; the unsimplified graph is kept")
+        fp16_path = None
+        if opts.fp16:
+            from algan.export.fp16 import convert_fp16
+
+            # from the traced graph: the converter cannot always re-type a simplified one
+            src = staging / "model.unsimplified.onnx" if simplified else onnx_path
+            fp16_path = convert_fp16(src, staging / FP16_FILE)
+            say(f"wrote {FP16_FILE}: FP16 backbone (stem and blocks 0-3 FP32), FP32 head and calibration, "
+                "same uint8/float32 I/O")
+            _check(report, par.compare("onnx-fp16", ref, ort_scores(fp16_path, images), par.FP16_TOLERANCE,
+                                       "scaled"), say, FP16_FILE)
+        if labelled is not None:
+            x, y = labelled
+            s32 = ort_scores(onnx_path, x)
+            report.auroc = {"data": str(opts.data), "n_images": int(len(y)), "n_anomalous": int(y.sum()),
+                            "onnx_fp32": _auroc(y, s32)}
+            if fp16_path is not None:
+                s16 = ort_scores(fp16_path, x)
+                _check(report, par.compare("onnx-fp16 vs onnx-fp32, all data", s32, s16, par.FP16_TOLERANCE,
+                                           "scaled"), say, FP16_FILE)
+                a16 = _auroc(y, s16)
+                report.auroc["onnx_fp16"] = a16
+                if a16 is not None and report.auroc["onnx_fp32"] is not None:
+                    report.auroc["change_fp16"] = a16 - report.auroc["onnx_fp32"]
+            say(_auroc_line(report.auroc))
+        staged = {ONNX_FILE: onnx_path}
+        if fp16_path is not None:
+            staged[FP16_FILE] = fp16_path
+        engine = None
+        if want_engine and not trt_ok:
+            written = " and ".join(staged)
+            report.engine_note = (f"{written} written; no TensorRT engine was built: {trt_reason}")
+        elif want_engine:
+            engine = _build(opts, trt, staging, onnx_path, fp16_path, size, calib, staged, say)
+            report.engine_note = (f"built {ENGINE_FILE} ({engine.plan.precision}, TensorRT "
+                                  f"{engine.sidecar['tensorrt_version']}, {engine.sidecar['gpu_name']})")
+        # commit: rename staged files into the bundle, then the manifest
+        for name, path in staged.items():
+            os.chmod(path, 0o644)
+            os.replace(path, model_dir / name)
+            report.files[name] = model_dir / name
+        exports = _exports_entry(model_dir, report, opts, simplified, engine, utc_now_iso())
+        latest = read_manifest(model_dir)
+        latest.setdefault("exports", {}).update(exports)
+        write_manifest(model_dir, latest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if report.engine_note:
+        say(report.engine_note)
+    if opts.triton_repo is not None:
+        _write_triton(opts, report, size, say, model_dir)
+    report.seconds = time.monotonic() - t0
+    say(f"export finished in {report.seconds:.1f} s")
+    return report
+
+
+def _auroc_line(a: dict) -> str:
+    def f(v):
+        return "n/a (one class)" if v is None else f"{v:.4f}"
+
+    line = f"AUROC on {a['data']} ({a['n_images']} test images): ONNX FP32 {f(a['onnx_fp32'])}"
+    if "onnx_fp16" in a:
+        line += f", ONNX FP16 {f(a['onnx_fp16'])}"
+    if "change_fp16" in a:
+        line += f" (change {a['change_fp16']:+.4f})"
+    return line
+
+
+def _build(opts, trt, staging, onnx_path, fp16_path, size, calib, staged, say):
+    model_dir = Path(opts.model_dir)
+    timing_path = model_dir / TIMING_CACHE_FILE
+    calib_cache_path = model_dir / CALIBRATION_CACHE_FILE
+    req = EngineRequest(onnx_fp32=onnx_path, onnx_fp16=fp16_path, input_size=size, batch=opts.batch,
+                        workspace_mib=opts.workspace_mib, fp16=opts.fp16, int8=opts.int8,
+                        timing_cache=timing_path.read_bytes() if timing_path.is_file() else None,
+                        calibration_images=calib,
+                        calibration_cache=calib_cache_path.read_bytes() if calib_cache_path.is_file() else None)
+    say(f"building the TensorRT engine (batch {opts.batch.min}:{opts.batch.opt}:{opts.batch.max}, workspace "
+        f"{opts.workspace_mib} MiB{', timing cache reused' if req.timing_cache else ''}) ...")
+    engine = build_engine(req, trt=trt)
+    for note in engine.plan.notes:
+        say(f"TensorRT: {note}")
+    (staging / ENGINE_FILE).write_bytes(engine.engine)
+    engine.sidecar["engine_sha256"] = file_sha256(staging / ENGINE_FILE)
+    (staging / SIDECAR_FILE).write_text(json.dumps(engine.sidecar, indent=2) + "\n")
+    staged[ENGINE_FILE] = staging / ENGINE_FILE
+    staged[SIDECAR_FILE] = staging / SIDECAR_FILE
+    if engine.timing_cache:
+        (staging / TIMING_CACHE_FILE).write_bytes(engine.timing_cache)
+        staged[TIMING_CACHE_FILE] = staging / TIMING_CACHE_FILE
+    if engine.calibration_cache:
+        (staging / CALIBRATION_CACHE_FILE).write_bytes(engine.calibration_cache)
+        staged[CALIBRATION_CACHE_FILE] = staging / CALIBRATION_CACHE_FILE
+    return engine
+
+
+def _exports_entry(model_dir: Path, report: ExportReport, opts: ExportOptions, simplified: str | None, engine,
+                   created: str) -> dict:
+    by_name = {r.name: r for r in report.parity}
+    out: dict = {}
+    p32 = by_name.get("onnx-fp32 simplified") or by_name["onnx-fp32"]
+    out["onnx"] = {"file": ONNX_FILE, "sha256": file_sha256(model_dir / ONNX_FILE), "opset": opts.opset,
+                   "simplified_with": simplified, "created": created,
+                   "parity_max_abs_diff": p32.max_abs_diff, "parity_images": p32.n_images,
+                   "parity_tolerance": p32.tolerance}
+    if FP16_FILE in report.files:
+        p16 = by_name["onnx-fp16"]
+        out["onnx_fp16"] = {"file": FP16_FILE, "sha256": file_sha256(model_dir / FP16_FILE), "created": created,
+                            "parity_max_abs_diff": p16.max_abs_diff, "parity_max_scaled_diff": p16.max_scaled_diff,
+                            "parity_images": p16.n_images, "parity_tolerance": p16.tolerance}
+    out["parity"] = [r.to_json() for r in report.parity]
+    if report.auroc is not None:
+        out["auroc"] = report.auroc
+    if engine is not None:
+        out["engine"] = {"file": ENGINE_FILE, "sidecar": SIDECAR_FILE, **engine.sidecar}
+    elif opts.fp16 or opts.int8:
+        out["engine"] = {"file": None, "note": report.engine_note, "created": created}
+    return out
+
+
+def _write_triton(opts: ExportOptions, report: ExportReport, size, say, model_dir: Path) -> None:
+    from algan.bundle import read_manifest, write_manifest
+    from algan.export.triton import TritonModel, write_model
+
+    b = opts.batch
+    common = {"input_size": size, "max_batch_size": b.max, "preferred_batch_sizes": tuple({b.opt, b.max}),
+              "max_queue_delay_us": opts.triton_queue_delay_us}
+    onnx_src = report.files.get(FP16_FILE) if opts.fp16 else report.files[ONNX_FILE]
+    models = []
+    if ENGINE_FILE in report.files:
+        models.append(TritonModel(opts.triton_name, "tensorrt_plan", report.files[ENGINE_FILE], **common))
+        models.append(TritonModel(f"{opts.triton_name}-onnx", "onnxruntime_onnx", onnx_src, **common))
+    else:
+        models.append(TritonModel(opts.triton_name, "onnxruntime_onnx", onnx_src, **common))
+    written = [write_model(opts.triton_repo, m) for m in models]
+    for m, d in zip(models, written, strict=True):
+        say(f"wrote Triton model {d} ({m.platform}, {Path(m.source).name}, max_batch_size {m.max_batch_size})")
+    manifest = read_manifest(model_dir)
+    manifest.setdefault("exports", {})["triton"] = {"repository": str(opts.triton_repo),
+                                                   "models": [m.name for m in models]}
+    write_manifest(model_dir, manifest)

@@ -1,0 +1,136 @@
+"""NVIDIA Triton Inference Server model repository for the exported detector.
+
+Layout (Triton "Model Repository" docs)::
+
+    DIR/<name>/config.pbtxt
+    DIR/<name>/1/model.plan          platform tensorrt_plan   (when an engine was built)
+    DIR/<name>-onnx/config.pbtxt     platform onnxruntime_onnx
+    DIR/<name>-onnx/1/model.onnx
+
+(with no engine, ``<name>`` itself is the ONNX Runtime model). Batch convention (Triton "Model Configuration"):
+with ``max_batch_size > 0`` the ``dims`` leave out the batch dimension, so the input is ``TYPE_UINT8 dims
+[H, W, 3]`` (``format: FORMAT_NHWC``), and the batch-only ``scores`` output [N] is declared ``dims: [ 1 ]`` with
+``reshape: { shape: [ ] }`` (every output needs non-empty ``dims``). Requests are batched by the dynamic batcher
+(preferred sizes, bounded queue delay) up to ``max_batch_size`` = the engine profile's MAX.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from algan.export.metadata import INPUT_NAME, OUTPUT_NAME
+
+PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+DEFAULT_QUEUE_DELAY_US = 2000
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """One model of the repository.
+
+    Attributes:
+        name: model (directory) name: letters, digits, ``_``, ``-``, ``.``.
+        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``.
+        source: file copied to ``<name>/1/model.onnx`` or ``model.plan``.
+        input_size: (H, W) of the uint8 NHWC input.
+        max_batch_size: largest batch Triton forms (>= 1).
+        preferred_batch_sizes: dynamic batcher preferred sizes (each <= max_batch_size).
+        max_queue_delay_us: longest wait for more requests, in microseconds.
+    """
+
+    name: str
+    platform: str
+    source: Path
+    input_size: tuple[int, int]
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORM_FILES:
+            raise ValueError(f"unknown Triton platform {self.platform!r}; use {', '.join(PLATFORM_FILES)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            raise ValueError(f"Triton model name {self.name!r} may only hold letters, digits, '_', '-', '.'")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}")
+
+
+def render_config(model: TritonModel) -> str:
+    """The ``config.pbtxt`` text (protobuf text format of ``inference.ModelConfig``)."""
+    h, w = model.input_size
+    preferred = ", ".join(str(b) for b in sorted(set(model.preferred_batch_sizes)))
+    batching = [f"  preferred_batch_size: [ {preferred} ]"] if preferred else []
+    lines = [
+        f'name: "{model.name}"',
+        f'platform: "{model.platform}"',
+        f"max_batch_size: {model.max_batch_size}",
+        "input [",
+        "  {",
+        f'    name: "{INPUT_NAME}"',
+        "    data_type: TYPE_UINT8",
+        "    format: FORMAT_NHWC",
+        f"    dims: [ {h}, {w}, 3 ]",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f'    name: "{OUTPUT_NAME}"',
+        "    data_type: TYPE_FP32",
+        "    dims: [ 1 ]",
+        "    reshape: { shape: [ ] }",
+        "  }",
+        "]",
+        "dynamic_batching {",
+        *batching,
+        f"  max_queue_delay_microseconds: {model.max_queue_delay_us}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model(repo: str | Path, model: TritonModel) -> Path:
+    """Write ``repo/<name>/config.pbtxt`` and ``repo/<name>/1/<model file>``.
+
+    The model directory is assembled under a temporary name inside ``repo`` and renamed into place; an existing
+    ``repo/<name>`` is replaced only once the new one is complete.
+
+    Returns:
+        the model directory.
+
+    Raises:
+        FileNotFoundError: ``model.source`` is missing.
+    """
+    repo = Path(repo)
+    src = Path(model.source)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src} does not exist; cannot add it to the Triton repository")
+    repo.mkdir(parents=True, exist_ok=True)
+    final = repo / model.name
+    tmp = Path(tempfile.mkdtemp(dir=repo, prefix=f".{model.name}.tmp"))
+    try:
+        (tmp / "1").mkdir()
+        shutil.copyfile(src, tmp / "1" / PLATFORM_FILES[model.platform])
+        (tmp / "config.pbtxt").write_text(render_config(model))
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            old = repo / f".{model.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

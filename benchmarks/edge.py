@@ -1,0 +1,206 @@
+"""Edge daemon benchmark (not a test): runner-alone vs end-to-end frames/s, latency, and memory over a long run.
+
+One run measures, with the ONNX Runtime CPU runner, a REAL model and the real video:
+
+1. runner alone: frames/s at batch size B on the video's frames, decoded and resized beforehand (measured before
+   and after the daemon; the ratio uses the higher figure);
+2. the daemon end to end (in-process :class:`algan.edge.app.EdgeApp`, the video looped as a camera, a real
+   mosquitto on a free port, every score message received by a subscriber): frames/s at the same batch size,
+   capture-to-publish latency p50/p99 (from the score messages), and the ratio to (1) (target >= 0.85);
+3. resident memory (RSS) of the process after a warm-up and after ``--frames`` frames (target growth <= 5 %).
+
+Usage::
+
+    algan-train --data ../shared/data/mtd --out /tmp/bench_model --head mahalanobis --max-train 100 --quiet
+    algan-export /tmp/bench_model
+    python benchmarks/edge.py --model /tmp/bench_model [--batch 8] [--frames 20000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the conftest broker/collector helpers
+
+from conftest import MosquittoBroker, MqttCollector, mosquitto_path  # noqa: E402
+
+from algan.data.preprocess import prepare_frame  # noqa: E402
+from algan.edge.app import EdgeApp  # noqa: E402
+from algan.edge.config import parse_config  # noqa: E402
+from algan.edge.runner_onnx import OnnxRuntimeRunner  # noqa: E402
+
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "bottle-detection.mp4"
+WARMUP_FRAMES = 1000
+
+
+def rss_mib() -> float:
+    """Resident set size of this process (MiB), from /proc (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def decode(video: Path, size: tuple[int, int], limit: int) -> np.ndarray:
+    """All frames (up to ``limit``) of a video, prepared like the daemon does: uint8 BGR (N, H, W, 3)."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(prepare_frame(frame, size))
+    cap.release()
+    return np.stack(frames)
+
+
+def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> float:
+    """Frames/s of the runner on pre-decoded frames at batch size ``batch`` (one warm-up pass over 2 batches)."""
+    for i in range(0, 2 * batch, batch):
+        runner(frames[i : i + batch])
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        runner(frames[i : i + batch])
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int]) -> dict:
+    """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures."""
+    cfg = parse_config({
+        "device_id": "bench",
+        "model": str(model),
+        "runner": {"backend": "onnxruntime", "threads": threads},
+        "batch": {"max_size": batch, "max_wait_ms": 50},
+        "mqtt": {"host": broker[0], "port": broker[1], "embedded_broker": "never", "max_queued_messages": 100_000},
+        "stats_interval_s": 5,
+        "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
+    })
+    col = MqttCollector(*broker, topic="algan/bench/bottle/score")
+    app = EdgeApp(cfg)
+    thread = threading.Thread(target=app.run, name="edge-app", daemon=True)
+    thread.start()
+    rss_start = None
+    while thread.is_alive():
+        done = app.scored.get("bottle", 0)
+        if rss_start is None and done >= WARMUP_FRAMES:
+            rss_start = rss_mib()
+        if done >= n_frames:
+            break
+        time.sleep(0.05)
+    rss_end = rss_mib()
+    app.stop.set()
+    thread.join(60)
+    col.wait_for(lambda ms: len(ms) >= app.scored["bottle"], timeout=30)
+    col.stop()
+    msgs = [json.loads(m.payload) for m in col.messages]
+    lat = np.array([m["latency_ms"] for m in msgs[WARMUP_FRAMES // 10 :]])
+    stats = app.last_stats
+    return {
+        "frames": int(app.scored["bottle"]),
+        "messages": len(msgs),
+        "fps": float(stats.get("fps_avg", 0.0)),
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p99": float(np.percentile(lat, 99)),
+        "dropped": int(stats.get("dropped", 0)),
+        "rss_start_mib": rss_start,
+        "rss_end_mib": rss_end,
+        "rss_growth_pct": 100.0 * (rss_end - rss_start) / rss_start if rss_start else None,
+    }
+
+
+def ensure_model(model: Path) -> None:
+    if (model / "model.onnx").is_file():
+        return
+    print(f"training a benchmark model in {model} (about a minute)...", flush=True)
+    data = REPO.parent / "shared" / "data" / "mtd"
+    subprocess.run(["algan-train", "--data", str(data), "--out", str(model), "--head", "mahalanobis", "--max-train",
+                    "100", "--quiet"], check=True)
+    subprocess.run(["algan-export", str(model)], check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=Path("/tmp/bench_model"), help="bundle directory with model.onnx")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file (default: the bottle video)")
+    p.add_argument("--batch", type=int, default=8, help="batch size B for both measurements (default 8)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--frames", type=int, default=20_000, help="frames the daemon scores (memory soak), default 20000")
+    p.add_argument("--json", type=Path, help="write the figures as JSON here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.video.is_file():
+        print(f"video {args.video} not found; pass --video", file=sys.stderr)
+        return 2
+    if mosquitto_path() is None:
+        print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    ensure_model(args.model)
+    cv2.setNumThreads(1)
+
+    runner = OnnxRuntimeRunner(args.model, threads=args.threads)
+    frames = decode(args.video, runner.input_size, limit=100_000)
+    alone_before = runner_alone(runner, frames, args.batch)
+    n_video = len(frames)
+
+    work = Path(tempfile.mkdtemp(prefix="algan-bench-"))
+    broker = MosquittoBroker(work)
+    try:
+        e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port))
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    # measured again after the daemon: on a shared machine the load changes; the ratio uses the better (higher)
+    # runner figure, so it errs against the daemon
+    alone_after = runner_alone(runner, frames, args.batch)
+    alone = max(alone_before, alone_after)
+    del runner, frames
+
+    res = {
+        "model": str(args.model),
+        "video": args.video.name,
+        "video_frames": n_video,
+        "batch": args.batch,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "runner_fps": round(alone, 2),
+        "runner_fps_before_after": [round(alone_before, 2), round(alone_after, 2)],
+        "daemon_fps": round(e2e["fps"], 2),
+        "ratio": round(e2e["fps"] / alone, 3),
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in e2e.items() if k != "fps"},
+    }
+    rows = [
+        (f"runner alone (pre-decoded, B={args.batch}), before/after",
+         f"{alone_before:.1f} / {alone_after:.1f} frames/s"),
+        ("daemon end to end (same B)", f"{res['daemon_fps']:.1f} frames/s"),
+        ("ratio to the better runner figure (target >= 0.85)", f"{res['ratio']:.3f}"),
+        ("latency capture->publish p50 / p99", f"{res['latency_ms_p50']:.1f} / {res['latency_ms_p99']:.1f} ms"),
+        (f"RSS after {WARMUP_FRAMES} / {res['frames']} frames",
+         f"{res['rss_start_mib']:.1f} / {res['rss_end_mib']:.1f} MiB"),
+        ("RSS growth (target <= 5 %)", f"{res['rss_growth_pct']:.2f} %"),
+        ("frames scored / messages received / dropped", f"{res['frames']} / {res['messages']} / {res['dropped']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
