@@ -147,6 +147,7 @@ def load_bundle(model_dir: str | Path):
     Raises:
         BundleError: missing/invalid files or tensors that do not match the manifest.
     """
+    import torch
     from safetensors.torch import load_file
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
@@ -160,26 +161,40 @@ def load_bundle(model_dir: str | Path):
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
     try:
-        spec = BackboneSpec.from_json(manifest["backbone"])
+        variant = manifest.get("variant", "feature")
         feat = manifest["features"]
         head_cfg = manifest["head"]
         kind = head_cfg["kind"]
         cal = manifest["calibration"]
+        bb = manifest["backbone"]
     except KeyError as exc:
         raise BundleError(f"{model_dir / MANIFEST} lacks the field {exc}; re-train the model") from exc
-    backbone = build_backbone(spec)
-    transform = FeatureTransform.empty(feat["transform"], feat["in_dim"], feat["dim"])
     settings = head_cfg.get("settings", {})
-    if kind == "algan":
-        head = AlganConfig.from_json(settings).build_head(feat["dim"])
-    elif kind == "mahalanobis":
-        head = MahalanobisHead.empty(feat["dim"])
-    elif kind == "knn":
-        head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"])
+    if variant == "image":
+        from algan.model.image import ImageConfig, PixelBackbone
+
+        icfg = ImageConfig.from_json(settings)
+        input_size = (icfg.size, icfg.size)
+        preprocess, backbone = Preprocess(bb["mean"], bb["std"]), PixelBackbone(icfg.channels)
+        transform, head = torch.nn.Identity(), icfg.build_head()
+    elif variant == "feature":
+        spec = BackboneSpec.from_json(bb)
+        input_size = spec.input_size
+        preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
+        transform = FeatureTransform.empty(feat["transform"], feat["in_dim"], feat["dim"])
+        if kind == "algan":
+            head = AlganConfig.from_json(settings).build_head(feat["dim"])
+        elif kind == "mahalanobis":
+            head = MahalanobisHead.empty(feat["dim"])
+        elif kind == "knn":
+            head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"])
+        else:
+            msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn"
+            raise BundleError(msg)
     else:
-        raise BundleError(f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn")
-    det = AnomalyDetector(Preprocess(spec.mean, spec.std), backbone, transform, head,
-                          Calibration(cal["center"], cal["threshold"]), input_size=spec.input_size)
+        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature or image")
+    det = AnomalyDetector(preprocess, backbone, transform, head,
+                          Calibration(cal["center"], cal["threshold"]), input_size=input_size)
     state = load_file(str(wpath))
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}

@@ -15,7 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
     p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn"], help="scoring head")
+    p.add_argument("--variant", default="feature", choices=["feature", "image"],
+                   help="feature: heads on EfficientNet-Lite0 features (default); image: ALGAN-image on pixels")
+    p.add_argument("--preset", default="default", choices=["default", "paper"],
+                   help="ALGAN-feature hyper-parameters: the tuned default or the paper's settings")
     p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (default: the preset's)")
+    p.add_argument("--image-size", type=int, default=256, help="ALGAN-image input size (power of two >= 64)")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels (1 = gray)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
                    help="model input size in pixels (default 224 224)")
@@ -52,18 +58,25 @@ def _main(args: argparse.Namespace) -> int:
     from algan.data.datasets import load_dataset
     from algan.features.backbone import BackboneSpec
     from algan.model.fit import FitSettings, fit_detector
+    from algan.model.image import ImageConfig
     from algan.model.train import AlganConfig
 
     if not 0 < args.target_fpr < 1:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
     ds = load_dataset(args.data, args.layout)
-    algan_cfg = AlganConfig(seed=args.seed)
+    overrides = {"seed": args.seed}
     if args.epochs is not None:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        algan_cfg.epochs = args.epochs
+        overrides["epochs"] = args.epochs
+    algan_cfg = AlganConfig.preset(args.preset, **overrides)
+    image_cfg = None
+    if args.variant == "image":
+        image_cfg = ImageConfig(size=args.image_size, channels=args.channels, **overrides)
     settings = FitSettings(
         head=args.head,
+        variant=args.variant,
+        image=image_cfg,
         backbone=BackboneSpec(blocks=parse_blocks(args.blocks), pooling=args.pooling,
                               input_size=tuple(args.input_size)),
         transform=args.transform,
@@ -81,7 +94,8 @@ def _main(args: argparse.Namespace) -> int:
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal = m["calibration"]
-    print(f"wrote {out} (model id {m['model_id']}, head {m['head']['kind']}, {m['training']['n_train']} training "
+    print(f"wrote {out} (model id {m['model_id']}, {m['variant']} variant, head {m['head']['kind']}, "
+          f"{m['training']['n_train']} training "
           f"images, threshold at {cal['target_fpr']:g} FPR from {cal['n_images']} held-out normals, "
           f"{m['training']['wall_s']:.1f} s)")
     return 0

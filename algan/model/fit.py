@@ -22,10 +22,12 @@ from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.model.detector import AnomalyDetector, Calibration
 from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
+from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
 from algan.model.train import AlganConfig, train_algan
 
 log = logging.getLogger(__name__)
 HEADS = ("algan", "mahalanobis", "knn")
+VARIANTS = ("feature", "image")
 #: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
 N_STORED_SAMPLES = 16
 
@@ -36,6 +38,8 @@ class FitSettings:
 
     Attributes:
         head: ``algan`` (default), ``mahalanobis`` or ``knn``.
+        variant: ``feature`` (heads on backbone features) or ``image`` (ALGAN-image on pixels; head ``algan`` only).
+        image: ALGAN-image hyper-parameters (``variant == "image"``; its ``size`` is the input size).
         backbone: backbone spec (name, blocks, pooling, input size).
         transform: feature transform before the head, ``standardize`` or ``pca``.
         pca_dim: PCA components for ``pca``.
@@ -49,6 +53,8 @@ class FitSettings:
     """
 
     head: str = "algan"
+    variant: str = "feature"
+    image: ImageConfig | None = None
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     transform: str = "standardize"
     pca_dim: int | None = None
@@ -152,17 +158,37 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
         paths = [paths[i] for i in sorted(keep.tolist())]
     fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
-    spec = settings.backbone
-    backbone = build_backbone(spec)
-    preprocess = Preprocess(spec.mean, spec.std)
-    size = tuple(spec.input_size)
+    if settings.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {settings.variant!r}; use feature or image")
+    if settings.variant == "image":
+        if settings.head != "algan":
+            raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")
+        icfg = settings.image or ImageConfig(seed=settings.seed)
+        size = (icfg.size, icfg.size)
+        preprocess, backbone = Preprocess(PIXEL_MEAN, PIXEL_STD), PixelBackbone(icfg.channels)
+        backbone_json = {"name": "pixels", "channels": icfg.channels, "input_size": list(size),
+                         "mean": list(PIXEL_MEAN), "std": list(PIXEL_STD)}
+    else:
+        spec = settings.backbone
+        size = tuple(spec.input_size)
+        preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
     log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
     feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
                              "features (train)" if progress else None)
-    transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
-    with torch.no_grad():
-        x = transform(torch.from_numpy(feats)).numpy()
-    head, head_settings, extras, train_info = fit_head(settings, x, progress)
+    if settings.variant == "image":
+        transform = torch.nn.Identity()
+        result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress)
+        head, head_settings = result.head, icfg.to_json()
+        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
+        train_info = {"train_s": result.train_s, "final": result.history[-1]}
+        feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
+    else:
+        transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
+        with torch.no_grad():
+            x = transform(torch.from_numpy(feats)).numpy()
+        head, head_settings, extras, train_info = fit_head(settings, x, progress)
+        backbone_json = spec.to_json()
+        feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
     det = AnomalyDetector(preprocess, backbone, transform, head, input_size=size)
     calib_paths = hold_paths or fit_paths
@@ -178,14 +204,16 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
     samples = load_batch([calib_paths[i] for i in pick], size)
-    model_id = f"{dataset.root.name or 'model'}-{settings.head}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
+    kind = settings.head if settings.variant == "feature" else "algan-image"
+    model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
         "model_id": model_id,
         "created": utc_now_iso(),
         "algan_edge_version": __version__,
-        "backbone": spec.to_json(),
+        "variant": settings.variant,
+        "backbone": backbone_json,
         "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"},
-        "features": {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])},
+        "features": feature_json,
         "head": {"kind": settings.head, "settings": head_settings},
         "calibration": {
             "center": center,

@@ -25,8 +25,6 @@ def make_standin(version: str, parse_ok: bool = True, build_ok: bool = True, err
         VERBOSE = 4
 
     class ILogger:
-        Severity = Severity
-
         def __init__(self):
             calls.append(("ILogger.__init__",))
 
@@ -35,6 +33,7 @@ def make_standin(version: str, parse_ok: bool = True, build_ok: bool = True, err
     builder_flags = {"TF32": 7} if major >= 11 else {"FP16": 0, "INT8": 1, "TF32": 7}
     mod.BuilderFlag = enum.Enum("BuilderFlag", builder_flags)
     mod.MemoryPoolType = enum.Enum("MemoryPoolType", {"WORKSPACE": 0})
+    ILogger.Severity = Severity
     mod.ILogger = ILogger
 
     class Tensor:

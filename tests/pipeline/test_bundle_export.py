@@ -100,7 +100,7 @@ def test_cli_eval_json_and_export(bundles, synth_root):
     assert {"auroc", "n_normal", "n_anomalous"} <= set(out) and out["n_anomalous"] == 18
     r = _cli("algan.cli.export", str(bundles["knn"]), "--fp16")
     assert r.returncode == 0, r.stderr
-    assert "parity (FP32)" in r.stdout and "OK" in r.stdout
+    assert "parity (onnx-fp32)" in r.stdout and "OK" in r.stdout
     assert "no TensorRT engine was built" in r.stdout or "engine" in r.stdout
     assert (bundles["knn"] / "model.onnx").is_file()
     assert read_manifest(bundles["knn"])["exports"]["onnx"]["parity_max_abs_diff"] <= 1e-4

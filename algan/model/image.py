@@ -1,0 +1,276 @@
+"""ALGAN-image: the pixel variant of ALGAN with DCGAN-like convolutional G and D (Murase & Fukumizu 2022, Sec. IV;
+architecture after Radford et al. 2016, "Unsupervised representation learning with deep convolutional GANs").
+
+The same objective as the feature variant (:mod:`algan.model.losses`): D separates real normal images from fresh
+fake-normal G(z_n), fresh pseudo-anomalous G(z_a) (z_a ~ N(0, sigma^2 I)) and buffered early-training samples of
+both kinds. At inference only D runs: score = -logit D(x).
+
+In the detector pipeline the "backbone" of this variant is :class:`PixelBackbone` (RGB -> gray for 1-channel
+models), the feature transform is the identity and the head is :class:`ImageHead`; so it exports through the same
+ONNX path as the feature variant (uint8 BGR frames in, calibrated scores out).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
+from algan.model.train import Reservoir
+
+#: pixels are scaled to [-1, 1] (G ends in tanh): mean 0.5, std 0.5 on [0, 1] values
+PIXEL_MEAN = (0.5, 0.5, 0.5)
+PIXEL_STD = (0.5, 0.5, 0.5)
+MAX_CHANNELS = 512
+
+
+def check_size(size: int) -> None:
+    """Raise ValueError unless ``size`` is a power of two >= 64."""
+    if size < 64 or size & (size - 1):
+        raise ValueError(f"ALGAN-image input size must be a power of two >= 64 (64, 128, 256, ...), got {size}")
+
+
+@dataclass
+class ImageConfig:
+    """ALGAN-image hyper-parameters; defaults are the paper's (DESIGN.md) except where noted.
+
+    Attributes:
+        size: square input size in pixels, a power of two >= 64 (paper: 256).
+        channels: 1 (gray; MTD) or 3 (colour).
+        z_dim, sigma, alpha, beta: latent dimension, anomalous-latent std, fake-normal vs pseudo-anomalous share,
+            fresh vs buffered share (paper: 100, 4, 0.5, 0.5).
+        epochs, batch_size, lr_g, lr_d, adam_betas: optimisation (paper: 512, 16, 2e-4, 1e-4, (0, 0.9)).
+        buffer_epochs, buffer_size: the generated samples of epochs ``[0, buffer_epochs)`` fill a reservoir of
+            ``buffer_size`` images per latent kind.
+        ngf, ndf: base widths of G and D (doubled per resolution halving, capped at 512).
+        d_norm: normalisation in D, ``batch`` (DCGAN), ``spectral`` (spectral norm, Miyato et al. 2018) or ``none``.
+        r1_gamma: R1 gradient penalty on real images (Mescheder et al. 2018), 0 = off.
+        flip: random horizontal (and vertical) flips of real images (data augmentation).
+        seed: seed of everything random; training is deterministic for a seed on one machine.
+    """
+
+    size: int = 256
+    channels: int = 3
+    z_dim: int = 100
+    sigma: float = 4.0
+    alpha: float = 0.5
+    beta: float = 0.5
+    epochs: int = 512
+    batch_size: int = 16
+    lr_g: float = 2e-4
+    lr_d: float = 1e-4
+    adam_betas: tuple[float, float] = (0.0, 0.9)
+    buffer_epochs: int = 10
+    buffer_size: int = 512
+    ngf: int = 32
+    ndf: int = 32
+    d_norm: str = "batch"
+    r1_gamma: float = 0.0
+    flip: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_size(self.size)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.d_norm not in ("batch", "spectral", "none"):
+            raise ValueError(f"d_norm must be batch, spectral or none, got {self.d_norm!r}")
+        self.adam_betas = tuple(self.adam_betas)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> ImageConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def build_head(self, in_dim: int = 0) -> ImageHead:
+        """Untrained head of this shape (bundle loading); ``in_dim`` is unused (pixels, not vectors)."""
+        return ImageHead(DCGANDiscriminator(self.size, self.channels, self.ndf, self.d_norm))
+
+
+def _widths(base: int, n: int) -> list[int]:
+    return [min(base * 2**i, MAX_CHANNELS) for i in range(n)]
+
+
+class DCGANGenerator(nn.Module):
+    """G: z (N, z_dim) -> images (N, C, S, S) in [-1, 1] (tanh). 4x4 seed, then stride-2 transposed convs."""
+
+    def __init__(self, z_dim: int, size: int, channels: int, ngf: int = 32) -> None:
+        super().__init__()
+        check_size(size)
+        n_up = int(math.log2(size)) - 2  # 4 -> size
+        widths = list(reversed(_widths(ngf, n_up)))  # widest first
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.z_dim = z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """D: images (N, C, S, S) in [-1, 1] -> logits (N,). Stride-2 convs down to 4x4, then a 4x4 conv to 1."""
+
+    def __init__(self, size: int, channels: int, ndf: int = 32, norm: str = "batch") -> None:
+        super().__init__()
+        check_size(size)
+        n_down = int(math.log2(size)) - 2
+        widths = _widths(ndf, n_down)
+        sn = spectral_norm if norm == "spectral" else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers.append(sn(nn.Conv2d(a, b, 4, 2, 1, bias=norm != "batch")))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(b))
+            layers.append(nn.LeakyReLU(0.2, True))
+        layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1).squeeze(1)
+
+
+class ImageHead(nn.Module):
+    """Raw score = -logit D(x). Input float32 (N, C, S, S) in [-1, 1]; output (N,)."""
+
+    def __init__(self, discriminator: DCGANDiscriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.discriminator(x)
+
+
+class PixelBackbone(nn.Module):
+    """The "backbone" of ALGAN-image: normalised RGB (N, 3, S, S) -> (N, channels, S, S); gray = channel mean."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True) if self.channels == 1 else x
+
+
+@dataclass
+class ImageTrainResult:
+    generator: DCGANGenerator
+    discriminator: DCGANDiscriminator
+    history: list[dict]
+    train_s: float
+
+    @property
+    def head(self) -> ImageHead:
+        return ImageHead(self.discriminator)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    hflip = torch.rand(n, generator=gen) < 0.5
+    vflip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(hflip[:, None, None, None], x.flip(3), x)
+    return torch.where(vflip[:, None, None, None], x.flip(2), x)
+
+
+def train_algan_image(x: torch.Tensor, cfg: ImageConfig, progress: bool = True) -> ImageTrainResult:
+    """Train ALGAN-image on normal images.
+
+    Args:
+        x: float32 (N, C, S, S) in [-1, 1] (what :class:`PixelBackbone` outputs), N >= 2.
+        cfg: hyper-parameters (``cfg.size == S``, ``cfg.channels == C``).
+        progress: tqdm bar with losses.
+
+    Returns:
+        trained G and D (eval mode), per-epoch mean losses, wall time (s).
+    """
+    if x.ndim != 4 or x.shape[1] != cfg.channels or x.shape[2] != cfg.size or x.shape[3] != cfg.size:
+        raise ValueError(f"expected images (N, {cfg.channels}, {cfg.size}, {cfg.size}), got {tuple(x.shape)}")
+    if len(x) < 2:
+        raise ValueError(f"ALGAN-image needs at least 2 training images, got {len(x)}")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    G = DCGANGenerator(cfg.z_dim, cfg.size, cfg.channels, cfg.ngf)
+    D = DCGANDiscriminator(cfg.size, cfg.channels, cfg.ndf, cfg.d_norm)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
+    flat = cfg.channels * cfg.size * cfg.size
+    buf_n = Reservoir(cfg.buffer_size, flat, gen)
+    buf_a = Reservoir(cfg.buffer_size, flat, gen)
+    shape = (cfg.channels, cfg.size, cfg.size)
+    n = len(x)
+    bs = min(cfg.batch_size, n)
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    epochs = range(cfg.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="ALGAN-image", unit="epoch", dynamic_ncols=True)
+    for epoch in epochs:
+        G.train()
+        D.train()
+        perm = torch.randperm(n, generator=gen)
+        sums = {"loss_d": 0.0, "loss_g": 0.0}
+        steps = 0
+        for i in range(0, n - bs + 1, bs):
+            real = x[perm[i : i + bs]]
+            if cfg.flip:
+                real = _augment(real, gen)
+            with torch.no_grad():
+                fake_n = G(torch.randn(bs, cfg.z_dim, generator=gen))
+                fake_a = G(torch.randn(bs, cfg.z_dim, generator=gen) * cfg.sigma)
+            if epoch < cfg.buffer_epochs and cfg.buffer_size > 0:
+                buf_n.offer(fake_n.flatten(1))
+                buf_a.offer(fake_a.flatten(1))
+            use_buf = buf_n.size >= bs and cfg.beta < 1.0
+            if cfg.r1_gamma > 0:
+                real.requires_grad_(True)
+            real_logits = D(real)
+            loss_d = discriminator_loss(
+                real_logits, D(fake_n), D(fake_a),
+                D(buf_n.sample(bs).view(bs, *shape)) if use_buf else None,
+                D(buf_a.sample(bs).view(bs, *shape)) if use_buf else None,
+                alpha=cfg.alpha, beta=cfg.beta,
+            )
+            if cfg.r1_gamma > 0:
+                loss_d = loss_d + r1_penalty(real_logits, real, cfg.r1_gamma)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            loss_g = generator_loss(D(G(torch.randn(bs, cfg.z_dim, generator=gen))))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            sums["loss_d"] += float(loss_d.detach())
+            sums["loss_g"] += float(loss_g.detach())
+            steps += 1
+        rec = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
+        history.append(rec)
+        if progress:
+            epochs.set_postfix(loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}")
+    G.eval()
+    D.eval()
+    return ImageTrainResult(G, copy.deepcopy(D).eval(), history, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def pixels(preprocess: nn.Module, backbone: PixelBackbone, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """uint8 BGR (N, S, S, 3) -> float32 (N, C, S, S) in [-1, 1], exactly as the exported graph computes it."""
+    out = [backbone(preprocess(torch.from_numpy(images[i : i + batch_size]))) for i in range(0, len(images),
+                                                                                           batch_size)]
+    return torch.cat(out)

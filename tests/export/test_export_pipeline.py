@@ -1,0 +1,142 @@
+"""The whole export on a tiny real bundle: graphs, metadata contract, parity gates, atomicity, CLI, Triton."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from algan.bundle import load_bundle, load_samples, read_manifest
+from algan.export import parity as par
+from algan.export.metadata import read_metadata
+from algan.export.onnx_export import ExportError, ort_scores, torch_scores
+from algan.export.pipeline import ExportOptions, export_bundle
+from algan.export.tensorrt import BatchProfile, tensorrt_status
+
+HAS_TRT = tensorrt_status()[0]
+
+
+def _listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp_path, monkeypatch):
+    if HAS_TRT:  # keep this test about the ONNX side everywhere
+        monkeypatch.setattr("algan.export.pipeline.tensorrt_status", lambda: (False, "disabled in this test"))
+    lines: list[str] = []
+    rep = export_bundle(ExportOptions(bundle, fp16=True, data=export_data, batch=BatchProfile(1, 4, 8),
+                                      triton_repo=tmp_path / "repo"), say=lines.append)
+    assert {"model.onnx", "model.fp16.onnx"} <= set(_listing(bundle))
+    assert not [n for n in _listing(bundle) if n.startswith(".")]  # no staging left
+    det, manifest = load_bundle(bundle)
+    imgs = load_samples(bundle)
+    ref = torch_scores(det, imgs)
+    for name, tol, metric in (("model.onnx", 1e-4, "abs"), ("model.fp16.onnx", 1e-2, "scaled")):
+        path = bundle / name
+        model = onnx.load(path)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        (inp,), (out,) = model.graph.input, model.graph.output
+        assert (inp.name, inp.type.tensor_type.elem_type) == ("images", onnx.TensorProto.UINT8)
+        assert [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim] == ["N", 64, 64, 3]
+        assert (out.name, out.type.tensor_type.elem_type) == ("scores", onnx.TensorProto.FLOAT)
+        got = ort_scores(path, imgs, batch_size=5)
+        assert par.compare(name, ref, got, tol, metric).ok
+    meta = read_metadata(bundle / "model.onnx")
+    assert meta["algan.model_id"] == manifest["model_id"] and meta["algan.threshold"] == "1.0"
+    assert (meta["algan.input_height"], meta["algan.colour_order"], meta["algan.layout"]) == ("64", "BGR", "NHWC")
+    assert read_metadata(bundle / "model.fp16.onnx")["algan.precision"] == "fp16"
+    # calibration contract: raw = score * scale + center reproduces the head's raw score
+    center, scale = float(meta["algan.calibration_center"]), float(meta["algan.calibration_scale"])
+    cal = manifest["calibration"]
+    assert center == pytest.approx(cal["center"], rel=1e-6) and scale == pytest.approx(
+        cal["threshold"] - cal["center"], rel=1e-5)
+    with torch.no_grad():
+        raw = det.raw_scores(torch.from_numpy(imgs)).numpy()
+    np.testing.assert_allclose(ref * scale + center, raw, rtol=1e-5, atol=1e-4)
+    # manifest and report
+    ex = read_manifest(bundle)["exports"]
+    assert ex["onnx"]["parity_max_abs_diff"] <= 1e-4 and ex["onnx"]["sha256"] and ex["onnx"]["opset"] == 17
+    assert ex["onnx_fp16"]["parity_max_scaled_diff"] <= 1e-2
+    assert ex["auroc"]["n_images"] == 10 and ex["auroc"]["n_anomalous"] == 4
+    assert abs(ex["auroc"]["change_fp16"]) <= 0.05
+    assert ex["engine"]["file"] is None and "no TensorRT engine was built" in ex["engine"]["note"]
+    assert {r.name for r in rep.parity} >= {"onnx-fp16", "onnx-fp16 vs onnx-fp32, all data"}
+    assert any(line.startswith("AUROC on ") for line in lines)
+    # Triton: no engine, so one ONNX Runtime model serving the FP16 graph
+    cfg = (tmp_path / "repo" / "algan" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 8" in cfg and "dims: [ 64, 64, 3 ]" in cfg
+    assert (tmp_path / "repo" / "algan" / "1" / "model.onnx").read_bytes() == (bundle / "model.fp16.onnx").read_bytes()
+
+
+def test_failed_parity_leaves_the_bundle_untouched(bundle, monkeypatch):
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    monkeypatch.setattr(par, "FP32_TOLERANCE", -1.0)
+    lines: list[str] = []
+    with pytest.raises(ExportError, match="parity check failed for model.onnx"):
+        export_bundle(ExportOptions(bundle, fp16=True), say=lines.append)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert any("FAILED" in line for line in lines)
+
+
+def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monkeypatch):
+    from trt_standin import make_standin
+
+    monkeypatch.setattr("algan.export.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
+    opts = ExportOptions(bundle, fp16=True, simplify=False, batch=BatchProfile(1, 2, 4), workspace_mib=64,
+                         triton_repo=tmp_path / "repo")
+    export_bundle(opts, say=lambda s: None, trt=make_standin("10.12.0.36"))
+    side = json.loads((bundle / "model.engine.json").read_text())
+    assert (bundle / "model.engine").read_bytes() == b"stand-in engine"
+    assert side["precision"] == "fp16" and side["onnx_file"] == "model.fp16.onnx"
+    from algan.export.metadata import file_sha256
+
+    assert side["onnx_sha256"] == file_sha256(bundle / "model.fp16.onnx")
+    assert (bundle / "model.engine.timing.cache").read_bytes() == b"+timed"
+    assert read_manifest(bundle)["exports"]["engine"]["compute_capability"] == "8.7"
+    # the saved timing cache is handed back to the next build
+    trt = make_standin("10.12.0.36")
+    export_bundle(opts, say=lambda s: None, trt=trt)
+    assert ("create_timing_cache", b"+timed") in trt.calls
+    assert 'platform: "tensorrt_plan"' in (tmp_path / "repo" / "algan" / "config.pbtxt").read_text()
+    assert (tmp_path / "repo" / "algan" / "1" / "model.plan").is_file()
+    assert (tmp_path / "repo" / "algan-onnx" / "1" / "model.onnx").is_file()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "algan.cli.export", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the message printed where TensorRT is absent")
+def test_cli_without_tensorrt_writes_the_onnx_and_says_why(bundle):
+    r = _cli(bundle, "--fp16", "--no-simplify")
+    assert r.returncode == 0, r.stderr
+    assert "model.onnx and model.fp16.onnx written; no TensorRT engine was built: TensorRT is not installed" \
+        in r.stdout
+    assert "parity (onnx-fp32)" in r.stdout and "parity (onnx-fp16)" in r.stdout
+
+
+def test_cli_user_errors_are_one_line(bundle, tmp_path):
+    r = _cli(tmp_path / "missing")
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.strip().count("\n") == 0
+    m = json.loads((bundle / "algan.json").read_text())
+    m["format_version"] = 7
+    (bundle / "algan.json").write_text(json.dumps(m))
+    r = _cli(bundle)
+    assert r.returncode == 2 and "format version 7" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(bundle, "--batch", "8:4:16")
+    assert r.returncode == 2 and "MIN <= OPT <= MAX" in r.stderr
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not HAS_TRT, reason="needs NVIDIA TensorRT (builder) and a GPU: " + tensorrt_status()[1][:80])
+def test_real_tensorrt_fp16_engine(bundle):
+    rep = export_bundle(ExportOptions(bundle, fp16=True, batch=BatchProfile(1, 2, 4)), say=print)
+    side = json.loads((bundle / "model.engine.json").read_text())
+    assert side["precision"] == "fp16" and side["batch_profile"] == {"min": 1, "opt": 2, "max": 4}
+    assert (bundle / "model.engine").stat().st_size > 0 and "built model.engine" in rep.engine_note
