@@ -79,14 +79,16 @@ def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> f
     return len(frames) / (time.perf_counter() - t0)
 
 
-def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int]) -> dict:
+def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int],
+           work: Path) -> dict:
     """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures."""
     cfg = parse_config({
         "device_id": "bench",
         "model": str(model),
         "runner": {"backend": "onnxruntime", "threads": threads},
         "batch": {"max_size": batch, "max_wait_ms": 50},
-        "mqtt": {"host": broker[0], "port": broker[1], "embedded_broker": "never", "max_queued_messages": 100_000},
+        "mqtt": {"host": broker[0], "port": broker[1], "embedded_broker": "never", "max_queued_messages": 100_000,
+                 "outbox": {"path": str(work / "outbox.sqlite")}},
         "stats_interval_s": 5,
         "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
     })
@@ -103,6 +105,8 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
             break
         time.sleep(0.05)
     rss_end = rss_mib()
+    if rss_start is None:  # fewer frames than the warm-up: growth measured from the first frames
+        rss_start = rss_end
     app.stop.set()
     thread.join(60)
     col.wait_for(lambda ms: len(ms) >= app.scored["bottle"], timeout=30)
@@ -160,7 +164,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="algan-bench-"))
     broker = MosquittoBroker(work)
     try:
-        e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port))
+        e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
+                     work)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

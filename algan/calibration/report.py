@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from algan.calibration.pipeline import CalibrationResult, ThresholdRow
+from algan.calibration.pipeline import METHOD_NAMES, CalibrationResult, ThresholdRow
 
 COLOURS = {"calib": "#4C72B0", "valid": "#55A868", "anom": "#C44E52", "chosen": "black", "F1-max": "#DD8452",
            "Youden J": "#8172B3"}
@@ -43,8 +43,9 @@ def render_png(result: CalibrationResult, title: str = "", dpi: int = 110) -> by
 
     # 1. histograms: clip the long anomalous tail into the last bin so the normal bulk stays readable
     every = np.concatenate([cal, val, anom])
-    lo = float(min(every.min(), -1.0))
-    hi = float(max(2.0, np.quantile(every, 0.98), *(r.calibrated * 1.15 for r in rows)))
+    hi = float(max(1.5, np.quantile(every, 0.98), *(r.calibrated * 1.15 for r in rows)))
+    lo = float(min(every.min(), 0.0))
+    lo -= 0.03 * (hi - lo)
     bins = np.linspace(lo, hi, 50)
     for data, key, label in ((cal, "calib", "calibration normals"), (val, "valid", "validation normals"),
                              (anom, "anom", "anomalies")):
@@ -102,7 +103,7 @@ def render_png(result: CalibrationResult, title: str = "", dpi: int = 110) -> by
     ax_t.set_ylim(floor, 1.05)
     ax_t.set_xlabel("calibrated score")
     ax_t.set_ylabel("per-frame exceedance rate P(score >= x)")
-    ax_t.set_title(f"Normal tail ({est.method_ if est.method_ == 'gpd' else 'empirical quantile'})")
+    ax_t.set_title(f"Normal tail ({METHOD_NAMES[est.method_]})")
     ax_t.grid(alpha=0.3, which="both")
     ax_t.legend(fontsize=8, loc="lower left")
     if title:

@@ -46,6 +46,14 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
     if args.max_train and len(train) > args.max_train:
         keep = np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)
         train = [train[i] for i in sorted(keep.tolist())]
+    rows = []
+    variants = args.variants.split(",")
+    if "image" in variants:
+        rows.append(bench_image(args, ds, train, np.array([s.label for s in ds.test])))
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if "feature" not in variants:
+        return rows
     spec = BackboneSpec(blocks=parse_blocks(args.blocks), input_size=(args.input_size, args.input_size))
     backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
     size = spec.input_size
@@ -61,7 +69,6 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
     with torch.no_grad():
         x_train = transform(torch.from_numpy(f_train)).numpy()
         x_test = torch.from_numpy(transform(torch.from_numpy(f_test)).numpy())
-    rows = []
     runs = [("algan", p) for p in args.presets.split(",") if "algan" in args.heads.split(",")]
     runs += [(h, None) for h in args.heads.split(",") if h != "algan"]
     for head_name, preset in runs:
@@ -91,6 +98,41 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
+    """ALGAN-image on pixels at ``--image-size``: one row (``backbone_ms`` = the in-graph preprocessing)."""
+    import torch
+
+    from algan.data.preprocess import load_batch
+    from algan.features.backbone import Preprocess
+    from algan.model.evaluate import auroc
+    from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, pixels, train_algan_image
+
+    size = (args.image_size, args.image_size)
+    overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    cfg = ImageConfig(size=args.image_size, channels=args.channels, **overrides)
+    pre, bb = Preprocess(PIXEL_MEAN, PIXEL_STD), PixelBackbone(cfg.channels)
+    x_train = pixels(pre, bb, load_batch(train, size))
+    test_u8 = load_batch([s.path for s in ds.test], size)
+    t = time.perf_counter()
+    result = train_algan_image(x_train, cfg, progress=not args.json)
+    train_s = time.perf_counter() - t
+    head = result.head.eval()
+    x_test = pixels(pre, bb, test_u8)
+    with torch.no_grad():
+        scores = torch.cat([head(x_test[i : i + 64]) for i in range(0, len(x_test), 64)]).numpy()
+        head_ms = _time_per_image(head, x_test[:32])
+        pre_ms = _time_per_image(lambda u: bb(pre(u)), torch.from_numpy(test_u8[:32]))
+    return {
+        "dataset": f"{ds.root.name}({ds.layout})",
+        "variant": f"image{args.image_size}",
+        "head": f"algan-image[{cfg.epochs}ep]",
+        "auroc": round(auroc(y, scores), 4),
+        "train_s": round(train_s, 2),
+        "head_ms": round(head_ms, 4),
+        "backbone_ms": round(pre_ms, 4),
+    }
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.what != "detection":
         raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
@@ -109,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["detection"], help="which benchmark")
     p.add_argument("--data", required=True, help="data directory with a labelled test split")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd"])
+    p.add_argument("--variants", default="feature", help="feature, image or feature,image")
+    p.add_argument("--image-size", type=int, default=64, help="ALGAN-image input size (power of two >= 64)")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels")
     p.add_argument("--heads", default="algan,mahalanobis,knn", help="comma-separated heads")
     p.add_argument("--presets", default="default,paper", help="ALGAN presets to run (comma-separated)")
     p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")

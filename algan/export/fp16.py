@@ -81,6 +81,7 @@ def convert_fp16(src: str | Path, dst: str | Path, scopes: Iterable[str] = FP32_
     model = onnx.load(str(src))
     meta = {p.key: p.value for p in model.metadata_props}
     keep = fp32_node_names(model, scopes)
+    model_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     ops = list(dict.fromkeys([*float16.DEFAULT_OP_BLOCK_LIST, *EXTRA_OP_BLOCK_LIST]))
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
@@ -89,6 +90,7 @@ def convert_fp16(src: str | Path, dst: str | Path, scopes: Iterable[str] = FP32_
             warnings.simplefilter("ignore")
             out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                    node_block_list=keep)
+        _restore_output_types(model_types, out)
         set_metadata(out, {**meta, "algan.precision": "fp16"})
         onnx.checker.check_model(out)
         onnx.save(out, tmp)
@@ -98,3 +100,35 @@ def convert_fp16(src: str | Path, dst: str | Path, scopes: Iterable[str] = FP32_
     finally:
         Path(tmp).unlink(missing_ok=True)
     return dst
+
+
+def _restore_output_types(types: dict[str, int], model) -> None:
+    """Give the graph outputs back their original types (``types``: name -> ONNX elem type).
+
+    With ``keep_io_types`` and a blocked (FP32) last node, onnxconverter-common 1.16 still appends a Cast to
+    float16 and declares the output float16. Such a Cast is turned back into a Cast to the original type; any
+    other retyped output gets a Cast appended.
+    """
+    from onnx import TensorProto, helper
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        want = types.get(out.name)
+        if want is None or out.type.tensor_type.elem_type == want:
+            continue
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "Cast":
+            for a in node.attribute:
+                if a.name == "to":
+                    a.i = want
+        else:
+            inner = f"{out.name}_fp16"
+            if node is not None:
+                node.output[list(node.output).index(out.name)] = inner
+            model.graph.node.append(helper.make_node("Cast", [inner], [out.name], to=want,
+                                                     name=f"{out.name}_restore_type"))
+        out.type.tensor_type.elem_type = want
+        if want != TensorProto.FLOAT16:
+            for vi in model.graph.value_info:
+                if vi.name == out.name:
+                    vi.type.tensor_type.elem_type = want

@@ -14,10 +14,20 @@ buffer terms are used, with ``batch_size`` samples drawn uniformly with replacem
 ``buffer_epochs = 0`` switches the buffer off.
 
 Presets (:meth:`AlganConfig.preset`): ``"paper"`` reproduces the paper's settings on whatever features it gets;
-``"default"`` (what ``AlganConfig()`` gives) adds what made ALGAN-feature detect on backbone features: a shrunk
-ZCA whitening in front of G and D, a generator without batch norm (batch norm re-normalised the sigma-scaled
-latents away, so G(z_a) looked like G(z_n)), an exponential moving average of D's weights, and a shorter schedule.
-See benchmarks/ALGAN_EXPERIMENTS.md for the measurements.
+``"default"`` (what ``AlganConfig()`` gives) changes what made ALGAN-feature detect on backbone features:
+
+- a shrunk ZCA whitening in front of G and D (the defect signal lives in the low-variance directions that
+  standardisation hides and PCA truncation drops), so Euclidean geometry = Mahalanobis geometry;
+- a *linear* G with a latent as wide as the features (``z_dim=None``, ``g_hidden=[]``): it can represent the
+  (whitened, roughly Gaussian) normal data, and G(z_a) = the same Gaussian widened by sigma surrounds the data on
+  every side, so D's optimum (a density ratio) decreases with the Mahalanobis distance; a 100-d non-linear G
+  covers a thin manifold only, and D then learns "energy outside G's range = real", which inverts the score;
+- ``alpha = 0``: D separates real data from the pseudo-anomalies (fresh and buffered) only; the fake-normal term
+  made D fit the individual training points once G matched the data (toy data AUROC 0.86 -> 1.00);
+- an exponential moving average of D's weights and a step-based schedule (``epochs=32``, ``min_steps=1200``).
+
+The paper preset keeps batch norm in G; in training mode it re-normalises the sigma-scaled latents, so G(z_a) has
+nearly the same distribution as G(z_n). See benchmarks/ALGAN_EXPERIMENTS.md for the measurements.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ DEFAULT = {
     **PAPER,
     "z_dim": None,
     "g_hidden": [],
+    "alpha": 0.0,
     "g_batch_norm": False,
     "whiten": "shrunk",
     "d_ema": 0.99,

@@ -35,12 +35,14 @@ def test_dead_camera_reopened_while_the_other_never_stops(tmp_path, tiny_model, 
     video = make_video(tmp_path / "steady.mp4", [DARK] * 10)
     col = mqtt_collector()
     cams = [
-        {"name": "inbox", "source": str(inbox), "watch": True, "settle_s": 0, "reconnect_interval_s": 0.1,
+        {"name": "inbox", "source": str(inbox), "watch": True, "settle_s": 0.2, "reconnect_interval_s": 0.1,
          "reconnect_max_s": 0.2},
         {"name": "steady", "source": str(video), "loop": True, "replay_fps": 40},
     ]
     port = unused_port
-    app, thread, result = start(edge_config(tiny_model, mqtt_broker, cams, metrics={"port": port}))
+    cfg = edge_config(tiny_model, mqtt_broker, cams, metrics={"port": port},
+                      mqtt={"outbox": {"path": str(tmp_path / "outbox.sqlite")}})  # not in the working directory
+    app, thread, result = start(cfg)
     try:
         assert col.wait_for(lambda ms: len(frames_of(col, "inbox/score")) == 3, timeout=15)
         shutil.rmtree(inbox)  # the camera dies
@@ -52,7 +54,7 @@ def test_dead_camera_reopened_while_the_other_never_stops(tmp_path, tiny_model, 
         assert [m.payload for m in col.on("inbox/state")] == ["normal", "offline", "normal"]
         assert frames_of(col, "inbox/score") == [0, 1, 2, 3, 4]
         steady = col.on("steady/score")
-        assert len(steady) - steady_at_death >= 15, "the other camera kept flowing during the outage"
+        assert len(steady) - steady_at_death >= 10, "the other camera kept flowing during the outage"
         ts = [json.loads(m.payload)["ts"] for m in steady]
         assert ts == sorted(ts)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

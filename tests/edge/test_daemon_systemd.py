@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,10 +38,8 @@ def test_notify_watchdog_reload_and_stop(tmp_path, tiny_model, mqtt_broker, mqtt
         while time.monotonic() < end:
             if pred():
                 return True
-            try:
+            with contextlib.suppress(TimeoutError):
                 lines.extend(sock.recv(4096).decode().splitlines())
-            except TimeoutError:
-                pass
         return pred()
 
     def thresholds():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from trt_standin import StandInBuffer, make_standin
 
 from algan.export.onnx_export import ExportError
 from algan.export.tensorrt import (
@@ -14,7 +15,6 @@ from algan.export.tensorrt import (
     parse_version,
     plan_build,
 )
-from trt_standin import StandInBuffer, make_standin
 
 SIZE = (64, 64)
 

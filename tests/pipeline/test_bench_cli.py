@@ -1,0 +1,30 @@
+import json
+import subprocess
+import sys
+
+KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms"}
+
+
+def test_bench_detection_json_rows(synth_root):
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root), "--json",
+                        "--input-size", "64", "--epochs", "1", "--variants", "feature,image", "--presets", "default"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["head"] for row in rows] == ["algan-image[1ep]", "algan[default]", "mahalanobis", "knn"]
+    for row in rows:
+        assert set(row) == KEYS
+        assert 0.0 <= row["auroc"] <= 1.0 and row["head_ms"] > 0 and row["backbone_ms"] > 0
+    maha = next(row for row in rows if row["head"] == "mahalanobis")
+    assert maha["auroc"] > 0.75  # the synthetic defects are visible in ImageNet features
+
+
+def test_bench_rejects_folder_without_test_split(tmp_path):
+    import cv2
+    import numpy as np
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no labelled test split" in r.stderr
