@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -37,9 +38,47 @@ def check_size(size: int) -> None:
         raise ValueError(f"ALGAN-image input size must be a power of two >= 64 (64, 128, 256, ...), got {size}")
 
 
+#: the paper's settings (DESIGN.md "The method"): DCGAN G and D with batch norm, 256 px, 512 epochs
+PAPER = {
+    "size": 256,
+    "channels": 3,
+    "z_dim": 100,
+    "sigma": 4.0,
+    "alpha": 0.5,
+    "beta": 0.5,
+    "epochs": 512,
+    "batch_size": 16,
+    "lr_g": 2e-4,
+    "lr_d": 1e-4,
+    "adam_betas": (0.0, 0.9),
+    "buffer_epochs": 10,
+    "buffer_size": 512,
+    "ngf": 32,
+    "ndf": 32,
+    "d_norm": "batch",
+    "d_mixed": False,
+    "g_anomaly_eval": False,
+    "r1_gamma": 0.0,
+    "d_dropout": 0.0,
+    "instance_noise": 0.0,
+    "flip": True,
+    "translate": 0,
+    "d_ema": 0.0,
+    "seed": 0,
+}
+#: the product default; every entry differing from PAPER is a measured change (benchmarks/ALGAN_EXPERIMENTS.md)
+DEFAULT = {**PAPER}
+PRESETS = {"paper": PAPER, "default": DEFAULT}
+D_NORMS = ("batch", "spectral", "instance", "none")
+
+
+def _field(name: str):
+    return field(default=DEFAULT[name])
+
+
 @dataclass
 class ImageConfig:
-    """ALGAN-image hyper-parameters; defaults are the paper's (DESIGN.md) except where noted.
+    """ALGAN-image hyper-parameters. ``ImageConfig()`` is the ``default`` preset; ``preset("paper")`` the paper's.
 
     Attributes:
         size: square input size in pixels, a power of two >= 64 (paper: 256).
@@ -50,39 +89,68 @@ class ImageConfig:
         buffer_epochs, buffer_size: the generated samples of epochs ``[0, buffer_epochs)`` fill a reservoir of
             ``buffer_size`` images per latent kind.
         ngf, ndf: base widths of G and D (doubled per resolution halving, capped at 512).
-        d_norm: normalisation in D, ``batch`` (DCGAN), ``spectral`` (spectral norm, Miyato et al. 2018) or ``none``.
+        d_norm: normalisation in D: ``batch`` (DCGAN), ``spectral`` (spectral norm, Miyato et al. 2018),
+            ``instance`` (per-image, affine) or ``none``.
+        d_mixed: one D forward pass over real, fresh and buffered samples together (with ``d_norm="batch"`` the
+            batch statistics are then shared by real and generated images); False = one pass per kind (paper).
+        g_anomaly_eval: generate the pseudo-anomalies G(z_a) with G's batch norm in eval mode (running statistics
+            of z_n batches), so the sigma scaling of z_a is not normalised away; False = train mode (paper).
         r1_gamma: R1 gradient penalty on real images (Mescheder et al. 2018), 0 = off.
-        flip: random horizontal (and vertical) flips of real images (data augmentation).
+        d_dropout: dropout probability after each hidden activation of D (0 = off).
+        instance_noise: std (in [-1, 1] pixel units) of Gaussian noise added to every D input during training,
+            decaying linearly to 0 at the last epoch (Sonderby et al. 2017); 0 = off.
+        flip: random horizontal and vertical flips of real images (data augmentation).
+        translate: random translations of real images by up to this many pixels (reflect padding), 0 = off.
+        d_ema: decay of an exponential moving average of D's weights used at inference (0 = the last D).
         seed: seed of everything random; training is deterministic for a seed on one machine.
     """
 
-    size: int = 256
-    channels: int = 3
-    z_dim: int = 100
-    sigma: float = 4.0
-    alpha: float = 0.5
-    beta: float = 0.5
-    epochs: int = 512
-    batch_size: int = 16
-    lr_g: float = 2e-4
-    lr_d: float = 1e-4
-    adam_betas: tuple[float, float] = (0.0, 0.9)
-    buffer_epochs: int = 10
-    buffer_size: int = 512
-    ngf: int = 32
-    ndf: int = 32
-    d_norm: str = "batch"
-    r1_gamma: float = 0.0
-    flip: bool = True
-    seed: int = 0
+    size: int = _field("size")
+    channels: int = _field("channels")
+    z_dim: int = _field("z_dim")
+    sigma: float = _field("sigma")
+    alpha: float = _field("alpha")
+    beta: float = _field("beta")
+    epochs: int = _field("epochs")
+    batch_size: int = _field("batch_size")
+    lr_g: float = _field("lr_g")
+    lr_d: float = _field("lr_d")
+    adam_betas: tuple[float, float] = _field("adam_betas")
+    buffer_epochs: int = _field("buffer_epochs")
+    buffer_size: int = _field("buffer_size")
+    ngf: int = _field("ngf")
+    ndf: int = _field("ndf")
+    d_norm: str = _field("d_norm")
+    d_mixed: bool = _field("d_mixed")
+    g_anomaly_eval: bool = _field("g_anomaly_eval")
+    r1_gamma: float = _field("r1_gamma")
+    d_dropout: float = _field("d_dropout")
+    instance_noise: float = _field("instance_noise")
+    flip: bool = _field("flip")
+    translate: int = _field("translate")
+    d_ema: float = _field("d_ema")
+    seed: int = _field("seed")
 
     def __post_init__(self) -> None:
         check_size(self.size)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.d_norm not in ("batch", "spectral", "none"):
-            raise ValueError(f"d_norm must be batch, spectral or none, got {self.d_norm!r}")
+        if self.d_norm not in D_NORMS:
+            raise ValueError(f"d_norm must be one of {', '.join(D_NORMS)}, got {self.d_norm!r}")
+        if not 0.0 <= self.d_dropout < 1.0:
+            raise ValueError(f"d_dropout must lie in [0, 1), got {self.d_dropout}")
+        if not 0.0 <= self.d_ema < 1.0:
+            raise ValueError(f"d_ema must lie in [0, 1), got {self.d_ema}")
+        if self.instance_noise < 0 or self.translate < 0 or self.r1_gamma < 0:
+            raise ValueError("instance_noise, translate and r1_gamma must be >= 0")
         self.adam_betas = tuple(self.adam_betas)
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> ImageConfig:
+        """A named preset (``paper`` or ``default``) with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown ALGAN-image preset {name!r}; use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -91,12 +159,14 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> ImageConfig:
+        """Inverse of :meth:`to_json`. Fields missing from ``d`` (bundles written before they existed) take the
+        paper preset's values, which is what those bundles were trained with."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{**PAPER, **{k: v for k, v in d.items() if k in known}})
 
     def build_head(self, in_dim: int = 0) -> ImageHead:
         """Untrained head of this shape (bundle loading); ``in_dim`` is unused (pixels, not vectors)."""
-        return ImageHead(DCGANDiscriminator(self.size, self.channels, self.ndf, self.d_norm))
+        return ImageHead(DCGANDiscriminator(self.size, self.channels, self.ndf, self.d_norm, self.d_dropout))
 
 
 def _widths(base: int, n: int) -> list[int]:

@@ -35,6 +35,10 @@ def test_durable_exactly_once_through_broker_restart(tmp_path, mosquitto_factory
         for i in range(5):
             pub.publish("algan/d/c/alarm", f"a{i}", qos=1, durable=True)
         assert pub.flush(10) == 0 and len(ob) == 0, "acknowledged rows leave the outbox"
+        # let the collector receive and PUBACK a0..a4 before the broker stops: a delivery still in flight on the
+        # broker->subscriber leg would be re-sent by the broker after its restart (QoS 1), which is not the daemon
+        assert col.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/alarm")]) >= 5, timeout=10)
+        time.sleep(0.5)
         broker.stop()
         time.sleep(0.3)
         for i in range(5, 10):
