@@ -93,8 +93,8 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
 def simplify_onnx(src: str | Path, dst: str | Path) -> str | None:
     """Simplify an ONNX graph with onnxslim (or onnx-simplifier) when installed, keeping its metadata.
 
-    The caller must check parity of ``dst`` against torch before using it: a simplifier may change results
-    (onnxslim 0.1.98 folds the negative-step channel-reversal ``Slice`` of the BGR->RGB conversion wrongly).
+    The caller must check parity of ``dst`` against torch before using it: a simplifier rewrites the graph and
+    may change results.
 
     Returns:
         the tool used (``"onnxslim x.y"`` / ``"onnxsim x.y"``), or ``None`` when neither is installed (``dst`` is

@@ -41,8 +41,9 @@ class ALGANDetector(OutlierMixin, BaseEstimator):
         progress: show a progress bar while training.
 
     Attributes (after ``fit``):
-        transform_: the fitted FeatureTransform; head_: the ALGAN head (torch module, eval mode);
-        config_: the AlganConfig used; history_: per-epoch mean losses; offset_: float threshold;
+        transform_: the fitted FeatureTransform (``torch.nn.Identity`` for ``none``);
+        head_: the ALGAN head (torch module, eval mode); config_: the AlganConfig used;
+        history_: per-epoch mean losses; offset_: float threshold;
         n_features_in_: input dimension.
     """
 

@@ -67,7 +67,7 @@ PAPER = {
     "seed": 0,
 }
 #: the product default; every entry differing from PAPER is a measured change (benchmarks/ALGAN_EXPERIMENTS.md)
-DEFAULT = {**PAPER}
+DEFAULT = {**PAPER, "d_norm": "spectral", "d_mixed": True, "g_anomaly_eval": True}
 PRESETS = {"paper": PAPER, "default": DEFAULT}
 D_NORMS = ("batch", "spectral", "instance", "none")
 
@@ -194,20 +194,29 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """D: images (N, C, S, S) in [-1, 1] -> logits (N,). Stride-2 convs down to 4x4, then a 4x4 conv to 1."""
+    """D: images (N, C, S, S) in [-1, 1] -> logits (N,). Stride-2 convs down to 4x4, then a 4x4 conv to 1.
 
-    def __init__(self, size: int, channels: int, ndf: int = 32, norm: str = "batch") -> None:
+    ``norm``: ``batch``, ``spectral``, ``instance`` or ``none`` (see :class:`ImageConfig`); ``dropout``: dropout
+    probability after each hidden activation.
+    """
+
+    def __init__(self, size: int, channels: int, ndf: int = 32, norm: str = "batch", dropout: float = 0.0) -> None:
         super().__init__()
         check_size(size)
+        if norm not in D_NORMS:
+            raise ValueError(f"norm must be one of {', '.join(D_NORMS)}, got {norm!r}")
         n_down = int(math.log2(size)) - 2
         widths = _widths(ndf, n_down)
         sn = spectral_norm if norm == "spectral" else (lambda m: m)
-        layers: list[nn.Module] = [sn(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        drop = [nn.Dropout(dropout)] if dropout > 0 else []
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, True), *drop]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
-            layers.append(sn(nn.Conv2d(a, b, 4, 2, 1, bias=norm != "batch")))
+            layers.append(sn(nn.Conv2d(a, b, 4, 2, 1, bias=norm not in ("batch", "instance"))))
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(b))
-            layers.append(nn.LeakyReLU(0.2, True))
+            elif norm == "instance":
+                layers.append(nn.InstanceNorm2d(b, affine=True))
+            layers += [nn.LeakyReLU(0.2, True), *drop]
         layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))
         self.net = nn.Sequential(*layers)
 
@@ -249,33 +258,65 @@ class ImageTrainResult:
         return ImageHead(self.discriminator)
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _augment(x: torch.Tensor, gen: torch.Generator, flip: bool, translate: int) -> torch.Tensor:
     n = x.shape[0]
-    hflip = torch.rand(n, generator=gen) < 0.5
-    vflip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(hflip[:, None, None, None], x.flip(3), x)
-    return torch.where(vflip[:, None, None, None], x.flip(2), x)
+    if flip:
+        hflip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        vflip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(hflip[:, None, None, None], x.flip(3), x)
+        x = torch.where(vflip[:, None, None, None], x.flip(2), x)
+    if translate > 0:
+        t, s = translate, x.shape[-1]
+        padded = nn.functional.pad(x, (t, t, t, t), mode="reflect")
+        off = torch.randint(0, 2 * t + 1, (n, 2), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy : dy + s, dx : dx + s] for i, (dy, dx) in enumerate(off)])
+    return x
 
 
-def train_algan_image(x: torch.Tensor, cfg: ImageConfig, progress: bool = True) -> ImageTrainResult:
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            if pe.dtype.is_floating_point:
+                pe.mul_(decay).add_(pm.detach(), alpha=1.0 - decay)
+            else:
+                pe.copy_(pm)
+
+
+def train_algan_image(
+    x: torch.Tensor,
+    cfg: ImageConfig | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, ImageHead], None] | None = None,
+    device: str | torch.device | None = None,
+) -> ImageTrainResult:
     """Train ALGAN-image on normal images.
 
     Args:
         x: float32 (N, C, S, S) in [-1, 1] (what :class:`PixelBackbone` outputs), N >= 2.
-        cfg: hyper-parameters (``cfg.size == S``, ``cfg.channels == C``).
+        cfg: hyper-parameters (``cfg.size == S``, ``cfg.channels == C``; ``None`` = ``ImageConfig()``).
         progress: tqdm bar with losses.
+        on_epoch: optional ``f(epoch, head)`` called after every epoch with the current inference head (eval
+            mode; do not keep it, training continues to change it).
+        device: where G and D train; ``None`` = ``cuda`` when available, else ``cpu``. Random numbers are drawn
+            on the CPU either way; the returned networks are on the CPU.
 
     Returns:
-        trained G and D (eval mode), per-epoch mean losses, wall time (s).
+        trained G and D (eval mode; D is the EMA copy when ``cfg.d_ema > 0``), per-epoch mean losses, wall time.
     """
+    cfg = cfg or ImageConfig()
     if x.ndim != 4 or x.shape[1] != cfg.channels or x.shape[2] != cfg.size or x.shape[3] != cfg.size:
         raise ValueError(f"expected images (N, {cfg.channels}, {cfg.size}, {cfg.size}), got {tuple(x.shape)}")
     if len(x) < 2:
         raise ValueError(f"ALGAN-image needs at least 2 training images, got {len(x)}")
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    G = DCGANGenerator(cfg.z_dim, cfg.size, cfg.channels, cfg.ngf)
-    D = DCGANDiscriminator(cfg.size, cfg.channels, cfg.ndf, cfg.d_norm)
+    G = DCGANGenerator(cfg.z_dim, cfg.size, cfg.channels, cfg.ngf).to(dev)
+    D = DCGANDiscriminator(cfg.size, cfg.channels, cfg.ndf, cfg.d_norm, cfg.d_dropout).to(dev)
+    x = x.to(dev)
+    D_ema = copy.deepcopy(D).eval() if cfg.d_ema > 0 else None
+    for p in D_ema.parameters() if D_ema is not None else ():
+        p.requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.adam_betas)
     flat = cfg.channels * cfg.size * cfg.size
@@ -284,6 +325,8 @@ def train_algan_image(x: torch.Tensor, cfg: ImageConfig, progress: bool = True) 
     shape = (cfg.channels, cfg.size, cfg.size)
     n = len(x)
     bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(n // bs, 1)
+    total_steps = cfg.epochs * steps_per_epoch
     history: list[dict] = []
     t0 = time.perf_counter()
     epochs = range(cfg.epochs)
@@ -291,51 +334,66 @@ def train_algan_image(x: torch.Tensor, cfg: ImageConfig, progress: bool = True) 
         from tqdm import tqdm
 
         epochs = tqdm(epochs, desc="ALGAN-image", unit="epoch", dynamic_ncols=True)
+    step = 0
     for epoch in epochs:
         G.train()
         D.train()
         perm = torch.randperm(n, generator=gen)
-        sums = {"loss_d": 0.0, "loss_g": 0.0}
+        sums = {"loss_d": 0.0, "loss_g": 0.0, "real_logit": 0.0}
         steps = 0
         for i in range(0, n - bs + 1, bs):
-            real = x[perm[i : i + bs]]
-            if cfg.flip:
-                real = _augment(real, gen)
+            real = _augment(x[perm[i : i + bs].to(dev)], gen, cfg.flip, cfg.translate)
             with torch.no_grad():
-                fake_n = G(torch.randn(bs, cfg.z_dim, generator=gen))
-                fake_a = G(torch.randn(bs, cfg.z_dim, generator=gen) * cfg.sigma)
+                fake_n = G(torch.randn(bs, cfg.z_dim, generator=gen).to(dev))
+                if cfg.g_anomaly_eval:
+                    G.eval()
+                fake_a = G((torch.randn(bs, cfg.z_dim, generator=gen) * cfg.sigma).to(dev))
+                G.train()
             if epoch < cfg.buffer_epochs and cfg.buffer_size > 0:
-                buf_n.offer(fake_n.flatten(1))
-                buf_a.offer(fake_a.flatten(1))
+                buf_n.offer(fake_n.flatten(1).cpu())
+                buf_a.offer(fake_a.flatten(1).cpu())
             use_buf = buf_n.size >= bs and cfg.beta < 1.0
+            parts = [real, fake_n, fake_a]
+            if use_buf:
+                parts += [b.sample(bs).view(bs, *shape).to(dev) for b in (buf_n, buf_a)]
+            noise_std = cfg.instance_noise * max(0.0, 1.0 - step / max(total_steps, 1))
+            if noise_std > 0:
+                parts = [p + noise_std * torch.randn(p.shape, generator=gen).to(dev) for p in parts]
             if cfg.r1_gamma > 0:
-                real.requires_grad_(True)
-            real_logits = D(real)
-            loss_d = discriminator_loss(
-                real_logits, D(fake_n), D(fake_a),
-                D(buf_n.sample(bs).view(bs, *shape)) if use_buf else None,
-                D(buf_a.sample(bs).view(bs, *shape)) if use_buf else None,
-                alpha=cfg.alpha, beta=cfg.beta,
-            )
+                parts[0] = parts[0].detach().requires_grad_(True)
+            logits = list(D(torch.cat(parts)).split(bs)) if cfg.d_mixed else [D(p) for p in parts]
+            loss_d = discriminator_loss(*logits[:3], *(logits[3:] if use_buf else (None, None)),
+                                        alpha=cfg.alpha, beta=cfg.beta)
             if cfg.r1_gamma > 0:
-                loss_d = loss_d + r1_penalty(real_logits, real, cfg.r1_gamma)
+                loss_d = loss_d + r1_penalty(logits[0], parts[0], cfg.r1_gamma)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-            loss_g = generator_loss(D(G(torch.randn(bs, cfg.z_dim, generator=gen))))
+            if D_ema is not None:
+                _ema_update(D_ema, D, cfg.d_ema)
+            fake_g = G(torch.randn(bs, cfg.z_dim, generator=gen).to(dev))
+            if noise_std > 0:
+                fake_g = fake_g + noise_std * torch.randn(fake_g.shape, generator=gen).to(dev)
+            loss_g = generator_loss(D(fake_g))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
             sums["loss_d"] += float(loss_d.detach())
             sums["loss_g"] += float(loss_g.detach())
+            sums["real_logit"] += float(logits[0].detach().mean())
             steps += 1
+            step += 1
         rec = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
         history.append(rec)
         if progress:
             epochs.set_postfix(loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}")
+        if on_epoch is not None:
+            D.eval()
+            on_epoch(epoch + 1, ImageHead(D_ema if D_ema is not None else D).eval())
     G.eval()
     D.eval()
-    return ImageTrainResult(G, copy.deepcopy(D).eval(), history, time.perf_counter() - t0)
+    final = D_ema if D_ema is not None else D
+    return ImageTrainResult(G.cpu(), copy.deepcopy(final).cpu().eval(), history, time.perf_counter() - t0)
 
 
 @torch.no_grad()

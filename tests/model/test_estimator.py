@@ -70,11 +70,11 @@ def test_fit_score_predict_on_blobs_vs_outliers() -> None:
 
 def test_deterministic_and_transforms() -> None:
     train, normal, _ = toy(1)
-    a = ALGANDetector(epochs=2, seed=3).fit(train).score_samples(normal)
-    b = ALGANDetector(epochs=2, seed=3).fit(train).score_samples(normal)
+    a = ALGANDetector(epochs=2, min_steps=0, seed=3).fit(train).score_samples(normal)
+    b = ALGANDetector(epochs=2, min_steps=0, seed=3).fit(train).score_samples(normal)
     np.testing.assert_array_equal(a, b)
     for kind in ("pca", "none"):
-        det = ALGANDetector(epochs=1, transform=kind, pca_dim=5).fit(train)
+        det = ALGANDetector(epochs=1, min_steps=0, transform=kind, pca_dim=5).fit(train)
         assert np.isfinite(det.score_samples(normal)).all()
     paper = ALGANDetector(**{**AlganConfig.preset("paper").to_json(), "epochs": 1}).fit(train)
     assert paper.config_ == AlganConfig.preset("paper", epochs=1)
@@ -82,10 +82,10 @@ def test_deterministic_and_transforms() -> None:
 
 def test_input_validation() -> None:
     train, _, _ = toy()
-    det = ALGANDetector(epochs=1).fit(train)
+    det = ALGANDetector(epochs=1, min_steps=0).fit(train)
     with pytest.raises(ValueError):
         det.score_samples(np.zeros((3, 4), np.float32))  # wrong number of features
     with pytest.raises(ValueError):
-        ALGANDetector(contamination=0.0).fit(train)
+        ALGANDetector(contamination=0.0, min_steps=0).fit(train)
     with pytest.raises(ValueError):
         ALGANDetector().fit(train[:1])

@@ -209,7 +209,8 @@ def test_ensemble_head_averages_and_exports_to_onnx(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# real data: a small MTD subset through the backbone and a short default training (~30-60 s on one CPU thread)
+# real data: an MTD subset through the backbone and a short default training (~40 s on one CPU thread).
+# On cached features of this subset: Mahalanobis 0.917, default ALGAN 0.910 (1200 steps) / 0.908 (600 steps).
 
 
 def mtd_root() -> Path:
@@ -232,7 +233,7 @@ def test_default_preset_detects_mtd_defects_on_a_subset() -> None:
 
     ds = load_dataset(root)
     rng = np.random.default_rng(0)
-    train = [ds.train[i] for i in rng.choice(len(ds.train), 160, replace=False)]
+    train = [ds.train[i] for i in rng.choice(len(ds.train), 300, replace=False)]
     good = [s.path for s in ds.test if s.label == 0]
     bad = [s.path for s in ds.test if s.label == 1]
     good = [good[i] for i in rng.choice(len(good), 60, replace=False)]
@@ -251,7 +252,7 @@ def test_default_preset_detects_mtd_defects_on_a_subset() -> None:
     t = FeatureTransform.fit(xtr, "standardize")
     with torch.no_grad():
         ztr, zte = t(torch.from_numpy(xtr)).numpy(), t(torch.from_numpy(xte))
-    r = train_algan(ztr, AlganConfig(), progress=False)
+    r = train_algan(ztr, AlganConfig(epochs=1, min_steps=600), progress=False)  # the default preset, half the steps
     with torch.no_grad():
         auc = roc_auc_score(np.r_[np.zeros(60), np.ones(60)], r.head(zte).numpy())
     assert auc > 0.85, f"default ALGAN on an MTD subset: AUROC {auc:.3f}"
