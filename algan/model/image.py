@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
@@ -166,7 +167,9 @@ class ImageConfig:
 
     def build_head(self, in_dim: int = 0) -> ImageHead:
         """Untrained head of this shape (bundle loading); ``in_dim`` is unused (pixels, not vectors)."""
-        return ImageHead(DCGANDiscriminator(self.size, self.channels, self.ndf, self.d_norm, self.d_dropout))
+        # a trained spectral-norm D is stored with its normalised weights baked in (see bake_spectral_norm)
+        norm = "none" if self.d_norm == "spectral" else self.d_norm
+        return ImageHead(DCGANDiscriminator(self.size, self.channels, self.ndf, norm, self.d_dropout))
 
 
 def _widths(base: int, n: int) -> list[int]:
@@ -222,6 +225,18 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1).squeeze(1)
+
+
+def bake_spectral_norm(d: DCGANDiscriminator) -> DCGANDiscriminator:
+    """Replace spectral-norm parametrisations by their current normalised weights (in place; returns ``d``).
+
+    The result has the layers of ``norm="none"`` and evaluates the same as ``d`` in eval mode; it exports to ONNX
+    (the parametrisation's power iteration does not) and loads through :meth:`ImageConfig.build_head`.
+    """
+    for m in d.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return d
 
 
 class ImageHead(nn.Module):
@@ -393,7 +408,8 @@ def train_algan_image(
     G.eval()
     D.eval()
     final = D_ema if D_ema is not None else D
-    return ImageTrainResult(G.cpu(), copy.deepcopy(final).cpu().eval(), history, time.perf_counter() - t0)
+    return ImageTrainResult(G.cpu(), bake_spectral_norm(copy.deepcopy(final).cpu().eval()), history,
+                            time.perf_counter() - t0)
 
 
 @torch.no_grad()

@@ -72,6 +72,11 @@ def test_both_presets_train_deterministically(preset):
     with torch.no_grad():
         torch.testing.assert_close(a.head(probe), b.head(probe), rtol=0, atol=0)
     assert not a.discriminator.training and torch.isfinite(a.head(probe)).all()
+    # the returned D loads into the head that bundles rebuild (spectral norm baked in)
+    head = cfg.build_head()
+    head.discriminator.load_state_dict(a.discriminator.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(head.eval()(probe), a.head(probe), rtol=0, atol=0)
 
 
 def test_training_is_deterministic_and_reduces_d_loss():
