@@ -109,7 +109,8 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
 
     size = (args.image_size, args.image_size)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
-    cfg = ImageConfig(size=args.image_size, channels=args.channels, **overrides)
+    preset = args.presets.split(",")[0]
+    cfg = ImageConfig.preset(preset, size=args.image_size, channels=args.channels, **overrides)
     pre, bb = Preprocess(PIXEL_MEAN, PIXEL_STD), PixelBackbone(cfg.channels)
     x_train = pixels(pre, bb, load_batch(train, size))
     test_u8 = load_batch([s.path for s in ds.test], size)
@@ -125,7 +126,7 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
     return {
         "dataset": f"{ds.root.name}({ds.layout})",
         "variant": f"image{args.image_size}",
-        "head": f"algan-image[{cfg.epochs}ep]",
+        "head": f"algan-image[{preset},{cfg.epochs}ep]",
         "auroc": round(auroc(y, scores), 4),
         "train_s": round(train_s, 2),
         "head_ms": round(head_ms, 4),

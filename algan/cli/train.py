@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="feature", choices=["feature", "image"],
                    help="feature: heads on EfficientNet-Lite0 features (default); image: ALGAN-image on pixels")
     p.add_argument("--preset", default="default", choices=["default", "paper"],
-                   help="ALGAN-feature hyper-parameters: the tuned default or the paper's settings")
+                   help="ALGAN hyper-parameters (both variants): the tuned default or the paper's settings")
     p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (default: the preset's)")
     p.add_argument("--image-size", type=int, default=256, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels (1 = gray)")
@@ -72,7 +72,7 @@ def _main(args: argparse.Namespace) -> int:
     algan_cfg = AlganConfig.preset(args.preset, **overrides)
     image_cfg = None
     if args.variant == "image":
-        image_cfg = ImageConfig(size=args.image_size, channels=args.channels, **overrides)
+        image_cfg = ImageConfig.preset(args.preset, size=args.image_size, channels=args.channels, **overrides)
     settings = FitSettings(
         head=args.head,
         variant=args.variant,

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
+from algan.model.networks import bake_spectral_norm as _bake
 from algan.model.train import Reservoir
 
 #: pixels are scaled to [-1, 1] (G ends in tanh): mean 0.5, std 0.5 on [0, 1] values
@@ -228,15 +228,9 @@ class DCGANDiscriminator(nn.Module):
 
 
 def bake_spectral_norm(d: DCGANDiscriminator) -> DCGANDiscriminator:
-    """Replace spectral-norm parametrisations by their current normalised weights (in place; returns ``d``).
-
-    The result has the layers of ``norm="none"`` and evaluates the same as ``d`` in eval mode; it exports to ONNX
-    (the parametrisation's power iteration does not) and loads through :meth:`ImageConfig.build_head`.
-    """
-    for m in d.modules():
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return d
+    """Bake D's spectral norm into plain weights (in place): see :func:`algan.model.networks.bake_spectral_norm`;
+    the result has the layers of ``norm="none"`` and loads through :meth:`ImageConfig.build_head`."""
+    return _bake(d)
 
 
 class ImageHead(nn.Module):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 
@@ -77,3 +78,14 @@ class MLPDiscriminator(nn.Module):
         if self.quad is not None:
             logit = logit + self.quad * (x * x).mean(dim=-1)
         return logit
+
+
+def bake_spectral_norm(module: nn.Module) -> nn.Module:
+    """Replace spectral-norm parametrisations by their current normalised weights (in place; returns ``module``).
+
+    The result evaluates like ``module`` in eval mode, exports to ONNX (the parametrisation's power iteration does
+    not: ``aten::vdot``) and has the plain layers that a config with spectral norm off builds for bundle loading.
+    """
+    for m in [m for m in module.modules() if parametrize.is_parametrized(m, "weight")]:
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return module

@@ -33,6 +33,7 @@ nearly the same distribution as G(z_n). See benchmarks/ALGAN_EXPERIMENTS.md for 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -43,7 +44,7 @@ from torch import nn
 
 from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
-from algan.model.networks import MLPDiscriminator, MLPGenerator
+from algan.model.networks import MLPDiscriminator, MLPGenerator, bake_spectral_norm
 
 #: the paper's settings (DESIGN.md "The method"): FC G/D with batch norm in G, no whitening, 192 epochs
 PAPER = {
@@ -201,9 +202,11 @@ class AlganConfig:
 
     def build_head(self, in_dim: int) -> nn.Module:
         """The inference head (features float32 (N, K) -> raw scores (N,)) with untrained weights, for bundle
-        loading; :attr:`TrainResult.head` has the same structure (state-dict keys and shapes)."""
+        loading; :attr:`TrainResult.head` has the same structure (state-dict keys and shapes). A trained
+        spectral-norm D is stored with its normalised weights baked in, so plain layers are built here."""
         whitening = Whitening(in_dim) if self.whiten != "none" else None
-        return AlganEnsembleHead([self.build_discriminator(in_dim) for _ in range(self.ensemble)], whitening)
+        plain = dataclasses.replace(self, spectral_norm=False)
+        return AlganEnsembleHead([plain.build_discriminator(in_dim) for _ in range(self.ensemble)], whitening)
 
 
 class Reservoir:
@@ -257,7 +260,8 @@ class TrainResult:
 
     @property
     def head(self) -> nn.Module:
-        """Features float32 (N, K) -> raw scores (N,); same structure as ``cfg.build_head(K)``."""
+        """Features float32 (N, K) -> raw scores (N,); same structure as ``cfg.build_head(K)`` (the Ds' spectral
+        norm is baked in at the end of training, see :func:`algan.model.networks.bake_spectral_norm`)."""
         return AlganEnsembleHead(list(self.discriminators), self.whitening)
 
 
@@ -315,6 +319,8 @@ def train_algan(
         history = history or hist
     if on_epoch is not None and cfg.ensemble > 1:
         on_epoch(len(history), AlganEnsembleHead(ds, whitening).eval())
+    for d in ds:
+        bake_spectral_norm(d)  # plain weights: exportable, and the layers build_head makes for loading
     return TrainResult(gs, ds, history, time.perf_counter() - t0, whitening)
 
 
@@ -327,7 +333,11 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
     z_dim = cfg.latent_dim(dim)
     G = cfg.build_generator(dim)
     D = cfg.build_discriminator(dim)
-    D_ema = copy.deepcopy(D).eval() if cfg.d_ema > 0 else None
+    # a fresh D with D's weights, not copy.deepcopy: deep copies of parametrised (spectral-norm) modules are broken
+    D_ema = None
+    if cfg.d_ema > 0:
+        D_ema = cfg.build_discriminator(dim).eval()
+        D_ema.load_state_dict(D.state_dict())
     for p in D_ema.parameters() if D_ema is not None else ():
         p.requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.adam_betas)

@@ -256,3 +256,23 @@ def test_default_preset_detects_mtd_defects_on_a_subset() -> None:
     with torch.no_grad():
         auc = roc_auc_score(np.r_[np.zeros(60), np.ones(60)], r.head(zte).numpy())
     assert auc > 0.85, f"default ALGAN on an MTD subset: AUROC {auc:.3f}"
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.99])
+def test_spectral_norm_head_reloads_and_exports(ema, tmp_path):
+    """A spectral-norm D is baked into plain weights: the bundle-loading head matches it and ONNX can trace it."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    cfg = AlganConfig(spectral_norm=True, epochs=2, min_steps=0, d_ema=ema)
+    head = train_algan(x, cfg, progress=False).head.eval()
+    again = cfg.build_head(8)
+    again.load_state_dict(head.state_dict())
+    t = torch.from_numpy(x[:5])
+    with torch.no_grad():
+        want = head(t).numpy()
+        np.testing.assert_allclose(again.eval()(t).numpy(), want, rtol=0, atol=1e-6)
+    path = tmp_path / "h.onnx"
+    torch.onnx.export(head, (t,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x[:5]})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)

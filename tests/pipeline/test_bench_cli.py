@@ -11,7 +11,7 @@ def test_bench_detection_json_rows(synth_root):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert [row["head"] for row in rows] == ["algan-image[1ep]", "algan[default]", "mahalanobis", "knn"]
+    assert [row["head"] for row in rows] == ["algan-image[default,1ep]", "algan[default]", "mahalanobis", "knn"]
     for row in rows:
         assert set(row) == KEYS
         assert 0.0 <= row["auroc"] <= 1.0 and row["head_ms"] > 0 and row["backbone_ms"] > 0
