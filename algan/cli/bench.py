@@ -74,7 +74,7 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
     for head_name, preset in runs:
         overrides = {"seed": args.seed}
         if args.epochs:
-            overrides["epochs"] = args.epochs
+            overrides.update(epochs=args.epochs, min_steps=0)  # explicit epochs: no step floor
         settings = FitSettings(head=head_name, algan=AlganConfig.preset(preset, **overrides) if preset else
                                AlganConfig(), knn_k=args.knn_k, seed=args.seed)
         t = time.perf_counter()

@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature: heads on EfficientNet-Lite0 features (default); image: ALGAN-image on pixels")
     p.add_argument("--preset", default="default", choices=["default", "paper"],
                    help="ALGAN hyper-parameters (both variants): the tuned default or the paper's settings")
-    p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="ALGAN epochs, exactly (default: the preset's, raised to its min_steps on small data)")
     p.add_argument("--image-size", type=int, default=256, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels (1 = gray)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
@@ -69,7 +70,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         overrides["epochs"] = args.epochs
-    algan_cfg = AlganConfig.preset(args.preset, **overrides)
+    # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
+    algan_cfg = AlganConfig.preset(args.preset, **overrides, **({"min_steps": 0} if "epochs" in overrides else {}))
     image_cfg = None
     if args.variant == "image":
         image_cfg = ImageConfig.preset(args.preset, size=args.image_size, channels=args.channels, **overrides)
