@@ -8,7 +8,7 @@ Modules (one responsibility each)::
     hub       bounded per-camera frame queues (back-pressure for files, newest-only for live sources)
     batcher   pure batching rule + thin driver
     runner    Runner protocol, model contract, backend choice (load_runner)
-    runner_onnx / runner_tensorrt / runner_torch   the backends (torch only inside runner_torch, lazily)
+    runner_onnx / runner_tensorrt   the backends (the torch runner is algan.model.torch_runner, imported lazily)
     calibration  run-time re-mapping of exported scores after a re-calibration
     metrics   optional Prometheus endpoint
     alarm     pure debounced alarm state machine with hysteresis

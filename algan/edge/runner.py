@@ -12,7 +12,7 @@ backend       module                      needs
 ============  ==========================  ==========================================================
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
-torch         ``runner_torch``            torch with CUDA, the model bundle (FP16)
+torch         ``algan.model.torch_runner`` torch with CUDA, the model bundle (FP16)
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -149,7 +149,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
-    "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "torch": ("algan.model.torch_runner", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
 }
 
 

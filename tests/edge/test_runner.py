@@ -96,7 +96,7 @@ def test_unavailable_providers_fall_back_to_cpu(tmp_path, caplog):
 def test_torch_backend_without_cuda_is_one_line(tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
-        pytest.skip("a CUDA GPU is present (tested in test_runner_torch.py)")
+        pytest.skip("a CUDA GPU is present (tested in tests/pipeline/test_torch_runner.py)")
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "algan.json").write_text("{}")

@@ -1,6 +1,7 @@
 """torch runner: the model bundle on a CUDA GPU in FP16 autocast, for x86 GPU boxes without TensorRT.
 
-This is the ONLY edge module that imports torch, and only when ``runner.backend: torch`` is chosen (the import
+This runner lives with the torch code, not in ``algan.edge`` (which never imports torch); the daemon imports it
+only when ``runner.backend: torch`` is chosen (the import
 happens in :class:`TorchRunner`'s constructor). The bundle's detector applies its own (current) calibration, so no
 re-mapping is needed here.
 """
