@@ -35,7 +35,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 #: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-#: Serialises opens that set :data:`FFMPEG_OPTIONS_ENV` (the environment is process-wide).
+#: Serialises FFmpeg opens: streams set :data:`FFMPEG_OPTIONS_ENV` (process-wide), files must not see it.
 _ENV_LOCK = threading.Lock()
 
 
@@ -163,7 +163,16 @@ class VideoSource:
                 raise SourceError(msg)
             cap = capture(str(source), cv2.CAP_GSTREAMER)
         else:
-            cap = capture(str(source))
+            # a file decoded with a stream's demuxer options (nobuffer, low_delay) loses or garbles frames, and
+            # OpenCV reads them from the process-wide environment at open time: open files without them, never
+            # while a stream camera's open has them set (that open is bounded by its open_timeout_s)
+            with _ENV_LOCK:
+                before = os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+                try:
+                    cap = capture(str(source))
+                finally:
+                    if before is not None:
+                        os.environ[FFMPEG_OPTIONS_ENV] = before
         if not cap.isOpened():
             cap.release()
             hint = {
