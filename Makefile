@@ -11,6 +11,8 @@ TORCH ?= torch==2.13.0
 .PHONY: venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "need Python >= 3.10 with venv support: sudo apt-get install python3-venv (or set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[train,broker,dev]'
