@@ -3,7 +3,7 @@
 Manifest (format version 1)::
 
     format_version, model_id, created (UTC ISO 8601), algan_edge_version,
-    backbone:    BackboneSpec (name, blocks, pooling, input_size [H, W], mean, std, weights_sha256)
+    backbone:    BackboneSpec (name, blocks, pooling, input_size [H, W], mean, std, weights_sha256, weights_path)
     input:       {height, width, layout: NHWC, dtype: uint8, colour_order: BGR}
     features:    {transform: standardize|pca, in_dim, dim}
     head:        {kind: algan|mahalanobis|knn, settings: {...}}

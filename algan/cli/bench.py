@@ -29,16 +29,19 @@ def _time_per_image(fn, x, repeats: int = 3) -> float:
 def bench_detection(args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from algan.cli.train import parse_blocks
+    from algan.cli.train import backbone_spec_from_args
     from algan.data.datasets import load_dataset
     from algan.data.preprocess import load_batch
-    from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
+    from algan.features.backbone import Preprocess, build_backbone
     from algan.model.evaluate import auroc
     from algan.model.fit import FitSettings, extract_features, fit_head
     from algan.model.heads import FeatureTransform
     from algan.model.train import AlganConfig
 
     torch.manual_seed(args.seed)
+    variants = args.variants.split(",")
+    # the backbone's package and weights are checked before any data is read
+    spec = backbone_spec_from_args(args, (args.input_size, args.input_size)) if "feature" in variants else None
     ds = load_dataset(args.data, args.layout)
     if not ds.test:
         raise ValueError(f"{ds.root} has no labelled test split; use an mvtec or mtd layout")
@@ -47,14 +50,12 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
         keep = np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)
         train = [train[i] for i in sorted(keep.tolist())]
     rows = []
-    variants = args.variants.split(",")
     if "image" in variants:
         rows.append(bench_image(args, ds, train, np.array([s.label for s in ds.test])))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if "feature" not in variants:
         return rows
-    spec = BackboneSpec(blocks=parse_blocks(args.blocks), input_size=(args.input_size, args.input_size))
     backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
     size = spec.input_size
     progress = not args.json
@@ -86,7 +87,7 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
             head_ms = _time_per_image(head, x_test[:32])
         rows.append({
             "dataset": f"{ds.root.name}({ds.layout})",
-            "variant": "feature",
+            "variant": "feature" if spec.name == "efficientnet-lite0" else f"feature:{spec.name}",
             "head": head_name if preset is None else f"algan[{preset}]",
             "auroc": round(auroc(y, scores), 4),
             "train_s": round(train_s, 2),
@@ -148,6 +149,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from algan.cli.train import add_backbone_args
+
     p = argparse.ArgumentParser(prog="algan-bench", description="Detection quality and speed of every head.")
     p.add_argument("what", choices=["detection"], help="which benchmark")
     p.add_argument("--data", required=True, help="data directory with a labelled test split")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", default="algan,mahalanobis,knn", help="comma-separated heads")
     p.add_argument("--presets", default="default,paper", help="ALGAN presets to run (comma-separated)")
     p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")
-    p.add_argument("--blocks", default="8-15", help="backbone blocks")
+    add_backbone_args(p)
     p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
     p.add_argument("--knn-k", type=int, default=1)
     p.add_argument("--max-train", type=int, default=None, help="subset of training images")

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
     p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn"], help="scoring head")
     p.add_argument("--variant", default="feature", choices=["feature", "image"],
-                   help="feature: heads on EfficientNet-Lite0 features (default); image: ALGAN-image on pixels")
+                   help="feature: heads on backbone features (default); image: ALGAN-image on pixels")
     p.add_argument("--preset", default="default", choices=["default", "paper"],
                    help="ALGAN hyper-parameters (both variants): the tuned default or the paper's settings")
     p.add_argument("--epochs", type=int, default=None,
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
                    help="model input size in pixels (default 224 224)")
-    p.add_argument("--blocks", default="8-15", help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15")
+    add_backbone_args(p)
     p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax"], help="spatial pooling")
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
@@ -34,9 +34,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="ALGAN-feature training checkpoint directory: saved every epoch, resumed from when it "
+                        "exists (bit-identical result); --head algan --variant feature only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--log-level", default="WARNING")
     return p
+
+
+#: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
+BACKBONE_NAMES = ("efficientnet-lite0", "wide_resnet50_2", "wide_resnet101_2", "resnet18")
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """``--backbone``, ``--backbone-weights`` and ``--blocks`` (shared with ``algan-bench detection``)."""
+    p.add_argument("--backbone", default="efficientnet-lite0", choices=BACKBONE_NAMES,
+                   help="feature backbone (default efficientnet-lite0; the ResNets need torchvision and their "
+                        "ImageNet weights in the torch hub cache or --backbone-weights)")
+    p.add_argument("--backbone-weights", default=None, metavar="PATH",
+                   help="ImageNet weights of a torchvision backbone (.pth state dict or .safetensors)")
+    p.add_argument("--blocks", default=None,
+                   help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-15 for efficientnet-lite0, "
+                        "2-3 = layer2+layer3 for the ResNets)")
+
+
+def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int]):
+    """The :class:`BackboneSpec` of the backbone flags; checks the backbone's package and weights first."""
+    from algan.features.backbone import check_backbone, make_spec
+
+    blocks = parse_blocks(args.blocks) if args.blocks is not None else None
+    spec = make_spec(args.backbone, blocks, getattr(args, "pooling", "avg"), input_size, args.backbone_weights)
+    check_backbone(spec)
+    return spec
 
 
 def parse_blocks(text: str) -> list[int]:
@@ -64,6 +93,11 @@ def _main(args: argparse.Namespace) -> int:
 
     if not 0 < args.target_fpr < 1:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
+    if args.checkpoint is not None and (args.head != "algan" or args.variant != "feature"):
+        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
+                         f"not with --head {args.head} --variant {args.variant}")
+    # the backbone is checked before any data is read; the image variant has none
+    spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant == "feature" else BackboneSpec()
     ds = load_dataset(args.data, args.layout)
     overrides = {"seed": args.seed}
     if args.epochs is not None:
@@ -79,8 +113,7 @@ def _main(args: argparse.Namespace) -> int:
         head=args.head,
         variant=args.variant,
         image=image_cfg,
-        backbone=BackboneSpec(blocks=parse_blocks(args.blocks), pooling=args.pooling,
-                              input_size=tuple(args.input_size)),
+        backbone=spec,
         transform=args.transform,
         pca_dim=args.pca_dim,
         algan=algan_cfg,
@@ -89,6 +122,7 @@ def _main(args: argparse.Namespace) -> int:
         target_fpr=args.target_fpr,
         max_train=args.max_train,
         seed=args.seed,
+        checkpoint=args.checkpoint,
     )
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)

@@ -42,6 +42,8 @@ class BackboneSpec:
         input_size: (height, width) in pixels the backbone is built for.
         mean, std: per-channel RGB normalisation applied to [0, 1] pixels.
         weights_sha256: hash of the weights file the bundle was trained with.
+        weights_path: weights file given with ``--backbone-weights`` (torchvision backbones); ``None`` = the
+            package's (Lite0) or the torch hub cache's file.
     """
 
     name: str = "efficientnet-lite0"
@@ -51,6 +53,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = LITE_MEAN_RGB
     std: tuple[float, float, float] = LITE_STD_RGB
     weights_sha256: str = ""
+    weights_path: str | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -63,6 +66,7 @@ class BackboneSpec:
         d["input_size"] = tuple(d["input_size"])
         d["mean"] = tuple(d["mean"])
         d["std"] = tuple(d["std"])
+        d.setdefault("weights_path", None)  # manifests written before torchvision backbones
         return cls(**d)
 
 
@@ -146,7 +150,58 @@ class EfficientNetLiteFeatures(nn.Module):
         return torch.cat(feats, dim=1)
 
 
-BACKBONES = {"efficientnet-lite0": EfficientNetLiteFeatures}
+def _torchvision_features(spec: BackboneSpec) -> nn.Module:
+    from algan.features.torchvision_backbones import TorchvisionFeatures
+
+    return TorchvisionFeatures(spec)
+
+
+#: backbone name -> builder(spec); the torchvision ones import torchvision only when built.
+BACKBONES = {
+    "efficientnet-lite0": EfficientNetLiteFeatures,
+    "wide_resnet50_2": _torchvision_features,
+    "wide_resnet101_2": _torchvision_features,
+    "resnet18": _torchvision_features,
+}
+TORCHVISION_BACKBONES = ("wide_resnet50_2", "wide_resnet101_2", "resnet18")
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+
+
+def default_blocks(name: str) -> list[int]:
+    """Blocks pooled when none are chosen: Lite0 8-15, the ResNets' layer2 + layer3 (as PatchCore)."""
+    _check_name(name)
+    return list(range(8, 16)) if name == "efficientnet-lite0" else [2, 3]
+
+
+def make_spec(name: str = "efficientnet-lite0", blocks: Sequence[int] | None = None, pooling: str = "avg",
+              input_size: tuple[int, int] = (224, 224), weights_path: str | None = None) -> BackboneSpec:
+    """A :class:`BackboneSpec` with the normalisation and default blocks of backbone ``name``."""
+    _check_name(name)
+    if name in TORCHVISION_BACKBONES:
+        from algan.features.torchvision_backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+        mean, std = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+    else:
+        if weights_path is not None:
+            raise ValueError(f"--backbone-weights applies to the torchvision backbones "
+                                f"({', '.join(TORCHVISION_BACKBONES)}), not {name}")
+        mean, std = LITE_MEAN_RGB, LITE_STD_RGB
+    return BackboneSpec(name=name, blocks=list(blocks) if blocks is not None else default_blocks(name), pooling=pooling,
+                        input_size=tuple(input_size), mean=mean, std=std,
+                        weights_path=str(Path(weights_path).expanduser().resolve()) if weights_path else None)
+
+
+def check_backbone(spec: BackboneSpec) -> None:
+    """Fail fast (before any data is read) when the backbone's package or weights are missing."""
+    _check_name(spec.name)
+    if spec.name in TORCHVISION_BACKBONES:
+        from algan.features.torchvision_backbones import preflight
+
+        preflight(spec)
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
@@ -155,8 +210,7 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
     Raises:
         BackboneError: unknown name, missing package or weights.
     """
-    if spec.name not in BACKBONES:
-        raise BackboneError(f"unknown backbone {spec.name!r}; available: {', '.join(BACKBONES)}")
+    _check_name(spec.name)
     return BACKBONES[spec.name](spec)
 
 

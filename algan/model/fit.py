@@ -50,6 +50,8 @@ class FitSettings:
         max_train: use at most this many training images (a seeded subset), ``None`` = all.
         seed: seed of the split, the subset and the training.
         batch_size: images per backbone batch.
+        checkpoint: ALGAN-feature training checkpoint directory (resumable training; see
+            :func:`algan.model.train.train_algan`); ``None`` = no checkpoint. Not part of the model.
     """
 
     head: str = "algan"
@@ -65,6 +67,7 @@ class FitSettings:
     max_train: int | None = None
     seed: int = 0
     batch_size: int = 32
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -127,11 +130,19 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[fl
     return center, thr
 
 
+def check_checkpoint_settings(settings: FitSettings) -> None:
+    """Raise ValueError when a training checkpoint is asked for with a head other than ALGAN-feature."""
+    if settings.checkpoint is not None and (settings.head != "algan" or settings.variant != "feature"):
+        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
+                         f"not with --head {settings.head} --variant {settings.variant}")
+
+
 def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
     """Fit the configured head on transformed features x (N, K); returns (head module, settings json, extras)."""
+    check_checkpoint_settings(settings)
     if settings.head == "algan":
         cfg = settings.algan
-        result = train_algan(x, cfg, progress=progress)
+        result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
         return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1]}
     if settings.head == "mahalanobis":
@@ -160,6 +171,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
     if settings.variant not in VARIANTS:
         raise ValueError(f"unknown variant {settings.variant!r}; use feature or image")
+    check_checkpoint_settings(settings)
     if settings.variant == "image":
         if settings.head != "algan":
             raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")

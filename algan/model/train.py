@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from algan.model import checkpoint as ckpt
 from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import MLPDiscriminator, MLPGenerator, bake_spectral_norm
@@ -86,6 +90,7 @@ DEFAULT = {
     "epochs": 32,
     "min_steps": 1200,
 }
+log = logging.getLogger(__name__)
 PRESETS = {"paper": PAPER, "default": DEFAULT}
 WHITENINGS = ("none", "shrunk")
 
@@ -279,6 +284,8 @@ def train_algan(
     cfg: AlganConfig | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
 ) -> TrainResult:
     """Train ALGAN on normal feature vectors.
 
@@ -289,31 +296,85 @@ def train_algan(
         on_epoch: optional ``f(epoch, head)`` called after every epoch with the current inference head (eval
             mode; do not keep it, it changes as training goes on; with ``ensemble > 1`` only once, at the end).
             For experiments.
+        checkpoint: optional checkpoint directory (:mod:`algan.model.checkpoint`). The complete training state is
+            saved there after every ``checkpoint_every`` epochs and at the end of every ensemble member; when the
+            directory holds a state, training resumes from it, and the result is bit-identical to an uninterrupted
+            run (same machine, torch build and thread count). A completed checkpoint is kept: a rerun returns the
+            trained model at once. Resuming with a different config or different data raises ``ValueError``.
+        checkpoint_every: epochs between checkpoints (>= 1).
 
     Returns:
-        trained G and inference D (eval mode), the whitening (or ``None``), per-epoch mean losses, wall time (s).
+        trained G and inference D (eval mode), the whitening (or ``None``), per-epoch mean losses, wall time (s;
+        with a checkpoint, summed over the runs that trained the model).
 
     Deterministic for a given ``cfg.seed`` on the same machine, torch build and thread count.
     """
     cfg = cfg or AlganConfig()
     if len(x) < 2:
         raise ValueError(f"ALGAN needs at least 2 training samples, got {len(x)}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     t0 = time.perf_counter()
     x = np.asarray(x, dtype=np.float32)
+    cfg_json = cfg.to_json()
+    fingerprint = {"config_sha256": ckpt.config_digest(cfg_json), "data_sha256": ckpt.data_digest(x)}
+    resume = ckpt.load_state(checkpoint) if checkpoint is not None else None
+    tensors, meta = resume if resume is not None else ({}, {})
+    if resume is not None:
+        _check_fingerprint(checkpoint, meta, fingerprint, cfg_json)
     whitening = None
     if cfg.whiten == "shrunk":
-        mean, w, _ = shrunk_whitening(x, cfg.whiten_shrinkage)
-        whitening = Whitening(x.shape[1]).set(mean, w)
+        whitening = Whitening(x.shape[1])
+        if resume is not None:
+            whitening.load_state_dict(ckpt.sub(tensors, "whitening"))
+        else:
+            mean, w, _ = shrunk_whitening(x, cfg.whiten_shrinkage)
+            whitening.set(mean, w)
     data = torch.as_tensor(x)
     if whitening is not None:
         with torch.no_grad():
             data = whitening(data)
     gs, ds, history = [], [], []
-    for member in range(cfg.ensemble):
+    start_member, prior_s = 0, 0.0
+    if resume is not None:
+        start_member, prior_s = int(meta["member"]), float(meta["train_s"])
+        history = meta["history"] if start_member > 0 else []  # member 0 replays its own from its state
+        dim = data.shape[1]
+        for i in range(start_member):
+            G = cfg.build_generator(dim)
+            G.load_state_dict(ckpt.sub(tensors, f"done.{i}.g"))
+            D = cfg.build_discriminator(dim)
+            D.load_state_dict(ckpt.sub(tensors, f"done.{i}.d"))
+            gs.append(G.eval())
+            ds.append(D.eval())
+        msg = (f"checkpoint {checkpoint} is complete: returning the trained model" if meta.get("complete") else
+               f"resuming from epoch {meta['epoch']} of ensemble member {start_member + 1}/{cfg.ensemble} "
+               f"({checkpoint})")
+        log.info(msg)
+        if progress:
+            print(msg, file=sys.stderr)
+
+    def save(member: int, epoch: int, member_tensors: dict, member_meta: dict, complete: bool) -> None:
+        done = {}
+        for i, (G, D) in enumerate(zip(gs, ds, strict=True)):
+            done.update(ckpt.prefixed(G.state_dict(), f"done.{i}.g"))
+            done.update(ckpt.prefixed(D.state_dict(), f"done.{i}.d"))
+        if whitening is not None:
+            done.update(ckpt.prefixed(whitening.state_dict(), "whitening"))
+        meta = {**fingerprint, "config": cfg_json, "member": member, "epoch": epoch, "complete": complete,
+                "history": history or member_meta["history"], "train_s": prior_s + time.perf_counter() - t0,
+                "torch": torch.__version__, "member_state": member_meta}
+        ckpt.save_state(checkpoint, member, epoch, {**done, **member_tensors}, meta)
+
+    for member in range(start_member, cfg.ensemble):
         cb = None
         if on_epoch is not None and cfg.ensemble == 1:
             cb = lambda e, d: on_epoch(e, AlganEnsembleHead([d], whitening).eval())  # noqa: E731
-        G, D, hist = _train_member(data, cfg, cfg.seed + member, progress, cb)
+        member_save = None
+        if checkpoint is not None:
+            member_save = lambda e, t, m, done, _k=member: save(_k, e, t, m, done and _k == cfg.ensemble - 1)  # noqa: E731
+        state = (tensors, meta["member_state"]) if resume is not None and member == start_member else None
+        G, D, hist = _train_member(data, cfg, cfg.seed + member, progress, cb, state, member_save, checkpoint_every)
         gs.append(G)
         ds.append(D)
         history = history or hist
@@ -321,11 +382,29 @@ def train_algan(
         on_epoch(len(history), AlganEnsembleHead(ds, whitening).eval())
     for d in ds:
         bake_spectral_norm(d)  # plain weights: exportable, and the layers build_head makes for loading
-    return TrainResult(gs, ds, history, time.perf_counter() - t0, whitening)
+    return TrainResult(gs, ds, history, prior_s + time.perf_counter() - t0, whitening)
 
 
-def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: bool, on_epoch):
-    """One (G, D) pair on (whitened) data float32 (N, K); returns (G, inference D, history), both in eval mode."""
+def _check_fingerprint(path, meta: dict, fingerprint: dict, cfg_json: dict) -> None:
+    """Raise ValueError when a checkpoint was written for another config or other training data."""
+    if meta.get("config_sha256") != fingerprint["config_sha256"]:
+        old = meta.get("config", {})
+        diff = sorted(k for k in set(old) | set(cfg_json) if old.get(k) != cfg_json.get(k))
+        raise ValueError(f"checkpoint {path} was written for a different ALGAN config (differs in: "
+                         f"{', '.join(diff) or 'unknown fields'}); use the same settings or another checkpoint "
+                         "directory")
+    if meta.get("data_sha256") != fingerprint["data_sha256"]:
+        raise ValueError(f"checkpoint {path} was written for different training data (sha256 mismatch); use the "
+                         "same data or another checkpoint directory")
+
+
+def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: bool, on_epoch,
+                  state: tuple[dict, dict] | None = None, save=None, every: int = 1):
+    """One (G, D) pair on (whitened) data float32 (N, K); returns (G, inference D, history), both in eval mode.
+
+    ``state``: (tensors, member meta) of a checkpoint to resume from; ``save(epoch, tensors, meta, done)``: called
+    after every ``every`` epochs and after the last one with the complete member state.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     n, dim = data.shape
@@ -345,11 +424,40 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
     buf_n = Reservoir(cfg.buffer_size, dim, gen)
     buf_a = Reservoir(cfg.buffer_size, dim, gen)
     history: list[dict] = []
-    bar = range(cfg.epochs_for(n))
+    total = cfg.epochs_for(n)
+    start = 0
+    if state is not None:
+        t, m = state
+        G.load_state_dict(ckpt.sub(t, "cur.g"))
+        D.load_state_dict(ckpt.sub(t, "cur.d"))
+        if D_ema is not None:
+            D_ema.load_state_dict(ckpt.sub(t, "cur.d_ema"))
+        ckpt.restore_optimizer(opt_g, "cur.opt_g", t, m["opt_g"])
+        ckpt.restore_optimizer(opt_d, "cur.opt_d", t, m["opt_d"])
+        for name, buf in (("buf_n", buf_n), ("buf_a", buf_a)):
+            buf.data = t[f"cur.{name}.data"].clone()
+            buf.size, buf.seen = int(m[name]["size"]), int(m[name]["seen"])
+        gen.set_state(t["cur.rng.gen"])
+        torch.set_rng_state(t["cur.rng.torch"])
+        history, start = list(m["history"]), int(m["epoch"])
+
+    def snapshot(epoch: int) -> tuple[dict, dict]:
+        t = {**ckpt.prefixed(G.state_dict(), "cur.g"), **ckpt.prefixed(D.state_dict(), "cur.d")}
+        if D_ema is not None:
+            t.update(ckpt.prefixed(D_ema.state_dict(), "cur.d_ema"))
+        tg, og = ckpt.optimizer_tensors(opt_g, "cur.opt_g")
+        td, od = ckpt.optimizer_tensors(opt_d, "cur.opt_d")
+        t.update({**tg, **td, "cur.buf_n.data": buf_n.data, "cur.buf_a.data": buf_a.data,
+                  "cur.rng.gen": gen.get_state(), "cur.rng.torch": torch.get_rng_state()})
+        m = {"epoch": epoch, "history": history, "opt_g": og, "opt_d": od,
+             "buf_n": {"size": buf_n.size, "seen": buf_n.seen}, "buf_a": {"size": buf_a.size, "seen": buf_a.seen}}
+        return t, m
+
+    bar = range(start, total)
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(bar, desc="ALGAN", unit="epoch", dynamic_ncols=True)
+        bar = tqdm(bar, desc="ALGAN", unit="epoch", dynamic_ncols=True, initial=start, total=total)
     for epoch in bar:
         G.train()
         D.train()
@@ -399,6 +507,8 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
         history.append(rec)
         if progress:
             bar.set_postfix(loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}")
+        if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == total):
+            save(epoch + 1, *snapshot(epoch + 1), epoch + 1 == total)
         if on_epoch is not None:
             D.eval()
             on_epoch(epoch + 1, D_ema if D_ema is not None else D)
