@@ -87,6 +87,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def global_pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Spatial pooling of a feature map (N, C, H, W) -> (N, C) for ``avg``/``max``, (N, 2C) for ``avgmax``."""
+    if pooling == "avg":
+        return x.mean(dim=(2, 3))
+    if pooling == "max":
+        return x.amax(dim=(2, 3))
+    return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
 class EfficientNetLiteFeatures(nn.Module):
     """EfficientNet-Lite0 block outputs, pooled and concatenated.
 
@@ -134,11 +143,7 @@ class EfficientNetLiteFeatures(nn.Module):
             p.requires_grad_(False)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "avg":
-            return x.mean(dim=(2, 3))
-        if self.pooling == "max":
-            return x.amax(dim=(2, 3))
-        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return global_pool(x, self.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from algan.features.backbone import BackboneError, BackboneSpec, file_sha256
+from algan.features.backbone import BackboneError, BackboneSpec, file_sha256, global_pool
 
 #: ImageNet normalisation of the torchvision models, on [0, 1] RGB pixels.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -175,11 +175,7 @@ class TorchvisionFeatures(nn.Module):
             p.requires_grad_(False)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "avg":
-            return x.mean(dim=(2, 3))
-        if self.pooling == "max":
-            return x.amax(dim=(2, 3))
-        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return global_pool(x, self.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
