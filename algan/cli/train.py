@@ -27,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
                    help="model input size in pixels (default 224 224)")
     add_backbone_args(p)
-    p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax"], help="spatial pooling")
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
     p.add_argument("--knn-k", type=int, default=1, help="neighbours for --head knn")
@@ -47,15 +46,18 @@ BACKBONE_NAMES = ("efficientnet-lite0", "wide_resnet50_2", "wide_resnet101_2", "
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
-    """``--backbone``, ``--backbone-weights`` and ``--blocks`` (shared with ``algan-bench detection``)."""
+    """``--backbone``, ``--backbone-weights``, ``--blocks`` and ``--pooling`` (shared with algan-bench)."""
     p.add_argument("--backbone", default="efficientnet-lite0", choices=BACKBONE_NAMES,
                    help="feature backbone (default efficientnet-lite0; the ResNets need torchvision and their "
                         "ImageNet weights in the torch hub cache or --backbone-weights)")
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="ImageNet weights of a torchvision backbone (.pth state dict or .safetensors)")
     p.add_argument("--blocks", default=None,
-                   help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-15 for efficientnet-lite0, "
+                   help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-14 for efficientnet-lite0, "
                         "2-3 = layer2+layer3 for the ResNets)")
+    p.add_argument("--pooling", default=None, choices=["avg", "max", "avgmax", "avgstd"],
+                   help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
+                        "efficientnet-lite0, avg for the ResNets)")
 
 
 def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int]):
@@ -63,7 +65,7 @@ def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int
     from algan.features.backbone import check_backbone, make_spec
 
     blocks = parse_blocks(args.blocks) if args.blocks is not None else None
-    spec = make_spec(args.backbone, blocks, getattr(args, "pooling", "avg"), input_size, args.backbone_weights)
+    spec = make_spec(args.backbone, blocks, args.pooling, input_size, args.backbone_weights)
     check_backbone(spec)
     return spec
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from algan.features.backbone import BackboneError, BackboneSpec, file_sha256, global_pool
+from algan.features.backbone import POOLINGS, BackboneError, BackboneSpec, check_pooling, file_sha256, global_pool
 
 #: ImageNet normalisation of the torchvision models, on [0, 1] RGB pixels.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -146,8 +146,7 @@ class TorchvisionFeatures(nn.Module):
         if not spec.blocks or not set(spec.blocks) <= set(channels):
             raise BackboneError(f"backbone blocks {spec.blocks} out of range: {spec.name} has stages 1-4 "
                                 "(layer1..layer4)")
-        if spec.pooling not in ("avg", "max", "avgmax"):
-            raise BackboneError(f"unknown pooling {spec.pooling!r}; use avg, max or avgmax")
+        check_pooling(spec.pooling)
         models = import_torchvision_models(spec.name)
         weights = resolve_weights(spec, hub_dir)
         sha = file_sha256(weights)
@@ -169,7 +168,7 @@ class TorchvisionFeatures(nn.Module):
         self.take = sorted(set(spec.blocks))
         self.stages = nn.ModuleList(getattr(net, f"layer{i}") for i in range(1, max(self.take) + 1))
         self.pooling = spec.pooling
-        self.out_dim = sum(channels[i] for i in self.take) * (2 if spec.pooling == "avgmax" else 1)
+        self.out_dim = sum(channels[i] for i in self.take) * POOLINGS[spec.pooling]
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)

@@ -26,7 +26,7 @@ def gauss(n: int = 64, dim: int = 8, seed: int = 0) -> np.ndarray:
 def small(preset: str = "default", **kw) -> AlganConfig:
     # 8 steps per epoch; the reservoir (32) overflows during the 2 buffer epochs, so replacement is exercised
     return AlganConfig.preset(preset, **{"epochs": 4, "min_steps": 0, "batch_size": 8, "d_hidden": [16, 8],
-                                         "buffer_epochs": 2, "buffer_size": 32, **kw})
+                                         "buffer_epochs": 2, "buffer_size": 32, "ensemble": 1, **kw})
 
 
 def digest(r) -> str:

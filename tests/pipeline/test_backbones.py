@@ -17,7 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from algan.features.backbone import BACKBONES, BackboneError, BackboneSpec, build_backbone, make_spec
+from algan.features.backbone import (
+    BACKBONES,
+    BackboneError,
+    BackboneSpec,
+    build_backbone,
+    global_pool,
+    make_spec,
+)
 from algan.features.torchvision_backbones import (
     HUB_WEIGHTS_FILES,
     IMAGENET_MEAN_RGB,
@@ -49,18 +56,41 @@ def test_spec_json_round_trip_with_and_without_weights_path(tmp_path):
 
 
 def test_make_spec_defaults_per_backbone():
-    assert make_spec() == BackboneSpec()  # Lite0 default unchanged: blocks 8-15, (x - 127) / 128
+    assert make_spec() == BackboneSpec()  # Lite0: blocks 8-14, mean + std pooling, (x - 127) / 128
+    assert BackboneSpec().blocks == list(range(8, 15)) and BackboneSpec().pooling == "avgstd"
     for name in ("wide_resnet50_2", "wide_resnet101_2", "resnet18"):
         s = make_spec(name)
         assert s.blocks == [2, 3] and s.mean == IMAGENET_MEAN_RGB and s.std == IMAGENET_STD_RGB
+        assert s.pooling == "avg"
+    with pytest.raises(BackboneError, match="unknown pooling 'median'"):
+        make_spec(pooling="median")
     with pytest.raises(ValueError, match="torchvision backbones"):
         make_spec("efficientnet-lite0", weights_path="x.pth")
+
+
+def test_global_pool_values_against_numpy():
+    x = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(0)) * 4 + 2
+    a = x.numpy().reshape(3, 5, -1)
+    np.testing.assert_allclose(global_pool(x, "avg").numpy(), a.mean(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(global_pool(x, "max").numpy(), a.max(-1))
+    np.testing.assert_allclose(global_pool(x, "avgmax").numpy(), np.concatenate([a.mean(-1), a.max(-1)], 1),
+                               rtol=1e-5, atol=1e-5)
+    std = global_pool(x, "avgstd").numpy()
+    assert std.shape == (3, 10) and std.dtype == np.float32
+    np.testing.assert_allclose(std, np.concatenate([a.mean(-1), a.std(-1)], 1), rtol=1e-5, atol=1e-5)
+    # constant maps: standard deviation exactly 0, no NaN
+    assert np.all(global_pool(torch.full((1, 2, 3, 3), 7.0), "avgstd").numpy() == [[7, 7, 0, 0]])
 
 
 def test_cli_choices_match_registry():
     from algan.cli.train import BACKBONE_NAMES
 
     assert tuple(BACKBONES) == BACKBONE_NAMES
+    from algan.cli.train import build_parser
+    from algan.features.backbone import POOLINGS
+
+    pooling = next(a for a in build_parser()._actions if a.dest == "pooling")
+    assert tuple(pooling.choices) == tuple(POOLINGS)
 
 
 def test_unknown_backbone_lists_the_available_ones():

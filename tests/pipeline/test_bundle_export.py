@@ -113,7 +113,9 @@ def test_saved_bundle_scores_like_the_trained_detector(synth_root, head, tmp_pat
     from algan.model.fit import FitSettings, fit_detector
     from algan.model.train import AlganConfig
 
-    settings = FitSettings(head=head, backbone=BackboneSpec(input_size=SMALL), algan=AlganConfig.preset(epochs=2))
+    # the default ALGAN head (ensemble of 3 Ds behind the whitening), few steps
+    algan = AlganConfig.preset(epochs=2, min_steps=0)
+    settings = FitSettings(head=head, backbone=BackboneSpec(input_size=SMALL), algan=algan)
     fitted = fit_detector(load_dataset(synth_root), settings, progress=False)
     save_bundle(tmp_path / "b", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
     loaded, _ = load_bundle(tmp_path / "b")
