@@ -121,3 +121,21 @@ def test_saved_bundle_scores_like_the_trained_detector(synth_root, head, tmp_pat
     loaded, _ = load_bundle(tmp_path / "b")
     np.testing.assert_allclose(torch_scores(loaded, fitted.samples), torch_scores(fitted.detector, fitted.samples),
                                rtol=0, atol=1e-5)
+
+
+def test_cli_ensemble_option(synth_root, tmp_path, capsys):
+    from algan.cli.train import main
+
+    base = ["--data", str(synth_root), "--epochs", "1", "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "one"), "--ensemble", "1"]) == 0
+    settings = read_manifest(tmp_path / "one")["head"]["settings"]
+    assert settings["ensemble"] == 1 and settings["epochs"] == 1
+    det, _ = load_bundle(tmp_path / "one")
+    assert len(det.head.discriminators) == 1
+    assert read_manifest(tmp_path / "one")["backbone"]["pooling"] == "avgstd"  # the default features
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "zero"), "--ensemble", "0"]) == 2
+    assert "--ensemble must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "knn"), "--head", "knn", "--ensemble", "2"]) == 2
+    assert "--ensemble applies to the ALGAN-feature head" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists() and not (tmp_path / "knn").exists()
