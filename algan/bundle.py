@@ -187,7 +187,8 @@ def load_bundle(model_dir: str | Path):
         elif kind == "mahalanobis":
             head = MahalanobisHead.empty(feat["dim"])
         elif kind == "knn":
-            head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"])
+            # manifests written before the metric existed hold euclidean banks
+            head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"], settings.get("metric", "euclidean"))
         else:
             msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn"
             raise BundleError(msg)

@@ -77,7 +77,8 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
         if args.epochs:
             overrides.update(epochs=args.epochs, min_steps=0)  # explicit epochs: no step floor
         settings = FitSettings(head=head_name, algan=AlganConfig.preset(preset, **overrides) if preset else
-                               AlganConfig(), knn_k=args.knn_k, seed=args.seed)
+                               AlganConfig(), knn_k=args.knn_k, knn_metric=args.knn_metric,
+                               seed=args.seed)
         t = time.perf_counter()
         head, *_ = fit_head(settings, x_train, progress)
         train_s = time.perf_counter() - t
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     add_backbone_args(p)
     p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
     p.add_argument("--knn-k", type=int, default=1)
+    p.add_argument("--knn-metric", default="whitened", choices=["whitened", "euclidean"],
+                   help="kNN distance after a Ledoit-Wolf whitening (default) or on standardised features")
     p.add_argument("--max-train", type=int, default=None, help="subset of training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per row")

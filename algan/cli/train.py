@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
     p.add_argument("--knn-k", type=int, default=1, help="neighbours for --head knn")
+    p.add_argument("--knn-metric", default="whitened", choices=["whitened", "euclidean"],
+                   help="--head knn distance: after a Ledoit-Wolf whitening (default) or on standardised features")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
@@ -130,6 +132,7 @@ def _main(args: argparse.Namespace) -> int:
         pca_dim=args.pca_dim,
         algan=algan_cfg,
         knn_k=args.knn_k,
+        knn_metric=args.knn_metric,
         holdout=args.holdout,
         target_fpr=args.target_fpr,
         max_train=args.max_train,

@@ -45,6 +45,7 @@ class FitSettings:
         pca_dim: PCA components for ``pca``.
         algan: ALGAN hyper-parameters (``head == "algan"``).
         knn_k: neighbours for ``knn``.
+        knn_metric: ``whitened`` (default; Ledoit-Wolf shrunk ZCA whitening before the distances) or ``euclidean``.
         holdout: fraction of the normal training images held out for calibration (not trained on).
         target_fpr: per-frame false-alarm rate the initial threshold is set to (on the held-out normals).
         max_train: use at most this many training images (a seeded subset), ``None`` = all.
@@ -62,6 +63,7 @@ class FitSettings:
     pca_dim: int | None = None
     algan: AlganConfig = field(default_factory=AlganConfig)
     knn_k: int = 1
+    knn_metric: str = "whitened"
     holdout: float = 0.2
     target_fpr: float = 0.01
     max_train: int | None = None
@@ -148,7 +150,8 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
     if settings.head == "mahalanobis":
         return MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {}
     if settings.head == "knn":
-        return KnnHead(x, settings.knn_k), {"k": settings.knn_k, "n_bank": len(x)}, {}, {}
+        head = KnnHead.fit(x, settings.knn_k, settings.knn_metric)
+        return head, {"k": settings.knn_k, "n_bank": len(x), "metric": head.metric}, {}, {}
     raise ValueError(f"unknown head {settings.head!r}; use one of {', '.join(HEADS)}")
 
 

@@ -8,7 +8,8 @@ traceable to ONNX (matrix products, TopK; no cdist, no data-dependent Python con
   (Ledoit & Wolf 2004), as in Rippel et al. 2020 "Modeling the distribution of normal data in pre-trained deep
   features for anomaly detection".
 - ``KnnHead``: mean Euclidean distance to the k nearest training features (Bergman et al. 2020, "Deep
-  nearest neighbor anomaly detection").
+  nearest neighbor anomaly detection"), by default after a Ledoit-Wolf shrunk ZCA whitening (metric ``whitened``:
+  nearest neighbours in the Mahalanobis metric of the normal data), or on the features as given (``euclidean``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from algan.model.algan_heads import Whitening, shrunk_whitening
 from algan.model.networks import MLPDiscriminator
+
+#: kNN distance metrics: ``whitened`` (Ledoit-Wolf shrunk ZCA whitening first) or ``euclidean``
+KNN_METRICS = ("whitened", "euclidean")
 
 
 class FeatureTransform(nn.Module):
@@ -109,23 +114,54 @@ class MahalanobisHead(nn.Module):
 
 
 class KnnHead(nn.Module):
-    """Raw score = mean distance to the k nearest of the stored normal training features (M, K)."""
+    """Raw score = mean distance to the k nearest of the stored normal training features.
 
-    def __init__(self, bank: np.ndarray, k: int = 1) -> None:
+    Input float32 (N, K) features, output float32 (N,). ``whitening`` (optional, fixed) maps features and bank alike;
+    the bank (M, K) is stored already whitened. With a whitening the distance is the Mahalanobis distance under the
+    shrunk covariance of the normal data: on MTD (2208-d default features) whitened k=1 gives AUROC 0.982 against 0.967
+    for plain Euclidean (benchmarks/ALGAN_EXPERIMENTS.md, "Session 3").
+    """
+
+    def __init__(self, bank: np.ndarray, k: int = 1, whitening: Whitening | None = None) -> None:
         super().__init__()
         if k < 1 or k > len(bank):
             raise ValueError(f"k must lie in [1, {len(bank)}] (number of training images), got {k}")
         self.k = int(k)
+        self.whitening = whitening
         bank_t = torch.tensor(bank, dtype=torch.float32)
         self.register_buffer("bank", bank_t)
         self.register_buffer("bank_sq", (bank_t * bank_t).sum(dim=1))
 
+    @property
+    def metric(self) -> str:
+        return "euclidean" if self.whitening is None else "whitened"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whitening is not None:
+            x = self.whitening(x)
         # ||x - b||^2 = ||x||^2 - 2 x.b + ||b||^2 (explicit form, exportable; torch.cdist is not)
         d2 = (x * x).sum(dim=1, keepdim=True) - 2.0 * (x @ self.bank.T) + self.bank_sq
         nearest = torch.topk(d2, self.k, dim=1, largest=False).values
         return torch.sqrt(torch.clamp(nearest, min=0.0)).mean(dim=1)
 
     @classmethod
-    def empty(cls, n: int, dim: int, k: int) -> KnnHead:
-        return cls(np.zeros((n, dim), np.float32), k)
+    def fit(cls, x: np.ndarray, k: int = 1, metric: str = "whitened") -> KnnHead:
+        """Store normal features float (M, K) as the bank; ``metric`` is ``whitened`` or ``euclidean``.
+
+        Raises:
+            ValueError: unknown metric, or k outside [1, M].
+        """
+        if metric not in KNN_METRICS:
+            raise ValueError(f"unknown kNN metric {metric!r}; use one of {', '.join(KNN_METRICS)}")
+        x = np.asarray(x, dtype=np.float32)
+        if metric == "euclidean":
+            return cls(x, k)
+        mean, w, _ = shrunk_whitening(x)
+        return cls((x - mean) @ w, k, Whitening(x.shape[1]).set(mean, w))
+
+    @classmethod
+    def empty(cls, n: int, dim: int, k: int, metric: str = "euclidean") -> KnnHead:
+        """Shape-only instance to load saved buffers into (``metric`` as stored in the manifest)."""
+        if metric not in KNN_METRICS:
+            raise ValueError(f"unknown kNN metric {metric!r}; use one of {', '.join(KNN_METRICS)}")
+        return cls(np.zeros((n, dim), np.float32), k, Whitening(dim) if metric == "whitened" else None)

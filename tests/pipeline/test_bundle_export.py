@@ -139,3 +139,20 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "knn"), "--head", "knn", "--ensemble", "2"]) == 2
     assert "--ensemble applies to the ALGAN-feature head" in capsys.readouterr().err
     assert not (tmp_path / "zero").exists() and not (tmp_path / "knn").exists()
+
+
+def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, synth_root, tmp_path):
+    from algan.cli.train import main
+
+    assert read_manifest(bundles["knn"])["head"]["settings"]["metric"] == "whitened"  # the default
+    out = tmp_path / "euclid"
+    assert main(["--data", str(synth_root), "--out", str(out), "--head", "knn", "--knn-metric", "euclidean",
+                 "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]) == 0
+    det, manifest = load_bundle(out)
+    assert manifest["head"]["settings"]["metric"] == "euclidean" and det.head.whitening is None
+    samples = load_samples(out)
+    want = torch_scores(det, samples)
+    m = json.loads((out / "algan.json").read_text())
+    del m["head"]["settings"]["metric"]  # as written before the option existed
+    (out / "algan.json").write_text(json.dumps(m))
+    np.testing.assert_array_equal(torch_scores(load_bundle(out)[0], samples), want)
