@@ -150,7 +150,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from algan.cli.train import add_backbone_args
+    from algan.cli.train import KNN_METRIC_NAMES, add_backbone_args
 
     p = argparse.ArgumentParser(prog="algan-bench", description="Detection quality and speed of every head.")
     p.add_argument("what", choices=["detection"], help="which benchmark")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     add_backbone_args(p)
     p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
     p.add_argument("--knn-k", type=int, default=1)
-    p.add_argument("--knn-metric", default="whitened", choices=["whitened", "euclidean"],
+    p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,
                    help="kNN distance after a Ledoit-Wolf whitening (default) or on standardised features")
     p.add_argument("--max-train", type=int, default=None, help="subset of training images")
     p.add_argument("--seed", type=int, default=0)

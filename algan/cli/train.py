@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
     p.add_argument("--knn-k", type=int, default=1, help="neighbours for --head knn")
-    p.add_argument("--knn-metric", default="whitened", choices=["whitened", "euclidean"],
+    p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,
                    help="--head knn distance: after a Ledoit-Wolf whitening (default) or on standardised features")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
 BACKBONE_NAMES = ("efficientnet-lite0", "wide_resnet50_2", "wide_resnet101_2", "resnet18")
+#: algan.features.backbone.POOLINGS and algan.model.heads.KNN_METRICS, torch-free for the same reason
+POOLING_NAMES = ("avg", "max", "avgmax", "avgstd")
+KNN_METRIC_NAMES = ("whitened", "euclidean")
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +63,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", default=None,
                    help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-14 for efficientnet-lite0, "
                         "2-3 = layer2+layer3 for the ResNets)")
-    p.add_argument("--pooling", default=None, choices=["avg", "max", "avgmax", "avgstd"],
+    p.add_argument("--pooling", default=None, choices=POOLING_NAMES,
                    help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
                         "efficientnet-lite0, avg for the ResNets)")
 

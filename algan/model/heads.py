@@ -25,6 +25,11 @@ from algan.model.networks import MLPDiscriminator
 KNN_METRICS = ("whitened", "euclidean")
 
 
+def _check_metric(metric: str) -> None:
+    if metric not in KNN_METRICS:
+        raise ValueError(f"unknown kNN metric {metric!r}; use one of {', '.join(KNN_METRICS)}")
+
+
 class FeatureTransform(nn.Module):
     """Affine feature transform ``((x - mean) * scale) [@ proj]``.
 
@@ -151,8 +156,7 @@ class KnnHead(nn.Module):
         Raises:
             ValueError: unknown metric, or k outside [1, M].
         """
-        if metric not in KNN_METRICS:
-            raise ValueError(f"unknown kNN metric {metric!r}; use one of {', '.join(KNN_METRICS)}")
+        _check_metric(metric)
         x = np.asarray(x, dtype=np.float32)
         if metric == "euclidean":
             return cls(x, k)
@@ -162,6 +166,5 @@ class KnnHead(nn.Module):
     @classmethod
     def empty(cls, n: int, dim: int, k: int, metric: str = "euclidean") -> KnnHead:
         """Shape-only instance to load saved buffers into (``metric`` as stored in the manifest)."""
-        if metric not in KNN_METRICS:
-            raise ValueError(f"unknown kNN metric {metric!r}; use one of {', '.join(KNN_METRICS)}")
+        _check_metric(metric)
         return cls(np.zeros((n, dim), np.float32), k, Whitening(dim) if metric == "whitened" else None)
