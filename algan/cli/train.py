@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
     p.add_argument("--knn-k", type=int, default=1, help="neighbours for --head knn")
-    p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,
-                   help="--head knn distance: after a Ledoit-Wolf whitening (default) or on standardised features")
+    p.add_argument("--knn-metric", default=None, choices=KNN_METRIC_NAMES,
+                   help="--head knn distance: after a Ledoit-Wolf whitening (default: whitened) or on standardised "
+                        "features (euclidean)")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
@@ -93,6 +94,27 @@ def parse_blocks(text: str) -> list[int]:
     return sorted(out)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Raise ValueError (one line: what is wrong and how to fix it) for flags that do not fit together; runs before
+    any data is read, so a bad command line never costs a dataset listing or a backbone load."""
+    if not 0 < args.target_fpr < 1:
+        raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    feature_algan = args.head == "algan" and args.variant == "feature"
+    if args.checkpoint is not None and not feature_algan:
+        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
+                         f"not with --head {args.head} --variant {args.variant}")
+    if args.ensemble is not None:
+        if args.ensemble < 1:
+            raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
+        if not feature_algan:
+            raise ValueError("--ensemble applies to the ALGAN-feature head (--head algan --variant feature) only")
+    if args.knn_metric is not None and args.head != "knn":
+        raise ValueError(f"--knn-metric applies to --head knn only (this run trains --head {args.head}); drop it "
+                         "or add --head knn")
+
+
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import save_bundle
     from algan.data.datasets import load_dataset
@@ -101,26 +123,14 @@ def _main(args: argparse.Namespace) -> int:
     from algan.model.image import ImageConfig
     from algan.model.train import AlganConfig
 
-    if not 0 < args.target_fpr < 1:
-        raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
-    if args.checkpoint is not None and (args.head != "algan" or args.variant != "feature"):
-        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
-                         f"not with --head {args.head} --variant {args.variant}")
+    check_args(args)
     # the backbone is checked before any data is read; the image variant has none
     spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant == "feature" else BackboneSpec()
     ds = load_dataset(args.data, args.layout)
-    overrides = {"seed": args.seed}
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        overrides["epochs"] = args.epochs
+    overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs is not None else {})}
     # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
     feature_overrides = {**overrides, **({"min_steps": 0} if "epochs" in overrides else {})}
     if args.ensemble is not None:
-        if args.ensemble < 1:
-            raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
-        if args.head != "algan" or args.variant != "feature":
-            raise ValueError("--ensemble applies to the ALGAN-feature head (--head algan --variant feature) only")
         feature_overrides["ensemble"] = args.ensemble
     algan_cfg = AlganConfig.preset(args.preset, **feature_overrides)
     image_cfg = None
@@ -135,7 +145,7 @@ def _main(args: argparse.Namespace) -> int:
         pca_dim=args.pca_dim,
         algan=algan_cfg,
         knn_k=args.knn_k,
-        knn_metric=args.knn_metric,
+        knn_metric=args.knn_metric or "whitened",
         holdout=args.holdout,
         target_fpr=args.target_fpr,
         max_train=args.max_train,

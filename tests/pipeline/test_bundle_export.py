@@ -156,3 +156,22 @@ def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, syn
     del m["head"]["settings"]["metric"]  # as written before the option existed
     (out / "algan.json").write_text(json.dumps(m))
     np.testing.assert_array_equal(torch_scores(load_bundle(out)[0], samples), want)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--knn-metric", "euclidean"], "--knn-metric applies to --head knn only (this run trains --head algan)"),
+    (["--head", "mahalanobis", "--knn-metric", "whitened"], "--knn-metric applies to --head knn only"),
+    (["--ensemble", "0"], "--ensemble must be >= 1, got 0"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--variant", "image", "--ensemble", "2"], "--ensemble applies to the ALGAN-feature head"),
+    (["--head", "knn", "--checkpoint", "ck"], "--checkpoint works with the ALGAN-feature head only"),
+])
+def test_train_flag_errors_come_before_any_data_is_read(tmp_path, capsys, flags, message):
+    """A bad command line is one clear line and exit 2, even when --data does not exist (checked before reading)."""
+    from algan.cli.train import main
+
+    missing = tmp_path / "no-such-data"
+    assert main(["--data", str(missing), "--out", str(tmp_path / "out"), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "no-such-data" not in err
+    assert not (tmp_path / "out").exists()
