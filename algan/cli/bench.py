@@ -116,24 +116,49 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
     pre, bb = Preprocess(PIXEL_MEAN, PIXEL_STD), PixelBackbone(cfg.channels)
     x_train = pixels(pre, bb, load_batch(train, size))
     test_u8 = load_batch([s.path for s in ds.test], size)
-    t = time.perf_counter()
-    result = train_algan_image(x_train, cfg, progress=not args.json)
-    train_s = time.perf_counter() - t
-    head = result.head.eval()
     x_test = pixels(pre, bb, test_u8)
     with torch.no_grad():
-        scores = torch.cat([head(x_test[i : i + 64]) for i in range(0, len(x_test), 64)]).numpy()
-        head_ms = _time_per_image(head, x_test[:32])
         pre_ms = _time_per_image(lambda u: bb(pre(u)), torch.from_numpy(test_u8[:32]))
-    return {
-        "dataset": f"{ds.root.name}({ds.layout})",
-        "variant": f"image{args.image_size}",
-        "head": f"algan-image[{preset},{cfg.epochs}ep]",
-        "auroc": round(auroc(y, scores), 4),
-        "train_s": round(train_s, 2),
-        "head_ms": round(head_ms, 4),
-        "backbone_ms": round(pre_ms, 4),
-    }
+    eval_s = 0.0  # time spent on --eval-every evaluations, not counted as training time
+
+    def row(head, epochs: int, train_s: float, head_ms: float | None) -> dict:
+        return {
+            "dataset": f"{ds.root.name}({ds.layout})",
+            "variant": f"image{args.image_size}",
+            "head": f"algan-image[{preset},{epochs}ep]",
+            "auroc": round(auroc(y, _image_scores(head, x_test)), 4),
+            "train_s": round(train_s, 2),
+            "head_ms": None if head_ms is None else round(head_ms, 4),
+            "backbone_ms": round(pre_ms, 4),
+        }
+
+    def on_epoch(epoch: int, head) -> None:
+        # AUROC along the run, so that a long (GPU) run cut short still leaves its figures behind; head_ms is
+        # null here (the head may sit on the GPU): the final row times the trained head on the CPU
+        nonlocal eval_s
+        if epoch % args.eval_every or epoch == cfg.epochs:
+            return
+        t_eval = time.perf_counter()
+        r = row(head, epoch, t_eval - t - eval_s, None)
+        print(json.dumps(r) if args.json else f"epoch {epoch}: AUROC {r['auroc']:.4f}", flush=True)
+        eval_s += time.perf_counter() - t_eval
+
+    t = time.perf_counter()
+    result = train_algan_image(x_train, cfg, progress=not args.json, on_epoch=on_epoch if args.eval_every else None)
+    train_s = time.perf_counter() - t - eval_s
+    head = result.head.eval()
+    with torch.no_grad():
+        head_ms = _time_per_image(head, x_test[:32])
+    return row(head, cfg.epochs, train_s, head_ms)
+
+
+def _image_scores(head, x) -> np.ndarray:
+    """Raw scores of images float32 (N, C, S, S) by an image head on whatever device it sits on."""
+    import torch
+
+    dev = next(head.parameters()).device
+    with torch.no_grad():
+        return torch.cat([head(x[i : i + 64].to(dev)).cpu() for i in range(0, len(x), 64)]).numpy()
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -159,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="feature", help="feature, image or feature,image")
     p.add_argument("--image-size", type=int, default=64, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="ALGAN-image: also print the test AUROC every N epochs (0 = only at the end)")
     p.add_argument("--heads", default="algan,mahalanobis,knn", help="comma-separated heads")
     p.add_argument("--presets", default="default,paper", help="ALGAN presets to run (comma-separated)")
     p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")

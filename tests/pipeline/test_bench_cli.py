@@ -28,3 +28,17 @@ def test_bench_rejects_folder_without_test_split(tmp_path):
     r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no labelled test split" in r.stderr
+
+
+def test_bench_image_eval_every_prints_rows_along_the_run(synth_root):
+    """--eval-every N: one row per N epochs before the final one (head_ms null: only the final head is timed)."""
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root), "--json",
+                        "--variants", "image", "--image-size", "64", "--epochs", "3", "--eval-every", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["head"] for row in rows] == [f"algan-image[default,{e}ep]" for e in (1, 2, 3)]
+    for row in rows:
+        assert set(row) == KEYS and 0.0 <= row["auroc"] <= 1.0 and row["variant"] == "image64"
+    assert [row["head_ms"] is None for row in rows] == [True, True, False] and rows[-1]["head_ms"] > 0
+    assert 0 < rows[0]["train_s"] <= rows[1]["train_s"] <= rows[2]["train_s"]
