@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import bake_spectral_norm as _bake
+from algan.model.presets import PresetConfig
 from algan.model.train import Reservoir
 
 #: pixels are scaled to [-1, 1] (G ends in tanh): mean 0.5, std 0.5 on [0, 1] values
@@ -78,7 +79,7 @@ def _field(name: str):
 
 
 @dataclass
-class ImageConfig:
+class ImageConfig(PresetConfig):
     """ALGAN-image hyper-parameters. ``ImageConfig()`` is the ``default`` preset; ``preset("paper")`` the paper's.
 
     Attributes:
@@ -105,6 +106,9 @@ class ImageConfig:
         d_ema: decay of an exponential moving average of D's weights used at inference (0 = the last D).
         seed: seed of everything random; training is deterministic for a seed on one machine.
     """
+
+    PRESETS = PRESETS
+    KIND = "ALGAN-image"
 
     size: int = _field("size")
     channels: int = _field("channels")
@@ -145,25 +149,6 @@ class ImageConfig:
         if self.instance_noise < 0 or self.translate < 0 or self.r1_gamma < 0:
             raise ValueError("instance_noise, translate and r1_gamma must be >= 0")
         self.adam_betas = tuple(self.adam_betas)
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides) -> ImageConfig:
-        """A named preset (``paper`` or ``default``) with optional field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown ALGAN-image preset {name!r}; use one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> ImageConfig:
-        """Inverse of :meth:`to_json`. Fields missing from ``d`` (bundles written before they existed) take the
-        paper preset's values, which is what those bundles were trained with."""
-        known = set(cls.__dataclass_fields__)
-        return cls(**{**PAPER, **{k: v for k, v in d.items() if k in known}})
 
     def build_head(self, in_dim: int = 0) -> ImageHead:
         """Untrained head of this shape (bundle loading); ``in_dim`` is unused (pixels, not vectors)."""

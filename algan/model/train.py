@@ -34,14 +34,13 @@ nearly the same distribution as G(z_n). See benchmarks/ALGAN_EXPERIMENTS.md for 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +50,7 @@ from algan.model import checkpoint as ckpt
 from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
 from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import MLPDiscriminator, MLPGenerator, bake_spectral_norm
+from algan.model.presets import PresetConfig
 
 #: the paper's settings (DESIGN.md "The method"): FC G/D with batch norm in G, no whitening, 192 epochs
 PAPER = {
@@ -104,7 +104,7 @@ def _field(name: str):
 
 
 @dataclass
-class AlganConfig:
+class AlganConfig(PresetConfig):
     """ALGAN-feature hyper-parameters. ``AlganConfig()`` is the ``default`` preset; ``preset("paper")`` the paper's.
 
     Attributes:
@@ -131,6 +131,9 @@ class AlganConfig:
             whitened data; the head averages their D logits (training time grows linearly).
         seed: seed of initialisation, latents, batches and buffer; training is deterministic for a seed.
     """
+
+    PRESETS = PRESETS
+    KIND = "ALGAN"
 
     z_dim: int | None = _field("z_dim")
     sigma: float = _field("sigma")
@@ -171,25 +174,6 @@ class AlganConfig:
         self.adam_betas = tuple(self.adam_betas)
         self.g_hidden = list(self.g_hidden)
         self.d_hidden = list(self.d_hidden)
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides) -> AlganConfig:
-        """A named preset (``paper`` or ``default``) with optional field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown ALGAN preset {name!r}; use one of {', '.join(PRESETS)}")
-        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> AlganConfig:
-        """Inverse of :meth:`to_json`. Fields missing from ``d`` take the *paper* values: manifests written before a
-        field existed were trained with the paper's structure, so their heads rebuild to the saved shapes."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{**copy.deepcopy(PAPER), **{k: v for k, v in d.items() if k in known}})
 
     def epochs_for(self, n: int) -> int:
         """Epochs actually run on ``n`` training samples: ``max(epochs, ceil(min_steps / (n // batch)))``."""
