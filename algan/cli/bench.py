@@ -26,7 +26,8 @@ def _time_per_image(fn, x, repeats: int = 3) -> float:
     return best / len(x) * 1000.0
 
 
-def bench_detection(args: argparse.Namespace) -> list[dict]:
+def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarray], np.ndarray]:
+    """Run the benchmark; returns the rows, each row's raw test scores float (M,) and the test labels int (M,)."""
     import torch
 
     from algan.cli.train import backbone_spec_from_args
@@ -49,20 +50,22 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
     if args.max_train and len(train) > args.max_train:
         keep = np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)
         train = [train[i] for i in sorted(keep.tolist())]
-    rows = []
+    y = np.array([s.label for s in ds.test])
+    rows, all_scores = [], []
     if "image" in variants:
-        rows.append(bench_image(args, ds, train, np.array([s.label for s in ds.test])))
+        row, scores = bench_image(args, ds, train, y)
+        rows.append(row)
+        all_scores.append(scores)
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if "feature" not in variants:
-        return rows
+        return rows, all_scores, y
     backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
     size = spec.input_size
     progress = not args.json
     f_train = extract_features(pre, backbone, train, size, 32, "features (train)" if progress else None)
     f_test = extract_features(pre, backbone, [s.path for s in ds.test], size, 32,
                               "features (test)" if progress else None)
-    y = np.array([s.label for s in ds.test])
     sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
     with torch.no_grad():
         backbone_ms = _time_per_image(lambda x: backbone(pre(x)), sample)
@@ -86,6 +89,7 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
         with torch.no_grad():
             scores = head(x_test).numpy()
             head_ms = _time_per_image(head, x_test[:32])
+        all_scores.append(scores)
         rows.append({
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": "feature" if spec.name == "efficientnet-lite0" else f"feature:{spec.name}",
@@ -97,11 +101,12 @@ def bench_detection(args: argparse.Namespace) -> list[dict]:
         })
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return rows, all_scores, y
 
 
-def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
-    """ALGAN-image on pixels at ``--image-size``: one row (``backbone_ms`` = the in-graph preprocessing)."""
+def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dict, np.ndarray]:
+    """ALGAN-image on pixels at ``--image-size``: one row (``backbone_ms`` = the in-graph preprocessing) and the
+    final head's raw test scores."""
     import torch
 
     from algan.data.preprocess import load_batch
@@ -121,12 +126,12 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
         pre_ms = _time_per_image(lambda u: bb(pre(u)), torch.from_numpy(test_u8[:32]))
     eval_s = 0.0  # time spent on --eval-every evaluations, not counted as training time
 
-    def row(head, epochs: int, train_s: float, head_ms: float | None) -> dict:
+    def row(head, epochs: int, train_s: float, head_ms: float | None, scores: np.ndarray | None = None) -> dict:
         return {
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": f"image{args.image_size}",
             "head": f"algan-image[{preset},{epochs}ep]",
-            "auroc": round(auroc(y, _image_scores(head, x_test)), 4),
+            "auroc": round(auroc(y, _image_scores(head, x_test) if scores is None else scores), 4),
             "train_s": round(train_s, 2),
             "head_ms": None if head_ms is None else round(head_ms, 4),
             "backbone_ms": round(pre_ms, 4),
@@ -149,7 +154,8 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> dict:
     head = result.head.eval()
     with torch.no_grad():
         head_ms = _time_per_image(head, x_test[:32])
-    return row(head, cfg.epochs, train_s, head_ms)
+    scores = _image_scores(head, x_test)
+    return row(head, cfg.epochs, train_s, head_ms, scores), scores
 
 
 def _image_scores(head, x) -> np.ndarray:
@@ -164,14 +170,31 @@ def _image_scores(head, x) -> np.ndarray:
 def _main(args: argparse.Namespace) -> int:
     if args.what != "detection":
         raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
-    rows = bench_detection(args)
+    rows, scores, y = bench_detection(args)
     if not args.json:
         print(f"{'dataset':<14} {'variant':<8} {'head':<16} {'AUROC':>7} {'train_s':>8} {'head_ms':>9} "
               f"{'backbone_ms':>11} {'head/backbone':>13}")
         for r in rows:
             print(f"{r['dataset']:<14} {r['variant']:<8} {r['head']:<16} {r['auroc']:>7.4f} {r['train_s']:>8.1f} "
                   f"{r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%}")
+        print_comparisons(rows, scores, y)
     return 0
+
+
+def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray) -> None:
+    """Each head's AUROC difference to the best head, with a paired bootstrap 95 % interval: a difference whose
+    interval contains 0 is not one that this test set can resolve."""
+    from algan.model.evaluate import paired_auroc_difference
+
+    if len(rows) < 2:
+        return
+    best = max(range(len(rows)), key=lambda i: rows[i]["auroc"])
+    print(f"\nAUROC difference to the best head ({rows[best]['head']}), paired stratified bootstrap, 95 % interval:")
+    for i, r in enumerate(rows):
+        if i != best:
+            d, lo, hi = paired_auroc_difference(y, scores[i], scores[best])
+            verdict = "not resolved by this test set" if lo <= 0.0 <= hi else "significant"
+            print(f"  {r['head']:<26} {d:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
