@@ -389,6 +389,10 @@ class EdgeApp:
             "backend": runner.backend,
             "model_id": runner.model_id,
             "mqtt_lost": getattr(pub, "lost", 0),
+            # durable messages (alarm events, state changes) not yet acknowledged by the broker, and those the full
+            # outbox had to drop: a growing depth means the broker has been unreachable for a while
+            "outbox_depth": len(outbox) if (outbox := getattr(pub, "outbox", None)) is not None else 0,
+            "outbox_dropped": outbox.dropped if outbox is not None else 0,
             "cameras": cams,
         }
         pub.publish(self.topics.stats, dumps(payload))

@@ -83,7 +83,8 @@ class Metrics:
                 for cam, c in cams.items():
                     up.add_metric([device_id, cam], 1.0 if c.get("status") == "online" else 0.0)
                 yield up
-                for key, text in (("queue_depth", "frames waiting for inference"), ("fps", "frames/s scored")):
+                for key, text in (("queue_depth", "frames waiting for inference"), ("fps", "frames/s scored"),
+                                  ("outbox_depth", "durable MQTT messages not yet acknowledged by the broker")):
                     g = GaugeMetricFamily(f"algan_{key}", text, labels=["device"])
                     g.add_metric([device_id], float(s.get(key) or 0.0))
                     yield g

@@ -59,6 +59,8 @@ def test_video_run_publishes_exact_messages(tmp_path, tiny_model, step_video, mq
     assert stats["frames"] == 60 and stats["corrupt"] == 0 and stats["dropped"] == 0
     assert stats["backend"] == "onnxruntime" and stats["cameras"]["cam1"]["status"] == "finished"
     assert stats["latency_ms_p50"] is not None and stats["latency_ms_p99"] >= stats["latency_ms_p50"]
+    # at most the 2 alarm events and 3 state changes can still wait for their acks; nothing was dropped
+    assert 0 <= stats["outbox_depth"] <= 5 and stats["outbox_dropped"] == 0
 
     late = mqtt_collector()  # a client arriving after the run sees the retained status and state
     assert late.wait_for(lambda ms: len(ms) >= 2, timeout=5)

@@ -61,6 +61,7 @@ def test_dead_camera_reopened_while_the_other_never_stops(tmp_path, tiny_model, 
         assert 'algan_frames_scored_total{camera="inbox",device="line1"} 5.0' in body
         assert 'algan_camera_up{camera="steady",device="line1"} 1.0' in body
         assert "algan_latency_seconds_count" in body
+        assert 'algan_outbox_depth{device="line1"}' in body
         assert app.readers[0].counters.reconnects >= 1
     finally:
         app.stop.set()
@@ -69,6 +70,7 @@ def test_dead_camera_reopened_while_the_other_never_stops(tmp_path, tiny_model, 
     stats = json.loads(col.on("line1/stats")[-1].payload)
     assert stats["cameras"]["inbox"]["reconnects"] >= 1 and stats["cameras"]["steady"]["status"] == "online"
     assert stats["dropped"] == 0 and {"skipped", "backpressure", "batch_mean", "inference_ms"} <= set(stats)
+    assert stats["outbox_dropped"] == 0 and stats["outbox_depth"] >= 0
 
 
 def test_metrics_port_without_prometheus_client_is_one_line(monkeypatch, tiny_model):
