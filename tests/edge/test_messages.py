@@ -35,3 +35,29 @@ def test_alarm_payload_fields():
         "id": "id1", "camera": "cam1", "state": "raised", "ts": "1970-01-01T00:00:00.001Z", "score": 1.84,
         "peak": 2.31, "peak_frame": -1, "first_frame": 120, "last_frame": 126, "frames": 7, "duration_s": 0.0,
         "snapshot": None}
+
+
+def test_home_assistant_discovery_maps_camera_offline_to_unavailable():
+    """A dead camera (state ``offline``) makes its entities unavailable; the daemon's status does the same."""
+    import json
+
+    from algan.edge.discovery import ALARM_STATE_TEMPLATE, CAMERA_AVAILABILITY_TEMPLATE, discovery_messages
+    from algan.edge.messages import Topics
+
+    msgs = discovery_messages(Topics("algan", "line1"), ["cam.1"], model_id="m1")
+    assert [(t, q, r) for t, _, q, r in msgs] == [
+        ("homeassistant/binary_sensor/algan_line1/cam_1_alarm/config", 1, True),
+        ("homeassistant/sensor/algan_line1/cam_1_score/config", 1, True),
+    ]
+    alarm, score = (json.loads(p) for _, p, _, _ in msgs)
+    for entity in (alarm, score):
+        assert entity["availability_mode"] == "all" and "availability_topic" not in entity
+        daemon, camera = entity["availability"]
+        assert daemon == {"topic": "algan/line1/status", "payload_available": "online",
+                          "payload_not_available": "offline"}
+        assert camera["topic"] == "algan/line1/cam.1/state" and camera["value_template"] == CAMERA_AVAILABILITY_TEMPLATE
+        assert entity["device"]["model"] == "m1"
+    assert CAMERA_AVAILABILITY_TEMPLATE == "{{ 'offline' if value == 'offline' else 'online' }}"
+    assert alarm["value_template"] == ALARM_STATE_TEMPLATE == "{{ 'None' if value == 'offline' else value }}"
+    assert (alarm["payload_on"], alarm["payload_off"], alarm["state_topic"]) == ("alarm", "normal",
+                                                                                   "algan/line1/cam.1/state")

@@ -53,7 +53,8 @@ def test_tls_and_password_connects(tmp_path, tiny_model, step_video, secure_brok
     ha = {m.topic: json.loads(m.payload) for m in col.messages if m.topic.startswith("homeassistant/")}
     alarm = ha["homeassistant/binary_sensor/algan_line1/cam1_alarm/config"]
     assert alarm["state_topic"] == "algan/line1/cam1/state" and alarm["payload_on"] == "alarm"
-    assert alarm["availability_topic"] == "algan/line1/status" and alarm["device_class"] == "problem"
+    assert alarm["device_class"] == "problem" and alarm["availability_mode"] == "all"
+    assert [a["topic"] for a in alarm["availability"]] == ["algan/line1/status", "algan/line1/cam1/state"]
     score = ha["homeassistant/sensor/algan_line1/cam1_score/config"]
     assert score["state_topic"] == "algan/line1/cam1/score" and score["value_template"] == "{{ value_json.score }}"
     col.stop()
