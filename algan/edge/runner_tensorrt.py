@@ -30,6 +30,7 @@ import numpy as np
 from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
 from algan.edge.runner import resolve_model_path
+from algan.trt_logging import make_logger
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +88,6 @@ def check_sidecar(meta: dict[str, Any], engine: Path, trt_version: str, gpu_name
             "on this device"
         )
         raise ModelError(msg)
-
-
-def _make_logger(trt: Any) -> Any:
-    """A TensorRT ``ILogger`` that forwards to Python logging (TensorRT would print to stdout otherwise)."""
-    sev = trt.ILogger.Severity
-    levels = {sev.INTERNAL_ERROR: logging.CRITICAL, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
-              sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
-
-    class TrtLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
-
-    return TrtLogger()
 
 
 class _Job:
@@ -189,7 +174,7 @@ class TensorRTRunner:
             ctx = dev.make_context()
             major, minor = dev.compute_capability()
             check_sidecar(self.meta, self.path, str(trt.__version__), str(dev.name()), f"{major}.{minor}")
-            self._logger = _make_logger(trt)
+            self._logger = make_logger(trt, log, info_level=logging.DEBUG)
             runtime = trt.Runtime(self._logger)
             engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from algan.export.metadata import INPUT_NAME, OUTPUT_NAME, file_sha256
 from algan.export.onnx_export import ExportError
+from algan.trt_logging import make_logger
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         raise ExportError(f"--int8 needs the calibration frames in MODEL_DIR/{INT8_CALIBRATION_SET}; run "
                           "algan-calibrate on the bundle first")
     errors: list[str] = []
-    logger = trt_helpers.make_logger(trt, errors)
+    logger = make_logger(trt, trt_helpers.log, errors)
     builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:

@@ -1,4 +1,5 @@
-"""TensorRT helpers that touch the GPU: logger bridge, INT8 entropy calibrator, device buffers, GPU identity.
+"""TensorRT helpers that touch the GPU: INT8 entropy calibrator, device buffers, GPU identity (the logger bridge is
+algan.trt_logging, shared with the edge runner).
 
 Everything takes the ``tensorrt`` module as an argument, so the build orchestration can be tested against a
 stand-in module on machines without TensorRT. TensorRT is optional (extra ``tensorrt``) and imported lazily.
@@ -14,28 +15,6 @@ from typing import Protocol
 import numpy as np
 
 log = logging.getLogger("algan.export.tensorrt")
-
-
-def make_logger(trt, sink: list[str] | None = None):
-    """A ``trt.ILogger`` that routes TensorRT messages into Python logging (STYLE.md item 17).
-
-    Errors (and internal errors) are also appended to ``sink`` so a failed build can quote them.
-    """
-    sev = trt.ILogger.Severity
-    levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
-              sev.INFO: logging.INFO, sev.VERBOSE: logging.DEBUG}
-
-    class TrtLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg: str) -> None:  # noqa: ANN001 - TensorRT's signature
-            level = levels.get(severity, logging.INFO)
-            if level >= logging.ERROR and sink is not None:
-                sink.append(str(msg))
-            log.log(level, "TensorRT: %s", msg)
-
-    return TrtLogger()
 
 
 class DeviceBuffer(Protocol):
