@@ -12,13 +12,13 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mqttkit import Collector
 
 
 def free_port() -> int:
@@ -119,65 +119,15 @@ def mqtt_broker(tmp_path: Path) -> Iterator[BrokerAddress]:
         emb.stop()
 
 
-@dataclass(frozen=True)
-class Message:
-    """One received MQTT message."""
-
-    topic: str
-    payload: str
-    qos: int
-    retain: bool
-
-
-class MqttCollector:
-    """Subscribes to a topic filter (``#`` by default) and records every message in order (thread-safe)."""
-
-    def __init__(self, host: str, port: int, topic: str = "#") -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[Message] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=2)
-        c.on_subscribe = lambda cl, u, mid, rcs, p: self._subscribed.set()
-        c.on_message = self._on_message
-        c.connect(host, port, keepalive=30)
-        c.loop_start()
-        if not self._subscribed.wait(10):
-            c.loop_stop()
-            raise RuntimeError(f"collector could not subscribe on {host}:{port}")
-        self._client = c
-
-    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
-        with self._cond:
-            self.messages.append(Message(msg.topic, msg.payload.decode("utf-8", "replace"), msg.qos, bool(msg.retain)))
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float = 10.0) -> bool:
-        """Wait until ``predicate(messages)`` holds."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self.messages), timeout=timeout)
-
-    def on(self, suffix: str) -> list[Message]:
-        """Messages whose topic ends with ``suffix``, in order."""
-        with self._cond:
-            return [m for m in self.messages if m.topic.endswith(suffix)]
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
 @pytest.fixture
-def mqtt_collector(mqtt_broker: tuple[str, int]) -> Iterator[Callable[..., MqttCollector]]:
-    """Factory ``mqtt_collector(topic="#", address=None) -> MqttCollector`` on the test's broker (or on ``address``,
+def mqtt_collector(mqtt_broker: tuple[str, int]) -> Iterator[Callable[..., Collector]]:
+    """Factory ``mqtt_collector(topic="#", address=None) -> mqttkit.Collector`` on the test's broker (or on ``address``,
     a ``(host, port)``); all are stopped at teardown."""
-    made: list[MqttCollector] = []
+    made: list[Collector] = []
 
-    def make(topic: str = "#", address: tuple[str, int] | None = None) -> MqttCollector:
+    def make(topic: str = "#", address: tuple[str, int] | None = None) -> Collector:
         host, port = address or mqtt_broker
-        col = MqttCollector(host, port, topic=topic)
+        col = Collector(host, port, topic=topic)
         made.append(col)
         return col
 

@@ -1,5 +1,6 @@
-"""MQTT test helpers (a plain module, imported as ``mqttkit``): a collector that can keep a persistent session and
-speak TLS with a password, mosquitto configs with persistence, password files and TLS certificates (openssl)."""
+"""MQTT test helpers (a plain module beside the top conftest, imported as ``mqttkit``): the message collector of
+every broker test (also behind the ``mqtt_collector`` fixture; it can keep a persistent session and speak TLS with a
+password), mosquitto configs with persistence, password files and TLS certificates (openssl)."""
 
 from __future__ import annotations
 
