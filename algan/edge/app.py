@@ -12,6 +12,7 @@ shared deadline) -> final stats -> retained ``offline`` -> wait until every mess
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -27,10 +28,11 @@ from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.batcher import Batcher, next_batch
 from algan.edge.broker import EmbeddedBroker, wants_embedded_broker
 from algan.edge.camera import CameraReader
-from algan.edge.config import EdgeConfig, load_config
+from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.discovery import discovery_messages
-from algan.edge.errors import ConfigError, EdgeError
+from algan.edge.errors import ConfigError, EdgeError, SourceError
 from algan.edge.hub import Frame, FrameHub
+from algan.edge.journal import FolderJournal
 from algan.edge.messages import (
     STATE_ALARM,
     STATE_NORMAL,
@@ -47,6 +49,7 @@ from algan.edge.outbox import Outbox
 from algan.edge.runner import Runner, load_runner
 from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.snapshots import SnapshotStore, snapshot_name
+from algan.edge.sources import Source, open_source
 from algan.edge.stats import StatsWindow
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,7 @@ class EdgeApp:
         #: per camera: images of the frames that may still be the open/next alarm's peak (see AlarmTracker)
         self._peak_images: dict[str, dict[int, np.ndarray]] = {}
         self._open_snapshots: dict[str, tuple[str, str | None, int]] = {}  # camera -> (file name, path, peak frame)
+        self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -140,6 +144,8 @@ class EdgeApp:
                 self.stop.set()
                 undelivered = self._shutdown(runner, pub)
         finally:
+            for journal in self._journals:
+                journal.close()
             self.metrics.stop()
             close = getattr(runner, "close", None)
             if callable(close):
@@ -181,9 +187,24 @@ class EdgeApp:
             self.trackers[cam.name] = AlarmTracker(cam.name, policy=self.cfg.alarm_policy(cam))
             self._set_state(pub, cam.name, STATE_NORMAL)
         for cam in self.cfg.cameras:
-            reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status)
+            reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status, self._source_factory(cam))
             self.readers.append(reader)
             reader.start()
+
+    def _source_factory(self, cam: CameraConfig) -> Callable[[CameraConfig], Source]:
+        """``open_source``, with the camera's read journal for a watched folder with ``resume`` (owned and closed
+        by the app). A journal that cannot be opened is logged and the camera runs without one."""
+        path = self.cfg.journal_path(cam)
+        if path is None:
+            return open_source
+        try:
+            journal = FolderJournal(path)
+        except SourceError as e:
+            log.error("camera %s: %s; it runs without a journal: files still in the folder are read again after a "
+                      "restart", cam.name, e)
+            return open_source
+        self._journals.append(journal)
+        return functools.partial(open_source, journal=journal)
 
     def _on_camera_status(self, camera: str, status: str) -> None:
         """Called from reader threads; the main loop publishes (single writer of camera state)."""
@@ -318,6 +339,8 @@ class EdgeApp:
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,
                             event.state, frame.index, score, event.peak, event.first_frame, event.last_frame, event.id)
+            if frame.done is not None:
+                frame.done()  # a watched folder's journal: this file is not scored again after a restart
 
     def _snapshot(self, frame: Frame, event: AlarmEvent | None) -> AlarmEvent | None:
         """Keep only the images that may become an alarm's peak frame (at most raise_window per camera before a

@@ -193,6 +193,7 @@ class CameraReader(threading.Thread):
                 return "stopped"
             raw = src.read()
             now = self.clock()
+            ack = getattr(src, "acker", lambda: None)()  # a watched folder's journal entry for this file
             if raw is None or isinstance(raw, NoFrame):
                 if live and now - last_good >= cam.stale_timeout_s:
                     return "stale"
@@ -211,12 +212,16 @@ class CameraReader(threading.Thread):
             if isinstance(raw, Corrupt):
                 self.counters.corrupt += 1
                 log.warning("camera %s: frame %d skipped: %s", name, index, raw.reason)
+                if ack is not None:
+                    ack()  # nothing to score in it: not read again after a restart
                 if live and now - last_good >= cam.stale_timeout_s:
                     return "stale"
                 continue
             if not gate.keep(t_src):
                 self.counters.skipped += 1
                 last_good = now
+                if ack is not None:
+                    ack()
                 continue
             if roi is not None and raw.ndim >= 2:
                 x, y, w, h = roi
@@ -229,10 +234,12 @@ class CameraReader(threading.Thread):
             except ValueError as e:
                 self.counters.corrupt += 1
                 log.warning("camera %s: frame %d skipped: %s", name, index, e)
+                if ack is not None:
+                    ack()
                 continue
             last_good = now
             self.counters.last_frame = now
             self._backoff = cam.reconnect_interval_s  # frames flow again: the next failure starts a fresh backoff
-            if not self.hub.put(Frame(name, index, image, now, t_wall), self.stop):
+            if not self.hub.put(Frame(name, index, image, now, t_wall, ack), self.stop):
                 return "stopped"
         return "stopped"

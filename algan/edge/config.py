@@ -353,6 +353,17 @@ class CameraConfig(_Section):
         description="folder watch: a new file is read once its size and mtime stayed unchanged this long (seconds); "
         "names starting with '.' or ending in .tmp/.part/.partial/.crdownload/~ are never read",
     )
+    resume: bool = Field(
+        True,
+        description="folder watch: remember the files already scored (name, size, mtime) in a small SQLite journal, "
+        "so that a restart goes on where it stopped instead of scoring every file still in the folder again; "
+        "false = read them all again",
+    )
+    journal: Path | None = Field(
+        None,
+        description="folder watch with resume: the journal file; a relative path is looked up like mqtt.outbox.path; "
+        "default: <camera name>.journal.sqlite beside the outbox",
+    )
     stale_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -403,6 +414,8 @@ class CameraConfig(_Section):
             raise ValueError("watch applies to folder sources; set kind: folder (or auto) or remove watch")
         if self.watch and self.loop:
             raise ValueError("a watched folder never ends, so loop has no meaning; remove one of watch/loop")
+        if self.journal is not None and not self.watch:
+            raise ValueError("journal applies to watched folders (watch: true); remove it or set watch: true")
         if self.reconnect_max_s < self.reconnect_interval_s:
             msg = (f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_interval_s "
                    f"({self.reconnect_interval_s}); raise it")
@@ -491,6 +504,13 @@ class EdgeConfig(_Section):
                 where = f"alarm.cameras.{cam.name}" if over is not None else f"camera {cam.name}"
                 raise ValueError(f"{where}: {e}; fix the alarm settings of this camera") from None
         return self
+
+    def journal_path(self, cam: CameraConfig) -> Path | None:
+        """The read journal of a watched folder with ``resume``: the camera's ``journal``, else
+        ``<camera name>.journal.sqlite`` beside the MQTT outbox (the state directory); ``None`` for other cameras."""
+        if not (cam.watch and cam.resume):
+            return None
+        return cam.journal if cam.journal is not None else self.mqtt.outbox.path.parent / f"{cam.name}.journal.sqlite"
 
     def alarm_policy(self, cam: CameraConfig) -> AlarmPolicy:
         """Effective alarm settings of a camera: ``alarm`` overridden by ``alarm.cameras.<name>`` and the camera's own
@@ -647,7 +667,8 @@ def _credential_path(p: Path, base: Path) -> Path:
 
 
 def _resolve_mqtt_alarm_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
-    """Resolve (and check readable) TLS files; resolve the outbox file and the snapshot directory."""
+    """Resolve (and check readable) TLS files; resolve the outbox file, the watched folders' journals and the
+    snapshot directory."""
     mqtt = cfg.mqtt
     if mqtt.tls is not None:
         files = {}
@@ -664,16 +685,22 @@ def _resolve_mqtt_alarm_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
                 raise ConfigError(msg) from None
             files[key] = p
         mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=files)})
-    ob = mqtt.outbox.path.expanduser()
-    if not ob.is_absolute():
-        state = os.environ.get("STATE_DIRECTORY")
-        ob = Path(state.split(":")[0]) / ob if state else base / ob
+    state = os.environ.get("STATE_DIRECTORY")
+    state_base = Path(state.split(":")[0]) if state else base
+
+    def state_path(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else state_base / p
+
+    ob = state_path(mqtt.outbox.path)
     mqtt = mqtt.model_copy(update={"outbox": mqtt.outbox.model_copy(update={"path": ob})})
+    cams = [c.model_copy(update={"journal": state_path(c.journal)}) if c.journal is not None else c
+            for c in cfg.cameras]
     alarm = cfg.alarm
     if alarm.snapshots is not None and not alarm.snapshots.dir.expanduser().is_absolute():
         snaps = alarm.snapshots.model_copy(update={"dir": base / alarm.snapshots.dir.expanduser()})
         alarm = alarm.model_copy(update={"snapshots": snaps})
-    return cfg.model_copy(update={"mqtt": mqtt, "alarm": alarm})
+    return cfg.model_copy(update={"mqtt": mqtt, "alarm": alarm, "cameras": cams})
 
 
 def parse_config(data: Any, path: Path = Path("<config>"), root: yaml.Node | None = None) -> EdgeConfig:

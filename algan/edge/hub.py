@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ class Frame:
         image: uint8 BGR, shape (H, W, 3) = the model input size, C-contiguous.
         t_mono: capture time, ``time.monotonic()`` seconds (for latency).
         t_wall: capture time, Unix seconds (for message timestamps).
+        done: called (main thread) once the frame's score, and its alarm event if any, are handed to the
+            publisher; a watched folder's journal records the file then. ``None`` for other sources.
     """
 
     camera: str
@@ -33,6 +36,7 @@ class Frame:
     image: np.ndarray
     t_mono: float
     t_wall: float
+    done: Callable[[], None] | None = None
 
 
 class FrameHub:

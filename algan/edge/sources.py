@@ -26,6 +26,7 @@ import numpy as np
 from algan.data.preprocess import ImageReadError, read_image
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
+from algan.edge.journal import FolderJournal
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,10 @@ class FolderSource:
     never ends: each :meth:`read` rescans (at most every ``poll_s``) and returns new files once they are complete,
     i.e. their size (> 0) and mtime stayed the same for ``settle_s`` seconds; names starting with ``.`` or ending
     in :data:`PARTIAL_SUFFIXES` are skipped. It returns :data:`NO_FRAME` while idle and ``None`` when the folder
-    disappears (the reader then reopens it with backoff). Files already in the folder at open are read too.
-    Memory stays bounded: names are forgotten once the files are gone.
+    disappears (the reader then reopens it with backoff). Files already in the folder at open are read too, except
+    those a ``journal`` says were scored before (same name, size and mtime): a restarted daemon goes on where it
+    stopped instead of scoring the whole inbox again. Memory stays bounded: names are forgotten once the files are
+    gone (the journal too, at open).
 
     Args:
         folder: the directory.
@@ -216,6 +219,8 @@ class FolderSource:
         settle_s: watch: how long a new file must stay unchanged before it is read (seconds).
         poll_s: watch: shortest time between two directory scans (seconds).
         clock: monotonic clock (seconds); tests pass a fake.
+        journal: watch: the folder's :class:`~algan.edge.journal.FolderJournal`; after each :meth:`read`,
+            :meth:`acker` gives the callable that records the file as scored. ``None`` = no memory across runs.
 
     Raises:
         SourceError: the folder does not exist, or (without ``watch``) holds no image files.
@@ -230,6 +235,7 @@ class FolderSource:
         settle_s: float = 0.5,
         poll_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        journal: FolderJournal | None = None,
     ) -> None:
         self.path = Path(folder)
         if not self.path.is_dir():
@@ -238,7 +244,9 @@ class FolderSource:
         self.settle_s = float(settle_s)
         self.poll_s = float(poll_s)
         self._clock = clock
-        self._ready: deque[Path] = deque()
+        self._ready: deque[tuple[Path, int, int]] = deque()  # (path, size, mtime_ns)
+        self._last: tuple[str, int, int] | None = None  # the file the last read() returned
+        self.journal = journal if watch else None
         self._seen: set[str] = set()
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._last_scan = -float("inf")
@@ -249,7 +257,14 @@ class FolderSource:
                 exts = " ".join(sorted(IMAGE_SUFFIXES))
                 raise SourceError(f"image folder {self.path} holds no image files ({exts}); fix the camera's source "
                                   "path (or set watch: true to wait for files)")
-            self._ready.extend(files)
+            self._ready.extend((p, 0, 0) for p in files)
+        elif self.journal is not None:
+            try:
+                forgotten = self.journal.keep_only(e.name for e in os.scandir(self.path))
+            except OSError:
+                forgotten = 0
+            log.info("watched folder %s: %d files scored before are skipped (journal %s; %d gone files forgotten)",
+                     self.path, len(self.journal), self.journal.path, forgotten)
 
     def _scan(self) -> bool:
         """Move complete new files to the ready queue; False when the folder is gone."""
@@ -275,6 +290,9 @@ class FolderSource:
             if not e.is_file():
                 continue
             key = (st.st_size, st.st_mtime_ns)
+            if self.journal is not None and self.journal.done_before(name, *key):
+                self._seen.add(name)  # scored by an earlier run
+                continue
             old = self._pending.get(name)
             if old is None or old[:2] != key:
                 self._pending[name] = (*key, now)
@@ -282,9 +300,9 @@ class FolderSource:
             if st.st_size > 0 and now - old[2] >= self.settle_s:
                 ready.append(name)
         for name in sorted(ready):
-            self._pending.pop(name, None)
+            size, mtime_ns, _ = self._pending.pop(name)
             self._seen.add(name)
-            self._ready.append(self.path / name)
+            self._ready.append((self.path / name, size, mtime_ns))
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
         for name in list(self._pending):
             if name not in names:
@@ -303,30 +321,41 @@ class FolderSource:
                 return NO_FRAME
         if not self._ready:
             return None
-        p = self._ready.popleft()
+        p, size, mtime_ns = self._ready.popleft()
+        self._last = (p.name, size, mtime_ns)
         try:
             return read_image(p)
         except ImageReadError as e:
             return Corrupt(str(e))
+
+    def acker(self) -> Callable[[], None] | None:
+        """The callable that records the file of the last :meth:`read` as scored in the journal (call it once the
+        frame's score is published, or at once for a file that cannot be scored); ``None`` without a journal."""
+        if self.journal is None or self._last is None:
+            return None
+        journal, (name, size, mtime_ns) = self.journal, self._last
+        return lambda: journal.add(name, size, mtime_ns)
 
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
 
 
-def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCapture) -> Source:
+def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCapture,
+                journal: FolderJournal | None = None) -> Source:
     """Open a camera's source according to its (resolved) kind; a path to a directory is a folder source.
 
     Args:
         cam: camera config.
         capture: ``cv2.VideoCapture``-like factory (tests inject fakes).
+        journal: a watched folder's read journal (see :class:`FolderSource`); ignored for other sources.
 
     Raises:
         SourceError: one-line reason when it cannot be opened.
     """
     kind = cam.resolved_kind
     if kind == "folder" or (kind == "file" and Path(str(cam.source)).is_dir()) or cam.watch:
-        return FolderSource(str(cam.source), watch=cam.watch, settle_s=cam.settle_s)
+        return FolderSource(str(cam.source), watch=cam.watch, settle_s=cam.settle_s, journal=journal)
     return VideoSource(
         cam.source,
         kind,

@@ -22,6 +22,7 @@ def config(cam: dict[str, Any], **top: Any) -> dict[str, Any]:
         ({"source": "rtsp://h/s", "realtime": True}, {}, "realtime only apply to file/folder sources"),
         ({"source": "imgs", "watch": True, "loop": True}, {}, "a watched folder never ends"),
         ({"source": "a.mp4", "kind": "file", "watch": True}, {}, "watch applies to folder sources"),
+        ({"source": "imgs", "journal": "j.sqlite"}, {}, "journal applies to watched folders (watch: true)"),
         ({"source": 0, "reconnect_interval_s": 10, "reconnect_max_s": 5}, {}, "reconnect_max_s (5.0) must be >="),
         ({"source": 0, "kind": "gstreamer"}, {}, "kind 'gstreamer' needs a path or URL as source"),
         ({"source": 0, "fps": 0}, {}, "cameras.0.fps: Input should be greater than 0"),
@@ -47,3 +48,24 @@ def test_kinds_and_endless():
     assert CameraConfig(name="c", source="a.mp4", loop=True, replay_fps=10).endless
     cfg = parse_config(config({"source": 0}))
     assert cfg.runner.backend == "auto" and cfg.runner.providers == ["cpu"] and cfg.metrics.port is None
+
+
+def test_watched_folder_journal_paths(tmp_path, monkeypatch):
+    """Default journal beside the outbox (state directory); an explicit relative one is resolved like the outbox."""
+    from algan.edge.config import load_config
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    cams = [{"name": "inbox", "source": "imgs", "watch": True},
+            {"name": "lab", "source": "lab", "watch": True, "journal": "j/lab.sqlite"},
+            {"name": "once", "source": "once", "watch": True, "resume": False},
+            {"name": "files", "source": "files"}]
+    (tmp_path / "edge.yaml").write_text(
+        "device_id: line1\nmodel: model.onnx\nmqtt: {outbox: {path: state/outbox.sqlite}}\ncameras:\n"
+        + "".join(f"  - {c}\n".replace("'", '"').replace("True", "true").replace("False", "false") for c in cams))
+    cfg = load_config(tmp_path / "edge.yaml")
+    paths = [cfg.journal_path(c) for c in cfg.cameras]
+    assert paths == [tmp_path / "state" / "inbox.journal.sqlite", tmp_path / "j" / "lab.sqlite", None, None]
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "var"))
+    cfg = load_config(tmp_path / "edge.yaml")
+    assert [cfg.journal_path(c) for c in cfg.cameras][:2] == [tmp_path / "var" / "state" / "inbox.journal.sqlite",
+                                                              tmp_path / "var" / "j" / "lab.sqlite"]

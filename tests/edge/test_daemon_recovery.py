@@ -89,3 +89,34 @@ def test_metrics_port_without_prometheus_client_is_one_line(monkeypatch, tiny_mo
     cfg = edge_config(tiny_model, ("127.0.0.1", 1), [{"name": "c", "source": "x.mp4"}], metrics={"port": 9100})
     with pytest.raises(EdgeError, match="pip install prometheus-client"):
         EdgeApp(parse_config(cfg))
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_restart_goes_on_where_a_watched_folder_stopped(tmp_path, tiny_model, mqtt_broker, mqtt_collector, resume):
+    """With the journal (resume, the default) a restarted daemon scores only the files that arrived meanwhile; with
+    resume: false every file in the inbox is scored again."""
+    inbox = make_folder(tmp_path / "inbox", [DARK] * 4)
+    col = mqtt_collector()
+    cams = [{"name": "inbox", "source": str(inbox), "watch": True, "settle_s": 0.1, "resume": resume}]
+    cfg = edge_config(tiny_model, mqtt_broker, cams, mqtt={"outbox": {"path": str(tmp_path / "state" / "ob.sqlite")}})
+
+    def run_until(n_scores: int) -> None:
+        app, thread, result = start(cfg)
+        try:
+            assert col.wait_for(lambda ms: len(col.on("inbox/score")) >= n_scores, timeout=20)
+            time.sleep(0.3)  # nothing more arrives
+        finally:
+            app.stop.set()
+            thread.join(20)
+        assert result.get("rc") == 0
+
+    run_until(4)
+    assert (tmp_path / "state" / "inbox.journal.sqlite").exists() == resume
+    for i in (4, 5):  # two new parts arrive while the daemon is down
+        make_folder(tmp_path / "new", [BRIGHT]).joinpath("000.png").rename(inbox / f"{i:03d}.png")
+    run_until(6 if resume else 10)
+    scores = [json.loads(m.payload)["score"] for m in col.on("inbox/score")]
+    if resume:
+        assert len(scores) == 6 and all(s < 0.9 for s in scores[:4]) and all(s >= 1.0 for s in scores[4:])
+    else:
+        assert len(scores) == 10 and sum(s >= 1.0 for s in scores[4:]) == 2  # the 4 old files again, the 2 new

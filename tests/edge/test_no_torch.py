@@ -10,7 +10,7 @@ EDGE_MODULES = [
     "algan.edge.hub", "algan.edge.sources", "algan.edge.runner", "algan.edge.mqtt", "algan.edge.broker",
     "algan.edge.messages", "algan.edge.stats", "algan.edge.sdnotify", "algan.edge.logs", "algan.edge.app",
     "algan.cli.edge", "algan.cli.alarms", "algan.edge.camera", "algan.edge.runner_onnx", "algan.edge.runner_tensorrt",
-    "algan.edge.calibration", "algan.edge.metrics", "algan.trt_logging",
+    "algan.edge.calibration", "algan.edge.metrics", "algan.edge.journal", "algan.trt_logging",
 ]
 
 

@@ -185,3 +185,77 @@ def test_pacer_releases_at_rate_and_never_bursts():
     clock.t = 105.0  # the model stalled for seconds: start afresh instead of bursting
     assert pacer.delay() == 0.0 and pacer.delay() == pytest.approx(0.1)
     assert Pacer(None, clock).delay() == 0.0
+
+
+def _png(value: int) -> bytes:
+    return cv2.imencode(".png", np.full((8, 8, 3), value, np.uint8))[1].tobytes()
+
+
+def _drain(src: FolderSource, clock: Clock, t: float) -> list:
+    """Advance the clock past settle_s and read until the source is idle; returns (pixel value, acker) pairs."""
+    clock.t = t
+    got = []
+    while isinstance(item := src.read(), np.ndarray | Corrupt):
+        got.append((int(item[0, 0, 0]) if isinstance(item, np.ndarray) else "corrupt", src.acker()))
+    assert item is NO_FRAME
+    return got
+
+
+def test_watched_folder_journal_skips_files_scored_before_a_restart(tmp_path):
+    from algan.edge.journal import FolderJournal
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        (folder / name).write_bytes(_png(10 + i))
+    (folder / "d.png").write_bytes(b"not an image")
+    journal = FolderJournal(tmp_path / "state" / "cam.journal.sqlite")
+    clock = Clock()
+    src = FolderSource(folder, watch=True, settle_s=0.5, poll_s=0.0, clock=clock, journal=journal)
+    assert src.read() is NO_FRAME
+    got = _drain(src, clock, 1.0)
+    assert [v for v, _ in got] == [10, 11, 12, "corrupt"]
+    got[0][1]()  # a.png scored
+    got[3][1]()  # d.png cannot be scored: recorded at once
+    # b.png and c.png were read but not scored when the daemon stopped
+    src.close()
+    journal.close()
+
+    (folder / "a.png").write_bytes(_png(10))  # same bytes, but a new mtime: a rewritten file counts as new
+    os.utime(folder / "a.png", ns=(10**18, 10**18))
+    journal = FolderJournal(tmp_path / "state" / "cam.journal.sqlite")
+    assert len(journal) == 2
+    clock = Clock()
+    src = FolderSource(folder, watch=True, settle_s=0.5, poll_s=0.0, clock=clock, journal=journal)
+    src.read()
+    got = _drain(src, clock, 1.0)
+    assert [v for v, _ in got] == [10, 11, 12], "unscored and rewritten files are read again"
+    for _, ack in got:
+        ack()
+    src.close()
+    journal.close()
+
+    (folder / "c.png").unlink()  # gone files are forgotten at the next open
+    journal = FolderJournal(tmp_path / "state" / "cam.journal.sqlite")
+    assert len(journal) == 4
+    clock = Clock()
+    src = FolderSource(folder, watch=True, settle_s=0.5, poll_s=0.0, clock=clock, journal=journal)
+    assert len(journal) == 3, "c.png is gone"
+    src.read()
+    assert _drain(src, clock, 1.0) == [], "everything left was scored before"
+    (folder / "e.png").write_bytes(_png(20))
+    src.read()
+    assert [v for v, _ in _drain(src, clock, 2.0)] == [20], "a new file is read"
+    journal.close()
+
+
+def test_folder_without_journal_has_no_acker_and_the_journal_error_is_one_line(tmp_path):
+    from algan.edge.journal import FolderJournal
+
+    folder = make_folder(tmp_path / "f", [DARK] * 2)
+    src = FolderSource(folder)
+    assert isinstance(src.read(), np.ndarray) and src.acker() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SourceError, match="cannot open the folder journal .* set resume: false"):
+        FolderJournal(blocker / "cam.journal.sqlite")
