@@ -72,6 +72,7 @@ class ExportReport:
     auroc: dict | None = None
     engine_note: str = ""
     seconds: float = 0.0
+    fp16_fp32_blocks: int | None = None  # leading backbone blocks kept float32 in model.fp16.onnx
 
 
 def _load_calibration_set(model_dir: Path, size: tuple[int, int]) -> np.ndarray:
@@ -189,25 +190,14 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
                     say(f"simplification with {tool} dropped: {res.max_abs_diff:.2e} > {par.FP32_TOLERANCE:g} "
                         "against torch; the unsimplified graph is kept")
         fp16_path = None
+        s32 = ort_scores(onnx_path, labelled[0]) if labelled is not None else None
         if opts.fp16:
-            from algan.export.fp16 import convert_fp16
-
-            # from the traced graph: the converter cannot always re-type a simplified one
-            src = staging / "model.unsimplified.onnx" if simplified else onnx_path
-            fp16_path = convert_fp16(src, staging / FP16_FILE)
-            say(f"wrote {FP16_FILE}: FP16 backbone (stem and blocks 0-3 FP32), FP32 head and calibration, "
-                "same uint8/float32 I/O")
-            _check(report, par.compare("onnx-fp16", ref, ort_scores(fp16_path, images), par.FP16_TOLERANCE,
-                                       "scaled"), say, FP16_FILE)
+            fp16_path, s16 = _fp16_graph(staging, onnx_path, simplified, ref, images, labelled, s32, report, say)
         if labelled is not None:
-            x, y = labelled
-            s32 = ort_scores(onnx_path, x)
+            y = labelled[1]
             report.auroc = {"data": str(opts.data), "n_images": int(len(y)), "n_anomalous": int(y.sum()),
                             "onnx_fp32": _auroc(y, s32)}
             if fp16_path is not None:
-                s16 = ort_scores(fp16_path, x)
-                _check(report, par.compare("onnx-fp16 vs onnx-fp32, all data", s32, s16, par.FP16_TOLERANCE,
-                                           "scaled"), say, FP16_FILE)
                 a16 = _auroc(y, s16)
                 report.auroc["onnx_fp16"] = a16
                 if a16 is not None and report.auroc["onnx_fp32"] is not None:
@@ -242,6 +232,44 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
     report.seconds = time.monotonic() - t0
     say(f"export finished in {report.seconds:.1f} s")
     return report
+
+
+def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: np.ndarray, images: np.ndarray,
+                labelled: tuple[np.ndarray, np.ndarray] | None, s32: np.ndarray | None, report: ExportReport,
+                say: Callable[[str], None]) -> tuple[Path, np.ndarray | None]:
+    """Write ``model.fp16.onnx`` with as few float32 backbone blocks as parity allows (:data:`FP16_FP32_BLOCKS`).
+
+    Each rung is checked against torch on the parity images and, with ``--data``, against the FP32 graph on all
+    labelled images; the first rung that passes both is kept. Returns the FP16 graph and its scores on the labelled
+    images (or None).
+
+    Raises:
+        ExportError: not even the last rung passes (nothing is written to the bundle).
+    """
+    from algan.export.fp16 import FP16_FP32_BLOCKS, convert_fp16, fp32_scopes
+
+    # from the traced graph: the converter cannot always re-type a simplified one
+    src = staging / "model.unsimplified.onnx" if simplified else onnx_path
+    for n in FP16_FP32_BLOCKS:
+        path = convert_fp16(src, staging / FP16_FILE, fp32_scopes(n))
+        checks = [par.compare("onnx-fp16", ref, ort_scores(path, images), par.FP16_TOLERANCE, "scaled")]
+        s16 = None
+        if labelled is not None:
+            s16 = ort_scores(path, labelled[0])
+            checks.append(par.compare("onnx-fp16 vs onnx-fp32, all data", s32, s16, par.FP16_TOLERANCE, "scaled"))
+        if all(c.ok for c in checks) or n == FP16_FP32_BLOCKS[-1]:
+            break
+        worst = max(checks, key=lambda c: c.max_scaled_diff)
+        say(f"FP16 with the {_fp32_part(n)} in FP32 misses parity ({worst.line()}); keeping more blocks in FP32")
+    say(f"wrote {FP16_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same uint8/float32 I/O")
+    report.fp16_fp32_blocks = n
+    for c in checks:
+        _check(report, c, say, FP16_FILE)
+    return path, s16
+
+
+def _fp32_part(n_blocks: int) -> str:
+    return "stem" if n_blocks == 0 else f"stem and blocks 0-{n_blocks - 1}"
 
 
 def _auroc_line(a: dict) -> str:
@@ -297,7 +325,8 @@ def _exports_entry(model_dir: Path, report: ExportReport, opts: ExportOptions, s
         p16 = by_name["onnx-fp16"]
         out["onnx_fp16"] = {"file": FP16_FILE, "sha256": file_sha256(model_dir / FP16_FILE), "created": created,
                             "parity_max_abs_diff": p16.max_abs_diff, "parity_max_scaled_diff": p16.max_scaled_diff,
-                            "parity_images": p16.n_images, "parity_tolerance": p16.tolerance}
+                            "parity_images": p16.n_images, "parity_tolerance": p16.tolerance,
+                            "fp32_backbone_blocks": report.fp16_fp32_blocks}
     out["parity"] = [r.to_json() for r in report.parity]
     if report.auroc is not None:
         out["auroc"] = report.auroc

@@ -67,6 +67,7 @@ def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp
     assert ex["onnx"]["parity_max_abs_diff"] <= 1e-4 and ex["onnx"]["sha256"] and ex["onnx"]["opset"] == 17
     assert ex["onnx_fp16"]["parity_max_scaled_diff"] <= TEST_FP16_TOLERANCE
     assert ex["onnx_fp16"]["parity_tolerance"] == TEST_FP16_TOLERANCE
+    assert ex["onnx_fp16"]["fp32_backbone_blocks"] == 4  # the first rung passes: stem and blocks 0-3 in FP32
     from algan.data.datasets import load_dataset
 
     ds = load_dataset(export_data)
@@ -89,10 +90,37 @@ def test_failed_parity_leaves_the_bundle_untouched(bundle, monkeypatch):
         export_bundle(ExportOptions(bundle, fp16=True, simplify=False), say=lines.append)
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
     assert any(line.startswith("parity (onnx-fp16)") and line.endswith("FAILED") for line in lines)
+    climbed = [line for line in lines if "misses parity" in line]  # every rung was tried before giving up
+    assert [line.split(" in FP32")[0] for line in climbed] == ["FP16 with the stem and blocks 0-3",
+                                                               "FP16 with the stem and blocks 0-7"]
+    assert any("(stem and blocks 0-11 FP32)" in line for line in lines)
     monkeypatch.setattr(par, "FP32_TOLERANCE", -1.0)
     with pytest.raises(ExportError, match="parity check failed for model.onnx"):
         export_bundle(ExportOptions(bundle, simplify=False), say=lines.append)
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_fp16_keeps_more_blocks_in_fp32_until_parity_holds(bundle, monkeypatch):
+    """The precision ladder: an all-FP16 backbone misses this bound on the tiny bundle (~5e-2 measured), the stem
+    and blocks 0-3 in FP32 meet it (~5e-3): the second rung is written and recorded."""
+    monkeypatch.setattr("algan.export.fp16.FP16_FP32_BLOCKS", (0, 4))
+    monkeypatch.setattr(par, "FP16_TOLERANCE", 1.5e-2)
+    lines: list[str] = []
+    export_bundle(ExportOptions(bundle, fp16=True, simplify=False), say=lines.append)
+    assert [line.split(" misses")[0] for line in lines if "misses parity" in line] == [
+        "FP16 with the stem in FP32"]
+    assert any(line.startswith("wrote model.fp16.onnx: FP16 backbone (stem and blocks 0-3 FP32)") for line in lines)
+    ex = read_manifest(bundle)["exports"]["onnx_fp16"]
+    assert ex["fp32_backbone_blocks"] == 4 and ex["parity_max_scaled_diff"] <= 1.5e-2
+    graph = onnx.load(bundle / "model.fp16.onnx").graph
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+
+    def conv_weight_types(scope: str) -> set[int]:
+        return {dtypes[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.name.startswith(scope)
+                and n.input[1] in dtypes}
+
+    assert conv_weight_types("/backbone/blocks.3/") == {onnx.TensorProto.FLOAT}  # kept float32
+    assert conv_weight_types("/backbone/blocks.5/") == {onnx.TensorProto.FLOAT16}
 
 
 def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monkeypatch):
