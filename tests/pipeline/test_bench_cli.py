@@ -5,12 +5,17 @@ import sys
 KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms"}
 
 
-def test_bench_detection_json_rows(synth_root):
-    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root), "--json",
-                        "--input-size", "64", "--epochs", "1", "--variants", "feature,image", "--presets", "default"],
+def json_rows(data, *flags: str) -> list[dict]:
+    """``algan-bench detection --data DATA --json FLAGS...`` in a subprocess: its rows (exit status 0 asserted)."""
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(data), "--json", *flags],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_detection_json_rows(synth_root):
+    rows = json_rows(synth_root, "--input-size", "64", "--epochs", "1", "--variants", "feature,image", "--presets",
+                     "default")
     assert [row["head"] for row in rows] == ["algan-image[default,1ep]", "algan[default]", "mahalanobis", "knn"]
     for row in rows:
         assert set(row) == KEYS
@@ -32,11 +37,7 @@ def test_bench_rejects_folder_without_test_split(tmp_path):
 
 def test_bench_image_eval_every_prints_rows_along_the_run(synth_root):
     """--eval-every N: one row per N epochs before the final one (head_ms null: only the final head is timed)."""
-    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root), "--json",
-                        "--variants", "image", "--image-size", "64", "--epochs", "3", "--eval-every", "1"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    rows = json_rows(synth_root, "--variants", "image", "--image-size", "64", "--epochs", "3", "--eval-every", "1")
     assert [row["head"] for row in rows] == [f"algan-image[default,{e}ep]" for e in (1, 2, 3)]
     for row in rows:
         assert set(row) == KEYS and 0.0 <= row["auroc"] <= 1.0 and row["variant"] == "image64"
