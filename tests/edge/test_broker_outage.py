@@ -87,6 +87,7 @@ def test_broker_outage_mid_run(tmp_path, tiny_model, mosquitto_factory):
                             and len([m for m in ms if m.topic.endswith("/alarm")]) == 2, timeout=30), \
             err.read_text()[-3000:]
         wait_outbox_empty(tmp_path / "outbox.sqlite")  # every PUBACK is in: nothing is in flight
+        time.sleep(0.5)  # and the collector's PUBACKs of what it received (else the broker re-sends it, QoS 1)
         broker.stop()  # during a dark stretch
         wait_log(err, "alarm cleared", 3, proc)  # episodes 2 and 3 happen while the broker is down
         assert err.read_text().count("lost MQTT broker") == 1
@@ -104,7 +105,12 @@ def test_broker_outage_mid_run(tmp_path, tiny_model, mosquitto_factory):
     assert all(keys[i][0] == keys[i + 1][0] for i in range(0, 8, 2)) and len({k for k, _ in keys}) == 4
     # live state changes (retain flag cleared by the broker); the collector's re-subscription after the restart
     # also gets the retained state again (retain flag set), which is not a second publication
-    states = [m.payload for m in col.on("/state") if not m.retain]
+    # A state the broker re-sends (DUP flag) because the collector's PUBACK was lost with the broker is not a daemon
+    # publication either: the daemon never publishes the same state twice in a row, so only such a repeat is dropped
+    states: list[str] = []
+    for m in col.on("/state"):
+        if not m.retain and not (m.dup and states and states[-1] == m.payload):
+            states.append(m.payload)
     assert states == ["normal"] + ["alarm", "normal"] * 4
     assert "Traceback" not in err.read_text()
 
