@@ -164,3 +164,13 @@ def test_aupro_matches_a_brute_force_reference_with_ties():
     maps[tied] = np.round(maps[tied], 1)  # ties of normal and defect pixels (sloped segments) and unique scores
     for limit in (0.3, 0.05, 1.0):
         assert aupro(maps, masks, fpr_limit=limit) == pytest.approx(_brute_force_aupro(maps, masks, limit), abs=1e-9)
+
+
+def test_pixel_metrics_and_masks_need_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, algan.model.pixel_metrics, algan.data.datasets\n"
+            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
