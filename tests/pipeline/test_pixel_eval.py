@@ -123,6 +123,13 @@ def test_evaluate_maps_with_a_stand_in_equals_the_metrics_on_the_whole_arrays(sy
     assert res["pixel_auroc"] == pytest.approx(pixel_auroc(maps, masks), abs=1e-12)
     assert res["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
     np.testing.assert_allclose(res["scores"], scores.numpy(), rtol=1e-6)
+    # the path for maps already computed (several heads on the same features) gives the same figures
+    from algan.model.pixel_eval import load_masks, metrics_from_maps
+
+    assert np.array_equal(load_masks(ds.test, det.input_size), masks)
+    again = metrics_from_maps(det.score_and_maps(torch.from_numpy(images))[1].numpy(), masks, chunk=5)
+    assert again["pixel_auroc"] == pytest.approx(res["pixel_auroc"], abs=1e-12)
+    assert again["aupro"] == pytest.approx(res["aupro"], abs=1e-12) and again["n_regions"] == res["n_regions"]
     assert res["pixel_note"] is None and res["n_regions"] >= ds.n_test_anomalous
     # the crude local-contrast rule does find the synthetic defects (measured: pixel AUROC 0.764, AUPRO 0.409)
     assert 0.7 < res["pixel_auroc"] < 0.85 and 0.3 < res["aupro"] < 0.5
