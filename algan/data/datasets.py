@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from algan.contract import IMAGE_SUFFIXES
+
 Layout = Literal["auto", "mvtec", "mtd", "folder"]
 
 
