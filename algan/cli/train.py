@@ -225,7 +225,8 @@ def _main(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
-    result = fit_detector(ds, settings, progress=not args.quiet)
+    # progress bars only on a terminal: in a log or the journal they are carriage-return spam
+    result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal = m["calibration"]

@@ -215,7 +215,8 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
         cfg = settings.algan
         result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1]}
+        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1],
+                                                    "epochs_run": len(result.history)}
     if settings.head == "mahalanobis":
         return MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {}
     if settings.head == "knn":

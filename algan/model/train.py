@@ -450,7 +450,8 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(bar, desc="ALGAN", unit="epoch", dynamic_ncols=True, initial=start, total=total)
+        desc = "ALGAN" if cfg.ensemble == 1 else f"ALGAN member {seed - cfg.seed + 1}/{cfg.ensemble}"
+        bar = tqdm(bar, desc=desc, unit="epoch", dynamic_ncols=True, initial=start, total=total)
     for epoch in bar:
         G.train()
         D.train()
