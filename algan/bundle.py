@@ -21,6 +21,7 @@ against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -172,7 +173,10 @@ def load_bundle(model_dir: str | Path):
         transform = PatchProjection(feat["transform"], feat["in_dim"], feat["dim"])
         postprocess = MapPostprocess(pspec, input_size)
         if kind == "algan":
-            inner = AlganConfig.from_json(settings).build_head(feat["dim"])
+            cfg = AlganConfig.from_json(settings)
+            if settings.get("folded_whitening"):  # the whitening lives in D's first layer
+                cfg = dataclasses.replace(cfg, whiten="none")
+            inner = cfg.build_head(feat["dim"])
         elif kind == "patchcore":
             inner = KnnHead.empty(settings["n_bank"], feat["dim"], 1, "euclidean")
         elif kind == "padim":

@@ -21,6 +21,7 @@ from algan.data.datasets import Dataset
 from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
+from algan.model.algan_heads import fold_whitening
 from algan.model.detector import AnomalyDetector, Calibration
 from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
 from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
@@ -146,7 +147,10 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
         cfg = settings.algan
         result = train_algan(x, cfg, progress=progress)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        return (PatchwiseHead(result.head), cfg.to_json(), extras,
+        # the whitening is folded into D's first layer: one K x K product less per cell at inference
+        head = PatchwiseHead(fold_whitening(result.head))
+        head_json = {**cfg.to_json(), "folded_whitening": result.whitening is not None}
+        return (head, head_json, extras,
                 {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)})
     if settings.head == "patchcore":
         if not 0.0 < settings.coreset_ratio <= 1.0:

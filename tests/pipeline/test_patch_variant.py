@@ -282,3 +282,22 @@ def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_fold_whitening_gives_the_same_scores():
+    from algan.model.algan_heads import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
+    from algan.model.networks import MLPDiscriminator
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((400, 12)) * np.linspace(0.2, 4, 12)).astype(np.float32)
+    mean, w, _ = shrunk_whitening(x)
+    torch.manual_seed(0)
+    head = AlganEnsembleHead([MLPDiscriminator(12, [16, 8]), MLPDiscriminator(12, [16])],
+                             Whitening(12).set(mean, w)).eval()
+    folded = fold_whitening(head).eval()
+    assert folded.whitening is None
+    t = torch.from_numpy(x[:50])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(t), head(t), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="first linear layer"):
+        fold_whitening(AlganEnsembleHead([MLPDiscriminator(12, [8], quadratic=True)], Whitening(12)))
