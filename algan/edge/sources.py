@@ -27,6 +27,7 @@ from algan.data.preprocess import ImageReadError, read_image
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.journal import FolderJournal
+from algan.edge.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,14 @@ class VideoSource:
     ) -> None:
         self.kind = kind
         if kind == "file" and not Path(str(source)).is_file():
-            raise SourceError(f"video file {source} does not exist; fix the camera's source path")
+            raise SourceError(f"video file {redact(str(source))} does not exist; fix the camera's source path")
         if kind == "device":
             target: int | str = int(source) if isinstance(source, int) or str(source).isdigit() else str(source)
             cap = capture(target, cv2.CAP_V4L2) if isinstance(target, str) else capture(target)
             if cap.isOpened():
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short: newest frames, low latency
         elif kind == "stream":
+            t_open = time.monotonic()
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
             with _ENV_LOCK:
@@ -182,7 +184,9 @@ class VideoSource:
                 "stream": f"unreachable or silent for {open_timeout_s:g} s; check the URL, credentials and network",
                 "gstreamer": "the pipeline does not start; test it with gst-launch-1.0 and end it in appsink",
             }.get(kind, "OpenCV cannot open it")
-            raise SourceError(f"cannot open {kind} source {source}: {hint}")
+            if kind == "stream" and time.monotonic() - t_open < 0.8 * open_timeout_s:
+                hint = _stream_failed_at_once(str(source), time.monotonic() - t_open)
+            raise SourceError(f"cannot open {kind} source {redact(str(source))}: {hint}")
         self._cap = cap
         self.fps = _capture_fps(cap)
 
@@ -195,6 +199,36 @@ class VideoSource:
 
     def close(self) -> None:
         self._cap.release()
+
+
+#: default TCP ports of the stream schemes, for telling a refused connection from a wrong path or credentials
+_STREAM_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443, "srt": None, "udp": None,
+                 "tcp": None}
+
+
+def _stream_failed_at_once(url: str, elapsed: float) -> str:
+    """The hint for a stream open that failed well before its timeout: a refused TCP connection (probed once), or a
+    server that answered but did not give a stream (path, credentials, codec)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or _STREAM_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        host, port = None, None
+    if host and port:
+        import socket
+
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                reason = None
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+        if reason is not None:
+            return (f"connection to {host}:{port} failed at once ({reason}); is the camera/server running and the "
+                    "port right?")
+    return (f"the server answered but gave no stream within {elapsed:.1f} s; check the URL path, credentials and "
+            "codec")
 
 
 def _is_partial(name: str) -> bool:
@@ -339,6 +373,36 @@ class FolderSource:
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
+
+
+def check_sources(cameras: list[CameraConfig]) -> None:
+    """Refuse at start what a camera's reader would fail on at once: a file or (unwatched) folder source that does
+    not exist, or a folder without image files. Live sources and watched folders are not checked: they are retried
+    (a camera plugged in or a share mounted later).
+
+    Raises:
+        SourceError: one line naming the camera, the path and the fix.
+    """
+    for cam in cameras:
+        if cam.is_live or cam.watch or cam.resolved_kind not in ("file", "folder"):
+            continue
+        path = Path(str(cam.source))
+        if not path.exists():
+            what = "folder" if cam.resolved_kind == "folder" else "file"
+            raise SourceError(f"cameras.{cam.name}.source: {what} {path} does not exist; fix the camera's source "
+                              "path (relative paths are resolved next to the config file)")
+        if path.is_dir():
+            try:
+                has = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+            except OSError as e:
+                raise SourceError(f"cameras.{cam.name}.source: cannot list folder {path} ({e.strerror or e}); "
+                                  "make it readable for the daemon's user") from None
+            if not has:
+                raise SourceError(f"cameras.{cam.name}.source: folder {path} holds no image files; fix the path or "
+                                  "set watch: true to wait for files")
+        elif not os.access(path, os.R_OK):
+            raise SourceError(f"cameras.{cam.name}.source: file {path} is not readable for this user; fix its "
+                              "permissions")
 
 
 def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCapture,
