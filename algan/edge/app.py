@@ -26,7 +26,7 @@ import numpy as np
 
 from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.batcher import Batcher, next_batch
-from algan.edge.broker import EmbeddedBroker, wants_embedded_broker
+from algan.edge.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
 from algan.edge.camera import CameraReader
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.discovery import discovery_messages
@@ -163,6 +163,9 @@ class EdgeApp:
     def _start_broker(self) -> EmbeddedBroker | None:
         m = self.cfg.mqtt
         if not wants_embedded_broker(m):
+            why = embedded_broker_refusal(m) if m.embedded_broker == "auto" else None
+            note = f" (embedded broker not allowed: {why})" if why else ""
+            log.info("MQTT broker: external, %s:%d%s", m.host, m.port, note)
             return None
         log.info("no MQTT broker on %s:%d: starting the embedded one (mqtt.embedded_broker: auto)", m.host, m.port)
         broker = EmbeddedBroker(m.host, m.port)

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from algan.data.preprocess import ImageReadError, read_image
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.journal import FolderJournal
@@ -35,6 +34,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+#: Smallest image (pixels, each side) a folder source scores; smaller ones are counted as corrupt (a 1x1 thumbnail
+#: or a placeholder is not a camera frame, and resized to the model input it scores as a flat grey image).
+MIN_IMAGE_SIDE = 16
 #: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 #: Serialises FFmpeg opens: streams set :data:`FFMPEG_OPTIONS_ENV` (process-wide), files must not see it.
@@ -231,6 +233,45 @@ def _stream_failed_at_once(url: str, elapsed: float) -> str:
             "codec")
 
 
+def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Corrupt:
+    """Read and decode one image file of a folder source, refusing what must not be scored.
+
+    Refused (a :class:`Corrupt` whose reason names the file): an empty file, a JPEG without its end-of-image marker
+    (``FF D9``, trailing zero padding allowed) or a PNG without its ``IEND`` chunk (both: a file cut short, which
+    libjpeg/libpng would otherwise decode partially, grey below the cut), a file OpenCV cannot decode, and an image
+    smaller than :data:`MIN_IMAGE_SIDE` pixels on a side.
+
+    Args:
+        path: the image file.
+        data: its bytes when already read (fuzz tests), else read here.
+
+    Returns:
+        uint8 BGR ``(H, W, 3)`` (grayscale expanded), or :class:`Corrupt`.
+    """
+    try:
+        raw = path.read_bytes() if data is None else data
+    except OSError as e:
+        return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
+    if not raw:
+        return Corrupt(f"image {path} is empty (0 bytes)")
+    if raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)")
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
+        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)")
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        img = None
+        log.debug("decoding %s: %s", path, e)
+    if img is None or img.ndim != 3:
+        return Corrupt(f"cannot read image {path}: not an image format OpenCV decodes ({len(raw)} bytes)")
+    h, w = img.shape[:2]
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        return Corrupt(f"image {path} is {w}x{h} pixels, smaller than the minimum "
+                       f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    return img
+
+
 def _is_partial(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
 
@@ -282,6 +323,7 @@ class FolderSource:
         self._last: tuple[str, int, int] | None = None  # the file the last read() returned
         self.journal = journal if watch else None
         self._seen: set[str] = set()
+        self._empty: set[tuple[str, int]] = set()  # (name, mtime_ns) of empty files already reported
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._last_scan = -float("inf")
         self._closed = False
@@ -324,20 +366,27 @@ class FolderSource:
             if not e.is_file():
                 continue
             key = (st.st_size, st.st_mtime_ns)
-            if self.journal is not None and self.journal.done_before(name, *key):
+            done = self.journal is not None and self.journal.done_before(name, *key)
+            if st.st_size == 0 and (done or (name, st.st_mtime_ns) in self._empty):
+                continue  # an empty file already reported: looked at again only once it grows
+            if done:
                 self._seen.add(name)  # scored by an earlier run
                 continue
             old = self._pending.get(name)
             if old is None or old[:2] != key:
                 self._pending[name] = (*key, now)
                 old = self._pending[name]
-            if st.st_size > 0 and now - old[2] >= self.settle_s:
+            if now - old[2] >= self.settle_s:  # an empty file too: reported (and journalled) once it stayed empty
                 ready.append(name)
         for name in sorted(ready):
             size, mtime_ns, _ = self._pending.pop(name)
-            self._seen.add(name)
+            if size == 0:
+                self._empty.add((name, mtime_ns))
+            else:
+                self._seen.add(name)
             self._ready.append((self.path / name, size, mtime_ns))
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
+        self._empty = {e for e in self._empty if e[0] in names}
         for name in list(self._pending):
             if name not in names:
                 del self._pending[name]
@@ -357,10 +406,7 @@ class FolderSource:
             return None
         p, size, mtime_ns = self._ready.popleft()
         self._last = (p.name, size, mtime_ns)
-        try:
-            return read_image(p)
-        except ImageReadError as e:
-            return Corrupt(str(e))
+        return decode_image_file(p)
 
     def acker(self) -> Callable[[], None] | None:
         """The callable that records the file of the last :meth:`read` as scored in the journal (call it once the
