@@ -1,9 +1,9 @@
 """Embedded MQTT broker (amqtt) for machines without one, e.g. a demo laptop.
 
 Started by the daemon only when ``mqtt.embedded_broker: auto``, the host is a loopback address, no credentials and
-no TLS are configured, and nothing listens on host:port (:func:`wants_embedded_broker`). It runs in a background thread with its own asyncio loop, allows
-anonymous clients, keeps retained messages in memory, and stops with the daemon. Production devices should run
-mosquitto (see ``deploy/``).
+no TLS are configured, and nothing listens on host:port (:func:`wants_embedded_broker`). It runs in a background
+thread with its own asyncio loop, allows anonymous clients, keeps retained messages in memory, and stops with the
+daemon. Production devices should run mosquitto (see ``deploy/``, whose edge.yaml sets ``embedded_broker: never``).
 """
 
 from __future__ import annotations

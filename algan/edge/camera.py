@@ -31,7 +31,6 @@ from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.hub import Frame, FrameHub
 from algan.edge.logs import redact
-from algan.edge.logs import redact
 from algan.edge.sources import Corrupt, FrameGate, NoFrame, Pacer, Source, open_source
 
 log = logging.getLogger(__name__)

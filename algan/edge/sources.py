@@ -254,7 +254,7 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Cor
         return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
     if not raw:
         return Corrupt(f"image {path} is empty (0 bytes)")
-    if raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+    if raw[:2] == b"\xff\xd8" and raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)")
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
         return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)")
