@@ -125,11 +125,11 @@ class Camera:
                                       str(self.fps)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port("127.0.0.1", self.port, 10)
 
-    def kill(self) -> None:
+    def kill(self, count: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-            self.kills += 1
+            self.kills += count
 
 
 @dataclass
@@ -238,7 +238,7 @@ def soak(seconds: float, broker_every: float, broker_down: float, camera_every: 
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        cam.kill()
+        cam.kill(count=False)
     deadline = time.monotonic() + 20
     text = log_path.read_text()
     sent = {(m[0], m[2], m[1]) for m in RAISED_RE.findall(text)}  # (camera, id, state)
@@ -282,7 +282,8 @@ def soak(seconds: float, broker_every: float, broker_down: float, camera_every: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="<= 60 s: 45 s run, broker restart and camera kill once")
+    p.add_argument("--smoke", action="store_true",
+                   help="<= 60 s: a 24 s run, the broker restarted twice, the stream camera killed once")
     p.add_argument("--minutes", type=float, default=30.0, help="run length (minutes, default 30)")
     p.add_argument("--broker-every", type=float, default=180.0, help="seconds between broker restarts")
     p.add_argument("--broker-down", type=float, default=3.0, help="seconds the broker stays down")
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = a.minutes * 60.0
     if a.smoke:
-        seconds, a.broker_every, a.camera_every, a.broker_down, a.camera_down = 40.0, 14.0, 22.0, 2.0, 3.0
+        seconds, a.broker_every, a.camera_every, a.broker_down, a.camera_down = 24.0, 8.0, 13.0, 1.5, 2.0
     with tempfile.TemporaryDirectory(prefix="algan-soak-") as tmp:
         workdir = a.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -556,6 +556,14 @@ class EdgeConfig(_Section):
 # Loading and error reporting
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines from odd YAML keys or values) escaped: an error stays one line."""
+    return _CONTROL_RE.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def _unwrap(tp: Any) -> list[Any]:
     origin = typing.get_origin(tp)
     if origin is Annotated:
@@ -636,7 +644,7 @@ def format_validation_error(exc: ValidationError, path: Path, root: yaml.Node | 
     line = _yaml_line(root, loc)
     more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     pos = f"{path}:{line}" if line else str(path)
-    return redact(f"config error: {pos}: {where}: {_describe(first)}{more}")
+    return one_line(redact(f"config error: {pos}: {where}: {_describe(first)}{more}"))
 
 
 def _read_password(cfg: EdgeConfig, base: Path) -> EdgeConfig:
@@ -738,16 +746,16 @@ def _substitute(data: Any, path: Path, root: yaml.Node | None, env: typing.Mappi
         line = _yaml_line(root, loc)
         pos = f"{path}:{line}" if line else str(path)
         where = ".".join(str(p) for p in loc) or "(top level)"
-        return ConfigError(f"config error: {pos}: {where}: {what}")
+        return ConfigError(one_line(f"config error: {pos}: {where}: {what}"))
 
     def one(m: re.Match) -> str:
         if m.group(0) == "$${":
             return "${"
         ref = m.group(1)
         if ref.startswith("file:"):
-            name = Path(ref[5:].strip()).expanduser()
-            if not str(name):
+            if not ref[5:].strip():
                 raise fail("${file:} needs a file name, e.g. ${file:camera_password}")
+            name = Path(ref[5:].strip()).expanduser()
             fp = _credential_path(name, path.resolve().parent)
             try:
                 value = fp.read_text(encoding="utf-8").splitlines()[0].strip()
@@ -806,11 +814,20 @@ def load_config(path: str | Path) -> EdgeConfig:
     Raises:
         ConfigError: missing/unreadable file, YAML syntax error or schema error; the text is one line.
     """
-    path = Path(path)
+    try:
+        return _load_config(Path(path))
+    except ConfigError as e:  # every message one line, whatever odd characters a key, value or path holds
+        raise ConfigError(one_line(str(e))) from None
+
+
+def _load_config(path: Path) -> EdgeConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         msg = f"config error: cannot read {path} ({e.strerror or e}); check the path given to --config"
+        raise ConfigError(msg) from None
+    except UnicodeDecodeError as e:
+        msg = f"config error: {path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 YAML"
         raise ConfigError(msg) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
