@@ -25,7 +25,6 @@ from edgekit import DARK, edge_config, make_bundle, make_folder, make_model, mak
 
 from algan.edge.config import load_config, parse_config
 from algan.edge.errors import ConfigError, ModelError
-from algan.edge.verify import verify_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +107,8 @@ def test_damaged_bundle_refused_by_run_before_the_broker(tmp_path):
 
 
 def test_bare_onnx_and_engine_less_bundle_reports(tmp_path):
+    from algan.edge.verify import verify_model
+
     bare = make_model(tmp_path / "solo" / "m.onnx")
     rep = verify_model(bare, bare)
     assert rep.bundle is None and not rep.sha256_checked
@@ -423,6 +424,9 @@ def test_example_config_passes_check_config_with_a_model(tmp_path):
     make_video(tmp_path / "shared" / "data" / "video" / "bottle-detection.mp4", [DARK] * 3)
     res = check_config(repo / "configs" / "edge.example.yaml")
     assert res.returncode == 0, res.stderr
+    cfg = load_config(repo / "configs" / "edge.example.yaml")
+    assert Path(cfg.cameras[0].source).resolve() == (tmp_path / "shared" / "data" / "video" / "bottle-detection.mp4")
+    assert cfg.mqtt.embedded_broker == "auto" and cfg.model == repo / "configs" / ".." / "runs" / "bottle" / "bundle"
 
 
 def test_stream_refused_at_once_says_refused(unused_port):
@@ -456,6 +460,8 @@ def test_wrong_ca_hint_does_not_suggest_insecure(tmp_path, tiny_model, step_vide
 
 
 def test_model_errors_exit_2(tmp_path):
+    from algan.edge.verify import verify_model
+
     with pytest.raises(ModelError) as info:
         verify_model(tmp_path / "nothing", tmp_path / "nothing")
     assert info.value.exit_code == 2
