@@ -20,28 +20,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from algan.contract import MANIFEST_FILE as MANIFEST
+from algan.contract import SAMPLES_FILE as SAMPLES
+from algan.contract import WEIGHTS_FILE as WEIGHTS
+from algan.contract import atomic_directory
+
 FORMAT_VERSION = 1
-MANIFEST = "algan.json"
-WEIGHTS = "weights.safetensors"
-SAMPLES = "samples.safetensors"
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
 STORED_PREFIXES = ("transform.", "head.", "calibration.")
 
 
 class BundleError(ValueError):
     """A model directory that is missing, incomplete or of an unsupported format."""
-
-
-def utc_now_iso() -> str:
-    """UTC time as ISO 8601 with milliseconds and ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def read_manifest(model_dir: str | Path) -> dict:
@@ -126,10 +121,8 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.tmp"))
-    try:
-        os.chmod(tmp, BUNDLE_DIR_MODE)
+    with atomic_directory(model_dir) as tmp:  # fsynced, then swapped in; removed on any error
+        os.chmod(tmp, BUNDLE_DIR_MODE)  # mkdtemp gives 0700: the service user must read the bundle
         state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
         for k, v in (extra_tensors or {}).items():
             state[k] = v.detach().contiguous()
@@ -142,18 +135,6 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
             os.chmod(f, BUNDLE_FILE_MODE)
         manifest = {"format_version": FORMAT_VERSION, **manifest}
         write_manifest(tmp, manifest)
-        if model_dir.exists():
-            old = model_dir.with_name(f".{model_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            model_dir.rename(old)
-            tmp.rename(model_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return model_dir
 
 

@@ -21,10 +21,12 @@ Figures printed (and written as JSON with ``--json``):
 
 Usage::
 
-    python benchmarks/soak.py --smoke                 # <= 60 s, what CI runs (tests/edge/test_soak_smoke.py)
+    python benchmarks/soak.py --smoke                 # ~30 s, what CI runs (tests/test_benchmarks_smoke.py)
     nice -n 15 python benchmarks/soak.py --minutes 30 --json /tmp/soak.json
 
-Needs mosquitto (apt-get install mosquitto); torch-free.
+Exit status 0 when every raised event was received, the daemon exited 0 without a traceback, it reconnected to
+the broker after each restart, and its file descriptors did not grow by more than 2; 1 otherwise; 77 without
+mosquitto (apt-get install mosquitto). Torch-free.
 """
 
 from __future__ import annotations
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if mosquitto_path() is None:
         print("soak: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 2
+        return 77
     seconds = a.minutes * 60.0
     if a.smoke:
         seconds, a.broker_every, a.camera_every, a.broker_down, a.camera_down = 24.0, 8.0, 13.0, 1.5, 2.0
@@ -319,9 +321,18 @@ def main(argv: list[str] | None = None) -> int:
           f"descriptors {res['fds_start']} -> {res['fds_end']}, tracebacks {res['tracebacks']}")
     if a.json:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
-    ok = (res["events_raised"] == res["events_received"] and res["events_raised"] > 0 and res["exit_status"] == 0
-          and res["tracebacks"] == 0)
-    return 0 if ok else 1
+    checks = {
+        "every raised event received": res["events_raised"] == res["events_received"] > 0,
+        "no unexpected event": res["events_unexpected"] == 0,
+        "daemon exit status 0": res["exit_status"] == 0,
+        "no traceback": res["tracebacks"] == 0,
+        "reconnected after each broker restart": res["mqtt_reconnects"] >= res["broker_restarts"],
+        "stream camera reconnected": res["camera_kills"] == 0 or (res["camera_reconnects"].get("stream") or 0) >= 1,
+        "file descriptors did not grow": res["fds_end"] <= res["fds_start"] + 2,
+    }
+    failed = [k for k, ok in checks.items() if not ok]
+    print(f"  checks: {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from algan.contract import order_statistic_rank  # the one threshold rule (algan.model.fit uses it too)
+
 #: exceedances per target rate wanted for a stable empirical quantile: n >= STABLE_EXCEEDANCES / target_fpr
 STABLE_EXCEEDANCES = 10
 #: fewest normal scores any threshold estimate is made from
@@ -59,12 +61,6 @@ def sample_size_warning(n: int, target_fpr: float) -> str | None:
     return (f"{n} normal images give about {expected:.2g} expected false alarms at target FPR {target_fpr:g}; "
             f"a stable estimate needs >= {need} images ({STABLE_EXCEEDANCES}/target), {how}: treat the threshold as "
             "approximate and re-check it with algan-calibrate --check on more frames")
-
-
-def order_statistic_rank(n: int, target_fpr: float) -> int:
-    """1-based rank ``k = ceil((n + 1)(1 - target_fpr))`` of the empirical threshold among ``n`` sorted scores
-    (may exceed ``n``: the rate is then not resolvable empirically)."""
-    return math.ceil((n + 1) * (1.0 - target_fpr) - 1e-9)
 
 
 def expected_alarms_interval(n_calib: int, rank: int | None, n_new: int, target_fpr: float,

@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ log = logging.getLogger(__name__)
 #: The bundle format version this runtime reads (``algan.bundle.FORMAT_VERSION``; kept here so that the edge needs
 #: nothing from the training side).
 FORMAT_VERSION = 1
-MANIFEST = "algan.json"
-WEIGHTS = "weights.safetensors"
-MODEL_ID_KEY = "algan.model_id"
-#: graph file name -> key of its record in the manifest's ``exports``
-EXPORT_KEYS = {"model.onnx": "onnx", "model.fp16.onnx": "onnx_fp16"}
+MANIFEST = MANIFEST_FILE
+WEIGHTS = WEIGHTS_FILE
+MODEL_ID_KEY = KEY_MODEL_ID
+#: graph file name -> key of its record in the manifest's ``exports`` (see algan.export.pipeline._exports_entry)
+EXPORT_KEYS = {ONNX_FILE: "onnx", "model.fp16.onnx": "onnx_fp16"}
 #: largest safetensors JSON header accepted (bytes); the format itself caps it at 100 MB
 MAX_HEADER = 100_000_000
 

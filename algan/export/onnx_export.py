@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
-from algan.export.metadata import INPUT_NAME, OUTPUT_NAME, graph_metadata, set_metadata
+from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.export.metadata import graph_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 

