@@ -12,7 +12,7 @@ backend       module                      needs
 ============  ==========================  ==========================================================
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
-torch         ``algan.model.torch_runner`` torch with CUDA, the model bundle (FP16)
+torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -149,7 +149,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
-    "torch": ("algan.model.torch_runner", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
 }
 
 
@@ -179,12 +179,3 @@ def load_runner(config: EdgeConfig) -> Runner:
         return factory(config.model, **kwargs)
     except ImportError as e:
         raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
-
-
-def __getattr__(name: str) -> Any:
-    """``algan.edge.runner.OnnxRuntimeRunner`` keeps working (lazily, to avoid importing onnxruntime here)."""
-    if name == "OnnxRuntimeRunner":
-        from algan.edge.runner_onnx import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner
-    raise AttributeError(name)
