@@ -156,10 +156,17 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 def load_runner(config: EdgeConfig) -> Runner:
     """Build the runner chosen by :func:`choose_backend` for ``config.model``.
 
+    The model's bundle is verified first (:func:`algan.edge.verify.verify_model`: format version, the graph's
+    recorded sha256 and model id, the weights file's integrity).
+
     Raises:
-        ModelError: model problems, or a backend whose packages are not installed (with the install hint).
+        ModelError: model problems, a bundle failing its integrity record, or a backend whose packages are not
+            installed (with the install hint).
     """
+    from algan.edge.verify import verify_model
+
     backend = choose_backend(config)
+    verify_model(config.model, resolve_model_path(config.model, backend))
     module, cls, hint = BACKENDS[backend]
     r = config.runner
     kwargs: dict[str, Any] = {"device": r.device}
