@@ -51,6 +51,11 @@ def read_manifest(model_dir: str | Path) -> dict:
     """
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
+    if model_dir.is_file():
+        hint = f"give the bundle directory {model_dir.parent}" if (model_dir.parent / MANIFEST).is_file() else (
+            "give the bundle directory that algan-train wrote")
+        raise BundleError(f"{model_dir} is a file, but a model bundle directory is needed (with {MANIFEST} and "
+                          f"{WEIGHTS}); {hint}")
     if not model_dir.is_dir():
         raise BundleError(f"model directory {model_dir} does not exist; train one with algan-train --out {model_dir}")
     if not path.is_file():
@@ -74,9 +79,30 @@ def write_manifest(model_dir: str | Path, manifest: dict) -> None:
     atomic_write_bytes(Path(model_dir) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
+#: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
+#: another (the service's User=), so it is world-readable whatever the umask (mkstemp/mkdtemp would give 0600/0700)
+BUNDLE_DIR_MODE = 0o755
+BUNDLE_FILE_MODE = 0o644
+
+
+def _load_weights(wpath: Path) -> dict:
+    """``safetensors.torch.load_file`` with its errors (a truncated file, a pickle renamed) as one BundleError line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(wpath))
+    except OSError as exc:
+        raise BundleError(f"cannot read {wpath} ({exc.strerror or exc}); check its permissions") from None
+    except Exception as exc:  # safetensors_rust.SafetensorError: truncated, not safetensors (e.g. a pickle)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{wpath} is damaged or not a safetensors file ({reason}); copy the bundle again or "
+                          "re-train it") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, BUNDLE_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -100,6 +126,7 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
 
     model_dir = Path(model_dir)
     with atomic_directory(model_dir) as tmp:  # fsynced, then swapped in; removed on any error
+        os.chmod(tmp, BUNDLE_DIR_MODE)  # mkdtemp gives 0700: the service user must read the bundle
         state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
         for k, v in (extra_tensors or {}).items():
             state[k] = v.detach().contiguous()
@@ -108,6 +135,8 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
             import torch
 
             save_file({"images": torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES))
+        for f in tmp.iterdir():
+            os.chmod(f, BUNDLE_FILE_MODE)
         manifest = {"format_version": FORMAT_VERSION, **manifest}
         write_manifest(tmp, manifest)
     return model_dir
@@ -133,7 +162,6 @@ def load_bundle(model_dir: str | Path):
         BundleError: missing/invalid files or tensors that do not match the manifest.
     """
     import torch
-    from safetensors.torch import load_file
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.detector import AnomalyDetector, Calibration
@@ -205,7 +233,7 @@ def load_bundle(model_dir: str | Path):
     det = AnomalyDetector(preprocess, backbone, transform, head,
                           Calibration(cal["center"], cal["threshold"]), input_size=input_size,
                           postprocess=postprocess if variant == "patch" else None)
-    state = load_file(str(wpath))
+    state = _load_weights(wpath)
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}
     if set(stored) != wanted:
@@ -234,7 +262,7 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
         BundleError: not a bundle; ValueError: threshold not above center.
     """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     if not threshold > center:
         raise ValueError(f"threshold ({threshold}) must exceed the normal-score center ({center})")
@@ -243,13 +271,14 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
     wpath = model_dir / WEIGHTS
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
-    state = load_file(str(wpath))
+    state = _load_weights(wpath)
     state["calibration.center"] = torch.tensor(float(center), dtype=torch.float32)
     state["calibration.scale"] = torch.tensor(float(threshold - center), dtype=torch.float32)
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"model_id": manifest.get("model_id", "")})
+        os.chmod(tmp, BUNDLE_FILE_MODE)
         os.replace(tmp, wpath)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -88,6 +88,7 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
         model.producer_version = __version__
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp gives 0600; a bundle is read by the service user
         os.replace(tmp, path)
     except ExportError:
         raise
