@@ -1,12 +1,12 @@
 """Pure threshold estimators on anomaly scores (numpy/scipy/scikit-learn, no torch, no I/O).
 
-Score direction (STYLE.md item 7): higher = more anomalous, and a frame alarms when ``score >= threshold``
+Score direction: higher = more anomalous, and a frame alarms when ``score >= threshold``
 (the edge daemon's rule, ``alarm.threshold``). All rates here are *per frame*.
 
-Estimators follow the scikit-learn contract (STYLE.md item 6): ``__init__`` only stores its parameters, ``fit``
+Estimators follow the scikit-learn estimator contract: ``__init__`` only stores its parameters, ``fit``
 returns ``self``, learned attributes end in ``_``, and using an unfitted estimator raises ``NotFittedError``.
 
-Unsupervised (normal scores only, STYLE.md item 8) -- the threshold for a target false-alarm rate ``alpha``:
+Unsupervised (normal scores only; anomalies are rare and unlabelled), the threshold at a false-alarm rate ``alpha``:
 
 * :class:`QuantileThreshold`: the order statistic ``X_(k)``, ``k = ceil((n + 1)(1 - alpha))``. For exchangeable
   scores ``F(X_(k))`` is Beta(k, n + 1 - k) distributed, so the expected out-of-sample false-alarm rate is
@@ -227,7 +227,7 @@ class GPDTailThreshold(_Fitted):
 
 
 class TargetFprThreshold(_Fitted):
-    """Threshold at a target per-frame false-alarm rate, choosing the estimator (strategy, STYLE.md item 5).
+    """Threshold at a target per-frame false-alarm rate, choosing the estimator (a strategy object).
 
     Args:
         target_fpr: per-frame false-alarm rate in (0, 0.5).
