@@ -396,6 +396,20 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+def import_pycuda() -> Any:
+    """``pycuda.driver`` (the TensorRT runner's CUDA API, used for the parity run).
+
+    Raises:
+        EngineError: pycuda is absent (one line saying how to install it).
+    """
+    try:
+        import pycuda.driver
+    except ImportError as e:
+        raise EngineError(f"pycuda is not installed ({e}); it runs the engine for the parity check: on a Jetson "
+                          "apt-get install python3-pycuda (JetPack), elsewhere pip install pycuda") from None
+    return pycuda.driver
+
+
 def graph_io(onnx_path: Path) -> tuple[tuple[int, int], list[str]]:
     """``((H, W), output names)`` of an exported graph, read with ONNX Runtime (a base dependency; ``onnx`` is not).
 
@@ -540,11 +554,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
     if trt is None:
         trt = import_tensorrt()
     if cuda is None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError as e:
-            raise EngineError(f"pycuda is not installed ({e}); it runs the parity check: on a Jetson apt-get install "
-                              "python3-pycuda (JetPack) or pip install pycuda in the venv") from None
+        cuda = import_pycuda()
     plan = plan_build(trt.__version__, fp16, int8)
     calib = None
     if plan.int8_calibrator:
@@ -646,10 +656,7 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     if trt is None:
         trt = import_tensorrt()
     if cuda is None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError as e:
-            raise EngineError(f"pycuda is not installed ({e}); on a Jetson apt-get install python3-pycuda") from None
+        cuda = import_pycuda()
     blob = engine_path.read_bytes()
     sig = engine_signature(trt, blob, make_logger(trt, log))
     if tuple(sig["input_shape"]) != size:
