@@ -5,12 +5,17 @@ Usage::
     algan-edge run --config /etc/algan/edge.yaml [--log-level info]
     algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
     algan-edge broker [--host 127.0.0.1] [--port 1883] # the embedded amqtt broker in the foreground (demos)
+    algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch 1:8:16]   # TensorRT engine on this device, no torch
+    algan-edge build-engine MODEL_DIR --adopt model.engine [--precision fp16]  # sidecar for a trtexec engine
+    algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
 
-Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (model,
-broker, no camera readable, undelivered messages); 2 configuration error. User-caused errors print one line.
+Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (broker
+unreachable, no camera readable, undelivered messages); 2 user error: configuration, model or bundle (the same from
+``run`` and ``check-config``: ``check-config`` refuses everything ``run`` refuses at start, see :func:`preflight`).
+User-caused errors print one line.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from algan.edge.config import load_config
-from algan.edge.errors import EdgeError, ModelError
-from algan.edge.logs import LEVELS, setup_logging
-from algan.edge.runner import choose_backend, resolve_model_path
+from algan.edge.config import EdgeConfig, load_config
+from algan.edge.errors import ConfigError, EdgeError, ModelError, SourceError
+from algan.edge.logs import LEVELS, redact, setup_logging
+from algan.edge.runner import check_contract, choose_backend, resolve_model_path
 
 log = logging.getLogger("algan.edge")
 
@@ -42,7 +47,50 @@ def _parser() -> argparse.ArgumentParser:
     brk.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     brk.add_argument("--port", type=int, default=1883, help="TCP port (default: 1883)")
     brk.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
+    eng = sub.add_parser("build-engine", help="build (or adopt) the TensorRT engine of a bundle on this device, "
+                         "checked against ONNX Runtime CPU on the bundle's samples; imports no torch")
+    eng.add_argument("model_dir", help="bundle directory holding model.onnx (and model.fp16.onnx) from algan-export")
+    eng.add_argument("--fp16", action="store_true", help="FP16 engine (strongly typed from model.fp16.onnx on "
+                     "TensorRT >= 10.12)")
+    eng.add_argument("--int8", action="store_true", help="INT8 engine (needs int8_calibration.safetensors; TensorRT "
+                     "< 11)")
+    eng.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch dimension "
+                     "(default 1:8:16)")
+    eng.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
+    eng.add_argument("--adopt", metavar="ENGINE", help="do not build: check ENGINE (e.g. from trtexec) against the "
+                     "bundle and write its sidecar model.engine.json")
+    eng.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                     help="with --adopt: the precision ENGINE was built with (sets the parity tolerance)")
+    eng.add_argument("--log-level", default="warning", choices=LEVELS, help="log verbosity (default: warning)")
+    doc = sub.add_parser("doctor", help="print the OpenCV, onnxruntime, TensorRT and CUDA this device would use and, "
+                         "with --config, why the configured backend or a camera source would fail")
+    doc.add_argument("--config", "-c", help="edge config YAML to check against this device")
     return p
+
+
+def build_engine_cmd(args: argparse.Namespace) -> int:
+    """``algan-edge build-engine``: see :func:`algan.edge.engine_build.build_on_device` / ``adopt_engine``."""
+    from pathlib import Path
+
+    from algan.edge import engine_build as eb
+
+    setup_logging(args.log_level)
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise eb.EngineError(f"{model_dir} is not a directory; pass the bundle directory copied from the workstation")
+    if args.adopt:
+        report = eb.adopt_engine(Path(args.adopt), model_dir, precision=args.precision)
+    else:
+        try:
+            batch = eb.BatchProfile.parse(args.batch)
+        except ValueError as e:
+            raise eb.EngineError(str(e)) from None
+        report = eb.build_on_device(model_dir, fp16=args.fp16, int8=args.int8, batch=batch,
+                                    workspace_mib=args.workspace_mib)
+    s = report.sidecar
+    print(f"wrote {', '.join(str(p) for p in report.files.values())} ({s['precision']}, TensorRT "
+          f"{s['tensorrt_version']}, {s['gpu_name']} {s['compute_capability']})")
+    return 0
 
 
 def broker(host: str, port: int, log_level: str) -> int:
@@ -76,13 +124,70 @@ def _install_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+class _Arg:
+    """An ONNX graph input/output in the shape of an ONNX Runtime ``NodeArg`` (name, type text, shape)."""
+
+    def __init__(self, vi) -> None:
+        from onnx import TensorProto
+
+        t = vi.type.tensor_type
+        self.name = vi.name
+        self.type = f"tensor({TensorProto.DataType.Name(t.elem_type).lower()})"  # e.g. tensor(uint8), as ORT
+        self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _check_graph(path) -> None:
+    """The exported-graph contract of an ONNX file, read from the graph itself (no session, no warm-up).
+
+    Raises:
+        ModelError: the graph cannot be parsed or does not match the contract.
+    """
+    try:
+        import onnx
+    except ImportError:  # the edge install may have only onnxruntime: the runner checks the contract at start
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [_Arg(v) for v in model.graph.input if v.name not in inits]
+    check_contract(path, inputs, [_Arg(v) for v in model.graph.output])
+
+
+def preflight(cfg: EdgeConfig, graph_contract: bool = True):
+    """What ``run`` refuses at start, checked without starting anything: the model file exists, its bundle passes
+    :func:`algan.edge.verify.verify_model`, an ONNX graph matches the contract, and file/folder cameras exist.
+
+    Returns:
+        The resolved model file.
+
+    Raises:
+        ModelError: model or bundle problems (exit 2).
+        ConfigError: a camera source that does not exist (exit 2).
+    """
+    from algan.edge.sources import check_sources
+    from algan.edge.verify import verify_model
+
+    try:
+        check_sources(cfg.cameras)
+    except SourceError as e:
+        raise ConfigError(f"config error: {e}") from None
+    model = resolve_model_path(cfg.model, choose_backend(cfg))
+    verify_model(cfg.model, model)
+    if graph_contract and model.is_file() and model.suffix == ".onnx":
+        _check_graph(model)
+    return model
+
+
 def check_config(path: str) -> int:
-    """Validate the schema and that the model file exists; print one line; return the exit status."""
+    """Validate the schema, the model bundle and the camera files (see :func:`preflight`); print one line; return
+    the exit status (0 valid, 2 invalid)."""
     cfg = load_config(path)
     try:
-        model = resolve_model_path(cfg.model, choose_backend(cfg))
+        model = preflight(cfg)
     except ModelError as e:
-        print(f"config error: {path}: model: {e}", file=sys.stderr)
+        print(redact(f"config error: {path}: model: {e}"), file=sys.stderr)
         return 2
     print(f"{path}: valid ({len(cfg.cameras)} camera(s), model {model})")
     return 0
@@ -98,6 +203,12 @@ def run(path: str, log_level: str) -> int:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     cfg = load_config(path)
+    from algan.edge.sources import check_sources
+
+    try:
+        check_sources(cfg.cameras)  # the model is verified by the runner factory, before the broker starts
+    except SourceError as e:
+        raise ConfigError(f"config error: {e}") from None
     stop = threading.Event()
     _install_signals(stop)
     app = EdgeApp(cfg, stop=stop, config_path=path)
@@ -117,9 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_config(args.config)
         if args.command == "broker":
             return broker(args.host, args.port, args.log_level)
+        if args.command == "build-engine":
+            return build_engine_cmd(args)
+        if args.command == "doctor":
+            from algan.edge.doctor import doctor
+
+            return doctor(args.config)
         return run(args.config, args.log_level)
     except EdgeError as e:
-        print(f"algan-edge: {e}", file=sys.stderr)
+        print(redact(f"algan-edge: {e}"), file=sys.stderr)
         return e.exit_code
 
 

@@ -16,7 +16,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from algan.contract import IMAGE_SUFFIXES
+
 Layout = Literal["auto", "mvtec", "mtd", "folder"]
 
 

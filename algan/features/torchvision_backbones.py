@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from algan.features.backbone import POOLINGS, BackboneError, BackboneSpec, check_pooling, file_sha256, global_pool
+from algan.contract import file_sha256
+from algan.features.base import POOLINGS, BackboneError, BackboneSpec, check_pooling, global_pool
 
 #: ImageNet normalisation of the torchvision models, on [0, 1] RGB pixels.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -176,11 +177,15 @@ class TorchvisionFeatures(nn.Module):
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return global_pool(x, self.pooling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen stages' feature maps, unpooled: float32 (N, C_s, H / s, W / s) with s = 2 ** (stage + 1)."""
         x = self.stem(x)
-        feats = []
+        maps = []
         for idx, stage in enumerate(self.stages, start=1):
             x = stage(x)
             if idx in self.take:
-                feats.append(self._pool(x))
-        return torch.cat(feats, dim=1)
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._pool(m) for m in self.block_maps(x)], dim=1)

@@ -127,14 +127,14 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
     from trt_standin import make_standin
 
     monkeypatch.setattr(par, "FP16_TOLERANCE", TEST_FP16_TOLERANCE)
-    monkeypatch.setattr("algan.export.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
+    monkeypatch.setattr("algan.edge.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
     opts = ExportOptions(bundle, fp16=True, simplify=False, batch=BatchProfile(1, 2, 4), workspace_mib=64,
                          triton_repo=tmp_path / "repo")
     export_bundle(opts, say=lambda s: None, trt=make_standin("10.12.0.36"))
     side = json.loads((bundle / "model.engine.json").read_text())
     assert (bundle / "model.engine").read_bytes() == b"stand-in engine"
     assert side["precision"] == "fp16" and side["onnx_file"] == "model.fp16.onnx"
-    from algan.export.metadata import file_sha256
+    from algan.contract import file_sha256
 
     assert side["onnx_sha256"] == file_sha256(bundle / "model.fp16.onnx")
     assert (bundle / "model.engine.timing.cache").read_bytes() == b"+timed"
