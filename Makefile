@@ -29,5 +29,11 @@ test: venv
 lint: venv
 	$(BIN)/ruff check algan tests benchmarks
 
+# the full size of every benchmark (minutes each; CI runs their --smoke sizes in tests/test_benchmarks_smoke.py)
+bench: venv
+	@set -e; for f in benchmarks/[!_]*.py; do \
+	  echo "== $$f"; PYTHONPATH=$(CURDIR) $(BIN)/python $$f; \
+	done
+
 clean:
 	rm -rf demo-out .pytest_cache

@@ -13,7 +13,10 @@ Usage::
 
     algan-train --data ../shared/data/mtd --out /tmp/bench_model --head mahalanobis --max-train 100 --quiet
     algan-export /tmp/bench_model
-    python benchmarks/edge.py --model /tmp/bench_model [--batch 8] [--frames 20000] [--json out.json]
+    python -m benchmarks.edge --model /tmp/bench_model [--batch 8] [--frames 20000] [--json out.json]
+    python -m benchmarks.edge --smoke    # seconds: a stand-in model and a synthetic video, figures not comparable
+
+The broker is mosquitto when installed, else the package's embedded amqtt broker (printed with the figures).
 """
 
 from __future__ import annotations
@@ -33,18 +36,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the conftest broker/collector helpers
-
-from conftest import MosquittoBroker, MqttCollector, mosquitto_path  # noqa: E402
-
-from algan.data.preprocess import prepare_frame  # noqa: E402
-from algan.edge.app import EdgeApp  # noqa: E402
-from algan.edge.config import parse_config  # noqa: E402
-from algan.edge.runner_onnx import OnnxRuntimeRunner  # noqa: E402
+from algan.data.preprocess import prepare_frame
+from algan.edge.app import EdgeApp
+from algan.edge.config import parse_config
+from algan.edge.runner_onnx import OnnxRuntimeRunner
+from benchmarks._kit import REPO, Broker, Subscriber, print_rows, standin_model, synthetic_video
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "bottle-detection.mp4"
 WARMUP_FRAMES = 1000
+SMOKE_FRAMES = 300
+SMOKE_WARMUP = 100
 
 
 def rss_mib() -> float:
@@ -80,7 +81,7 @@ def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> f
 
 
 def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int],
-           work: Path) -> dict:
+           work: Path, warmup: int = WARMUP_FRAMES) -> dict:
     """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures."""
     cfg = parse_config({
         "device_id": "bench",
@@ -92,14 +93,14 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
         "stats_interval_s": 5,
         "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
     })
-    col = MqttCollector(*broker, topic="algan/bench/bottle/score")
+    col = Subscriber(*broker, topic="algan/bench/bottle/score")
     app = EdgeApp(cfg)
     thread = threading.Thread(target=app.run, name="edge-app", daemon=True)
     thread.start()
     rss_start = None
     while thread.is_alive():
         done = app.scored.get("bottle", 0)
-        if rss_start is None and done >= WARMUP_FRAMES:
+        if rss_start is None and done >= warmup:
             rss_start = rss_mib()
         if done >= n_frames:
             break
@@ -111,8 +112,8 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
     thread.join(60)
     col.wait_for(lambda ms: len(ms) >= app.scored["bottle"], timeout=30)
     col.stop()
-    msgs = [json.loads(m.payload) for m in col.messages]
-    lat = np.array([m["latency_ms"] for m in msgs[WARMUP_FRAMES // 10 :]])
+    msgs = [json.loads(p) for p in col.payloads]
+    lat = np.array([m["latency_ms"] for m in msgs[warmup // 10 :]])
     stats = app.last_stats
     return {
         "frames": int(app.scored["bottle"]),
@@ -132,12 +133,12 @@ def ensure_model(model: Path) -> None:
         return
     print(f"training a benchmark model in {model} (about a minute)...", flush=True)
     data = REPO.parent / "shared" / "data" / "mtd"
-    subprocess.run(["algan-train", "--data", str(data), "--out", str(model), "--head", "mahalanobis", "--max-train",
-                    "100", "--quiet"], check=True)
-    subprocess.run(["algan-export", str(model)], check=True)
+    subprocess.run([sys.executable, "-m", "algan.cli.train", "--data", str(data), "--out", str(model), "--head",
+                    "mahalanobis", "--max-train", "100", "--quiet"], check=True)
+    subprocess.run([sys.executable, "-m", "algan.cli.export", str(model)], check=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("/tmp/bench_model"), help="bundle directory with model.onnx")
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file (default: the bottle video)")
@@ -145,30 +146,38 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--frames", type=int, default=20_000, help="frames the daemon scores (memory soak), default 20000")
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help=f"seconds: a stand-in model, a synthetic video, {SMOKE_FRAMES} frames (checks that it runs)")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cv2.setNumThreads(1)
+    work = Path(tempfile.mkdtemp(prefix="algan-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    warmup = WARMUP_FRAMES
+    if args.smoke:
+        args.model = standin_model(work / "standin.onnx")
+        args.video = synthetic_video(work / "smoke.mp4", 60)
+        args.frames, warmup = SMOKE_FRAMES, SMOKE_WARMUP
     if not args.video.is_file():
         print(f"video {args.video} not found; pass --video", file=sys.stderr)
         return 2
-    if mosquitto_path() is None:
-        print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-        return 2
-    ensure_model(args.model)
-    cv2.setNumThreads(1)
+    if not args.smoke:
+        ensure_model(args.model)
 
     runner = OnnxRuntimeRunner(args.model, threads=args.threads)
     frames = decode(args.video, runner.input_size, limit=100_000)
     alone_before = runner_alone(runner, frames, args.batch)
     n_video = len(frames)
 
-    work = Path(tempfile.mkdtemp(prefix="algan-bench-"))
-    broker = MosquittoBroker(work)
-    try:
+    with Broker(work) as broker:
         e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
-                     work)
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+                     work, warmup)
     # measured again after the daemon: on a shared machine the load changes; the ratio uses the better (higher)
     # runner figure, so it errs against the daemon
     alone_after = runner_alone(runner, frames, args.batch)
@@ -177,6 +186,8 @@ def main() -> int:
 
     res = {
         "model": str(args.model),
+        "smoke": bool(args.smoke),
+        "broker": broker.kind,
         "video": args.video.name,
         "video_frames": n_video,
         "batch": args.batch,
@@ -194,14 +205,13 @@ def main() -> int:
         ("daemon end to end (same B)", f"{res['daemon_fps']:.1f} frames/s"),
         ("ratio to the better runner figure (target >= 0.85)", f"{res['ratio']:.3f}"),
         ("latency capture->publish p50 / p99", f"{res['latency_ms_p50']:.1f} / {res['latency_ms_p99']:.1f} ms"),
-        (f"RSS after {WARMUP_FRAMES} / {res['frames']} frames",
+        (f"RSS after {warmup} / {res['frames']} frames",
          f"{res['rss_start_mib']:.1f} / {res['rss_end_mib']:.1f} MiB"),
         ("RSS growth (target <= 5 %)", f"{res['rss_growth_pct']:.2f} %"),
         ("frames scored / messages received / dropped", f"{res['frames']} / {res['messages']} / {res['dropped']}"),
+        ("broker", f"{broker.kind}" + (" (smoke size: stand-in model, figures not comparable)" if args.smoke else "")),
     ]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print_rows(rows)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

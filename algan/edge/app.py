@@ -133,7 +133,7 @@ class EdgeApp:
         self.backend = runner.backend
         broker = self._start_broker()
         try:
-            pub = self._connect()
+            pub = self._connect(runner.model_id)
             try:
                 self._start_cameras(pub, runner.input_size)
                 self.metrics.start()
@@ -169,7 +169,7 @@ class EdgeApp:
         broker.start()
         return broker
 
-    def _connect(self) -> MqttPublisher:
+    def _connect(self, model_id: str = "") -> MqttPublisher:
         m = self.cfg.mqtt
         outbox = Outbox(m.outbox.path, m.outbox.max_events) if m.outbox.enabled else None
         if outbox is not None and len(outbox):
@@ -177,7 +177,7 @@ class EdgeApp:
                      len(outbox))
         ha = m.homeassistant
         birth = discovery_messages(self.topics, [c.name for c in self.cfg.cameras], ha.discovery_prefix,
-                                   ha.device_name) if ha.enabled else []
+                                   ha.device_name, model_id=model_id) if ha.enabled else []
         pub = MqttPublisher(m, m.client_id or f"algan-edge-{self.cfg.device_id}", self.topics.status, outbox, birth)
         pub.connect(m.connect_timeout_s)
         return pub

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from algan.edge.alarm import AlarmEvent
 from algan.edge.messages import Topics, alarm_payload, score_payload, utc_iso
 
@@ -57,7 +59,16 @@ def test_home_assistant_discovery_maps_camera_offline_to_unavailable():
                           "payload_not_available": "offline"}
         assert camera["topic"] == "algan/line1/cam.1/state" and camera["value_template"] == CAMERA_AVAILABILITY_TEMPLATE
         assert entity["device"]["model"] == "m1"
-    assert CAMERA_AVAILABILITY_TEMPLATE == "{{ 'offline' if value == 'offline' else 'online' }}"
-    assert alarm["value_template"] == ALARM_STATE_TEMPLATE == "{{ 'None' if value == 'offline' else value }}"
+    assert alarm["value_template"] == ALARM_STATE_TEMPLATE
+    # what Home Assistant does with the templates: render them (Jinja2, as HA does) for every state payload
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+
+    def render(template: str, value: str) -> str:
+        return env.from_string(template).render(value=value)
+
+    states = ("normal", "alarm", "offline")
+    assert [render(CAMERA_AVAILABILITY_TEMPLATE, v) for v in states] == ["online", "online", "offline"]
+    assert [render(ALARM_STATE_TEMPLATE, v) for v in states] == ["normal", "alarm", "None"]  # None = unknown in HA
     assert (alarm["payload_on"], alarm["payload_off"], alarm["state_topic"]) == ("alarm", "normal",
                                                                                    "algan/line1/cam.1/state")

@@ -54,6 +54,7 @@ def test_tls_and_password_connects(tmp_path, tiny_model, step_video, secure_brok
     alarm = ha["homeassistant/binary_sensor/algan_line1/cam1_alarm/config"]
     assert alarm["state_topic"] == "algan/line1/cam1/state" and alarm["payload_on"] == "alarm"
     assert alarm["device_class"] == "problem" and alarm["availability_mode"] == "all"
+    assert alarm["device"]["model"] == "tiny-1"  # the loaded model's id (it was always empty before)
     assert [a["topic"] for a in alarm["availability"]] == ["algan/line1/status", "algan/line1/cam1/state"]
     score = ha["homeassistant/sensor/algan_line1/cam1_score/config"]
     assert score["state_topic"] == "algan/line1/cam1/score" and score["value_template"] == "{{ value_json.score }}"

@@ -62,8 +62,10 @@ def test_fit_score_predict_on_blobs_vs_outliers() -> None:
     np.testing.assert_allclose(det.decision_function(x), s - det.offset_)
     pred = det.predict(x)
     assert set(np.unique(pred)) <= {-1, 1}
-    assert (pred[len(normal):] == -1).mean() > 0.8
-    assert (pred[: len(normal)] == 1).mean() > 0.7
+    assert (pred[len(normal):] == -1).mean() >= 0.95  # measured 1.00
+    # held-out normals: contamination 0.05 means ~95 % inliers; 0.92 measured, the bar is ~3 binomial standard
+    # deviations (sqrt(0.05 * 0.95 / 100) = 0.022) below 0.95
+    assert (pred[: len(normal)] == 1).mean() >= 0.88
     # training data: about `contamination` flagged
     assert (det.predict(train) == -1).mean() == pytest.approx(0.05, abs=0.02)
 
