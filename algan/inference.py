@@ -1,15 +1,18 @@
 """The exported model in five lines of Python, without torch: :class:`Inferencer` -> :class:`Prediction`.
 
-    >>> import cv2, algan
-    >>> model = algan.Inferencer("model")                      # a bundle exported with algan-export
-    >>> p = model.predict(cv2.imread("part.png"))              # any frame size, BGR as OpenCV reads it
-    >>> p.score, p.is_anomalous, p.region                      # calibrated score (1.0 = threshold), where
-    >>> cv2.imwrite("overlay.png", model.overlay(cv2.imread("part.png"), p))
+::
 
-What happens to a frame (the same as in ``algan-train`` and the edge daemon, :func:`algan.data.preprocess.prepare_frame`):
-crop the region of interest (the bundle's ``roi``, or the one given here), resize it to the model input with
-``INTER_AREA``, run the exported graph (ONNX Runtime by default). For a patch head the graph's ``anomaly_maps``
-output is upsampled back to the ROI's size and thresholded into a :class:`~algan.edge.maps.Region` in frame pixels.
+    import cv2, algan
+    model = algan.Inferencer("model")                      # a bundle exported with algan-export
+    frame = cv2.imread("part.png")                         # any frame size, BGR as OpenCV reads it
+    p = model.predict(frame)                               # p.score (1.0 = threshold), p.is_anomalous, p.region
+    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, region outlined
+
+What happens to a frame (the same as in ``algan-train`` and the edge daemon,
+:func:`algan.data.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
+given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
+For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
+:class:`~algan.edge.maps.Region` in frame pixels.
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ def _histogram_svg(items: Sequence[ReportItem], threshold: float, width: int = 7
             if c:
                 hgt = c / top * (height - 10)
                 y -= hgt
+                tip = f"{key}: {c} in [{edges[b]:.2f}, {edges[b + 1]:.2f})"
                 parts.append(f'<rect x="{20 + b * bw:.1f}" y="{y:.1f}" width="{bw - 1:.1f}" height="{hgt:.1f}" '
-                             f'fill="{colour}"><title>{key}: {c} in [{edges[b]:.2f}, {edges[b + 1]:.2f})</title></rect>')
+                             f'fill="{colour}"><title>{tip}</title></rect>')
     tx = 20 + (threshold - lo) / (hi - lo) * (width - 40)
     parts.append(f'<line x1="{tx:.1f}" y1="0" x2="{tx:.1f}" y2="{height}" stroke="#222" stroke-width="2" '
                  'stroke-dasharray="6,3"/>')

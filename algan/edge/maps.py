@@ -12,12 +12,17 @@ calibrated score scale: 0 = typical normal, 1.0 = the image threshold's level.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: map value drawn as the top of the colour scale (calibrated score units: 2 = twice the threshold's level)
 HEAT_VMAX = 2.0
@@ -159,7 +164,8 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         amap: float32 ``(mh, mw)`` map (calibrated units), or ``None`` (score-only model: no heat map).
         roi: ``(x, y, w, h)`` of the model input in frame pixels, ``None`` = whole frame.
         region: outlined in red with the peak as a cross, when given.
-        score: written in the top-left corner (``score 1.23 / thr 1.00``) when given; red when >= threshold.
+        score: written in the top-left corner (``score 1.23 / thr 1.00``) when given and the frame is at least
+            200 pixels wide; red when >= threshold.
         threshold: decision threshold (calibrated units).
         vmax: map value at the top of the colour scale.
         alpha: heat-map weight in the blend.
@@ -180,7 +186,7 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         bx, by, bw, bh = region.box
         cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), REGION_COLOUR, thick + 1)
         cv2.drawMarker(out, region.peak, (255, 255, 255), cv2.MARKER_CROSS, 6 * thick + 6, thick)
-    if score is not None:
+    if score is not None and out.shape[1] >= 200:  # no room for a legible label on a tiny frame
         text = f"score {score:.2f} / thr {threshold:.2f}"
         colour = REGION_COLOUR if score >= threshold else (0, 200, 0)
         scale = max(0.4, out.shape[1] / 900)
@@ -212,3 +218,17 @@ def encode_jpeg(image: np.ndarray, quality: int = 90, max_bytes: int | None = No
             q -= 20
         else:
             raise ValueError(f"cannot encode a JPEG under {max_bytes} bytes; raise the size cap")
+
+
+def bundle_roi(model: str | Path) -> Roi | None:
+    """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): ``algan.json``
+    ``"roi"``; ``None`` when there is no manifest, no ROI, or it cannot be read (logged)."""
+    p = Path(model)
+    manifest = (p if p.is_dir() else p.parent) / "algan.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return manifest_roi(json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        log.warning("cannot read the roi of %s (%s); cameras use their own", manifest, e)
+        return None
