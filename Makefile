@@ -26,8 +26,17 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
-lint: venv
-	$(BIN)/ruff check algan tests benchmarks
+# mypy reads the TensorRT API from tensorrt-stubs, installed beside (not into) the venv: the package's own
+# dependency on tensorrt would make `import tensorrt` succeed on machines without TensorRT; its stubgen output
+# needs two mechanical repairs (tools/fix_trt_stubs.py) before mypy can parse it
+TRT_STUBS := .mypy-stubs/tensorrt/__init__.pyi
+$(TRT_STUBS): | venv
+	$(BIN)/python -m pip install -q --no-deps --target .mypy-stubs 'tensorrt-stubs==10.13.0.35.1'
+	$(BIN)/python tools/fix_trt_stubs.py .mypy-stubs
+
+lint: venv $(TRT_STUBS)
+	$(BIN)/ruff check algan tests benchmarks tools
+	$(BIN)/mypy
 
 # the full size of every benchmark (minutes each; CI runs their --smoke sizes in tests/test_benchmarks_smoke.py)
 bench: venv

@@ -20,28 +20,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from algan.contract import MANIFEST_FILE as MANIFEST
+from algan.contract import SAMPLES_FILE as SAMPLES
+from algan.contract import WEIGHTS_FILE as WEIGHTS
+from algan.contract import atomic_directory
+
 FORMAT_VERSION = 1
-MANIFEST = "algan.json"
-WEIGHTS = "weights.safetensors"
-SAMPLES = "samples.safetensors"
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
 STORED_PREFIXES = ("transform.", "head.", "calibration.")
 
 
 class BundleError(ValueError):
     """A model directory that is missing, incomplete or of an unsupported format."""
-
-
-def utc_now_iso() -> str:
-    """UTC time as ISO 8601 with milliseconds and ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def read_manifest(model_dir: str | Path) -> dict:
@@ -52,6 +47,11 @@ def read_manifest(model_dir: str | Path) -> dict:
     """
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
+    if model_dir.is_file():
+        hint = f"give the bundle directory {model_dir.parent}" if (model_dir.parent / MANIFEST).is_file() else (
+            "give the bundle directory that algan-train wrote")
+        raise BundleError(f"{model_dir} is a file, but a model bundle directory is needed (with {MANIFEST} and "
+                          f"{WEIGHTS}); {hint}")
     if not model_dir.is_dir():
         raise BundleError(f"model directory {model_dir} does not exist; train one with algan-train --out {model_dir}")
     if not path.is_file():
@@ -75,9 +75,30 @@ def write_manifest(model_dir: str | Path, manifest: dict) -> None:
     atomic_write_bytes(Path(model_dir) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
+#: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
+#: another (the service's User=), so it is world-readable whatever the umask (mkstemp/mkdtemp would give 0600/0700)
+BUNDLE_DIR_MODE = 0o755
+BUNDLE_FILE_MODE = 0o644
+
+
+def _load_weights(wpath: Path) -> dict:
+    """``safetensors.torch.load_file`` with its errors (a truncated file, a pickle renamed) as one BundleError line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(wpath))
+    except OSError as exc:
+        raise BundleError(f"cannot read {wpath} ({exc.strerror or exc}); check its permissions") from None
+    except Exception as exc:  # safetensors_rust.SafetensorError: truncated, not safetensors (e.g. a pickle)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{wpath} is damaged or not a safetensors file ({reason}); copy the bundle again or "
+                          "re-train it") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, BUNDLE_FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -100,9 +121,8 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}.tmp"))
-    try:
+    with atomic_directory(model_dir) as tmp:  # fsynced, then swapped in; removed on any error
+        os.chmod(tmp, BUNDLE_DIR_MODE)  # mkdtemp gives 0700: the service user must read the bundle
         state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
         for k, v in (extra_tensors or {}).items():
             state[k] = v.detach().contiguous()
@@ -111,20 +131,10 @@ def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: 
             import torch
 
             save_file({"images": torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES))
+        for f in tmp.iterdir():
+            os.chmod(f, BUNDLE_FILE_MODE)
         manifest = {"format_version": FORMAT_VERSION, **manifest}
         write_manifest(tmp, manifest)
-        if model_dir.exists():
-            old = model_dir.with_name(f".{model_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            model_dir.rename(old)
-            tmp.rename(model_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(model_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return model_dir
 
 
@@ -148,7 +158,6 @@ def load_bundle(model_dir: str | Path):
         BundleError: missing/invalid files or tensors that do not match the manifest.
     """
     import torch
-    from safetensors.torch import load_file
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.detector import AnomalyDetector, Calibration
@@ -196,7 +205,7 @@ def load_bundle(model_dir: str | Path):
         raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature or image")
     det = AnomalyDetector(preprocess, backbone, transform, head,
                           Calibration(cal["center"], cal["threshold"]), input_size=input_size)
-    state = load_file(str(wpath))
+    state = _load_weights(wpath)
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}
     if set(stored) != wanted:
@@ -225,7 +234,7 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
         BundleError: not a bundle; ValueError: threshold not above center.
     """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     if not threshold > center:
         raise ValueError(f"threshold ({threshold}) must exceed the normal-score center ({center})")
@@ -234,13 +243,14 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
     wpath = model_dir / WEIGHTS
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
-    state = load_file(str(wpath))
+    state = _load_weights(wpath)
     state["calibration.center"] = torch.tensor(float(center), dtype=torch.float32)
     state["calibration.scale"] = torch.tensor(float(threshold - center), dtype=torch.float32)
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"model_id": manifest.get("model_id", "")})
+        os.chmod(tmp, BUNDLE_FILE_MODE)
         os.replace(tmp, wpath)
     finally:
         Path(tmp).unlink(missing_ok=True)

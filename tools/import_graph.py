@@ -48,7 +48,7 @@ def imported_names(path: Path, name: str, is_package: bool) -> set[str]:
                 mod = ".".join(anchor + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            out.add(mod)
+            # ``from pkg import name``: the submodule pkg.name where there is one, else pkg (resolved by the caller)
             out.update(f"{mod}.{alias.name}" for alias in node.names)
     return out
 

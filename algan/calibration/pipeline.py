@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.bundle import utc_now_iso
 from algan.calibration.drift import DriftCheck, DriftReport, clopper_pearson, reference_scores
 from algan.calibration.int8 import INT8_FILE, int8_set_bytes, select_indices
 from algan.calibration.scoring import MAX_BAD_FRACTION, score_images
@@ -32,8 +31,8 @@ from algan.calibration.threshold import (
     check_scores,
     expected_alarms_interval,
     images_needed,
-    order_statistic_rank,
 )
+from algan.contract import order_statistic_rank, utc_now_iso
 from algan.data.datasets import DatasetError, load_dataset, load_folder
 
 SECONDS_PER_HOUR = 3600.0

@@ -1,12 +1,12 @@
 """Pure threshold estimators on anomaly scores (numpy/scipy/scikit-learn, no torch, no I/O).
 
-Score direction (STYLE.md item 7): higher = more anomalous, and a frame alarms when ``score >= threshold``
+Score direction: higher = more anomalous, and a frame alarms when ``score >= threshold``
 (the edge daemon's rule, ``alarm.threshold``). All rates here are *per frame*.
 
-Estimators follow the scikit-learn contract (STYLE.md item 6): ``__init__`` only stores its parameters, ``fit``
+Estimators follow the scikit-learn estimator contract: ``__init__`` only stores its parameters, ``fit``
 returns ``self``, learned attributes end in ``_``, and using an unfitted estimator raises ``NotFittedError``.
 
-Unsupervised (normal scores only, STYLE.md item 8) -- the threshold for a target false-alarm rate ``alpha``:
+Unsupervised (normal scores only; anomalies are rare and unlabelled), the threshold at a false-alarm rate ``alpha``:
 
 * :class:`QuantileThreshold`: the order statistic ``X_(k)``, ``k = ceil((n + 1)(1 - alpha))``. For exchangeable
   scores ``F(X_(k))`` is Beta(k, n + 1 - k) distributed, so the expected out-of-sample false-alarm rate is
@@ -36,6 +36,8 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from algan.contract import order_statistic_rank  # the one threshold rule (algan.model.fit uses it too)
+
 #: exceedances per target rate wanted for a stable empirical quantile: n >= STABLE_EXCEEDANCES / target_fpr
 STABLE_EXCEEDANCES = 10
 #: fewest normal scores any threshold estimate is made from
@@ -59,12 +61,6 @@ def sample_size_warning(n: int, target_fpr: float) -> str | None:
     return (f"{n} normal images give about {expected:.2g} expected false alarms at target FPR {target_fpr:g}; "
             f"a stable estimate needs >= {need} images ({STABLE_EXCEEDANCES}/target), {how}: treat the threshold as "
             "approximate and re-check it with algan-calibrate --check on more frames")
-
-
-def order_statistic_rank(n: int, target_fpr: float) -> int:
-    """1-based rank ``k = ceil((n + 1)(1 - target_fpr))`` of the empirical threshold among ``n`` sorted scores
-    (may exceed ``n``: the rate is then not resolvable empirically)."""
-    return math.ceil((n + 1) * (1.0 - target_fpr) - 1e-9)
 
 
 def expected_alarms_interval(n_calib: int, rank: int | None, n_new: int, target_fpr: float,
@@ -231,7 +227,7 @@ class GPDTailThreshold(_Fitted):
 
 
 class TargetFprThreshold(_Fitted):
-    """Threshold at a target per-frame false-alarm rate, choosing the estimator (strategy, STYLE.md item 5).
+    """Threshold at a target per-frame false-alarm rate, choosing the estimator (a strategy object).
 
     Args:
         target_fpr: per-frame false-alarm rate in (0, 0.5).

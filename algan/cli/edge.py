@@ -9,8 +9,10 @@ Usage::
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
 
-Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (model,
-broker, no camera readable, undelivered messages); 2 configuration error. User-caused errors print one line.
+Exit status: 0 clean run (file/folder sources exhausted, or stopped by SIGTERM/SIGINT); 1 runtime problem (broker
+unreachable, no camera readable, undelivered messages); 2 user error: configuration, model or bundle (the same from
+``run`` and ``check-config``: ``check-config`` refuses everything ``run`` refuses at start, see :func:`preflight`).
+User-caused errors print one line.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from algan.edge.config import load_config
-from algan.edge.errors import EdgeError, ModelError
-from algan.edge.logs import LEVELS, setup_logging
-from algan.edge.runner import choose_backend, resolve_model_path
+from algan.edge.config import EdgeConfig, load_config
+from algan.edge.errors import ConfigError, EdgeError, ModelError, SourceError
+from algan.edge.logs import LEVELS, redact, setup_logging
+from algan.edge.runner import check_contract, choose_backend, resolve_model_path
 
 log = logging.getLogger("algan.edge")
 
@@ -76,13 +78,70 @@ def _install_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+class _Arg:
+    """An ONNX graph input/output in the shape of an ONNX Runtime ``NodeArg`` (name, type text, shape)."""
+
+    def __init__(self, vi) -> None:
+        from onnx import TensorProto
+
+        t = vi.type.tensor_type
+        self.name = vi.name
+        self.type = f"tensor({TensorProto.DataType.Name(t.elem_type).lower()})"  # e.g. tensor(uint8), as ORT
+        self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _check_graph(path) -> None:
+    """The exported-graph contract of an ONNX file, read from the graph itself (no session, no warm-up).
+
+    Raises:
+        ModelError: the graph cannot be parsed or does not match the contract.
+    """
+    try:
+        import onnx
+    except ImportError:  # the edge install may have only onnxruntime: the runner checks the contract at start
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [_Arg(v) for v in model.graph.input if v.name not in inits]
+    check_contract(path, inputs, [_Arg(v) for v in model.graph.output])
+
+
+def preflight(cfg: EdgeConfig, graph_contract: bool = True):
+    """What ``run`` refuses at start, checked without starting anything: the model file exists, its bundle passes
+    :func:`algan.edge.verify.verify_model`, an ONNX graph matches the contract, and file/folder cameras exist.
+
+    Returns:
+        The resolved model file.
+
+    Raises:
+        ModelError: model or bundle problems (exit 2).
+        ConfigError: a camera source that does not exist (exit 2).
+    """
+    from algan.edge.sources import check_sources
+    from algan.edge.verify import verify_model
+
+    try:
+        check_sources(cfg.cameras)
+    except SourceError as e:
+        raise ConfigError(f"config error: {e}") from None
+    model = resolve_model_path(cfg.model, choose_backend(cfg))
+    verify_model(cfg.model, model)
+    if graph_contract and model.is_file() and model.suffix == ".onnx":
+        _check_graph(model)
+    return model
+
+
 def check_config(path: str) -> int:
-    """Validate the schema and that the model file exists; print one line; return the exit status."""
+    """Validate the schema, the model bundle and the camera files (see :func:`preflight`); print one line; return
+    the exit status (0 valid, 2 invalid)."""
     cfg = load_config(path)
     try:
-        model = resolve_model_path(cfg.model, choose_backend(cfg))
+        model = preflight(cfg)
     except ModelError as e:
-        print(f"config error: {path}: model: {e}", file=sys.stderr)
+        print(redact(f"config error: {path}: model: {e}"), file=sys.stderr)
         return 2
     print(f"{path}: valid ({len(cfg.cameras)} camera(s), model {model})")
     return 0
@@ -98,6 +157,12 @@ def run(path: str, log_level: str) -> int:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     cfg = load_config(path)
+    from algan.edge.sources import check_sources
+
+    try:
+        check_sources(cfg.cameras)  # the model is verified by the runner factory, before the broker starts
+    except SourceError as e:
+        raise ConfigError(f"config error: {e}") from None
     stop = threading.Event()
     _install_signals(stop)
     app = EdgeApp(cfg, stop=stop, config_path=path)
@@ -119,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return broker(args.host, args.port, args.log_level)
         return run(args.config, args.log_level)
     except EdgeError as e:
-        print(f"algan-edge: {e}", file=sys.stderr)
+        print(redact(f"algan-edge: {e}"), file=sys.stderr)
         return e.exit_code
 
 

@@ -1,4 +1,5 @@
-"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split."""
+"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO when the
+model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,49 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from algan.cli._common import run_cli, setup_logging
+
+
+def _image_results(dataset, scores: np.ndarray) -> dict:
+    """Image AUROC overall and per anomaly class (against all normal test images), from scores in test order;
+    the same figures as :func:`algan.model.evaluate.evaluate`, from the pixel pass's scores (no second pass)."""
+    from algan.model.evaluate import auroc
+
+    labels = np.array([s.label for s in dataset.test])
+    classes = np.array([s.cls for s in dataset.test])
+    normal = labels == 0
+    per_class = {c: auroc(labels[normal | (classes == c)], scores[normal | (classes == c)])
+                 for c in sorted(set(classes[~normal].tolist()))}
+    return {"auroc": auroc(labels, scores), "n_normal": int(normal.sum()), "n_anomalous": int((~normal).sum()),
+            "per_class": per_class}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
 
 
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
     from algan.model.evaluate import evaluate
+    from algan.model.pixel_eval import evaluate_maps, pixel_metrics_unavailable
 
+    if not 0.0 < args.fpr_limit <= 1.0:
+        raise ValueError(f"--fpr-limit must lie in (0, 1], got {args.fpr_limit}")
     det, manifest = load_bundle(args.model_dir)
     ds = load_dataset(args.data, args.layout)
-    res = evaluate(det, ds, progress=not (args.json or args.quiet))
+    if not ds.test:
+        raise ValueError(f"{ds.root} has no labelled test images (layout {ds.layout}); use mvtec or mtd")
+    progress = not (args.json or args.quiet)
+    note = pixel_metrics_unavailable(det, ds.test)
+    if note is None:
+        pix = evaluate_maps(det, ds, fpr_limit=args.fpr_limit, progress="scoring" if progress else None)
+        res = _image_results(ds, pix["scores"])
+    else:
+        pix = {"pixel_auroc": None, "aupro": None, "n_regions": 0, "pixel_note": note}
+        res = evaluate(det, ds, progress=progress)
     if args.json:
         print(json.dumps({
             "model_id": manifest["model_id"],
@@ -25,20 +58,33 @@ def _main(args: argparse.Namespace) -> int:
             "n_normal": res["n_normal"],
             "n_anomalous": res["n_anomalous"],
             "per_class": {k: round(v, 6) for k, v in res["per_class"].items()},
+            "pixel_auroc": _r(pix["pixel_auroc"]),
+            "aupro": _r(pix["aupro"]),
+            "aupro_fpr_limit": args.fpr_limit,
+            "n_regions": pix["n_regions"],
+            "pixel_note": pix["pixel_note"],
         }))
     else:
         print(f"model {manifest['model_id']} ({manifest['head']['kind']}) on {ds.root}: image AUROC "
               f"{res['auroc']:.4f} ({res['n_normal']} normal, {res['n_anomalous']} anomalous test images)")
         for cls, v in res["per_class"].items():
             print(f"  {cls:<12} AUROC {v:.4f}")
+        if pix["pixel_auroc"] is not None:
+            print(f"pixel AUROC {pix['pixel_auroc']:.4f}, AUPRO (FPR <= {args.fpr_limit:g}) {pix['aupro']:.4f} "
+                  f"over {pix['n_regions']} ground-truth defect regions")
+        else:
+            print(f"pixel AUROC / AUPRO: not available ({pix['pixel_note']})")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="algan-eval", description="Score the test split and print image-level AUROC.")
+    p = argparse.ArgumentParser(prog="algan-eval", description="Score the test split and print image-level AUROC, "
+                                "and pixel AUROC / AUPRO for models with anomaly maps on data with masks.")
     p.add_argument("model_dir", help="model bundle directory")
     p.add_argument("--data", required=True, help="data directory with a labelled test split (mvtec or mtd layout)")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"])
+    p.add_argument("--fpr-limit", type=float, default=0.3, metavar="F",
+                   help="AUPRO's false-positive-rate integration limit (default: 0.3, the MVTec AD protocol)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--log-level", default="WARNING")

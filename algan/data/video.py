@@ -17,13 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from algan.contract import IMAGE_SUFFIXES
+
 __all__ = ["DEFAULT_PATTERN", "VideoWriteError", "count_frames", "labels_path_for", "make_sequence_video",
            "parse_pattern", "write_video"]
 
 #: Default line pattern: 12 good, 6 defective, 10 good, 6 defective, 10 good, 6 defective, 12 good (62 frames).
 DEFAULT_PATTERN = "12g 6d 10g 6d 10g 6d 12g"
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _TOKEN = re.compile(r"^(\d+)(?:(g|d)|:([A-Za-z0-9_\-]+))$")
 
 
@@ -185,7 +186,7 @@ def labels_path_for(video_path: str | Path) -> Path:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def make_sequence_video(

@@ -1,24 +1,22 @@
 """The line-side runtime: camera sources, cross-camera batching, model runners, alarm logic and MQTT publishing.
 
-Modules (one responsibility each)::
+Modules, in the order a frame travels (one responsibility each; each module's docstring says more)::
 
-    config    pydantic schema of the YAML config + load_config (one-line errors)
-    sources   OpenCV sources (V4L2, files, RTSP, GStreamer), image folders (once or watched), pacing/fps rules
-    camera    one reader thread per camera: prepare, hand over, stale watchdog, reopen with backoff
-    hub       bounded per-camera frame queues (back-pressure for files, newest-only for live sources)
-    batcher   pure batching rule + thin driver
-    runner    Runner protocol, model contract, backend choice (load_runner)
-    runner_onnx / runner_tensorrt   the backends (the torch runner is algan.model.torch_runner, imported lazily)
-    calibration  run-time re-mapping of exported scores after a re-calibration
-    metrics   optional Prometheus endpoint
-    alarm     pure debounced alarm state machine with hysteresis
-    messages  MQTT topics and JSON payloads
-    mqtt      paho-mqtt publisher (will, QoS1 queueing, flush)
-    broker    embedded amqtt broker for machines without one
-    stats     fps / latency bookkeeping
-    sdnotify  systemd READY/STOPPING/WATCHDOG notifications
-    app       EdgeApp: ordered start, the loop, ordered stop
+    capture     sources (OpenCV video/RTSP/V4L2/GStreamer, image folders once or watched), camera (one reader
+                thread per camera: prepare, hand over, stale watchdog, reopen with backoff), journal (read
+                journal of a watched folder), hub (bounded per-camera frame queues)
+    batching    batcher (pure batching rule + thin driver)
+    runners     runner (Runner protocol, graph contract check, backend choice), runner_onnx, runner_tensorrt,
+                runner_torch (the only one needing torch, imported when chosen), calibration (run-time re-map of
+                exported scores after a re-calibration)
+    alarm       alarm (pure debounced state machine with hysteresis), snapshots (JPEG of each alarm's peak frame)
+    publishing  messages (topics and JSON payloads), mqtt (paho-mqtt publisher: Last Will, QoS 1, flush), outbox
+                (durable queue of alarms and states), discovery (Home Assistant), broker (embedded amqtt broker)
+    operations  config (pydantic schema of the YAML config, load_config), errors (one-line user errors), logs,
+                stats (fps/latency), metrics (optional Prometheus endpoint), sdnotify (systemd notifications)
+    app         EdgeApp: ordered start, the loop, ordered stop
 
-Rule: nothing here imports torch (checked by tests/edge/test_no_torch.py). Import submodules directly; this package
-module imports nothing so that ``import algan.edge.config`` stays light.
+Rule: nothing here imports torch at module level (tests/edge/test_no_torch.py imports every module found here;
+tests/test_import_layers.py checks the imports statically). Import submodules directly; this package module
+imports nothing so that ``import algan.edge.config`` stays light.
 """

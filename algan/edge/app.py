@@ -13,12 +13,14 @@ shared deadline) -> final stats -> retained ``offline`` -> wait until every mess
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.batcher import Batcher, next_batch
-from algan.edge.broker import EmbeddedBroker, wants_embedded_broker
+from algan.edge.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
 from algan.edge.camera import CameraReader
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.discovery import discovery_messages
@@ -123,6 +125,7 @@ class EdgeApp:
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
+        self._outbox: Outbox | None = None  # also remembers open alarms (closed at the next start after a crash)
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -146,6 +149,7 @@ class EdgeApp:
         try:
             pub = self._connect(runner.model_id)
             try:
+                self._close_open_alarms(pub)
                 self._start_cameras(pub, runner.input_size)
                 self.metrics.start()
                 self.systemd.ready(f"running: {len(self.readers)} camera(s), backend {runner.backend}")
@@ -192,15 +196,46 @@ class EdgeApp:
     def _start_broker(self) -> EmbeddedBroker | None:
         m = self.cfg.mqtt
         if not wants_embedded_broker(m):
+            why = embedded_broker_refusal(m) if m.embedded_broker == "auto" else None
+            note = f" (embedded broker not allowed: {why})" if why else ""
+            log.info("MQTT broker: external, %s:%d%s", m.host, m.port, note)
             return None
         log.info("no MQTT broker on %s:%d: starting the embedded one (mqtt.embedded_broker: auto)", m.host, m.port)
         broker = EmbeddedBroker(m.host, m.port)
         broker.start()
         return broker
 
+    def _close_open_alarms(self, pub: Publisher) -> None:
+        """Publish a ``cleared`` event (``reason: "restart"``, the raised event's other keys kept, ``ts`` now) for
+        every alarm the outbox shows as raised and never cleared: an earlier run stopped while it was open (a crash,
+        SIGKILL, power cut, or a stop during the alarm), so no subscriber would ever see it end."""
+        outbox = self._outbox
+        if outbox is None:
+            return
+        for cam, raw in outbox.open_alarms().items():
+            try:
+                raised = json.loads(raw)
+                if not isinstance(raised, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                outbox.set_open_alarm(cam, None)
+                continue
+            now = time.time()
+            try:
+                t0 = datetime.fromisoformat(str(raised.get("ts"))).timestamp()
+            except ValueError:
+                t0 = now
+            cleared = {**raised, "state": "cleared", "ts": utc_iso(now), "duration_s": round(max(0.0, now - t0), 3),
+                       "reason": "restart"}
+            pub.publish(self.topics.alarm(cam), dumps(cleared), qos=self.cfg.mqtt.alarm_qos, durable=True)
+            outbox.set_open_alarm(cam, None)
+            log.warning("camera %s: alarm %s was still open when the daemon last stopped; published it as cleared "
+                        "(reason: restart)", cam, raised.get("id"))
+
     def _connect(self, model_id: str = "") -> MqttPublisher:
         m = self.cfg.mqtt
         outbox = Outbox(m.outbox.path, m.outbox.max_events) if m.outbox.enabled else None
+        self._outbox = outbox
         if outbox is not None and len(outbox):
             log.info("MQTT outbox %s holds %d undelivered messages from before; they go out first", outbox.path,
                      len(outbox))
@@ -368,6 +403,8 @@ class EdgeApp:
             if self.snapshots is not None or self._has_maps:
                 event = self._snapshot(frame, event, cells, pub)
             if event is not None:
+                if self._outbox is not None:  # before the event: after a crash the next start closes the alarm
+                    self._outbox.set_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
                 pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,

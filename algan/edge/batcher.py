@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 #: Longest a driver sleeps waiting for a frame before re-checking the stop event (seconds).
 POLL_S = 0.1
@@ -84,10 +85,10 @@ class Batcher(Generic[T]):
         return items
 
 
-class FrameSource(Protocol[T]):
+class FrameSource(Protocol[T_co]):
     """What :func:`next_batch` needs from the frame hub."""
 
-    def get(self, timeout: float) -> T | None:
+    def get(self, timeout: float) -> T_co | None:
         """Next item, or ``None`` after ``timeout`` seconds without one."""
 
     def exhausted(self) -> bool:

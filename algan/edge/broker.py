@@ -1,9 +1,9 @@
 """Embedded MQTT broker (amqtt) for machines without one, e.g. a demo laptop.
 
-Started by the daemon only when ``mqtt.embedded_broker: auto``, the host is a loopback address and nothing listens
-on host:port (:func:`wants_embedded_broker`). It runs in a background thread with its own asyncio loop, allows
-anonymous clients, keeps retained messages in memory, and stops with the daemon. Production devices should run
-mosquitto (see ``deploy/``).
+Started by the daemon only when ``mqtt.embedded_broker: auto``, the host is a loopback address, no credentials and
+no TLS are configured, and nothing listens on host:port (:func:`wants_embedded_broker`). It runs in a background
+thread with its own asyncio loop, allows anonymous clients, keeps retained messages in memory, and stops with the
+daemon. Production devices should run mosquitto (see ``deploy/``, whose edge.yaml sets ``embedded_broker: never``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def embedded_broker_refusal(cfg: MqttConfig) -> str | None:
+    """Why ``embedded_broker: auto`` must not start the anonymous embedded broker for this config, or ``None``.
+
+    Never for a config with credentials or TLS (the broker it expects authenticates its clients: an anonymous
+    stand-in would acknowledge alarms that the real broker's subscribers never get) or a non-loopback host.
+    """
+    if cfg.username is not None or cfg.password is not None or cfg.password_file is not None:
+        return "mqtt.username/password are set"
+    if cfg.tls is not None:
+        return "mqtt.tls is set"
+    if not is_loopback(cfg.host):
+        return f"mqtt.host {cfg.host} is not a loopback address"
+    return None
+
+
 def wants_embedded_broker(cfg: MqttConfig) -> bool:
-    """Whether the daemon should start its own broker (probes host:port with a TCP connect)."""
-    return cfg.embedded_broker == "auto" and is_loopback(cfg.host) and probe_tcp(cfg.host, cfg.port, 0.5) is not None
+    """Whether the daemon should start its own broker: ``embedded_broker: auto``, no credentials, no TLS, a loopback
+    host (:func:`embedded_broker_refusal`) and nothing listening on host:port (probed with a TCP connect)."""
+    return (cfg.embedded_broker == "auto" and embedded_broker_refusal(cfg) is None
+            and probe_tcp(cfg.host, cfg.port, 0.5) is not None)
 
 
 class EmbeddedBroker:

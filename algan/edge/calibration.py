@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE
 
-CENTER_KEY = "algan.calibration_center"
-SCALE_KEY = "algan.calibration_scale"
-MANIFEST = "algan.json"
+log = logging.getLogger(__name__)
 
 
 def recalibrate(
@@ -75,7 +73,7 @@ def bundle_calibration(model: Path) -> tuple[float, float] | None:
     """``(center, scale)`` from the bundle's ``algan.json`` (``model`` is the bundle directory, or a file inside
     it), or ``None`` when there is no manifest or it has no usable calibration."""
     bundle = model if model.is_dir() else model.parent
-    path = bundle / MANIFEST
+    path = bundle / MANIFEST_FILE
     if not path.is_file():
         return None
     try:
@@ -125,7 +123,7 @@ def remap_for(model: Path, metadata: dict[str, str]) -> Remap | None:
         A :class:`Remap` when both the graph metadata and the bundle calibration exist and differ, else ``None``.
     """
     try:
-        old_center, old_scale = float(metadata[CENTER_KEY]), float(metadata[SCALE_KEY])
+        old_center, old_scale = float(metadata[KEY_CAL_CENTER]), float(metadata[KEY_CAL_SCALE])
     except (KeyError, ValueError):
         return None
     new = bundle_calibration(model)

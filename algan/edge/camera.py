@@ -30,6 +30,7 @@ from algan.data.preprocess import prepare_frame
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.hub import Frame, FrameHub
+from algan.edge.logs import redact
 from algan.edge.sources import Corrupt, FrameGate, NoFrame, Pacer, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class CameraReader(threading.Thread):
                     self._wait_backoff()
                     continue
                 self._set_status("online")
-                log.info("camera %s: opened %s", name, self.cam.source)
+                log.info("camera %s: opened %s", name, redact(str(self.cam.source)))
                 try:
                     outcome = self._pump(src)
                 finally:

@@ -26,11 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from algan.edge.alarm import AlarmPolicy
 from algan.edge.errors import ConfigError
+from algan.edge.logs import redact, register_secret
 
 #: Names used inside MQTT topics (device id, camera names): no ``/``, ``+``, ``#``, spaces or control characters.
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Topic prefix: one or more topic-safe levels separated by ``/``.
 TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+#: Keys whose values are never echoed in error messages (a password given as a number, say).
+SECRET_KEY_RE = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
+#: ``${NAME}``, ``${NAME:-default}`` and ``${file:PATH}`` in string values (``$${`` = a literal ``${``).
+SUBST_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: URL schemes OpenCV/FFmpeg opens as live network streams.
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -565,6 +571,14 @@ class EdgeConfig(_Section):
 # Loading and error reporting
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines from odd YAML keys or values) escaped: an error stays one line."""
+    return _CONTROL_RE.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def _unwrap(tp: Any) -> list[Any]:
     origin = typing.get_origin(tp)
     if origin is Annotated:
@@ -630,7 +644,8 @@ def _describe(err: dict[str, Any]) -> str:
     if kind in ("value_error", "assertion_error"):
         return msg
     got = err.get("input")
-    got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    secret = any(isinstance(p, str) and SECRET_KEY_RE.search(p) for p in loc)
+    got_text = f" (got {got!r})" if not isinstance(got, dict | list) and not secret else ""
     return f"{msg}{got_text}; expected {desc}" if desc else f"{msg}{got_text}"
 
 
@@ -644,7 +659,7 @@ def format_validation_error(exc: ValidationError, path: Path, root: yaml.Node | 
     line = _yaml_line(root, loc)
     more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     pos = f"{path}:{line}" if line else str(path)
-    return f"config error: {pos}: {where}: {_describe(first)}{more}"
+    return one_line(redact(f"config error: {pos}: {where}: {_describe(first)}{more}"))
 
 
 def _read_password(cfg: EdgeConfig, base: Path) -> EdgeConfig:
@@ -718,6 +733,70 @@ def _resolve_mqtt_alarm_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
     return cfg.model_copy(update={"mqtt": mqtt, "alarm": alarm, "cameras": cams})
 
 
+def _substitute(data: Any, path: Path, root: yaml.Node | None, env: typing.Mapping[str, str] | None = None,
+                loc: tuple[Any, ...] = ()) -> Any:
+    """Replace ``${NAME}``, ``${NAME:-default}`` and ``${file:PATH}`` in every string value of parsed YAML.
+
+    ``${NAME}``: the environment variable NAME (an unset one is an error; ``${NAME:-default}`` falls back to
+    ``default`` when NAME is unset or empty). ``${file:PATH}``: the first line of the file PATH, stripped; a relative
+    PATH is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``) if set, else next to the config
+    file. ``$${`` gives a literal ``${``. Values read with ``${file:...}`` and values substituted into keys named like
+    a password are registered as secrets (masked in every log line, see :func:`algan.edge.logs.redact`). Results
+    are strings; pydantic converts them where a number is expected (``port: ${PORT}`` -> 1883).
+
+    Raises:
+        ConfigError: unknown variable, unreadable file or bad ``${...}`` syntax; one line naming the file, line and
+            field.
+    """
+    env = os.environ if env is None else env
+    if isinstance(data, dict):
+        return {k: _substitute(v, path, root, env, (*loc, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute(v, path, root, env, (*loc, i)) for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+    secret = any(isinstance(p, str) and SECRET_KEY_RE.search(p) for p in loc)
+
+    def fail(what: str) -> ConfigError:
+        line = _yaml_line(root, loc)
+        pos = f"{path}:{line}" if line else str(path)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        return ConfigError(one_line(f"config error: {pos}: {where}: {what}"))
+
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        ref = m.group(1)
+        if ref.startswith("file:"):
+            if not ref[5:].strip():
+                raise fail("${file:} needs a file name, e.g. ${file:camera_password}")
+            name = Path(ref[5:].strip()).expanduser()
+            fp = _credential_path(name, path.resolve().parent)
+            try:
+                value = fp.read_text(encoding="utf-8").splitlines()[0].strip()
+            except (OSError, IndexError, UnicodeDecodeError) as e:
+                reason = "file is empty" if isinstance(e, IndexError) else getattr(e, "strerror", None) or str(e)
+                raise fail(f"${{file:{ref[5:].strip()}}}: cannot read {fp} ({reason}); fix the path or the "
+                           "systemd LoadCredential= line") from None
+            register_secret(value)
+            return value
+        name, sep, default = ref.partition(":-")
+        if not ENV_NAME_RE.match(name):
+            raise fail(f"bad reference ${{{ref}}}; write ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} "
+                       "(or $${ for a literal ${)")
+        value = env.get(name)
+        if not value and sep:
+            value = default
+        if value is None:
+            raise fail(f"environment variable {name} is not set; set it (e.g. Environment={name}=... in the systemd "
+                       f"unit) or give a default: ${{{name}:-value}}")
+        if secret:
+            register_secret(value)
+        return value
+
+    return SUBST_RE.sub(one, data)
+
+
 def parse_config(data: Any, path: Path = Path("<config>"), root: yaml.Node | None = None) -> EdgeConfig:
     """Validate already-parsed YAML data.
 
@@ -740,6 +819,9 @@ def load_config(path: str | Path) -> EdgeConfig:
     Args:
         path: YAML file.
 
+    ``${NAME}``, ``${NAME:-default}`` and ``${file:PATH}`` in string values are substituted first (see
+    :func:`_substitute`).
+
     Returns:
         The validated config with relative paths resolved against the file's directory and ``mqtt.password_file``
         read into ``mqtt.password``.
@@ -747,11 +829,20 @@ def load_config(path: str | Path) -> EdgeConfig:
     Raises:
         ConfigError: missing/unreadable file, YAML syntax error or schema error; the text is one line.
     """
-    path = Path(path)
+    try:
+        return _load_config(Path(path))
+    except ConfigError as e:  # every message one line, whatever odd characters a key, value or path holds
+        raise ConfigError(one_line(str(e))) from None
+
+
+def _load_config(path: Path) -> EdgeConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         msg = f"config error: cannot read {path} ({e.strerror or e}); check the path given to --config"
+        raise ConfigError(msg) from None
+    except UnicodeDecodeError as e:
+        msg = f"config error: {path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 YAML"
         raise ConfigError(msg) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -762,6 +853,8 @@ def load_config(path: str | Path) -> EdgeConfig:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         msg = f"config error: {pos}: YAML syntax error: {problem}; fix the indentation/quoting there"
         raise ConfigError(msg) from None
-    cfg = parse_config(data, path, root)
+    cfg = parse_config(_substitute(data, path, root), path, root)
     base = path.resolve().parent
-    return _resolve_mqtt_alarm_paths(_read_password(_resolve_paths(cfg, base), base), base)
+    cfg = _resolve_mqtt_alarm_paths(_read_password(_resolve_paths(cfg, base), base), base)
+    register_secret(cfg.mqtt.password)
+    return cfg

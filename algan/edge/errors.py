@@ -24,7 +24,10 @@ class ConfigError(EdgeError):
 
 
 class ModelError(EdgeError):
-    """The model file cannot be read, or its graph does not match the edge input/output contract."""
+    """The model file cannot be read, or its graph does not match the edge input/output contract (exit status 2:
+    the user must fix the ``model`` setting or the bundle)."""
+
+    exit_code = 2
 
 
 class BrokerError(EdgeError):

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from algan.edge.errors import SourceError
+from algan.edge.state import make_private_file
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class FolderJournal:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_file(self.path)  # 0600 in a 0700 directory when created here
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)

@@ -1,4 +1,4 @@
-"""MQTT topics and payloads of the edge daemon (the contract in DESIGN.md), as pure functions.
+"""MQTT topics and payloads of the edge daemon, as pure functions: the contract a subscriber relies on.
 
 | topic                               | QoS / retain | payload                                   |
 | ----------------------------------- | ------------ | ----------------------------------------- |

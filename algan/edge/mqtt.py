@@ -87,6 +87,18 @@ def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+def tls_hint(reason: str) -> str:
+    """How to fix a failed TLS check: a host name mismatch is a certificate without this host name (mqtt.host, or
+    for a test setup mqtt.tls.insecure); anything else (an unknown issuer, expired certificate...) is fixed by the
+    right CA in mqtt.tls.ca_file: insecure only skips the host name check and would not help."""
+    low = reason.lower()
+    if "mismatch" in low or "hostname" in low or "host name" in low:
+        return ("the broker certificate does not name mqtt.host: connect by a name in its subjectAltName, re-issue "
+                "the certificate with this host, or (test setups only) set mqtt.tls.insecure: true")
+    return ("set mqtt.tls.ca_file to the CA certificate that signed the broker's certificate (PEM), or renew an "
+            "expired certificate")
+
+
 def probe_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 2.0) -> str | None:
     """Try a TLS handshake: ``None`` when it succeeds, else the reason (e.g. a certificate verification failure)."""
     try:
@@ -300,8 +312,7 @@ class MqttPublisher:
         reason = probe_tcp(self.cfg.host, self.cfg.port)
         if reason is None and self._tls_ctx is not None:
             reason = probe_tls(self.cfg.host, self.cfg.port, self._tls_ctx)
-        hint = "check mqtt.tls (ca_file, or insecure for a certificate without this host name)" if (
-            reason and reason.startswith("TLS")) else (
+        hint = tls_hint(reason) if (reason and reason.startswith("TLS")) else (
             "start the broker (e.g. mosquitto), fix mqtt.host/port, or use mqtt.embedded_broker: auto on a loopback "
             "host")
         msg = f"cannot reach MQTT broker {self.where} within {timeout:g} s ({reason or 'no MQTT answer'}); {hint}"

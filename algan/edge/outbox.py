@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from algan.edge.errors import EdgeError
+from algan.edge.state import make_private_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL    NOT NULL
 )
 """
+
+
+#: alarms raised and not yet cleared, one row per camera (the raised event's JSON): after a crash the next start
+#: closes them with a ``cleared`` event (``reason: restart``), see :meth:`Outbox.open_alarms`
+_OPEN_ALARMS = "CREATE TABLE IF NOT EXISTS open_alarms (camera TEXT PRIMARY KEY, payload BLOB NOT NULL)"
 
 
 class OutboxError(EdgeError):
@@ -81,11 +87,12 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                make_private_file(self.path)  # 0600 in a 0700 directory when created here
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(_SCHEMA)
+            db.execute(_OPEN_ALARMS)
         except (OSError, sqlite3.Error) as e:
             msg = (f"cannot open the MQTT outbox {self.path} ({e}); make its directory writable or set "
                    "mqtt.outbox.path")
@@ -138,6 +145,27 @@ class Outbox:
             except sqlite3.Error as e:  # the broker has it; at worst it is sent again after a restart
                 log.error("cannot delete acknowledged message %d from the MQTT outbox %s: %s", seq, self.path, e)
                 return False
+
+    def set_open_alarm(self, camera: str, payload: str | bytes | None) -> None:
+        """Record the raised event of ``camera``'s open alarm (``None``: the alarm was cleared). A failed write is
+        logged, not raised (at worst an alarm is not closed after a crash)."""
+        with self._lock:
+            try:
+                if payload is None:
+                    self._db.execute("DELETE FROM open_alarms WHERE camera = ?", (camera,))
+                else:
+                    data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+                    self._db.execute("INSERT OR REPLACE INTO open_alarms (camera, payload) VALUES (?, ?)",
+                                     (camera, data))
+            except sqlite3.Error as e:
+                log.error("cannot record the open alarm of camera %s in %s: %s", camera, self.path, e)
+
+    def open_alarms(self) -> dict[str, bytes]:
+        """``{camera: raised event JSON}`` of the alarms that were raised and never cleared (by an earlier run that
+        stopped, crashed or was killed while they were open)."""
+        with self._lock:
+            rows = self._db.execute("SELECT camera, payload FROM open_alarms ORDER BY camera").fetchall()
+        return {r[0]: bytes(r[1]) for r in rows}
 
     def __len__(self) -> int:
         with self._lock:

@@ -22,7 +22,7 @@ backend       module                      needs
 ============  ==========================  ==========================================================
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
-torch         ``algan.model.torch_runner`` torch with CUDA, the model bundle (FP16)
+torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -214,17 +214,24 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
-    "torch": ("algan.model.torch_runner", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
 }
 
 
 def load_runner(config: EdgeConfig) -> Runner:
     """Build the runner chosen by :func:`choose_backend` for ``config.model``.
 
+    The model's bundle is verified first (:func:`algan.edge.verify.verify_model`: format version, the graph's
+    recorded sha256 and model id, the weights file's integrity).
+
     Raises:
-        ModelError: model problems, or a backend whose packages are not installed (with the install hint).
+        ModelError: model problems, a bundle failing its integrity record, or a backend whose packages are not
+            installed (with the install hint).
     """
+    from algan.edge.verify import verify_model
+
     backend = choose_backend(config)
+    verify_model(config.model, resolve_model_path(config.model, backend))
     module, cls, hint = BACKENDS[backend]
     r = config.runner
     kwargs: dict[str, Any] = {"device": r.device}
@@ -237,12 +244,3 @@ def load_runner(config: EdgeConfig) -> Runner:
         return factory(config.model, **kwargs)
     except ImportError as e:
         raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
-
-
-def __getattr__(name: str) -> Any:
-    """``algan.edge.runner.OnnxRuntimeRunner`` keeps working (lazily, to avoid importing onnxruntime here)."""
-    if name == "OnnxRuntimeRunner":
-        from algan.edge.runner_onnx import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner
-    raise AttributeError(name)

@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from algan.edge.state import make_private_dir, write_private
+
 log = logging.getLogger(__name__)
 
 #: Names of the files this module writes (and the only ones retention deletes).
@@ -90,9 +92,9 @@ class SnapshotStore:
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:
                 raise OSError("JPEG encoding failed")
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.dir)  # 0700/0600: alarm images are the daemon's state
             tmp = path.with_name(f".{name}.tmp")
-            tmp.write_bytes(buf.tobytes())
+            write_private(tmp, buf.tobytes())
             os.replace(tmp, path)
         except (OSError, cv2.error) as e:
             self.failures += 1

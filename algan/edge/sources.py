@@ -23,10 +23,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from algan.data.preprocess import ImageReadError, read_image
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.journal import FolderJournal
+from algan.edge.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+#: Smallest image (pixels, each side) a folder source scores; smaller ones are counted as corrupt (a 1x1 thumbnail
+#: or a placeholder is not a camera frame, and resized to the model input it scores as a flat grey image).
+MIN_IMAGE_SIDE = 16
 #: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 #: Serialises FFmpeg opens: streams set :data:`FFMPEG_OPTIONS_ENV` (process-wide), files must not see it.
@@ -136,13 +139,14 @@ class VideoSource:
     ) -> None:
         self.kind = kind
         if kind == "file" and not Path(str(source)).is_file():
-            raise SourceError(f"video file {source} does not exist; fix the camera's source path")
+            raise SourceError(f"video file {redact(str(source))} does not exist; fix the camera's source path")
         if kind == "device":
             target: int | str = int(source) if isinstance(source, int) or str(source).isdigit() else str(source)
             cap = capture(target, cv2.CAP_V4L2) if isinstance(target, str) else capture(target)
             if cap.isOpened():
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short: newest frames, low latency
         elif kind == "stream":
+            t_open = time.monotonic()
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
             with _ENV_LOCK:
@@ -182,7 +186,9 @@ class VideoSource:
                 "stream": f"unreachable or silent for {open_timeout_s:g} s; check the URL, credentials and network",
                 "gstreamer": "the pipeline does not start; test it with gst-launch-1.0 and end it in appsink",
             }.get(kind, "OpenCV cannot open it")
-            raise SourceError(f"cannot open {kind} source {source}: {hint}")
+            if kind == "stream" and time.monotonic() - t_open < 0.8 * open_timeout_s:
+                hint = _stream_failed_at_once(str(source), time.monotonic() - t_open)
+            raise SourceError(f"cannot open {kind} source {redact(str(source))}: {hint}")
         self._cap = cap
         self.fps = _capture_fps(cap)
 
@@ -195,6 +201,75 @@ class VideoSource:
 
     def close(self) -> None:
         self._cap.release()
+
+
+#: default TCP ports of the stream schemes, for telling a refused connection from a wrong path or credentials
+_STREAM_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443, "srt": None, "udp": None,
+                 "tcp": None}
+
+
+def _stream_failed_at_once(url: str, elapsed: float) -> str:
+    """The hint for a stream open that failed well before its timeout: a refused TCP connection (probed once), or a
+    server that answered but did not give a stream (path, credentials, codec)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or _STREAM_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        host, port = None, None
+    if host and port:
+        import socket
+
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                reason = None
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+        if reason is not None:
+            return (f"connection to {host}:{port} failed at once ({reason}); is the camera/server running and the "
+                    "port right?")
+    return (f"the server answered but gave no stream within {elapsed:.1f} s; check the URL path, credentials and "
+            "codec")
+
+
+def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Corrupt:
+    """Read and decode one image file of a folder source, refusing what must not be scored.
+
+    Refused (a :class:`Corrupt` whose reason names the file): an empty file, a JPEG without its end-of-image marker
+    (``FF D9``, trailing zero padding allowed) or a PNG without its ``IEND`` chunk (both: a file cut short, which
+    libjpeg/libpng would otherwise decode partially, grey below the cut), a file OpenCV cannot decode, and an image
+    smaller than :data:`MIN_IMAGE_SIDE` pixels on a side.
+
+    Args:
+        path: the image file.
+        data: its bytes when already read (fuzz tests), else read here.
+
+    Returns:
+        uint8 BGR ``(H, W, 3)`` (grayscale expanded), or :class:`Corrupt`.
+    """
+    try:
+        raw = path.read_bytes() if data is None else data
+    except OSError as e:
+        return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
+    if not raw:
+        return Corrupt(f"image {path} is empty (0 bytes)")
+    if raw[:2] == b"\xff\xd8" and raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)")
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
+        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)")
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        img = None
+        log.debug("decoding %s: %s", path, e)
+    if img is None or img.ndim != 3:
+        return Corrupt(f"cannot read image {path}: not an image format OpenCV decodes ({len(raw)} bytes)")
+    h, w = img.shape[:2]
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        return Corrupt(f"image {path} is {w}x{h} pixels, smaller than the minimum "
+                       f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    return img
 
 
 def _is_partial(name: str) -> bool:
@@ -248,6 +323,7 @@ class FolderSource:
         self._last: tuple[str, int, int] | None = None  # the file the last read() returned
         self.journal = journal if watch else None
         self._seen: set[str] = set()
+        self._empty: set[tuple[str, int]] = set()  # (name, mtime_ns) of empty files already reported
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._last_scan = -float("inf")
         self._closed = False
@@ -290,20 +366,27 @@ class FolderSource:
             if not e.is_file():
                 continue
             key = (st.st_size, st.st_mtime_ns)
-            if self.journal is not None and self.journal.done_before(name, *key):
+            done = self.journal is not None and self.journal.done_before(name, *key)
+            if st.st_size == 0 and (done or (name, st.st_mtime_ns) in self._empty):
+                continue  # an empty file already reported: looked at again only once it grows
+            if done:
                 self._seen.add(name)  # scored by an earlier run
                 continue
             old = self._pending.get(name)
             if old is None or old[:2] != key:
                 self._pending[name] = (*key, now)
                 old = self._pending[name]
-            if st.st_size > 0 and now - old[2] >= self.settle_s:
+            if now - old[2] >= self.settle_s:  # an empty file too: reported (and journalled) once it stayed empty
                 ready.append(name)
         for name in sorted(ready):
             size, mtime_ns, _ = self._pending.pop(name)
-            self._seen.add(name)
+            if size == 0:
+                self._empty.add((name, mtime_ns))
+            else:
+                self._seen.add(name)
             self._ready.append((self.path / name, size, mtime_ns))
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
+        self._empty = {e for e in self._empty if e[0] in names}
         for name in list(self._pending):
             if name not in names:
                 del self._pending[name]
@@ -323,10 +406,7 @@ class FolderSource:
             return None
         p, size, mtime_ns = self._ready.popleft()
         self._last = (p.name, size, mtime_ns)
-        try:
-            return read_image(p)
-        except ImageReadError as e:
-            return Corrupt(str(e))
+        return decode_image_file(p)
 
     @property
     def last_name(self) -> str | None:
@@ -344,6 +424,36 @@ class FolderSource:
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
+
+
+def check_sources(cameras: list[CameraConfig]) -> None:
+    """Refuse at start what a camera's reader would fail on at once: a file or (unwatched) folder source that does
+    not exist, or a folder without image files. Live sources and watched folders are not checked: they are retried
+    (a camera plugged in or a share mounted later).
+
+    Raises:
+        SourceError: one line naming the camera, the path and the fix.
+    """
+    for cam in cameras:
+        if cam.is_live or cam.watch or cam.resolved_kind not in ("file", "folder"):
+            continue
+        path = Path(str(cam.source))
+        if not path.exists():
+            what = "folder" if cam.resolved_kind == "folder" else "file"
+            raise SourceError(f"cameras.{cam.name}.source: {what} {path} does not exist; fix the camera's source "
+                              "path (relative paths are resolved next to the config file)")
+        if path.is_dir():
+            try:
+                has = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+            except OSError as e:
+                raise SourceError(f"cameras.{cam.name}.source: cannot list folder {path} ({e.strerror or e}); "
+                                  "make it readable for the daemon's user") from None
+            if not has:
+                raise SourceError(f"cameras.{cam.name}.source: folder {path} holds no image files; fix the path or "
+                                  "set watch: true to wait for files")
+        elif not os.access(path, os.R_OK):
+            raise SourceError(f"cameras.{cam.name}.source: file {path} is not readable for this user; fix its "
+                              "permissions")
 
 
 def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCapture,

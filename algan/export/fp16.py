@@ -108,6 +108,7 @@ def convert_fp16(src: str | Path, dst: str | Path, scopes: Iterable[str] = FP32_
         set_metadata(out, {**meta, "algan.precision": "fp16"})
         onnx.checker.check_model(out)
         onnx.save(out, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp gives 0600; a bundle is read by the service user
         os.replace(tmp, dst)
     except Exception as exc:
         raise ExportError(f"FP16 conversion failed: {exc}") from exc

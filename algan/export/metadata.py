@@ -1,4 +1,4 @@
-"""The exported graph's I/O contract, written into ONNX ``metadata_props`` (STYLE.md item 14).
+"""The exported graph's I/O contract, written into ONNX ``metadata_props`` (names and keys: :mod:`algan.contract`).
 
 A runner (``algan.edge``) reads these keys instead of guessing: input layout, colour order, dtype and value range,
 normalisation, output name and score direction, and the calibration constants baked into the graph. The edge runner
@@ -11,19 +11,11 @@ round-trip exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from algan import __version__
-
-INPUT_NAME = "images"
-OUTPUT_NAME = "scores"
-
-#: metadata keys the edge runner relies on (contract shared with the edge and calibration engineers)
-KEY_MODEL_ID = "algan.model_id"
-KEY_CAL_CENTER = "algan.calibration_center"
-KEY_CAL_SCALE = "algan.calibration_scale"
+from algan.contract import INPUT_NAME, KEY_CAL_CENTER, KEY_CAL_SCALE, KEY_MODEL_ID, OUTPUT_NAME
 
 
 def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, scale: float, opset: int,
@@ -87,12 +79,3 @@ def read_metadata(onnx_path: str | Path) -> dict[str, str]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
-from algan.export.metadata import INPUT_NAME, OUTPUT_NAME, graph_metadata, set_metadata
+from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.export.metadata import graph_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
         model.producer_version = __version__
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp gives 0600; a bundle is read by the service user
         os.replace(tmp, path)
     except ExportError:
         raise

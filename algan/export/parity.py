@@ -88,7 +88,7 @@ def parity_images(model_dir: str | Path, images_dir: str | Path | None, size: tu
         ValueError: ``images_dir`` is not a directory or holds no images.
     """
     from algan.bundle import load_samples
-    from algan.data.datasets import IMAGE_SUFFIXES
+    from algan.contract import IMAGE_SUFFIXES
     from algan.data.preprocess import load_batch
 
     parts = []

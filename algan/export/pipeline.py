@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from algan.contract import ENGINE_FILE, ONNX_FILE, file_sha256
 from algan.export import parity as par
-from algan.export.metadata import file_sha256
 from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_scores, simplify_onnx, torch_scores
 from algan.export.tensorrt import (
     CALIBRATION_CACHE_FILE,
     DEFAULT_WORKSPACE_MIB,
-    ENGINE_FILE,
     INT8_CALIBRATION_SET,
     SIDECAR_FILE,
     TIMING_CACHE_FILE,
@@ -39,7 +38,6 @@ from algan.export.tensorrt import (
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 FP16_FILE = "model.fp16.onnx"
 
 
@@ -136,7 +134,8 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         BundleError / ValueError: missing bundle, unsupported format, bad option values, missing data.
         ExportError: tracing, checker, parity or engine build failures (nothing is committed).
     """
-    from algan.bundle import load_bundle, read_manifest, utc_now_iso, write_manifest
+    from algan.bundle import load_bundle, read_manifest, write_manifest
+    from algan.contract import utc_now_iso
 
     t0 = time.monotonic()
     model_dir = Path(opts.model_dir)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.export.metadata import INPUT_NAME, OUTPUT_NAME, file_sha256
+from algan.contract import INPUT_NAME, OUTPUT_NAME, file_sha256, utc_now_iso
 from algan.export.onnx_export import ExportError
 from algan.trt_logging import make_logger
 
@@ -39,7 +39,6 @@ STRONGLY_TYPED_FROM = (10, 12)
 NO_IMPLICIT_INT8_FROM = (11, 0)
 MIN_VERSION = (8, 6)
 DEFAULT_WORKSPACE_MIB = 1024
-ENGINE_FILE = "model.engine"
 SIDECAR_FILE = "model.engine.json"
 TIMING_CACHE_FILE = "model.engine.timing.cache"
 CALIBRATION_CACHE_FILE = "model.engine.int8.cache"
@@ -297,8 +296,6 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         raise EngineBuildError(f"TensorRT {trt.__version__} could not build the engine: "
                                + "; ".join(errors[-3:] or ["no error reported; run with --log-level INFO"]))
     gpu_name, cc = (gpu or trt_helpers.gpu_identity)()
-    from algan.bundle import utc_now_iso
-
     sidecar = {
         "tensorrt_version": str(trt.__version__),
         "gpu_name": gpu_name,

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.export.metadata import INPUT_NAME, OUTPUT_NAME
+from algan.contract import INPUT_NAME, OUTPUT_NAME
 
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 DEFAULT_QUEUE_DELAY_US = 2000

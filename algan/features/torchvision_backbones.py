@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from algan.features.backbone import POOLINGS, BackboneError, BackboneSpec, check_pooling, file_sha256, global_pool
+from algan.contract import file_sha256
+from algan.features.base import POOLINGS, BackboneError, BackboneSpec, check_pooling, global_pool
 
 #: ImageNet normalisation of the torchvision models, on [0, 1] RGB pixels.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from algan import __version__
-from algan.bundle import utc_now_iso
+from algan.contract import empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
 from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
@@ -117,15 +117,26 @@ def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[float, float]:
-    """``(center, threshold)``: median and the empirical (1 - target_fpr) quantile of normal raw scores.
+    """``(center, threshold)`` of normal raw scores: their median, and the order statistic ``X_(k)``,
+    ``k = ceil((n + 1)(1 - target_fpr))`` (:func:`algan.contract.empirical_threshold`, the rule algan-calibrate
+    uses too).
 
-    With fewer than 1/target_fpr scores the quantile is the maximum (the rate cannot be resolved; see
-    algan-calibrate for an extreme-value fit). A threshold not above the median is widened to keep the
-    calibrated scale valid.
+    With fewer than ``1 / target_fpr - 1`` scores the rate cannot be resolved: the threshold is then the maximum
+    (expected false-alarm rate ``1 / (n + 1)``, above the target) and a warning says so (algan-calibrate refuses
+    instead, and offers an extreme-value fit). A threshold not above the median is widened to keep the calibrated
+    scale valid.
+
+    Raises:
+        ValueError: no scores, NaN/inf scores, or ``target_fpr`` outside (0, 1).
     """
     s = np.asarray(normal_scores, dtype=np.float64)
+    rule = empirical_threshold(s, target_fpr, clip=True)
+    if not rule.resolved:
+        log.warning("%d held-out normal images cannot resolve a per-frame false-alarm rate of %g (needs >= %d): "
+                    "the threshold is their maximum score (expected rate about %.2g); re-calibrate with more normal "
+                    "frames (algan-calibrate)", len(s), target_fpr, rule.needed, rule.expected_fpr)
     center = float(np.median(s))
-    thr = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    thr = rule.threshold
     if thr <= center:
         spread = float(np.std(s)) or abs(center) * 1e-3 or 1e-3
         thr = center + spread

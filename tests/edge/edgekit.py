@@ -58,6 +58,28 @@ def make_model(
     return path
 
 
+def make_bundle(path: Path, model_id: str = "tiny-1", *, onnx: bool = True, **manifest: Any) -> Path:
+    """A torch-free model bundle as algan-train + algan-export leave it: ``weights.safetensors`` (one tensor),
+    ``model.onnx`` (:func:`make_model`, graph id ``model_id``) and ``algan.json`` with ``format_version`` 1, the
+    ``model_id`` and ``exports.onnx.sha256``; ``manifest`` entries are added/overridden."""
+    import hashlib
+    import json
+
+    from safetensors.numpy import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"head.w": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(path / "weights.safetensors"))
+    m: dict[str, Any] = {"format_version": 1, "model_id": model_id,
+                         "calibration": {"center": 0.0, "threshold": 1.0}}
+    if onnx:
+        make_model(path / "model.onnx", model_id=model_id)
+        digest = hashlib.sha256((path / "model.onnx").read_bytes()).hexdigest()
+        m["exports"] = {"onnx": {"file": "model.onnx", "sha256": digest}}
+    m.update(manifest)
+    (path / "algan.json").write_text(json.dumps(m, indent=2))
+    return path
+
+
 def make_video(path: Path, levels: Sequence[int], size: int = 64, fps: float = 25.0) -> Path:
     """Write an mp4v video with one uniform grey frame per entry of ``levels`` (pixel values 0-255)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))

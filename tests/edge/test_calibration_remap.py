@@ -10,7 +10,9 @@ import onnx
 import pytest
 from edgekit import make_model
 
-from algan.edge.calibration import CENTER_KEY, SCALE_KEY, Remap, recalibrate, remap_for
+from algan.contract import KEY_CAL_CENTER as CENTER_KEY
+from algan.contract import KEY_CAL_SCALE as SCALE_KEY
+from algan.edge.calibration import Remap, recalibrate, remap_for
 from algan.edge.runner_onnx import OnnxRuntimeRunner
 
 

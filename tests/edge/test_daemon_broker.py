@@ -71,11 +71,13 @@ def test_video_run_publishes_exact_messages(tmp_path, tiny_model, step_video, mq
 def test_corrupt_image_and_dead_camera_do_not_stop_the_run(tmp_path, tiny_model, mqtt_broker, mqtt_collector):
     folder = make_folder(tmp_path / "imgs", [DARK] * 8, corrupt=[3])
     col = mqtt_collector()
-    cams = [{"name": "good", "source": str(folder)}, {"name": "ghost", "source": str(tmp_path / "missing.mp4")}]
+    ghost = tmp_path / "broken.mp4"  # exists (check-config passes it) but is no video: fails at open, in the run
+    ghost.write_bytes(b"not a video at all" * 10)
+    cams = [{"name": "good", "source": str(folder)}, {"name": "ghost", "source": str(ghost)}]
     res = run_edge(write_config(tmp_path / "edge.yaml", edge_config(tiny_model, mqtt_broker, cams)))
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    assert "camera ghost: video file" in res.stderr and "does not exist" in res.stderr
+    assert "camera ghost: cannot open file source" in res.stderr
     assert "frame 3 skipped" in res.stderr
     assert col.wait_for(lambda ms: any(m.payload == "offline" and m.topic.endswith("/status") for m in ms))
 
@@ -89,7 +91,9 @@ def test_corrupt_image_and_dead_camera_do_not_stop_the_run(tmp_path, tiny_model,
 
 
 def test_all_cameras_failing_exits_1(tmp_path, tiny_model, mqtt_broker):
-    cams = [{"name": "ghost", "source": str(tmp_path / "nothing-here")}]
+    ghost = tmp_path / "broken.mp4"
+    ghost.write_bytes(b"not a video at all" * 10)
+    cams = [{"name": "ghost", "source": str(ghost)}]
     res = run_edge(write_config(tmp_path / "edge.yaml", edge_config(tiny_model, mqtt_broker, cams)))
     assert res.returncode == 1
     assert "no camera could be read" in res.stderr and "Traceback" not in res.stderr

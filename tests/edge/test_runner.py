@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from edgekit import make_model
+from edgekit import make_bundle, make_model
 from onnx import TensorProto
 
 from algan.edge.config import parse_config
@@ -97,9 +98,7 @@ def test_torch_backend_without_cuda_is_one_line(tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present (tested in tests/pipeline/test_torch_runner.py)")
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "algan.json").write_text("{}")
+    bundle = make_bundle(tmp_path / "bundle", onnx=False)  # passes the bundle verification
     base = {"device_id": "d", "model": str(bundle), "runner": {"backend": "torch"}, "cameras": [{"name": "c",
                                                                                                 "source": 0}]}
     with pytest.raises(ModelError, match="backend 'torch' needs a CUDA GPU"):
@@ -112,7 +111,13 @@ def test_cli_wrong_model_one_line(tmp_path):
     from edgekit import run_edge, write_config
 
     bad = make_model(tmp_path / "bad.onnx", input_name="x")
-    cfg = {"device_id": "d", "model": str(bad), "cameras": [{"name": "c", "source": str(Path(tmp_path))}]}
+    from edgekit import DARK, make_folder
+
+    imgs = make_folder(tmp_path / "imgs", [DARK])
+    cfg = {"device_id": "d", "model": str(bad), "cameras": [{"name": "c", "source": str(imgs)}]}
     res = run_edge(write_config(tmp_path / "edge.yaml", cfg))
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr, "a wrong model is a user error: exit 2"
     assert res.stderr.strip().splitlines()[-1].startswith("algan-edge: model ")
+    chk = subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", str(tmp_path / "edge.yaml")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert chk.returncode == 2 and "does not match the edge contract" in chk.stderr, "check-config refuses it too"

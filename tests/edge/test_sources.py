@@ -126,7 +126,7 @@ def test_watched_folder_reads_only_settled_complete_files(tmp_path):
     clock = Clock()
     src = FolderSource(folder, watch=True, settle_s=0.5, poll_s=0.0, clock=clock)
     assert src.read() is NO_FRAME
-    good = cv2.imencode(".png", np.full((8, 8, 3), 7, np.uint8))[1].tobytes()
+    good = cv2.imencode(".png", np.full((16, 16, 3), 7, np.uint8))[1].tobytes()
     (folder / "b.png").write_bytes(good)
     (folder / "a.png.part").write_bytes(good)  # still being copied: never read under this name
     (folder / ".c.png").write_bytes(good)  # hidden temp file
@@ -188,7 +188,7 @@ def test_pacer_releases_at_rate_and_never_bursts():
 
 
 def _png(value: int) -> bytes:
-    return cv2.imencode(".png", np.full((8, 8, 3), value, np.uint8))[1].tobytes()
+    return cv2.imencode(".png", np.full((16, 16, 3), value, np.uint8))[1].tobytes()
 
 
 def _drain(src: FolderSource, clock: Clock, t: float) -> list:

@@ -134,7 +134,7 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
     side = json.loads((bundle / "model.engine.json").read_text())
     assert (bundle / "model.engine").read_bytes() == b"stand-in engine"
     assert side["precision"] == "fp16" and side["onnx_file"] == "model.fp16.onnx"
-    from algan.export.metadata import file_sha256
+    from algan.contract import file_sha256
 
     assert side["onnx_sha256"] == file_sha256(bundle / "model.fp16.onnx")
     assert (bundle / "model.engine.timing.cache").read_bytes() == b"+timed"

@@ -1,4 +1,4 @@
-"""ALGAN loss terms against hand-computed values (algan.model.losses; formulas of DESIGN.md "The method")."""
+"""ALGAN loss terms against hand-computed values (algan.model.losses; Murase & Fukumizu 2022)."""
 
 from __future__ import annotations
 

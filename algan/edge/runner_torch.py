@@ -1,8 +1,8 @@
 """torch runner: the model bundle on a CUDA GPU in FP16 autocast, for x86 GPU boxes without TensorRT.
 
-This runner lives with the torch code, not in ``algan.edge`` (which never imports torch); the daemon imports it
-only when ``runner.backend: torch`` is chosen (the import
-happens in :class:`TorchRunner`'s constructor). The bundle's detector applies its own (current) calibration, so no
+The one edge backend that needs torch: importing this module imports no torch (torch and the bundle loader are
+imported in :class:`TorchRunner`'s constructor), and the daemon imports the module only when ``runner.backend:
+torch`` is chosen. The bundle's detector applies its own (current) calibration, so no
 re-mapping is needed here.
 """
 

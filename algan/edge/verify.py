@@ -1,0 +1,281 @@
+"""Bundle verification for the edge daemon and ``algan-edge check-config`` (torch-free: json, hashlib, safetensors).
+
+A model bundle records its own integrity: ``algan.json`` holds the ``format_version``, the ``model_id`` and, once
+exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``algan-export``, see
+:mod:`algan.export.pipeline`); every exported graph carries ``algan.model_id`` in its ONNX ``metadata_props``
+(:mod:`algan.export.metadata`). :func:`verify_model` checks, before the daemon loads a runner:
+
+1. ``algan.json`` is readable JSON of a supported ``format_version`` (a corrupt manifest is refused: the daemon
+   cannot know the bundle's calibration, so it would score "as exported" with a threshold nobody chose);
+2. the graph the daemon will load has the sha256 the manifest recorded for it (a ``model.onnx`` copied from another
+   bundle, or re-written by hand, is refused instead of being taken for a re-calibration);
+3. the graph's ``algan.model_id`` equals the manifest's ``model_id``;
+4. ``weights.safetensors`` is a complete safetensors file: an 8-byte little-endian header length, a JSON header
+   whose tensors' ``data_offsets`` fit in the file (a truncated file, or a pickle renamed to ``.safetensors``, is
+   refused even though the edge never reads the weights).
+
+Each failure is a :class:`~algan.edge.errors.ModelError` (exit status 2) of one line naming the file and the fix.
+A bare ``.onnx``/``.engine`` file outside a bundle (no ``algan.json`` beside it) is not checked. A TensorRT engine is
+not hashed here: its JSON sidecar is checked by :mod:`algan.edge.runner_tensorrt` against the GPU and TensorRT.
+Bundles exported before the hashes were recorded (no ``exports.onnx.sha256``) pass checks 2 with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
+from algan.edge.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+#: The bundle format version this runtime reads (``algan.bundle.FORMAT_VERSION``; kept here so that the edge needs
+#: nothing from the training side).
+FORMAT_VERSION = 1
+MANIFEST = MANIFEST_FILE
+WEIGHTS = WEIGHTS_FILE
+MODEL_ID_KEY = KEY_MODEL_ID
+#: graph file name -> key of its record in the manifest's ``exports`` (see algan.export.pipeline._exports_entry)
+EXPORT_KEYS = {ONNX_FILE: "onnx", "model.fp16.onnx": "onnx_fp16"}
+#: largest safetensors JSON header accepted (bytes); the format itself caps it at 100 MB
+MAX_HEADER = 100_000_000
+
+
+class BundleCheckError(ModelError):
+    """A bundle that fails its own integrity record (exit status 2: a user must restore or re-export it)."""
+
+    exit_code = 2
+
+
+def _who() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        return f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "this user"
+
+
+def unreadable(path: Path, e: OSError) -> BundleCheckError:
+    """The one-line error for a bundle file the daemon cannot open, naming the user it runs as."""
+    if isinstance(e, PermissionError):
+        return BundleCheckError(
+            f"cannot read {path}: permission denied for user {_who()}; make the bundle readable "
+            f"(chmod -R a+rX {path.parent}) or run the daemon as its owner")
+    return BundleCheckError(f"cannot read {path} ({e.strerror or e}); restore the bundle or fix the 'model' path")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file.
+
+    Raises:
+        BundleCheckError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    return h.hexdigest()
+
+
+def safetensors_header(path: Path) -> dict:
+    """Read and check the header of a safetensors file without loading tensors (and without torch).
+
+    Format (https://github.com/huggingface/safetensors, "Format"): 8 bytes little-endian unsigned header length
+    ``n``, ``n`` bytes of JSON ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``, then
+    the tensor bytes; offsets are relative to the end of the header.
+
+    Returns:
+        The JSON header (dict).
+
+    Raises:
+        BundleCheckError: unreadable, too short, not safetensors (e.g. a pickle), or truncated (a tensor's
+        ``data_offsets`` end beyond the file).
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise _bad_weights(path, f"{size} bytes, shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > MAX_HEADER or 8 + n > size:
+                what = "a pickle or another format" if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
+                                                                   b"\x80\x05", b"PK") else "not safetensors"
+                raise _bad_weights(path, f"{what} (header length {n} does not fit in {size} bytes)")
+            raw = f.read(n)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _bad_weights(path, "its header is not JSON (not a safetensors file)") from None
+    if not isinstance(header, dict):
+        raise _bad_weights(path, "its header is not a JSON object")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(v) for v in t["data_offsets"])
+        except (TypeError, KeyError, ValueError):
+            raise _bad_weights(path, f"tensor {name!r} has no valid data_offsets") from None
+        if not 0 <= begin <= stop:
+            raise _bad_weights(path, f"tensor {name!r} has data_offsets [{begin}, {stop}]")
+        end = max(end, stop)
+    if 8 + n + end > size:
+        raise _bad_weights(path, f"truncated: the tensors need {8 + n + end} bytes, the file has {size}")
+    return header
+
+
+def _bad_weights(path: Path, why: str) -> BundleCheckError:
+    return BundleCheckError(f"{path} is damaged ({why}); copy the bundle again from where it was trained, or "
+                            "re-train it")
+
+
+def bundle_dir_of(model: Path) -> Path | None:
+    """The bundle directory of a configured model (the directory itself, or the directory of a file inside a bundle),
+    or ``None`` for a bare model file without an ``algan.json`` beside it."""
+    if model.is_dir():
+        return model
+    return model.parent if (model.parent / MANIFEST).exists() else None
+
+
+def read_manifest(bundle: Path) -> dict:
+    """``algan.json`` of a bundle, checked for JSON and format version.
+
+    Raises:
+        BundleCheckError: missing, unreadable, not a JSON object, or an unsupported ``format_version``.
+    """
+    path = bundle / MANIFEST
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleCheckError(f"{bundle} is not a model bundle ({MANIFEST} missing); set 'model' to a bundle "
+                               "from algan-train/algan-export or to a .onnx file") from None
+    except OSError as e:
+        raise unreadable(path, e) from None
+    try:
+        manifest = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise BundleCheckError(f"{path} is not valid JSON{where}; the bundle is damaged: copy it again or re-run "
+                               "algan-export on the original") from None
+    if not isinstance(manifest, dict):
+        raise BundleCheckError(f"{path} is not a JSON object; the bundle is damaged: copy it again")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleCheckError(f"{path} has format version {version!r}, this algan-edge reads version "
+                               f"{FORMAT_VERSION}; re-export the model with this algan-edge version, or install the "
+                               "version that wrote it")
+    return manifest
+
+
+def graph_model_id(path: Path) -> str | None:
+    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime); ``None`` if absent.
+
+    Raises:
+        BundleCheckError: the file cannot be parsed as ONNX.
+    """
+    try:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf DecodeError and friends
+            raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") \
+                from None
+        return {p.key: p.value for p in model.metadata_props}.get(MODEL_ID_KEY)
+    except ImportError:
+        pass
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
+    return (sess.get_modelmeta().custom_metadata_map or {}).get(MODEL_ID_KEY)
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """What :func:`verify_model` checked.
+
+    Attributes:
+        bundle: the bundle directory, ``None`` for a bare model file.
+        model_id: the manifest's model id (``None`` without a bundle).
+        graph: the model file that was checked.
+        sha256_checked: whether the graph's hash was compared with a recorded one.
+    """
+
+    bundle: Path | None
+    model_id: str | None
+    graph: Path
+    sha256_checked: bool
+
+
+def verify_model(model: Path, graph: Path) -> BundleReport:
+    """Verify the bundle of ``model`` before ``graph`` (the file a runner will load) is used.
+
+    Args:
+        model: the configured ``model`` (bundle directory or file).
+        graph: the resolved model file (``model.onnx``, ``model.fp16.onnx``, ``model.engine``), or the bundle itself
+            for the torch backend.
+
+    Returns:
+        A :class:`BundleReport`.
+
+    Raises:
+        BundleCheckError: one line naming the file and the fix (see the module docstring for the checks).
+    """
+    bundle = bundle_dir_of(model)
+    if bundle is None:
+        try:
+            with graph.open("rb"):
+                pass
+        except OSError as e:
+            raise unreadable(graph, e) from None
+        return BundleReport(None, None, graph, False)
+    manifest = read_manifest(bundle)
+    model_id = manifest.get("model_id")
+    weights = bundle / WEIGHTS
+    if weights.exists():
+        safetensors_header(weights)
+    else:
+        raise BundleCheckError(f"{weights} is missing; the bundle is incomplete: copy it again from where it was "
+                               "trained")
+    checked = False
+    if graph.is_file() and graph.suffix == ".onnx":
+        record = (manifest.get("exports") or {}).get(EXPORT_KEYS.get(graph.name, ""), {})
+        want = record.get("sha256") if isinstance(record, dict) else None
+        if want:
+            got = file_sha256(graph)
+            if got != want:
+                raise BundleCheckError(
+                    f"{graph} is not the graph {bundle / MANIFEST} recorded (sha256 {got[:12]}... != {want[:12]}...): "
+                    f"it comes from another bundle or was changed; re-run algan-export {bundle}")
+            checked = True
+        else:
+            log.warning("%s records no sha256 for %s (exported by an older algan-export); re-export the bundle to "
+                        "have it checked", bundle / MANIFEST, graph.name)
+        gid = graph_model_id(graph)
+        if gid is not None and model_id is not None and gid != str(model_id):
+            raise BundleCheckError(
+                f"{graph} belongs to model {gid!r}, but {bundle / MANIFEST} is model {model_id!r}; copy the whole "
+                f"bundle directory, or re-run algan-export {bundle}")
+    elif graph.is_file():
+        try:
+            with graph.open("rb"):
+                pass
+        except OSError as e:
+            raise unreadable(graph, e) from None
+    return BundleReport(bundle, None if model_id is None else str(model_id), graph, checked)

@@ -1,0 +1,80 @@
+"""algan.contract: the one threshold rule (training and re-calibration agree), the atomic directory replace and
+hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+
+from algan.contract import (
+    atomic_directory,
+    empirical_threshold,
+    file_sha256,
+    order_statistic_rank,
+    scores_needed,
+)
+
+
+@pytest.mark.parametrize(("n", "fpr", "rank"), [(100, 0.05, 96), (124, 0.01, 124), (99, 0.01, 99), (19, 0.05, 19)])
+def test_order_statistic_rank(n, fpr, rank):
+    assert order_statistic_rank(n, fpr) == rank
+    assert scores_needed(fpr) <= n
+
+
+def test_training_and_calibration_use_the_same_threshold():
+    from algan.calibration.threshold import QuantileThreshold
+    from algan.model.fit import quantile_threshold
+
+    s = np.random.default_rng(0).normal(size=300)
+    for fpr in (0.01, 0.05, 0.2):
+        center, thr = quantile_threshold(s, fpr)
+        q = QuantileThreshold(fpr).fit(s)
+        assert thr == q.threshold_ == np.sort(s)[order_statistic_rank(300, fpr) - 1]
+        assert center == q.center_ == np.median(s)
+        assert q.expected_fpr_ <= fpr
+
+
+def test_too_few_scores_training_says_so_calibration_refuses(caplog):
+    from algan.calibration.threshold import QuantileThreshold
+    from algan.model.fit import quantile_threshold
+
+    s = np.arange(48, dtype=np.float64)  # 48 held-out normals cannot resolve 1 % (needs 99)
+    with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
+        _, thr = quantile_threshold(s, 0.01)
+    assert thr == 47.0
+    assert "48 held-out normal images cannot resolve a per-frame false-alarm rate of 0.01 (needs >= 99)" in caplog.text
+    assert "maximum score" in caplog.text
+    with pytest.raises(ValueError, match="48 normal scores cannot resolve a per-frame FPR of 0.01"):
+        QuantileThreshold(0.01).fit(s)
+    with pytest.raises(ValueError, match=r"needs >= 99"):
+        empirical_threshold(s, 0.01, clip=False)
+    r = empirical_threshold(s, 0.01, clip=True)
+    assert (r.threshold, r.rank, r.resolved, r.needed) == (47.0, 48, False, 99)
+    assert r.expected_fpr == pytest.approx(1 / 49)
+    with pytest.raises(ValueError, match="finite"):
+        empirical_threshold(np.array([1.0, np.nan]), 0.1, clip=True)
+
+
+def test_atomic_directory_replaces_and_keeps_the_old_on_failure(tmp_path):
+    final = tmp_path / "bundle"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("two")
+        raise RuntimeError("interrupted")
+    assert (final / "a.txt").read_text() == "one"  # untouched
+    with atomic_directory(final) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary or old copies left
+
+
+def test_file_sha256(tmp_path):
+    p = tmp_path / "x.bin"
+    data = bytes(range(256)) * 5000
+    p.write_bytes(data)
+    assert file_sha256(p, chunk=1000) == file_sha256(p) == hashlib.sha256(data).hexdigest()

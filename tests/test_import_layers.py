@@ -1,0 +1,105 @@
+"""Imports inside ``algan`` point downwards only, and no modules import each other in a cycle.
+
+Static: every ``import`` statement of every module is read with ``ast`` (nothing is imported or executed), lazy
+imports inside functions included: a lazy import is still a dependency. Backends chosen by name at run time
+(``importlib.import_module`` of a string, as in ``algan.edge.runner.BACKENDS``) are plug-ins, not edges.
+
+The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
+
+0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule; stdlib and
+   numpy only), ``trt_logging`` -- import nothing of the package
+1. ``data``: data sets, image/frame preparation, videos
+2. ``features``: backbones (torch)
+3. ``model``: heads, detector, training and fitting (torch)
+4. ``bundle``: a model directory <-> the torch detector (builds model classes)
+5. ``calibration``: thresholds and re-calibration of a bundle
+6. ``export``: ONNX / TensorRT / Triton from a bundle
+7. ``edge``: the torch-free line-side runtime (its torch backend ``edge.runner_torch`` imports torch and the bundle
+   only when built)
+8. ``inference`` (Python API over the exported model), 9. ``report`` (HTML report of predictions)
+10. ``cli``: the command-line tools
+
+A module may import its own group and any group of a lower layer. A new subpackage or top-level module must be
+placed in :data:`LAYERS` (the test says so).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("import_graph", REPO / "tools" / "import_graph.py")
+assert _spec is not None and _spec.loader is not None
+import_graph = importlib.util.module_from_spec(_spec)
+sys.modules["import_graph"] = import_graph
+_spec.loader.exec_module(import_graph)
+
+LAYERS: list[set[str]] = [
+    {"algan", "contract", "trt_logging"},
+    {"data"},
+    {"features"},
+    {"model"},
+    {"bundle"},
+    {"calibration"},
+    {"export"},
+    {"edge"},
+    {"inference"},
+    {"report"},
+    {"cli"},
+]
+RANK = {group: i for i, layer in enumerate(LAYERS) for group in layer}
+#: modules the edge runtime imports on a machine without torch: no module-level torch import
+TORCH_FREE_GROUPS = {"contract", "trt_logging", "edge", "inference"}
+
+
+def test_every_group_has_a_layer():
+    groups = {import_graph.group_of(m) for m in import_graph.package_modules()}
+    unplaced = sorted(groups - set(RANK))
+    assert not unplaced, f"new groups {unplaced}: add each to LAYERS in {Path(__file__).name} (what may it import?)"
+
+
+def test_no_import_cycles():
+    cycles = import_graph.cycles(import_graph.import_graph())
+    assert not cycles, "import cycles (break them: move the shared part into a lower module): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_imports_point_downwards():
+    graph = import_graph.import_graph()
+    upward = []
+    for src, targets in sorted(graph.items()):
+        g = import_graph.group_of(src)
+        for t in sorted(targets):
+            h = import_graph.group_of(t)
+            if h != g and RANK.get(h, -1) >= RANK.get(g, -1):
+                upward.append(f"{src} -> {t} (layer {g}={RANK.get(g)} imports {h}={RANK.get(h)})")
+    assert not upward, "imports that do not point to a lower layer:\n" + "\n".join(upward)
+
+
+def test_torch_free_modules_have_no_module_level_torch_import():
+    bad = []
+    for name, path in import_graph.package_modules().items():
+        if import_graph.group_of(name) not in TORCH_FREE_GROUPS:
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{name}: import {n}" for n in names if n == "torch" or n.startswith("torch.")]
+    assert not bad, bad
+
+
+def test_the_walker_sees_lazy_and_from_imports(tmp_path):
+    pkg = tmp_path / "algan"
+    (pkg / "edge").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "edge" / "__init__.py").write_text("")
+    (pkg / "contract.py").write_text("def f():\n    from algan.edge import app\n")
+    (pkg / "edge" / "app.py").write_text("from algan.contract import f\nfrom . import app2\n")
+    (pkg / "edge" / "app2.py").write_text("import algan.contract\n")
+    graph = import_graph.import_graph(tmp_path)
+    assert graph["algan.contract"] == {"algan.edge.app"}
+    assert graph["algan.edge.app"] == {"algan.contract", "algan.edge.app2"}
+    assert import_graph.cycles(graph) == [["algan.contract", "algan.edge.app", "algan.edge.app2"]]
