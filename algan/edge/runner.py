@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from algan.contract import MAPS_OUTPUT_NAME
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
 #: name of the optional second output of patch heads: float32 [N, h, w] on the calibrated score scale
-MAPS_NAME = "anomaly_maps"
+MAPS_NAME = MAPS_OUTPUT_NAME
 MODEL_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
 MODEL_ID_KEY = "algan.model_id"

@@ -197,9 +197,10 @@ class OnnxRuntimeRunner:
         out_maps = None
         if maps:
             out_maps = np.asarray(got[1], dtype=np.float32)
-            if out_maps.shape != (n, *self._map_size):
+            want = (n, *(self._map_size or ()))
+            if out_maps.shape != want:
                 raise RuntimeError(f"model returned anomaly maps of shape {out_maps.shape} for {n} images; expected "
-                                   f"{(n, *self._map_size)}")
+                                   f"{want}")
         if self._remap is not None:
             scores = self._remap(scores)
             out_maps = self._remap(out_maps) if out_maps is not None else None
