@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the conftest mosquitto helper
 
 from conftest import MosquittoBroker, free_port, mosquitto_path, wait_port  # noqa: E402
+from mqttkit import run_as_me  # noqa: E402
 
 DARK, BRIGHT = 20, 230  # tiny model: score = mean pixel / 128 -> 0.16 / 1.80
 #: one loop of a file camera: 40 dark, 8 bright, 40 dark frames (one alarm per loop)
@@ -183,8 +184,10 @@ def soak(seconds: float, broker_every: float, broker_down: float, camera_every: 
     """Run the soak; return the figures (see the module docstring)."""
     model = make_model(workdir / "model.onnx")
     videos = [make_video(workdir / f"file{i}.mp4", PATTERN) for i in (1, 2)]
+    # persistence: the collector's session (its subscription and the messages queued for it) survives the restarts;
+    # run_as_me: as root, mosquitto would switch to its own user and fail to write the database here
     broker = MosquittoBroker(workdir, extra_conf=f"allow_anonymous true\npersistence true\npersistence_location "
-                             f"{workdir}/\nautosave_interval 2\nmax_queued_messages 1000000\n")
+                             f"{workdir}/\nautosave_interval 2\nmax_queued_messages 1000000\n{run_as_me()}")
     cam = Camera(free_port(), stream_fps)
     cam.start()
     col = Collector(broker.host, broker.port)

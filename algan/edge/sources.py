@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from algan.contract import IMAGE_SUFFIXES  # the suffixes a folder source reads (case-insensitive)
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.journal import FolderJournal
@@ -30,8 +31,6 @@ from algan.edge.logs import redact
 
 log = logging.getLogger(__name__)
 
-#: File name suffixes a folder source reads (case-insensitive); other files are ignored.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 #: Smallest image (pixels, each side) a folder source scores; smaller ones are counted as corrupt (a 1x1 thumbnail

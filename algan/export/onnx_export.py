@@ -1,9 +1,9 @@
-"""ONNX export of the whole detector (DESIGN.md "Exported graph").
+"""ONNX export of the whole detector (graph names and metadata keys: :mod:`algan.contract`).
 
 Graph contract: input ``images`` uint8 [N, H, W, 3] (BGR, NHWC, N dynamic, H and W static) -> output ``scores``
 float32 [N], calibrated so 1.0 = alarm threshold. Colour conversion, normalisation, backbone, feature transform,
 head and calibration are all inside the graph; resizing/cropping stays on the host. The opset and the dynamic axis
-are set here, in one place (STYLE.md item 15); the I/O contract goes into ``metadata_props``
+are set here, in one place; the I/O contract goes into ``metadata_props``
 (:mod:`algan.export.metadata`).
 """
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.contract import INPUT_NAME, OUTPUT_NAME, atomic_directory
 
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 DEFAULT_QUEUE_DELAY_US = 2000
@@ -114,23 +113,10 @@ def write_model(repo: str | Path, model: TritonModel) -> Path:
     src = Path(model.source)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist; cannot add it to the Triton repository")
-    repo.mkdir(parents=True, exist_ok=True)
     final = repo / model.name
-    tmp = Path(tempfile.mkdtemp(dir=repo, prefix=f".{model.name}.tmp"))
-    try:
+    with atomic_directory(final) as tmp:  # fsynced, then swapped in; removed on any error
         (tmp / "1").mkdir()
         shutil.copyfile(src, tmp / "1" / PLATFORM_FILES[model.platform])
         (tmp / "config.pbtxt").write_text(render_config(model))
         os.chmod(tmp, 0o755)
-        if final.exists():
-            old = repo / f".{model.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

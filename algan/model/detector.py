@@ -2,7 +2,7 @@
 
 ``AnomalyDetector`` = Preprocess (colour order, scaling, normalisation) -> backbone -> feature transform ->
 head (raw score, higher = more anomalous) -> calibration. This is exactly what ``algan-export`` writes to ONNX
-(DESIGN.md "Exported graph"), so torch and ONNX Runtime scores can be compared one to one.
+(names and keys: :mod:`algan.contract`), so torch and ONNX Runtime scores can be compared one to one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class Calibration(nn.Module):
 
     ``center`` is the median raw score of held-out normal images and ``threshold`` the raw score at the target
     false-alarm rate, so a calibrated score of 0 is a typical normal image and 1.0 is the alarm threshold
-    (DESIGN.md: "Calibrated scores: 1.0 = alarm threshold"). Changing the threshold at run time then needs no
+    (the calibrated scale of :mod:`algan.contract`). Changing the threshold at run time then needs no
     re-export: the daemon compares calibrated scores with its own level.
     """
 

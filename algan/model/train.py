@@ -1,6 +1,6 @@
 """ALGAN training loop (the only place with optimisers).
 
-Algorithm (Murase & Fukumizu 2022, arXiv:2202.10281; DESIGN.md), per mini-batch of real normal features x:
+Algorithm (Murase & Fukumizu 2022, arXiv:2202.10281), per mini-batch of real normal features x:
 
 1. D step on :func:`algan.model.losses.discriminator_loss` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a),
    z_a ~ N(0, sigma^2 I), and samples of both kinds drawn from the buffer of early-training samples (plus, when
@@ -52,7 +52,7 @@ from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import MLPDiscriminator, MLPGenerator, bake_spectral_norm
 from algan.model.presets import PresetConfig
 
-#: the paper's settings (DESIGN.md "The method"): FC G/D with batch norm in G, no whitening, 192 epochs
+#: the paper's settings (Murase & Fukumizu 2022): FC G/D with batch norm in G, no whitening, 192 epochs
 PAPER = {
     "z_dim": 100,
     "sigma": 4.0,

@@ -216,7 +216,7 @@ def test_daemon_state_is_private_whatever_the_umask(tmp_path):
 
 def test_unit_sets_private_umask_and_deploy_config_never_embeds_a_broker():
     unit = (REPO / "deploy" / "algan-edge.service").read_text()
-    assert "\nUMask=0077\n" in unit
+    assert "\nUMask=0077\n" in unit and "\nRestartPreventExitStatus=2\n" in unit
     deploy = yaml.safe_load((REPO / "deploy" / "edge.yaml").read_text())
     assert deploy["mqtt"]["embedded_broker"] == "never"
 
