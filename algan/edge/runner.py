@@ -127,7 +127,8 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
     if model.is_dir():
         path = model / name
         if not path.is_file():
-            how = f"algan-export --fp16 {model} on this device" if backend == "tensorrt" else f"algan-export {model}"
+            how = (f"algan-edge build-engine --fp16 {model} on this device" if backend == "tensorrt"
+                   else f"algan-export {model}")
             raise ModelError(f"model bundle {model} has no {name}; export it first ({how})")
         return path
     if not model.is_file():
