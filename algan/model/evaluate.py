@@ -65,6 +65,13 @@ def paired_auroc_difference(labels: np.ndarray, scores_a: np.ndarray, scores_b: 
 def score_dataset(detector, dataset: Dataset, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """Calibrated scores float32 (N,) of the test split, in ``dataset.test`` order."""
     paths = [s.path for s in dataset.test]
+    if getattr(detector, "has_maps", False):  # patch heads: the image score is a reduction of the map
+        from algan.data.preprocess import load_batch
+        from algan.model.detector import run_batched
+
+        out = [run_batched(detector, load_batch(paths[i : i + batch_size], detector.input_size), batch_size)
+               for i in range(0, len(paths), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
     feats = extract_features(detector.preprocess, detector.backbone, paths, detector.input_size, batch_size,
                              "scoring" if progress else None)
     return detector.calibration(detector.head(detector.transform(torch.from_numpy(feats)))).numpy()

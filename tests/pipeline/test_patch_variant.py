@@ -195,6 +195,7 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
     from algan.data.preprocess import load_batch
+    from algan.model.evaluate import evaluate
 
     ds = load_dataset(synth_root)
     images = torch.from_numpy(load_batch([s.path for s in ds.test], PATCH_SIZE))
@@ -212,6 +213,9 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         assert scores.dtype == torch.float32 and maps.shape == (len(images), 24, 24)
         # the image score is the calibrated maximum of the calibrated map
         torch.testing.assert_close(scores, maps.flatten(1).amax(1))
+        # evaluate() (algan-eval's image AUROC) scores patch detectors through their maps
+        ev = evaluate(det, ds, batch_size=8, progress=False)
+        np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-5, atol=1e-5)
         up = F.interpolate(maps[:, None], size=PATCH_SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()
         results[name] = (roc_auc_score(masks.ravel(), up.ravel()), roc_auc_score(y, scores.numpy()))
     for name, (pixel, image) in results.items():
