@@ -110,7 +110,7 @@ def _main(args: argparse.Namespace) -> int:
         time.sleep(2.0)  # let the subscriber connect and subscribe before alarms flow
         # the daemon logs warnings and errors only: each alarm is printed once, by algan-alarms, in order
         _step("edge daemon on the line video", [_bin("algan-edge"), "run", "--config", str(cfg),
-                                                "--log-level", "warning"])
+                                                "--log-level", "error"])
         time.sleep(1.5)  # last QoS 1 alarm deliveries
     finally:
         alarms.send_signal(signal.SIGTERM)
