@@ -151,6 +151,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
     "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "triton": ("algan.edge.runner_triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 
 
@@ -175,6 +176,9 @@ def load_runner(config: EdgeConfig) -> Runner:
         kwargs.update(threads=r.threads, providers=list(r.providers), fp16=r.fp16)
     if backend == "torch":
         kwargs.update(fp16=r.fp16)
+    if backend == "triton":
+        t = r.triton
+        kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
         return factory(config.model, **kwargs)
