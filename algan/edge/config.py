@@ -208,6 +208,14 @@ class MqttConfig(_Section):
         "(messages); alarm events and states are kept on disk in the outbox instead"
     )
     score_qos: Literal[0, 1, 2] = Field(0, description="QoS of score messages (0 = at most once, cheapest)")
+    score_every_n: int = Field(
+        1, ge=1, le=100_000, description="publish the score of every Nth frame per camera (frames; 1 = every frame); "
+        "a frame whose decision (score >= threshold) changes is always published"
+    )
+    score_min_delta: float | None = Field(
+        None, ge=0, description="publish a score only when it changed by more than this since the last published one "
+        "(score units); null = on any change"
+    )
     alarm_qos: Literal[1, 2] = Field(1, description="QoS of alarm events and state (1 or 2; alarms are never QoS 0)")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="on-disk queue of undelivered alarms")
     homeassistant: HomeAssistantConfig = Field(
@@ -241,7 +249,8 @@ class MqttConfig(_Section):
 
 
 class SnapshotConfig(_Section):
-    """JPEG of the peak frame of each alarm (the model-input image: after ROI crop and resize)."""
+    """JPEG of the peak frame of each alarm: the full camera frame, with the anomaly heat map blended over the ROI
+    and the anomalous region outlined (models with anomaly maps)."""
 
     dir: Path = Field(description="directory of the snapshots; a relative path is resolved next to the config file")
     max_count: int = Field(1000, ge=1, le=1_000_000, description="most snapshots kept; older ones are deleted (files)")
@@ -249,6 +258,12 @@ class SnapshotConfig(_Section):
         168.0, gt=0, le=87_600, description="snapshots older than this are deleted (hours); null = no age limit"
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality (1-100)")
+    mqtt: bool = Field(
+        False, description="also publish the JPEG bytes on the retained topic <prefix>/<device>/<camera>/snapshot"
+    )
+    mqtt_max_kb: int = Field(
+        256, ge=8, le=65_536, description="size cap of the MQTT snapshot (KiB); a larger JPEG is scaled down to fit"
+    )
 
 
 class AlarmOverride(_Section):
