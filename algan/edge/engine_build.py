@@ -491,10 +491,10 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     ref = ort_outputs(onnx_ref, images)
     runner = TensorRTRunner(staging / ENGINE_FILE, trt=trt, cuda=cuda)
     try:
-        scores, maps = runner.score_and_maps(images)
+        out = runner.run(images)
     finally:
         runner.close()
-    got = {OUTPUT_NAME: scores, MAPS_OUTPUT_NAME: maps}
+    got = {OUTPUT_NAME: out.scores, MAPS_OUTPUT_NAME: out.maps}
     results = []
     for name in runner.output_names:
         r = compare(f"tensorrt-{precision} {name}", ref[name], got[name], precision)

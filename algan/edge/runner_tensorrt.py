@@ -14,7 +14,7 @@
 Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, ``compute_capability`` ("8.7"),
 ``precision`` (fp16|int8|fp32), ``batch_profile`` {min, opt, max}, ``onnx_sha256``, ``input_name`` ("images"),
 ``output_name`` ("scores"), ``input_shape`` [H, W]; optional ``output_names`` (["scores", "anomaly_maps"] for
-patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.score_and_maps`). Sidecars are
+patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.run`). Sidecars are
 written by ``algan-export`` / ``algan-edge build-engine`` on the device, or by ``algan-edge build-engine --adopt
 model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.engine_build`).
 """
@@ -33,7 +33,7 @@ import numpy as np
 from algan.contract import MAPS_OUTPUT_NAME
 from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
-from algan.edge.runner import resolve_model_path
+from algan.edge.runner import RunnerOutput, resolve_model_path
 from algan.trt_logging import make_logger
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,12 @@ class TensorRTRunner:
     def output_names(self) -> list[str]:
         """The engine's outputs: ``["scores"]`` or ``["scores", "anomaly_maps"]``."""
         return list(self._outputs)
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps (from the engine's output shape), or ``None`` for a score-only engine."""
+        shape = self._out_shapes.get(MAPS_OUTPUT_NAME)
+        return (int(shape[0]), int(shape[1])) if shape else None
 
     # -- inference thread ----------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -325,15 +331,20 @@ class TensorRTRunner:
         """
         return self._outputs_of(images)[self._out_name]
 
-    def score_and_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, images: np.ndarray) -> RunnerOutput:
         """Scores and anomaly maps of a batch (same arguments and errors as :meth:`__call__`).
 
         Returns:
-            ``(scores float32 (N,), anomaly_maps float32 (N, h, w) or None for a score-only engine)``, both on the
-            calibrated scale.
+            ``RunnerOutput(scores float32 (N,), maps float32 (N, h, w) or None for a score-only model)``, both on the
+            calibrated scale (re-mapped with the same constants).
         """
         out = self._outputs_of(images)
-        return out[self._out_name], out.get(MAPS_OUTPUT_NAME)
+        return RunnerOutput(out[self._out_name], out.get(MAPS_OUTPUT_NAME))
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the model has the ``anomaly_maps`` output."""
+        return MAPS_OUTPUT_NAME in self.output_names
 
     def close(self) -> None:
         """Stop the inference thread and free the CUDA buffers and context (idempotent)."""

@@ -26,6 +26,7 @@ import numpy as np
 from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME
 from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
+from algan.edge.runner import RunnerOutput
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = "localhost:8001"
@@ -87,6 +88,9 @@ class TritonRunner:
         except self._error as e:
             raise ModelError(f"cannot use {where}: {str(e).splitlines()[0][:300]}") from None
         self._size, self.output_names = self._check(meta, where)
+        maps_meta = [o for o in meta.get("outputs", []) if o.get("name") == MAPS_OUTPUT_NAME]
+        mshape = [int(d) for d in maps_meta[0].get("shape", [])][-2:] if maps_meta else []
+        self.map_size: tuple[int, int] | None = (mshape[0], mshape[1]) if len(mshape) == 2 else None
         self.max_batch = int((cfg.get("config", cfg) or {}).get("max_batch_size", 0) or 0) or 64
         onnx = (model if model.is_dir() else model.parent) / "model.onnx"
         metadata = onnx_metadata(onnx) if onnx.is_file() else {}
@@ -174,10 +178,20 @@ class TritonRunner:
         """
         return self._outputs_of(images)[OUTPUT_NAME]
 
-    def score_and_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(scores (N,), anomaly_maps (N, h, w) or None)``, calibrated; arguments and errors as :meth:`__call__`."""
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        """Scores and anomaly maps of a batch (same arguments and errors as :meth:`__call__`).
+
+        Returns:
+            ``RunnerOutput(scores float32 (N,), maps float32 (N, h, w) or None for a score-only model)``, both on the
+            calibrated scale (re-mapped with the same constants).
+        """
         out = self._outputs_of(images)
-        return out[OUTPUT_NAME], out.get(MAPS_OUTPUT_NAME)
+        return RunnerOutput(out[OUTPUT_NAME], out.get(MAPS_OUTPUT_NAME))
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the model has the ``anomaly_maps`` output."""
+        return MAPS_OUTPUT_NAME in self.output_names
 
     def close(self) -> None:
         """Close the gRPC channel."""

@@ -83,12 +83,13 @@ def test_request_mapping_chunks_and_reshapes(tmp_path, capture_inputs):
     client = FakeClient(max_batch=4)
     r = TritonRunner(write_bundle(tmp_path / "b"), model_name="algan", model_version="2", client=client)
     x = np.stack([np.full((H, W, 3), v, np.uint8) for v in (0, 64, 128, 255, 32, 16, 8, 4, 2, 1)])
-    scores, maps = r.score_and_maps(x)
+    out = r.run(x)
+    scores, maps = out.scores, out.maps
     np.testing.assert_allclose(scores, x.reshape(10, -1).mean(axis=1) / 128, rtol=1e-6)
     assert scores.shape == (10,) and maps.shape == (10, MH, MW) and r.input_size == (H, W)
     assert [q[2][0] for q in client.requests] == [1, 4, 4, 2], "warm-up, then chunks of max_batch_size"
     assert client.requests[-1][:2] == ("algan", "2") and client.requests[-1][3] == ["scores", "anomaly_maps"]
-    assert r.backend == "triton"
+    assert r.backend == "triton" and r.has_maps
 
 
 def test_one_line_errors(tmp_path, capture_inputs):
@@ -176,11 +177,12 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
         runner.close()
     r = TritonRunner(maps_dir, url=url, model_name="maps")
     try:
-        scores, maps = r.score_and_maps(x)
+        out = r.run(x)
+        scores, maps = out.scores, out.maps
     finally:
         r.close()
     ref_s, ref_m = ort.InferenceSession(str(maps_dir / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"images": x})
-    assert maps.shape == (9, MH, MW)
+    assert maps.shape == (9, MH, MW) and r.map_size == (MH, MW)
     np.testing.assert_allclose(scores, ref_s, atol=1e-6)
     np.testing.assert_allclose(maps, ref_m, atol=1e-6)

@@ -98,9 +98,11 @@ def test_build_on_device_writes_engine_sidecar_and_checks_both_outputs(tmp_path)
     runner = TensorRTRunner(bundle / "model.engine", trt=trt, cuda=cuda)
     try:
         x = np.full((2, H, W, 3), 64, np.uint8)
-        scores, maps = runner.score_and_maps(x)
+        out = runner.run(x)
+        scores, maps = out.scores, out.maps
         np.testing.assert_allclose(scores, [0.5 + 2e-3] * 2, rtol=1e-6)
         assert maps.shape == (2, MH, MW) and np.allclose(maps, 0.5 + 2e-3)
+        assert runner.has_maps and runner.map_size == (MH, MW)
         np.testing.assert_array_equal(runner(x), scores)
     finally:
         runner.close()
