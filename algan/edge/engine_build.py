@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from algan.contract import (
 )
 from algan.edge.errors import EdgeError, ModelError
 from algan.trt_logging import make_logger
+
+if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +240,7 @@ def parser_errors(parser, nodes: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def network_outputs(network: Any) -> list[str]:
+def network_outputs(network: tensorrt.INetworkDefinition) -> list[str]:
     """Output tensor names of a parsed ``INetworkDefinition`` (``["scores"]`` or ``["scores", "anomaly_maps"]``).
 
     Raises:
@@ -281,12 +284,12 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
                           "algan-calibrate on the bundle first")
     errors: list[str] = []
     logger = make_logger(trt, trt_helpers.log, errors)
-    builder = trt.Builder(logger)
+    builder: tensorrt.Builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    network: tensorrt.INetworkDefinition = builder.create_network(flags)
+    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         lines = parser_errors(parser, _onnx_nodes(Path(onnx_path)))
         raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {Path(onnx_path).name}: "
@@ -295,14 +298,14 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
     if network.num_inputs != 1 or inp.name != INPUT_NAME:
         raise EngineBuildError(f"{Path(onnx_path).name} must have one input {INPUT_NAME!r}, got "
                                f"{[network.get_input(i).name for i in range(network.num_inputs)]}")
-    config = builder.create_builder_config()
+    config: tensorrt.IBuilderConfig = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_mib) << 20)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
+    profile: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *req.batch.shapes(req.input_size))
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(req.timing_cache or b"")
+    cache: tensorrt.ITimingCache = config.create_timing_cache(req.timing_cache or b"")
     if not config.set_timing_cache(cache, False):
         log.warning("the saved timing cache does not match this TensorRT/GPU; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), False)
@@ -311,7 +314,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         n = int(min(req.calibration_batch, len(req.calibration_images)))
         calibrator = trt_helpers.make_calibrator(trt, req.calibration_images, n, req.calibration_cache,
                                                  device_alloc or trt_helpers.default_device_alloc)
-        cal_profile = builder.create_optimization_profile()
+        cal_profile: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
         shape = (n, *req.input_size, 3)
         cal_profile.set_shape(INPUT_NAME, shape, shape, shape)
         config.set_calibration_profile(cal_profile)
@@ -600,8 +603,8 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
     Raises:
         EngineError: TensorRT cannot deserialize it, or it does not match the edge contract.
     """
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    runtime: tensorrt.Runtime = trt.Runtime(logger)
+    engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise EngineError("TensorRT cannot deserialize the engine: it was built with another TensorRT version or for "
                           "another GPU; build it here with algan-edge build-engine")
@@ -612,7 +615,9 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
         raise EngineError(f"the engine has inputs {inputs} and outputs {outputs}; the edge contract is "
                           f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}'(, '{MAPS_OUTPUT_NAME}')]: build it from the bundle's "
                           "model.onnx (trtexec --onnx=model.onnx keeps the names)")
-    lo, opt, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
+    from algan.edge.runner_tensorrt import dims_tuple
+
+    lo, opt, hi = (dims_tuple(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
     if len(hi) != 4 or hi[3] != 3:
         raise EngineError(f"the engine's input {INPUT_NAME} has profile shape {hi}; expected [N, H, W, 3]")
     return {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "output_names": outputs,

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,12 +36,20 @@ from algan.edge.errors import ModelError
 from algan.edge.runner import RunnerOutput, resolve_model_path
 from algan.trt_logging import make_logger
 
+if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
+    import tensorrt
+
 log = logging.getLogger(__name__)
 
 SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "batch_profile", "input_name",
                 "output_name", "input_shape")
 #: Longest a caller waits for the inference thread to score one batch (seconds).
 CALL_TIMEOUT_S = 60.0
+
+
+def dims_tuple(dims: Any) -> tuple[int, ...]:
+    """A ``tensorrt.Dims`` (or any sequence) as a tuple of ints; ``Dims`` has ``__len__``/``__getitem__``."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -192,13 +200,16 @@ class TensorRTRunner:
             major, minor = dev.compute_capability()
             check_sidecar(self.meta, self.path, str(trt.__version__), str(dev.name()), f"{major}.{minor}")
             self._logger = make_logger(trt, log, info_level=logging.DEBUG)
-            runtime = trt.Runtime(self._logger)
-            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            runtime: tensorrt.Runtime = trt.Runtime(self._logger)
+            engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 raise ModelError(f"TensorRT could not deserialize {self.path} (see the TensorRT log above); rebuild it "
                                  f"with algan-edge build-engine --fp16 {self.path.parent} on this device")
             self._check_engine(engine)
-            context = engine.create_execution_context()
+            context: tensorrt.IExecutionContext | None = engine.create_execution_context()
+            if context is None:
+                raise ModelError(f"TensorRT could not create an execution context for {self.path} (out of GPU "
+                                 "memory?)")
             stream = cuda.Stream()
             h, w = self._size
             in_dtype = trt.nptype(engine.get_tensor_dtype(self._in_name))
@@ -237,7 +248,7 @@ class TensorRTRunner:
             ctx.pop()
             ctx.detach()
 
-    def _check_engine(self, engine: Any) -> None:
+    def _check_engine(self, engine: tensorrt.ICudaEngine) -> None:
         trt = self._trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -246,7 +257,7 @@ class TensorRTRunner:
             raise ModelError(f"engine {self.path} has inputs {inputs} and outputs {outputs}; expected "
                              f"['{self._in_name}'] -> {self._outputs}: rebuild it with algan-edge build-engine")
         for name in self._outputs[1:]:  # anomaly_maps [N, h, w]: static per-image shape
-            shape = tuple(int(d) for d in engine.get_tensor_shape(name))[1:]
+            shape = dims_tuple(engine.get_tensor_shape(name))[1:]
             if not shape or min(shape) < 1:
                 raise ModelError(f"engine {self.path} output {name} has no static per-image shape ({shape}); "
                                  "rebuild it with algan-edge build-engine")
@@ -257,7 +268,7 @@ class TensorRTRunner:
                         int(lo[0]), int(hi[0]), self.batch_min, self.batch_max)
             self.batch_min, self.batch_max = int(lo[0]), int(hi[0])
 
-    def _infer(self, images: np.ndarray, context: Any, stream: Any, host_in: np.ndarray,
+    def _infer(self, images: np.ndarray, context: tensorrt.IExecutionContext, stream: Any, host_in: np.ndarray,
                host_out: dict[str, np.ndarray], dev_in: Any, dev_out: dict[str, Any]) -> dict[str, np.ndarray]:
         """Score ``images`` (N <= batch_max) on the inference thread; pads N up to the profile's minimum."""
         cuda = self._cuda
