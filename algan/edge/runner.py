@@ -23,6 +23,7 @@ backend       module                      needs
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
 torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
+triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
