@@ -93,8 +93,14 @@ DEFAULT = {
     "min_steps": 1200,
     "ensemble": 3,
 }
+#: the training schedule of ALGAN-patch on sampled patch vectors, applied on top of either preset: patches are
+#: many and cheap, so batches are larger and the schedule is step-based; the buffer is filled in the first epoch
+PATCH_SCHEDULE = {"batch_size": 256, "epochs": 2, "min_steps": 1500, "buffer_epochs": 1}
+#: the ALGAN-patch default: the default preset (whitening, linear G, alpha 0, EMA of D) with the patch schedule
+#: and one (G, D) pair (per-cell scores average over many cells already)
+PATCH = {**DEFAULT, **PATCH_SCHEDULE, "ensemble": 1}
 log = logging.getLogger(__name__)
-PRESETS = {"paper": PAPER, "default": DEFAULT}
+PRESETS = {"paper": PAPER, "default": DEFAULT, "patch": PATCH}
 WHITENINGS = ("none", "shrunk")
 
 
@@ -444,7 +450,8 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(bar, desc="ALGAN", unit="epoch", dynamic_ncols=True, initial=start, total=total)
+        desc = "ALGAN" if cfg.ensemble == 1 else f"ALGAN member {seed - cfg.seed + 1}/{cfg.ensemble}"
+        bar = tqdm(bar, desc=desc, unit="epoch", dynamic_ncols=True, initial=start, total=total)
     for epoch in bar:
         G.train()
         D.train()
