@@ -1,6 +1,6 @@
 """Model runners: the edge side of the exported-graph contract, and the choice of backend.
 
-Contract (see DESIGN.md, "Exported graph"): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
+Contract (names and keys: :mod:`algan.contract`): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
 static), output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm threshold and higher is more
 anomalous, and for patch heads a second output ``anomaly_maps`` float32 ``[N, h, w]`` (h, w static, e.g. 56x56 for
 a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixels
@@ -31,7 +31,6 @@ triton        ``runner_triton``           tritonclient[grpc], a Triton server se
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from dataclasses import dataclass
@@ -40,19 +39,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from algan.contract import MAPS_OUTPUT_NAME
+from algan.contract import ENGINE_FILE, INPUT_NAME, MANIFEST_FILE, MAPS_OUTPUT_NAME, ONNX_FILE, OUTPUT_NAME
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "scores"
-#: name of the optional second output of patch heads: float32 [N, h, w] on the calibrated score scale
-MAPS_NAME = MAPS_OUTPUT_NAME
-MODEL_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
-MODEL_ID_KEY = "algan.model_id"
 
 
 @dataclass(frozen=True)
@@ -121,10 +113,10 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
         ModelError: when no such file exists.
     """
     if backend == "torch":
-        if not (model.is_dir() and (model / "algan.json").is_file()):
+        if not (model.is_dir() and (model / MANIFEST_FILE).is_file()):
             raise ModelError(f"backend 'torch' needs a model bundle directory with algan.json; {model} is not one")
         return model
-    name = ENGINE_FILE if backend == "tensorrt" else MODEL_FILE
+    name = ENGINE_FILE if backend == "tensorrt" else ONNX_FILE
     if model.is_dir():
         path = model / name
         if not path.is_file():
@@ -135,15 +127,6 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
     if not model.is_file():
         raise ModelError(f"model {model} does not exist; set 'model' to a bundle directory or a .onnx/.engine file")
     return model
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
@@ -177,7 +160,7 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise bad(f"input 'images' has non-static height/width {shape[1:3]}")
     names = [o.name for o in outputs]
-    if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_NAME]):
+    if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_OUTPUT_NAME]):
         raise bad(f"outputs are {names}")
     out = outputs[0]
     if out.type != "tensor(float)" or len(out.shape) != 1:
@@ -196,7 +179,7 @@ def map_output_size(outputs: list) -> tuple[int, int] | None:
     """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`,
     or ``None`` for a score-only graph."""
     for o in outputs:
-        if o.name == MAPS_NAME:
+        if o.name == MAPS_OUTPUT_NAME:
             return int(o.shape[1]), int(o.shape[2])
     return None
 
