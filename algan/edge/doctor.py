@@ -196,10 +196,35 @@ def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
 
 
 def _check_triton(cfg: Any, report: Report) -> None:
+    """tritonclient importable, the server live, the model (configured or from the bundle manifest) ready."""
+    from algan.edge.errors import ModelError
+
     if importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("tritonclient.grpc") is None:
         report.fail("backend triton", "tritonclient is not installed: pip install 'algan-edge[triton]'")
-    else:
-        report.ok("backend triton", f"tritonclient importable (server {cfg.runner.triton.url} not contacted)")
+        return
+    import tritonclient.grpc as grpcclient
+
+    from algan.edge.runner_triton import model_name_from_bundle
+
+    t = cfg.runner.triton
+    try:
+        name = t.model or model_name_from_bundle(cfg.model)
+    except ModelError as e:
+        report.fail("backend triton", str(e))
+        return
+    try:
+        client = grpcclient.InferenceServerClient(url=t.url)
+        if not client.is_server_live(client_timeout=min(t.timeout_s, 5.0)):
+            report.fail("backend triton", f"the Triton server at {t.url} is not live")
+        elif not client.is_model_ready(name, t.version, client_timeout=min(t.timeout_s, 5.0)):
+            report.fail("backend triton", f"Triton model {name!r} is not ready at {t.url}: load it from the "
+                        "repository algan-export --triton-repo wrote")
+        else:
+            report.ok("backend triton", f"model {name!r} ready at {t.url}")
+        client.close()
+    except Exception as e:  # InferenceServerException: unreachable, deadline
+        report.fail("backend triton", f"cannot reach the Triton server at {t.url} ({str(e).splitlines()[0][:200]}); "
+                    "start it or fix runner.triton.url")
 
 
 def _check_camera(cam: Any, facts: dict[str, Any], report: Report) -> None:

@@ -413,6 +413,17 @@ def import_pycuda() -> Any:
     return pycuda.driver
 
 
+def pycuda_identity(cuda: Any) -> Callable[[], tuple[str, str]]:
+    """(gpu_name, compute_capability) of CUDA device 0 read with ``pycuda.driver`` -- the same calls the TensorRT
+    runner's sidecar check makes, so a sidecar written here always matches the runner on this device."""
+    def identity() -> tuple[str, str]:
+        cuda.init()
+        dev = cuda.Device(0)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+    return identity
+
+
 def graph_io(onnx_path: Path) -> tuple[tuple[int, int], list[str]]:
     """``((H, W), output names)`` of an exported graph, read with ONNX Runtime (a base dependency; ``onnx`` is not).
 
@@ -535,7 +546,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
         model_dir: a bundle directory copied from the workstation after ``algan-export``.
         fp16, int8, batch, workspace_mib: as ``algan-export``.
         trt, cuda: ``tensorrt`` and ``pycuda.driver`` modules (stand-ins in tests); imported when None.
-        gpu: (gpu_name, compute_capability) for the sidecar; default :func:`algan.edge.trt_helpers.gpu_identity`.
+        gpu: (gpu_name, compute_capability) for the sidecar; default :func:`pycuda_identity` (what the runner checks).
         device_alloc: device buffers for INT8 calibration (default cuda-python / pycuda).
         say: receives one line per step.
 
@@ -573,6 +584,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
                         batch=batch or BatchProfile(), workspace_mib=workspace_mib, fp16=fp16, int8=int8,
                         timing_cache=timing.read_bytes() if timing.is_file() else None, calibration_images=calib,
                         calibration_cache=cal_cache.read_bytes() if cal_cache.is_file() else None)
+    gpu = gpu or pycuda_identity(cuda)
     b = req.batch
     say(f"building the TensorRT {trt.__version__} engine from {ONNX_FILE if plan.onnx == 'fp32' else FP16_ONNX_FILE} "
         f"(outputs {', '.join(outputs)}; batch {b.min}:{b.opt}:{b.max}, workspace {workspace_mib} MiB) ...")
@@ -644,7 +656,6 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     import shutil
     import tempfile
 
-    from algan.edge import trt_helpers
 
     engine_path = Path(engine_path)
     model_dir = Path(model_dir) if model_dir is not None else engine_path.parent
@@ -667,7 +678,7 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     if tuple(sig["input_shape"]) != size:
         raise EngineError(f"the engine takes {sig['input_shape']} images, {ONNX_FILE} takes {list(size)}: build it "
                           f"from this bundle's {ONNX_FILE}")
-    gpu_name, cc = (gpu or trt_helpers.gpu_identity)()
+    gpu_name, cc = (gpu or pycuda_identity(cuda))()
     sidecar = {"tensorrt_version": str(trt.__version__), "gpu_name": gpu_name, "compute_capability": cc,
                "precision": precision, **sig, "onnx_file": ONNX_FILE, "onnx_sha256": file_sha256(onnx32),
                "engine_sha256": file_sha256(engine_path), "built_by": ADOPTED_NOTE, "created": utc_now_iso()}

@@ -87,3 +87,26 @@ def test_missing_onnxruntime_provider_and_bad_config(tmp_path, capsys):
                        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert p.stderr.startswith("algan-edge: ")
+
+
+def test_unreachable_triton_server(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tritonclient") is None:
+        import pytest
+
+        pytest.skip("tritonclient not installed")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    cfg = {"device_id": "line1", "model": "model.onnx", "cameras": [{"name": "cam1", "source": "model.onnx"}],
+           "runner": {"backend": "triton", "triton": {"url": "127.0.0.1:1", "timeout_s": 2}}}
+    (tmp_path / "edge.yaml").write_text(yaml.safe_dump(cfg))
+    assert doctor(str(tmp_path / "edge.yaml")) == 1
+    fails = [s for s in capsys.readouterr().out.splitlines() if s.startswith("FAIL")]
+    assert fails == [f"FAIL backend triton: {tmp_path / 'algan.json'} records no Triton model (exports.triton.models); "
+                     f"set runner.triton.model or export one with algan-export {tmp_path} --triton-repo DIR"]
+    cfg["runner"]["triton"]["model"] = "algan"
+    (tmp_path / "edge.yaml").write_text(yaml.safe_dump(cfg))
+    assert doctor(str(tmp_path / "edge.yaml")) == 1
+    (fail,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("FAIL")]
+    assert fail.startswith("FAIL backend triton: cannot reach the Triton server at 127.0.0.1:1 (")
+    assert fail.endswith("start it or fix runner.triton.url")

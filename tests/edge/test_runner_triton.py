@@ -126,6 +126,12 @@ def triton_server(tmp_path_factory):
     exe = _pytriton_python()
     d = tmp_path_factory.mktemp("triton")
     maps, plain = write_bundle(d / "maps", n=9), write_bundle(d / "plain", maps=False, n=9)
+    from edgekit import make_bundle
+
+    tiny = make_bundle(d / "tiny")  # a bundle as algan-train + algan-export leave it, 64x64 tiny model
+    manifest = json.loads((tiny / "algan.json").read_text())
+    manifest["exports"]["triton"] = {"repository": str(d / "repo"), "models": ["tiny"]}  # what --triton-repo records
+    (tiny / "algan.json").write_text(json.dumps(manifest))
     socks = [socket.socket() for _ in range(3)]
     for sock in socks:
         sock.bind(("127.0.0.1", 0))
@@ -134,7 +140,8 @@ def triton_server(tmp_path_factory):
         sock.close()
     ready, logf = d / "ready", open(d / "tritonserver.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([exe, str(Path(__file__).with_name("triton_serve.py")), *map(str, ports), "8",
-                             f"maps={maps / 'model.onnx'}", f"plain={plain / 'model.onnx'}"],
+                             f"maps={maps / 'model.onnx'}", f"plain={plain / 'model.onnx'}",
+                             f"tiny={tiny / 'model.onnx'}"],
                             stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
                             env={**os.environ, "ALGAN_TRITON_READY": str(ready)})
     t0 = time.monotonic()
@@ -145,7 +152,7 @@ def triton_server(tmp_path_factory):
         logf.close()
         tail = (d / "tritonserver.log").read_text()[-600:]
         pytest.fail(f"tritonserver did not start ({time.monotonic() - t0:.0f} s): {tail}")
-    yield f"127.0.0.1:{ports[0]}", maps, plain
+    yield f"127.0.0.1:{ports[0]}", maps, plain, tiny
     proc.stdin.close()
     try:
         proc.wait(40)
@@ -163,7 +170,7 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
     from algan.edge.runner import load_runner
     from algan.edge.runner_onnx import OnnxRuntimeRunner
 
-    url, maps_dir, plain_dir = triton_server
+    url, maps_dir, plain_dir, _ = triton_server
     x = load_file(str(plain_dir / "samples.safetensors"))["images"]  # 9 > max_batch_size 8: two requests
     # the daemon's way: runner.backend triton from the config
     cfg = parse_config({"device_id": "l1", "model": str(plain_dir / "model.onnx"),
@@ -186,3 +193,34 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
     assert maps.shape == (9, MH, MW) and r.map_size == (MH, MW)
     np.testing.assert_allclose(scores, ref_s, atol=1e-6)
     np.testing.assert_allclose(maps, ref_m, atol=1e-6)
+
+
+@pytest.mark.triton
+def test_daemon_with_runner_triton_publishes_the_onnxruntime_scores(tmp_path, triton_server, mqtt_broker,
+                                                                    mqtt_collector, capsys):
+    """The daemon on the same folder twice: backend onnxruntime, then backend triton (model name read from the
+    bundle manifest); the published per-frame scores must be equal."""
+    from edgekit import edge_config, make_folder, run_edge, write_config
+
+    url, _, _, tiny = triton_server
+    folder = make_folder(tmp_path / "imgs", [10, 60, 120, 200, 250, 30, 90, 160])
+    published = {}
+    for backend in ("onnxruntime", "triton"):
+        col = mqtt_collector("algan/line1/#")
+        runner = {"backend": backend, "threads": 1, **({"triton": {"url": url}} if backend == "triton" else {})}
+        cfg = edge_config(tiny, mqtt_broker, [{"name": "cam1", "source": str(folder)}], runner=runner)
+        res = run_edge(write_config(tmp_path / f"{backend}.yaml", cfg))
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+        assert col.wait_for(lambda ms: any(m.topic.endswith("/stats") for m in ms), timeout=10)
+        (stats,) = [json.loads(m.payload) for m in col.on("line1/stats")]
+        assert stats["backend"] == backend
+        published[backend] = {p["frame"]: p["score"] for p in (json.loads(m.payload) for m in col.on("cam1/score"))}
+    assert sorted(published["triton"]) == list(range(8))
+    local, remote = (np.array([published[b][i] for i in range(8)]) for b in ("onnxruntime", "triton"))
+    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-6)
+    assert local.max() > 1.5 and local.min() < 0.1, "frames span the score range"
+    # the doctor finds the model the bundle names ready on that server
+    from algan.edge.doctor import doctor
+
+    doctor(str(tmp_path / "triton.yaml"))
+    assert f"ok   backend triton: model 'tiny' ready at {url}" in capsys.readouterr().out
