@@ -40,10 +40,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from algan.contract import ENGINE_FILE, INPUT_NAME, MANIFEST_FILE, MAPS_OUTPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
+from algan.contract import file_sha256  # noqa: F401 - imported by runner_onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+#: the names runner_onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
+MAPS_NAME = MAPS_OUTPUT_NAME
 
 
 
@@ -179,7 +184,7 @@ def map_output_size(outputs: list) -> tuple[int, int] | None:
     """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`,
     or ``None`` for a score-only graph."""
     for o in outputs:
-        if o.name == MAPS_OUTPUT_NAME:
+        if o.name == MAPS_NAME:
             return int(o.shape[1]), int(o.shape[2])
     return None
 

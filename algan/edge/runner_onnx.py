@@ -7,13 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.contract import INPUT_NAME, KEY_MODEL_ID, MAPS_OUTPUT_NAME, OUTPUT_NAME, file_sha256
 from algan.edge.calibration import remap_for
 from algan.edge.config import ORT_PROVIDERS
 from algan.edge.errors import ModelError
 from algan.edge.runner import (
+    INPUT_NAME,
+    MAPS_NAME,
+    MODEL_ID_KEY,
+    OUTPUT_NAME,
     RunnerOutput,
     check_contract,
+    file_sha256,
     map_output_size,
     resolve_model_path,
 )
@@ -100,7 +104,7 @@ class OnnxRuntimeRunner:
         self._size = check_contract(path, self._session.get_inputs(), outputs)
         self._map_size = map_output_size(outputs)
         meta = self._session.get_modelmeta().custom_metadata_map or {}
-        self._model_id = meta.get(KEY_MODEL_ID) or file_sha256(path)[:12]
+        self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
         self._remap = remap_for(Path(model), meta)
         self.providers = self._session.get_providers()
         self.path = path
@@ -181,7 +185,7 @@ class OnnxRuntimeRunner:
         h, w = self._size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
-        names = [OUTPUT_NAME, MAPS_OUTPUT_NAME] if maps else [OUTPUT_NAME]
+        names = [OUTPUT_NAME, MAPS_NAME] if maps else [OUTPUT_NAME]
         try:
             got = self._session.run(names, {INPUT_NAME: np.ascontiguousarray(images)})
         except Exception as e:
