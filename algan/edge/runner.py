@@ -39,9 +39,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from algan.contract import ENGINE_FILE, INPUT_NAME, MANIFEST_FILE, MAPS_OUTPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from algan.contract import (
+    ENGINE_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    MAPS_OUTPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    file_sha256,  # noqa: F401 - imported by runner_onnx
+)
 from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
-from algan.contract import file_sha256  # noqa: F401 - imported by runner_onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
