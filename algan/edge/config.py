@@ -67,13 +67,25 @@ ORT_PROVIDERS = {
 }
 
 
+class TritonConfig(_Section):
+    """``runner.backend: triton``: the Triton Inference Server that serves the model (gRPC)."""
+
+    url: str = Field("localhost:8001", min_length=1, description="gRPC host:port of the Triton server")
+    model: str | None = Field(
+        None, description="Triton model name; default: the one algan-export --triton-repo recorded in the bundle"
+    )
+    version: str = Field("", description="Triton model version; empty = the server's version policy (latest)")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="deadline of one inference request (seconds)")
+
+
 class RunnerConfig(_Section):
     """Inference backend settings."""
 
-    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch", "triton"] = Field(
         "auto",
         description="inference backend: 'auto' (a .engine model -> tensorrt, else onnxruntime), 'onnxruntime', "
-        "'tensorrt' (serialized engine via pycuda, NVIDIA GPU) or 'torch' (bundle on a CUDA GPU in FP16)",
+        "'tensorrt' (serialized engine via pycuda, NVIDIA GPU), 'torch' (bundle on a CUDA GPU in FP16) or 'triton' "
+        "(a Triton Inference Server, runner.triton)",
     )
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
         default_factory=lambda: ["cpu"],
@@ -90,6 +102,8 @@ class RunnerConfig(_Section):
     fp16: bool = Field(
         True, description="half precision where the backend chooses it (torch backend, ORT TensorRT provider)"
     )
+
+    triton: TritonConfig = Field(default_factory=TritonConfig, description="Triton server (backend triton)")
 
     @field_validator("providers")
     @classmethod

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from algan.contract import (
 )
 from algan.edge.errors import EdgeError, ModelError
 from algan.trt_logging import make_logger
+
+if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +240,7 @@ def parser_errors(parser, nodes: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def network_outputs(network: Any) -> list[str]:
+def network_outputs(network: tensorrt.INetworkDefinition) -> list[str]:
     """Output tensor names of a parsed ``INetworkDefinition`` (``["scores"]`` or ``["scores", "anomaly_maps"]``).
 
     Raises:
@@ -281,12 +284,12 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
                           "algan-calibrate on the bundle first")
     errors: list[str] = []
     logger = make_logger(trt, trt_helpers.log, errors)
-    builder = trt.Builder(logger)
+    builder: tensorrt.Builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:
         flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    network: tensorrt.INetworkDefinition = builder.create_network(flags)
+    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         lines = parser_errors(parser, _onnx_nodes(Path(onnx_path)))
         raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {Path(onnx_path).name}: "
@@ -295,14 +298,14 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
     if network.num_inputs != 1 or inp.name != INPUT_NAME:
         raise EngineBuildError(f"{Path(onnx_path).name} must have one input {INPUT_NAME!r}, got "
                                f"{[network.get_input(i).name for i in range(network.num_inputs)]}")
-    config = builder.create_builder_config()
+    config: tensorrt.IBuilderConfig = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_mib) << 20)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
+    profile: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *req.batch.shapes(req.input_size))
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(req.timing_cache or b"")
+    cache: tensorrt.ITimingCache = config.create_timing_cache(req.timing_cache or b"")
     if not config.set_timing_cache(cache, False):
         log.warning("the saved timing cache does not match this TensorRT/GPU; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), False)
@@ -311,7 +314,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         n = int(min(req.calibration_batch, len(req.calibration_images)))
         calibrator = trt_helpers.make_calibrator(trt, req.calibration_images, n, req.calibration_cache,
                                                  device_alloc or trt_helpers.default_device_alloc)
-        cal_profile = builder.create_optimization_profile()
+        cal_profile: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
         shape = (n, *req.input_size, 3)
         cal_profile.set_shape(INPUT_NAME, shape, shape, shape)
         config.set_calibration_profile(cal_profile)
@@ -410,6 +413,17 @@ def import_pycuda() -> Any:
     return pycuda.driver
 
 
+def pycuda_identity(cuda: Any) -> Callable[[], tuple[str, str]]:
+    """(gpu_name, compute_capability) of CUDA device 0 read with ``pycuda.driver`` -- the same calls the TensorRT
+    runner's sidecar check makes, so a sidecar written here always matches the runner on this device."""
+    def identity() -> tuple[str, str]:
+        cuda.init()
+        dev = cuda.Device(0)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+    return identity
+
+
 def graph_io(onnx_path: Path) -> tuple[tuple[int, int], list[str]]:
     """``((H, W), output names)`` of an exported graph, read with ONNX Runtime (a base dependency; ``onnx`` is not).
 
@@ -491,10 +505,10 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     ref = ort_outputs(onnx_ref, images)
     runner = TensorRTRunner(staging / ENGINE_FILE, trt=trt, cuda=cuda)
     try:
-        scores, maps = runner.score_and_maps(images)
+        out = runner.run(images)
     finally:
         runner.close()
-    got = {OUTPUT_NAME: scores, MAPS_OUTPUT_NAME: maps}
+    got = {OUTPUT_NAME: out.scores, MAPS_OUTPUT_NAME: out.maps}
     results = []
     for name in runner.output_names:
         r = compare(f"tensorrt-{precision} {name}", ref[name], got[name], precision)
@@ -532,7 +546,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
         model_dir: a bundle directory copied from the workstation after ``algan-export``.
         fp16, int8, batch, workspace_mib: as ``algan-export``.
         trt, cuda: ``tensorrt`` and ``pycuda.driver`` modules (stand-ins in tests); imported when None.
-        gpu: (gpu_name, compute_capability) for the sidecar; default :func:`algan.edge.trt_helpers.gpu_identity`.
+        gpu: (gpu_name, compute_capability) for the sidecar; default :func:`pycuda_identity` (what the runner checks).
         device_alloc: device buffers for INT8 calibration (default cuda-python / pycuda).
         say: receives one line per step.
 
@@ -570,6 +584,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
                         batch=batch or BatchProfile(), workspace_mib=workspace_mib, fp16=fp16, int8=int8,
                         timing_cache=timing.read_bytes() if timing.is_file() else None, calibration_images=calib,
                         calibration_cache=cal_cache.read_bytes() if cal_cache.is_file() else None)
+    gpu = gpu or pycuda_identity(cuda)
     b = req.batch
     say(f"building the TensorRT {trt.__version__} engine from {ONNX_FILE if plan.onnx == 'fp32' else FP16_ONNX_FILE} "
         f"(outputs {', '.join(outputs)}; batch {b.min}:{b.opt}:{b.max}, workspace {workspace_mib} MiB) ...")
@@ -600,8 +615,8 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
     Raises:
         EngineError: TensorRT cannot deserialize it, or it does not match the edge contract.
     """
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    runtime: tensorrt.Runtime = trt.Runtime(logger)
+    engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise EngineError("TensorRT cannot deserialize the engine: it was built with another TensorRT version or for "
                           "another GPU; build it here with algan-edge build-engine")
@@ -612,7 +627,9 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
         raise EngineError(f"the engine has inputs {inputs} and outputs {outputs}; the edge contract is "
                           f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}'(, '{MAPS_OUTPUT_NAME}')]: build it from the bundle's "
                           "model.onnx (trtexec --onnx=model.onnx keeps the names)")
-    lo, opt, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
+    from algan.edge.runner_tensorrt import dims_tuple
+
+    lo, opt, hi = (dims_tuple(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
     if len(hi) != 4 or hi[3] != 3:
         raise EngineError(f"the engine's input {INPUT_NAME} has profile shape {hi}; expected [N, H, W, 3]")
     return {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "output_names": outputs,
@@ -639,7 +656,6 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     import shutil
     import tempfile
 
-    from algan.edge import trt_helpers
 
     engine_path = Path(engine_path)
     model_dir = Path(model_dir) if model_dir is not None else engine_path.parent
@@ -662,7 +678,7 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     if tuple(sig["input_shape"]) != size:
         raise EngineError(f"the engine takes {sig['input_shape']} images, {ONNX_FILE} takes {list(size)}: build it "
                           f"from this bundle's {ONNX_FILE}")
-    gpu_name, cc = (gpu or trt_helpers.gpu_identity)()
+    gpu_name, cc = (gpu or pycuda_identity(cuda))()
     sidecar = {"tensorrt_version": str(trt.__version__), "gpu_name": gpu_name, "compute_capability": cc,
                "precision": precision, **sig, "onnx_file": ONNX_FILE, "onnx_sha256": file_sha256(onnx32),
                "engine_sha256": file_sha256(engine_path), "built_by": ADOPTED_NOTE, "created": utc_now_iso()}

@@ -1,6 +1,6 @@
 """Model runners: the edge side of the exported-graph contract, and the choice of backend.
 
-Contract (see DESIGN.md, "Exported graph"): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
+Contract (names and keys: :mod:`algan.contract`): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
 static), output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm threshold and higher is more
 anomalous, and for patch heads a second output ``anomaly_maps`` float32 ``[N, h, w]`` (h, w static, e.g. 56x56 for
 a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixels
@@ -23,6 +23,7 @@ backend       module                      needs
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
 torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
+triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -30,7 +31,6 @@ torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP1
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from dataclasses import dataclass
@@ -39,19 +39,24 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from algan.contract import MAPS_OUTPUT_NAME
+from algan.contract import (
+    ENGINE_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    MAPS_OUTPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    file_sha256,  # noqa: F401 - imported by runner_onnx
+)
+from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "scores"
-#: name of the optional second output of patch heads: float32 [N, h, w] on the calibrated score scale
+#: the names runner_onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
 MAPS_NAME = MAPS_OUTPUT_NAME
-MODEL_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
-MODEL_ID_KEY = "algan.model_id"
+
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,10 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
         ModelError: when no such file exists.
     """
     if backend == "torch":
-        if not (model.is_dir() and (model / "algan.json").is_file()):
+        if not (model.is_dir() and (model / MANIFEST_FILE).is_file()):
             raise ModelError(f"backend 'torch' needs a model bundle directory with algan.json; {model} is not one")
         return model
-    name = ENGINE_FILE if backend == "tensorrt" else MODEL_FILE
+    name = ENGINE_FILE if backend == "tensorrt" else ONNX_FILE
     if model.is_dir():
         path = model / name
         if not path.is_file():
@@ -134,15 +139,6 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
     if not model.is_file():
         raise ModelError(f"model {model} does not exist; set 'model' to a bundle directory or a .onnx/.engine file")
     return model
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
@@ -176,7 +172,7 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise bad(f"input 'images' has non-static height/width {shape[1:3]}")
     names = [o.name for o in outputs]
-    if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_NAME]):
+    if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_OUTPUT_NAME]):
         raise bad(f"outputs are {names}")
     out = outputs[0]
     if out.type != "tensor(float)" or len(out.shape) != 1:
@@ -186,18 +182,29 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
         mshape = list(maps.shape)
         if maps.type != "tensor(float)" or len(mshape) != 3:
             raise bad(f"output 'anomaly_maps' is {maps.type} with shape {mshape}")
-        if not all(isinstance(v, int) and v > 0 for v in mshape[1:]):
-            raise bad(f"output 'anomaly_maps' has non-static height/width {mshape[1:]}")
+        if any(isinstance(v, int) and v <= 0 for v in mshape[1:]):
+            raise bad(f"output 'anomaly_maps' has height/width {mshape[1:]}")
     return h, w
 
 
 def map_output_size(outputs: list) -> tuple[int, int] | None:
-    """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`,
-    or ``None`` for a score-only graph."""
+    """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`;
+    ``(0, 0)`` when the graph declares them symbolic (the runner then takes them from the ``algan.map_size``
+    metadata or from a warm-up run), ``None`` for a score-only graph."""
     for o in outputs:
         if o.name == MAPS_NAME:
-            return int(o.shape[1]), int(o.shape[2])
+            h, w = o.shape[1], o.shape[2]
+            return (h, w) if isinstance(h, int) and isinstance(w, int) else (0, 0)
     return None
+
+
+def parse_map_size(text: str | None) -> tuple[int, int] | None:
+    """``"56,56"`` (metadata ``algan.map_size``) -> ``(56, 56)``; ``None`` when absent or malformed."""
+    try:
+        h, w = (int(v) for v in str(text).split(","))
+    except ValueError:
+        return None
+    return (h, w) if h > 0 and w > 0 else None
 
 
 _check_contract = check_contract  # the name used before the split into runner_*.py
@@ -217,6 +224,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
     "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "triton": ("algan.edge.runner_triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 
 
@@ -241,6 +249,9 @@ def load_runner(config: EdgeConfig) -> Runner:
         kwargs.update(threads=r.threads, providers=list(r.providers), fp16=r.fp16)
     if backend == "torch":
         kwargs.update(fp16=r.fp16)
+    if backend == "triton":
+        t = r.triton
+        kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
         return factory(config.model, **kwargs)

@@ -14,7 +14,7 @@
 Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, ``compute_capability`` ("8.7"),
 ``precision`` (fp16|int8|fp32), ``batch_profile`` {min, opt, max}, ``onnx_sha256``, ``input_name`` ("images"),
 ``output_name`` ("scores"), ``input_shape`` [H, W]; optional ``output_names`` (["scores", "anomaly_maps"] for
-patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.score_and_maps`). Sidecars are
+patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.run`). Sidecars are
 written by ``algan-export`` / ``algan-edge build-engine`` on the device, or by ``algan-edge build-engine --adopt
 model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.engine_build`).
 """
@@ -26,15 +26,18 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from algan.contract import MAPS_OUTPUT_NAME
 from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
-from algan.edge.runner import resolve_model_path
+from algan.edge.runner import RunnerOutput, resolve_model_path
 from algan.trt_logging import make_logger
+
+if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision
                 "output_name", "input_shape")
 #: Longest a caller waits for the inference thread to score one batch (seconds).
 CALL_TIMEOUT_S = 60.0
+
+
+def dims_tuple(dims: Any) -> tuple[int, ...]:
+    """A ``tensorrt.Dims`` (or any sequence) as a tuple of ints; ``Dims`` has ``__len__``/``__getitem__``."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -173,6 +181,12 @@ class TensorRTRunner:
         """The engine's outputs: ``["scores"]`` or ``["scores", "anomaly_maps"]``."""
         return list(self._outputs)
 
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps (from the engine's output shape), or ``None`` for a score-only engine."""
+        shape = self._out_shapes.get(MAPS_OUTPUT_NAME)
+        return (int(shape[0]), int(shape[1])) if shape else None
+
     # -- inference thread ----------------------------------------------------------------------------------
     def _serve(self) -> None:
         """Owns the CUDA context and every CUDA object; runs until :meth:`close`."""
@@ -186,13 +200,16 @@ class TensorRTRunner:
             major, minor = dev.compute_capability()
             check_sidecar(self.meta, self.path, str(trt.__version__), str(dev.name()), f"{major}.{minor}")
             self._logger = make_logger(trt, log, info_level=logging.DEBUG)
-            runtime = trt.Runtime(self._logger)
-            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            runtime: tensorrt.Runtime = trt.Runtime(self._logger)
+            engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 raise ModelError(f"TensorRT could not deserialize {self.path} (see the TensorRT log above); rebuild it "
                                  f"with algan-edge build-engine --fp16 {self.path.parent} on this device")
             self._check_engine(engine)
-            context = engine.create_execution_context()
+            context: tensorrt.IExecutionContext | None = engine.create_execution_context()
+            if context is None:
+                raise ModelError(f"TensorRT could not create an execution context for {self.path} (out of GPU "
+                                 "memory?)")
             stream = cuda.Stream()
             h, w = self._size
             in_dtype = trt.nptype(engine.get_tensor_dtype(self._in_name))
@@ -231,7 +248,7 @@ class TensorRTRunner:
             ctx.pop()
             ctx.detach()
 
-    def _check_engine(self, engine: Any) -> None:
+    def _check_engine(self, engine: tensorrt.ICudaEngine) -> None:
         trt = self._trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -240,7 +257,7 @@ class TensorRTRunner:
             raise ModelError(f"engine {self.path} has inputs {inputs} and outputs {outputs}; expected "
                              f"['{self._in_name}'] -> {self._outputs}: rebuild it with algan-edge build-engine")
         for name in self._outputs[1:]:  # anomaly_maps [N, h, w]: static per-image shape
-            shape = tuple(int(d) for d in engine.get_tensor_shape(name))[1:]
+            shape = dims_tuple(engine.get_tensor_shape(name))[1:]
             if not shape or min(shape) < 1:
                 raise ModelError(f"engine {self.path} output {name} has no static per-image shape ({shape}); "
                                  "rebuild it with algan-edge build-engine")
@@ -251,7 +268,7 @@ class TensorRTRunner:
                         int(lo[0]), int(hi[0]), self.batch_min, self.batch_max)
             self.batch_min, self.batch_max = int(lo[0]), int(hi[0])
 
-    def _infer(self, images: np.ndarray, context: Any, stream: Any, host_in: np.ndarray,
+    def _infer(self, images: np.ndarray, context: tensorrt.IExecutionContext, stream: Any, host_in: np.ndarray,
                host_out: dict[str, np.ndarray], dev_in: Any, dev_out: dict[str, Any]) -> dict[str, np.ndarray]:
         """Score ``images`` (N <= batch_max) on the inference thread; pads N up to the profile's minimum."""
         cuda = self._cuda
@@ -325,15 +342,20 @@ class TensorRTRunner:
         """
         return self._outputs_of(images)[self._out_name]
 
-    def score_and_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, images: np.ndarray) -> RunnerOutput:
         """Scores and anomaly maps of a batch (same arguments and errors as :meth:`__call__`).
 
         Returns:
-            ``(scores float32 (N,), anomaly_maps float32 (N, h, w) or None for a score-only engine)``, both on the
-            calibrated scale.
+            ``RunnerOutput(scores float32 (N,), maps float32 (N, h, w) or None for a score-only model)``, both on the
+            calibrated scale (re-mapped with the same constants).
         """
         out = self._outputs_of(images)
-        return out[self._out_name], out.get(MAPS_OUTPUT_NAME)
+        return RunnerOutput(out[self._out_name], out.get(MAPS_OUTPUT_NAME))
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the model has the ``anomaly_maps`` output."""
+        return MAPS_OUTPUT_NAME in self.output_names
 
     def close(self) -> None:
         """Stop the inference thread and free the CUDA buffers and context (idempotent)."""

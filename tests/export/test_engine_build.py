@@ -98,9 +98,11 @@ def test_build_on_device_writes_engine_sidecar_and_checks_both_outputs(tmp_path)
     runner = TensorRTRunner(bundle / "model.engine", trt=trt, cuda=cuda)
     try:
         x = np.full((2, H, W, 3), 64, np.uint8)
-        scores, maps = runner.score_and_maps(x)
+        out = runner.run(x)
+        scores, maps = out.scores, out.maps
         np.testing.assert_allclose(scores, [0.5 + 2e-3] * 2, rtol=1e-6)
         assert maps.shape == (2, MH, MW) and np.allclose(maps, 0.5 + 2e-3)
+        assert runner.has_maps and runner.map_size == (MH, MW)
         np.testing.assert_array_equal(runner(x), scores)
     finally:
         runner.close()
@@ -119,8 +121,11 @@ def test_parity_failure_writes_nothing(tmp_path):
 def test_score_only_graph_builds_a_score_only_engine(tmp_path):
     bundle = write_bundle(tmp_path / "b", maps=False)
     trt, cuda = stand_ins(version="10.8.0", outputs=("scores",))
-    rep = eb.build_on_device(bundle, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu, say=lambda s: None)
+    cuda.name, cuda.cc = "Orin", (8, 7)
+    rep = eb.build_on_device(bundle, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, say=lambda s: None)
     assert rep.sidecar["output_names"] == ["scores"] and [r["name"] for r in rep.parity] == ["tensorrt-fp32 scores"]
+    # the GPU named in the sidecar is read through pycuda, as the runner's check reads it
+    assert (rep.sidecar["gpu_name"], rep.sidecar["compute_capability"]) == ("Orin", "8.7")
 
 
 def test_adopt_a_trtexec_engine(tmp_path):
