@@ -81,6 +81,11 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
                 do_constant_folding=True,
             )
         model = onnx.load(tmp)
+        if has_maps:  # the map size is static (the contract); the tracer leaves it symbolic
+            dims = model.graph.output[1].type.tensor_type.shape.dim
+            for dim, value in zip(dims[1:], detector.map_size, strict=True):
+                dim.Clear()
+                dim.dim_value = int(value)
         cal = detector.calibration
         set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset,
                                            map_size=detector.map_size if has_maps else None))
