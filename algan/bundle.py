@@ -5,8 +5,11 @@ Manifest (format version 1)::
     format_version, model_id, created (UTC ISO 8601), algan_edge_version,
     backbone:    BackboneSpec (name, blocks, pooling, input_size [H, W], mean, std, weights_sha256, weights_path)
     input:       {height, width, layout: NHWC, dtype: uint8, colour_order: BGR}
-    features:    {transform: standardize|pca, in_dim, dim}
-    head:        {kind: algan|mahalanobis|knn, settings: {...}}
+    variant:     feature | image | patch
+    features:    {transform: standardize|pca (patch: none|random|pca), in_dim, dim}
+    head:        {kind: algan|mahalanobis|knn (patch: algan|patchcore|padim), settings: {...}}
+    patch:       PatchSpec of the patch variant (stride, aggregate, projection, map_stride, smoothing, reduction)
+    outputs:     ["scores"] or ["scores", "anomaly_maps"] (patch heads); anomaly_map: {height, width, reduction}
     calibration: {center, threshold, target_fpr, n_images, source}
     training:    {data: dataset summary, n_train, n_holdout, seed, train_s, final losses}
     exports:     filled by algan-export
@@ -18,6 +21,7 @@ against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -186,6 +190,29 @@ def load_bundle(model_dir: str | Path):
         input_size = (icfg.size, icfg.size)
         preprocess, backbone = Preprocess(bb["mean"], bb["std"]), PixelBackbone(icfg.channels)
         transform, head = torch.nn.Identity(), icfg.build_head()
+    elif variant == "patch":
+        from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
+        from algan.model.patch_heads import PatchwiseHead
+
+        spec = BackboneSpec.from_json(bb)
+        pspec = PatchSpec.from_json(manifest.get("patch", {}))
+        input_size = spec.input_size
+        preprocess, backbone = Preprocess(spec.mean, spec.std), PatchFeatureMaps(spec, pspec)
+        transform = PatchProjection(feat["transform"], feat["in_dim"], feat["dim"])
+        postprocess = MapPostprocess(pspec, input_size)
+        if kind == "algan":
+            cfg = AlganConfig.from_json(settings)
+            if settings.get("folded_whitening"):  # the whitening lives in D's first layer
+                cfg = dataclasses.replace(cfg, whiten="none")
+            inner = cfg.build_head(feat["dim"])
+        elif kind == "patchcore":
+            inner = KnnHead.empty(settings["n_bank"], feat["dim"], 1, "euclidean")
+        elif kind == "padim":
+            inner = MahalanobisHead.empty(feat["dim"])
+        else:
+            msg = f"unknown patch head kind {kind!r} in {model_dir / MANIFEST}; expected algan, patchcore or padim"
+            raise BundleError(msg)
+        head = PatchwiseHead(inner)
     elif variant == "feature":
         spec = BackboneSpec.from_json(bb)
         input_size = spec.input_size
@@ -202,9 +229,10 @@ def load_bundle(model_dir: str | Path):
             msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn"
             raise BundleError(msg)
     else:
-        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature or image")
+        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature, image or patch")
     det = AnomalyDetector(preprocess, backbone, transform, head,
-                          Calibration(cal["center"], cal["threshold"]), input_size=input_size)
+                          Calibration(cal["center"], cal["threshold"]), input_size=input_size,
+                          postprocess=postprocess if variant == "patch" else None)
     state = _load_weights(wpath)
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}

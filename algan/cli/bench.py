@@ -1,7 +1,10 @@
 """``algan-bench detection``: every head on the same features in one run -> AUROC and timings.
 
-Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms`` (head_ms and backbone_ms are per image,
-batch 32, this machine's CPU, measured in the same run so their ratio is meaningful).
+Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms, pixel_auroc, aupro, model_mb`` (head_ms and
+backbone_ms are per image, batch 32, this machine's CPU, measured in the same run so their ratio is meaningful;
+pixel_auroc and aupro are null for image-level heads and data sets without masks; model_mb is the head's stored
+tensors). ``--variants patch`` adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch
+features; for those, backbone_ms includes the patch aggregation and projection and head_ms the map postprocess.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
         all_scores.append(scores)
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
+    if "patch" in variants:
+        for row, scores in bench_patch(args, ds, train, y):
+            rows.append(row)
+            all_scores.append(scores)
+            if args.json:
+                print(json.dumps(row), flush=True)
     if "feature" not in variants:
         return rows, all_scores, y
     backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
@@ -98,10 +107,93 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
             "train_s": round(train_s, 2),
             "head_ms": round(head_ms, 4),
             "backbone_ms": round(backbone_ms, 2),
+            "pixel_auroc": None,
+            "aupro": None,
+            "model_mb": round(_state_mb(head), 3),
         })
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     return rows, all_scores, y
+
+
+def _state_mb(module) -> float:
+    """Size of a module's stored tensors (parameters and buffers) in MB (10^6 bytes), as the bundle stores them."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 1e6
+
+
+def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tuple[dict, np.ndarray]]:
+    """Every patch head (``--patch-heads``) on the same patch features: rows with image AUROC, pixel AUROC and
+    AUPRO (when the data set has masks), train time, head and backbone ms per image (batch 32, same run) and the
+    stored head size; returns ``(row, raw test image scores)`` per head."""
+    import torch
+
+    from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
+    from algan.data.preprocess import load_batch
+    from algan.features.backbone import Preprocess
+    from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
+    from algan.model.evaluate import auroc
+    from algan.model.fit import FitSettings, extract_patches, fit_patch_head
+    from algan.model.train import PATCH_SCHEDULE, AlganConfig
+
+    size = (args.input_size, args.input_size)
+    spec = backbone_spec_from_args(argparse.Namespace(**{**vars(args), "variant": "patch"}), size)
+    pspec = patch_spec_from_args(args)
+    fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
+    post = MapPostprocess(pspec, size)
+    progress = not args.json
+    patches = extract_patches(pre, fm, train, size, pspec.patches_per_image, args.seed, 32,
+                              "patches (train)" if progress else None)
+    proj = PatchProjection.fit(pspec.projection, patches, pspec.dim, args.seed)
+    with torch.no_grad():
+        x = proj.vectors(torch.from_numpy(patches)).numpy()
+    del patches
+    # test feature maps once for every head, float16 (bounded memory: MTD 725 x 304 x 28 x 28 = 346 MB)
+    test_paths = [s.path for s in ds.test]
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(test_paths), 32):
+            feats.append(proj(fm(pre(torch.from_numpy(load_batch(test_paths[i : i + 32], size))))).half())
+        sample = torch.from_numpy(load_batch(test_paths[:32], size))
+        backbone_ms = _time_per_image(lambda u: proj(fm(pre(u))), sample)
+    feats = torch.cat(feats)
+    masks = None
+    if getattr(ds, "has_masks", False):
+        from algan.model.pixel_eval import load_masks
+
+        masks = load_masks(ds.test, size)
+    n_cells = len(train) * fm.grid[0] * fm.grid[1]
+    out = []
+    for head_name in args.patch_heads.split(","):
+        overrides = {"seed": args.seed, **({"epochs": args.epochs, "min_steps": 0} if args.epochs else {})}
+        settings = FitSettings(head=head_name, variant="patch", patch=pspec, seed=args.seed,
+                               algan=AlganConfig.preset("patch", **{**PATCH_SCHEDULE, **overrides}),
+                               coreset_ratio=args.coreset_ratio if args.coreset_ratio is not None else 0.01)
+        t = time.perf_counter()
+        head, *_ = fit_patch_head(settings, x, n_cells, progress)
+        train_s = time.perf_counter() - t
+        head.eval()
+        with torch.no_grad():
+            maps = torch.cat([post(head(feats[i : i + 32].float())) for i in range(0, len(feats), 32)])
+            scores = post.reduce(maps).numpy()
+            head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), feats[:32].float())
+        pixel = {"pixel_auroc": None, "aupro": None}
+        if masks is not None:
+            from algan.model.pixel_eval import metrics_from_maps
+
+            m = metrics_from_maps(maps.numpy(), masks)
+            pixel = {"pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4)}
+        out.append(({
+            "dataset": f"{ds.root.name}({ds.layout})",
+            "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",
+            "head": f"{head_name}-patch",
+            "auroc": round(auroc(y, scores), 4),
+            "train_s": round(train_s, 2),
+            "head_ms": round(head_ms, 4),
+            "backbone_ms": round(backbone_ms, 2),
+            **pixel,
+            "model_mb": round(_state_mb(head) + _state_mb(proj), 3),
+        }, scores))
+    return out
 
 
 def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -135,6 +227,9 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dic
             "train_s": round(train_s, 2),
             "head_ms": None if head_ms is None else round(head_ms, 4),
             "backbone_ms": round(pre_ms, 4),
+            "pixel_auroc": None,
+            "aupro": None,
+            "model_mb": round(_state_mb(head), 3),
         }
 
     def on_epoch(epoch: int, head) -> None:
@@ -172,11 +267,15 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
     rows, scores, y = bench_detection(args)
     if not args.json:
-        print(f"{'dataset':<14} {'variant':<8} {'head':<16} {'AUROC':>7} {'train_s':>8} {'head_ms':>9} "
-              f"{'backbone_ms':>11} {'head/backbone':>13}")
+        def opt(v) -> str:
+            return f"{v:>7.4f}" if v is not None else f"{'-':>7}"
+
+        print(f"{'dataset':<14} {'variant':<8} {'head':<16} {'AUROC':>7} {'pixAUC':>7} {'AUPRO':>7} {'train_s':>8} "
+              f"{'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
         for r in rows:
-            print(f"{r['dataset']:<14} {r['variant']:<8} {r['head']:<16} {r['auroc']:>7.4f} {r['train_s']:>8.1f} "
-                  f"{r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%}")
+            print(f"{r['dataset']:<14} {r['variant']:<8} {r['head']:<16} {r['auroc']:>7.4f} {opt(r['pixel_auroc'])} "
+                  f"{opt(r['aupro'])} {r['train_s']:>8.1f} {r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} "
+                  f"{r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}")
         print_comparisons(rows, scores, y)
     return 0
 
@@ -198,13 +297,14 @@ def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from algan.cli.train import KNN_METRIC_NAMES, add_backbone_args
+    from algan.cli.train import KNN_METRIC_NAMES, add_backbone_args, add_patch_args
 
     p = argparse.ArgumentParser(prog="algan-bench", description="Detection quality and speed of every head.")
     p.add_argument("what", choices=["detection"], help="which benchmark")
     p.add_argument("--data", required=True, help="data directory with a labelled test split")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd"])
-    p.add_argument("--variants", default="feature", help="feature, image or feature,image")
+    p.add_argument("--variants", default="feature", help="comma-separated: feature, patch, image")
+    p.add_argument("--patch-heads", default="algan,patchcore,padim", help="patch heads to run (--variants patch)")
     p.add_argument("--image-size", type=int, default=64, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels")
     p.add_argument("--eval-every", type=int, default=0, metavar="N",
@@ -213,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", default="default,paper", help="ALGAN presets to run (comma-separated)")
     p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")
     add_backbone_args(p)
+    add_patch_args(p)
     p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
     p.add_argument("--knn-k", type=int, default=1)
     p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,

@@ -5,6 +5,9 @@ Usage::
     algan-edge run --config /etc/algan/edge.yaml [--log-level info]
     algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
     algan-edge broker [--host 127.0.0.1] [--port 1883] # the embedded amqtt broker in the foreground (demos)
+    algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch 1:8:16]   # TensorRT engine on this device, no torch
+    algan-edge build-engine MODEL_DIR --adopt model.engine [--precision fp16]  # sidecar for a trtexec engine
+    algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
@@ -44,7 +47,50 @@ def _parser() -> argparse.ArgumentParser:
     brk.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     brk.add_argument("--port", type=int, default=1883, help="TCP port (default: 1883)")
     brk.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
+    eng = sub.add_parser("build-engine", help="build (or adopt) the TensorRT engine of a bundle on this device, "
+                         "checked against ONNX Runtime CPU on the bundle's samples; imports no torch")
+    eng.add_argument("model_dir", help="bundle directory holding model.onnx (and model.fp16.onnx) from algan-export")
+    eng.add_argument("--fp16", action="store_true", help="FP16 engine (strongly typed from model.fp16.onnx on "
+                     "TensorRT >= 10.12)")
+    eng.add_argument("--int8", action="store_true", help="INT8 engine (needs int8_calibration.safetensors; TensorRT "
+                     "< 11)")
+    eng.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch dimension "
+                     "(default 1:8:16)")
+    eng.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
+    eng.add_argument("--adopt", metavar="ENGINE", help="do not build: check ENGINE (e.g. from trtexec) against the "
+                     "bundle and write its sidecar model.engine.json")
+    eng.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                     help="with --adopt: the precision ENGINE was built with (sets the parity tolerance)")
+    eng.add_argument("--log-level", default="warning", choices=LEVELS, help="log verbosity (default: warning)")
+    doc = sub.add_parser("doctor", help="print the OpenCV, onnxruntime, TensorRT and CUDA this device would use and, "
+                         "with --config, why the configured backend or a camera source would fail")
+    doc.add_argument("--config", "-c", help="edge config YAML to check against this device")
     return p
+
+
+def build_engine_cmd(args: argparse.Namespace) -> int:
+    """``algan-edge build-engine``: see :func:`algan.edge.engine_build.build_on_device` / ``adopt_engine``."""
+    from pathlib import Path
+
+    from algan.edge import engine_build as eb
+
+    setup_logging(args.log_level)
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise eb.EngineError(f"{model_dir} is not a directory; pass the bundle directory copied from the workstation")
+    if args.adopt:
+        report = eb.adopt_engine(Path(args.adopt), model_dir, precision=args.precision)
+    else:
+        try:
+            batch = eb.BatchProfile.parse(args.batch)
+        except ValueError as e:
+            raise eb.EngineError(str(e)) from None
+        report = eb.build_on_device(model_dir, fp16=args.fp16, int8=args.int8, batch=batch,
+                                    workspace_mib=args.workspace_mib)
+    s = report.sidecar
+    print(f"wrote {', '.join(str(p) for p in report.files.values())} ({s['precision']}, TensorRT "
+          f"{s['tensorrt_version']}, {s['gpu_name']} {s['compute_capability']})")
+    return 0
 
 
 def broker(host: str, port: int, log_level: str) -> int:
@@ -182,6 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_config(args.config)
         if args.command == "broker":
             return broker(args.host, args.port, args.log_level)
+        if args.command == "build-engine":
+            return build_engine_cmd(args)
+        if args.command == "doctor":
+            from algan.edge.doctor import doctor
+
+            return doctor(args.config)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(redact(f"algan-edge: {e}"), file=sys.stderr)

@@ -14,9 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data directory")
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
-    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn"], help="scoring head")
-    p.add_argument("--variant", default="feature", choices=["feature", "image"],
-                   help="feature: heads on backbone features (default); image: ALGAN-image on pixels")
+    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim"],
+                   help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
+                        "padim)")
+    p.add_argument("--variant", default="feature", choices=["feature", "image", "patch"],
+                   help="feature: heads on pooled backbone features (default); patch: heads per location with "
+                        "anomaly maps; image: ALGAN-image on pixels")
     p.add_argument("--preset", default="default", choices=["default", "paper"],
                    help="ALGAN hyper-parameters (both variants): the tuned default or the paper's settings")
     p.add_argument("--epochs", type=int, default=None,
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-metric", default=None, choices=KNN_METRIC_NAMES,
                    help="--head knn distance: after a Ledoit-Wolf whitening (default: whitened) or on standardised "
                         "features (euclidean)")
+    add_patch_args(p)
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
@@ -69,11 +73,51 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                         "efficientnet-lite0, avg for the ResNets)")
 
 
+def add_patch_args(p: argparse.ArgumentParser) -> None:
+    """The patch variant's flags (shared with algan-bench); defaults are :class:`algan.features.patch.PatchSpec`'s."""
+    g = p.add_argument_group("patch variant (--variant patch)")
+    g.add_argument("--patch-stride", type=int, default=None, help="input pixels per patch cell (default 8)")
+    g.add_argument("--patch-aggregate", type=int, default=None, help="local neighbourhood averaged per cell (odd, "
+                   "default 3; 1 = none)")
+    g.add_argument("--patch-projection", default=None, choices=PATCH_PROJECTION_NAMES,
+                   help="dimension reduction of patch vectors (default none)")
+    g.add_argument("--patch-dim", type=int, default=None, help="dimension after --patch-projection random|pca")
+    g.add_argument("--patches-per-image", type=int, default=None,
+                   help="training patches sampled per image (default 128; 0 = every cell)")
+    g.add_argument("--map-stride", type=int, default=None, help="input pixels per anomaly-map cell (default 4)")
+    g.add_argument("--smooth-sigma", type=float, default=None, help="Gaussian smoothing of the map in input pixels "
+                   "(default 4)")
+    g.add_argument("--reduction", default=None, choices=REDUCTION_NAMES,
+                   help="image score from the map: max (default) or topk_mean")
+    g.add_argument("--coreset-ratio", type=float, default=None,
+                   help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
+
+
+#: algan.features.patch.PROJECTIONS / REDUCTIONS, torch-free for --help
+PATCH_PROJECTION_NAMES = ("none", "random", "pca")
+REDUCTION_NAMES = ("max", "topk_mean")
+PATCH_FLAGS = ("patch_stride", "patch_aggregate", "patch_projection", "patch_dim", "patches_per_image", "map_stride",
+               "smooth_sigma", "reduction", "coreset_ratio")
+
+
+def patch_spec_from_args(args: argparse.Namespace):
+    """The :class:`PatchSpec` of the patch flags (unset flags keep its defaults)."""
+    from algan.features.patch import PatchSpec
+
+    names = {"patch_stride": "stride", "patch_aggregate": "aggregate", "patch_projection": "projection",
+             "patch_dim": "dim", "patches_per_image": "patches_per_image", "map_stride": "map_stride",
+             "smooth_sigma": "smooth_sigma", "reduction": "reduction"}
+    return PatchSpec(**{field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None})
+
+
 def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int]):
     """The :class:`BackboneSpec` of the backbone flags; checks the backbone's package and weights first."""
     from algan.features.backbone import check_backbone, make_spec
+    from algan.features.patch import default_patch_blocks
 
     blocks = parse_blocks(args.blocks) if args.blocks is not None else None
+    if blocks is None and getattr(args, "variant", "feature") == "patch":
+        blocks = default_patch_blocks(args.backbone)
     spec = make_spec(args.backbone, blocks, args.pooling, input_size, args.backbone_weights)
     check_backbone(spec)
     return spec
@@ -108,8 +152,21 @@ def check_args(args: argparse.Namespace) -> None:
     if args.ensemble is not None:
         if args.ensemble < 1:
             raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
-        if not feature_algan:
-            raise ValueError("--ensemble applies to the ALGAN-feature head (--head algan --variant feature) only")
+        if args.head != "algan" or args.variant == "image":
+            raise ValueError("--ensemble applies to the ALGAN-feature and ALGAN-patch heads (--head algan) only")
+    patch_heads, feature_heads = ("algan", "patchcore", "padim"), ("algan", "mahalanobis", "knn")
+    if args.variant == "patch" and args.head not in patch_heads:
+        raise ValueError(f"--variant patch has the heads {', '.join(patch_heads)}, not --head {args.head}")
+    if args.variant != "patch":
+        if args.head not in feature_heads:
+            raise ValueError(f"--head {args.head} scores patches: add --variant patch")
+        given = [f"--{f.replace('_', '-')}" for f in PATCH_FLAGS if getattr(args, f, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --variant patch only (this run is --variant {args.variant})")
+    if args.coreset_ratio is not None and args.head != "patchcore":
+        raise ValueError("--coreset-ratio applies to --head patchcore only")
+    if args.variant == "patch" and args.pooling is not None:
+        raise ValueError("--pooling applies to the feature variant; the patch variant keeps the feature maps")
     if args.knn_metric is not None and args.head != "knn":
         raise ValueError(f"--knn-metric applies to --head knn only (this run trains --head {args.head}); drop it "
                          "or add --head knn")
@@ -125,14 +182,26 @@ def _main(args: argparse.Namespace) -> int:
 
     check_args(args)
     # the backbone is checked before any data is read; the image variant has none
-    spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant == "feature" else BackboneSpec()
+    spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant != "image" else BackboneSpec()
+    patch = patch_spec_from_args(args) if args.variant == "patch" else None
+    if patch is not None:
+        patch.grid(tuple(args.input_size))  # sizes that do not fit the strides fail before any data is read
+        patch.map_size(tuple(args.input_size))
     ds = load_dataset(args.data, args.layout)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs is not None else {})}
     # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
     feature_overrides = {**overrides, **({"min_steps": 0} if "epochs" in overrides else {})}
     if args.ensemble is not None:
         feature_overrides["ensemble"] = args.ensemble
-    algan_cfg = AlganConfig.preset(args.preset, **feature_overrides)
+    if args.variant == "patch":
+        from algan.model.train import PATCH_SCHEDULE
+
+        # ALGAN-patch: the patch schedule on either preset; "default" is the patch default (one (G, D) pair)
+        preset = "patch" if args.preset == "default" else args.preset
+        base = {} if preset == "patch" else dict(PATCH_SCHEDULE)
+        algan_cfg = AlganConfig.preset(preset, **{**base, **feature_overrides})
+    else:
+        algan_cfg = AlganConfig.preset(args.preset, **feature_overrides)
     image_cfg = None
     if args.variant == "image":
         image_cfg = ImageConfig.preset(args.preset, size=args.image_size, channels=args.channels, **overrides)
@@ -151,10 +220,13 @@ def _main(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         seed=args.seed,
         checkpoint=args.checkpoint,
+        **({"patch": patch} if patch is not None else {}),
+        **({"coreset_ratio": args.coreset_ratio} if args.coreset_ratio is not None else {}),
     )
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
-    result = fit_detector(ds, settings, progress=not args.quiet)
+    # progress bars only on a terminal: in a log or the journal they are carriage-return spam
+    result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal = m["calibration"]

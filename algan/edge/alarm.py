@@ -109,7 +109,11 @@ class AlarmEvent:
         frames: number of scored frames in the episode from ``first_frame`` to ``last_frame``.
         peak_frame: frame index that had ``peak`` (``first_frame`` when no score was finite).
         duration_s: seconds from the raise to this event (0.0 for "raised").
-        snapshot: path of the peak-frame JPEG, filled in by the daemon when snapshots are enabled.
+        snapshot: file name of the peak-frame JPEG (relative to ``alarm.snapshots.dir``), filled in by the daemon
+            when snapshots are enabled.
+        region: where the defect is in the peak frame (``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
+            "level"}``, frame pixels; :meth:`algan.edge.maps.Region.to_dict`), filled in by the daemon for models
+            with anomaly maps, else ``None``.
     """
 
     id: str
@@ -124,6 +128,7 @@ class AlarmEvent:
     peak_frame: int = -1
     duration_s: float = 0.0
     snapshot: str | None = None
+    region: dict | None = None
 
 
 @dataclass

@@ -35,10 +35,12 @@ from algan.edge.discovery import discovery_messages
 from algan.edge.errors import ConfigError, EdgeError, SourceError
 from algan.edge.hub import Frame, FrameHub
 from algan.edge.journal import FolderJournal
+from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
 from algan.edge.messages import (
     STATE_ALARM,
     STATE_NORMAL,
     STATE_OFFLINE,
+    ScoreThrottle,
     Topics,
     alarm_payload,
     dumps,
@@ -48,7 +50,7 @@ from algan.edge.messages import (
 from algan.edge.metrics import Metrics
 from algan.edge.mqtt import MqttPublisher, Publisher
 from algan.edge.outbox import Outbox
-from algan.edge.runner import Runner, load_runner
+from algan.edge.runner import Runner, load_runner, run_batch
 from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.snapshots import SnapshotStore, snapshot_name
 from algan.edge.sources import Source, open_source
@@ -113,9 +115,15 @@ class EdgeApp:
         snap = config.alarm.snapshots
         self.snapshots = None if snap is None else SnapshotStore(
             snap.dir, snap.max_count, None if snap.max_age_h is None else snap.max_age_h * 3600.0, snap.jpeg_quality)
-        #: per camera: images of the frames that may still be the open/next alarm's peak (see AlarmTracker)
-        self._peak_images: dict[str, dict[int, np.ndarray]] = {}
-        self._open_snapshots: dict[str, tuple[str, str | None, int]] = {}  # camera -> (file name, path, peak frame)
+        #: per camera: (full frame, map cells or None) of the frames that may still be the open/next alarm's peak
+        #: (see AlarmTracker.snapshot_candidates); kept when snapshots are on or the model has anomaly maps
+        self._peak_images: dict[str, dict[int, tuple[np.ndarray, np.ndarray | None]]] = {}
+        #: camera -> (snapshot file name or None when not written, peak frame, region) of the open alarm
+        self._open_snapshots: dict[str, tuple[str | None, int, Region | None]] = {}
+        self._has_maps = False
+        self._model_size: tuple[int, int] = (0, 0)
+        self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
+                           for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
         self._outbox: Outbox | None = None  # also remembers open alarms (closed at the next start after a crash)
 
@@ -134,6 +142,9 @@ class EdgeApp:
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,
                  runner.model_id)
         self.backend = runner.backend
+        self._has_maps = bool(getattr(runner, "has_maps", False))
+        self._model_size = (int(h), int(w))
+        self._apply_bundle_roi()
         broker = self._start_broker()
         try:
             pub = self._connect(runner.model_id)
@@ -163,6 +174,24 @@ class EdgeApp:
             log.error("no camera could be read; fix the camera sources in the config")
             return 1
         return 0
+
+    def _apply_bundle_roi(self) -> None:
+        """Cameras without a ``roi`` take the bundle's (``algan.json`` ``roi``: training and serving see the same
+        crop); a camera whose ``roi`` differs from the bundle's is warned about (its own is used)."""
+        roi = bundle_roi(self.cfg.model)
+        if roi is None:
+            return
+        cams = []
+        for cam in self.cfg.cameras:
+            if cam.roi is None:
+                log.info("camera %s: roi %s from the model bundle", cam.name, list(roi))
+                cam = cam.model_copy(update={"roi": roi})
+            elif tuple(cam.roi) != roi:
+                log.warning("camera %s: roi %s differs from the roi %s the model was trained with (algan.json); "
+                            "scores may shift: remove the camera's roi or retrain with algan-train --roi",
+                            cam.name, list(cam.roi), list(roi))
+            cams.append(cam)
+        self.cfg = self.cfg.model_copy(update={"cameras": cams})
 
     def _start_broker(self) -> EmbeddedBroker | None:
         m = self.cfg.mqtt
@@ -222,7 +251,8 @@ class EdgeApp:
             self.trackers[cam.name] = AlarmTracker(cam.name, policy=self.cfg.alarm_policy(cam))
             self._set_state(pub, cam.name, STATE_NORMAL)
         for cam in self.cfg.cameras:
-            reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status, self._source_factory(cam))
+            reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status, self._source_factory(cam),
+                                  keep_raw=self.snapshots is not None or self._has_maps)
             self.readers.append(reader)
             reader.start()
 
@@ -345,7 +375,7 @@ class EdgeApp:
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
         t0 = self.clock()
         try:
-            scores = runner(np.stack([f.image for f in batch]))
+            out = run_batch(runner, np.stack([f.image for f in batch]))
         except (RuntimeError, ValueError) as e:
             self._failures += 1
             log.error("inference failed on a batch of %d frames (%d in a row): %s", len(batch), self._failures, e)
@@ -355,20 +385,23 @@ class EdgeApp:
         self._failures = 0
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
-        for frame, score in zip(batch, scores.tolist(), strict=True):
+        maps = out.maps if out.maps is not None else [None] * len(batch)
+        for frame, score, cells in zip(batch, out.scores.tolist(), maps, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
             now = self.clock()
             latency_ms = (now - frame.t_mono) * 1000.0
-            payload = score_payload(frame.t_wall, frame.index, score, threshold, latency_ms, runner.model_id)
-            pub.publish(self.topics.score(cam), payload, qos=self.cfg.mqtt.score_qos)
+            if self._throttles[cam].keep(score, threshold):
+                payload = score_payload(frame.t_wall, frame.index, score, threshold, latency_ms, runner.model_id,
+                                        frame.source_name)
+                pub.publish(self.topics.score(cam), payload, qos=self.cfg.mqtt.score_qos)
             self.scored[cam] += 1
             self.window.record(latency_ms, now)
             self.metrics.observe_frame(latency_ms / 1000.0)
             self._last_scored = now
             event = self.trackers[cam].update(frame.index, score, frame.t_wall)
-            if self.snapshots is not None:
-                event = self._snapshot(frame, event)
+            if self.snapshots is not None or self._has_maps:
+                event = self._snapshot(frame, event, cells, pub)
             if event is not None:
                 if self._outbox is not None:  # before the event: after a crash the next start closes the alarm
                     self._outbox.set_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
@@ -379,29 +412,67 @@ class EdgeApp:
             if frame.done is not None:
                 frame.done()  # a watched folder's journal: this file is not scored again after a restart
 
-    def _snapshot(self, frame: Frame, event: AlarmEvent | None) -> AlarmEvent | None:
-        """Keep only the images that may become an alarm's peak frame (at most raise_window per camera before a
-        raise, one while alarmed); write the peak JPEG at the raise and rewrite it at the clear if the peak rose."""
-        assert self.snapshots is not None
+    def _snapshot(self, frame: Frame, event: AlarmEvent | None, cells: np.ndarray | None,
+                  pub: Publisher) -> AlarmEvent | None:
+        """Keep only the frames that may become an alarm's peak frame (at most raise_window per camera before a
+        raise, one while alarmed); at the raise, compute the peak frame's region (models with maps) and write its
+        snapshot (the full frame, heat map over the ROI, region outlined), and redo both at the clear if the peak
+        rose. The event carries the region and the snapshot's file name."""
         cam = frame.camera
         keep = self.trackers[cam].snapshot_candidates()
         images = self._peak_images.setdefault(cam, {})
         if frame.index in keep or (event is not None and frame.index == event.peak_frame):
-            images[frame.index] = frame.image
+            images[frame.index] = (frame.raw if frame.raw is not None else frame.image, cells)
         if event is not None:
-            image = images.get(event.peak_frame)
+            cand = images.get(event.peak_frame)
             if event.state == "raised":
                 name = snapshot_name(cam, event.ts, event.id)
-                path = self.snapshots.save(name, image) if image is not None else None
-                self._open_snapshots[cam] = (name, path, event.peak_frame)
+                region = self._region(cam, cand)
+                written = self._write_snapshot(pub, cam, name, cand, region, event.peak)
+                self._open_snapshots[cam] = (name if written else None, event.peak_frame, region)
             else:
-                name, path, saved = self._open_snapshots.pop(cam, ("", None, -1))
-                if path is not None and image is not None and event.peak_frame != saved:
-                    path = self.snapshots.save(name, image) or path
-            event = replace(event, snapshot=path)
+                name, saved, region = self._open_snapshots.pop(cam, (None, -1, None))
+                if cand is not None and event.peak_frame != saved:
+                    region = self._region(cam, cand)
+                    if name is None:
+                        name = snapshot_name(cam, event.ts, event.id)
+                    name = name if self._write_snapshot(pub, cam, name, cand, region, event.peak) else None
+            event = replace(event, snapshot=name, region=region.to_dict() if region is not None else None)
         for index in [i for i in images if i not in keep]:
             del images[index]
         return event
+
+    def _region(self, cam: str, cand: tuple[np.ndarray, np.ndarray | None] | None) -> Region | None:
+        """The anomalous region of a candidate frame in frame pixels (``None`` without a map)."""
+        if cand is None or cand[1] is None:
+            return None
+        image, cells = cand
+        roi = self._camera_roi(cam, image)
+        return region_from_map(cells, frame_roi(image.shape, roi), self.thresholds[cam][0])
+
+    def _camera_roi(self, cam: str, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        """The camera's ROI in the pixels of a kept candidate image: the config's for a full frame, ``None`` for
+        the model input itself (kept only when the reader did not hand over full frames)."""
+        roi = next((c.roi for c in self.cfg.cameras if c.name == cam), None)
+        return None if roi is None or image.shape[:2] == self._model_size else tuple(roi)  # type: ignore[return-value]
+
+    def _write_snapshot(self, pub: Publisher, cam: str, name: str, cand: tuple[np.ndarray, np.ndarray | None] | None,
+                        region: Region | None, peak: float) -> bool:
+        """Write the snapshot JPEG (and publish it on ``<camera>/snapshot`` when configured); True when written."""
+        if self.snapshots is None or cand is None:
+            return False
+        image, cells = cand
+        overlay = draw_overlay(image, cells, self._camera_roi(cam, image), region, peak, self.thresholds[cam][0])
+        snap = self.cfg.alarm.snapshots
+        written = self.snapshots.save(name, overlay) is not None
+        if snap is not None and snap.mqtt:
+            try:
+                data = encode_jpeg(overlay, snap.jpeg_quality, snap.mqtt_max_kb * 1024)
+            except ValueError as e:
+                log.error("camera %s: alarm snapshot not published: %s", cam, e)
+            else:
+                pub.publish(self.topics.snapshot(cam), data, qos=1, retain=True)
+        return written
 
     def _camera_stats(self) -> dict[str, dict[str, Any]]:
         """Per-camera counters right now (read without locks: each is written by one thread)."""

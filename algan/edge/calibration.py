@@ -4,7 +4,8 @@ The exported graph outputs calibrated scores ``score = (raw - center) / scale`` 
 calibration of export time, recorded in the ONNX ``metadata_props`` as ``algan.calibration_center`` and
 ``algan.calibration_scale``. When the bundle was re-calibrated afterwards (``algan.json`` ``calibration``
 ``{center, threshold}``, scale = threshold - center), the runner maps each score to the new calibration with the
-pure affine :func:`recalibrate`. Missing metadata means no re-mapping.
+pure affine :func:`recalibrate`. The same constants re-map a patch head's ``anomaly_maps`` output (the maps share
+the scores' calibrated scale, see :mod:`algan.edge.runner`). Missing metadata means no re-mapping.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def recalibrate(
 
 @dataclass(frozen=True)
 class Remap:
-    """An affine score re-mapping (old -> new calibration), applied by :meth:`__call__` to float32 (N,) scores."""
+    """An affine score re-mapping (old -> new calibration), applied by :meth:`__call__` to float32 scores (N,) or
+    anomaly maps (N, h, w) alike (any shape; float32 out)."""
 
     old_center: float
     old_scale: float

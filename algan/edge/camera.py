@@ -81,6 +81,7 @@ class CameraReader(threading.Thread):
         on_status: called from this thread with ``(camera, status)`` when the status changes.
         open_fn: source factory (tests inject fakes).
         clock: monotonic clock (seconds).
+        keep_raw: also hand over the full frame (``Frame.raw``, for full-frame alarm snapshots).
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class CameraReader(threading.Thread):
         on_status: Callable[[str, str], None],
         open_fn: Callable[[CameraConfig], Source] = open_source,
         clock: Callable[[], float] = time.monotonic,
+        keep_raw: bool = False,
     ) -> None:
         super().__init__(name=f"camera-{cam.name}", daemon=True)
+        self.keep_raw = keep_raw
         self.cam = cam
         self.size = size
         self.hub = hub
@@ -241,6 +244,8 @@ class CameraReader(threading.Thread):
             last_good = now
             self.counters.last_frame = now
             self._backoff = cam.reconnect_interval_s  # frames flow again: the next failure starts a fresh backoff
-            if not self.hub.put(Frame(name, index, image, now, t_wall, ack), self.stop):
+            frame = Frame(name, index, image, now, t_wall, ack, raw if self.keep_raw else None,
+                          getattr(src, "last_name", None))
+            if not self.hub.put(frame, self.stop):
                 return "stopped"
         return "stopped"

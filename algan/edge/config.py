@@ -67,13 +67,25 @@ ORT_PROVIDERS = {
 }
 
 
+class TritonConfig(_Section):
+    """``runner.backend: triton``: the Triton Inference Server that serves the model (gRPC)."""
+
+    url: str = Field("localhost:8001", min_length=1, description="gRPC host:port of the Triton server")
+    model: str | None = Field(
+        None, description="Triton model name; default: the one algan-export --triton-repo recorded in the bundle"
+    )
+    version: str = Field("", description="Triton model version; empty = the server's version policy (latest)")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="deadline of one inference request (seconds)")
+
+
 class RunnerConfig(_Section):
     """Inference backend settings."""
 
-    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch", "triton"] = Field(
         "auto",
         description="inference backend: 'auto' (a .engine model -> tensorrt, else onnxruntime), 'onnxruntime', "
-        "'tensorrt' (serialized engine via pycuda, NVIDIA GPU) or 'torch' (bundle on a CUDA GPU in FP16)",
+        "'tensorrt' (serialized engine via pycuda, NVIDIA GPU), 'torch' (bundle on a CUDA GPU in FP16) or 'triton' "
+        "(a Triton Inference Server, runner.triton)",
     )
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
         default_factory=lambda: ["cpu"],
@@ -90,6 +102,8 @@ class RunnerConfig(_Section):
     fp16: bool = Field(
         True, description="half precision where the backend chooses it (torch backend, ORT TensorRT provider)"
     )
+
+    triton: TritonConfig = Field(default_factory=TritonConfig, description="Triton server (backend triton)")
 
     @field_validator("providers")
     @classmethod
@@ -194,6 +208,14 @@ class MqttConfig(_Section):
         "(messages); alarm events and states are kept on disk in the outbox instead"
     )
     score_qos: Literal[0, 1, 2] = Field(0, description="QoS of score messages (0 = at most once, cheapest)")
+    score_every_n: int = Field(
+        1, ge=1, le=100_000, description="publish the score of every Nth frame per camera (frames; 1 = every frame); "
+        "a frame whose decision (score >= threshold) changes is always published"
+    )
+    score_min_delta: float | None = Field(
+        None, ge=0, description="publish a score only when it changed by more than this since the last published one "
+        "(score units); null = on any change"
+    )
     alarm_qos: Literal[1, 2] = Field(1, description="QoS of alarm events and state (1 or 2; alarms are never QoS 0)")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="on-disk queue of undelivered alarms")
     homeassistant: HomeAssistantConfig = Field(
@@ -227,7 +249,8 @@ class MqttConfig(_Section):
 
 
 class SnapshotConfig(_Section):
-    """JPEG of the peak frame of each alarm (the model-input image: after ROI crop and resize)."""
+    """JPEG of the peak frame of each alarm: the full camera frame, with the anomaly heat map blended over the ROI
+    and the anomalous region outlined (models with anomaly maps)."""
 
     dir: Path = Field(description="directory of the snapshots; a relative path is resolved next to the config file")
     max_count: int = Field(1000, ge=1, le=1_000_000, description="most snapshots kept; older ones are deleted (files)")
@@ -235,6 +258,12 @@ class SnapshotConfig(_Section):
         168.0, gt=0, le=87_600, description="snapshots older than this are deleted (hours); null = no age limit"
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality (1-100)")
+    mqtt: bool = Field(
+        False, description="also publish the JPEG bytes on the retained topic <prefix>/<device>/<camera>/snapshot"
+    )
+    mqtt_max_kb: int = Field(
+        256, ge=8, le=65_536, description="size cap of the MQTT snapshot (KiB); a larger JPEG is scaled down to fit"
+    )
 
 
 class AlarmOverride(_Section):

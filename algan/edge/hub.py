@@ -29,6 +29,9 @@ class Frame:
         t_wall: capture time, Unix seconds (for message timestamps).
         done: called (main thread) once the frame's score, and its alarm event if any, are handed to the
             publisher; a watched folder's journal records the file then. ``None`` for other sources.
+        raw: the full camera frame before ROI crop and resize (uint8, (H, W, 3) or (H, W)) when the daemon keeps
+            it for full-frame alarm snapshots, else ``None``.
+        source_name: file name of a folder source's image (carried in its score messages), else ``None``.
     """
 
     camera: str
@@ -37,6 +40,8 @@ class Frame:
     t_mono: float
     t_wall: float
     done: Callable[[], None] | None = None
+    raw: np.ndarray | None = None
+    source_name: str | None = None
 
 
 class FrameHub:

@@ -7,6 +7,7 @@
 | ``<prefix>/<device>/<camera>/alarm``| 1 / no       | :func:`alarm_payload` JSON                |
 | ``<prefix>/<device>/<camera>/state``| 1 / yes      | ``normal`` / ``alarm`` / ``offline``      |
 | ``<prefix>/<device>/stats``         | 0 / no       | stats JSON (see ``algan.edge.stats``)     |
+| ``<prefix>/<device>/<camera>/snapshot`` | 1 / yes  | JPEG bytes of the latest alarm's snapshot (optional) |
 
 Timestamps are UTC ISO 8601 with milliseconds and a ``Z`` (:func:`utc_iso`).
 """
@@ -70,13 +71,17 @@ class Topics:
     def state(self, camera: str) -> str:
         return f"{self.prefix}/{self.device}/{camera}/state"
 
+    def snapshot(self, camera: str) -> str:
+        return f"{self.prefix}/{self.device}/{camera}/snapshot"
+
 
 def dumps(obj: dict[str, Any]) -> str:
     """Compact JSON used for every payload."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def score_payload(ts: float, frame: int, score: float, threshold: float, latency_ms: float, model_id: str) -> str:
+def score_payload(ts: float, frame: int, score: float, threshold: float, latency_ms: float, model_id: str,
+                  file: str | None = None) -> str:
     """Score message.
 
     Args:
@@ -86,17 +91,53 @@ def score_payload(ts: float, frame: int, score: float, threshold: float, latency
         threshold: the camera's alarm threshold (score units).
         latency_ms: capture-to-publish latency (milliseconds).
         model_id: model identifier.
+        file: image file name of a folder source (key ``file``; absent for other sources).
     """
-    return dumps(
-        {
-            "ts": utc_iso(ts),
-            "frame": int(frame),
-            "score": _num(score),
-            "threshold": _num(threshold),
-            "latency_ms": round(float(latency_ms), 2),
-            "model_id": model_id,
-        }
-    )
+    payload = {
+        "ts": utc_iso(ts),
+        "frame": int(frame),
+        "score": _num(score),
+        "threshold": _num(threshold),
+        "latency_ms": round(float(latency_ms), 2),
+        "model_id": model_id,
+    }
+    if file is not None:
+        payload["file"] = file
+    return dumps(payload)
+
+
+class ScoreThrottle:
+    """Which score messages of one camera to publish (so a recorder such as Home Assistant's is not flooded).
+
+    A frame's score is published when at least ``every_n`` frames passed since the last published one and, with
+    ``min_delta``, when it differs from the last published score by more than ``min_delta``; a frame whose decision
+    (``score >= threshold``) differs from the last published one is always published. The defaults publish every
+    frame. Pure: no clock.
+
+    Args:
+        every_n: publish at most every Nth scored frame (frames, >= 1).
+        min_delta: publish only on a change larger than this (score units), ``None`` = any change.
+    """
+
+    def __init__(self, every_n: int = 1, min_delta: float | None = None) -> None:
+        self.every_n = max(1, int(every_n))
+        self.min_delta = min_delta
+        self._since = self.every_n  # the first frame is always published
+        self._last: float | None = None
+        self._last_above: bool | None = None
+
+    def keep(self, score: float, threshold: float) -> bool:
+        """True when this frame's score message goes out (call once per scored frame, in order)."""
+        above = not (score < threshold)  # NaN counts as anomalous, as in the alarm logic
+        self._since += 1
+        changed = above != self._last_above
+        ok = self._since >= self.every_n
+        if ok and self.min_delta is not None and self._last is not None and math.isfinite(score):
+            ok = abs(score - self._last) > self.min_delta
+        if not (ok or changed):
+            return False
+        self._since, self._last, self._last_above = 0, score, above
+        return True
 
 
 def alarm_payload(event: AlarmEvent) -> str:
@@ -104,8 +145,10 @@ def alarm_payload(event: AlarmEvent) -> str:
 
     Keys: ``id``, ``camera``, ``state`` (raised|cleared), ``ts`` (decisive frame, UTC ISO), ``score`` (of that frame),
     ``peak`` (highest score of the episode so far), ``peak_frame``, ``first_frame``, ``last_frame``, ``frames``
-    (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised) and ``snapshot`` (absolute path
-    of the peak-frame JPEG on the device, or ``null``).
+    (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised), ``snapshot`` (file name of the
+    peak-frame JPEG in ``alarm.snapshots.dir`` on the device, or ``null``) and ``region`` (models with anomaly
+    maps: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score", "level"}`` in frame pixels of the peak frame, else
+    ``null``).
     """
     return dumps(
         {
@@ -121,5 +164,6 @@ def alarm_payload(event: AlarmEvent) -> str:
             "frames": event.frames,
             "duration_s": round(float(event.duration_s), 3),
             "snapshot": event.snapshot,
+            "region": event.region,
         }
     )

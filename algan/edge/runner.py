@@ -1,9 +1,19 @@
 """Model runners: the edge side of the exported-graph contract, and the choice of backend.
 
-Contract (see DESIGN.md, "Exported graph"): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
-static), one output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm threshold and higher is more
-anomalous. ``metadata_props`` may carry ``algan.model_id`` and the export-time calibration
-(see :mod:`algan.edge.calibration`).
+Contract (names and keys: :mod:`algan.contract`): one input ``images`` uint8 ``[N, H, W, 3]`` (BGR, N dynamic, H and W
+static), output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm threshold and higher is more
+anomalous, and for patch heads a second output ``anomaly_maps`` float32 ``[N, h, w]`` (h, w static, e.g. 56x56 for
+a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixels
+``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``. ``metadata_props`` may carry ``algan.model_id``, the export-time
+calibration (see :mod:`algan.edge.calibration`; it re-maps the maps with the same affine constants),
+``algan.outputs`` (``scores`` or ``scores,anomaly_maps``) and ``algan.map_size`` (``h,w``).
+
+Runner interface (:class:`Runner`): ``runner(images) -> scores`` (every runner; old callers), and, for the maps,
+``runner.run(images) -> RunnerOutput(scores, maps)`` where ``maps`` is ``None`` for a score-only graph. A runner
+without ``run`` (an older or a test runner) still works everywhere: callers go through :func:`run_batch`, which
+falls back to ``RunnerOutput(runner(images), None)``. A new backend (TensorRT, Triton) adds ``run``, ``has_maps``
+and ``map_size`` the way :class:`~algan.edge.runner_onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
+both output lists and :func:`map_output_size` reads the map size from the output list.
 
 Backends, each in its own module and imported only when chosen (this module needs only numpy, never torch):
 
@@ -13,6 +23,7 @@ backend       module                      needs
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
 torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
+triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -20,24 +31,63 @@ torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP1
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from algan.contract import (
+    ENGINE_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    MAPS_OUTPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    file_sha256,  # noqa: F401 - imported by runner_onnx
+)
+from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "scores"
-MODEL_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
-MODEL_ID_KEY = "algan.model_id"
+#: the names runner_onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
+MAPS_NAME = MAPS_OUTPUT_NAME
+
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """What a runner returns for one batch of N frames.
+
+    Attributes:
+        scores: float32 ``(N,)`` calibrated scores (1.0 = alarm threshold).
+        maps: float32 ``(N, h, w)`` anomaly maps on the same calibrated scale (cell (i, j) covers input pixels
+            ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``), or ``None`` for a score-only model.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray | None = None
+
+
+def run_batch(runner: Any, images: np.ndarray) -> RunnerOutput:
+    """Scores and maps of a batch from any runner: ``runner.run(images)`` where the runner has it, else
+    ``RunnerOutput(runner(images), None)`` (runners written before the maps, test fakes).
+
+    Args:
+        runner: a :class:`Runner`.
+        images: uint8 BGR ``(N, H, W, 3)``.
+
+    Raises:
+        ValueError, RuntimeError: as the runner raises them (bad input, backend failure).
+    """
+    run = getattr(runner, "run", None)
+    if callable(run):
+        return run(images)
+    return RunnerOutput(np.asarray(runner(images), dtype=np.float32), None)
 
 
 @runtime_checkable
@@ -57,7 +107,10 @@ class Runner(Protocol):
         """Model identifier used in messages."""
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Score a batch: uint8 BGR ``(N, H, W, 3)`` -> float32 ``(N,)`` calibrated scores."""
+        """Score a batch: uint8 BGR ``(N, H, W, 3)`` -> float32 ``(N,)`` calibrated scores.
+
+        Optional (see :func:`run_batch`): ``run(images) -> RunnerOutput`` with the maps, ``has_maps`` (bool) and
+        ``map_size`` (``(h, w)`` or ``None``)."""
 
 
 def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
@@ -72,28 +125,20 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
         ModelError: when no such file exists.
     """
     if backend == "torch":
-        if not (model.is_dir() and (model / "algan.json").is_file()):
+        if not (model.is_dir() and (model / MANIFEST_FILE).is_file()):
             raise ModelError(f"backend 'torch' needs a model bundle directory with algan.json; {model} is not one")
         return model
-    name = ENGINE_FILE if backend == "tensorrt" else MODEL_FILE
+    name = ENGINE_FILE if backend == "tensorrt" else ONNX_FILE
     if model.is_dir():
         path = model / name
         if not path.is_file():
-            how = f"algan-export --fp16 {model} on this device" if backend == "tensorrt" else f"algan-export {model}"
+            how = (f"algan-edge build-engine --fp16 {model} on this device" if backend == "tensorrt"
+                   else f"algan-export {model}")
             raise ModelError(f"model bundle {model} has no {name}; export it first ({how})")
         return path
     if not model.is_file():
         raise ModelError(f"model {model} does not exist; set 'model' to a bundle directory or a .onnx/.engine file")
     return model
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
@@ -109,7 +154,8 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     def bad(what: str) -> ModelError:
         return ModelError(
             f"model {path} does not match the edge contract ({what}); expected input 'images' uint8 [N,H,W,3] "
-            "and output 'scores' float32 [N]: re-export it with algan-export"
+            "and output 'scores' float32 [N] (optionally 'anomaly_maps' float32 [N,h,w]): re-export it with "
+            "algan-export"
         )
 
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
@@ -125,12 +171,29 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     h, w = shape[1], shape[2]
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise bad(f"input 'images' has non-static height/width {shape[1:3]}")
-    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
-        raise bad(f"outputs are {[o.name for o in outputs]}")
+    names = [o.name for o in outputs]
+    if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_OUTPUT_NAME]):
+        raise bad(f"outputs are {names}")
     out = outputs[0]
     if out.type != "tensor(float)" or len(out.shape) != 1:
         raise bad(f"output 'scores' is {out.type} with shape {list(out.shape)}")
+    if len(outputs) == 2:
+        maps = outputs[1]
+        mshape = list(maps.shape)
+        if maps.type != "tensor(float)" or len(mshape) != 3:
+            raise bad(f"output 'anomaly_maps' is {maps.type} with shape {mshape}")
+        if not all(isinstance(v, int) and v > 0 for v in mshape[1:]):
+            raise bad(f"output 'anomaly_maps' has non-static height/width {mshape[1:]}")
     return h, w
+
+
+def map_output_size(outputs: list) -> tuple[int, int] | None:
+    """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`,
+    or ``None`` for a score-only graph."""
+    for o in outputs:
+        if o.name == MAPS_NAME:
+            return int(o.shape[1]), int(o.shape[2])
+    return None
 
 
 _check_contract = check_contract  # the name used before the split into runner_*.py
@@ -150,6 +213,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
     "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "triton": ("algan.edge.runner_triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 
 
@@ -174,6 +238,9 @@ def load_runner(config: EdgeConfig) -> Runner:
         kwargs.update(threads=r.threads, providers=list(r.providers), fp16=r.fp16)
     if backend == "torch":
         kwargs.update(fp16=r.fp16)
+    if backend == "triton":
+        t = r.triton
+        kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
         return factory(config.model, **kwargs)

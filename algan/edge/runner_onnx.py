@@ -10,7 +10,17 @@ import numpy as np
 from algan.edge.calibration import remap_for
 from algan.edge.config import ORT_PROVIDERS
 from algan.edge.errors import ModelError
-from algan.edge.runner import INPUT_NAME, MODEL_ID_KEY, OUTPUT_NAME, check_contract, file_sha256, resolve_model_path
+from algan.edge.runner import (
+    INPUT_NAME,
+    MAPS_NAME,
+    MODEL_ID_KEY,
+    OUTPUT_NAME,
+    RunnerOutput,
+    check_contract,
+    file_sha256,
+    map_output_size,
+    resolve_model_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +58,11 @@ def choose_providers(
 
 
 class OnnxRuntimeRunner:
-    """ONNX Runtime runner.
+    """ONNX Runtime runner for score-only graphs and for graphs with the ``anomaly_maps`` output.
+
+    ``runner(images)`` returns the scores only (the maps are not fetched); ``runner.run(images)`` returns
+    :class:`~algan.edge.runner.RunnerOutput` with the maps (``None`` for a score-only graph). The export-time
+    calibration re-map applies to both.
 
     Args:
         model: bundle directory or ``.onnx`` file.
@@ -86,7 +100,9 @@ class OnnxRuntimeRunner:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             msg = f"cannot load model {path}: {reason[:300]}; is it an ONNX file from algan-export?"
             raise ModelError(msg) from None
-        self._size = check_contract(path, self._session.get_inputs(), self._session.get_outputs())
+        outputs = self._session.get_outputs()
+        self._size = check_contract(path, self._session.get_inputs(), outputs)
+        self._map_size = map_output_size(outputs)
         meta = self._session.get_modelmeta().custom_metadata_map or {}
         self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
         self._remap = remap_for(Path(model), meta)
@@ -105,6 +121,22 @@ class OnnxRuntimeRunner:
             raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
         if out.shape != (1,):
             raise ModelError(f"model {self.path} returned scores of shape {out.shape} for 1 image; expected (1,)")
+        if self._map_size is not None:
+            try:
+                maps = self.run(np.zeros((1, h, w, 3), dtype=np.uint8)).maps
+            except (RuntimeError, ValueError) as e:
+                raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
+            assert maps is not None
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the graph has the ``anomaly_maps`` output."""
+        return self._map_size is not None
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps in cells, or ``None`` for a score-only graph."""
+        return self._map_size
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -132,17 +164,47 @@ class OnnxRuntimeRunner:
             ValueError: wrong dtype or shape.
             RuntimeError: ONNX Runtime failed, or the graph returned a wrong shape.
         """
+        return self._infer(images, maps=False).scores
+
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        """Scores and anomaly maps of a batch.
+
+        Args:
+            images: uint8 BGR, shape (N, H, W, 3) with (H, W) = :attr:`input_size`.
+
+        Returns:
+            ``RunnerOutput(scores float32 (N,), maps float32 (N, h, w) or None)``, both calibrated (re-mapped).
+
+        Raises:
+            ValueError: wrong dtype or shape.
+            RuntimeError: ONNX Runtime failed, or the graph returned a wrong shape.
+        """
+        return self._infer(images, maps=self._map_size is not None)
+
+    def _infer(self, images: np.ndarray, maps: bool) -> RunnerOutput:
         h, w = self._size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
+        names = [OUTPUT_NAME, MAPS_NAME] if maps else [OUTPUT_NAME]
         try:
-            (scores,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})
+            got = self._session.run(names, {INPUT_NAME: np.ascontiguousarray(images)})
         except Exception as e:
             raise RuntimeError(f"ONNX Runtime failed: {e}") from e
-        scores = np.asarray(scores, dtype=np.float32)
-        if scores.shape != (images.shape[0],):
-            raise RuntimeError(f"model returned scores of shape {scores.shape} for {images.shape[0]} images")
-        return self._remap(scores) if self._remap is not None else scores
+        n = images.shape[0]
+        scores = np.asarray(got[0], dtype=np.float32)
+        if scores.shape != (n,):
+            raise RuntimeError(f"model returned scores of shape {scores.shape} for {n} images")
+        out_maps = None
+        if maps:
+            out_maps = np.asarray(got[1], dtype=np.float32)
+            want = (n, *(self._map_size or ()))
+            if out_maps.shape != want:
+                raise RuntimeError(f"model returned anomaly maps of shape {out_maps.shape} for {n} images; expected "
+                                   f"{want}")
+        if self._remap is not None:
+            scores = self._remap(scores)
+            out_maps = self._remap(out_maps) if out_maps is not None else None
+        return RunnerOutput(scores, out_maps)
 
     def close(self) -> None:
         """Nothing to release explicitly (the session is freed with the object)."""

@@ -9,11 +9,14 @@
   the profile's minimum are padded), async copies, ``set_tensor_address`` + ``execute_async_v3`` on the stream.
 * The engine's JSON sidecar (``model.engine.json``, or ``model.json``) must match the running TensorRT version,
   GPU name and compute capability; otherwise the runner refuses the engine with one line saying how to rebuild it
-  (``algan-export --fp16 MODEL_DIR`` on this device). TensorRT's own log goes to Python logging.
+  (``algan-edge build-engine --fp16 MODEL_DIR`` on this device). TensorRT's own log goes to Python logging.
 
 Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, ``compute_capability`` ("8.7"),
 ``precision`` (fp16|int8|fp32), ``batch_profile`` {min, opt, max}, ``onnx_sha256``, ``input_name`` ("images"),
-``output_name`` ("scores"), ``input_shape`` [H, W].
+``output_name`` ("scores"), ``input_shape`` [H, W]; optional ``output_names`` (["scores", "anomaly_maps"] for
+patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.run`). Sidecars are
+written by ``algan-export`` / ``algan-edge build-engine`` on the device, or by ``algan-edge build-engine --adopt
+model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.engine_build`).
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from algan.contract import MAPS_OUTPUT_NAME
 from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
-from algan.edge.runner import resolve_model_path
+from algan.edge.runner import RunnerOutput, resolve_model_path
 from algan.trt_logging import make_logger
+
+if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,11 @@ SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision
                 "output_name", "input_shape")
 #: Longest a caller waits for the inference thread to score one batch (seconds).
 CALL_TIMEOUT_S = 60.0
+
+
+def dims_tuple(dims: Any) -> tuple[int, ...]:
+    """A ``tensorrt.Dims`` (or any sequence) as a tuple of ints; ``Dims`` has ``__len__``/``__getitem__``."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -53,7 +65,7 @@ def read_sidecar(engine: Path) -> dict[str, Any]:
         ModelError: missing or unreadable sidecar, or missing keys.
     """
     path = sidecar_path(engine)
-    rebuild = f"rebuild the engine with algan-export --fp16 {engine.parent} on this device"
+    rebuild = f"rebuild the engine with algan-edge build-engine --fp16 {engine.parent} on this device"
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -84,8 +96,8 @@ def check_sidecar(meta: dict[str, Any], engine: Path, trt_version: str, gpu_name
     if diffs:
         msg = (
             f"engine {engine} was built elsewhere ({'; '.join(diffs)} here): TensorRT engines only run on the "
-            f"TensorRT version and GPU they were built with; rebuild it with algan-export --fp16 {engine.parent} "
-            "on this device"
+            "TensorRT version and GPU they were built with; rebuild it with algan-edge build-engine --fp16 "
+            f"{engine.parent} on this device"
         )
         raise ModelError(msg)
 
@@ -96,7 +108,7 @@ class _Job:
     def __init__(self, images: np.ndarray) -> None:
         self.images = images
         self.done = threading.Event()
-        self.result: np.ndarray | None = None
+        self.result: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
 
 
@@ -129,6 +141,8 @@ class TensorRTRunner:
         prof = self.meta["batch_profile"]
         self.batch_min, self.batch_opt, self.batch_max = int(prof["min"]), int(prof["opt"]), int(prof["max"])
         self._in_name, self._out_name = str(self.meta["input_name"]), str(self.meta["output_name"])
+        self._outputs = [str(n) for n in (self.meta.get("output_names") or [self._out_name])]
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
         self._model_id = str(self.meta.get("model_id") or str(self.meta.get("onnx_sha256", ""))[:12] or self.path.stem)
         # export-time calibration: from the sidecar if it carries it, else from the ONNX the engine was built from
         meta = onnx_metadata(self.path.with_name("model.onnx")) if self.path.with_name("model.onnx").is_file() else {}
@@ -162,6 +176,17 @@ class TensorRTRunner:
     def model_id(self) -> str:
         return self._model_id
 
+    @property
+    def output_names(self) -> list[str]:
+        """The engine's outputs: ``["scores"]`` or ``["scores", "anomaly_maps"]``."""
+        return list(self._outputs)
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps (from the engine's output shape), or ``None`` for a score-only engine."""
+        shape = self._out_shapes.get(MAPS_OUTPUT_NAME)
+        return (int(shape[0]), int(shape[1])) if shape else None
+
     # -- inference thread ----------------------------------------------------------------------------------
     def _serve(self) -> None:
         """Owns the CUDA context and every CUDA object; runs until :meth:`close`."""
@@ -175,22 +200,29 @@ class TensorRTRunner:
             major, minor = dev.compute_capability()
             check_sidecar(self.meta, self.path, str(trt.__version__), str(dev.name()), f"{major}.{minor}")
             self._logger = make_logger(trt, log, info_level=logging.DEBUG)
-            runtime = trt.Runtime(self._logger)
-            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            runtime: tensorrt.Runtime = trt.Runtime(self._logger)
+            engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
                 raise ModelError(f"TensorRT could not deserialize {self.path} (see the TensorRT log above); rebuild it "
-                                 f"with algan-export --fp16 {self.path.parent} on this device")
+                                 f"with algan-edge build-engine --fp16 {self.path.parent} on this device")
             self._check_engine(engine)
-            context = engine.create_execution_context()
+            context: tensorrt.IExecutionContext | None = engine.create_execution_context()
+            if context is None:
+                raise ModelError(f"TensorRT could not create an execution context for {self.path} (out of GPU "
+                                 "memory?)")
             stream = cuda.Stream()
             h, w = self._size
             in_dtype = trt.nptype(engine.get_tensor_dtype(self._in_name))
-            out_dtype = trt.nptype(engine.get_tensor_dtype(self._out_name))
             host_in = cuda.pagelocked_empty((self.batch_max, h, w, 3), in_dtype)
-            host_out = cuda.pagelocked_empty((self.batch_max,), out_dtype)
             dev_in = cuda.mem_alloc(host_in.nbytes)
-            dev_out = cuda.mem_alloc(host_out.nbytes)
-            allocs += [dev_in, dev_out]
+            allocs.append(dev_in)
+            host_out, dev_out = {}, {}
+            for name in self._outputs:  # every output is bound (TensorRT needs an address for each)
+                shape = self._out_shapes.get(name, ())
+                host_out[name] = cuda.pagelocked_empty((self.batch_max, *shape),
+                                                       trt.nptype(engine.get_tensor_dtype(name)))
+                dev_out[name] = cuda.mem_alloc(host_out[name].nbytes)
+                allocs.append(dev_out[name])
         except BaseException as e:  # reported to the constructor
             self._init_error = e
             self._release(ctx, allocs)
@@ -216,22 +248,28 @@ class TensorRTRunner:
             ctx.pop()
             ctx.detach()
 
-    def _check_engine(self, engine: Any) -> None:
+    def _check_engine(self, engine: tensorrt.ICudaEngine) -> None:
         trt = self._trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if inputs != [self._in_name] or outputs != [self._out_name]:
+        if inputs != [self._in_name] or outputs != self._outputs:
             raise ModelError(f"engine {self.path} has inputs {inputs} and outputs {outputs}; expected "
-                             f"['{self._in_name}'] -> ['{self._out_name}']: rebuild it with algan-export --fp16")
+                             f"['{self._in_name}'] -> {self._outputs}: rebuild it with algan-edge build-engine")
+        for name in self._outputs[1:]:  # anomaly_maps [N, h, w]: static per-image shape
+            shape = dims_tuple(engine.get_tensor_shape(name))[1:]
+            if not shape or min(shape) < 1:
+                raise ModelError(f"engine {self.path} output {name} has no static per-image shape ({shape}); "
+                                 "rebuild it with algan-edge build-engine")
+            self._out_shapes[name] = shape
         lo, _, hi = engine.get_tensor_profile_shape(self._in_name, 0)
         if int(lo[0]) > self.batch_min or int(hi[0]) < self.batch_max:
             log.warning("engine %s profile batch %d-%d differs from its sidecar %d-%d; using the engine's", self.path,
                         int(lo[0]), int(hi[0]), self.batch_min, self.batch_max)
             self.batch_min, self.batch_max = int(lo[0]), int(hi[0])
 
-    def _infer(self, images: np.ndarray, context: Any, stream: Any, host_in: np.ndarray, host_out: np.ndarray,
-               dev_in: Any, dev_out: Any) -> np.ndarray:
+    def _infer(self, images: np.ndarray, context: tensorrt.IExecutionContext, stream: Any, host_in: np.ndarray,
+               host_out: dict[str, np.ndarray], dev_in: Any, dev_out: dict[str, Any]) -> dict[str, np.ndarray]:
         """Score ``images`` (N <= batch_max) on the inference thread; pads N up to the profile's minimum."""
         cuda = self._cuda
         n = images.shape[0]
@@ -244,12 +282,14 @@ class TensorRTRunner:
             raise RuntimeError(f"TensorRT rejected the input shape ({m}, {h}, {w}, 3)")
         cuda.memcpy_htod_async(dev_in, host_in[:m], stream)
         context.set_tensor_address(self._in_name, int(dev_in))
-        context.set_tensor_address(self._out_name, int(dev_out))
+        for name in self._outputs:
+            context.set_tensor_address(name, int(dev_out[name]))
         if not context.execute_async_v3(stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-        cuda.memcpy_dtoh_async(host_out[:m], dev_out, stream)
+        for name in self._outputs:
+            cuda.memcpy_dtoh_async(host_out[name][:m], dev_out[name], stream)
         stream.synchronize()
-        return host_out[:n].astype(np.float32)
+        return {name: host_out[name][:n].astype(np.float32) for name in self._outputs}
 
     # -- API -----------------------------------------------------------------------------------------------
     def _warmup(self) -> None:
@@ -265,6 +305,27 @@ class TensorRTRunner:
             self.close()
             raise ModelError(f"engine {self.path} returned scores of shape {out.shape}; rebuild it")
 
+    def _outputs_of(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        h, w = self._size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+            raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
+        parts: list[dict[str, np.ndarray]] = []
+        for i in range(0, images.shape[0], self.batch_max):
+            job = _Job(np.ascontiguousarray(images[i : i + self.batch_max]))
+            if not self._thread.is_alive():
+                raise RuntimeError("the TensorRT inference thread has stopped")
+            self._jobs.put(job)
+            if not job.done.wait(CALL_TIMEOUT_S):
+                raise RuntimeError(f"TensorRT did not answer within {CALL_TIMEOUT_S:g} s")
+            if job.error is not None:
+                raise RuntimeError(f"TensorRT failed: {job.error}") from job.error
+            assert job.result is not None
+            parts.append(job.result)
+        out = {k: (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]) for k in self._outputs}
+        if self._remap is not None:  # the same affine re-map for scores and anomaly_maps (HELPERS.md contract)
+            out = {k: self._remap(v) for k, v in out.items()}
+        return out
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Score a batch.
 
@@ -279,22 +340,22 @@ class TensorRTRunner:
             ValueError: wrong dtype or shape.
             RuntimeError: TensorRT failed, or the inference thread is gone.
         """
-        h, w = self._size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
-            raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
-        parts = []
-        for i in range(0, images.shape[0], self.batch_max):
-            job = _Job(np.ascontiguousarray(images[i : i + self.batch_max]))
-            if not self._thread.is_alive():
-                raise RuntimeError("the TensorRT inference thread has stopped")
-            self._jobs.put(job)
-            if not job.done.wait(CALL_TIMEOUT_S):
-                raise RuntimeError(f"TensorRT did not answer within {CALL_TIMEOUT_S:g} s")
-            if job.error is not None:
-                raise RuntimeError(f"TensorRT failed: {job.error}") from job.error
-            parts.append(job.result)
-        scores = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return self._remap(scores) if self._remap is not None else scores
+        return self._outputs_of(images)[self._out_name]
+
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        """Scores and anomaly maps of a batch (same arguments and errors as :meth:`__call__`).
+
+        Returns:
+            ``RunnerOutput(scores float32 (N,), maps float32 (N, h, w) or None for a score-only model)``, both on the
+            calibrated scale (re-mapped with the same constants).
+        """
+        out = self._outputs_of(images)
+        return RunnerOutput(out[self._out_name], out.get(MAPS_OUTPUT_NAME))
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the model has the ``anomaly_maps`` output."""
+        return MAPS_OUTPUT_NAME in self.output_names
 
     def close(self) -> None:
         """Stop the inference thread and free the CUDA buffers and context (idempotent)."""

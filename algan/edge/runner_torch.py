@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from algan.edge.errors import ModelError
-from algan.edge.runner import resolve_model_path
+from algan.edge.runner import RunnerOutput, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class TorchRunner:
         self._detector = detector.eval().to(self._device)
         self._fp16 = fp16 and self._device.type == "cuda"
         self._size = tuple(int(x) for x in detector.input_size)
+        self._has_maps = bool(getattr(detector, "has_maps", False))
+        size = getattr(detector, "map_size", None) if self._has_maps else None
+        self._map_size = (int(size[0]), int(size[1])) if size is not None else None
         self._model_id = str(manifest.get("model_id") or path.name)
         self.path = path
         self._warmup()
@@ -77,6 +80,16 @@ class TorchRunner:
         return "torch"
 
     @property
+    def has_maps(self) -> bool:
+        """True when the bundle's head produces anomaly maps (``AnomalyDetector.has_maps``)."""
+        return self._has_maps
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps in cells, or ``None``."""
+        return self._map_size
+
+    @property
     def model_id(self) -> str:
         return self._model_id
 
@@ -87,6 +100,19 @@ class TorchRunner:
             ValueError: wrong dtype or shape.
             RuntimeError: torch failed (e.g. out of GPU memory).
         """
+        return self._infer(images, maps=False).scores
+
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        """Scores and maps of a batch: uint8 BGR (N, H, W, 3) -> ``RunnerOutput(scores float32 (N,), maps float32
+        (N, h, w) or None)``, calibrated by the bundle's detector (``AnomalyDetector.score_and_maps``).
+
+        Raises:
+            ValueError: wrong dtype or shape.
+            RuntimeError: torch failed (e.g. out of GPU memory).
+        """
+        return self._infer(images, maps=self._has_maps)
+
+    def _infer(self, images: np.ndarray, maps: bool) -> RunnerOutput:
         torch = self._torch
         h, w = self._size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
@@ -95,8 +121,12 @@ class TorchRunner:
         ctx: Any = (torch.autocast("cuda", dtype=torch.float16) if self._fp16
                     else torch.autocast("cpu", enabled=False))
         with torch.inference_mode(), ctx:
-            scores = self._detector(x)
-        return scores.float().cpu().numpy().astype(np.float32)
+            if maps:
+                scores, amaps = self._detector.score_and_maps(x)
+            else:
+                scores, amaps = self._detector(x), None
+        out_maps = amaps.float().cpu().numpy().astype(np.float32) if amaps is not None else None
+        return RunnerOutput(scores.float().cpu().numpy().astype(np.float32), out_maps)
 
     def close(self) -> None:
         """Free the detector's GPU memory."""

@@ -1,5 +1,8 @@
 """Alarm snapshots: a JPEG of each alarm's peak frame, with retention by count and by age.
 
+The daemon draws the snapshot (the full camera frame, heat map over the ROI, region outlined:
+:func:`algan.edge.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory).
+
 :func:`expired` is the pure retention policy; :class:`SnapshotStore` is the thin I/O around it (encode, atomic
 write, prune). One file per alarm episode, named ``<camera>__<UTC time of the raise>__<alarm id>.jpg``; when the
 peak rises after the raise, the same file is rewritten at the clear, so it always shows the episode's peak. Only

@@ -407,6 +407,11 @@ class FolderSource:
         self._last = (p.name, size, mtime_ns)
         return decode_image_file(p)
 
+    @property
+    def last_name(self) -> str | None:
+        """File name of the image the last :meth:`read` returned (``None`` before the first)."""
+        return self._last[0] if self._last is not None else None
+
     def acker(self) -> Callable[[], None] | None:
         """The callable that records the file of the last :meth:`read` as scored in the journal (call it once the
         frame's score is published, or at once for a file that cannot be scored); ``None`` without a journal."""

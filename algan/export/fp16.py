@@ -36,8 +36,11 @@ FP16_FP32_BLOCKS = (4, 8, 12)
 def fp32_scopes(n_blocks: int = FP16_FP32_BLOCKS[0]) -> tuple[str, ...]:
     """Node-name prefixes (torch module scopes) kept in float32: the backbone stem and blocks ``0 .. n_blocks-1``,
     the feature transform, the head and the calibration."""
-    return ("/backbone/stem/", *(f"/backbone/blocks.{i}/" for i in range(n_blocks)), "/transform/", "/head/",
-            "/calibration/")
+    # a patch head's backbone is the trunk of its patch feature maps (/backbone/trunk/); its map postprocess stays
+    # FP32 like the head, and its calibration is applied twice (scores and maps: /calibration/, /calibration_1/)
+    return ("/backbone/stem/", *(f"/backbone/blocks.{i}/" for i in range(n_blocks)),
+            "/backbone/trunk/stem/", *(f"/backbone/trunk/blocks.{i}/" for i in range(n_blocks)),
+            "/transform/", "/head/", "/postprocess/", "/calibration")
 
 
 #: the first rung: stem and blocks 0-3 in float32 (see the module docstring)

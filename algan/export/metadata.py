@@ -15,11 +15,20 @@ import json
 from pathlib import Path
 
 from algan import __version__
-from algan.contract import INPUT_NAME, KEY_CAL_CENTER, KEY_CAL_SCALE, KEY_MODEL_ID, OUTPUT_NAME
+from algan.contract import (
+    INPUT_NAME,
+    KEY_CAL_CENTER,
+    KEY_CAL_SCALE,
+    KEY_MAP_SIZE,
+    KEY_MODEL_ID,
+    KEY_OUTPUTS,
+    OUTPUT_NAME,
+)
+from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
 
 
 def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, scale: float, opset: int,
-                   precision: str = "fp32") -> dict[str, str]:
+                   precision: str = "fp32", map_size: tuple[int, int] | None = None) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph.
 
     Args:
@@ -29,6 +38,8 @@ def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, s
         scale: raw-score scale baked into the graph (threshold - center, ``calibration.scale`` buffer), > 0.
         opset: ONNX opset of the graph.
         precision: ``fp32`` or ``fp16`` (compute precision of the graph; its I/O types never change).
+        map_size: ``(h, w)`` of the ``anomaly_maps`` output of a patch head, ``None`` for a score-only graph
+            (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps`` and ``algan.map_size`` = ``h,w``).
 
     Returns:
         ``{key: value}`` with string values.
@@ -40,6 +51,8 @@ def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, s
         raise ValueError(f"calibration scale must be > 0 (threshold above center), got {scale}")
     backbone = manifest.get("backbone", {})
     h, w = int(input_size[0]), int(input_size[1])
+    maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
+                                        "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)"}
     return {
         KEY_MODEL_ID: str(manifest.get("model_id", "")),
         "algan.version": __version__,
@@ -63,6 +76,8 @@ def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, s
         KEY_CAL_SCALE: repr(float(scale)),
         "algan.opset": str(int(opset)),
         "algan.precision": precision,
+        KEY_OUTPUTS: OUTPUT_NAME if map_size is None else f"{OUTPUT_NAME},{MAPS_NAME}",
+        **maps,
     }
 
 

@@ -1,9 +1,9 @@
-"""ONNX export of the whole detector (DESIGN.md "Exported graph").
+"""ONNX export of the whole detector (graph names and metadata keys: :mod:`algan.contract`).
 
 Graph contract: input ``images`` uint8 [N, H, W, 3] (BGR, NHWC, N dynamic, H and W static) -> output ``scores``
 float32 [N], calibrated so 1.0 = alarm threshold. Colour conversion, normalisation, backbone, feature transform,
 head and calibration are all inside the graph; resizing/cropping stays on the host. The opset and the dynamic axis
-are set here, in one place (STYLE.md item 15); the I/O contract goes into ``metadata_props``
+are set here, in one place; the I/O contract goes into ``metadata_props``
 (:mod:`algan.export.metadata`).
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from algan import __version__
 from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
 from algan.export.metadata import graph_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "ort_scores", "simplify_onnx",
-           "torch_scores"]
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "MAPS_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "ort_outputs",
+           "ort_scores", "simplify_onnx", "torch_outputs", "torch_scores"]
 
 
 class ExportError(RuntimeError):
@@ -55,28 +56,34 @@ def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; use {MIN_OPSET} or newer (--opset)")
+    from algan.model.detector import ScoresAndMaps
+
     path = Path(path)
     h, w = detector.input_size
     dummy = torch.zeros((2, h, w, 3), dtype=torch.uint8)
+    has_maps = bool(getattr(detector, "has_maps", False))
+    module = ScoresAndMaps(detector) if has_maps else detector
+    outputs = [OUTPUT_NAME, MAPS_NAME] if has_maps else [OUTPUT_NAME]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                detector.eval(),
+                module.eval(),
                 (dummy,),
                 tmp,
                 dynamo=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+                output_names=outputs,
+                dynamic_axes={name: {0: "N"} for name in [INPUT_NAME, *outputs]},
                 opset_version=opset,
                 do_constant_folding=True,
             )
         model = onnx.load(tmp)
         cal = detector.calibration
-        set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset))
+        set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset,
+                                           map_size=detector.map_size if has_maps else None))
         model.producer_name = "algan-edge"
         model.producer_version = __version__
         onnx.checker.check_model(model, full_check=True)
@@ -139,17 +146,18 @@ def simplify_onnx(src: str | Path, dst: str | Path) -> str | None:
     return tool
 
 
-def ort_scores(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16, threads: int = 0) -> np.ndarray:
-    """Scores of ONNX Runtime on the CPU.
+def ort_outputs(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16,
+                threads: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores and, for a graph with the ``anomaly_maps`` output, maps of ONNX Runtime on the CPU.
 
     Args:
-        onnx_path: graph with the ``images`` -> ``scores`` contract.
+        onnx_path: graph with the ``images`` -> ``scores`` [, ``anomaly_maps``] contract.
         images: uint8 BGR (N, H, W, 3).
         batch_size: images per run.
         threads: intra-op threads, 0 = ONNX Runtime's choice.
 
     Returns:
-        float32 (N,).
+        ``(scores float32 (N,), maps float32 (N, h, w) or None)``.
     """
     import onnxruntime as ort
 
@@ -157,13 +165,40 @@ def ort_scores(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16, 
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    wanted = [OUTPUT_NAME, MAPS_NAME] if MAPS_NAME in names else [OUTPUT_NAME]
+    runs = [sess.run(wanted, {INPUT_NAME: images[i : i + batch_size]}) for i in range(0, len(images), batch_size)]
+    scores = np.concatenate([r[0] for r in runs]).astype(np.float32) if runs else np.zeros((0,), np.float32)
+    maps = np.concatenate([r[1] for r in runs]).astype(np.float32) if runs and len(wanted) == 2 else None
+    return scores, maps
+
+
+def ort_scores(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16, threads: int = 0) -> np.ndarray:
+    """Scores of ONNX Runtime on the CPU, float32 (N,) (see :func:`ort_outputs`)."""
+    return ort_outputs(onnx_path, images, batch_size, threads)[0]
+
+
+def torch_outputs(detector, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated scores float32 (N,) and maps float32 (N, h, w) (``None`` for image heads) of the torch
+    detector for uint8 BGR (N, H, W, 3) images."""
+    import torch
+
+    from algan.model.detector import run_batched
+
+    if not getattr(detector, "has_maps", False):
+        return run_batched(detector, images, batch_size), None
+    scores, maps = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            s, m = detector.score_and_maps(torch.from_numpy(images[i : i + batch_size]))
+            scores.append(s.float().numpy())
+            maps.append(m.float().numpy())
+    if not scores:
+        h, w = detector.map_size
+        return np.zeros((0,), np.float32), np.zeros((0, h, w), np.float32)
+    return np.concatenate(scores), np.concatenate(maps)
 
 
 def torch_scores(detector, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Scores of the torch detector for uint8 BGR (N, H, W, 3) images, float32 (N,)."""
-    from algan.model.detector import run_batched
-
-    return run_batched(detector, images, batch_size)
+    return torch_outputs(detector, images, batch_size)[0]

@@ -55,15 +55,15 @@ class ParityResult:
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, tolerance: float,
             metric: str = "abs") -> ParityResult:
-    """Compare float scores (N,) of a candidate graph with the reference.
+    """Compare float scores (N,) or anomaly maps (N, h, w) of a candidate graph with the reference, element-wise.
 
     Raises:
         ValueError: empty or mismatched arrays, or an unknown metric.
     """
     reference = np.asarray(reference, np.float64)
     candidate = np.asarray(candidate, np.float64)
-    if reference.shape != candidate.shape or reference.ndim != 1 or len(reference) == 0:
-        raise ValueError(f"parity needs two score arrays of the same shape (N,), got {reference.shape} and "
+    if reference.shape != candidate.shape or reference.ndim < 1 or len(reference) == 0:
+        raise ValueError(f"parity needs two arrays of the same shape (N, ...), got {reference.shape} and "
                          f"{candidate.shape}")
     if metric not in ("abs", "scaled"):
         raise ValueError(f"unknown parity metric {metric!r}; use abs or scaled")

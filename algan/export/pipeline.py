@@ -22,7 +22,7 @@ import numpy as np
 
 from algan.contract import ENGINE_FILE, ONNX_FILE, file_sha256
 from algan.export import parity as par
-from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_scores, simplify_onnx, torch_scores
+from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_outputs, simplify_onnx, torch_outputs
 from algan.export.tensorrt import (
     CALIBRATION_CACHE_FILE,
     DEFAULT_WORKSPACE_MIB,
@@ -112,6 +112,16 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
         return None
 
 
+def _compare(name: str, ref: tuple, cand: tuple, tolerance: float, metric: str = "abs") -> list[par.ParityResult]:
+    """Parity of ``(scores, maps or None)`` against the reference's: one result for the scores, one for the maps."""
+    out = [par.compare(name, ref[0], cand[0], tolerance, metric)]
+    if ref[1] is not None:
+        if cand[1] is None:
+            raise ExportError(f"{name}: the graph lost its anomaly_maps output")
+        out.append(par.compare(f"{name} maps", ref[1], cand[1], tolerance, metric))
+    return out
+
+
 def _check(report: ExportReport, result: par.ParityResult, say: Callable[[str], None], what: str) -> None:
     report.parity.append(result)
     say(result.line())
@@ -164,11 +174,12 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         import onnx
 
         n_nodes = len(onnx.load(str(onnx_path), load_external_data=False).graph.node)
-        say(f"wrote {ONNX_FILE}: uint8 BGR [N,{size[0]},{size[1]},3] -> float32 scores [N] "
+        maps_note = (f" + anomaly_maps [N,{det.map_size[0]},{det.map_size[1]}]" if det.has_maps else "")
+        say(f"wrote {ONNX_FILE}: uint8 BGR [N,{size[0]},{size[1]},3] -> float32 scores [N]{maps_note} "
             f"(opset {opts.opset}, {n_nodes} nodes)")
-        ref = torch_scores(det, images)
-        _check(report, par.compare("onnx-fp32", ref, ort_scores(onnx_path, images), par.FP32_TOLERANCE), say,
-               ONNX_FILE)
+        ref = torch_outputs(det, images)
+        for res in _compare("onnx-fp32", ref, ort_outputs(onnx_path, images), par.FP32_TOLERANCE):
+            _check(report, res, say, ONNX_FILE)
         simplified = None
         if opts.simplify:
             slim = staging / "model.slim.onnx"
@@ -176,20 +187,21 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
             if tool is None:
                 say("simplification skipped: neither onnxslim nor onnxsim is installed")
             else:
-                res = par.compare("onnx-fp32 simplified", ref, ort_scores(slim, images), par.FP32_TOLERANCE)
+                results = _compare("onnx-fp32 simplified", ref, ort_outputs(slim, images), par.FP32_TOLERANCE)
                 n_slim = len(onnx.load(str(slim), load_external_data=False).graph.node)
-                if res.ok:
+                if all(r.ok for r in results):
                     os.replace(onnx_path, staging / "model.unsimplified.onnx")
                     os.replace(slim, onnx_path)
                     simplified = tool
-                    report.parity[-1] = res
-                    say(f"simplified with {tool}: {n_nodes} -> {n_slim} nodes; {res.line()}")
+                    report.parity[-len(results):] = results
+                    say(f"simplified with {tool}: {n_nodes} -> {n_slim} nodes; {results[0].line()}")
                 else:
                     slim.unlink(missing_ok=True)
-                    say(f"simplification with {tool} dropped: {res.max_abs_diff:.2e} > {par.FP32_TOLERANCE:g} "
+                    worst = max(r.max_abs_diff for r in results)
+                    say(f"simplification with {tool} dropped: {worst:.2e} > {par.FP32_TOLERANCE:g} "
                         "against torch; the unsimplified graph is kept")
         fp16_path = None
-        s32 = ort_scores(onnx_path, labelled[0]) if labelled is not None else None
+        s32 = ort_outputs(onnx_path, labelled[0])[0] if labelled is not None else None
         if opts.fp16:
             fp16_path, s16 = _fp16_graph(staging, onnx_path, simplified, ref, images, labelled, s32, report, say)
         if labelled is not None:
@@ -233,7 +245,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
     return report
 
 
-def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: np.ndarray, images: np.ndarray,
+def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tuple, images: np.ndarray,
                 labelled: tuple[np.ndarray, np.ndarray] | None, s32: np.ndarray | None, report: ExportReport,
                 say: Callable[[str], None]) -> tuple[Path, np.ndarray | None]:
     """Write ``model.fp16.onnx`` with as few float32 backbone blocks as parity allows (:data:`FP16_FP32_BLOCKS`).
@@ -251,10 +263,10 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: np.
     src = staging / "model.unsimplified.onnx" if simplified else onnx_path
     for n in FP16_FP32_BLOCKS:
         path = convert_fp16(src, staging / FP16_FILE, fp32_scopes(n))
-        checks = [par.compare("onnx-fp16", ref, ort_scores(path, images), par.FP16_TOLERANCE, "scaled")]
+        checks = _compare("onnx-fp16", ref, ort_outputs(path, images), par.FP16_TOLERANCE, "scaled")
         s16 = None
         if labelled is not None:
-            s16 = ort_scores(path, labelled[0])
+            s16 = ort_outputs(path, labelled[0])[0]
             checks.append(par.compare("onnx-fp16 vs onnx-fp32, all data", s32, s16, par.FP16_TOLERANCE, "scaled"))
         if all(c.ok for c in checks) or n == FP16_FP32_BLOCKS[-1]:
             break
@@ -327,6 +339,10 @@ def _exports_entry(model_dir: Path, report: ExportReport, opts: ExportOptions, s
                             "parity_images": p16.n_images, "parity_tolerance": p16.tolerance,
                             "fp32_backbone_blocks": report.fp16_fp32_blocks}
     out["parity"] = [r.to_json() for r in report.parity]
+    maps = by_name.get("onnx-fp32 simplified maps") or by_name.get("onnx-fp32 maps")
+    if maps is not None:
+        out["onnx"]["outputs"] = ["scores", "anomaly_maps"]
+        out["onnx"]["maps_parity_max_abs_diff"] = maps.max_abs_diff
     if report.auroc is not None:
         out["auroc"] = report.auroc
     if engine is not None:

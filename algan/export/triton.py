@@ -11,19 +11,21 @@ Layout (Triton "Model Repository" docs)::
 with ``max_batch_size > 0`` the ``dims`` leave out the batch dimension, so the input is ``TYPE_UINT8 dims
 [H, W, 3]`` (``format: FORMAT_NHWC``), and the batch-only ``scores`` output [N] is declared ``dims: [ 1 ]`` with
 ``reshape: { shape: [ ] }`` (every output needs non-empty ``dims``). Requests are batched by the dynamic batcher
-(preferred sizes, bounded queue delay) up to ``max_batch_size`` = the engine profile's MAX.
+(preferred sizes, bounded queue delay) up to ``max_batch_size`` = the engine profile's MAX. Patch-head graphs
+also declare ``anomaly_maps`` ``TYPE_FP32 dims [h, w]`` (the anomaly-map contract), read from the graph's outputs,
+so ``runner.backend: triton`` in the daemon gets both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME, atomic_directory
 
 PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 DEFAULT_QUEUE_DELAY_US = 2000
@@ -41,6 +43,8 @@ class TritonModel:
         max_batch_size: largest batch Triton forms (>= 1).
         preferred_batch_sizes: dynamic batcher preferred sizes (each <= max_batch_size).
         max_queue_delay_us: longest wait for more requests, in microseconds.
+        map_size: (h, w) of the ``anomaly_maps`` output, None for a score-only graph; :func:`write_model` reads it
+            from the graph when not given.
     """
 
     name: str
@@ -50,6 +54,7 @@ class TritonModel:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    map_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORM_FILES:
@@ -88,7 +93,13 @@ def render_config(model: TritonModel) -> str:
         "    data_type: TYPE_FP32",
         "    dims: [ 1 ]",
         "    reshape: { shape: [ ] }",
-        "  }",
+        "  }" if model.map_size is None else "  },",
+        *([] if model.map_size is None else [
+            "  {",
+            f'    name: "{MAPS_OUTPUT_NAME}"',
+            "    data_type: TYPE_FP32",
+            f"    dims: [ {int(model.map_size[0])}, {int(model.map_size[1])} ]",
+            "  }"]),
         "]",
         "dynamic_batching {",
         *batching,
@@ -96,6 +107,22 @@ def render_config(model: TritonModel) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def graph_map_size(source: Path) -> tuple[int, int] | None:
+    """(h, w) of the ``anomaly_maps`` output of the ONNX graph ``source`` (for an engine: the ``model.onnx`` beside
+    it), or None when the graph has no such output (or no graph is found)."""
+    import onnx
+
+    onnx_path = source if source.suffix == ".onnx" else source.with_name("model.onnx")
+    if not onnx_path.is_file():
+        return None
+    for out in onnx.load(str(onnx_path), load_external_data=False).graph.output:
+        if out.name == MAPS_OUTPUT_NAME:
+            dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+            if len(dims) == 3 and min(dims[1:]) > 0:
+                return int(dims[1]), int(dims[2])
+    return None
 
 
 def write_model(repo: str | Path, model: TritonModel) -> Path:
@@ -114,23 +141,12 @@ def write_model(repo: str | Path, model: TritonModel) -> Path:
     src = Path(model.source)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist; cannot add it to the Triton repository")
-    repo.mkdir(parents=True, exist_ok=True)
+    if model.map_size is None and (size := graph_map_size(src)) is not None:
+        model = dataclasses.replace(model, map_size=size)
     final = repo / model.name
-    tmp = Path(tempfile.mkdtemp(dir=repo, prefix=f".{model.name}.tmp"))
-    try:
+    with atomic_directory(final) as tmp:  # fsynced, then swapped in; removed on any error
         (tmp / "1").mkdir()
         shutil.copyfile(src, tmp / "1" / PLATFORM_FILES[model.platform])
         (tmp / "config.pbtxt").write_text(render_config(model))
         os.chmod(tmp, 0o755)
-        if final.exists():
-            old = repo / f".{model.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

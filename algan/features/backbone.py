@@ -30,6 +30,8 @@ from algan.features.base import (
 
 #: Output channels of the 16 MBConv blocks of EfficientNet-Lite0 (block index -> channels).
 LITE0_BLOCK_CHANNELS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+#: Output stride (input pixels per feature-map cell) of the 16 blocks of EfficientNet-Lite0.
+LITE0_BLOCK_STRIDES = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
 
 
 def _lite0_weights_path() -> Path:
@@ -89,14 +91,19 @@ class EfficientNetLiteFeatures(nn.Module):
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return global_pool(x, self.pooling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen blocks' feature maps, unpooled: a list of float32 (N, C_b, H / s_b, W / s_b), in block order
+        (strides :data:`LITE0_BLOCK_STRIDES`)."""
         x = self.stem(x)
-        feats = []
+        maps = []
         for idx, block in enumerate(self.blocks):
             x = block(x)  # drop-connect is inactive in eval mode
             if idx in self.take:
-                feats.append(self._pool(x))
-        return torch.cat(feats, dim=1)
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._pool(m) for m in self.block_maps(x)], dim=1)
 
 
 def _torchvision_features(spec: BackboneSpec) -> nn.Module:

@@ -177,11 +177,15 @@ class TorchvisionFeatures(nn.Module):
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return global_pool(x, self.pooling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen stages' feature maps, unpooled: float32 (N, C_s, H / s, W / s) with s = 2 ** (stage + 1)."""
         x = self.stem(x)
-        feats = []
+        maps = []
         for idx, stage in enumerate(self.stages, start=1):
             x = stage(x)
             if idx in self.take:
-                feats.append(self._pool(x))
-        return torch.cat(feats, dim=1)
+                maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._pool(m) for m in self.block_maps(x)], dim=1)

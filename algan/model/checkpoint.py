@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from algan.contract import fsync_path
+
 FORMAT = "algan-train-checkpoint/1"
 TENSORS = "state.safetensors"
 META = "state.json"
@@ -54,19 +56,6 @@ def _committed(root: Path) -> list[Path]:
                   and (p / TENSORS).is_file())
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. directories on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_state(root: str | os.PathLike, member: int, epoch: int, tensors: dict[str, torch.Tensor],
                meta: dict) -> Path:
     """Atomically commit a state (tensors + JSON-serialisable meta) to checkpoint directory ``root``."""
@@ -77,15 +66,15 @@ def save_state(root: str | os.PathLike, member: int, epoch: int, tensors: dict[s
         clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
         save_file(clean, str(tmp / TENSORS), metadata={"format": FORMAT})
         (tmp / META).write_text(json.dumps({"format": FORMAT, **meta}, indent=1, sort_keys=True))
-        _fsync(tmp / TENSORS)
-        _fsync(tmp / META)
-        _fsync(tmp)
+        fsync_path(tmp / TENSORS)
+        fsync_path(tmp / META)
+        fsync_path(tmp)
         final = root / state_name(member, epoch)
         if final.exists():  # only when a state is re-saved; move the old one aside first, then replace it
             old = Path(tempfile.mkdtemp(prefix=_TMP, dir=root))
             os.replace(final, old / "old")
         os.replace(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,7 +2,7 @@
 
 ``AnomalyDetector`` = Preprocess (colour order, scaling, normalisation) -> backbone -> feature transform ->
 head (raw score, higher = more anomalous) -> calibration. This is exactly what ``algan-export`` writes to ONNX
-(DESIGN.md "Exported graph"), so torch and ONNX Runtime scores can be compared one to one.
+(names and keys: :mod:`algan.contract`), so torch and ONNX Runtime scores can be compared one to one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class Calibration(nn.Module):
 
     ``center`` is the median raw score of held-out normal images and ``threshold`` the raw score at the target
     false-alarm rate, so a calibrated score of 0 is a typical normal image and 1.0 is the alarm threshold
-    (DESIGN.md: "Calibrated scores: 1.0 = alarm threshold"). Changing the threshold at run time then needs no
+    (the calibrated scale of :mod:`algan.contract`). Changing the threshold at run time then needs no
     re-export: the daemon compares calibrated scores with its own level.
     """
 
@@ -34,10 +34,15 @@ class Calibration(nn.Module):
 
 
 class AnomalyDetector(nn.Module):
-    """Frames -> calibrated anomaly scores.
+    """Frames -> calibrated anomaly scores (and, for patch heads, anomaly maps).
 
     Input: uint8 (N, H, W, 3), BGR, already resized to ``input_size`` (H, W) on the host
-    (:func:`algan.data.preprocess.prepare_frame`). Output: float32 (N,), 1.0 = alarm threshold.
+    (:func:`algan.data.preprocess.prepare_frame`). Output of ``forward``: float32 (N,), 1.0 = alarm threshold.
+
+    With a ``postprocess`` (:class:`algan.features.patch.MapPostprocess`) the head returns raw per-cell scores
+    (N, gh, gw); the postprocess resizes and smooths them to the anomaly map (N, h, w) = :attr:`map_size` and
+    reduces the map to the image score. :meth:`score_and_maps` returns both on the calibrated scale (the map with
+    the image calibration's constants: 1.0 = the image threshold's level).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class AnomalyDetector(nn.Module):
         head: nn.Module,
         calibration: Calibration | None = None,
         input_size: tuple[int, int] = (224, 224),
+        postprocess: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -56,6 +62,29 @@ class AnomalyDetector(nn.Module):
         self.transform = transform
         self.head = head
         self.calibration = calibration if calibration is not None else Calibration()
+        self.postprocess = postprocess
+
+    @property
+    def has_maps(self) -> bool:
+        """Whether the head scores per location (patch heads), so that :meth:`score_and_maps` gives maps."""
+        return self.postprocess is not None
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """Anomaly-map ``(h, w)`` in cells, or ``None`` for image-level heads."""
+        return tuple(self.postprocess.map_size) if self.postprocess is not None else None
+
+    def raw_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated anomaly maps float32 (N, h, w) (patch heads only)."""
+        if self.postprocess is None:
+            raise ValueError("this detector scores whole images (no anomaly maps); train a patch head "
+                             "(algan-train --variant patch)")
+        return self.postprocess(self.head(self.transform(self.features(images))))
+
+    def score_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated ``(scores float32 (N,), anomaly maps float32 (N, h, w))`` (patch heads only)."""
+        maps = self.raw_maps(images)
+        return self.calibration(self.postprocess.reduce(maps)), self.calibration(maps)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features, float32 (N, D), before the feature transform."""
@@ -63,10 +92,23 @@ class AnomalyDetector(nn.Module):
 
     def raw_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Uncalibrated head scores, float32 (N,)."""
+        if self.postprocess is not None:
+            return self.postprocess.reduce(self.raw_maps(images))
         return self.head(self.transform(self.features(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.calibration(self.raw_scores(images))
+
+
+class ScoresAndMaps(nn.Module):
+    """Export wrapper of a patch detector: frames -> ``(scores (N,), anomaly_maps (N, h, w))``, calibrated."""
+
+    def __init__(self, detector: AnomalyDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detector.score_and_maps(images)
 
 
 @torch.no_grad()

@@ -20,14 +20,17 @@ from algan.contract import empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
 from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
+from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
+from algan.model.algan_heads import fold_whitening
 from algan.model.detector import AnomalyDetector, Calibration
 from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
 from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
+from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
 from algan.model.train import AlganConfig, train_algan
 
 log = logging.getLogger(__name__)
 HEADS = ("algan", "mahalanobis", "knn")
-VARIANTS = ("feature", "image")
+VARIANTS = ("feature", "image", "patch")
 #: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
 N_STORED_SAMPLES = 16
 
@@ -53,6 +56,9 @@ class FitSettings:
         batch_size: images per backbone batch.
         checkpoint: ALGAN-feature training checkpoint directory (resumable training; see
             :func:`algan.model.train.train_algan`); ``None`` = no checkpoint. Not part of the model.
+        patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
+        coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),
+            capped by the sampled patches.
     """
 
     head: str = "algan"
@@ -70,6 +76,8 @@ class FitSettings:
     seed: int = 0
     batch_size: int = 32
     checkpoint: str | None = None
+    patch: PatchSpec = field(default_factory=PatchSpec)
+    coreset_ratio: float = 0.01
 
 
 @dataclass
@@ -101,6 +109,60 @@ def extract_features(
         out.append(backbone(preprocess(x)).numpy())
     dim = getattr(backbone, "out_dim", 0)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+
+@torch.no_grad()
+def extract_patches(
+    preprocess: torch.nn.Module,
+    feature_maps: PatchFeatureMaps,
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    per_image: int,
+    seed: int,
+    batch_size: int = 32,
+    desc: str | None = "patches",
+) -> np.ndarray:
+    """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C).
+
+    Only the sampled cells are kept, batch by batch: the full maps of a data set (N x C x gh x gw) are never held.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    it = range(0, len(paths), batch_size)
+    if desc:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+    for i in it:
+        maps = feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))
+        cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
+        out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, feature_maps.out_dim), np.float32)
+
+
+def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool):
+    """Fit a patch head on projected training patch vectors x (M, K); ``n_cells`` = all training cells (images x
+    grid), for the PatchCore bank size. Returns (head module, settings json, extras, train info)."""
+    if settings.head == "algan":
+        cfg = settings.algan
+        result = train_algan(x, cfg, progress=progress)
+        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
+        # the whitening is folded into D's first layer: one K x K product less per cell at inference
+        head = PatchwiseHead(fold_whitening(result.head))
+        head_json = {**cfg.to_json(), "folded_whitening": result.whitening is not None}
+        return (head, head_json, extras,
+                {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)})
+    if settings.head == "patchcore":
+        if not 0.0 < settings.coreset_ratio <= 1.0:
+            raise ValueError(f"coreset ratio must lie in (0, 1], got {settings.coreset_ratio}")
+        n_bank = min(max(int(round(settings.coreset_ratio * n_cells)), 1), len(x))
+        t = time.perf_counter()
+        head = patchcore_head(x, n_bank, settings.seed)
+        return head, {"n_bank": n_bank, "coreset_ratio": settings.coreset_ratio, "k": 1}, {}, \
+            {"train_s": round(time.perf_counter() - t, 2)}
+    if settings.head == "padim":
+        return padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {}
+    raise ValueError(f"unknown patch head {settings.head!r}; use one of {', '.join(PATCH_HEADS)}")
 
 
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -157,7 +219,8 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
         cfg = settings.algan
         result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1]}
+        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1],
+                                                    "epochs_run": len(result.history)}
     if settings.head == "mahalanobis":
         return MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {}
     if settings.head == "knn":
@@ -184,8 +247,14 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         paths = [paths[i] for i in sorted(keep.tolist())]
     fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
     if settings.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {settings.variant!r}; use feature or image")
+        raise ValueError(f"unknown variant {settings.variant!r}; use one of {', '.join(VARIANTS)}")
     check_checkpoint_settings(settings)
+    if settings.variant == "patch" and settings.head not in PATCH_HEADS:
+        raise ValueError(f"the patch variant has the heads {', '.join(PATCH_HEADS)}; got --head {settings.head}")
+    if settings.variant != "patch" and settings.head not in HEADS:
+        raise ValueError(f"unknown head {settings.head!r} for the {settings.variant} variant; use one of "
+                         f"{', '.join(HEADS)} (patchcore and padim need --variant patch)")
+    postprocess = None
     if settings.variant == "image":
         if settings.head != "algan":
             raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")
@@ -197,11 +266,25 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     else:
         spec = settings.backbone
         size = tuple(spec.input_size)
-        preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
+        preprocess = Preprocess(spec.mean, spec.std)
+        backbone = PatchFeatureMaps(spec, settings.patch) if settings.variant == "patch" else build_backbone(spec)
     log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
-    feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
-                             "features (train)" if progress else None)
-    if settings.variant == "image":
+    if settings.variant == "patch":
+        pspec = settings.patch
+        patches = extract_patches(preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed,
+                                  settings.batch_size, "patches (train)" if progress else None)
+        transform = PatchProjection.fit(pspec.projection, patches, pspec.dim, settings.seed)
+        with torch.no_grad():
+            x = transform.vectors(torch.from_numpy(patches)).numpy()
+        n_cells = len(fit_paths) * backbone.grid[0] * backbone.grid[1]
+        head, head_settings, extras, train_info = fit_patch_head(settings, x, n_cells, progress)
+        postprocess = MapPostprocess(pspec, size)
+        backbone_json = spec.to_json()
+        feature_json = {"transform": pspec.projection, "in_dim": int(patches.shape[1]), "dim": int(x.shape[1]),
+                        "n_patches": int(len(patches))}
+    elif settings.variant == "image":
+        feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
+                                 "features (train)" if progress else None)
         transform = torch.nn.Identity()
         result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress)
         head, head_settings = result.head, icfg.to_json()
@@ -209,6 +292,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         train_info = {"train_s": result.train_s, "final": result.history[-1]}
         feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
     else:
+        feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
+                                 "features (train)" if progress else None)
         transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()
@@ -216,21 +301,27 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         backbone_json = spec.to_json()
         feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
-    det = AnomalyDetector(preprocess, backbone, transform, head, input_size=size)
+    det = AnomalyDetector(preprocess, backbone, transform, head, input_size=size, postprocess=postprocess)
     calib_paths = hold_paths or fit_paths
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")
-    hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,
-                                  "features (holdout)" if progress else None)
-    with torch.no_grad():
-        hold_raw = head(transform(torch.from_numpy(hold_feats))).numpy()
+    if settings.variant == "patch":
+        from algan.model.detector import run_batched
+
+        hold_raw = run_batched(det.raw_scores, load_batch(calib_paths, size), settings.batch_size,
+                               "scores (holdout)" if progress else None)
+    else:
+        hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,
+                                      "features (holdout)" if progress else None)
+        with torch.no_grad():
+            hold_raw = head(transform(torch.from_numpy(hold_feats))).numpy()
     center, threshold = quantile_threshold(hold_raw, settings.target_fpr)
     det.calibration = Calibration(center, threshold)
     det.eval()
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
     samples = load_batch([calib_paths[i] for i in pick], size)
-    kind = settings.head if settings.variant == "feature" else "algan-image"
+    kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
     model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
         "model_id": model_id,
@@ -259,5 +350,12 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
             **train_info,
         },
         "exports": {},
+        "outputs": ["scores"],
     }
+    if postprocess is not None:
+        mh, mw = postprocess.map_size
+        manifest["patch"] = settings.patch.to_json()
+        manifest["outputs"] = ["scores", "anomaly_maps"]
+        manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,
+                                   "grid": list(backbone.grid)}
     return FitResult(det, manifest, samples, extras)

@@ -3,7 +3,7 @@
 Every head maps float32 features (N, K) to float32 raw anomaly scores (N,), higher = more anomalous, and is
 traceable to ONNX (matrix products, TopK; no cdist, no data-dependent Python control flow).
 
-- ``AlganHead``: the ALGAN discriminator; score = -logit D(x) (DESIGN.md: "Anomaly score = discriminator output").
+- ``AlganHead``: the ALGAN discriminator; score = -logit D(x) (the paper scores with the discriminator).
 - ``MahalanobisHead``: distance to a Gaussian fitted to normal features with Ledoit-Wolf shrinkage
   (Ledoit & Wolf 2004), as in Rippel et al. 2020 "Modeling the distribution of normal data in pre-trained deep
   features for anomaly detection".

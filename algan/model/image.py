@@ -40,7 +40,7 @@ def check_size(size: int) -> None:
         raise ValueError(f"ALGAN-image input size must be a power of two >= 64 (64, 128, 256, ...), got {size}")
 
 
-#: the paper's settings (DESIGN.md "The method"): DCGAN G and D with batch norm, 256 px, 512 epochs
+#: the paper's settings (Murase & Fukumizu 2022): DCGAN G and D with batch norm, 256 px, 512 epochs
 PAPER = {
     "size": 256,
     "channels": 3,

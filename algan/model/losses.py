@@ -1,4 +1,4 @@
-"""ALGAN objectives (DESIGN.md; Murase & Fukumizu 2022, discriminator loss with buffered samples).
+"""ALGAN objectives (Murase & Fukumizu 2022, arXiv:2202.10281: the discriminator loss with buffered samples).
 
 All terms are written with logits for numerical stability: ``-log D(x) = softplus(-l)`` and
 ``-log(1 - D(x)) = softplus(l)`` where ``D = sigmoid(l)``.

@@ -1,6 +1,6 @@
 """ALGAN training loop (the only place with optimisers).
 
-Algorithm (Murase & Fukumizu 2022, arXiv:2202.10281; DESIGN.md), per mini-batch of real normal features x:
+Algorithm (Murase & Fukumizu 2022, arXiv:2202.10281), per mini-batch of real normal features x:
 
 1. D step on :func:`algan.model.losses.discriminator_loss` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a),
    z_a ~ N(0, sigma^2 I), and samples of both kinds drawn from the buffer of early-training samples (plus, when
@@ -52,7 +52,7 @@ from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
 from algan.model.networks import MLPDiscriminator, MLPGenerator, bake_spectral_norm
 from algan.model.presets import PresetConfig
 
-#: the paper's settings (DESIGN.md "The method"): FC G/D with batch norm in G, no whitening, 192 epochs
+#: the paper's settings (Murase & Fukumizu 2022): FC G/D with batch norm in G, no whitening, 192 epochs
 PAPER = {
     "z_dim": 100,
     "sigma": 4.0,
@@ -93,8 +93,14 @@ DEFAULT = {
     "min_steps": 1200,
     "ensemble": 3,
 }
+#: the training schedule of ALGAN-patch on sampled patch vectors, applied on top of either preset: patches are
+#: many and cheap, so batches are larger and the schedule is step-based; the buffer is filled in the first epoch
+PATCH_SCHEDULE = {"batch_size": 256, "epochs": 2, "min_steps": 1500, "buffer_epochs": 1}
+#: the ALGAN-patch default: the default preset (whitening, linear G, alpha 0, EMA of D) with the patch schedule
+#: and one (G, D) pair (per-cell scores average over many cells already)
+PATCH = {**DEFAULT, **PATCH_SCHEDULE, "ensemble": 1}
 log = logging.getLogger(__name__)
-PRESETS = {"paper": PAPER, "default": DEFAULT}
+PRESETS = {"paper": PAPER, "default": DEFAULT, "patch": PATCH}
 WHITENINGS = ("none", "shrunk")
 
 
@@ -444,7 +450,8 @@ def _train_member(data: torch.Tensor, cfg: AlganConfig, seed: int, progress: boo
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(bar, desc="ALGAN", unit="epoch", dynamic_ncols=True, initial=start, total=total)
+        desc = "ALGAN" if cfg.ensemble == 1 else f"ALGAN member {seed - cfg.seed + 1}/{cfg.ensemble}"
+        bar = tqdm(bar, desc=desc, unit="epoch", dynamic_ncols=True, initial=start, total=total)
     for epoch in bar:
         G.train()
         D.train()

@@ -36,7 +36,7 @@ def test_alarm_payload_fields():
     assert json.loads(alarm_payload(e)) == {
         "id": "id1", "camera": "cam1", "state": "raised", "ts": "1970-01-01T00:00:00.001Z", "score": 1.84,
         "peak": 2.31, "peak_frame": -1, "first_frame": 120, "last_frame": 126, "frames": 7, "duration_s": 0.0,
-        "snapshot": None}
+        "snapshot": None, "region": None}
 
 
 def test_home_assistant_discovery_maps_camera_offline_to_unavailable():

@@ -219,7 +219,8 @@ def test_engine_from_another_device_is_refused_with_rebuild_hint(tmp_path, cuda_
     with pytest.raises(ModelError) as info:
         TensorRTRunner(engine, trt=make_stand_in_trt(cuda, version=trt_version), cuda=cuda)
     text = str(info.value)
-    assert needle in text and f"algan-export --fp16 {engine.parent} on this device" in text and "\n" not in text
+    assert needle in text and "\n" not in text
+    assert f"algan-edge build-engine --fp16 {engine.parent} on this device" in text
     assert "deserialize_cuda_engine" not in [c[0] for c in cuda.calls], "refused before deserializing"
     assert [c[0] for c in cuda.calls][-2:] == ["ctx.pop", "ctx.detach"], "context released"
 
@@ -249,7 +250,7 @@ def test_undeserializable_engine_and_wrong_tensor_names(tmp_path):
 
 def test_bundle_directory_without_engine(tmp_path):
     (tmp_path / "b").mkdir()
-    with pytest.raises(ModelError, match=r"has no model.engine; export it first \(algan-export --fp16"):
+    with pytest.raises(ModelError, match=r"has no model.engine; export it first \(algan-edge build-engine --fp16"):
         TensorRTRunner(tmp_path / "b", trt=make_stand_in_trt(StandInCuda()), cuda=StandInCuda())
 
 

@@ -118,3 +118,18 @@ def test_invalid_models_are_refused(tmp_path):
         TritonModel("a/b", "onnxruntime_onnx", tmp_path / "x", (64, 64), 8)
     with pytest.raises(FileNotFoundError):
         write_model(tmp_path / "repo", TritonModel("algan", "onnxruntime_onnx", tmp_path / "missing.onnx", (64, 64), 8))
+
+
+def test_patch_graph_declares_anomaly_maps(tmp_path):
+    from google.protobuf import text_format
+    from test_engine_build import MH, MW, write_bundle
+
+    bundle = write_bundle(tmp_path / "b")
+    d = write_model(tmp_path / "repo", TritonModel("algan", "onnxruntime_onnx", bundle / "model.onnx", (8, 6), 8))
+    cfg = text_format.Parse((d / "config.pbtxt").read_text(), _model_config_class()())
+    assert [o.name for o in cfg.output] == ["scores", "anomaly_maps"]
+    assert list(cfg.output[1].dims) == [MH, MW] and cfg.output[1].data_type == 11
+    plain = write_bundle(tmp_path / "p", maps=False)
+    d = write_model(tmp_path / "repo", TritonModel("plain", "onnxruntime_onnx", plain / "model.onnx", (8, 6), 8))
+    assert [o.name for o in text_format.Parse((d / "config.pbtxt").read_text(), _model_config_class()()).output] \
+        == ["scores"]

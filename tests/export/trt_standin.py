@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import types
 
+import numpy as np
+
 
 def make_standin(version: str, parse_ok: bool = True, build_ok: bool = True, errors=()):
     """A module-like stand-in for TensorRT ``version``; ``mod.calls`` lists ``(name, args)`` in call order."""
@@ -43,8 +45,15 @@ def make_standin(version: str, parse_ok: bool = True, build_ok: bool = True, err
     class Network:
         num_inputs = 1
 
+        @property
+        def num_outputs(self):
+            return len(getattr(mod, "network_outputs", [Tensor("scores")]))
+
         def get_input(self, i):
             return Tensor("images")
+
+        def get_output(self, i):
+            return getattr(mod, "network_outputs", [Tensor("scores")])[i]
 
     class ParserError:
         def __init__(self, node, desc):
@@ -165,3 +174,137 @@ class StandInBuffer:
 
     def free(self):
         self.freed = True
+
+
+def add_runtime(mod, run, outputs=("scores",), map_shape=(4, 3), size=(8, 6), profile=(1, 4, 8)):
+    """Give a builder stand-in the runtime API the TensorRT runner uses (Runtime, engine, execution context).
+
+    ``run(images uint8 (N, H, W, 3)) -> {output name: float32 array}`` plays the engine's numerics; the engine's
+    I/O tensors are ``images`` and ``outputs``; device memory is the :class:`StandInCuda`'s. The parsed network
+    of the builder stand-in reports the same outputs.
+    """
+    h, w = size
+    names = ("images", *outputs)
+
+    class Context:
+        def __init__(self, cuda):
+            self.cuda, self.shape, self.addr = cuda, None, {}
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return profile[0] <= shape[0] <= profile[2]
+
+        def set_tensor_address(self, name, addr):
+            self.addr[name] = addr
+
+        def execute_async_v3(self, handle):
+            mem = self.cuda.mem
+            n = self.shape[0]
+            x = mem[self.addr["images"]][: n * h * w * 3].reshape(n, h, w, 3)
+            for name, value in run(x).items():
+                if name not in outputs:
+                    continue
+                raw = np.ascontiguousarray(value, np.float32).view(np.uint8).ravel()
+                mem[self.addr[name]][: raw.size] = raw
+            return True
+
+    class Engine:
+        num_io_tensors = len(names)
+
+        def __init__(self, cuda):
+            self.cuda = cuda
+
+        def get_tensor_name(self, i):
+            return names[i]
+
+        def get_tensor_mode(self, name):
+            return "IN" if name == "images" else "OUT"
+
+        def get_tensor_dtype(self, name):
+            return np.uint8 if name == "images" else np.float32
+
+        def get_tensor_shape(self, name):
+            return (-1, h, w, 3) if name == "images" else (-1,) if name == "scores" else (-1, *map_shape)
+
+        def get_tensor_profile_shape(self, name, index):
+            return [(p, h, w, 3) for p in profile]
+
+        def create_execution_context(self):
+            return Context(self.cuda)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            mod.calls.append(("deserialize_cuda_engine", bytes(data)))
+            return Engine(mod.cuda) if bytes(data) == b"stand-in engine" else None
+
+    class Out:
+        def __init__(self, name):
+            self.name = name
+
+    mod.Runtime = Runtime
+    mod.TensorIOMode = types.SimpleNamespace(INPUT="IN", OUTPUT="OUT")
+    mod.nptype = lambda dt: dt
+    mod.network_outputs = [Out(n) for n in outputs]
+    return mod
+
+
+class StandInCuda:
+    """Stand-in for ``pycuda.driver``: device memory is a dict of numpy byte arrays."""
+
+    def __init__(self, name="Stand-in GPU", cc=(8, 7)):
+        self.mem: dict[int, np.ndarray] = {}
+        self._next = 0x1000
+        self.name, self.cc = name, cc
+        cuda = self
+
+        class Device:
+            def __init__(self, i):
+                pass
+
+            def name(self):
+                return cuda.name
+
+            def compute_capability(self):
+                return cuda.cc
+
+            def make_context(self):
+                return types.SimpleNamespace(pop=lambda: None, detach=lambda: None)
+
+        class Stream:
+            handle = 7
+
+            def synchronize(self):
+                pass
+
+        class Alloc:
+            def __init__(self, nbytes):
+                cuda._next += 0x1000
+                self.addr = cuda._next
+                cuda.mem[self.addr] = np.zeros(nbytes, np.uint8)
+
+            def __int__(self):
+                return self.addr
+
+            def free(self):
+                del cuda.mem[self.addr]
+
+        self.Device, self.Stream, self._Alloc = Device, Stream, Alloc
+
+    def init(self):
+        pass
+
+    def pagelocked_empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def mem_alloc(self, nbytes):
+        return self._Alloc(nbytes)
+
+    def memcpy_htod_async(self, dst, src, stream):
+        raw = np.ascontiguousarray(src).view(np.uint8).ravel()
+        self.mem[int(dst)][: raw.size] = raw
+
+    def memcpy_dtoh_async(self, dst, src, stream):
+        dst.view(np.uint8).ravel()[:] = self.mem[int(src)][: dst.nbytes]

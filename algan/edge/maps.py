@@ -1,0 +1,234 @@
+"""Anomaly maps on the host: map -> region in frame pixels, map -> heat-map overlay, JPEG with a size cap, ROI.
+
+Pure numpy/OpenCV helpers shared by :class:`algan.inference.Inferencer`, ``algan-predict`` and the edge daemon
+(never torch).
+
+Geometry (the anomaly-map contract, see :mod:`algan.edge.runner`): the model input is the region of interest
+``roi = (x, y, w, h)`` of the frame (the whole frame when there is none) resized to the model input ``(H, W)``; a
+map of ``(mh, mw)`` cells covers the whole input, so cell ``(i, j)`` covers the ROI pixels
+``[i*h/mh, (i+1)*h/mh) x [j*w/mw, (j+1)*w/mw)`` and the frame pixels shifted by ``(x, y)``. Map values are on the
+calibrated score scale: 0 = typical normal, 1.0 = the image threshold's level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: map value drawn as the top of the colour scale (calibrated score units: 2 = twice the threshold's level)
+HEAT_VMAX = 2.0
+#: weight of the heat map where it is blended over the frame (0-1)
+HEAT_ALPHA = 0.45
+#: outline colour of the anomalous region (BGR)
+REGION_COLOUR = (0, 0, 255)
+
+Roi = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where the defect is, in frame pixels.
+
+    Attributes:
+        box: bounding box ``(x, y, width, height)`` of the largest connected component of the thresholded map
+            (frame pixels, integers).
+        peak: ``(x, y)`` frame pixel at the centre of the map's highest cell.
+        peak_score: value of that cell (calibrated score units).
+        level: the map level the component was thresholded at (calibrated score units): the threshold when the
+            peak reaches it, else half the peak ("around the peak").
+    """
+
+    box: tuple[int, int, int, int]
+    peak: tuple[int, int]
+    peak_score: float
+    level: float
+
+    def to_dict(self) -> dict:
+        """JSON form: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score": s, "level": l}``."""
+        ps = round(float(self.peak_score), 6) if math.isfinite(self.peak_score) else None
+        return {"box": [int(v) for v in self.box], "peak": [int(v) for v in self.peak], "peak_score": ps,
+                "level": round(float(self.level), 6)}
+
+    def overlap(self, mask: np.ndarray) -> float:
+        """Fraction of the box's pixels that are set in a frame-sized boolean mask (0 when the box is empty)."""
+        x, y, w, h = self.box
+        sub = mask[y : y + h, x : x + w]
+        return float(sub.mean()) if sub.size else 0.0
+
+
+def parse_roi(text: str | Sequence[int] | None) -> Roi | None:
+    """``"x,y,w,h"`` (or a 4-sequence, or ``None``) -> ``(x, y, w, h)`` ints.
+
+    Raises:
+        ValueError: not four integers, a negative offset or a non-positive width/height (one line, how to fix).
+    """
+    if text is None:
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        vals = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or vals[0] < 0 or vals[1] < 0 or vals[2] <= 0 or vals[3] <= 0:
+        raise ValueError(f"ROI {text!r} is not x,y,width,height in pixels (x, y >= 0; width, height > 0), "
+                         "e.g. --roi 100,50,640,480")
+    return vals  # type: ignore[return-value]
+
+
+def manifest_roi(manifest: dict) -> Roi | None:
+    """The bundle's ROI (manifest ``"roi": [x, y, w, h]`` or null/absent) as a tuple, or ``None``."""
+    roi = manifest.get("roi")
+    return parse_roi(roi) if roi is not None else None
+
+
+def frame_roi(frame_shape: Sequence[int], roi: Roi | None) -> Roi:
+    """The ROI actually used on a frame of shape ``(H, W, ...)``: ``roi``, or the whole frame when ``None``."""
+    return roi if roi is not None else (0, 0, int(frame_shape[1]), int(frame_shape[0]))
+
+
+def region_from_map(amap: np.ndarray, roi: Roi, level: float = 1.0) -> Region:
+    """The anomalous region of one map, in frame pixels.
+
+    The map is thresholded at ``level`` (at ``peak / 2`` when the peak stays below it, so that a normal frame
+    still gets a region around its peak); the largest 8-connected component of cells gives the box.
+
+    Args:
+        amap: float32 ``(mh, mw)`` anomaly map (calibrated score units) at the model's map resolution.
+        roi: ``(x, y, w, h)`` frame pixels the model input came from (see :func:`frame_roi`).
+        level: map level of an anomalous cell (calibrated; 1.0 = the image threshold's level).
+
+    Returns:
+        The :class:`Region`.
+
+    Raises:
+        ValueError: a map that is not 2-D.
+    """
+    a = np.asarray(amap, dtype=np.float32)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"expected a 2-D anomaly map, got shape {a.shape}")
+    a = np.nan_to_num(a, nan=-np.inf)
+    mh, mw = a.shape
+    rx, ry, rw, rh = (int(v) for v in roi)
+    pi, pj = np.unravel_index(int(np.argmax(a)), a.shape)
+    peak = float(a[pi, pj])
+    lev = float(level) if peak >= level else (peak / 2.0 if peak > 0 else peak)
+    mask = (a >= lev).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        best = 1 + int(np.argmax(areas))
+        if areas[best - 1] == areas[labels[pi, pj] - 1] and labels[pi, pj] > 0:
+            best = int(labels[pi, pj])  # ties go to the component holding the peak
+        j0, i0 = int(stats[best, cv2.CC_STAT_LEFT]), int(stats[best, cv2.CC_STAT_TOP])
+        j1, i1 = j0 + int(stats[best, cv2.CC_STAT_WIDTH]), i0 + int(stats[best, cv2.CC_STAT_HEIGHT])
+    else:
+        i0, j0, i1, j1 = int(pi), int(pj), int(pi) + 1, int(pj) + 1
+    x0, x1 = rx + math.floor(j0 * rw / mw), rx + math.ceil(j1 * rw / mw)
+    y0, y1 = ry + math.floor(i0 * rh / mh), ry + math.ceil(i1 * rh / mh)
+    px = rx + min(rw - 1, int((pj + 0.5) * rw / mw))
+    py = ry + min(rh - 1, int((pi + 0.5) * rh / mh))
+    return Region((x0, y0, x1 - x0, y1 - y0), (px, py), peak, lev)
+
+
+def upsample_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a ``(mh, mw)`` map to ``size = (height, width)`` pixels; float32 ``(height, width)``.
+
+    Cell centres land on the pixel centres of their footprint (OpenCV's ``INTER_LINEAR`` half-pixel convention).
+    """
+    h, w = int(size[0]), int(size[1])
+    return cv2.resize(np.asarray(amap, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def heat_colours(values: np.ndarray, vmax: float = HEAT_VMAX) -> np.ndarray:
+    """Map values (calibrated units) -> uint8 BGR JET colours, 0 -> blue, ``vmax`` and above -> red."""
+    u8 = (np.clip(np.nan_to_num(values, nan=0.0) / vmax, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return cv2.applyColorMap(u8, cv2.COLORMAP_JET)
+
+
+def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, region: Region | None = None,
+                 score: float | None = None, threshold: float = 1.0, vmax: float = HEAT_VMAX,
+                 alpha: float = HEAT_ALPHA) -> np.ndarray:
+    """The full frame with the heat map blended over the ROI, the region outlined and the peak marked.
+
+    Args:
+        frame: uint8 BGR ``(H, W, 3)`` (grayscale ``(H, W)`` is expanded); not modified.
+        amap: float32 ``(mh, mw)`` map (calibrated units), or ``None`` (score-only model: no heat map).
+        roi: ``(x, y, w, h)`` of the model input in frame pixels, ``None`` = whole frame.
+        region: outlined in red with the peak as a cross, when given.
+        score: written in the top-left corner (``score 1.23 / thr 1.00``) when given and the frame is at least
+            200 pixels wide; red when >= threshold.
+        threshold: decision threshold (calibrated units).
+        vmax: map value at the top of the colour scale.
+        alpha: heat-map weight in the blend.
+
+    Returns:
+        A new uint8 BGR ``(H, W, 3)`` image.
+    """
+    out = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()
+    x, y, w, h = frame_roi(out.shape, roi)
+    if amap is not None:
+        heat = heat_colours(upsample_map(amap, (h, w)), vmax)
+        sub = out[y : y + h, x : x + w]
+        out[y : y + h, x : x + w] = cv2.addWeighted(sub, 1.0 - alpha, heat, alpha, 0.0)
+    thick = max(1, round(max(out.shape[:2]) / 300))
+    if roi is not None:
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1)
+    if region is not None:
+        bx, by, bw, bh = region.box
+        cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), REGION_COLOUR, thick + 1)
+        cv2.drawMarker(out, region.peak, (255, 255, 255), cv2.MARKER_CROSS, 6 * thick + 6, thick)
+    if score is not None and out.shape[1] >= 200:  # no room for a legible label on a tiny frame
+        text = f"score {score:.2f} / thr {threshold:.2f}"
+        colour = REGION_COLOUR if score >= threshold else (0, 200, 0)
+        scale = max(0.4, out.shape[1] / 900)
+        cv2.putText(out, text, (6, int(22 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2,
+                    cv2.LINE_AA)
+        cv2.putText(out, text, (6, int(22 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+    return out
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90, max_bytes: int | None = None) -> bytes:
+    """JPEG bytes of a uint8 BGR image; with ``max_bytes``, halved in size (then lower quality) until it fits.
+
+    Raises:
+        ValueError: the image cannot be encoded, or cannot be brought under ``max_bytes`` (below 16x16 pixels).
+    """
+    img, q = image, int(quality)
+    while True:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if not ok:
+            raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+        data = buf.tobytes()
+        if max_bytes is None or len(data) <= max_bytes:
+            return data
+        if min(img.shape[:2]) >= 32:
+            scale = max(0.3, min(0.9, math.sqrt(max_bytes / len(data)) * 0.95))
+            img = cv2.resize(img, (max(16, int(img.shape[1] * scale)), max(16, int(img.shape[0] * scale))),
+                             interpolation=cv2.INTER_AREA)
+        elif q > 30:
+            q -= 20
+        else:
+            raise ValueError(f"cannot encode a JPEG under {max_bytes} bytes; raise the size cap")
+
+
+def bundle_roi(model: str | Path) -> Roi | None:
+    """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): ``algan.json``
+    ``"roi"``; ``None`` when there is no manifest, no ROI, or it cannot be read (logged)."""
+    p = Path(model)
+    manifest = (p if p.is_dir() else p.parent) / "algan.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return manifest_roi(json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        log.warning("cannot read the roi of %s (%s); cameras use their own", manifest, e)
+        return None

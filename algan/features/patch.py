@@ -1,0 +1,273 @@
+"""Patch features: per-location feature vectors on one grid, for the patch-level heads (anomaly maps).
+
+Following PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022, Sec. 3.1):
+the feature maps of chosen mid-level blocks of an ImageNet backbone are
+
+1. locally aggregated: each cell's vector is averaged over its ``aggregate x aggregate`` neighbourhood
+   (``avg_pool2d``, stride 1, zero padding not counted), which widens the receptive field without losing
+   resolution;
+2. resized (bilinear) to one grid of ``input / stride`` cells per side (28 x 28 for a 224 x 224 input at stride 8);
+3. concatenated along channels: float32 (N, C, gh, gw), C = the blocks' channels summed (EfficientNet-Lite0
+   blocks 4 + 10: 40 + 112 = 152);
+4. optionally reduced in dimension by a fixed linear map fitted on training patches (:class:`PatchProjection`:
+   a random Gaussian projection, Johnson-Lindenstrauss, or PCA), applied per cell like a 1x1 convolution.
+
+Strides at the backbone's input: EfficientNet-Lite0 blocks 0 / 1-2 / 3-4 / 5-10 / 11-15 = 2 / 4 / 8 / 16 / 32 px;
+torchvision ResNet stages 1-4 = 4 / 8 / 16 / 32 px. Everything here is traceable to ONNX (pooling, resize, concat,
+matrix products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from algan.features.backbone import LITE0_BLOCK_CHANNELS, BackboneError, BackboneSpec, build_backbone
+
+#: projections of patch vectors: none, a fixed random Gaussian projection, PCA on training patches
+PROJECTIONS = ("none", "random", "pca")
+#: reductions of an anomaly map to an image score
+REDUCTIONS = ("max", "topk_mean")
+
+
+def default_patch_blocks(name: str) -> list[int]:
+    """Blocks whose maps make the patch vectors when none are chosen: EfficientNet-Lite0 10 + 14 (strides 16 and
+    32, 304 channels; measured in benchmarks/RESULTS.md "Patch variant"), the ResNets' layer2 + layer3 (PatchCore's
+    choice)."""
+    return [10, 14] if name == "efficientnet-lite0" else [2, 3]
+
+
+def block_channels(spec: BackboneSpec) -> list[int]:
+    """Channels of each chosen block of ``spec`` (sorted block order)."""
+    if spec.name == "efficientnet-lite0":
+        return [LITE0_BLOCK_CHANNELS[i] for i in sorted(set(spec.blocks))]
+    from algan.features.torchvision_backbones import STAGE_CHANNELS
+
+    return [STAGE_CHANNELS[spec.name][i] for i in sorted(set(spec.blocks))]
+
+
+@dataclass
+class PatchSpec:
+    """How patch vectors and anomaly maps are made (stored in the manifest's ``patch`` section).
+
+    Attributes:
+        stride: input pixels per grid cell; the grid is ``(H // stride, W // stride)`` (default 8: 28 x 28 at 224).
+        aggregate: neighbourhood size of the local averaging (odd; 1 = none; PatchCore: 3).
+        projection: ``none``, ``random`` (fixed Gaussian projection) or ``pca`` (fitted on training patches).
+        dim: output dimension of the projection (``projection != "none"``).
+        map_stride: input pixels per anomaly-map cell of the exported map (default 4: 56 x 56 at 224).
+        smooth_sigma: standard deviation of the Gaussian smoothing of the map, in input pixels (PatchCore: 4).
+        reduction: image score = ``max`` of the smoothed map, or ``topk_mean`` (mean of the ``topk`` largest
+            cells, a fraction of the map).
+        topk: fraction of map cells averaged by ``topk_mean`` (e.g. 0.01).
+        patches_per_image: training patches sampled per image for the heads (memory bound: all cells are never
+            materialised for training; 0 = all cells).
+    """
+
+    stride: int = 8
+    aggregate: int = 3
+    projection: str = "none"
+    dim: int | None = None
+    map_stride: int = 4
+    smooth_sigma: float = 4.0
+    reduction: str = "max"
+    topk: float = 0.01
+    patches_per_image: int = 128
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown patch projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"unknown map reduction {self.reduction!r}; use one of {', '.join(REDUCTIONS)}")
+        if self.aggregate < 1 or self.aggregate % 2 == 0:
+            raise ValueError(f"patch aggregate must be an odd size >= 1, got {self.aggregate}")
+        if self.stride < 1 or self.map_stride < 1:
+            raise ValueError(f"patch stride and map stride must be >= 1, got {self.stride}, {self.map_stride}")
+        if self.projection != "none" and (self.dim is None or self.dim < 1):
+            raise ValueError(f"patch projection {self.projection} needs a dimension >= 1 (--patch-dim)")
+        if not 0.0 < self.topk <= 1.0:
+            raise ValueError(f"topk must lie in (0, 1], got {self.topk}")
+        if self.smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0, got {self.smooth_sigma}")
+        if self.patches_per_image < 0:
+            raise ValueError(f"patches_per_image must be >= 0, got {self.patches_per_image}")
+
+    def grid(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(gh, gw)`` for an input ``(H, W)``."""
+        h, w = input_size
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"input size {h}x{w} is not a multiple of the patch stride {self.stride}")
+        return h // self.stride, w // self.stride
+
+    def map_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Exported anomaly-map size ``(h, w)`` for an input ``(H, W)``."""
+        h, w = input_size
+        if h % self.map_stride or w % self.map_stride:
+            raise ValueError(f"input size {h}x{w} is not a multiple of the map stride {self.map_stride}")
+        return h // self.map_stride, w // self.map_stride
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> PatchSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class PatchFeatureMaps(nn.Module):
+    """Normalised RGB float32 (N, 3, H, W) -> patch feature maps float32 (N, C, gh, gw).
+
+    ``C`` = sum of the chosen blocks' channels (:func:`block_channels`), ``(gh, gw)`` = :meth:`PatchSpec.grid`.
+    """
+
+    def __init__(self, backbone_spec: BackboneSpec, patch: PatchSpec) -> None:
+        super().__init__()
+        self.trunk = build_backbone(backbone_spec)
+        if not hasattr(self.trunk, "block_maps"):
+            raise BackboneError(f"backbone {backbone_spec.name} has no feature maps for the patch variant")
+        self.grid = patch.grid(tuple(backbone_spec.input_size))
+        self.aggregate = int(patch.aggregate)
+        self.out_dim = int(sum(block_channels(backbone_spec)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for m in self.trunk.block_maps(x):
+            if self.aggregate > 1:
+                m = F.avg_pool2d(m, self.aggregate, stride=1, padding=self.aggregate // 2, count_include_pad=False)
+            if tuple(m.shape[-2:]) != self.grid:
+                m = F.interpolate(m, size=self.grid, mode="bilinear", align_corners=False)
+            out.append(m)
+        return torch.cat(out, dim=1)
+
+
+class PatchProjection(nn.Module):
+    """Per-cell affine map ``(x - mean) @ proj``: float32 (N, C, gh, gw) -> (N, K, gh, gw) (a 1x1 convolution).
+
+    ``kind``: ``none`` (identity, K = C), ``random`` (proj = Gaussian N(0, 1/K) entries, seeded; distances are kept
+    up to a factor 1 +- eps, Johnson & Lindenstrauss 1984), ``pca`` (proj = the top-K principal axes of training
+    patches, not whitened: the heads do their own whitening).
+    """
+
+    def __init__(self, kind: str, in_dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        if kind not in PROJECTIONS:
+            raise ValueError(f"unknown patch projection {kind!r}; use one of {', '.join(PROJECTIONS)}")
+        self.kind = kind
+        k = in_dim if kind == "none" else int(out_dim or in_dim)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("proj", torch.eye(in_dim) if kind == "none" else torch.zeros(in_dim, k))
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.proj.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return x
+        return self.vectors(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def vectors(self, v: torch.Tensor) -> torch.Tensor:
+        """The same map on vectors: float32 (..., C) -> (..., K)."""
+        return v if self.kind == "none" else (v - self.mean) @ self.proj
+
+    @classmethod
+    def fit(cls, kind: str, patches: np.ndarray, out_dim: int | None = None, seed: int = 0) -> PatchProjection:
+        """Fit on training patch vectors float (M, C).
+
+        Raises:
+            ValueError: unknown kind, or ``out_dim`` larger than C (pca) / missing.
+        """
+        c = patches.shape[1]
+        p = cls(kind, c, out_dim)
+        if kind == "none":
+            return p
+        k = p.out_dim
+        if kind == "pca" and k > min(c, len(patches)):
+            raise ValueError(f"PCA to {k} dimensions needs at least {k} patches of >= {k} channels, got "
+                             f"{len(patches)} x {c}")
+        x = np.asarray(patches, dtype=np.float64)
+        mean = x.mean(0)
+        if kind == "random":
+            w = np.random.default_rng(seed).standard_normal((c, k)) / np.sqrt(k)
+        else:
+            _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+            w = vt[:k].T
+        p.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        p.proj.copy_(torch.as_tensor(w, dtype=torch.float32))
+        return p
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian kernel of half-width ``ceil(3 sigma)`` (``sigma`` in cells), float32."""
+    r = max(int(np.ceil(3.0 * sigma)), 1)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+class MapPostprocess(nn.Module):
+    """Raw patch scores (N, gh, gw) -> anomaly map (N, h, w) and image score (N,).
+
+    The grid is resized (bilinear) to the map size, then smoothed with a separable Gaussian of
+    ``smooth_sigma / map_stride`` cells (edge-replicated borders), as PatchCore smooths its upsampled map
+    (sigma 4 px). Image score = the map's ``max``, or the mean of its ``ceil(topk * h * w)`` largest cells
+    (``topk_mean``); see :class:`PatchSpec`.
+    """
+
+    def __init__(self, patch: PatchSpec, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.map_size = patch.map_size(tuple(input_size))
+        self.reduction = patch.reduction
+        h, w = self.map_size
+        self.k = max(int(np.ceil(patch.topk * h * w)), 1)
+        sigma = patch.smooth_sigma / patch.map_stride
+        kernel = gaussian_kernel1d(sigma) if sigma > 0 else np.ones(1, np.float32)
+        self.pad = len(kernel) // 2
+        self.register_buffer("kernel_h", torch.from_numpy(kernel).view(1, 1, -1, 1))
+        self.register_buffer("kernel_w", torch.from_numpy(kernel).view(1, 1, 1, -1))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        x = raw.unsqueeze(1)
+        if tuple(x.shape[-2:]) != self.map_size:
+            x = F.interpolate(x, size=self.map_size, mode="bilinear", align_corners=False)
+        if self.pad:
+            x = F.pad(x, (0, 0, self.pad, self.pad), mode="replicate")
+            x = F.conv2d(x, self.kernel_h)
+            x = F.pad(x, (self.pad, self.pad, 0, 0), mode="replicate")
+            x = F.conv2d(x, self.kernel_w)
+        return x.squeeze(1)
+
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image scores float32 (N,) of maps (N, h, w)."""
+        flat = maps.flatten(1)
+        if self.reduction == "max":
+            return flat.amax(dim=1)
+        return torch.topk(flat, self.k, dim=1).values.mean(dim=1)
+
+
+@dataclass
+class PatchSample:
+    """Training patch vectors sampled from feature maps: float32 (M, C) and the (image, row, col) of each."""
+
+    vectors: np.ndarray
+    where: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+
+
+def sample_cells(n_images: int, grid: tuple[int, int], per_image: int, rng: np.random.Generator) -> np.ndarray:
+    """Distinct random cells per image: int64 (n_images * k, 3) rows of (image, row, col); ``per_image = 0`` or
+    more than the grid = every cell."""
+    gh, gw = grid
+    cells = gh * gw
+    k = cells if per_image <= 0 or per_image >= cells else per_image
+    out = np.empty((n_images * k, 3), np.int64)
+    for i in range(n_images):
+        idx = np.arange(cells) if k == cells else rng.choice(cells, k, replace=False)
+        out[i * k : (i + 1) * k, 0] = i
+        out[i * k : (i + 1) * k, 1] = idx // gw
+        out[i * k : (i + 1) * k, 2] = idx % gw
+    return out

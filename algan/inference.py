@@ -1,0 +1,197 @@
+"""The exported model in five lines of Python, without torch: :class:`Inferencer` -> :class:`Prediction`.
+
+::
+
+    import cv2, algan
+    model = algan.Inferencer("model")                      # a bundle exported with algan-export
+    frame = cv2.imread("part.png")                         # any frame size, BGR as OpenCV reads it
+    p = model.predict(frame)                               # p.score (1.0 = threshold), p.is_anomalous, p.region
+    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, region outlined
+
+What happens to a frame (the same as in ``algan-train`` and the edge daemon,
+:func:`algan.data.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
+given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
+For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
+:class:`~algan.edge.maps.Region` in frame pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from algan.data.preprocess import prepare_frame
+from algan.edge.errors import ModelError
+from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, manifest_roi, parse_roi, region_from_map, upsample_map
+from algan.edge.runner import BACKENDS, run_batch
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "algan.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's verdict on one frame.
+
+    Attributes:
+        score: calibrated anomaly score (float; 0 = typical normal, 1.0 = the alarm threshold).
+        is_anomalous: ``score >= threshold``.
+        anomaly_map: float32 ``(roi_h, roi_w)`` map upsampled (bilinear) to the ROI's size in pixels (the frame's
+            size without a ROI), calibrated units; ``None`` for a score-only model.
+        region: where the defect is, in frame pixels (:class:`~algan.edge.maps.Region`: box, peak); ``None``
+            for a score-only model.
+        map_cells: float32 ``(h, w)`` map at the model's resolution (what the graph returned), or ``None``.
+        roi: ``(x, y, w, h)`` frame pixels that went into the model (the whole frame without a ROI).
+        threshold: the decision threshold used (calibrated units).
+    """
+
+    score: float
+    is_anomalous: bool
+    anomaly_map: np.ndarray | None
+    region: Region | None
+    map_cells: np.ndarray | None = None
+    roi: Roi | None = None
+    threshold: float = 1.0
+
+    def to_dict(self) -> dict:
+        """JSON-able summary: score, is_anomalous, threshold, roi, region (no arrays)."""
+        return {"score": round(self.score, 6), "is_anomalous": self.is_anomalous, "threshold": self.threshold,
+                "roi": list(self.roi) if self.roi is not None else None,
+                "region": self.region.to_dict() if self.region is not None else None}
+
+
+class Inferencer:
+    """Scores frames with an exported bundle (no torch).
+
+    Args:
+        model: bundle directory with ``model.onnx`` (from ``algan-export``), or the ``.onnx`` file itself.
+        roi: ``(x, y, w, h)`` or ``"x,y,w,h"`` crop in frame pixels; default: the bundle's ``roi`` (manifest),
+            else the whole frame. ``"full"`` forces the whole frame.
+        threshold: decision threshold (calibrated units, default 1.0 = the calibrated alarm threshold).
+        backend: ``onnxruntime`` (default), ``tensorrt`` (``model.engine``) or ``torch`` (the bundle).
+        threads: ONNX Runtime intra-op threads (0 = its default).
+        providers: ONNX Runtime providers by short name (``cpu``, ``cuda``, ``tensorrt``), default CPU.
+        batch_size: frames per graph run in :meth:`predict_many`.
+        runner: an already built runner (anything :func:`algan.edge.runner.run_batch` accepts) instead of loading.
+
+    Raises:
+        ModelError: no exported model, a graph outside the contract, a backend that is not installed.
+        ValueError: a malformed ``roi``.
+    """
+
+    def __init__(self, model: str | Path, roi: Roi | str | None = None, threshold: float = 1.0,
+                 backend: str = "onnxruntime", threads: int = 0, providers: Sequence[str] | None = None,
+                 batch_size: int = 8, runner=None) -> None:  # noqa: ANN001
+        self.model = Path(model)
+        bundle = self.model if self.model.is_dir() else self.model.parent
+        self.manifest: dict = {}
+        if (bundle / MANIFEST).is_file():
+            try:
+                self.manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ModelError(f"cannot read {bundle / MANIFEST}: {e}; re-train or restore the bundle") from None
+        self.bundle_roi = manifest_roi(self.manifest)
+        if isinstance(roi, str) and roi.strip().lower() == "full":
+            self.roi: Roi | None = None
+        else:
+            self.roi = parse_roi(roi) if roi is not None else self.bundle_roi
+        if roi is not None and self.roi != self.bundle_roi:
+            log.warning("ROI %s differs from the one the model was trained with (%s); scores may shift",
+                        list(self.roi) if self.roi else "full frame",
+                        list(self.bundle_roi) if self.bundle_roi else "full frame")
+        self.threshold = float(threshold)
+        self.batch_size = max(1, int(batch_size))
+        self.runner = runner if runner is not None else self._load(backend, threads, providers)
+
+    def _load(self, backend: str, threads: int, providers: Sequence[str] | None):  # noqa: ANN202
+        import importlib
+
+        if backend not in BACKENDS:
+            raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        module, cls, hint = BACKENDS[backend]
+        kwargs: dict = {}
+        if backend == "onnxruntime":
+            kwargs = {"threads": threads, "providers": list(providers or ["cpu"])}
+        try:
+            return getattr(importlib.import_module(module), cls)(self.model, **kwargs)
+        except ImportError as e:
+            raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Model input ``(height, width)`` in pixels."""
+        return tuple(self.runner.input_size)  # type: ignore[return-value]
+
+    @property
+    def has_maps(self) -> bool:
+        """True when the model returns anomaly maps (a patch head)."""
+        return bool(getattr(self.runner, "has_maps", False))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.runner.model_id)
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """Crop (ROI) and resize one uint8 BGR ``(H, W, 3)`` (or gray ``(H, W)``) frame to the model input.
+
+        Raises:
+            ValueError: not a uint8 image, or a ROI that does not fit in the frame.
+        """
+        return prepare_frame(frame, self.input_size, self.roi)
+
+    def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray]) -> Prediction | list[Prediction]:
+        """Score one frame or a batch.
+
+        Args:
+            image_or_batch: one uint8 BGR frame ``(H, W, 3)`` (or gray ``(H, W)``) of any size -> one
+                :class:`Prediction`; a ``(N, H, W, 3)`` array or a list of frames (sizes may differ) -> a list.
+
+        Returns:
+            :class:`Prediction` or a list of them, in order.
+
+        Raises:
+            ValueError: a frame that is not a uint8 image, or a ROI that does not fit in it.
+            RuntimeError: the runtime failed.
+        """
+        if isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim in (2, 3):
+            return self.predict_many([image_or_batch])[0]
+        return self.predict_many(list(image_or_batch))
+
+    def predict_many(self, frames: Iterable[np.ndarray]) -> list[Prediction]:
+        """Score frames in batches of :attr:`batch_size` (see :meth:`predict`)."""
+        frames = list(frames)
+        out: list[Prediction] = []
+        for i in range(0, len(frames), self.batch_size):
+            chunk = frames[i : i + self.batch_size]
+            batch = np.stack([self.prepare(f) for f in chunk])
+            res = run_batch(self.runner, batch)
+            maps = res.maps if res.maps is not None else [None] * len(chunk)
+            out.extend(self.interpret(f, float(s), m) for f, s, m in zip(chunk, res.scores.tolist(), maps,
+                                                                          strict=True))
+        return out
+
+    def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
+        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``)."""
+        roi = frame_roi(frame.shape, self.roi)
+        region = full = None
+        if cells is not None:
+            region = region_from_map(cells, roi, self.threshold)
+            full = upsample_map(cells, (roi[3], roi[2]))
+        return Prediction(float(score), bool(score >= self.threshold), full, region, cells, roi, self.threshold)
+
+    def overlay(self, frame: np.ndarray, prediction: Prediction) -> np.ndarray:
+        """The frame with the heat map over its ROI, the region outlined and the score written (uint8 BGR, frame
+        size); see :func:`algan.edge.maps.draw_overlay`."""
+        return draw_overlay(frame, prediction.map_cells, self.roi, prediction.region, prediction.score,
+                            self.threshold)
+
+    def close(self) -> None:
+        close = getattr(self.runner, "close", None)
+        if callable(close):
+            close()

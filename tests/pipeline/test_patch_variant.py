@@ -1,0 +1,303 @@
+"""The patch variant: patch features, PatchCore / PaDiM-style / ALGAN-patch heads, anomaly maps, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from algan.features.backbone import make_spec
+from algan.features.patch import (
+    MapPostprocess,
+    PatchFeatureMaps,
+    PatchProjection,
+    PatchSpec,
+    gaussian_kernel1d,
+    sample_cells,
+)
+from algan.model.heads import KnnHead, MahalanobisHead
+from algan.model.patch_heads import PatchwiseHead, greedy_coreset, nearest_distances, padim_head, patchcore_head
+
+
+def test_patch_feature_maps_shapes_and_strides():
+    spec = make_spec("efficientnet-lite0", [4, 10, 14], "avg", (128, 96))
+    fm = PatchFeatureMaps(spec, PatchSpec(stride=8))
+    assert fm.grid == (16, 12)
+    assert fm.out_dim == 40 + 112 + 192
+    with torch.no_grad():
+        out = fm(torch.zeros(2, 3, 128, 96))
+    assert out.shape == (2, 344, 16, 12) and out.dtype == torch.float32
+    # the blocks' own strides: 8 (block 4), 16 (block 10), 32 (block 14) before the resize to the grid
+    with torch.no_grad():
+        maps = fm.trunk.block_maps(torch.zeros(1, 3, 128, 96))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 12), (8, 6), (4, 3)]
+
+
+def test_patch_spec_rejects_bad_values_with_one_line():
+    with pytest.raises(ValueError, match="odd"):
+        PatchSpec(aggregate=2)
+    with pytest.raises(ValueError, match="--patch-dim"):
+        PatchSpec(projection="random")
+    with pytest.raises(ValueError, match="multiple of the patch stride"):
+        PatchSpec(stride=8).grid((100, 96))
+    assert PatchSpec(map_stride=4).map_size((224, 224)) == (56, 56)
+
+
+def test_projection_kinds():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 64)).astype(np.float32) * np.linspace(0.1, 3, 64).astype(np.float32)
+    none = PatchProjection.fit("none", x)
+    t = torch.from_numpy(x)
+    assert torch.equal(none.vectors(t), t)
+    pca = PatchProjection.fit("pca", x, 64)
+    y = pca.vectors(t).numpy()
+    # a full-rank PCA is a rotation of the centred data: distances are kept exactly
+    d_x = np.linalg.norm(x[:50, None] - x[None, :50], axis=-1)
+    d_y = np.linalg.norm(y[:50, None] - y[None, :50], axis=-1)
+    np.testing.assert_allclose(d_y, d_x, rtol=1e-4, atol=1e-4)
+    rnd = PatchProjection.fit("random", x, 48, seed=1)
+    z = rnd.vectors(t).numpy()
+    ratio = np.linalg.norm(z[:50, None] - z[None, :50], axis=-1)[np.triu_indices(50, 1)] / d_x[np.triu_indices(50, 1)]
+    assert 0.6 < np.median(ratio) < 1.4  # Johnson-Lindenstrauss: distances kept up to a moderate factor
+    # the map form (N, C, gh, gw) is the vector form per cell
+    maps = t[:12].T.reshape(1, 64, 3, 4)
+    np.testing.assert_allclose(rnd(maps)[0].reshape(48, 12).T.numpy(), z[:12], rtol=1e-5, atol=1e-5)
+
+
+def test_map_postprocess_smoothing_and_reduction():
+    post = MapPostprocess(PatchSpec(map_stride=4, smooth_sigma=4.0), (64, 64))
+    assert post.map_size == (16, 16)
+    k = gaussian_kernel1d(1.0)
+    assert abs(k.sum() - 1.0) < 1e-6 and len(k) == 7
+    const = torch.full((2, 8, 8), 3.5)
+    out = post(const)
+    assert out.shape == (2, 16, 16) and out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.full((2, 16, 16), 3.5))  # normalised kernel, replicated borders
+    spike = torch.zeros(1, 8, 8)
+    spike[0, 3, 4] = 1.0
+    m = post(spike)
+    peak = np.unravel_index(int(m.flatten().argmax()), (16, 16))
+    assert abs(peak[0] - 7) <= 1 and abs(peak[1] - 9) <= 1  # the cell (3, 4) covers map cells 6-7 x 8-9
+    assert float(post.reduce(m)) == pytest.approx(float(m.max()))
+    topk = MapPostprocess(PatchSpec(reduction="topk_mean", topk=4 / 256), (64, 64))
+    flat = torch.arange(256, dtype=torch.float32).view(1, 16, 16)
+    assert float(topk.reduce(flat)) == pytest.approx((255 + 254 + 253 + 252) / 4)
+
+
+def test_patchwise_head_is_the_vector_head_per_cell():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6)).astype(np.float32)
+    inner = MahalanobisHead.fit(x)
+    head = PatchwiseHead(inner)
+    maps = torch.from_numpy(rng.standard_normal((2, 6, 3, 5)).astype(np.float32))
+    out = head(maps)
+    assert out.shape == (2, 3, 5)
+    ref = inner(maps.permute(0, 2, 3, 1).reshape(-1, 6)).reshape(2, 3, 5)
+    torch.testing.assert_close(out, ref)
+
+
+def _covering_radius(x: np.ndarray, idx: np.ndarray) -> float:
+    return float(nearest_distances(x[idx], x).max())
+
+
+def test_greedy_coreset_covers_better_than_random_and_head_matches_faiss():
+    rng = np.random.default_rng(0)
+    # clustered data with one small far cluster: a random subset misses it, the k-center coreset does not
+    x = np.concatenate([rng.normal(0, 1, (2000, 16)), rng.normal(12, 0.5, (20, 16))]).astype(np.float32)
+    idx = greedy_coreset(x, 40, proj_dim=0, seed=0)
+    assert len(set(idx.tolist())) == 40
+    assert (idx >= 2000).any()
+    random_idx = rng.choice(len(x), 40, replace=False)
+    assert _covering_radius(x, idx) < _covering_radius(x, random_idx)
+    # the greedy choice: each new row is the one farthest from the rows chosen before it
+    d_before = nearest_distances(x[idx[:5]], x)
+    assert int(np.argmax(d_before)) == int(idx[5])
+    # the exported head's nearest-neighbour distance equals brute force (faiss IndexFlatL2)
+    head = patchcore_head(x, 40, seed=0)
+    q = rng.normal(0, 2, (7, 16, 2, 3)).astype(np.float32)
+    got = head(torch.from_numpy(q)).numpy().reshape(-1)
+    bank = head.inner.bank.numpy()
+    ref = nearest_distances(bank, q.transpose(0, 2, 3, 1).reshape(-1, 16))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+    brute = np.sqrt(((q.transpose(0, 2, 3, 1).reshape(-1, 1, 16) - bank[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="coreset size"):
+        greedy_coreset(x, 0)
+
+
+def test_sample_cells_distinct_per_image():
+    cells = sample_cells(3, (4, 5), 6, np.random.default_rng(0))
+    assert cells.shape == (18, 3)
+    for i in range(3):
+        rows = cells[cells[:, 0] == i]
+        assert len({(r, c) for _, r, c in rows}) == 6
+        assert rows[:, 1].max() < 4 and rows[:, 2].max() < 5
+    assert len(sample_cells(2, (4, 5), 0, np.random.default_rng(0))) == 40
+
+
+def test_padim_head_scores_outliers_higher():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    head = padim_head(x)
+    assert isinstance(head.inner, MahalanobisHead)
+    inlier = torch.zeros(1, 8, 1, 1)
+    outlier = torch.full((1, 8, 1, 1), 3.0)
+    assert float(head(outlier)) > 3 * float(head(inlier)) + 1
+    assert isinstance(patchcore_head(x, 10).inner, KnnHead)
+
+
+# --- trained on data: CLI, bundle, maps, export -------------------------------------------------------------------
+
+PATCH_SIZE = (96, 96)
+
+
+def _train_patch(root, out, head, *extra):
+    from algan.cli.train import main
+
+    rc = main(["--data", str(root), "--out", str(out), "--variant", "patch", "--head", head,
+               "--input-size", str(PATCH_SIZE[0]), str(PATCH_SIZE[1]), "--quiet", *extra])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def patch_bundles(synth_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("patch")
+    return {
+        "padim": _train_patch(synth_root, base / "padim", "padim"),
+        "patchcore": _train_patch(synth_root, base / "patchcore", "patchcore", "--coreset-ratio", "0.1"),
+        "algan": _train_patch(synth_root, base / "algan", "algan", "--epochs", "40"),
+    }
+
+
+def _masks(samples, size):
+    import cv2
+
+    out = []
+    for s in samples:
+        if s.label == 0:
+            out.append(np.zeros(size, bool))
+            continue
+        p = s.path.parents[2] / "ground_truth" / s.path.parent.name / f"{s.path.stem}_mask.png"
+        m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        out.append(cv2.resize(m, size[::-1], interpolation=cv2.INTER_NEAREST) > 127)
+    return np.stack(out)
+
+
+@pytest.mark.slow
+def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
+    """Pixel AUROC of every patch head on the synthetic metal set, from the reloaded bundles (real maps)."""
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+
+    from algan.bundle import load_bundle
+    from algan.data.datasets import load_dataset
+    from algan.data.preprocess import load_batch
+
+    ds = load_dataset(synth_root)
+    images = torch.from_numpy(load_batch([s.path for s in ds.test], PATCH_SIZE))
+    masks = _masks(ds.test, PATCH_SIZE)
+    y = np.array([s.label for s in ds.test])
+    results = {}
+    for name, path in patch_bundles.items():
+        det, manifest = load_bundle(path)
+        assert det.has_maps and det.map_size == (24, 24)
+        assert manifest["outputs"] == ["scores", "anomaly_maps"]
+        assert manifest["anomaly_map"] == {"height": 24, "width": 24, "reduction": "max", "grid": [12, 12]}
+        with torch.no_grad():
+            scores, maps = det.score_and_maps(images)
+            assert torch.allclose(det(images), scores)
+        assert scores.dtype == torch.float32 and maps.shape == (len(images), 24, 24)
+        # the image score is the calibrated maximum of the calibrated map
+        torch.testing.assert_close(scores, maps.flatten(1).amax(1))
+        up = F.interpolate(maps[:, None], size=PATCH_SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()
+        results[name] = (roc_auc_score(masks.ravel(), up.ravel()), roc_auc_score(y, scores.numpy()))
+    for name, (pixel, image) in results.items():
+        assert pixel > 0.85, (name, results)
+        assert image > 0.8, (name, results)
+
+
+@pytest.mark.slow
+def test_patch_training_is_deterministic(synth_root, tmp_path):
+    from algan.bundle import load_bundle
+    from algan.data.datasets import load_dataset
+    from algan.data.preprocess import load_batch
+
+    a = _train_patch(synth_root, tmp_path / "a", "algan", "--epochs", "1", "--max-train", "16")
+    b = _train_patch(synth_root, tmp_path / "b", "algan", "--epochs", "1", "--max-train", "16")
+    ds = load_dataset(synth_root)
+    x = torch.from_numpy(load_batch([s.path for s in ds.test[:4]], PATCH_SIZE))
+    with torch.no_grad():
+        ma = load_bundle(a)[0].score_and_maps(x)[1]
+        mb = load_bundle(b)[0].score_and_maps(x)[1]
+    assert torch.equal(ma, mb)
+    manifest = json.loads((a / "algan.json").read_text())
+    assert manifest["training"]["epochs_run"] == 1
+
+
+@pytest.mark.slow
+def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
+    import onnxruntime as ort
+
+    from algan.bundle import load_bundle, load_samples
+    from algan.export.metadata import read_metadata
+    from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+
+    det, manifest = load_bundle(patch_bundles["padim"])
+    path = export_onnx(det, manifest, tmp_path / "model.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = sess.get_outputs()
+    assert [o.name for o in outs] == ["scores", "anomaly_maps"]
+    assert outs[1].type == "tensor(float)" and outs[1].shape[1:] == [24, 24]
+    meta = read_metadata(path)
+    assert meta["algan.outputs"] == "scores,anomaly_maps" and meta["algan.map_size"] == "24,24"
+    images = load_samples(patch_bundles["padim"])
+    s_t, m_t = torch_outputs(det, images)
+    s_o, m_o = ort_outputs(path, images)
+    np.testing.assert_allclose(s_o, s_t, atol=1e-4)
+    np.testing.assert_allclose(m_o, m_t, atol=1e-4)
+
+
+def test_image_level_graph_keeps_one_output_key():
+    from algan.export.metadata import graph_metadata
+
+    meta = graph_metadata({"model_id": "m"}, (64, 64), 0.0, 1.0, 17)
+    assert meta["algan.outputs"] == "scores" and "algan.map_size" not in meta
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--head", "patchcore"], "add --variant patch"),
+    (["--variant", "patch", "--head", "knn"], "--variant patch has the heads"),
+    (["--patch-stride", "4"], "apply to --variant patch only"),
+    (["--variant", "patch", "--head", "padim", "--coreset-ratio", "0.1"], "--coreset-ratio applies"),
+    (["--variant", "patch", "--head", "padim", "--input-size", "100", "100"], "multiple of the patch stride"),
+])
+def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
+    from algan.cli.train import main
+
+    rc = main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"), *argv])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_fold_whitening_gives_the_same_scores():
+    from algan.model.algan_heads import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
+    from algan.model.networks import MLPDiscriminator
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((400, 12)) * np.linspace(0.2, 4, 12)).astype(np.float32)
+    mean, w, _ = shrunk_whitening(x)
+    torch.manual_seed(0)
+    head = AlganEnsembleHead([MLPDiscriminator(12, [16, 8]), MLPDiscriminator(12, [16])],
+                             Whitening(12).set(mean, w)).eval()
+    folded = fold_whitening(head).eval()
+    assert folded.whitening is None
+    t = torch.from_numpy(x[:50])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(t), head(t), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="first linear layer"):
+        fold_whitening(AlganEnsembleHead([MLPDiscriminator(12, [8], quadratic=True)], Whitening(12)))
