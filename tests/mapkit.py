@@ -71,10 +71,16 @@ def make_map_model(path: Path, size: tuple[int, int] = (64, 64), cells: tuple[in
 def make_map_bundle(directory: Path, size: tuple[int, int] = (64, 64), cells: tuple[int, int] = (16, 16),
                     maps: bool = True, roi: list[int] | None = None, center: float = 0.0,
                     threshold: float = 1.0) -> Path:
-    """A bundle directory (``algan.json`` + ``model.onnx``) around :func:`make_map_model`; the manifest's
+    """A bundle directory (``algan.json``, ``model.onnx``, a token ``weights.safetensors``) around
+    :func:`make_map_model`; the manifest's
     calibration ``{center, threshold}`` re-maps the graph's (0, 1) export calibration when it differs."""
+    import hashlib
+
+    from safetensors.numpy import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
     make_map_model(directory / "model.onnx", size, cells, maps)
+    save_file({"head.w": np.arange(4, dtype=np.float32)}, str(directory / "weights.safetensors"))
     manifest = {
         "format_version": 1, "model_id": "maps-1", "variant": "patch",
         "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"},
@@ -82,6 +88,8 @@ def make_map_bundle(directory: Path, size: tuple[int, int] = (64, 64), cells: tu
         "calibration": {"center": center, "threshold": threshold},
         "outputs": ["scores", "anomaly_maps"] if maps else ["scores"],
         "roi": roi,
+        "exports": {"onnx": {"file": "model.onnx",
+                             "sha256": hashlib.sha256((directory / "model.onnx").read_bytes()).hexdigest()}},
     }
     if maps:
         manifest["anomaly_map"] = {"height": cells[0], "width": cells[1], "reduction": "max"}

@@ -22,6 +22,7 @@ class Msg:
     qos: int
     retain: bool
     dup: bool
+    raw: bytes = b""  # the payload as sent (binary payloads such as JPEG snapshots)
 
 
 class Collector:
@@ -59,7 +60,7 @@ class Collector:
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         with self._cond:
             self.messages.append(Msg(msg.topic, msg.payload.decode("utf-8", "replace"), msg.qos, bool(msg.retain),
-                                     bool(msg.dup)))
+                                     bool(msg.dup), bytes(msg.payload)))
             self._cond.notify_all()
 
     def wait_for(self, predicate: Callable[[list[Msg]], bool], timeout: float = 10.0) -> bool:

@@ -46,7 +46,7 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     """
     import torch
 
-    from algan.data.preprocess import prepare_frame, read_image
+    from algan.data.preprocess import current_roi, prepare_frame, read_image
 
     keep = set(keep)
     out = ScoredImages()
@@ -62,7 +62,7 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
 
     for i, p in enumerate(paths):
         try:
-            frame = prepare_frame(read_image(p), size)
+            frame = prepare_frame(read_image(p), size, current_roi())
         except (ValueError, OSError) as exc:  # ImageReadError is a ValueError
             out.bad.append((Path(p), str(exc)))
             continue

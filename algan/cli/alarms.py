@@ -79,6 +79,9 @@ def format_event(topic: str, event: dict[str, Any]) -> str:
 
     at = f" @ {event['peak_frame']}" if isinstance(event.get("peak_frame"), int) and event["peak_frame"] >= 0 else ""
     snapshot = f"  {event['snapshot']}" if event.get("snapshot") else ""
+    region = event.get("region")
+    if isinstance(region, dict) and isinstance(region.get("box"), list):
+        snapshot = f"  region {region['box']} peak at {region.get('peak')}{snapshot}"
     return (
         f"{event.get('ts', '?')}  {where}  {str(event.get('state', '?')).upper():<8} score {num('score')} "
         f"(peak {num('peak')}{at}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}  "

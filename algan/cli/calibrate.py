@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from algan.cli._common import run_cli, setup_logging
+from algan.data.preprocess import using_roi
 
 PROG = "algan-calibrate"
 EXIT_DRIFT = 3
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the KS drift test (--check)")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="largest share of unreadable images skipped before giving up (default 0.05)")
+    p.add_argument("--roi", default=None, metavar="x,y,w,h",
+                   help="crop in image pixels before resizing (default: the ROI the bundle was trained with); a "
+                   "different one is recorded in the bundle, with a warning")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
@@ -77,6 +81,20 @@ def _exports_note(model_dir: Path, manifest: dict) -> str:
             "scores to this calibration from algan.json when it loads the bundle (restart algan-edge)")
 
 
+def _roi(args: argparse.Namespace, manifest: dict) -> tuple[int, int, int, int] | None:
+    """``--roi``, else the bundle's; warns when ``--roi`` differs from the ROI the bundle was trained with."""
+    from algan.edge.maps import manifest_roi, parse_roi
+
+    bundle = manifest_roi(manifest)
+    if args.roi is None:
+        return bundle
+    roi = None if args.roi.strip().lower() == "full" else parse_roi(args.roi)
+    if roi != bundle:
+        _warn(f"--roi {list(roi) if roi else 'full'} differs from the ROI the model was trained with "
+              f"({list(bundle) if bundle else 'full frame'}); the bundle records the new one")
+    return roi
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from algan.bundle import load_bundle
     from algan.calibration.pipeline import calibrate, select_data, write_calibration
@@ -86,9 +104,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.int8_size < 1:
         raise ValueError(f"--int8-size must be >= 1, got {args.int8_size}")
     det, manifest = load_bundle(model_dir)
+    roi = _roi(args, manifest)
     split = select_data(args.data, args.layout, manifest, args.calib_fraction, args.seed, args.anomalies)
-    res = calibrate(det, manifest, split, args.target_fpr, args.method, args.fps, args.int8_size, args.batch_size,
-                    args.max_bad_fraction)
+    with using_roi(roi):
+        res = calibrate(det, manifest, split, args.target_fpr, args.method, args.fps, args.int8_size,
+                        args.batch_size, args.max_bad_fraction)
+    manifest["roi"] = list(roi) if roi is not None else None
     report_path = Path(args.report) if args.report else model_dir / "calibration_report.png"
     png = render_png(res, title=f"{manifest.get('model_id', model_dir.name)}: calibration at per-frame FPR "
                      f"{args.target_fpr:g} on {split.source}")
@@ -151,7 +172,8 @@ def _check(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
     det, manifest = load_bundle(model_dir)
     split = select_data(args.data, args.layout, manifest, args.calib_fraction, args.seed, for_check=True)
-    rep, n_bad = check(det, model_dir, manifest, split, args.alpha, args.batch_size, args.max_bad_fraction)
+    with using_roi(_roi(args, manifest)):
+        rep, n_bad = check(det, model_dir, manifest, split, args.alpha, args.batch_size, args.max_bad_fraction)
     code = EXIT_DRIFT if rep.drifted else 0
     if n_bad:
         _warn(f"skipped {n_bad} unreadable images")

@@ -1,8 +1,10 @@
 """``algan-demo``: the whole product end to end on the project's own synthetic data.
 
-synthetic surfaces -> algan-train -> algan-eval -> algan-export -> line video -> algan-edge (ONNX Runtime) ->
-MQTT (an embedded amqtt broker when nothing listens at the address) -> algan-alarms. Every step runs the real
-command-line tool as a subprocess, and the commands are printed so a user can repeat them by hand.
+synthetic surfaces -> algan-train (a patch head: anomaly maps) -> algan-eval -> algan-calibrate -> algan-export ->
+line video -> algan-edge (ONNX Runtime; alarms with regions and full-frame snapshots) -> MQTT (an embedded amqtt
+broker when nothing listens at the address) -> algan-alarms -> algan-predict (HTML report of the test images).
+Every step runs the real command-line tool as a subprocess, and the commands are printed so a user can repeat them
+by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def _bin(name: str) -> str:
     return str(cand) if cand.exists() else name
 
 
+def _tool(name: str, module: str) -> list[str]:
+    """The console script ``name`` beside this Python, else ``python -m module`` (an install older than the tool)."""
+    cand = Path(sys.executable).with_name(name)
+    return [str(cand)] if cand.exists() else [sys.executable, "-m", module]
+
+
 def _step(title: str, cmd: list[str]) -> None:
     print(f"\n== {title}\n$ {shlex.join([Path(cmd[0]).name, *cmd[1:]])}", flush=True)
     rc = subprocess.call(cmd)
@@ -41,7 +49,12 @@ def _write_config(out: Path, port: int) -> Path:
         "runner: {backend: onnxruntime, threads: 0}\n"
         "batch: {max_size: 8, max_wait_ms: 20}\n"
         f"mqtt: {{host: 127.0.0.1, port: {port}, prefix: algan, embedded_broker: auto}}\n"
-        "alarm: {threshold: 1.0, clear_threshold: 0.9, raise_frames: 3, clear_frames: 5}\n"
+        "alarm:\n"
+        "  threshold: 1.0\n"
+        "  clear_threshold: 0.9\n"
+        "  raise_frames: 3\n"
+        "  clear_frames: 5\n"
+        "  snapshots: {dir: snapshots, max_count: 200}   # full frame, heat map over the ROI, region outlined\n"
         "stats_interval_s: 2\n"
         "cameras:\n"
         "  - {name: line1, source: line.mkv}\n"
@@ -60,19 +73,25 @@ def _main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     print(f"== synthetic data: textured metal surfaces with scratches, spots and cracks -> {data}", flush=True)
-    summary = generate_dataset(data, texture="metal", n_train=args.n_train, n_test_good=30, n_test_defect=12,
-                               size=256, seed=args.seed, overwrite=True)
+    summary = generate_dataset(data, texture="metal", n_train=args.n_train, n_test_good=args.n_test_good,
+                               n_test_defect=12, size=256, seed=args.seed, overwrite=True)
     print(f"   {summary}")
     labels = make_sequence_video(data, out / "line.mkv", fps=10.0, seed=args.seed)
     n_defect_runs = sum(1 for i, r in enumerate(labels) if r["label"] == 1 and (i == 0 or labels[i - 1]["label"] == 0))
     print(f"   line video {out / 'line.mkv'}: {len(labels)} frames, {n_defect_runs} runs of defective parts")
 
-    train = [_bin("algan-train"), "--data", str(data), "--out", str(out / "model"), "--seed", str(args.seed)]
+    model = out / "model"
+    train = [_bin("algan-train"), "--data", str(data), "--out", str(model), "--seed", str(args.seed),
+             "--variant", args.variant, "--head", args.head]
     if args.epochs:
         train += ["--epochs", str(args.epochs)]
-    _step("train (ALGAN on EfficientNet-Lite0 features)", train)
-    _step("evaluate on the labelled test split", [_bin("algan-eval"), str(out / "model"), "--data", str(data)])
-    _step("export to ONNX (+ TensorRT FP16 where available)", [_bin("algan-export"), str(out / "model"), "--fp16"])
+    heads = {"padim": "PaDiM patch head", "patchcore": "PatchCore patch head", "algan": "ALGAN"}
+    what = heads.get(args.head, args.head)
+    _step(f"train ({what} on EfficientNet-Lite0 {'feature maps' if args.variant == 'patch' else 'features'})", train)
+    _step("evaluate on the labelled test split", [_bin("algan-eval"), str(model), "--data", str(data)])
+    _step(f"calibrate the threshold at a per-frame false-alarm rate of {args.target_fpr:g} on held-out normals",
+          [_bin("algan-calibrate"), str(model), "--data", str(data), "--target-fpr", str(args.target_fpr)])
+    _step("export to ONNX (+ TensorRT FP16 where available)", [_bin("algan-export"), str(model), "--fp16"])
 
     cfg = _write_config(out, args.port)
     broker = None
@@ -89,7 +108,9 @@ def _main(args: argparse.Namespace) -> int:
     alarms = subprocess.Popen(alarms_cmd)
     try:
         time.sleep(2.0)  # let the subscriber connect and subscribe before alarms flow
-        _step("edge daemon on the line video", [_bin("algan-edge"), "run", "--config", str(cfg)])
+        # the daemon logs warnings and errors only: each alarm is printed once, by algan-alarms, in order
+        _step("edge daemon on the line video", [_bin("algan-edge"), "run", "--config", str(cfg),
+                                                "--log-level", "error"])
         time.sleep(1.5)  # last QoS 1 alarm deliveries
     finally:
         alarms.send_signal(signal.SIGTERM)
@@ -100,8 +121,18 @@ def _main(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.stop()
     raised = [json.loads(line) for line in events.read_text().splitlines() if line.strip()] if events.exists() else []
-    print(f"\n== done in {time.perf_counter() - t0:.0f} s: {len(raised)} alarms raised for {n_defect_runs} runs of "
-          f"defective parts in the video; events in {events}")
+    report = out / "report"
+    _step("score the test images offline and write the HTML report",
+          [*_tool("algan-predict", "algan.cli.predict"), str(model), str(data / "test"), "--out", str(report)])
+    with_region = sum(1 for e in raised if e.get("region"))
+    print(f"\n== done in {time.perf_counter() - t0:.0f} s: {len(raised)} alarms raised ({with_region} with a region) "
+          f"for {n_defect_runs} runs of defective parts in the video")
+    print(f"   model:     {model}  (algan.json, model.onnx, calibration_report.png)")
+    print(f"   report:    {report / 'report.html'}  (open it in a browser; overlays in {report / 'overlays'})")
+    print(f"   config:    {cfg}  (snapshots in {out / 'snapshots'}, alarm events in {events})")
+    print("   next:      algan-predict MODEL_DIR YOUR_IMAGES --out DIR   (score your own images)")
+    print(f"              algan-train --data YOUR_NORMALS --variant patch --head padim --out MODEL_DIR; then "
+          f"algan-calibrate, algan-export and algan-edge run --config {cfg.name} (see README)")
     return 0
 
 
@@ -109,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="algan-demo", description="Run the whole product end to end on synthetic data.")
     p.add_argument("--out", default="demo-out", help="working directory (default: demo-out)")
     p.add_argument("--port", type=int, default=1883, help="MQTT port on 127.0.0.1 (default 1883)")
-    p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="ALGAN epochs (--head algan; default: the preset's)")
     p.add_argument("--n-train", type=int, default=160, help="synthetic normal training images")
+    p.add_argument("--n-test-good", type=int, default=60,
+                   help="synthetic normal test images (half of them calibrate the threshold: >= 40 for 20)")
+    p.add_argument("--variant", default="patch", choices=["patch", "feature"],
+                   help="patch (default: anomaly maps, alarms with regions) or feature (image scores only)")
+    p.add_argument("--head", default="padim", choices=["padim", "patchcore", "algan", "mahalanobis", "knn"],
+                   help="scoring head (default padim: fast on a CPU; algan = ALGAN-patch/-feature, slower)")
+    p.add_argument("--target-fpr", type=float, default=0.001, help="algan-calibrate --target-fpr (default 0.001)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)

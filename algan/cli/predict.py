@@ -182,6 +182,8 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
         for name, ref, label in stream:
             frame = ref if isinstance(ref, np.ndarray) else cv2.imread(str(ref), cv2.IMREAD_COLOR)
             if frame is None:
+                if pending:
+                    flush()  # rows stay in input order
                 unreadable += 1
                 log.warning("cannot read image %s; skipped (listed as unreadable in the CSV)", ref)
                 rows.append(dict(zip(CSV_FIELDS, [name, "", "unreadable", *[""] * 6, label or ""], strict=True)))

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="ALGAN-feature training checkpoint directory: saved every epoch, resumed from when it "
                         "exists (bit-identical result); --head algan --variant feature only")
+    p.add_argument("--roi", default=None, metavar="x,y,w,h",
+                   help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
+                   "edge daemon and algan-predict crop the same by default")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -181,6 +184,10 @@ def _main(args: argparse.Namespace) -> int:
     from algan.model.train import AlganConfig
 
     check_args(args)
+    from algan.data.preprocess import using_roi
+    from algan.edge.maps import parse_roi
+
+    roi = parse_roi(args.roi)
     # the backbone is checked before any data is read; the image variant has none
     spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant != "image" else BackboneSpec()
     patch = patch_spec_from_args(args) if args.variant == "patch" else None
@@ -226,7 +233,9 @@ def _main(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
     # progress bars only on a terminal: in a log or the journal they are carriage-return spam
-    result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
+    with using_roi(roi):
+        result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
+    result.manifest["roi"] = list(roi) if roi is not None else None
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal = m["calibration"]

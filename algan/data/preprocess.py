@@ -10,7 +10,9 @@ Only numpy and OpenCV are used here: the edge runtime imports this module and mu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import cv2
@@ -19,6 +21,27 @@ import numpy as np
 #: OpenCV interpolation used everywhere a frame is resized for the model. INTER_AREA is the right choice for
 #: down-scaling camera frames (it averages, so it does not alias fine texture such as scratches).
 RESIZE_INTERPOLATION = cv2.INTER_AREA
+
+
+#: the region of interest :func:`load_batch` crops when it is given none (set by :func:`using_roi`)
+_ROI: ContextVar[tuple[int, int, int, int] | None] = ContextVar("algan_roi", default=None)
+
+
+@contextmanager
+def using_roi(roi: Sequence[int] | None) -> Iterator[None]:
+    """Within the block, :func:`load_batch` (training, evaluation) and calibration scoring crop ``roi`` =
+    ``(x, y, width, height)`` from every image before resizing: how ``algan-train --roi`` and
+    ``algan-calibrate --roi`` make training and serving see the same crop. ``None`` = whole images."""
+    token = _ROI.set(tuple(int(v) for v in roi) if roi is not None else None)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _ROI.reset(token)
+
+
+def current_roi() -> tuple[int, int, int, int] | None:
+    """The ROI set by the enclosing :func:`using_roi`, or ``None``."""
+    return _ROI.get()
 
 
 class ImageReadError(ValueError):
@@ -92,13 +115,17 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def load_batch(paths: Sequence[str | Path], size: tuple[int, int]) -> np.ndarray:
-    """Read and prepare images into one batch.
+def load_batch(paths: Sequence[str | Path], size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
+    """Read and prepare images into one batch (crop ``roi``, default :func:`current_roi`, then resize).
 
     Returns:
         uint8 BGR array, shape (N, height, width, 3).
+
+    Raises:
+        ImageReadError: an unreadable file. ValueError: a ROI that does not fit in an image.
     """
+    roi = roi if roi is not None else current_roi()
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = prepare_frame(read_image(p), size)
+        out[i] = prepare_frame(read_image(p), size, roi)
     return out

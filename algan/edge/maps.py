@@ -43,8 +43,8 @@ class Region:
             (frame pixels, integers).
         peak: ``(x, y)`` frame pixel at the centre of the map's highest cell.
         peak_score: value of that cell (calibrated score units).
-        level: the map level the component was thresholded at (calibrated score units): the threshold when the
-            peak reaches it, else half the peak ("around the peak").
+        level: the map level the component was thresholded at (calibrated score units): ``max(threshold,
+            peak / 2)`` when the peak reaches the threshold, else half the peak ("around the peak").
     """
 
     box: tuple[int, int, int, int]
@@ -98,8 +98,10 @@ def frame_roi(frame_shape: Sequence[int], roi: Roi | None) -> Roi:
 def region_from_map(amap: np.ndarray, roi: Roi, level: float = 1.0) -> Region:
     """The anomalous region of one map, in frame pixels.
 
-    The map is thresholded at ``level`` (at ``peak / 2`` when the peak stays below it, so that a normal frame
-    still gets a region around its peak); the largest 8-connected component of cells gives the box.
+    The map is thresholded at ``max(level, peak / 2)`` (the half-maximum keeps the box on the defect when a strong
+    one lifts its whole neighbourhood above the threshold; ``peak / 2`` alone when the peak stays below ``level``,
+    so that a normal frame still gets a region around its peak); the largest 8-connected component of cells gives
+    the box.
 
     Args:
         amap: float32 ``(mh, mw)`` anomaly map (calibrated score units) at the model's map resolution.
@@ -120,7 +122,7 @@ def region_from_map(amap: np.ndarray, roi: Roi, level: float = 1.0) -> Region:
     rx, ry, rw, rh = (int(v) for v in roi)
     pi, pj = np.unravel_index(int(np.argmax(a)), a.shape)
     peak = float(a[pi, pj])
-    lev = float(level) if peak >= level else (peak / 2.0 if peak > 0 else peak)
+    lev = max(float(level), peak / 2.0) if peak >= level else (peak / 2.0 if peak > 0 else peak)
     mask = (a >= lev).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n > 1:
@@ -167,7 +169,7 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         score: written in the top-left corner (``score 1.23 / thr 1.00``) when given and the frame is at least
             200 pixels wide; red when >= threshold.
         threshold: decision threshold (calibrated units).
-        vmax: map value at the top of the colour scale.
+        vmax: map value at the top of the colour scale (or the map's peak when higher).
         alpha: heat-map weight in the blend.
 
     Returns:
@@ -176,7 +178,9 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
     out = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame.copy()
     x, y, w, h = frame_roi(out.shape, roi)
     if amap is not None:
-        heat = heat_colours(upsample_map(amap, (h, w)), vmax)
+        # the colour scale tops out at vmax, or at the map's peak when it is higher (a strong defect keeps its shape)
+        top = max(vmax, float(np.nanmax(amap))) if np.isfinite(np.nanmax(amap)) else vmax
+        heat = heat_colours(upsample_map(amap, (h, w)), top)
         sub = out[y : y + h, x : x + w]
         out[y : y + h, x : x + w] = cv2.addWeighted(sub, 1.0 - alpha, heat, alpha, 0.0)
     thick = max(1, round(max(out.shape[:2]) / 300))

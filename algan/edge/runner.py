@@ -182,18 +182,29 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
         mshape = list(maps.shape)
         if maps.type != "tensor(float)" or len(mshape) != 3:
             raise bad(f"output 'anomaly_maps' is {maps.type} with shape {mshape}")
-        if not all(isinstance(v, int) and v > 0 for v in mshape[1:]):
-            raise bad(f"output 'anomaly_maps' has non-static height/width {mshape[1:]}")
+        if any(isinstance(v, int) and v <= 0 for v in mshape[1:]):
+            raise bad(f"output 'anomaly_maps' has height/width {mshape[1:]}")
     return h, w
 
 
 def map_output_size(outputs: list) -> tuple[int, int] | None:
-    """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`,
-    or ``None`` for a score-only graph."""
+    """``(h, w)`` of the ``anomaly_maps`` output in an output NodeArg list already passed by :func:`check_contract`;
+    ``(0, 0)`` when the graph declares them symbolic (the runner then takes them from the ``algan.map_size``
+    metadata or from a warm-up run), ``None`` for a score-only graph."""
     for o in outputs:
         if o.name == MAPS_NAME:
-            return int(o.shape[1]), int(o.shape[2])
+            h, w = o.shape[1], o.shape[2]
+            return (h, w) if isinstance(h, int) and isinstance(w, int) else (0, 0)
     return None
+
+
+def parse_map_size(text: str | None) -> tuple[int, int] | None:
+    """``"56,56"`` (metadata ``algan.map_size``) -> ``(56, 56)``; ``None`` when absent or malformed."""
+    try:
+        h, w = (int(v) for v in str(text).split(","))
+    except ValueError:
+        return None
+    return (h, w) if h > 0 and w > 0 else None
 
 
 _check_contract = check_contract  # the name used before the split into runner_*.py

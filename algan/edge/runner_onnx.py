@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from algan.contract import KEY_MAP_SIZE
 from algan.edge.calibration import remap_for
 from algan.edge.config import ORT_PROVIDERS
 from algan.edge.errors import ModelError
@@ -19,6 +20,7 @@ from algan.edge.runner import (
     check_contract,
     file_sha256,
     map_output_size,
+    parse_map_size,
     resolve_model_path,
 )
 
@@ -106,6 +108,8 @@ class OnnxRuntimeRunner:
         meta = self._session.get_modelmeta().custom_metadata_map or {}
         self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
         self._remap = remap_for(Path(model), meta)
+        if self._map_size == (0, 0):  # symbolic h, w in the graph: the metadata's, else the warm-up run's
+            self._map_size = parse_map_size(meta.get(KEY_MAP_SIZE)) or (0, 0)
         self.providers = self._session.get_providers()
         self.path = path
         log.info("ONNX Runtime providers: %s", ", ".join(self.providers))
@@ -123,6 +127,9 @@ class OnnxRuntimeRunner:
             raise ModelError(f"model {self.path} returned scores of shape {out.shape} for 1 image; expected (1,)")
         if self._map_size is not None:
             try:
+                if self._map_size == (0, 0):
+                    (got,) = self._session.run([MAPS_NAME], {INPUT_NAME: np.zeros((1, h, w, 3), dtype=np.uint8)})
+                    self._map_size = (int(got.shape[1]), int(got.shape[2]))
                 maps = self.run(np.zeros((1, h, w, 3), dtype=np.uint8)).maps
             except (RuntimeError, ValueError) as e:
                 raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None

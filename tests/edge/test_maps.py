@@ -69,8 +69,8 @@ def test_region_box_and_peak_in_frame_pixels():
     # the model input came from the ROI x=100, y=50, 160x80 of the frame: a cell is 20x10 frame pixels
     r = region_from_map(amap, (100, 50, 160, 80), level=1.0)
     assert r.box == (100 + 5 * 20, 50 + 2 * 10, 2 * 20, 2 * 10)
-    assert r.peak == (100 + 6 * 20 + 10, 50 + 3 * 10 + 5) and r.peak_score == 3.0 and r.level == 1.0
-    assert r.to_dict() == {"box": [200, 70, 40, 20], "peak": [230, 85], "peak_score": 3.0, "level": 1.0}
+    assert r.peak == (100 + 6 * 20 + 10, 50 + 3 * 10 + 5) and r.peak_score == 3.0 and r.level == 1.5
+    assert r.to_dict() == {"box": [200, 70, 40, 20], "peak": [230, 85], "peak_score": 3.0, "level": 1.5}
     # below the threshold: half the peak, around the peak
     low = region_from_map(amap * 0.2, (0, 0, 8, 8), level=1.0)
     assert low.level == pytest.approx(0.3) and low.box == (5, 2, 2, 2)
