@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ from algan.edge.runner_onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, synthetic_video
 from benchmarks.edge import decode
 
-DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "bottle-detection.mp4"
+DATA = Path(os.environ.get("ALGAN_DATA_DIR", REPO.parent / "shared" / "data"))
+DEFAULT_VIDEO = DATA / "video" / "bottle-detection.mp4"
 DEFAULT_MODEL = Path("/tmp/bench_patch_model")
 
 
@@ -74,7 +76,7 @@ def standin_map_model(path: Path, size: int = 224, cells: int = 56) -> Path:
 def ensure_model(model: Path) -> None:
     if (model / "model.onnx").is_file():
         return
-    data = REPO.parent / "shared" / "data" / "mtd" / "MT_Free" / "Imgs"
+    data = DATA / "mtd" / "MT_Free" / "Imgs"
     if not data.is_dir():
         raise SystemExit(f"no model at {model} and no MTD data at {data} to train one; pass --model")
     print(f"training a PaDiM benchmark model in {model} (about a minute)...", flush=True)

@@ -146,3 +146,26 @@ def test_score_throttle():
     assert kept == [True, False, True, False, True, False, True]  # 1.2 and 0.5 cross the threshold
     both = ScoreThrottle(every_n=10)
     assert [both.keep(s, 1.0) for s in [0.1, 0.2, 1.5, 1.6]] == [True, False, True, False]
+
+
+def test_using_roi_crops_training_and_calibration_batches(tmp_path):
+    import argparse
+
+    from algan.cli.calibrate import _roi
+    from algan.data.preprocess import current_roi, load_batch, using_roi
+
+    frame = grey_frame((60, 80), spot=(40, 20, 20, 20))
+    path = tmp_path / "f.png"
+    cv2.imwrite(str(path), frame)
+    with using_roi((40, 20, 20, 20)):
+        assert current_roi() == (40, 20, 20, 20)
+        inside = load_batch([path], (8, 8))
+    assert current_roi() is None
+    assert (inside == 255).all() and not (load_batch([path], (8, 8)) == 255).all()
+    with using_roi((70, 50, 20, 20)), pytest.raises(ValueError, match="does not fit"):
+        load_batch([path], (8, 8))
+    # algan-calibrate: the bundle's ROI by default, --roi overrides it (with a warning), 'full' = none
+    manifest = {"roi": [1, 2, 30, 40]}
+    assert _roi(argparse.Namespace(roi=None), manifest) == (1, 2, 30, 40)
+    assert _roi(argparse.Namespace(roi="0,0,10,10"), manifest) == (0, 0, 10, 10)
+    assert _roi(argparse.Namespace(roi="full"), manifest) is None
