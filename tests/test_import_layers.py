@@ -13,7 +13,7 @@ The layers, bottom to top, as derived from the code (a group is a subpackage, or
 3. ``model``: heads, detector, training and fitting (torch)
 4. ``bundle``: a model directory <-> the torch detector (builds model classes)
 5. ``edge``: the torch-free line-side runtime; it needs only the contract and the frame preparation of ``data``
-   (its torch backend ``edge.runner_torch`` imports torch and the bundle only when built)
+   (its torch backend is ``export.runner_torch``, above the bundle, chosen by name at run time)
 6. ``calibration``: thresholds and re-calibration of a bundle
 7. ``export``: ONNX / TensorRT / Triton from a bundle; may use the runtime (e.g. the device-side engine builder)
 8. ``inference`` (Python API over the exported model), 9. ``report`` (HTML report of predictions)

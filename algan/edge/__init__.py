@@ -7,7 +7,8 @@ Modules, in the order a frame travels (one responsibility each; each module's do
                 journal of a watched folder), hub (bounded per-camera frame queues)
     batching    batcher (pure batching rule + thin driver)
     runners     runner (Runner protocol, graph contract check, backend choice), runner_onnx, runner_tensorrt,
-                runner_torch (the only one needing torch, imported when chosen), calibration (run-time re-map of
+                runner_triton; the torch backend lives outside the runtime, in algan.export.runner_torch (it needs
+                torch and the bundle; imported by name only when chosen), calibration (run-time re-map of
                 exported scores after a re-calibration)
     alarm       alarm (pure debounced state machine with hysteresis), snapshots (JPEG of each alarm's peak frame)
     publishing  messages (topics and JSON payloads), mqtt (paho-mqtt publisher: Last Will, QoS 1, flush), outbox

@@ -22,7 +22,7 @@ backend       module                      needs
 ============  ==========================  ==========================================================
 onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
 tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
-torch         ``algan.edge.runner_torch`` torch with CUDA, the model bundle (FP16)
+torch         ``algan.export.runner_torch`` torch with CUDA, the model bundle (FP16)
 triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
@@ -223,7 +223,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
     "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
-    "torch": ("algan.edge.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
+    "torch": ("algan.export.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
     "triton": ("algan.edge.runner_triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 

@@ -1,12 +1,12 @@
-"""The torch runner (algan.edge.runner_torch) against the torch detector: CPU fallback always, CUDA FP16 on a GPU."""
+"""The torch runner (algan.export.runner_torch) against the torch detector: CPU fallback always, CUDA FP16 on a GPU."""
 
 import numpy as np
 import pytest
 import torch
 
 from algan.bundle import load_bundle, load_samples
-from algan.edge.runner_torch import TorchRunner
 from algan.export.onnx_export import torch_scores
+from algan.export.runner_torch import TorchRunner
 
 
 def test_cpu_fallback_matches_the_detector(bundles):

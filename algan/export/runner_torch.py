@@ -1,9 +1,9 @@
 """torch runner: the model bundle on a CUDA GPU in FP16 autocast, for x86 GPU boxes without TensorRT.
 
-The one edge backend that needs torch: importing this module imports no torch (torch and the bundle loader are
-imported in :class:`TorchRunner`'s constructor), and the daemon imports the module only when ``runner.backend:
-torch`` is chosen. The bundle's detector applies its own (current) calibration, so no
-re-mapping is needed here.
+The one runner backend that needs torch, so it lives here, outside the torch-free ``algan.edge``: importing this
+module imports no torch (torch and the bundle loader are imported in :class:`TorchRunner`'s constructor), and the
+daemon imports the module by name only when ``runner.backend: torch`` is chosen. The bundle's detector applies its
+own (current) calibration, so no re-mapping is needed here.
 """
 
 from __future__ import annotations
