@@ -195,8 +195,13 @@ class PatchProjection(nn.Module):
         if kind == "random":
             w = np.random.default_rng(seed).standard_normal((c, k)) / np.sqrt(k)
         else:
-            _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-            w = vt[:k].T
+            xc = x - mean
+            if len(xc) > c:  # the C x C covariance's eigenvectors: one matrix product instead of an N x C SVD
+                _, v = np.linalg.eigh(xc.T @ xc)
+                w = np.ascontiguousarray(v[:, ::-1][:, :k])
+            else:
+                _, _, vt = np.linalg.svd(xc, full_matrices=False)
+                w = vt[:k].T
         p.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         p.proj.copy_(torch.as_tensor(w, dtype=torch.float32))
         return p

@@ -25,7 +25,7 @@ def shrunk_whitening(x: np.ndarray, shrinkage: float | None = None) -> tuple[np.
 
     ``Sigma_s = (1 - d) S + d (tr(S) / K) I`` (Ledoit & Wolf 2004, "A well-conditioned estimator for
     large-dimensional covariance matrices"), ``W = Sigma_s^(-1/2)`` (symmetric), computed from the thin SVD of the
-    centred data so it costs O(N K min(N, K)).
+    centred data (N <= K) or the eigendecomposition of the K x K covariance (N > K), so it costs O(N K min(N, K)).
 
     Args:
         x: float (N, K) normal training features, N >= 2.
@@ -44,8 +44,14 @@ def shrunk_whitening(x: np.ndarray, shrinkage: float | None = None) -> tuple[np.
         shrinkage = float(ledoit_wolf_shrinkage(xc, assume_centered=True))
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"whitening shrinkage must lie in [0, 1], got {shrinkage}")
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    var = s**2 / n  # eigenvalues of the (biased, as in Ledoit-Wolf) sample covariance
+    if n > k:
+        # many more samples than dimensions (patch vectors): the K x K covariance's eigendecomposition, O(N K^2) in
+        # one matrix product, is far cheaper than the thin SVD of the N x K data (same eigenvalues and vectors)
+        var, v = np.linalg.eigh(xc.T @ xc / n)
+        var, vt = np.clip(var, 0.0, None), v.T
+    else:
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)
+        var = s**2 / n  # eigenvalues of the (biased, as in Ledoit-Wolf) sample covariance
     mu = float((xc**2).sum() / (n * k))  # tr(S) / K
     floor = max(shrinkage * mu, 1e-12 * max(mu, 1e-30))
     lam = (1.0 - shrinkage) * var + floor
