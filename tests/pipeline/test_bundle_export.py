@@ -137,7 +137,7 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "zero"), "--ensemble", "0"]) == 2
     assert "--ensemble must be >= 1, got 0" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "knn"), "--head", "knn", "--ensemble", "2"]) == 2
-    assert "--ensemble applies to the ALGAN-feature head" in capsys.readouterr().err
+    assert "--ensemble applies to the ALGAN-feature and ALGAN-patch heads" in capsys.readouterr().err
     assert not (tmp_path / "zero").exists() and not (tmp_path / "knn").exists()
 
 
@@ -163,7 +163,7 @@ def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, syn
     (["--head", "mahalanobis", "--knn-metric", "whitened"], "--knn-metric applies to --head knn only"),
     (["--ensemble", "0"], "--ensemble must be >= 1, got 0"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-    (["--variant", "image", "--ensemble", "2"], "--ensemble applies to the ALGAN-feature head"),
+    (["--variant", "image", "--ensemble", "2"], "--ensemble applies to the ALGAN-feature and ALGAN-patch heads"),
     (["--head", "knn", "--checkpoint", "ck"], "--checkpoint works with the ALGAN-feature head only"),
 ])
 def test_train_flag_errors_come_before_any_data_is_read(tmp_path, capsys, flags, message):

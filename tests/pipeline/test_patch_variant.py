@@ -215,7 +215,7 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         torch.testing.assert_close(scores, maps.flatten(1).amax(1))
         # evaluate() (algan-eval's image AUROC) scores patch detectors through their maps
         ev = evaluate(det, ds, batch_size=8, progress=False)
-        np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)  # other batch sizes
         up = F.interpolate(maps[:, None], size=PATCH_SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()
         results[name] = (roc_auc_score(masks.ravel(), up.ravel()), roc_auc_score(y, scores.numpy()))
     # measured at 96 px on this 40-image set: pixel 0.78 / 0.81 / 0.67 and image 0.99 / 0.99 / 0.96 (padim,
