@@ -9,10 +9,7 @@ records every message in arrival order. ``mosquitto_factory`` starts extra broke
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,32 +17,8 @@ from pathlib import Path
 import pytest
 from mqttkit import Collector
 
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
-    """Wait until something accepts TCP connections on host:port."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def mosquitto_path() -> str | None:
-    """Path of the mosquitto binary, or None."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
+# one copy of the port/broker helpers, shared with the benchmarks (which must not import tests/)
+from benchmarks._kit import free_port, mosquitto_path, wait_port
 
 
 @dataclass

@@ -531,6 +531,24 @@ def _commit(staging: Path, model_dir: Path, names: list[str]) -> dict[str, Path]
     return out
 
 
+def _device_inputs(model_dir: Path, fix: str, trt: Any, cuda: Any) -> tuple[Path, tuple[int, int], list[str],
+                                                                          np.ndarray, Any, Any]:
+    """What a device-side build or adoption starts from: the bundle's FP32 graph, its input size and outputs, the
+    stored sample frames, and the tensorrt and pycuda modules (imported unless given).
+
+    Raises:
+        EngineError: no ``model.onnx`` in ``model_dir`` (``fix`` says what to do), no samples, TensorRT or pycuda
+            missing.
+    """
+    onnx32 = model_dir / ONNX_FILE
+    if not onnx32.is_file():
+        raise EngineError(f"{model_dir} has no {ONNX_FILE}; {fix}")
+    size, outputs = graph_io(onnx32)
+    images = load_samples(model_dir, size)
+    return (onnx32, size, outputs, images, trt if trt is not None else import_tensorrt(),
+            cuda if cuda is not None else import_pycuda())
+
+
 def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, batch: BatchProfile | None = None,
                     workspace_mib: int = DEFAULT_WORKSPACE_MIB, trt: Any = None, cuda: Any = None,
                     gpu: Callable[[], tuple[str, str]] | None = None, device_alloc: Callable | None = None,
@@ -559,16 +577,9 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
     import tempfile
 
     model_dir = Path(model_dir)
-    onnx32 = model_dir / ONNX_FILE
-    if not onnx32.is_file():
-        raise EngineError(f"{model_dir} has no {ONNX_FILE}; run algan-export {model_dir.name} on the workstation and "
-                          "copy the whole bundle directory to this device")
-    size, outputs = graph_io(onnx32)
-    images = load_samples(model_dir, size)
-    if trt is None:
-        trt = import_tensorrt()
-    if cuda is None:
-        cuda = import_pycuda()
+    onnx32, size, outputs, images, trt, cuda = _device_inputs(
+        model_dir, f"run algan-export {model_dir.name} on the workstation and copy the whole bundle directory to this "
+        "device", trt, cuda)
     plan = plan_build(trt.__version__, fp16, int8)
     calib = None
     if plan.int8_calibrator:
@@ -663,16 +674,9 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
         raise EngineError(f"--precision must be one of {', '.join(TOLERANCES)}, got {precision!r}")
     if not engine_path.is_file():
         raise EngineError(f"engine {engine_path} does not exist")
-    onnx32 = model_dir / ONNX_FILE
-    if not onnx32.is_file():
-        raise EngineError(f"{model_dir} has no {ONNX_FILE} to check the engine against; pass the bundle directory as "
-                          "MODEL_DIR (algan-edge build-engine MODEL_DIR --adopt ENGINE)")
-    size, _ = graph_io(onnx32)
-    images = load_samples(model_dir, size)
-    if trt is None:
-        trt = import_tensorrt()
-    if cuda is None:
-        cuda = import_pycuda()
+    onnx32, size, _, images, trt, cuda = _device_inputs(
+        model_dir, "pass the bundle directory as MODEL_DIR (algan-edge build-engine MODEL_DIR --adopt ENGINE) to "
+        "check the engine against", trt, cuda)
     blob = engine_path.read_bytes()
     sig = engine_signature(trt, blob, make_logger(trt, log))
     if tuple(sig["input_shape"]) != size:
