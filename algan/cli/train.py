@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="ALGAN-feature training checkpoint directory: saved every epoch, resumed from when it "
-                        "exists (bit-identical result); --head algan --variant feature only")
+                   help="ALGAN training checkpoint directory (every variant): saved every epoch, resumed from "
+                        "when it exists (bit-identical result); --head algan only")
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
@@ -148,10 +148,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    feature_algan = args.head == "algan" and args.variant == "feature"
-    if args.checkpoint is not None and not feature_algan:
-        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
-                         f"not with --head {args.head} --variant {args.variant}")
+    from algan.model.fit import check_checkpoint_head
+
+    check_checkpoint_head(args.checkpoint, args.head)
     if args.ensemble is not None:
         if args.ensemble < 1:
             raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")

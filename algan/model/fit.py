@@ -54,8 +54,9 @@ class FitSettings:
         max_train: use at most this many training images (a seeded subset), ``None`` = all.
         seed: seed of the split, the subset and the training.
         batch_size: images per backbone batch.
-        checkpoint: ALGAN-feature training checkpoint directory (resumable training; see
-            :func:`algan.model.train.train_algan`); ``None`` = no checkpoint. Not part of the model.
+        checkpoint: ALGAN training checkpoint directory, any variant (resumable training, bit-identical to an
+            uninterrupted run; see :func:`algan.model.gan_loop.train_gan`); ``None`` = no checkpoint. Not part of
+            the model.
         patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
         coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),
             capped by the sampled patches.
@@ -145,7 +146,7 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
     grid), for the PatchCore bank size. Returns (head module, settings json, extras, train info)."""
     if settings.head == "algan":
         cfg = settings.algan
-        result = train_algan(x, cfg, progress=progress)
+        result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
         # the whitening is folded into D's first layer: one K x K product less per cell at inference
         head = PatchwiseHead(fold_whitening(result.head))
@@ -206,10 +207,16 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[fl
 
 
 def check_checkpoint_settings(settings: FitSettings) -> None:
-    """Raise ValueError when a training checkpoint is asked for with a head other than ALGAN-feature."""
-    if settings.checkpoint is not None and (settings.head != "algan" or settings.variant != "feature"):
-        raise ValueError("--checkpoint works with the ALGAN-feature head only (--head algan --variant feature), "
-                         f"not with --head {settings.head} --variant {settings.variant}")
+    """Raise ValueError when a training checkpoint is asked for with a head that does not train (not ALGAN)."""
+    check_checkpoint_head(settings.checkpoint, settings.head)
+
+
+def check_checkpoint_head(checkpoint: str | None, head: str) -> None:
+    """The one rule for ``--checkpoint``: the ALGAN head of every variant trains a GAN and checkpoints; the
+    classical heads fit in seconds and have no training state. Raises ValueError for another head."""
+    if checkpoint is not None and head != "algan":
+        raise ValueError(f"--checkpoint works with the ALGAN head only (--head algan, any --variant), not with "
+                         f"--head {head}: it fits in seconds and has no training state to resume")
 
 
 def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
@@ -286,7 +293,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
                                  "features (train)" if progress else None)
         transform = torch.nn.Identity()
-        result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress)
+        result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress, checkpoint=settings.checkpoint)
         head, head_settings = result.head, icfg.to_json()
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
         train_info = {"train_s": result.train_s, "final": result.history[-1]}

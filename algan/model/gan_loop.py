@@ -10,8 +10,9 @@ Algorithm (Murase & Fukumizu 2022, IEEE Access; arXiv:2202.10281, Sec. III), per
 Buffer policy (explicit, configurable): during epochs ``[0, buffer_epochs)`` every generated batch of both kinds
 is offered to a per-kind reservoir of at most ``buffer_size`` samples (reservoir sampling, Vitter's algorithm R: a
 uniform sample of everything generated in that window); from the step at which both reservoirs hold one batch the
-buffer terms are used, with ``batch_size`` samples drawn uniformly with replacement per step. ``beta = 1`` or
-``buffer_epochs = 0`` switches the buffer off.
+buffer terms are used, with ``batch_size`` samples drawn uniformly with replacement per step. ``beta = 1``,
+``buffer_epochs = 0`` or ``buffer_size = 0`` switches the buffer off: it is then never filled, and the three give
+identical training.
 
 What differs between variants is small and lives in a :class:`Strategy`: how G and D are built, how a real batch
 is drawn (augmentation), how the two latent kinds are generated (G's batch-norm mode), how D runs over the batch
@@ -387,6 +388,7 @@ def _train_member(data: torch.Tensor, cfg: GanConfig, strategy: Strategy, seed: 
 
         epochs = tqdm(epochs, desc=label, unit="epoch", dynamic_ncols=True, initial=start, total=total)
     step = start * max(n // bs, 1)
+    buffer_on = cfg.beta < 1.0 and cfg.buffer_size > 0  # off = never filled (no work, no random draws)
     for epoch in epochs:
         G.train()
         D.train()
@@ -398,7 +400,7 @@ def _train_member(data: torch.Tensor, cfg: GanConfig, strategy: Strategy, seed: 
             z_n = torch.randn(bs, z_dim, generator=gen).to(dev)
             z_a = (torch.randn(bs, z_dim, generator=gen) * cfg.sigma).to(dev)
             fake_n, fake_a = strategy.generate(G, z_n, z_a)
-            if epoch < cfg.buffer_epochs and cfg.buffer_size > 0:
+            if buffer_on and epoch < cfg.buffer_epochs:
                 buf_n.offer(fake_n)
                 buf_a.offer(fake_a)
             use_buf = cfg.beta < 1.0 and min(buf_n.size, buf_a.size) >= bs

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from algan.model.gan_loop import GanConfig, Strategy, resolve_device, train_gan
-from algan.model.networks import D_NORMS, DCGANDiscriminator, DCGANGenerator, bake_spectral_norm, check_size
+from algan.model.networks import D_NORMS, DCGANDiscriminator, DCGANGenerator, check_size
 
 #: pixels are scaled to [-1, 1] (G ends in tanh): mean 0.5, std 0.5 on [0, 1] values
 PIXEL_MEAN = (0.5, 0.5, 0.5)

@@ -134,8 +134,8 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """D: images (N, C, S, S) in [-1, 1] -> logits (N,). Stride-2 convs down to 4x4, then a 4x4 conv to 1.
 
-    ``norm``: ``batch``, ``spectral``, ``instance`` or ``none`` (see :class:`algan.model.image.ImageConfig`); ``dropout``: dropout
-    probability after each hidden activation.
+    ``norm``: ``batch``, ``spectral``, ``instance`` or ``none`` (see :class:`algan.model.image.ImageConfig`);
+    ``dropout``: dropout probability after each hidden activation.
     """
 
     def __init__(self, size: int, channels: int, ndf: int = 32, norm: str = "batch", dropout: float = 0.0) -> None:

@@ -1,4 +1,5 @@
-"""Resumable ALGAN-feature training (algan.model.checkpoint, train_algan(checkpoint=...))."""
+"""Resumable ALGAN training checkpoints (algan.model.checkpoint), in depth on the feature variant; the properties
+that hold for every variant (the image variant too) are tested in tests/model/test_gan_loop.py."""
 
 from __future__ import annotations
 
@@ -196,11 +197,11 @@ def test_fit_head_plumbs_the_checkpoint(tmp_path) -> None:
     ref = train_algan(x, cfg, progress=False).head
     with torch.no_grad():
         assert torch.equal(head.eval()(torch.from_numpy(x)), ref(torch.from_numpy(x)))
-    with pytest.raises(ValueError, match="ALGAN-feature head only"):
+    with pytest.raises(ValueError, match="ALGAN head only"):
         fit_head(FitSettings(head="knn", checkpoint=str(tmp_path / "k")), x, progress=False)
 
 
-@pytest.mark.parametrize("extra", [["--head", "mahalanobis"], ["--variant", "image"]])
+@pytest.mark.parametrize("extra", [["--head", "mahalanobis"], ["--variant", "patch", "--head", "patchcore"]])
 def test_cli_refuses_checkpoint_with_other_heads(extra, tmp_path, capsys) -> None:
     from algan.cli.train import main
 
@@ -208,5 +209,5 @@ def test_cli_refuses_checkpoint_with_other_heads(extra, tmp_path, capsys) -> Non
                str(tmp_path / "ck"), *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith("algan-train: error: --checkpoint works with the ALGAN-feature head only")
+    assert err.startswith("algan-train: error: --checkpoint works with the ALGAN head only (--head algan, any")
     assert "\n" not in err

@@ -164,7 +164,7 @@ def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, syn
     (["--ensemble", "0"], "--ensemble must be >= 1, got 0"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--variant", "image", "--ensemble", "2"], "--ensemble applies to the ALGAN-feature and ALGAN-patch heads"),
-    (["--head", "knn", "--checkpoint", "ck"], "--checkpoint works with the ALGAN-feature head only"),
+    (["--head", "knn", "--checkpoint", "ck"], "--checkpoint works with the ALGAN head only"),
 ])
 def test_train_flag_errors_come_before_any_data_is_read(tmp_path, capsys, flags, message):
     """A bad command line is one clear line and exit 2, even when --data does not exist (checked before reading)."""

@@ -12,14 +12,8 @@ from algan.bundle import load_bundle, save_bundle
 from algan.data.datasets import load_dataset
 from algan.export.onnx_export import export_onnx, ort_scores, torch_scores
 from algan.model.fit import FitSettings, fit_detector
-from algan.model.image import (
-    PAPER,
-    DCGANDiscriminator,
-    DCGANGenerator,
-    ImageConfig,
-    check_size,
-    train_algan_image,
-)
+from algan.model.image import PAPER, ImageConfig, train_algan_image
+from algan.model.networks import DCGANDiscriminator, DCGANGenerator, check_size
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -95,7 +89,12 @@ def test_training_is_deterministic_and_reduces_d_loss():
 
 def test_image_variant_bundle_and_onnx_parity(synth_root, tmp_path):
     cfg = ImageConfig(size=64, channels=3, epochs=2, ngf=8, ndf=8, seed=1)
-    fitted = fit_detector(load_dataset(synth_root), FitSettings(variant="image", image=cfg), progress=False)
+    ck = tmp_path / "ck"
+    fitted = fit_detector(load_dataset(synth_root), FitSettings(variant="image", image=cfg, checkpoint=str(ck)),
+                          progress=False)
+    from algan.model.checkpoint import state_name
+
+    assert [p.name for p in ck.iterdir()] == [state_name(0, 2)]  # a complete, resumable training state
     assert fitted.manifest["variant"] == "image" and fitted.manifest["features"]["transform"] == "none"
     save_bundle(tmp_path / "b", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
     det, manifest = load_bundle(tmp_path / "b")
