@@ -416,8 +416,12 @@ class Manifest(_Section):
         it is absent."""
         value = getattr(self, name)
         if value is None:
-            raise BundleError(_field_error(self._path or MANIFEST_FILE, name, "is missing"))
+            raise self.field_error(name)
         return value
+
+    def field_error(self, field: str, what: str = "is missing") -> BundleError:
+        """The :class:`BundleError` for a bad ``field`` (dotted, e.g. ``head.settings.n_bank``) of this manifest."""
+        return BundleError(_field_error(self._path or MANIFEST_FILE, field, what))
 
 
 def _field_error(path: str | os.PathLike[str], field: str, what: str) -> str:
