@@ -96,7 +96,7 @@ def test_training_is_deterministic_and_reduces_d_loss():
 def test_image_variant_bundle_and_onnx_parity(synth_root, tmp_path):
     cfg = ImageConfig(size=64, channels=3, epochs=2, ngf=8, ndf=8, seed=1)
     fitted = fit_detector(load_dataset(synth_root), FitSettings(variant="image", image=cfg), progress=False)
-    assert fitted.manifest["variant"] == "image" and fitted.manifest["features"]["transform"] == "none"
+    assert fitted.manifest.variant == "image" and fitted.manifest.features.transform == "none"
     save_bundle(tmp_path / "b", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
     det, manifest = load_bundle(tmp_path / "b")
     t = torch_scores(det, fitted.samples)
