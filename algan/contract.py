@@ -242,7 +242,7 @@ class BundleError(ValueError):
 class _Section(BaseModel):
     """A manifest section: unknown keys are kept (``extra="allow"``: a newer writer's additions survive a read-modify-
     write), and :meth:`to_json` writes back exactly the keys that were read or set, in the order they were read
-    (keys set later follow), so that a manifest round-trips to the same JSON."""
+    (keys set later follow, in field order), so that a manifest round-trips to the same JSON."""
 
     model_config = ConfigDict(extra="allow")
 
