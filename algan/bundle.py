@@ -1,6 +1,6 @@
 """The model bundle: a directory with ``weights.safetensors`` (no pickles) and the ``algan.json`` manifest.
 
-Manifest (format version 1)::
+Manifest (format version 1; typed as :class:`algan.contract.Manifest`, one pydantic model per section)::
 
     format_version, model_id, created (UTC ISO 8601), algan_edge_version,
     backbone:    BackboneSpec (name, blocks, pooling, input_size [H, W], mean, std, weights_sha256, weights_path)
@@ -22,61 +22,46 @@ against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from algan.contract import (
+    FORMAT_VERSION,
+    BundleError,
+    CalibrationSection,
+    Manifest,
+    atomic_directory,
+    load_manifest,
+    manifest_bytes,
+    parse_manifest,
+)
 from algan.contract import MANIFEST_FILE as MANIFEST
 from algan.contract import SAMPLES_FILE as SAMPLES
 from algan.contract import WEIGHTS_FILE as WEIGHTS
-from algan.contract import atomic_directory
 
-FORMAT_VERSION = 1
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
 STORED_PREFIXES = ("transform.", "head.", "calibration.")
 
+__all__ = ["FORMAT_VERSION", "BundleError", "Manifest", "load_bundle", "load_samples", "read_manifest",
+           "save_bundle", "update_calibration", "write_manifest"]
 
-class BundleError(ValueError):
-    """A model directory that is missing, incomplete or of an unsupported format."""
 
-
-def read_manifest(model_dir: str | Path) -> dict:
-    """Read and validate ``algan.json`` (no torch needed).
+def read_manifest(model_dir: str | Path) -> Manifest:
+    """Read and validate ``algan.json`` (no torch needed): :func:`algan.contract.load_manifest`.
 
     Raises:
-        BundleError: missing directory/manifest, unreadable JSON, or an unsupported format version.
+        BundleError: missing directory/manifest, unreadable JSON, an unsupported format version or a missing or
+            mistyped field.
     """
-    model_dir = Path(model_dir)
-    path = model_dir / MANIFEST
-    if model_dir.is_file():
-        hint = f"give the bundle directory {model_dir.parent}" if (model_dir.parent / MANIFEST).is_file() else (
-            "give the bundle directory that algan-train wrote")
-        raise BundleError(f"{model_dir} is a file, but a model bundle directory is needed (with {MANIFEST} and "
-                          f"{WEIGHTS}); {hint}")
-    if not model_dir.is_dir():
-        raise BundleError(f"model directory {model_dir} does not exist; train one with algan-train --out {model_dir}")
-    if not path.is_file():
-        raise BundleError(f"{model_dir} is not a model bundle ({MANIFEST} missing); train one with algan-train")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {path}: {exc}; re-train or restore the bundle") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        msg = (
-            f"{path} has format version {version}, this algan-edge reads version {FORMAT_VERSION}; "
-            "re-train the model or install the algan-edge version that wrote it"
-        )
-        raise BundleError(msg)
-    return manifest
+    return load_manifest(model_dir)
 
 
-def write_manifest(model_dir: str | Path, manifest: dict) -> None:
+def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
     """Atomically (temp file + rename) write ``algan.json``."""
-    atomic_write_bytes(Path(model_dir) / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_bytes(Path(model_dir) / MANIFEST, manifest_bytes(manifest))
 
 
 #: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
@@ -111,33 +96,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_bundle(model_dir: str | Path, detector, manifest: dict, extra_tensors: dict | None = None,
+def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extra_tensors: dict | None = None,
                 samples: np.ndarray | None = None) -> Path:
     """Write a bundle. The directory is built under a temporary name and renamed into place, so an interrupted
     save never leaves a half-written bundle (an existing bundle at ``model_dir`` is replaced only on success).
 
     Args:
         detector: :class:`algan.model.detector.AnomalyDetector`.
-        manifest: the manifest dict (``format_version`` is set here).
+        manifest: the manifest (a dict is validated into a :class:`Manifest`; ``format_version`` is set here).
+
+    Raises:
+        BundleError: a manifest dict with a missing or mistyped field.
         extra_tensors: more named tensors to store (e.g. the generator, ``generator.*``).
         samples: optional uint8 (N, H, W, 3) held-out normal frames.
     """
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
+    data = manifest.to_json() if isinstance(manifest, Manifest) else dict(manifest)
+    data = {"format_version": FORMAT_VERSION, **data}
+    data["format_version"] = FORMAT_VERSION
+    manifest = parse_manifest(data, model_dir / MANIFEST)
     with atomic_directory(model_dir) as tmp:  # fsynced, then swapped in; removed on any error
         os.chmod(tmp, BUNDLE_DIR_MODE)  # mkdtemp gives 0700: the service user must read the bundle
         state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
         for k, v in (extra_tensors or {}).items():
             state[k] = v.detach().contiguous()
-        save_file(state, str(tmp / WEIGHTS), metadata={"model_id": manifest.get("model_id", "")})
+        save_file(state, str(tmp / WEIGHTS), metadata={"model_id": manifest.model_id})
         if samples is not None:
             import torch
 
             save_file({"images": torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES))
         for f in tmp.iterdir():
             os.chmod(f, BUNDLE_FILE_MODE)
-        manifest = {"format_version": FORMAT_VERSION, **manifest}
         write_manifest(tmp, manifest)
     return model_dir
 
@@ -173,65 +164,66 @@ def load_bundle(model_dir: str | Path):
     wpath = model_dir / WEIGHTS
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
-    try:
-        variant = manifest.get("variant", "feature")
-        feat = manifest["features"]
-        head_cfg = manifest["head"]
-        kind = head_cfg["kind"]
-        cal = manifest["calibration"]
-        bb = manifest["backbone"]
-    except KeyError as exc:
-        raise BundleError(f"{model_dir / MANIFEST} lacks the field {exc}; re-train the model") from exc
-    settings = head_cfg.get("settings", {})
+    feat = manifest.require("features")
+    head_cfg = manifest.require("head")
+    bb = manifest.require("backbone")
+    cal = manifest.calibration
+    variant, kind, settings = manifest.variant, head_cfg.kind, head_cfg.settings
+
+    def setting(key: str):
+        if key not in settings:
+            raise manifest.field_error(f"head.settings.{key}")
+        return settings[key]
+
     if variant == "image":
         from algan.model.image import ImageConfig, PixelBackbone
 
         icfg = ImageConfig.from_json(settings)
         input_size = (icfg.size, icfg.size)
-        preprocess, backbone = Preprocess(bb["mean"], bb["std"]), PixelBackbone(icfg.channels)
+        preprocess, backbone = Preprocess(bb.mean, bb.std), PixelBackbone(icfg.channels)
         transform, head = torch.nn.Identity(), icfg.build_head()
     elif variant == "patch":
         from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
         from algan.model.patch_heads import PatchwiseHead
 
-        spec = BackboneSpec.from_json(bb)
-        pspec = PatchSpec.from_json(manifest.get("patch", {}))
+        spec = BackboneSpec.from_json(bb.to_json())
+        pspec = PatchSpec.from_json(manifest.patch.to_json() if manifest.patch is not None else {})
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), PatchFeatureMaps(spec, pspec)
-        transform = PatchProjection(feat["transform"], feat["in_dim"], feat["dim"])
+        transform = PatchProjection(feat.transform, feat.in_dim, feat.dim)
         postprocess = MapPostprocess(pspec, input_size)
         if kind == "algan":
             cfg = AlganConfig.from_json(settings)
             if settings.get("folded_whitening"):  # the whitening lives in D's first layer
                 cfg = dataclasses.replace(cfg, whiten="none")
-            inner = cfg.build_head(feat["dim"])
+            inner = cfg.build_head(feat.dim)
         elif kind == "patchcore":
-            inner = KnnHead.empty(settings["n_bank"], feat["dim"], 1, "euclidean")
+            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean")
         elif kind == "padim":
-            inner = MahalanobisHead.empty(feat["dim"])
+            inner = MahalanobisHead.empty(feat.dim)
         else:
             msg = f"unknown patch head kind {kind!r} in {model_dir / MANIFEST}; expected algan, patchcore or padim"
             raise BundleError(msg)
         head = PatchwiseHead(inner)
     elif variant == "feature":
-        spec = BackboneSpec.from_json(bb)
+        spec = BackboneSpec.from_json(bb.to_json())
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
-        transform = FeatureTransform.empty(feat["transform"], feat["in_dim"], feat["dim"])
+        transform = FeatureTransform.empty(feat.transform, feat.in_dim, feat.dim)
         if kind == "algan":
-            head = AlganConfig.from_json(settings).build_head(feat["dim"])
+            head = AlganConfig.from_json(settings).build_head(feat.dim)
         elif kind == "mahalanobis":
-            head = MahalanobisHead.empty(feat["dim"])
+            head = MahalanobisHead.empty(feat.dim)
         elif kind == "knn":
             # manifests written before the metric existed hold euclidean banks
-            head = KnnHead.empty(settings["n_bank"], feat["dim"], settings["k"], settings.get("metric", "euclidean"))
+            head = KnnHead.empty(setting("n_bank"), feat.dim, setting("k"), settings.get("metric", "euclidean"))
         else:
             msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn"
             raise BundleError(msg)
     else:
         raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature, image or patch")
     det = AnomalyDetector(preprocess, backbone, transform, head,
-                          Calibration(cal["center"], cal["threshold"]), input_size=input_size,
+                          Calibration(cal.center, cal.threshold), input_size=input_size,
                           postprocess=postprocess if variant == "patch" else None)
     state = _load_weights(wpath)
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
@@ -248,7 +240,7 @@ def load_bundle(model_dir: str | Path):
     return det, manifest
 
 
-def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict) -> dict:
+def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict) -> Manifest:
     """Replace a bundle's score calibration in place (weights and manifest), keeping its exports.
 
     ``weights.safetensors`` gets new ``calibration.center`` / ``calibration.scale`` (= threshold - center) tensors
@@ -277,11 +269,12 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={"model_id": manifest.get("model_id", "")})
+        save_file(state, tmp, metadata={"model_id": manifest.model_id})
         os.chmod(tmp, BUNDLE_FILE_MODE)
         os.replace(tmp, wpath)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    manifest["calibration"] = {**info, "center": float(center), "threshold": float(threshold)}
+    manifest.calibration = CalibrationSection.model_validate({**info, "center": float(center),
+                                                              "threshold": float(threshold)})
     write_manifest(model_dir, manifest)
     return manifest

@@ -1,6 +1,6 @@
 """The model contract, said once: what training writes, export bakes into the graph and the edge runtime reads.
 
-Torch-free and light (standard library and numpy only), so that every layer may import it: ``data``,
+Torch-free and light (standard library, numpy and pydantic only), so that every layer may import it: ``data``,
 ``features``, ``model``, ``bundle``, ``calibration``, ``export`` and ``edge`` all take these names from here.
 
 Exported graph (ONNX; the TensorRT engine keeps the same names):
@@ -17,7 +17,8 @@ baked into the graph, :data:`KEY_CAL_CENTER` / :data:`KEY_CAL_SCALE` (``raw = sc
 the edge re-maps scores (and maps) after a re-calibration.
 
 Bundle directory: :data:`MANIFEST_FILE` (the manifest), :data:`WEIGHTS_FILE`, :data:`SAMPLES_FILE` (held-out normal
-frames), :data:`ONNX_FILE`, :data:`ENGINE_FILE`.
+frames), :data:`ONNX_FILE`, :data:`ENGINE_FILE`. The manifest is typed: :class:`Manifest` (one pydantic model per
+section), read with :func:`load_manifest` (one :class:`BundleError` line naming the file, the bad field and the fix).
 
 The threshold rule (:func:`order_statistic_rank`, :func:`empirical_threshold`) is the one order statistic that both
 training (``algan.model.fit``) and re-calibration (``algan.calibration.threshold``) use for "the threshold at a
@@ -27,6 +28,7 @@ target false-alarm rate".
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -36,8 +38,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 # -- graph I/O ------------------------------------------------------------------------------------------------
 INPUT_NAME = "images"
@@ -215,3 +228,266 @@ def empirical_threshold(scores: np.ndarray, target_fpr: float, *, clip: bool) ->
                              f"(needs >= {need})")
         return EmpiricalThreshold(float(s[-1]), n, 1.0 / (n + 1), False, need)
     return EmpiricalThreshold(float(s[k - 1]), k, 1.0 - k / (n + 1), True, need)
+
+
+# -- the bundle manifest ----------------------------------------------------------------------------------------
+#: the bundle format version this package reads and writes (``format_version`` of the manifest)
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A model directory that is missing, incomplete or of an unsupported format."""
+
+
+class _Section(BaseModel):
+    """A manifest section: unknown keys are kept (``extra="allow"``: a newer writer's additions survive a read-modify-
+    write), and :meth:`to_json` writes back exactly the keys that were read or set, in the order they were read
+    (keys set later follow, in field order), so that a manifest round-trips to the same JSON."""
+
+    model_config = ConfigDict(extra="allow")
+
+    _key_order: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_key_order(cls, data: Any, handler: Any) -> Any:
+        obj = handler(data)
+        if isinstance(data, dict) and obj is not data:
+            obj._key_order = tuple(data)
+        return obj
+
+    @model_serializer(mode="wrap")
+    def _in_key_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d = handler(self)
+        first = [k for k in self._key_order if k in d]
+        return {**{k: d[k] for k in first}, **{k: v for k, v in d.items() if k not in self._key_order}}
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types: the keys read or set (defaults of absent keys are not written)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class BackboneSection(_Section):
+    """``backbone``: what rebuilds the feature extractor (``algan.features.base.BackboneSpec``; the image variant:
+    ``name: pixels`` and ``channels``). ``input_size`` is ``[H, W]``, ``mean``/``std`` the per-channel RGB
+    normalisation of [0, 1] pixels."""
+
+    name: str
+    input_size: list[int]
+    mean: list[float]
+    std: list[float]
+    blocks: list[int] | None = None
+    pooling: str | None = None
+    weights_sha256: str | None = None
+    weights_path: str | None = None
+    channels: int | None = None
+
+
+class InputSection(_Section):
+    """``input``: the model input, ``{height, width, layout: NHWC, dtype: uint8, colour_order: BGR}``."""
+
+    height: int
+    width: int
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    colour_order: str = "BGR"
+
+
+class FeaturesSection(_Section):
+    """``features``: the fitted transform, ``transform`` (``standardize``/``pca``; patch: ``none``/``random``/``pca``;
+    image: ``none``), its input and output dimension, and the number of training patches (patch variant)."""
+
+    transform: str
+    in_dim: int
+    dim: int
+    n_patches: int | None = None
+
+
+class HeadSection(_Section):
+    """``head``: ``kind`` (``algan``, ``mahalanobis``, ``knn``; patch: ``algan``, ``patchcore``, ``padim``) and the
+    head's ``settings`` (the config it was trained with)."""
+
+    kind: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class CalibrationSection(_Section):
+    """``calibration``: raw score ``center`` (median normal) and ``threshold`` (the alarm level), with how they were
+    found; algan-calibrate adds ``date``, ``tool``, ``data``, ``validation``... (kept as extra keys)."""
+
+    center: float
+    threshold: float
+    target_fpr: float | None = None
+    n_images: int | None = None
+    source: str | None = None
+    method: str | None = None
+    date: str | None = None
+
+
+class TrainingDataSection(_Section):
+    """``training.data``: the training data set (``algan.data.datasets.Dataset.summary``)."""
+
+    root: str | None = None
+    layout: str | None = None
+    n_train: int | None = None
+    n_test_normal: int | None = None
+    n_test_anomalous: int | None = None
+    has_masks: bool | None = None
+
+
+class TrainingSection(_Section):
+    """``training``: data set summary, image counts, seed and timing; ALGAN heads add ``train_s``, the ``final``
+    losses and ``epochs_run``."""
+
+    data: TrainingDataSection = Field(default_factory=TrainingDataSection)
+    n_train: int | None = None
+    n_holdout: int | None = None
+    seed: int | None = None
+    max_train: int | None = None
+    wall_s: float | None = None
+    train_s: float | None = None
+    final: dict[str, Any] | None = None
+    epochs_run: int | None = None
+
+
+class PatchSection(_Section):
+    """``patch``: the patch variant's ``algan.features.patch.PatchSpec`` (same fields and defaults)."""
+
+    stride: int = 8
+    aggregate: int = 3
+    projection: str = "none"
+    dim: int | None = None
+    map_stride: int = 4
+    smooth_sigma: float = 4.0
+    reduction: str = "max"
+    topk: float = 0.01
+    patches_per_image: int = 128
+
+
+class AnomalyMapSection(_Section):
+    """``anomaly_map``: size of the ``anomaly_maps`` output in cells, the image-score reduction and the patch grid."""
+
+    height: int
+    width: int
+    reduction: str | None = None
+    grid: list[int] | None = None
+
+
+class Manifest(_Section):
+    """The bundle manifest ``algan.json`` (format version :data:`FORMAT_VERSION`).
+
+    Required: ``format_version``, ``model_id`` and ``calibration`` (``center``, ``threshold``). The sections that
+    rebuild the torch detector (``backbone``, ``features``, ``head``) are optional here, so that a bundle that only
+    serves its exported graph still reads; :meth:`require` gives them where they are needed. ``exports`` is filled by
+    algan-export: ``{onnx, onnx_fp16, engine: {file, sha256, ...}, parity: [...], auroc, triton}``.
+    """
+
+    format_version: int
+    model_id: str
+    calibration: CalibrationSection
+    created: str | None = None
+    algan_edge_version: str | None = None
+    variant: str = "feature"
+    backbone: BackboneSection | None = None
+    input: InputSection | None = None
+    features: FeaturesSection | None = None
+    head: HeadSection | None = None
+    training: TrainingSection | None = None
+    exports: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=lambda: [OUTPUT_NAME])
+    patch: PatchSection | None = None
+    anomaly_map: AnomalyMapSection | None = None
+    roi: list[int] | None = None
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def path(self) -> Path | None:
+        """The file it was read from (:func:`load_manifest`), else ``None``."""
+        return self._path
+
+    @property
+    def head_kind(self) -> str:
+        """``head.kind``, or ``""`` without a head section."""
+        return self.head.kind if self.head is not None else ""
+
+    def require(self, name: str) -> Any:
+        """The section ``name`` (e.g. ``"backbone"``); raises :class:`BundleError` naming the file and the field when
+        it is absent."""
+        value = getattr(self, name)
+        if value is None:
+            raise self.field_error(name)
+        return value
+
+    def field_error(self, field: str, what: str = "is missing") -> BundleError:
+        """The :class:`BundleError` for a bad ``field`` (dotted, e.g. ``head.settings.n_bank``) of this manifest."""
+        return BundleError(_field_error(self._path or MANIFEST_FILE, field, what))
+
+
+def _field_error(path: str | os.PathLike[str], field: str, what: str) -> str:
+    return (f"{path}: field '{field}' {what}; the manifest is damaged or was not written by algan-train: re-train or "
+            "re-export the bundle with this algan-edge version, or restore its algan.json")
+
+
+def parse_manifest(data: Any, path: str | os.PathLike[str] = MANIFEST_FILE) -> Manifest:
+    """Validate a decoded ``algan.json`` (``path`` names it in errors).
+
+    Raises:
+        BundleError: not a JSON object, a ``format_version`` other than :data:`FORMAT_VERSION`, or a missing or
+            mistyped field (the first one is named, with the count of the others).
+    """
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} is not a JSON object (got {type(data).__name__}); re-train or restore the bundle")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path} has format version {version}, this algan-edge reads version {FORMAT_VERSION}; "
+                          "re-train the model or install the algan-edge version that wrote it")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        if first["type"] == "missing":
+            what = "is missing"
+        else:
+            what = f"is invalid: {first['msg'][:160]} (got {first.get('input')!r:.80})"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BundleError(_field_error(path, loc, what + more)) from None
+    manifest._path = Path(path)
+    return manifest
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a bundle's manifest: ``path`` is the bundle directory or its ``algan.json``.
+
+    Raises:
+        BundleError: a missing directory or manifest, a file other than ``algan.json`` given for the bundle,
+            unreadable JSON, an unsupported ``format_version``, or a missing or mistyped field (see
+            :func:`parse_manifest`), each as one line that says what to do.
+    """
+    p = Path(path)
+    if p.is_file() and p.name == MANIFEST_FILE:
+        model_dir, file = p.parent, p
+    else:
+        model_dir, file = p, p / MANIFEST_FILE
+        if p.is_file():
+            hint = (f"give the bundle directory {p.parent}" if (p.parent / MANIFEST_FILE).is_file() else
+                    "give the bundle directory that algan-train wrote")
+            raise BundleError(f"{p} is a file, but a model bundle directory is needed (with {MANIFEST_FILE} and "
+                              f"{WEIGHTS_FILE}); {hint}")
+        if not p.is_dir():
+            raise BundleError(f"model directory {p} does not exist; train one with algan-train --out {p}")
+        if not file.is_file():
+            raise BundleError(f"{model_dir} is not a model bundle ({MANIFEST_FILE} missing); train one with "
+                              "algan-train")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BundleError(f"cannot read {file}: {exc}; re-train or restore the bundle") from exc
+    return parse_manifest(data, file)
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The text of ``algan.json`` for ``manifest`` (2-space indented JSON and a newline, UTF-8)."""
+    return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()

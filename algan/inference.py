@@ -17,7 +17,6 @@ For a patch head the graph's ``anomaly_maps`` output is upsampled back to the RO
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.data.preprocess import prepare_frame
 from algan.edge.errors import ModelError
-from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, manifest_roi, parse_roi, region_from_map, upsample_map
+from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
 from algan.edge.runner import BACKENDS, run_batch
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "algan.json"
 
 
 @dataclass(frozen=True)
@@ -90,13 +88,15 @@ class Inferencer:
                  batch_size: int = 8, runner=None) -> None:  # noqa: ANN001
         self.model = Path(model)
         bundle = self.model if self.model.is_dir() else self.model.parent
-        self.manifest: dict = {}
-        if (bundle / MANIFEST).is_file():
+        #: the bundle's manifest; ``None`` for a bare graph file without an ``algan.json`` beside it
+        self.manifest: Manifest | None = None
+        if (bundle / MANIFEST_FILE).is_file():
             try:
-                self.manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise ModelError(f"cannot read {bundle / MANIFEST}: {e}; re-train or restore the bundle") from None
-        self.bundle_roi = manifest_roi(self.manifest)
+                self.manifest = load_manifest(bundle / MANIFEST_FILE)
+            except BundleError as e:
+                raise ModelError(str(e)) from None
+        roi_json = self.manifest.roi if self.manifest is not None else None
+        self.bundle_roi = parse_roi(roi_json) if roi_json is not None else None
         if isinstance(roi, str) and roi.strip().lower() == "full":
             self.roi: Roi | None = None
         else:

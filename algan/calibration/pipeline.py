@@ -32,7 +32,7 @@ from algan.calibration.threshold import (
     expected_alarms_interval,
     images_needed,
 )
-from algan.contract import order_statistic_rank, utc_now_iso
+from algan.contract import Manifest, order_statistic_rank, utc_now_iso
 from algan.data.datasets import DatasetError, load_dataset, load_folder
 
 SECONDS_PER_HOUR = 3600.0
@@ -64,22 +64,22 @@ class CalibrationSplit:
                 "n_anomalous": len(self.anomalies)}
 
 
-def _guard_training_images(root: Path, manifest: dict) -> None:
-    train = manifest.get("training", {}).get("data", {})
-    if not train.get("root"):
+def _guard_training_images(root: Path, manifest: Manifest) -> None:
+    train = manifest.training.data if manifest.training is not None else None
+    if train is None or not train.root:
         return
-    troot = Path(train["root"]).resolve()
+    troot = Path(train.root).resolve()
     forbidden = {troot / "train" / "good", troot / "MT_Free" / "Imgs"}
-    if train.get("layout") == "folder":
+    if train.layout == "folder":
         forbidden.add(troot)
     if root.resolve() in forbidden:
-        msg = (f"{root} holds the images the model was trained on (training data {troot}, {train.get('layout')}); "
+        msg = (f"{root} holds the images the model was trained on (training data {troot}, {train.layout}); "
                "calibrate on held-out normal frames: a folder recorded on the line, or the test split of an "
                "mvtec/mtd data set")
         raise ValueError(msg)
 
 
-def select_data(data: str | Path, layout: str, manifest: dict, calib_fraction: float | None = None, seed: int = 0,
+def select_data(data: str | Path, layout: str, manifest: Manifest, calib_fraction: float | None = None, seed: int = 0,
                 anomalies: str | Path | None = None, for_check: bool = False) -> CalibrationSplit:
     """Resolve ``--data`` (and ``--anomalies``) into calibration / validation / anomalous image lists.
 
@@ -179,7 +179,7 @@ def _row(name: str, thr: float, normals: np.ndarray, anomalies: np.ndarray, cent
     return ThresholdRow(name, float(thr), (thr - center) / (threshold - center), k, n, k / n, low, high, recall, f1)
 
 
-def calibrate(detector, manifest: dict, split: CalibrationSplit, target_fpr: float = 0.001, method: str = "auto",
+def calibrate(detector, manifest: Manifest, split: CalibrationSplit, target_fpr: float = 0.001, method: str = "auto",
               fps: float = 10.0, int8_size: int = 256, batch_size: int = 32,
               max_bad_fraction: float = MAX_BAD_FRACTION) -> CalibrationResult:
     """Score the split and fit the thresholds (writes nothing).
@@ -254,8 +254,8 @@ def calibrate(detector, manifest: dict, split: CalibrationSplit, target_fpr: flo
                              info, warnings)
 
 
-def write_calibration(model_dir: str | Path, manifest: dict, result: CalibrationResult,
-                      report: tuple[Path, bytes] | None = None) -> dict:
+def write_calibration(model_dir: str | Path, manifest: Manifest, result: CalibrationResult,
+                      report: tuple[Path, bytes] | None = None) -> Manifest:
     """Store the calibration (weights + manifest), the drift reference, the INT8 set and the report, all or none.
 
     Returns:
@@ -264,17 +264,17 @@ def write_calibration(model_dir: str | Path, manifest: dict, result: Calibration
     model_dir = Path(model_dir)
     ref = reference_scores(result.calib_scores)
     files = {model_dir / SCORES_FILE: reference_bytes(ref, result.center, result.threshold, len(result.calib_scores),
-                                                      manifest.get("model_id", ""))}
+                                                      manifest.model_id)}
     if len(result.int8_images):
         meta = {"n": len(result.int8_images), "seed": result.split.seed, "source": result.split.source,
-                "model_id": manifest.get("model_id", ""), "created": utc_now_iso()}
+                "model_id": manifest.model_id, "created": utc_now_iso()}
         files[model_dir / INT8_FILE] = int8_set_bytes(result.int8_images, meta)
     if report is not None:
         files[Path(report[0])] = report[1]
     return commit(model_dir, result.center, result.threshold, result.info, files)
 
 
-def check(detector, model_dir: str | Path, manifest: dict, split: CalibrationSplit, alpha: float = 0.01,
+def check(detector, model_dir: str | Path, manifest: Manifest, split: CalibrationSplit, alpha: float = 0.01,
           batch_size: int = 32, max_bad_fraction: float = MAX_BAD_FRACTION) -> tuple[DriftReport, int]:
     """Drift check of recent normal frames against the stored calibration (writes nothing).
 
@@ -282,12 +282,14 @@ def check(detector, model_dir: str | Path, manifest: dict, split: CalibrationSpl
         ``(report, n_unreadable)``.
     """
     reference = load_reference(model_dir, manifest)
-    cal = manifest["calibration"]
+    cal = manifest.calibration
+    if cal.target_fpr is None:
+        raise manifest.field_error("calibration.target_fpr")
     recent = score_images(detector, split.calib, batch_size, (), "recent images", max_bad_fraction)
-    target = float(cal["target_fpr"])
-    n_cal = int(cal.get("n_images", 0))
-    empirical = cal.get("method") == METHOD_NAMES["quantile"] and n_cal >= MIN_SCORES
+    target = float(cal.target_fpr)
+    n_cal = int(cal.n_images or 0)
+    empirical = cal.method == METHOD_NAMES["quantile"] and n_cal >= MIN_SCORES
     rank = order_statistic_rank(n_cal, target) if empirical else None
-    rep = DriftCheck(alpha).fit(reference).check(recent.scores, float(cal["threshold"]), target,
+    rep = DriftCheck(alpha).fit(reference).check(recent.scores, cal.threshold, target,
                                                  n_cal if rank else None, rank)
     return rep, len(recent.bad)

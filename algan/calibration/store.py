@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from algan.bundle import update_calibration
+from algan.contract import Manifest
 
 SCORES_FILE = "calibration_scores.safetensors"
 
@@ -29,7 +30,7 @@ def reference_bytes(scores: np.ndarray, center: float, threshold: float, n_image
     return save({"scores": np.ascontiguousarray(scores, dtype=np.float32)}, metadata=meta)
 
 
-def load_reference(model_dir: str | Path, manifest: dict) -> np.ndarray:
+def load_reference(model_dir: str | Path, manifest: Manifest) -> np.ndarray:
     """The stored drift reference scores (float64), checked against the bundle's current calibration.
 
     Raises:
@@ -48,15 +49,16 @@ def load_reference(model_dir: str | Path, manifest: dict) -> np.ndarray:
         stored_thr = float(meta["threshold"])
     except Exception as exc:  # corrupt file, missing tensor or metadata
         raise ValueError(f"cannot read {path} ({exc}); re-run algan-calibrate") from exc
-    cal = manifest.get("calibration", {})
-    if not np.isclose(stored_thr, float(cal.get("threshold", np.nan)), rtol=1e-6, atol=1e-9):
+    threshold = manifest.calibration.threshold
+    if not np.isclose(stored_thr, threshold, rtol=1e-6, atol=1e-9):
         msg = (f"{path} belongs to another calibration (threshold {stored_thr:.6g}, the bundle has "
-               f"{cal.get('threshold')}): the bundle was changed after algan-calibrate; re-run algan-calibrate")
+               f"{threshold}): the bundle was changed after algan-calibrate; re-run algan-calibrate")
         raise ValueError(msg)
     return scores
 
 
-def commit(model_dir: str | Path, center: float, threshold: float, info: dict, files: dict[Path, bytes]) -> dict:
+def commit(model_dir: str | Path, center: float, threshold: float, info: dict,
+           files: dict[Path, bytes]) -> Manifest:
     """Write the calibration and its side files so that a failure leaves the bundle as it was.
 
     Every file is first written to a temporary name next to its target; then the calibration (weights, then

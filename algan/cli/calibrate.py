@@ -21,9 +21,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from algan.cli._common import run_cli, setup_logging
 from algan.data.preprocess import using_roi
+
+if TYPE_CHECKING:
+    from algan.contract import Manifest
 
 PROG = "algan-calibrate"
 EXIT_DRIFT = 3
@@ -72,8 +76,8 @@ def _per_hour(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def _exports_note(model_dir: Path, manifest: dict) -> str:
-    present = sorted({*manifest.get("exports", {}), *(f.name for f in model_dir.glob("model*.onnx")),
+def _exports_note(model_dir: Path, manifest: Manifest) -> str:
+    present = sorted({*manifest.exports, *(f.name for f in model_dir.glob("model*.onnx")),
                       *(f.name for f in model_dir.glob("*.engine"))})
     what = f"the existing exports ({', '.join(present)})" if present else "exports made later"
     return (f"no re-export needed: {what} carry the calibration they were exported with in the ONNX "
@@ -81,11 +85,11 @@ def _exports_note(model_dir: Path, manifest: dict) -> str:
             "scores to this calibration from algan.json when it loads the bundle (restart algan-edge)")
 
 
-def _roi(args: argparse.Namespace, manifest: dict) -> tuple[int, int, int, int] | None:
+def _roi(args: argparse.Namespace, manifest: Manifest) -> tuple[int, int, int, int] | None:
     """``--roi``, else the bundle's; warns when ``--roi`` differs from the ROI the bundle was trained with."""
-    from algan.edge.maps import manifest_roi, parse_roi
+    from algan.edge.maps import parse_roi
 
-    bundle = manifest_roi(manifest)
+    bundle = parse_roi(manifest.roi) if manifest.roi is not None else None
     if args.roi is None:
         return bundle
     roi = None if args.roi.strip().lower() == "full" else parse_roi(args.roi)
@@ -109,9 +113,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     with using_roi(roi):
         res = calibrate(det, manifest, split, args.target_fpr, args.method, args.fps, args.int8_size,
                         args.batch_size, args.max_bad_fraction)
-    manifest["roi"] = list(roi) if roi is not None else None
+    manifest.roi = list(roi) if roi is not None else None
     report_path = Path(args.report) if args.report else model_dir / "calibration_report.png"
-    png = render_png(res, title=f"{manifest.get('model_id', model_dir.name)}: calibration at per-frame FPR "
+    png = render_png(res, title=f"{manifest.model_id or model_dir.name}: calibration at per-frame FPR "
                      f"{args.target_fpr:g} on {split.source}")
     if not args.dry_run:
         write_calibration(model_dir, manifest, res, (report_path, png))
@@ -129,7 +133,7 @@ def _calibrate(args: argparse.Namespace) -> int:
            f"GPD shape {est.estimator_.shape_:.3f}, scale {est.estimator_.scale_:.4g} over the top "
            f"{est.estimator_.n_exceedances_} scores")
     print(f"{'would calibrate (dry run)' if args.dry_run else 'calibrated'} {model_dir} "
-          f"(model {manifest.get('model_id')}, head {manifest['head']['kind']})")
+          f"(model {manifest.model_id}, head {manifest.head_kind})")
     print(f"  data: {split.source}: {len(res.calib_scores)} calibration normals, {len(res.valid_scores)} validation "
           f"normals, {len(res.anomaly_scores)} anomalies; {res.n_bad} unreadable skipped")
     print(f"  threshold: raw {res.threshold:.6g} (median normal {res.center:.6g}) = calibrated 1.0, by "
@@ -181,10 +185,10 @@ def _check(args: argparse.Namespace) -> int:
         print(json.dumps({"model_dir": str(model_dir), "exit_code": code, "n_unreadable": n_bad, "fps": args.fps,
                           **rep.to_json()}))
         return code
-    cal = manifest["calibration"]
+    cal = manifest.calibration
     per_h = 3600.0 * args.fps
     print(f"drift check of {model_dir} on {rep.n_recent} recent normal frames ({split.source}); reference: "
-          f"{rep.n_reference} calibration scores from {cal.get('date', '?')}")
+          f"{rep.n_reference} calibration scores from {cal.date or '?'}")
     print(f"  KS test: D = {rep.ks_statistic:.3f}, p = {rep.ks_pvalue:.3g} (alpha {args.alpha:g}); median raw score "
           f"moved by {rep.median_shift:+.4g}")
     print(f"  current threshold (raw {rep.threshold:.6g}): {rep.n_alarms}/{rep.n_recent} = {rep.fpr:.4f} false "

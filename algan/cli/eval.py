@@ -52,8 +52,8 @@ def _main(args: argparse.Namespace) -> int:
         res = evaluate(det, ds, progress=progress)
     if args.json:
         print(json.dumps({
-            "model_id": manifest["model_id"],
-            "head": manifest["head"]["kind"],
+            "model_id": manifest.model_id,
+            "head": manifest.head_kind,
             "auroc": round(res["auroc"], 6),
             "n_normal": res["n_normal"],
             "n_anomalous": res["n_anomalous"],
@@ -65,7 +65,7 @@ def _main(args: argparse.Namespace) -> int:
             "pixel_note": pix["pixel_note"],
         }))
     else:
-        print(f"model {manifest['model_id']} ({manifest['head']['kind']}) on {ds.root}: image AUROC "
+        print(f"model {manifest.model_id} ({manifest.head_kind}) on {ds.root}: image AUROC "
               f"{res['auroc']:.4f} ({res['n_normal']} normal, {res['n_anomalous']} anomalous test images)")
         for cls, v in res["per_class"].items():
             print(f"  {cls:<12} AUROC {v:.4f}")

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 from algan.cli._common import run_cli, setup_logging
+from algan.contract import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mkv", ".mp4", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 #: class (folder) names that mean "normal" (case-insensitive)
 NORMAL_CLASSES = {"good", "mt_free", "normal", "ok", "free", "pass"}

@@ -234,14 +234,14 @@ def _main(args: argparse.Namespace) -> int:
     # progress bars only on a terminal: in a log or the journal they are carriage-return spam
     with using_roi(roi):
         result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
-    result.manifest["roi"] = list(roi) if roi is not None else None
+    result.manifest.roi = list(roi) if roi is not None else None
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
-    cal = m["calibration"]
-    print(f"wrote {out} (model id {m['model_id']}, {m['variant']} variant, head {m['head']['kind']}, "
-          f"{m['training']['n_train']} training "
-          f"images, threshold at {cal['target_fpr']:g} FPR from {cal['n_images']} held-out normals, "
-          f"{m['training']['wall_s']:.1f} s)")
+    cal, training = m.calibration, m.require("training")
+    print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}, "
+          f"{training.n_train} training "
+          f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals, "
+          f"{training.wall_s:.1f} s)")
     return 0
 
 

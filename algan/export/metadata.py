@@ -23,11 +23,12 @@ from algan.contract import (
     KEY_MODEL_ID,
     KEY_OUTPUTS,
     OUTPUT_NAME,
+    Manifest,
 )
 from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
 
 
-def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, scale: float, opset: int,
+def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: float, scale: float, opset: int,
                    precision: str = "fp32", map_size: tuple[int, int] | None = None) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph.
 
@@ -49,14 +50,14 @@ def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, s
     """
     if not scale > 0:
         raise ValueError(f"calibration scale must be > 0 (threshold above center), got {scale}")
-    backbone = manifest.get("backbone", {})
+    backbone = manifest.backbone
     h, w = int(input_size[0]), int(input_size[1])
     maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
                                         "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)"}
     return {
-        KEY_MODEL_ID: str(manifest.get("model_id", "")),
+        KEY_MODEL_ID: manifest.model_id,
         "algan.version": __version__,
-        "algan.format_version": str(manifest.get("format_version", "")),
+        "algan.format_version": str(manifest.format_version),
         "algan.input_name": INPUT_NAME,
         "algan.output_name": OUTPUT_NAME,
         "algan.input_height": str(h),
@@ -66,10 +67,10 @@ def graph_metadata(manifest: dict, input_size: tuple[int, int], center: float, s
         "algan.dtype": "uint8",
         "algan.value_range": "[0, 255]",
         "algan.colour_order": "BGR",
-        "algan.mean_rgb": json.dumps(list(backbone.get("mean", []))),
-        "algan.std_rgb": json.dumps(list(backbone.get("std", []))),
-        "algan.backbone": str(backbone.get("name", "")),
-        "algan.head": str(manifest.get("head", {}).get("kind", "")),
+        "algan.mean_rgb": json.dumps(list(backbone.mean) if backbone is not None else []),
+        "algan.std_rgb": json.dumps(list(backbone.std) if backbone is not None else []),
+        "algan.backbone": backbone.name if backbone is not None else "",
+        "algan.head": manifest.head_kind,
         "algan.score_direction": "higher is more anomalous",
         "algan.threshold": "1.0",
         KEY_CAL_CENTER: repr(float(center)),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
-from algan.contract import INPUT_NAME, OUTPUT_NAME
+from algan.contract import INPUT_NAME, OUTPUT_NAME, Manifest
 from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
 from algan.export.metadata import graph_metadata, set_metadata
 
@@ -35,7 +35,7 @@ class ExportError(RuntimeError):
     """An export that failed (tracing, checker, parity, engine build); the message says what and how to fix."""
 
 
-def export_onnx(detector, manifest: dict, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(detector, manifest: Manifest, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Trace ``detector`` to ONNX, add the I/O contract metadata, check it with ``onnx.checker``, write atomically.
 
     Args:

@@ -232,7 +232,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
             report.files[name] = model_dir / name
         exports = _exports_entry(model_dir, report, opts, simplified, engine, utc_now_iso())
         latest = read_manifest(model_dir)
-        latest.setdefault("exports", {}).update(exports)
+        latest.exports = {**latest.exports, **exports}  # assigned, not updated in place: a new key is written
         write_manifest(model_dir, latest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -370,6 +370,6 @@ def _write_triton(opts: ExportOptions, report: ExportReport, size, say, model_di
     for m, d in zip(models, written, strict=True):
         say(f"wrote Triton model {d} ({m.platform}, {Path(m.source).name}, max_batch_size {m.max_batch_size})")
     manifest = read_manifest(model_dir)
-    manifest.setdefault("exports", {})["triton"] = {"repository": str(opts.triton_repo),
-                                                   "models": [m.name for m in models]}
+    manifest.exports = {**manifest.exports, "triton": {"repository": str(opts.triton_repo),
+                                                       "models": [m.name for m in models]}}
     write_manifest(model_dir, manifest)

@@ -60,7 +60,7 @@ class TorchRunner:
         self._has_maps = bool(getattr(detector, "has_maps", False))
         size = getattr(detector, "map_size", None) if self._has_maps else None
         self._map_size = (int(size[0]), int(size[1])) if size is not None else None
-        self._model_id = str(manifest.get("model_id") or path.name)
+        self._model_id = str(manifest.model_id or path.name)
         self.path = path
         self._warmup()
 

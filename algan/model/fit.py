@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from algan import __version__
-from algan.contract import empirical_threshold, utc_now_iso
+from algan.contract import FORMAT_VERSION, Manifest, empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
 from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
@@ -84,7 +84,7 @@ class FitSettings:
 @dataclass
 class FitResult:
     detector: AnomalyDetector
-    manifest: dict
+    manifest: Manifest
     samples: np.ndarray
     extra_tensors: dict
 
@@ -331,6 +331,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
     model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
+        "format_version": FORMAT_VERSION,
         "model_id": model_id,
         "created": utc_now_iso(),
         "algan_edge_version": __version__,
@@ -365,4 +366,4 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         manifest["outputs"] = ["scores", "anomaly_maps"]
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,
                                    "grid": list(backbone.grid)}
-    return FitResult(det, manifest, samples, extras)
+    return FitResult(det, Manifest.model_validate(manifest), samples, extras)

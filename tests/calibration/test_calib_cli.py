@@ -49,7 +49,7 @@ def test_calibrate_writes_bundle_and_check_passes(bundle_copy, calib_data, capsy
     assert "empirical quantile" in out and "per camera-hour at 25 fps" in out
     assert "no re-export needed" in out and "cameras[].threshold" in out
     assert ">= 200 images" in err  # 30 calibration normals are too few for a stable 5 % estimate
-    cal = read_manifest(bundle_copy)["calibration"]
+    cal = read_manifest(bundle_copy).calibration.to_json()
     assert cal["target_fpr"] == 0.05 and cal["n_images"] == 30 and cal["fps"] == 25.0
     assert cal["method"] == "empirical quantile" and cal["data"]["n_valid"] == 30 and cal["data"]["layout"] == "mvtec"
     assert "test normals" in cal["source"] and cal["date"].endswith("Z")
@@ -101,7 +101,7 @@ def test_update_calibration_round_trip(bundle_copy):
         cal = det1(imgs).numpy()
     assert cal[0] == pytest.approx(1.0, abs=1e-5)  # the image scoring exactly at the new threshold -> 1.0
     assert cal == pytest.approx((raw - center) / 5.0, abs=1e-4)
-    assert m1["calibration"]["method"] == "test" and m1["model_id"] == m0["model_id"]
+    assert m1.calibration.method == "test" and m1.model_id == m0.model_id
 
 
 def test_nothing_written_when_the_commit_fails(bundle_copy, calib_data, capsys, monkeypatch):

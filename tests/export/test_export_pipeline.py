@@ -51,19 +51,19 @@ def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp
         got = ort_scores(path, imgs, batch_size=5)
         assert par.compare(name, ref, got, tol, metric).ok
     meta = read_metadata(bundle / "model.onnx")
-    assert meta["algan.model_id"] == manifest["model_id"] and meta["algan.threshold"] == "1.0"
+    assert meta["algan.model_id"] == manifest.model_id and meta["algan.threshold"] == "1.0"
     assert (meta["algan.input_height"], meta["algan.colour_order"], meta["algan.layout"]) == ("64", "BGR", "NHWC")
     assert read_metadata(bundle / "model.fp16.onnx")["algan.precision"] == "fp16"
     # calibration contract: raw = score * scale + center reproduces the head's raw score
     center, scale = float(meta["algan.calibration_center"]), float(meta["algan.calibration_scale"])
-    cal = manifest["calibration"]
-    assert center == pytest.approx(cal["center"], rel=1e-6) and scale == pytest.approx(
-        cal["threshold"] - cal["center"], rel=1e-5)
+    cal = manifest.calibration
+    assert center == pytest.approx(cal.center, rel=1e-6) and scale == pytest.approx(
+        cal.threshold - cal.center, rel=1e-5)
     with torch.no_grad():
         raw = det.raw_scores(torch.from_numpy(imgs)).numpy()
     np.testing.assert_allclose(ref * scale + center, raw, rtol=1e-5, atol=1e-4)
     # manifest and report
-    ex = read_manifest(bundle)["exports"]
+    ex = read_manifest(bundle).exports
     assert ex["onnx"]["parity_max_abs_diff"] <= 1e-4 and ex["onnx"]["sha256"] and ex["onnx"]["opset"] == 17
     assert ex["onnx_fp16"]["parity_max_scaled_diff"] <= TEST_FP16_TOLERANCE
     assert ex["onnx_fp16"]["parity_tolerance"] == TEST_FP16_TOLERANCE
@@ -110,7 +110,7 @@ def test_fp16_keeps_more_blocks_in_fp32_until_parity_holds(bundle, monkeypatch):
     assert [line.split(" misses")[0] for line in lines if "misses parity" in line] == [
         "FP16 with the stem in FP32"]
     assert any(line.startswith("wrote model.fp16.onnx: FP16 backbone (stem and blocks 0-3 FP32)") for line in lines)
-    ex = read_manifest(bundle)["exports"]["onnx_fp16"]
+    ex = read_manifest(bundle).exports["onnx_fp16"]
     assert ex["fp32_backbone_blocks"] == 4 and ex["parity_max_scaled_diff"] <= 1.5e-2
     graph = onnx.load(bundle / "model.fp16.onnx").graph
     dtypes = {t.name: t.data_type for t in graph.initializer}
@@ -138,7 +138,7 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
 
     assert side["onnx_sha256"] == file_sha256(bundle / "model.fp16.onnx")
     assert (bundle / "model.engine.timing.cache").read_bytes() == b"+timed"
-    assert read_manifest(bundle)["exports"]["engine"]["compute_capability"] == "8.7"
+    assert read_manifest(bundle).exports["engine"]["compute_capability"] == "8.7"
     # the saved timing cache is handed back to the next build
     trt = make_standin("10.12.0.36")
     export_bundle(opts, say=lambda s: None, trt=trt)

@@ -251,9 +251,9 @@ def _train_bundle_and_check_onnx(synth_root, tmp_path, weights) -> None:
                "--backbone-weights", str(weights), "--input-size", "64", "64", "--quiet"])
     assert rc == 0
     det, manifest = load_bundle(out)
-    assert manifest["backbone"]["name"] == "resnet18" and manifest["backbone"]["blocks"] == [2, 3]
-    assert manifest["backbone"]["weights_path"] == str(weights.resolve())
-    assert manifest["features"]["in_dim"] == 384  # layer2 + layer3 of resnet18 = 128 + 256
+    assert manifest.backbone.name == "resnet18" and manifest.backbone.blocks == [2, 3]
+    assert manifest.backbone.weights_path == str(weights.resolve())
+    assert manifest.features.in_dim == 384  # layer2 + layer3 of resnet18 = 128 + 256
     samples = load_samples(out)
     imgs = np.concatenate([samples, np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), np.uint8)])
     path = export_onnx(det, manifest, tmp_path / "m.onnx")

@@ -19,7 +19,7 @@ SMALL = (64, 64)  # input size the bundles fixture trains at
 @pytest.mark.parametrize("head", HEADS)
 def test_bundle_round_trip_gives_identical_scores(bundles, synth_root, head, tmp_path):
     det, manifest = load_bundle(bundles[head])
-    assert manifest["head"]["kind"] == head
+    assert manifest.head.kind == head
     assert det.input_size == SMALL
     samples = load_samples(bundles[head])
     assert samples.dtype == np.uint8 and samples.shape[1:] == (*SMALL, 3)
@@ -30,9 +30,9 @@ def test_bundle_round_trip_gives_identical_scores(bundles, synth_root, head, tmp
 @pytest.mark.parametrize("head", HEADS)
 def test_calibration_puts_threshold_at_one(bundles, head):
     det, manifest = load_bundle(bundles[head])
-    cal = manifest["calibration"]
-    assert cal["threshold"] > cal["center"]
-    raw = torch.tensor([cal["center"], cal["threshold"]])
+    cal = manifest.calibration
+    assert cal.threshold > cal.center
+    raw = torch.tensor([cal.center, cal.threshold])
     np.testing.assert_allclose(det.calibration(raw).numpy(), [0.0, 1.0], atol=1e-6)
 
 
@@ -43,7 +43,7 @@ def test_onnx_matches_torch_for_any_batch(bundles, head, tmp_path):
     model = onnx.load(path)
     onnx.checker.check_model(model)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["algan.model_id"] == manifest["model_id"]
+    assert meta["algan.model_id"] == manifest.model_id
     assert meta["algan.threshold"] == "1.0"
     inp = model.graph.input[0]
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -103,7 +103,7 @@ def test_cli_eval_json_and_export(bundles, synth_root):
     assert "parity (onnx-fp32)" in r.stdout and "OK" in r.stdout
     assert "no TensorRT engine was built" in r.stdout or "engine" in r.stdout
     assert (bundles["knn"] / "model.onnx").is_file()
-    assert read_manifest(bundles["knn"])["exports"]["onnx"]["parity_max_abs_diff"] <= 1e-4
+    assert read_manifest(bundles["knn"]).exports["onnx"]["parity_max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -128,11 +128,11 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
 
     base = ["--data", str(synth_root), "--epochs", "1", "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]
     assert main([*base, "--out", str(tmp_path / "one"), "--ensemble", "1"]) == 0
-    settings = read_manifest(tmp_path / "one")["head"]["settings"]
+    settings = read_manifest(tmp_path / "one").head.settings
     assert settings["ensemble"] == 1 and settings["epochs"] == 1
     det, _ = load_bundle(tmp_path / "one")
     assert len(det.head.discriminators) == 1
-    assert read_manifest(tmp_path / "one")["backbone"]["pooling"] == "avgstd"  # the default features
+    assert read_manifest(tmp_path / "one").backbone.pooling == "avgstd"  # the default features
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "zero"), "--ensemble", "0"]) == 2
     assert "--ensemble must be >= 1, got 0" in capsys.readouterr().err
@@ -144,12 +144,12 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
 def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, synth_root, tmp_path):
     from algan.cli.train import main
 
-    assert read_manifest(bundles["knn"])["head"]["settings"]["metric"] == "whitened"  # the default
+    assert read_manifest(bundles["knn"]).head.settings["metric"] == "whitened"  # the default
     out = tmp_path / "euclid"
     assert main(["--data", str(synth_root), "--out", str(out), "--head", "knn", "--knn-metric", "euclidean",
                  "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]) == 0
     det, manifest = load_bundle(out)
-    assert manifest["head"]["settings"]["metric"] == "euclidean" and det.head.whitening is None
+    assert manifest.head.settings["metric"] == "euclidean" and det.head.whitening is None
     samples = load_samples(out)
     want = torch_scores(det, samples)
     m = json.loads((out / "algan.json").read_text())

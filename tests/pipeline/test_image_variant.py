@@ -95,7 +95,7 @@ def test_image_variant_bundle_and_onnx_parity(synth_root, tmp_path):
     from algan.model.checkpoint import state_name
 
     assert [p.name for p in ck.iterdir()] == [state_name(0, 2)]  # a complete, resumable training state
-    assert fitted.manifest["variant"] == "image" and fitted.manifest["features"]["transform"] == "none"
+    assert fitted.manifest.variant == "image" and fitted.manifest.features.transform == "none"
     save_bundle(tmp_path / "b", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
     det, manifest = load_bundle(tmp_path / "b")
     t = torch_scores(det, fitted.samples)

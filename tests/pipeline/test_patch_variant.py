@@ -205,8 +205,8 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
     for name, path in patch_bundles.items():
         det, manifest = load_bundle(path)
         assert det.has_maps and det.map_size == (24, 24)
-        assert manifest["outputs"] == ["scores", "anomaly_maps"]
-        assert manifest["anomaly_map"] == {"height": 24, "width": 24, "reduction": "max", "grid": [12, 12]}
+        assert manifest.outputs == ["scores", "anomaly_maps"]
+        assert manifest.anomaly_map.to_json() == {"height": 24, "width": 24, "reduction": "max", "grid": [12, 12]}
         with torch.no_grad():
             scores, maps = det.score_and_maps(images)
             assert torch.allclose(det(images), scores)
@@ -267,9 +267,11 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
 
 
 def test_image_level_graph_keeps_one_output_key():
+    from algan.contract import parse_manifest
     from algan.export.metadata import graph_metadata
 
-    meta = graph_metadata({"model_id": "m"}, (64, 64), 0.0, 1.0, 17)
+    manifest = parse_manifest({"format_version": 1, "model_id": "m", "calibration": {"center": 0.0, "threshold": 1.0}})
+    meta = graph_metadata(manifest, (64, 64), 0.0, 1.0, 17)
     assert meta["algan.outputs"] == "scores" and "algan.map_size" not in meta
 
 
