@@ -2,7 +2,7 @@
 
 Static: every ``import`` statement of every module is read with ``ast`` (nothing is imported or executed), lazy
 imports inside functions included: a lazy import is still a dependency. Backends chosen by name at run time
-(``importlib.import_module`` of a string, as in ``algan.edge.runner.BACKENDS``) are plug-ins, not edges.
+(``importlib.import_module`` of a string, as in ``algan.edge.runners.base.BACKENDS``) are plug-ins, not edges.
 
 The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
 

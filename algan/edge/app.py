@@ -27,16 +27,18 @@ from typing import Any
 import numpy as np
 
 from algan.edge.alarm import AlarmEvent, AlarmTracker
-from algan.edge.batcher import Batcher, next_batch
-from algan.edge.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
-from algan.edge.camera import CameraReader
+from algan.edge.capture.batcher import Batcher, next_batch
+from algan.edge.capture.camera import CameraReader
+from algan.edge.capture.hub import Frame, FrameHub
+from algan.edge.capture.journal import FolderJournal
+from algan.edge.capture.sources import Source, open_source
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
-from algan.edge.discovery import discovery_messages
 from algan.edge.errors import ConfigError, EdgeError, SourceError
-from algan.edge.hub import Frame, FrameHub
-from algan.edge.journal import FolderJournal
 from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
-from algan.edge.messages import (
+from algan.edge.metrics import Metrics
+from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
+from algan.edge.publish.discovery import discovery_messages
+from algan.edge.publish.messages import (
     STATE_ALARM,
     STATE_NORMAL,
     STATE_OFFLINE,
@@ -47,13 +49,11 @@ from algan.edge.messages import (
     score_payload,
     utc_iso,
 )
-from algan.edge.metrics import Metrics
-from algan.edge.mqtt import MqttPublisher, Publisher
-from algan.edge.outbox import Outbox
-from algan.edge.runner import Runner, load_runner, run_batch
+from algan.edge.publish.mqtt import MqttPublisher, Publisher
+from algan.edge.publish.outbox import Outbox
+from algan.edge.publish.snapshots import SnapshotStore, snapshot_name
+from algan.edge.runners.base import Runner, load_runner, run_batch
 from algan.edge.sdnotify import SystemdNotifier
-from algan.edge.snapshots import SnapshotStore, snapshot_name
-from algan.edge.sources import Source, open_source
 from algan.edge.stats import StatsWindow
 
 log = logging.getLogger(__name__)

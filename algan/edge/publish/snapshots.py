@@ -24,7 +24,7 @@ import numpy as np
 
 from algan.edge.state import make_private_dir, write_private
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.snapshots")  # the name in log lines, as before the regroup
 
 #: Names of the files this module writes (and the only ones retention deletes).
 SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__\d{8}T\d{6}\.\d{3}Z__[0-9A-Za-z_-]+\.jpg$")

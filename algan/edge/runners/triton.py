@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME
-from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
-from algan.edge.runner import RunnerOutput
+from algan.edge.runners.base import RunnerOutput
+from algan.edge.runners.calibration import onnx_metadata, remap_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.runner_triton")  # the name in log lines, as before the regroup
 DEFAULT_URL = "localhost:8001"
 
 

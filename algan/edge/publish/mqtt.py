@@ -8,10 +8,11 @@
 * ``on_connect`` checks the CONNACK reason code: a refusal (bad credentials, banned client id...) is logged as ONE
   line per refusal streak and retried with the same backoff; it is never treated as connected.
 * Durable messages (``publish(..., durable=True)``: alarm events and camera states) are first committed to the
-  :class:`~algan.edge.outbox.Outbox`, then handed to paho, in sequence order, by one sender thread while the broker
-  is connected; the row is deleted when paho reports the PUBACK (``on_publish`` with the message's ``mid``). Each row
-  is handed to paho once per process: paho itself re-sends its unacknowledged QoS1 messages after a reconnect, and
-  the sender waits for those before handing newer rows, so the order holds and the daemon sends nothing twice.
+  :class:`~algan.edge.publish.outbox.Outbox`, then handed to paho, in sequence order, by one sender thread while the
+  broker is connected; the row is deleted when paho reports the PUBACK (``on_publish`` with the message's ``mid``).
+  Each row is handed to paho once per process: paho itself re-sends its unacknowledged QoS1 messages after a
+  reconnect, and the sender waits for those before handing newer rows, so the order holds and the daemon sends
+  nothing twice.
   Rows left at exit (broker down, SIGKILL) are delivered by the next run.
 * Other QoS1 messages published while disconnected stay in paho's memory queue (bounded by
   ``mqtt.max_queued_messages``); QoS0 messages published while disconnected are dropped and counted in ``lost``.
@@ -33,10 +34,10 @@ import paho.mqtt.client as mqtt
 
 from algan.edge.config import MqttConfig, MqttTlsConfig
 from algan.edge.errors import BrokerError
-from algan.edge.messages import STATUS_OFFLINE, STATUS_ONLINE
-from algan.edge.outbox import Outbox, OutboxError
+from algan.edge.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
+from algan.edge.publish.outbox import Outbox, OutboxError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.mqtt")  # the name in log lines, as before the regroup
 
 #: Outbox rows handed to paho and not yet acknowledged, at most (bounds paho's memory and the replay burst).
 SEND_WINDOW = 100
