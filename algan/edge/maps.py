@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from algan.contract import MANIFEST_FILE
+
 log = logging.getLogger(__name__)
 
 #: map value drawn as the top of the colour scale (calibrated score units: 2 = twice the threshold's level)
@@ -228,7 +230,7 @@ def bundle_roi(model: str | Path) -> Roi | None:
     """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): ``algan.json``
     ``"roi"``; ``None`` when there is no manifest, no ROI, or it cannot be read (logged)."""
     p = Path(model)
-    manifest = (p if p.is_dir() else p.parent) / "algan.json"
+    manifest = (p if p.is_dir() else p.parent) / MANIFEST_FILE
     if not manifest.is_file():
         return None
     try:

@@ -20,10 +20,10 @@ Backends, each in its own module and imported only when chosen (this module need
 ============  ==========================  ==========================================================
 backend       module                      needs
 ============  ==========================  ==========================================================
-onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
-tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
+onnxruntime   ``runners.onnx``            onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
+tensorrt      ``runners.tensorrt``        tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
 torch         ``algan.export.runner_torch`` torch with CUDA, the model bundle (FP16)
-triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
+triton        ``runners.triton``          tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -46,15 +46,15 @@ from algan.contract import (
     MAPS_OUTPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
-    file_sha256,  # noqa: F401 - imported by runner_onnx
+    file_sha256,  # noqa: F401 - imported by runners.onnx
 )
-from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
+from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runners.onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
 log = logging.getLogger("algan.edge.runner")  # the name in log lines, as before the regroup
 
-#: the names runner_onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
+#: the names runners.onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
 MAPS_NAME = MAPS_OUTPUT_NAME
 
 
