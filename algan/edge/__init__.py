@@ -22,7 +22,8 @@ Subpackages and modules, in the order a frame travels (one responsibility each; 
                 (private permissions of the daemon's state files), verify (bundle integrity), errors (one-line
                 user errors), logs, stats (fps/latency), metrics (optional Prometheus endpoint), sdnotify
                 (systemd notifications), doctor (algan-edge doctor)
-    app         EdgeApp: ordered start, the loop, ordered stop; pure decisions of the loop in app_logic
+    app         EdgeApp: ordered start, the loop, ordered stop; its decisions are pure helpers elsewhere:
+                stats.stats_payload, config.reload.plan_reload, publish.snapshots.PeakSnapshots
 
 Rule: nothing here imports torch at module level (tests/edge/test_no_torch.py imports every module found here;
 tests/test_import_layers.py checks the imports statically, and that capture, runners and publish do not import each
