@@ -28,7 +28,7 @@ from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.data.preprocess import prepare_frame
 from algan.edge.errors import ModelError
 from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
-from algan.edge.runner import BACKENDS, run_batch
+from algan.edge.runners.base import BACKENDS, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Inferencer:
         threads: ONNX Runtime intra-op threads (0 = its default).
         providers: ONNX Runtime providers by short name (``cpu``, ``cuda``, ``tensorrt``), default CPU.
         batch_size: frames per graph run in :meth:`predict_many`.
-        runner: an already built runner (anything :func:`algan.edge.runner.run_batch` accepts) instead of loading.
+        runner: an already built runner (anything :func:`algan.edge.runners.base.run_batch` accepts) instead of loading.
 
     Raises:
         ModelError: no exported model, a graph outside the contract, a backend that is not installed.

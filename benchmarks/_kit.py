@@ -46,7 +46,7 @@ def mosquitto_path() -> str | None:
 
 class Broker:
     """An MQTT broker on a free loopback port: mosquitto when installed (what a plant runs), else the package's
-    embedded amqtt broker (:class:`algan.edge.broker.EmbeddedBroker`). Use as a context manager.
+    embedded amqtt broker (:class:`algan.edge.publish.broker.EmbeddedBroker`). Use as a context manager.
 
     Attributes:
         host, port: where it listens.
@@ -65,7 +65,7 @@ class Broker:
             self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT)
             self.kind = "mosquitto"
         else:
-            from algan.edge.broker import EmbeddedBroker
+            from algan.edge.publish.broker import EmbeddedBroker
 
             self._embedded = EmbeddedBroker(self.host, self.port)
             self._embedded.start()

@@ -39,7 +39,7 @@ import numpy as np
 from algan.data.preprocess import prepare_frame
 from algan.edge.app import EdgeApp
 from algan.edge.config import parse_config
-from algan.edge.runner_onnx import OnnxRuntimeRunner
+from algan.edge.runners.onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, standin_model, synthetic_video
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "bottle-detection.mp4"

@@ -81,7 +81,7 @@ def mqtt_broker(tmp_path: Path) -> Iterator[BrokerAddress]:
         finally:
             broker.stop()
         return
-    from algan.edge.broker import EmbeddedBroker
+    from algan.edge.publish.broker import EmbeddedBroker
 
     port = free_port()
     emb = EmbeddedBroker("127.0.0.1", port)

@@ -2,7 +2,7 @@
 
 Static: every ``import`` statement of every module is read with ``ast`` (nothing is imported or executed), lazy
 imports inside functions included: a lazy import is still a dependency. Backends chosen by name at run time
-(``importlib.import_module`` of a string, as in ``algan.edge.runner.BACKENDS``) are plug-ins, not edges.
+(``importlib.import_module`` of a string, as in ``algan.edge.runners.base.BACKENDS``) are plug-ins, not edges.
 
 The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
 
@@ -21,6 +21,11 @@ The layers, bottom to top, as derived from the code (a group is a subpackage, or
 
 A module may import its own group and any group of a lower layer. A new subpackage or top-level module must be
 placed in :data:`LAYERS` (the test says so).
+
+Inside ``edge`` the same rule holds between its stages (:data:`EDGE_LAYERS`, bottom to top): ``errors`` and ``logs``,
+the shared leaves (``state``, ``alarm``, ``maps``, ``stats``, ``sdnotify``, ``verify``), then ``config``, then the
+three stages a frame travels through -- ``capture``, ``runners``, ``publish`` -- and ``metrics``, which never import
+each other, then ``doctor`` and ``app`` (the composition root).
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 RANK = {group: i for i, layer in enumerate(LAYERS) for group in layer}
+#: the stages of ``algan.edge`` (a subpackage or a module directly under it), bottom to top; one layer's stages do
+#: not import each other
+EDGE_LAYERS: list[set[str]] = [
+    {"errors", "logs"},
+    {"state", "alarm", "maps", "stats", "sdnotify", "verify"},
+    {"config"},
+    {"capture", "runners", "publish", "metrics"},
+    {"doctor", "app"},
+]
+EDGE_RANK = {stage: i for i, layer in enumerate(EDGE_LAYERS) for stage in layer}
 #: modules the edge runtime imports on a machine without torch: no module-level torch import
 TORCH_FREE_GROUPS = {"contract", "trt_logging", "edge", "inference"}
 
@@ -103,3 +118,28 @@ def test_the_walker_sees_lazy_and_from_imports(tmp_path):
     assert graph["algan.contract"] == {"algan.edge.app"}
     assert graph["algan.edge.app"] == {"algan.contract", "algan.edge.app2"}
     assert import_graph.cycles(graph) == [["algan.contract", "algan.edge.app", "algan.edge.app2"]]
+
+
+def edge_stage(module: str) -> str | None:
+    """The stage of an ``algan.edge`` module (``algan.edge.capture.camera`` -> ``capture``), else ``None``."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["algan", "edge"] and len(parts) > 2 else None
+
+
+def test_every_edge_stage_has_a_layer():
+    stages = {s for m in import_graph.package_modules() if (s := edge_stage(m)) is not None}
+    unplaced = sorted(stages - set(EDGE_RANK))
+    assert not unplaced, f"new edge stages {unplaced}: add each to EDGE_LAYERS in {Path(__file__).name}"
+
+
+def test_edge_stages_point_downwards():
+    upward = []
+    for src, targets in sorted(import_graph.import_graph().items()):
+        s = edge_stage(src)
+        if s is None:
+            continue
+        for t in sorted(targets):
+            u = edge_stage(t)
+            if u is not None and u != s and EDGE_RANK.get(u, -1) >= EDGE_RANK.get(s, -1):
+                upward.append(f"{src} -> {t} (edge stage {s}={EDGE_RANK.get(s)} imports {u}={EDGE_RANK.get(u)})")
+    assert not upward, "edge imports that do not point to a lower stage:\n" + "\n".join(upward)

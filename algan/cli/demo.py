@@ -65,8 +65,8 @@ def _write_config(out: Path, port: int) -> Path:
 def _main(args: argparse.Namespace) -> int:
     from algan.data.synthetic import generate_dataset
     from algan.data.video import make_sequence_video
-    from algan.edge.broker import EmbeddedBroker
-    from algan.edge.mqtt import probe_tcp
+    from algan.edge.publish.broker import EmbeddedBroker
+    from algan.edge.publish.mqtt import probe_tcp
 
     t0 = time.perf_counter()
     out = Path(args.out).resolve()

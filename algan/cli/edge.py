@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from algan.edge.config import EdgeConfig, load_config
 from algan.edge.errors import ConfigError, EdgeError, ModelError, SourceError
 from algan.edge.logs import LEVELS, redact, setup_logging
-from algan.edge.runner import check_contract, choose_backend, resolve_model_path
+from algan.edge.runners.base import check_contract, choose_backend, resolve_model_path
 
 log = logging.getLogger("algan.edge")
 
@@ -69,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_engine_cmd(args: argparse.Namespace) -> int:
-    """``algan-edge build-engine``: see :func:`algan.edge.engine_build.build_on_device` / ``adopt_engine``."""
+    """``algan-edge build-engine``: see :func:`algan.edge.runners.engine_build.build_on_device` / ``adopt_engine``."""
     from pathlib import Path
 
-    from algan.edge import engine_build as eb
+    from algan.edge.runners import engine_build as eb
 
     setup_logging(args.log_level)
     model_dir = Path(args.model_dir)
@@ -95,7 +95,7 @@ def build_engine_cmd(args: argparse.Namespace) -> int:
 
 def broker(host: str, port: int, log_level: str) -> int:
     """Serve the embedded broker until a signal arrives."""
-    from algan.edge.broker import EmbeddedBroker
+    from algan.edge.publish.broker import EmbeddedBroker
 
     setup_logging(log_level)
     stop = threading.Event()
@@ -166,7 +166,7 @@ def preflight(cfg: EdgeConfig, graph_contract: bool = True):
         ModelError: model or bundle problems (exit 2).
         ConfigError: a camera source that does not exist (exit 2).
     """
-    from algan.edge.sources import check_sources
+    from algan.edge.capture.sources import check_sources
     from algan.edge.verify import verify_model
 
     try:
@@ -203,7 +203,7 @@ def run(path: str, log_level: str) -> int:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     cfg = load_config(path)
-    from algan.edge.sources import check_sources
+    from algan.edge.capture.sources import check_sources
 
     try:
         check_sources(cfg.cameras)  # the model is verified by the runner factory, before the broker starts

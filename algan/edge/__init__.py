@@ -1,23 +1,32 @@
 """The line-side runtime: camera sources, cross-camera batching, model runners, alarm logic and MQTT publishing.
 
-Modules, in the order a frame travels (one responsibility each; each module's docstring says more)::
+Subpackages and modules, in the order a frame travels (one responsibility each; each docstring says more)::
 
-    capture     sources (OpenCV video/RTSP/V4L2/GStreamer, image folders once or watched), camera (one reader
+    capture/    sources (OpenCV video/RTSP/V4L2/GStreamer, image folders once or watched), camera (one reader
                 thread per camera: prepare, hand over, stale watchdog, reopen with backoff), journal (read
-                journal of a watched folder), hub (bounded per-camera frame queues)
-    batching    batcher (pure batching rule + thin driver)
-    runners     runner (Runner protocol, graph contract check, backend choice), runner_onnx, runner_tensorrt,
-                runner_triton; the torch backend lives outside the runtime, in algan.export.runner_torch (it needs
-                torch and the bundle; imported by name only when chosen), calibration (run-time re-map of
-                exported scores after a re-calibration)
-    alarm       alarm (pure debounced state machine with hysteresis), snapshots (JPEG of each alarm's peak frame)
-    publishing  messages (topics and JSON payloads), mqtt (paho-mqtt publisher: Last Will, QoS 1, flush), outbox
-                (durable queue of alarms and states), discovery (Home Assistant), broker (embedded amqtt broker)
-    operations  config (pydantic schema of the YAML config, load_config), errors (one-line user errors), logs,
-                stats (fps/latency), metrics (optional Prometheus endpoint), sdnotify (systemd notifications)
-    app         EdgeApp: ordered start, the loop, ordered stop
+                journal of a watched folder), hub (bounded per-camera frame queues), batcher (pure batching
+                rule + thin driver)
+    runners/    base (Runner protocol, graph contract check, backend choice), onnx, tensorrt, triton,
+                calibration (run-time re-map of exported scores after a re-calibration), engine_build and
+                trt_helpers (the device-side TensorRT engine builder); the torch backend lives outside the
+                runtime, in algan.export.runner_torch (it needs torch and the bundle; imported by name only when
+                chosen)
+    alarm       pure debounced alarm state machine with hysteresis
+    publish/    messages (topics and JSON payloads), mqtt (paho-mqtt publisher: Last Will, QoS 1, flush),
+                delivery (pure bookkeeping of in-flight/acknowledged messages), outbox (durable queue of alarms and
+                states), discovery (Home Assistant), broker (embedded amqtt broker), snapshots (JPEG of each
+                alarm's peak frame)
+    config/     pydantic schema of the YAML config, one module per section; errors (one-line schema errors);
+                loading (load_config: ${ENV}/${file:} substitution, path and secret resolution)
+    shared      maps (anomaly map -> region, heat-map overlay, JPEG; also used by algan.inference), state
+                (private permissions of the daemon's state files), verify (bundle integrity), errors (one-line
+                user errors), logs, stats (fps/latency), metrics (optional Prometheus endpoint), sdnotify
+                (systemd notifications), doctor (algan-edge doctor)
+    app         EdgeApp: ordered start, the loop, ordered stop; its decisions are pure helpers elsewhere:
+                stats.stats_payload, config.reload.plan_reload, publish.snapshots.PeakSnapshots
 
 Rule: nothing here imports torch at module level (tests/edge/test_no_torch.py imports every module found here;
-tests/test_import_layers.py checks the imports statically). Import submodules directly; this package module
-imports nothing so that ``import algan.edge.config`` stays light.
+tests/test_import_layers.py checks the imports statically, and that capture, runners and publish do not import each
+other). Import submodules directly; this package module imports nothing so that ``import algan.edge.config`` stays
+light.
 """

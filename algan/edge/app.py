@@ -27,16 +27,19 @@ from typing import Any
 import numpy as np
 
 from algan.edge.alarm import AlarmEvent, AlarmTracker
-from algan.edge.batcher import Batcher, next_batch
-from algan.edge.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
-from algan.edge.camera import CameraReader
+from algan.edge.capture.batcher import Batcher, next_batch
+from algan.edge.capture.camera import CameraReader
+from algan.edge.capture.hub import Frame, FrameHub
+from algan.edge.capture.journal import FolderJournal
+from algan.edge.capture.sources import Source, open_source
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
-from algan.edge.discovery import discovery_messages
+from algan.edge.config.reload import plan_reload
 from algan.edge.errors import ConfigError, EdgeError, SourceError
-from algan.edge.hub import Frame, FrameHub
-from algan.edge.journal import FolderJournal
 from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
-from algan.edge.messages import (
+from algan.edge.metrics import Metrics
+from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
+from algan.edge.publish.discovery import discovery_messages
+from algan.edge.publish.messages import (
     STATE_ALARM,
     STATE_NORMAL,
     STATE_OFFLINE,
@@ -47,14 +50,12 @@ from algan.edge.messages import (
     score_payload,
     utc_iso,
 )
-from algan.edge.metrics import Metrics
-from algan.edge.mqtt import MqttPublisher, Publisher
-from algan.edge.outbox import Outbox
-from algan.edge.runner import Runner, load_runner, run_batch
+from algan.edge.publish.mqtt import MqttPublisher, Publisher
+from algan.edge.publish.outbox import Outbox
+from algan.edge.publish.snapshots import PeakSnapshots, SnapshotStore, snapshot_name
+from algan.edge.runners.base import Runner, load_runner, run_batch
 from algan.edge.sdnotify import SystemdNotifier
-from algan.edge.snapshots import SnapshotStore, snapshot_name
-from algan.edge.sources import Source, open_source
-from algan.edge.stats import StatsWindow
+from algan.edge.stats import StatsWindow, stats_payload, status_line
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,9 @@ class EdgeApp:
         self.snapshots = None if snap is None else SnapshotStore(
             snap.dir, snap.max_count, None if snap.max_age_h is None else snap.max_age_h * 3600.0, snap.jpeg_quality)
         #: per camera: (full frame, map cells or None) of the frames that may still be the open/next alarm's peak
-        #: (see AlarmTracker.snapshot_candidates); kept when snapshots are on or the model has anomaly maps
-        self._peak_images: dict[str, dict[int, tuple[np.ndarray, np.ndarray | None]]] = {}
-        #: camera -> (snapshot file name or None when not written, peak frame, region) of the open alarm
-        self._open_snapshots: dict[str, tuple[str | None, int, Region | None]] = {}
+        #: (see AlarmTracker.snapshot_candidates), and the open alarm's snapshot; used when snapshots are on or the
+        #: model has anomaly maps
+        self._peaks: PeakSnapshots[tuple[np.ndarray, np.ndarray | None]] = PeakSnapshots()
         self._has_maps = False
         self._model_size: tuple[int, int] = (0, 0)
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
@@ -314,29 +314,18 @@ class EdgeApp:
         except ConfigError as e:
             log.error("reload failed, keeping the current settings: %s", e)
             return False
-        old_names = [c.name for c in self.cfg.cameras]
-        if [c.name for c in new.cameras] != old_names:
+        plan = plan_reload(self.cfg, new)
+        if plan.cameras_changed:
             log.warning("reload: cameras were added, removed or renamed; that needs a restart (ignored)")
-        ignored = [k for k in ("model", "runner", "batch", "mqtt", "device_id", "metrics")
-                   if getattr(new, k) != getattr(self.cfg, k)]
-        if ignored:
-            log.warning("reload: changes to %s need a restart (ignored)", ", ".join(ignored))
-        by_name = {c.name: c for c in new.cameras}
-        policies = {}
-        try:
-            for name in old_names:
-                cam = by_name.get(name)
-                if cam is None:
-                    continue
-                policies[name] = new.alarm_policy(cam).check()
-        except ValueError as e:
-            log.error("reload failed, keeping the current settings: %s", e)
+        if plan.ignored:
+            log.warning("reload: changes to %s need a restart (ignored)", ", ".join(plan.ignored))
+        if plan.error is not None or plan.config is None:
+            log.error("reload failed, keeping the current settings: %s", plan.error)
             return False
-        for name, policy in policies.items():
+        for name, policy in plan.policies.items():
             self.trackers[name].reconfigure(policy)
-            self.thresholds[name] = (policy.threshold, policy.clear_threshold)
-        cams = [by_name.get(c.name, c) for c in self.cfg.cameras]
-        self.cfg = self.cfg.model_copy(update={"alarm": new.alarm, "cameras": cams})
+        self.thresholds.update(plan.thresholds)
+        self.cfg = plan.config
         self.reloads += 1
         log.info("reloaded alarm settings from %s: %s", self.config_path,
                  ", ".join(f"{n} {t:g}/{c:g}" for n, (t, c) in self.thresholds.items()))
@@ -419,28 +408,21 @@ class EdgeApp:
         snapshot (the full frame, heat map over the ROI, region outlined), and redo both at the clear if the peak
         rose. The event carries the region and the snapshot's file name."""
         cam = frame.camera
-        keep = self.trackers[cam].snapshot_candidates()
-        images = self._peak_images.setdefault(cam, {})
-        if frame.index in keep or (event is not None and frame.index == event.peak_frame):
-            images[frame.index] = (frame.raw if frame.raw is not None else frame.image, cells)
-        if event is not None:
-            cand = images.get(event.peak_frame)
-            if event.state == "raised":
-                name = snapshot_name(cam, event.ts, event.id)
-                region = self._region(cam, cand)
-                written = self._write_snapshot(pub, cam, name, cand, region, event.peak)
-                self._open_snapshots[cam] = (name if written else None, event.peak_frame, region)
-            else:
-                name, saved, region = self._open_snapshots.pop(cam, (None, -1, None))
-                if cand is not None and event.peak_frame != saved:
-                    region = self._region(cam, cand)
-                    if name is None:
-                        name = snapshot_name(cam, event.ts, event.id)
-                    name = name if self._write_snapshot(pub, cam, name, cand, region, event.peak) else None
-            event = replace(event, snapshot=name, region=region.to_dict() if region is not None else None)
-        for index in [i for i in images if i not in keep]:
-            del images[index]
-        return event
+        item = (frame.raw if frame.raw is not None else frame.image, cells)
+        peak = event.peak_frame if event is not None else None
+        cand = self._peaks.offer(cam, frame.index, item, self.trackers[cam].snapshot_candidates(), peak)
+        if event is None:
+            return None
+        plan = self._peaks.plan(cam, event.state == "raised", event.peak_frame, cand,
+                                snapshot_name(cam, event.ts, event.id))
+        region = plan.region
+        written = False
+        if plan.redraw:
+            region = self._region(cam, plan.candidate)
+            assert plan.name is not None
+            written = self._write_snapshot(pub, cam, plan.name, plan.candidate, region, event.peak)
+        name = self._peaks.settle(cam, plan, written, region)
+        return replace(event, snapshot=name, region=region.to_dict() if region is not None else None)
 
     def _region(self, cam: str, cand: tuple[np.ndarray, np.ndarray | None] | None) -> Region | None:
         """The anomalous region of a candidate frame in frame pixels (``None`` without a map)."""
@@ -503,38 +485,21 @@ class EdgeApp:
         return {**self.last_stats, "cameras": self._camera_stats(), "queue_depth": self.hub.depth()}
 
     def _publish_stats(self, runner: Runner, pub: Publisher) -> None:
-        fig = self.window.report(self.clock())
-        cams = self._camera_stats()
         b = self._batcher
-        payload = {
-            "ts": utc_iso(time.time()),
-            **fig,
-            "frames": sum(self.scored.values()),
-            "dropped": sum(v["dropped"] for v in cams.values()),
-            "corrupt": sum(v["corrupt"] for v in cams.values()),
-            "skipped": sum(v["skipped"] for v in cams.values()),
-            "backpressure": sum(v["backpressure"] for v in cams.values()),
-            "queue_depth": self.hub.depth(),
-            "batches_full": b.full_batches if b is not None else 0,
-            "batches_partial": b.partial_batches if b is not None else 0,
-            "backend": runner.backend,
-            "model_id": runner.model_id,
-            "mqtt_lost": getattr(pub, "lost", 0),
-            # durable messages (alarm events, state changes) not yet acknowledged by the broker, and those the full
-            # outbox had to drop: a growing depth means the broker has been unreachable for a while
-            "outbox_depth": len(outbox) if (outbox := getattr(pub, "outbox", None)) is not None else 0,
-            "outbox_dropped": outbox.dropped if outbox is not None else 0,
-            "cameras": cams,
-        }
+        outbox = pub.outbox
+        payload = stats_payload(
+            utc_iso(time.time()), self.window.report(self.clock()), self._camera_stats(),
+            frames=sum(self.scored.values()), queue_depth=self.hub.depth(),
+            batches=(b.full_batches, b.partial_batches) if b is not None else (0, 0),
+            backend=runner.backend, model_id=runner.model_id, mqtt_lost=pub.lost,
+            outbox=(len(outbox), outbox.dropped) if outbox is not None else None)
         pub.publish(self.topics.stats, dumps(payload))
         self.last_stats = payload
-        online = sum(1 for v in cams.values() if v["status"] == "online")
-        self.systemd.status(f"{fig['fps']} frames/s, latency p99 {fig['latency_ms_p99']} ms, {online}/{len(cams)} "
-                            f"cameras online, {payload['dropped']} dropped")
+        self.systemd.status(status_line(payload))
         log.debug("stats: %s", payload)
 
     # -- stop ----------------------------------------------------------------------------------------------
-    def _shutdown(self, runner: Runner, pub: MqttPublisher) -> int:
+    def _shutdown(self, runner: Runner, pub: Publisher) -> int:
         deadline = time.monotonic() + READER_JOIN_S
         for r in self.readers:
             r.join(timeout=max(0.0, deadline - time.monotonic()))

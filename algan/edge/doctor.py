@@ -74,7 +74,7 @@ def onnxruntime_info() -> tuple[dict[str, Any] | None, str]:
 
 
 def tensorrt_info() -> tuple[dict[str, Any] | None, str]:
-    from algan.edge.engine_build import tensorrt_status
+    from algan.edge.runners.engine_build import tensorrt_status
 
     ok, reason = tensorrt_status()
     if not ok and not reason.startswith("only the TensorRT lean runtime"):
@@ -136,7 +136,7 @@ def environment(report: Report) -> dict[str, Any]:
 def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
     from algan.edge.config import ORT_PROVIDERS
     from algan.edge.errors import ModelError
-    from algan.edge.runner import choose_backend, resolve_model_path
+    from algan.edge.runners.base import choose_backend, resolve_model_path
 
     backend = choose_backend(cfg)
     try:
@@ -170,7 +170,7 @@ def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
 
 def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
     from algan.edge.errors import ModelError
-    from algan.edge.runner_tensorrt import read_sidecar
+    from algan.edge.runners.tensorrt import read_sidecar
 
     trt, cuda = facts["tensorrt"], facts["cuda"]
     if trt is None:
@@ -204,7 +204,7 @@ def _check_triton(cfg: Any, report: Report) -> None:
         return
     import tritonclient.grpc as grpcclient
 
-    from algan.edge.runner_triton import model_name_from_bundle
+    from algan.edge.runners.triton import model_name_from_bundle
 
     t = cfg.runner.triton
     try:

@@ -3,7 +3,7 @@
 Pure numpy/OpenCV helpers shared by :class:`algan.inference.Inferencer`, ``algan-predict`` and the edge daemon
 (never torch).
 
-Geometry (the anomaly-map contract, see :mod:`algan.edge.runner`): the model input is the region of interest
+Geometry (the anomaly-map contract, see :mod:`algan.edge.runners.base`): the model input is the region of interest
 ``roi = (x, y, w, h)`` of the frame (the whole frame when there is none) resized to the model input ``(H, W)``; a
 map of ``(mh, mw)`` cells covers the whole input, so cell ``(i, j)`` covers the ROI pixels
 ``[i*h/mh, (i+1)*h/mh) x [j*w/mw, (j+1)*w/mw)`` and the frame pixels shifted by ``(x, y)``. Map values are on the
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from algan.contract import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ def bundle_roi(model: str | Path) -> Roi | None:
     """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): ``algan.json``
     ``"roi"``; ``None`` when there is no manifest, no ROI, or it cannot be read (logged)."""
     p = Path(model)
-    manifest = (p if p.is_dir() else p.parent) / "algan.json"
+    manifest = (p if p.is_dir() else p.parent) / MANIFEST_FILE
     if not manifest.is_file():
         return None
     try:

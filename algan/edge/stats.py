@@ -1,6 +1,10 @@
-"""Throughput and latency bookkeeping for the stats message. Pure: times are passed in."""
+"""Throughput and latency bookkeeping for the stats message, and the message itself. Pure: times and counters are
+passed in."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -62,3 +66,56 @@ class StatsWindow:
         self._latencies = []
         self._batches, self._batch_frames, self._infer_ms = 0, 0, 0.0
         return out
+
+
+#: per-camera counters summed into the stats message's totals
+SUMMED_COUNTERS = ("dropped", "corrupt", "skipped", "backpressure")
+
+
+def stats_payload(ts: str, figures: Mapping[str, Any], cameras: Mapping[str, Mapping[str, Any]], *, frames: int,
+                  queue_depth: int, batches: tuple[int, int], backend: str, model_id: str, mqtt_lost: int,
+                  outbox: tuple[int, int] | None) -> dict[str, Any]:
+    """The stats message (``<prefix>/<device>/stats``), from figures already measured; pure.
+
+    Args:
+        ts: UTC time of the message (ISO 8601).
+        figures: :meth:`StatsWindow.report` of the window.
+        cameras: per-camera counters (name -> ``status``, ``frames``, ``dropped``, ``corrupt``, ``skipped``,
+            ``backpressure``...), copied as they are and summed into the totals.
+        frames: frames scored since the start (all cameras).
+        queue_depth: frames waiting in the hub (all cameras).
+        batches: ``(full, partial)`` batches run since the start.
+        backend, model_id: the runner's.
+        mqtt_lost: messages the publisher dropped.
+        outbox: ``(depth, dropped)`` of the publisher's outbox, ``None`` without one (both reported as 0).
+
+    Returns:
+        The payload, keys in message order.
+    """
+    depth, dropped = outbox if outbox is not None else (0, 0)
+    totals = {key: sum(c[key] for c in cameras.values()) for key in SUMMED_COUNTERS}
+    return {
+        "ts": ts,
+        **figures,
+        "frames": frames,
+        **totals,
+        "queue_depth": queue_depth,
+        "batches_full": batches[0],
+        "batches_partial": batches[1],
+        "backend": backend,
+        "model_id": model_id,
+        "mqtt_lost": mqtt_lost,
+        # durable messages (alarm events, state changes) not yet acknowledged by the broker, and those the full
+        # outbox had to drop: a growing depth means the broker has been unreachable for a while
+        "outbox_depth": depth,
+        "outbox_dropped": dropped,
+        "cameras": dict(cameras),
+    }
+
+
+def status_line(payload: Mapping[str, Any]) -> str:
+    """The systemd ``STATUS=`` text of a stats message: throughput, p99 latency, cameras online, frames dropped."""
+    cams = payload["cameras"]
+    online = sum(1 for v in cams.values() if v["status"] == "online")
+    return (f"{payload['fps']} frames/s, latency p99 {payload['latency_ms_p99']} ms, {online}/{len(cams)} cameras "
+            f"online, {payload['dropped']} dropped")

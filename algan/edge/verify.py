@@ -1,4 +1,4 @@
-"""Bundle verification for the edge daemon and ``algan-edge check-config`` (torch-free: json, hashlib, safetensors).
+"""Bundle verification for the edge daemon and ``algan-edge check-config`` (torch-free: json, safetensors).
 
 A model bundle records its own integrity: ``algan.json`` holds the ``format_version``, the ``model_id`` and, once
 exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``algan-export``, see
@@ -16,13 +16,12 @@ exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``a
 
 Each failure is a :class:`~algan.edge.errors.ModelError` (exit status 2) of one line naming the file and the fix.
 A bare ``.onnx``/``.engine`` file outside a bundle (no ``algan.json`` beside it) is not checked. A TensorRT engine is
-not hashed here: its JSON sidecar is checked by :mod:`algan.edge.runner_tensorrt` against the GPU and TensorRT.
+not hashed here: its JSON sidecar is checked by :mod:`algan.edge.runners.tensorrt` against the GPU and TensorRT.
 Bundles exported before the hashes were recorded (no ``exports.onnx.sha256``) pass checks 2 with a warning.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
+from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -71,20 +70,16 @@ def unreadable(path: Path, e: OSError) -> BundleCheckError:
     return BundleCheckError(f"cannot read {path} ({e.strerror or e}); restore the bundle or fix the 'model' path")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file.
+def graph_sha256(path: Path) -> str:
+    """Hex sha256 of a file (:func:`algan.contract.file_sha256`).
 
     Raises:
         BundleCheckError: the file cannot be read.
     """
-    h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise unreadable(path, e) from None
-    return h.hexdigest()
 
 
 def safetensors_header(path: Path) -> dict:
@@ -258,7 +253,7 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         record = (manifest.get("exports") or {}).get(EXPORT_KEYS.get(graph.name, ""), {})
         want = record.get("sha256") if isinstance(record, dict) else None
         if want:
-            got = file_sha256(graph)
+            got = graph_sha256(graph)
             if got != want:
                 raise BundleCheckError(
                     f"{graph} is not the graph {bundle / MANIFEST} recorded (sha256 {got[:12]}... != {want[:12]}...): "

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from algan.edge.errors import ModelError
-from algan.edge.runner import RunnerOutput, resolve_model_path
+from algan.edge.runners.base import RunnerOutput, resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
-"""TensorRT engine building for ``algan-export``: the torch-free builder of :mod:`algan.edge.engine_build` (the code
-``algan-edge build-engine`` runs on the device), with its errors raised as :class:`ExportError` so the export CLI
-reports them like every other export failure.
+"""TensorRT engine building for ``algan-export``: the torch-free builder of
+:mod:`algan.edge.runners.engine_build` (the code ``algan-edge build-engine`` runs on the device), with its errors
+raised as :class:`ExportError` so the export CLI reports them like every other export failure.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from algan.edge import engine_build as _eb
-from algan.edge.engine_build import (  # noqa: F401 - the export API
+from algan.edge.runners import engine_build as _eb
+from algan.edge.runners.engine_build import (  # noqa: F401 - the export API
     CALIBRATION_CACHE_FILE,
     DEFAULT_WORKSPACE_MIB,
     ENGINE_FILE,
@@ -34,7 +34,7 @@ class EngineBuildError(ExportError, _eb.EngineBuildError):
 
 
 def plan_build(trt_version: str | tuple[int, int], fp16: bool, int8: bool) -> BuildPlan:
-    """:func:`algan.edge.engine_build.plan_build`, raising :class:`ExportError`."""
+    """:func:`algan.edge.runners.engine_build.plan_build`, raising :class:`ExportError`."""
     try:
         return _eb.plan_build(trt_version, fp16, int8)
     except _eb.EngineError as e:
@@ -42,7 +42,8 @@ def plan_build(trt_version: str | tuple[int, int], fp16: bool, int8: bool) -> Bu
 
 
 def build_engine(req: EngineRequest, trt: Any = None, gpu: Any = None, device_alloc: Any = None) -> EngineBuild:
-    """:func:`algan.edge.engine_build.build_engine`, raising :class:`ExportError` / :class:`EngineBuildError`."""
+    """:func:`algan.edge.runners.engine_build.build_engine`, raising :class:`ExportError` /
+    :class:`EngineBuildError`."""
     try:
         return _eb.build_engine(req, trt=trt, gpu=gpu, device_alloc=device_alloc)
     except _eb.EngineError as e:

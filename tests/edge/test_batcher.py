@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from algan.edge.batcher import Batcher, next_batch
+from algan.edge.capture.batcher import Batcher, next_batch
 
 
 def test_due_when_full():

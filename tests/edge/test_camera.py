@@ -8,11 +8,11 @@ import time
 import numpy as np
 from edgekit import DARK, make_folder, make_video
 
-from algan.edge.camera import CameraReader
+from algan.edge.capture.camera import CameraReader
+from algan.edge.capture.hub import FrameHub
+from algan.edge.capture.sources import Corrupt, open_source
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
-from algan.edge.hub import FrameHub
-from algan.edge.sources import Corrupt, open_source
 
 
 def drain(hub: FrameHub):

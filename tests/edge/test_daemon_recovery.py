@@ -13,7 +13,7 @@ from edgekit import BRIGHT, DARK, edge_config, make_folder, make_video
 
 from algan.edge.app import EdgeApp
 from algan.edge.config import parse_config
-from algan.edge.outbox import Outbox
+from algan.edge.publish.outbox import Outbox
 
 pytestmark = pytest.mark.broker
 

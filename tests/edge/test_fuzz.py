@@ -17,9 +17,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from algan.edge.capture.sources import MIN_IMAGE_SIDE, Corrupt, decode_image_file  # noqa: E402
 from algan.edge.config import EdgeConfig, load_config  # noqa: E402
 from algan.edge.errors import ConfigError  # noqa: E402
-from algan.edge.sources import MIN_IMAGE_SIDE, Corrupt, decode_image_file  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 _DIR = Path(tempfile.mkdtemp(prefix="algan-fuzz-"))

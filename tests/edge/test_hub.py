@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from algan.edge.hub import Frame, FrameHub
+from algan.edge.capture.hub import Frame, FrameHub
 
 IMG = np.zeros((2, 2, 3), np.uint8)
 

@@ -13,9 +13,9 @@ from mapkit import GREY, grey_frame, make_map_bundle, make_map_model
 
 from algan.edge.errors import ModelError
 from algan.edge.maps import Region, draw_overlay, encode_jpeg, parse_roi, region_from_map
-from algan.edge.messages import ScoreThrottle
-from algan.edge.runner import RunnerOutput, run_batch
-from algan.edge.runner_onnx import OnnxRuntimeRunner
+from algan.edge.publish.messages import ScoreThrottle
+from algan.edge.runners.base import RunnerOutput, run_batch
+from algan.edge.runners.onnx import OnnxRuntimeRunner
 
 
 def test_onnx_runner_returns_maps_and_scores_only_graphs_still_work(tmp_path):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from algan.edge.alarm import AlarmEvent
-from algan.edge.messages import Topics, alarm_payload, score_payload, utc_iso
+from algan.edge.publish.messages import Topics, alarm_payload, score_payload, utc_iso
 
 
 def test_utc_iso_milliseconds_z():
@@ -43,8 +43,8 @@ def test_home_assistant_discovery_maps_camera_offline_to_unavailable():
     """A dead camera (state ``offline``) makes its entities unavailable; the daemon's status does the same."""
     import json
 
-    from algan.edge.discovery import ALARM_STATE_TEMPLATE, CAMERA_AVAILABILITY_TEMPLATE, discovery_messages
-    from algan.edge.messages import Topics
+    from algan.edge.publish.discovery import ALARM_STATE_TEMPLATE, CAMERA_AVAILABILITY_TEMPLATE, discovery_messages
+    from algan.edge.publish.messages import Topics
 
     msgs = discovery_messages(Topics("algan", "line1"), ["cam.1"], model_id="m1")
     assert [(t, q, r) for t, _, q, r in msgs] == [

@@ -9,7 +9,7 @@ import pytest
 
 from algan.edge.config import MqttConfig
 from algan.edge.errors import BrokerError
-from algan.edge.mqtt import MqttPublisher
+from algan.edge.publish.mqtt import MqttPublisher
 from algan.edge.sdnotify import SystemdNotifier
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from algan.cli.alarms import format_event
 from algan.edge.alarm import AlarmEvent
-from algan.edge.messages import alarm_payload
+from algan.edge.publish.messages import alarm_payload
 
 pytestmark = pytest.mark.broker
 

@@ -10,8 +10,8 @@ import pytest
 from mqttkit import Collector, persistence_conf, run_as_me
 
 from algan.edge.config import MqttConfig
-from algan.edge.mqtt import MqttPublisher
-from algan.edge.outbox import Outbox
+from algan.edge.publish.mqtt import MqttPublisher
+from algan.edge.publish.outbox import Outbox
 
 pytestmark = pytest.mark.broker
 

@@ -27,16 +27,19 @@ def torch_free_modules() -> list[str]:
 
 def test_the_walk_finds_the_runtime():
     mods = torch_free_modules()
-    assert {"algan.edge.app", "algan.edge.config", "algan.edge.runner_onnx", "algan.edge.runner_tensorrt",
+    assert {"algan.edge.app", "algan.edge.config", "algan.edge.runners.onnx", "algan.edge.runners.tensorrt",
             "algan.cli.edge", "algan.trt_logging"} <= set(mods)
-    assert len([m for m in mods if m.startswith("algan.edge.")]) == len(list((ROOT / "edge").rglob("[!_]*.py")))
+    files = sorted((ROOT / "edge").rglob("*.py"))  # every module and subpackage (capture, runners, config...)
+    expected = {".".join(("algan", *f.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
+                for f in files}
+    assert {m for m in mods if m.startswith("algan.edge")} == expected
 
 
 def test_edge_modules_do_not_import_torch():
     code = (
         "import importlib, sys\n"
         f"for m in {torch_free_modules()!r}: importlib.import_module(m)\n"
-        "import onnxruntime, algan.edge.runner\n"
+        "import onnxruntime, algan.edge.runners.base\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"

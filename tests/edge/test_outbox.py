@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from algan.edge.outbox import Outbox, OutboxError
+from algan.edge.publish.outbox import Outbox, OutboxError
 
 
 def test_order_and_ack(tmp_path):
@@ -38,7 +38,7 @@ def test_survives_reopen_and_sequence_keeps_growing(tmp_path):
 
 def test_committed_rows_survive_sigkill_of_the_writer(tmp_path):
     path = tmp_path / "o.sqlite"
-    code = (f"import os, signal\nfrom algan.edge.outbox import Outbox\nob = Outbox({str(path)!r})\n"
+    code = (f"import os, signal\nfrom algan.edge.publish.outbox import Outbox\nob = Outbox({str(path)!r})\n"
             "for i in range(20): ob.add('t', str(i), 1, False)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     res = subprocess.run([sys.executable, "-c", code], timeout=60, check=False)
     assert res.returncode == -9

@@ -13,8 +13,8 @@ from onnx import TensorProto
 
 from algan.edge.config import parse_config
 from algan.edge.errors import ModelError
-from algan.edge.runner import Runner, choose_backend, load_runner
-from algan.edge.runner_onnx import OnnxRuntimeRunner
+from algan.edge.runners.base import Runner, choose_backend, load_runner
+from algan.edge.runners.onnx import OnnxRuntimeRunner
 
 
 def test_scores_and_properties(tmp_path):
@@ -80,7 +80,7 @@ def test_load_runner_backends(tmp_path):
 
 
 def test_unavailable_providers_fall_back_to_cpu(tmp_path, caplog):
-    from algan.edge.runner_onnx import choose_providers
+    from algan.edge.runners.onnx import choose_providers
 
     got = choose_providers(["tensorrt", "cuda", "cpu"], ["CPUExecutionProvider"])
     assert got == ["CPUExecutionProvider"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from algan.edge.errors import ModelError
-from algan.edge.runner_tensorrt import TensorRTRunner, check_sidecar, read_sidecar
+from algan.edge.runners.tensorrt import TensorRTRunner, check_sidecar, read_sidecar
 
 H, W = 8, 6
 

@@ -19,7 +19,7 @@ from algan.edge.errors import ModelError
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] not installed (pip install 'algan-edge[triton]')")
 
-from algan.edge.runner_triton import TritonRunner, model_name_from_bundle  # noqa: E402
+from algan.edge.runners.triton import TritonRunner, model_name_from_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 from test_engine_build import MH, MW, H, W, write_bundle  # noqa: E402
@@ -167,8 +167,8 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
     from safetensors.numpy import load_file
 
     from algan.edge.config import parse_config
-    from algan.edge.runner import load_runner
-    from algan.edge.runner_onnx import OnnxRuntimeRunner
+    from algan.edge.runners.base import load_runner
+    from algan.edge.runners.onnx import OnnxRuntimeRunner
 
     url, maps_dir, plain_dir, _ = triton_server
     x = load_file(str(plain_dir / "samples.safetensors"))["images"]  # 9 > max_batch_size 8: two requests

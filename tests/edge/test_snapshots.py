@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from algan.edge.snapshots import SnapshotStore, expired, snapshot_name
+from algan.edge.publish.snapshots import SnapshotStore, expired, snapshot_name
 
 DAY = 86400.0
 

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from edgekit import DARK, make_folder, make_video
 
-from algan.edge.config import CameraConfig
-from algan.edge.errors import SourceError
-from algan.edge.sources import (
+from algan.edge.capture.sources import (
     FFMPEG_OPTIONS_ENV,
     NO_FRAME,
     Corrupt,
@@ -23,6 +21,8 @@ from algan.edge.sources import (
     gstreamer_available,
     open_source,
 )
+from algan.edge.config import CameraConfig
+from algan.edge.errors import SourceError
 
 
 class Clock:
@@ -202,7 +202,7 @@ def _drain(src: FolderSource, clock: Clock, t: float) -> list:
 
 
 def test_watched_folder_journal_skips_files_scored_before_a_restart(tmp_path):
-    from algan.edge.journal import FolderJournal
+    from algan.edge.capture.journal import FolderJournal
 
     folder = tmp_path / "inbox"
     folder.mkdir()
@@ -250,7 +250,7 @@ def test_watched_folder_journal_skips_files_scored_before_a_restart(tmp_path):
 
 
 def test_folder_without_journal_has_no_acker_and_the_journal_error_is_one_line(tmp_path):
-    from algan.edge.journal import FolderJournal
+    from algan.edge.capture.journal import FolderJournal
 
     folder = make_folder(tmp_path / "f", [DARK] * 2)
     src = FolderSource(folder)

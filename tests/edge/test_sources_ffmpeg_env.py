@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from algan.edge.sources import FFMPEG_OPTIONS_ENV, VideoSource
+from algan.edge.capture.sources import FFMPEG_OPTIONS_ENV, VideoSource
 
 
 class _Cap:

@@ -192,9 +192,9 @@ def test_bundle_written_world_readable_under_a_private_umask(tmp_path):
 
 
 def test_daemon_state_is_private_whatever_the_umask(tmp_path):
-    from algan.edge.journal import FolderJournal
-    from algan.edge.outbox import Outbox
-    from algan.edge.snapshots import SnapshotStore
+    from algan.edge.capture.journal import FolderJournal
+    from algan.edge.publish.outbox import Outbox
+    from algan.edge.publish.snapshots import SnapshotStore
 
     old = os.umask(0o022)
     try:
@@ -227,7 +227,7 @@ def test_unit_sets_private_umask_and_deploy_config_never_embeds_a_broker():
 @pytest.mark.parametrize("mqtt", [{"username": "edge", "password": "pw"}, {"tls": {}}, {"host": "10.1.2.3"}],
                          ids=["credentials", "tls", "not-loopback"])
 def test_embedded_broker_never_replaces_an_authenticating_broker(unused_port, mqtt):
-    from algan.edge.broker import embedded_broker_refusal, wants_embedded_broker
+    from algan.edge.publish.broker import embedded_broker_refusal, wants_embedded_broker
 
     base = {"device_id": "d", "model": "m.onnx", "cameras": [{"name": "c", "source": 0}]}
     cfg = parse_config({**base, "mqtt": {"port": unused_port, "embedded_broker": "auto", **mqtt}}).mqtt
@@ -337,8 +337,8 @@ def test_env_and_file_substitution(tmp_path, monkeypatch):
 
 
 def test_truncated_tiny_and_empty_images_counted_and_journalled(tmp_path):
-    from algan.edge.journal import FolderJournal
-    from algan.edge.sources import NO_FRAME, Corrupt, FolderSource
+    from algan.edge.capture.journal import FolderJournal
+    from algan.edge.capture.sources import NO_FRAME, Corrupt, FolderSource
 
     class Clock:
         t = 0.0
@@ -430,8 +430,8 @@ def test_example_config_passes_check_config_with_a_model(tmp_path):
 
 
 def test_stream_refused_at_once_says_refused(unused_port):
+    from algan.edge.capture.sources import VideoSource
     from algan.edge.errors import SourceError
-    from algan.edge.sources import VideoSource
 
     t0 = time.monotonic()
     with pytest.raises(SourceError) as info:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from trt_standin import StandInCuda, add_runtime, make_standin
 
-from algan.edge import engine_build as eb
-from algan.edge.runner_tensorrt import TensorRTRunner
+from algan.edge.runners import engine_build as eb
+from algan.edge.runners.tensorrt import TensorRTRunner
 from algan.export import parity
 
 H, W, MH, MW = 8, 6, 4, 3

@@ -127,7 +127,7 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
     from trt_standin import make_standin
 
     monkeypatch.setattr(par, "FP16_TOLERANCE", TEST_FP16_TOLERANCE)
-    monkeypatch.setattr("algan.edge.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
+    monkeypatch.setattr("algan.edge.runners.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
     opts = ExportOptions(bundle, fp16=True, simplify=False, batch=BatchProfile(1, 2, 4), workspace_mib=64,
                          triton_repo=tmp_path / "repo")
     export_bundle(opts, say=lambda s: None, trt=make_standin("10.12.0.36"))

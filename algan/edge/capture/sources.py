@@ -4,7 +4,7 @@ folders (read once, or watched for new files).
 A source's :meth:`Source.read` returns one raw uint8 BGR frame ``(H, W, 3)``, a :class:`Corrupt` marker (the frame
 exists but cannot be decoded), :data:`NO_FRAME` (nothing new yet: a watched folder is idle) or ``None`` (end of a
 file, or a failed read of a live source). The per-camera thread that drives a source lives in
-:mod:`algan.edge.camera`; the pacing and frame-rate rules it applies are the pure classes :class:`FrameGate` and
+:mod:`algan.edge.capture.camera`; the pacing and frame-rate rules it applies are the pure classes :class:`FrameGate` and
 :class:`Pacer` here.
 """
 
@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 
 from algan.contract import IMAGE_SUFFIXES  # the suffixes a folder source reads (case-insensitive)
+from algan.edge.capture.journal import FolderJournal
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
-from algan.edge.journal import FolderJournal
 from algan.edge.logs import redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.sources")  # the name in log lines, as before the regroup
 
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
@@ -293,7 +293,7 @@ class FolderSource:
         settle_s: watch: how long a new file must stay unchanged before it is read (seconds).
         poll_s: watch: shortest time between two directory scans (seconds).
         clock: monotonic clock (seconds); tests pass a fake.
-        journal: watch: the folder's :class:`~algan.edge.journal.FolderJournal`; after each :meth:`read`,
+        journal: watch: the folder's :class:`~algan.edge.capture.journal.FolderJournal`; after each :meth:`read`,
             :meth:`acker` gives the callable that records the file as scored. ``None`` = no memory across runs.
 
     Raises:

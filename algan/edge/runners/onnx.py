@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from algan.contract import KEY_MAP_SIZE
-from algan.edge.calibration import remap_for
 from algan.edge.config import ORT_PROVIDERS
 from algan.edge.errors import ModelError
-from algan.edge.runner import (
+from algan.edge.runners.base import (
     INPUT_NAME,
     MAPS_NAME,
     MODEL_ID_KEY,
@@ -23,8 +22,9 @@ from algan.edge.runner import (
     parse_map_size,
     resolve_model_path,
 )
+from algan.edge.runners.calibration import remap_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.runner_onnx")  # the name in log lines, as before the regroup
 
 
 def choose_providers(
@@ -63,7 +63,7 @@ class OnnxRuntimeRunner:
     """ONNX Runtime runner for score-only graphs and for graphs with the ``anomaly_maps`` output.
 
     ``runner(images)`` returns the scores only (the maps are not fetched); ``runner.run(images)`` returns
-    :class:`~algan.edge.runner.RunnerOutput` with the maps (``None`` for a score-only graph). The export-time
+    :class:`~algan.edge.runners.base.RunnerOutput` with the maps (``None`` for a score-only graph). The export-time
     calibration re-map applies to both.
 
     Args:

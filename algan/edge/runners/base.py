@@ -5,14 +5,14 @@ static), output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm 
 anomalous, and for patch heads a second output ``anomaly_maps`` float32 ``[N, h, w]`` (h, w static, e.g. 56x56 for
 a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixels
 ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``. ``metadata_props`` may carry ``algan.model_id``, the export-time
-calibration (see :mod:`algan.edge.calibration`; it re-maps the maps with the same affine constants),
+calibration (see :mod:`algan.edge.runners.calibration`; it re-maps the maps with the same affine constants),
 ``algan.outputs`` (``scores`` or ``scores,anomaly_maps``) and ``algan.map_size`` (``h,w``).
 
 Runner interface (:class:`Runner`): ``runner(images) -> scores`` (every runner; old callers), and, for the maps,
 ``runner.run(images) -> RunnerOutput(scores, maps)`` where ``maps`` is ``None`` for a score-only graph. A runner
 without ``run`` (an older or a test runner) still works everywhere: callers go through :func:`run_batch`, which
 falls back to ``RunnerOutput(runner(images), None)``. A new backend (TensorRT, Triton) adds ``run``, ``has_maps``
-and ``map_size`` the way :class:`~algan.edge.runner_onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
+and ``map_size`` the way :class:`~algan.edge.runners.onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
 both output lists and :func:`map_output_size` reads the map size from the output list.
 
 Backends, each in its own module and imported only when chosen (this module needs only numpy, never torch):
@@ -20,10 +20,10 @@ Backends, each in its own module and imported only when chosen (this module need
 ============  ==========================  ==========================================================
 backend       module                      needs
 ============  ==========================  ==========================================================
-onnxruntime   ``runner_onnx``             onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
-tensorrt      ``runner_tensorrt``         tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
+onnxruntime   ``runners.onnx``            onnxruntime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)
+tensorrt      ``runners.tensorrt``        tensorrt + pycuda, a serialized ``.engine`` with its JSON sidecar
 torch         ``algan.export.runner_torch`` torch with CUDA, the model bundle (FP16)
-triton        ``runner_triton``           tritonclient[grpc], a Triton server serving the bundle's exported model
+triton        ``runners.triton``          tritonclient[grpc], a Triton server serving the bundle's exported model
 ============  ==========================  ==========================================================
 
 ``runner.backend: auto`` picks tensorrt for a ``.engine`` model and onnxruntime otherwise.
@@ -46,15 +46,15 @@ from algan.contract import (
     MAPS_OUTPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
-    file_sha256,  # noqa: F401 - imported by runner_onnx
+    file_sha256,  # noqa: F401 - imported by runners.onnx
 )
-from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runner_onnx
+from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runners.onnx
 from algan.edge.config import EdgeConfig
 from algan.edge.errors import ModelError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.runner")  # the name in log lines, as before the regroup
 
-#: the names runner_onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
+#: the names runners.onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
 MAPS_NAME = MAPS_OUTPUT_NAME
 
 
@@ -220,11 +220,11 @@ def choose_backend(config: EdgeConfig) -> str:
 
 #: backend -> (module, class, install hint); modules are imported only when chosen
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "onnxruntime": ("algan.edge.runner_onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
-    "tensorrt": ("algan.edge.runner_tensorrt", "TensorRTRunner",
+    "onnxruntime": ("algan.edge.runners.onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
+    "tensorrt": ("algan.edge.runners.tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
     "torch": ("algan.export.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
-    "triton": ("algan.edge.runner_triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
+    "triton": ("algan.edge.runners.triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 
 

@@ -5,7 +5,7 @@ calibration of export time, recorded in the ONNX ``metadata_props`` as ``algan.c
 ``algan.calibration_scale``. When the bundle was re-calibrated afterwards (``algan.json`` ``calibration``
 ``{center, threshold}``, scale = threshold - center), the runner maps each score to the new calibration with the
 pure affine :func:`recalibrate`. The same constants re-map a patch head's ``anomaly_maps`` output (the maps share
-the scores' calibrated scale, see :mod:`algan.edge.runner`). Missing metadata means no re-mapping.
+the scores' calibrated scale, see :mod:`algan.edge.runners.base`). Missing metadata means no re-mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.calibration")  # the name in log lines, as before the regroup
 
 
 def recalibrate(

@@ -16,7 +16,7 @@ Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, 
 ``output_name`` ("scores"), ``input_shape`` [H, W]; optional ``output_names`` (["scores", "anomaly_maps"] for
 patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.run`). Sidecars are
 written by ``algan-export`` / ``algan-edge build-engine`` on the device, or by ``algan-edge build-engine --adopt
-model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.engine_build`).
+model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.runners.engine_build`).
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from algan.contract import MAPS_OUTPUT_NAME
-from algan.edge.calibration import onnx_metadata, remap_for
 from algan.edge.errors import ModelError
-from algan.edge.runner import RunnerOutput, resolve_model_path
+from algan.edge.runners.base import RunnerOutput, resolve_model_path
+from algan.edge.runners.calibration import onnx_metadata, remap_for
 from algan.trt_logging import make_logger
 
 if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
     import tensorrt
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.runner_tensorrt")  # the name in log lines, as before the regroup
 
 SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "batch_profile", "input_name",
                 "output_name", "input_shape")
@@ -124,7 +124,7 @@ class TensorRTRunner:
     Raises:
         ModelError: missing engine or sidecar, an engine built for another TensorRT/GPU, an engine not matching
             the contract, or a failure at load or warm-up.
-        ImportError: tensorrt or pycuda is not installed (:func:`algan.edge.runner.load_runner` turns this into a
+        ImportError: tensorrt or pycuda is not installed (:func:`algan.edge.runners.base.load_runner` turns this into a
             one-line install hint).
     """
 

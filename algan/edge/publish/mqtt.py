@@ -8,10 +8,11 @@
 * ``on_connect`` checks the CONNACK reason code: a refusal (bad credentials, banned client id...) is logged as ONE
   line per refusal streak and retried with the same backoff; it is never treated as connected.
 * Durable messages (``publish(..., durable=True)``: alarm events and camera states) are first committed to the
-  :class:`~algan.edge.outbox.Outbox`, then handed to paho, in sequence order, by one sender thread while the broker
-  is connected; the row is deleted when paho reports the PUBACK (``on_publish`` with the message's ``mid``). Each row
-  is handed to paho once per process: paho itself re-sends its unacknowledged QoS1 messages after a reconnect, and
-  the sender waits for those before handing newer rows, so the order holds and the daemon sends nothing twice.
+  :class:`~algan.edge.publish.outbox.Outbox`, then handed to paho, in sequence order, by one sender thread while the
+  broker is connected; the row is deleted when paho reports the PUBACK (``on_publish`` with the message's ``mid``).
+  Each row is handed to paho once per process: paho itself re-sends its unacknowledged QoS1 messages after a
+  reconnect, and the sender waits for those before handing newer rows, so the order holds and the daemon sends
+  nothing twice.
   Rows left at exit (broker down, SIGKILL) are delivered by the next run.
 * Other QoS1 messages published while disconnected stay in paho's memory queue (bounded by
   ``mqtt.max_queued_messages``); QoS0 messages published while disconnected are dropped and counted in ``lost``.
@@ -33,21 +34,29 @@ import paho.mqtt.client as mqtt
 
 from algan.edge.config import MqttConfig, MqttTlsConfig
 from algan.edge.errors import BrokerError
-from algan.edge.messages import STATUS_OFFLINE, STATUS_ONLINE
-from algan.edge.outbox import Outbox, OutboxError
+from algan.edge.publish.delivery import RESYNC_TIMEOUT_S, SEND_WINDOW, DeliveryLedger
+from algan.edge.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
+from algan.edge.publish.outbox import Outbox, OutboxError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.mqtt")  # the name in log lines, as before the regroup
 
-#: Outbox rows handed to paho and not yet acknowledged, at most (bounds paho's memory and the replay burst).
-SEND_WINDOW = 100
-#: After a reconnect, newer outbox rows wait this long at most for paho's re-sent older ones to be acknowledged.
-RESYNC_TIMEOUT_S = 10.0
+__all__ = ["RESYNC_TIMEOUT_S", "SEND_WINDOW", "Message", "MqttPublisher", "Publisher", "probe_tcp", "probe_tls",
+           "tls_context", "tls_hint"]
 
 Message = tuple[str, str, int, bool]  # topic, payload, qos, retain
 
 
 class Publisher(Protocol):
-    """What the daemon needs from a message transport."""
+    """What the daemon needs from a message transport.
+
+    Attributes:
+        lost: messages dropped so far (never delivered), for the stats message.
+        outbox: the durable queue of undelivered alarm events and states, or ``None`` (its depth and drops go into
+            the stats message).
+    """
+
+    lost: int
+    outbox: Outbox | None
 
     def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False, durable: bool = False) -> None: ...
 
@@ -142,16 +151,9 @@ class MqttPublisher:
         self.status_topic = status_topic
         self.outbox = outbox
         self.birth = list(birth)
-        self.published = 0
-        self.lost = 0
         self.kept = 0
-        self._lock = threading.Condition()  # guards everything below and wakes the sender / flush
-        self._pending: dict[int, int | None] = {}  # paho mid -> outbox seq (None: not durable)
-        self._early: set[int] = set()  # mids acked before publish() returned
-        self._qos0: set[int] = set()  # pending mids of QoS0 messages
-        self._unacked: set[int] = set()  # outbox seqs handed to paho, not yet acknowledged
-        self._last_handed = 0  # highest outbox seq handed to paho
-        self._resync_until = 0.0  # monotonic time until which newer rows wait for paho's re-sent older ones
+        self._lock = threading.Condition()  # guards the ledger and the flags below, wakes the sender / flush
+        self._ledger = DeliveryLedger(SEND_WINDOW, RESYNC_TIMEOUT_S)  # what is in flight, confirmed, next to hand
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closing = False
@@ -173,6 +175,16 @@ class MqttPublisher:
         c.on_publish = self._on_publish
         self._client = c
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
+
+    @property
+    def published(self) -> int:
+        """Messages handed to the broker connection and confirmed written/acked."""
+        return self._ledger.published
+
+    @property
+    def lost(self) -> int:
+        """Messages dropped (QoS0 while disconnected, or the in-memory QoS1 queue was full)."""
+        return self._ledger.lost
 
     @property
     def where(self) -> str:
@@ -199,7 +211,7 @@ class MqttPublisher:
             self.publish(topic, payload, qos=qos, retain=retain)
         with self._lock:
             # paho re-sends its unacknowledged messages right after this callback; newer rows wait for them
-            self._resync_until = time.monotonic() + RESYNC_TIMEOUT_S if self._unacked else 0.0
+            self._ledger.connected(time.monotonic())
             self._connected.set()
             self._kick = True
             self._lock.notify_all()
@@ -208,27 +220,17 @@ class MqttPublisher:
         was = self._connected.is_set()
         self._connected.clear()
         with self._lock:  # QoS0 packets not yet written are discarded by paho: they will never be confirmed
-            self.lost += len(self._qos0)
-            for mid in self._qos0:
-                self._pending.pop(mid, None)
-            self._qos0.clear()
+            self._ledger.disconnected()
         if was and not self._closing:
             log.warning("lost MQTT broker %s (%s); reconnecting, alarms are queued meanwhile", self.where, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:
-            if mid not in self._pending:
-                self._early.add(mid)
-                return
-            seq = self._pending.pop(mid)
-            self._qos0.discard(mid)
-            self.published += 1
-            if seq is not None:
-                self._unacked.discard(seq)
-                if not self._unacked:
-                    self._resync_until = 0.0
-        if seq is not None and self.outbox is not None:
-            self.outbox.ack(seq)
+            done = self._ledger.confirmed(mid)
+        if not done.known:
+            return
+        if done.seq is not None and self.outbox is not None:
+            self.outbox.ack(done.seq)
         with self._lock:
             self._kick = True
             self._lock.notify_all()
@@ -243,9 +245,9 @@ class MqttPublisher:
                 self._kick = False
                 if self._closing and not self._connected.is_set():
                     return
-                room = SEND_WINDOW - len(self._unacked)
-                ready = self._connected.is_set() and room > 0 and time.monotonic() >= self._resync_until
-                after = self._last_handed
+                room = self._ledger.room()
+                ready = self._connected.is_set() and self._ledger.may_hand(time.monotonic())
+                after = self._ledger.last_handed
             if not ready:
                 continue
             try:
@@ -264,18 +266,10 @@ class MqttPublisher:
                           mqtt.error_string(info.rc))
                 self.outbox.ack(row.seq)  # type: ignore[union-attr]
                 with self._lock:
-                    self._last_handed = row.seq
+                    self._ledger.dropped(row.seq)
                 continue
-            acked_early = False
             with self._lock:
-                self._last_handed = row.seq
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
-                    self.published += 1
-                    acked_early = True
-                else:
-                    self._pending[info.mid] = row.seq
-                    self._unacked.add(row.seq)
+                acked_early = self._ledger.handed(row.seq, info.mid)
             if acked_early:
                 self.outbox.ack(row.seq)  # type: ignore[union-attr]
 
@@ -352,25 +346,18 @@ class MqttPublisher:
             rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
         ):
             with self._lock:
-                self.lost += 1
-                lost = self.lost
+                lost = self._ledger.refused()
             if rc == mqtt.MQTT_ERR_QUEUE_SIZE and (lost == 1 or lost % 1000 == 0):
                 log.warning("MQTT queue full (%d messages): %d messages lost so far", self.cfg.max_queued_messages,
                             lost)
             return
         with self._lock:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                self.published += 1
-            else:
-                self._pending[info.mid] = None
-                if qos == 0:
-                    self._qos0.add(info.mid)
+            self._ledger.accepted(info.mid, qos)
 
     def pending(self) -> int:
         """Messages accepted but not yet confirmed written/acked (including durable ones in the outbox)."""
         with self._lock:
-            n = sum(1 for seq in self._pending.values() if seq is None)
+            n = self._ledger.in_flight()
         return n + (len(self.outbox) if self.outbox is not None else 0)
 
     def flush(self, timeout: float) -> int:

@@ -45,7 +45,7 @@ from algan.trt_logging import make_logger
 if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
     import tensorrt
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.engine_build")  # the name in log lines, as before the regroup
 
 #: first TensorRT version whose FP16 builds use a strongly-typed network from the FP16 ONNX
 STRONGLY_TYPED_FROM = (10, 12)
@@ -271,7 +271,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         EngineError: unsupported version/precision (see :func:`plan_build`), missing FP16 graph or calibration frames.
         EngineBuildError: parser errors (with node names), an unexpected input, or a failed build.
     """
-    from algan.edge import trt_helpers
+    from algan.edge.runners import trt_helpers
 
     if trt is None:
         import tensorrt as trt
@@ -498,9 +498,9 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: 
 
 def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision: str, trt: Any, cuda: Any,
                    say: Callable[[str], None]) -> list[dict]:
-    """Run the staged engine with :class:`~algan.edge.runner_tensorrt.TensorRTRunner` (raw outputs: the staging
+    """Run the staged engine with :class:`~algan.edge.runners.tensorrt.TensorRTRunner` (raw outputs: the staging
     directory has no bundle calibration) and compare each output with ONNX Runtime CPU on the same images."""
-    from algan.edge.runner_tensorrt import TensorRTRunner
+    from algan.edge.runners.tensorrt import TensorRTRunner
 
     ref = ort_outputs(onnx_ref, images)
     runner = TensorRTRunner(staging / ENGINE_FILE, trt=trt, cuda=cuda)
@@ -638,7 +638,7 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
         raise EngineError(f"the engine has inputs {inputs} and outputs {outputs}; the edge contract is "
                           f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}'(, '{MAPS_OUTPUT_NAME}')]: build it from the bundle's "
                           "model.onnx (trtexec --onnx=model.onnx keeps the names)")
-    from algan.edge.runner_tensorrt import dims_tuple
+    from algan.edge.runners.tensorrt import dims_tuple
 
     lo, opt, hi = (dims_tuple(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
     if len(hi) != 4 or hi[3] != 3:

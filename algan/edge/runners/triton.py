@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME
-from algan.edge.calibration import onnx_metadata, remap_for
+from algan.contract import INPUT_NAME, MANIFEST_FILE, MAPS_OUTPUT_NAME, OUTPUT_NAME
 from algan.edge.errors import ModelError
-from algan.edge.runner import RunnerOutput
+from algan.edge.runners.base import RunnerOutput
+from algan.edge.runners.calibration import onnx_metadata, remap_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.runner_triton")  # the name in log lines, as before the regroup
 DEFAULT_URL = "localhost:8001"
 
 
@@ -38,7 +38,7 @@ def model_name_from_bundle(model: Path) -> str:
     Raises:
         ModelError: no manifest or no Triton export recorded (one line: set runner.triton.model or export one).
     """
-    manifest = (model if model.is_dir() else model.parent) / "algan.json"
+    manifest = (model if model.is_dir() else model.parent) / MANIFEST_FILE
     try:
         models = json.loads(manifest.read_text(encoding="utf-8"))["exports"]["triton"]["models"]
         return str(models[0])

@@ -1,8 +1,8 @@
 """One reader thread per camera: open, read, prepare, hand over; reopen dead or stale sources with backoff.
 
-:class:`CameraReader` drives a :class:`~algan.edge.sources.Source`, prepares frames with
+:class:`CameraReader` drives a :class:`~algan.edge.capture.sources.Source`, prepares frames with
 :func:`algan.data.preprocess.prepare_frame` (the same crop + resize as training) and feeds a
-:class:`~algan.edge.hub.FrameHub`:
+:class:`~algan.edge.capture.hub.FrameHub`:
 
 * live sources (devices, streams, GStreamer) never block: the hub keeps the newest frame and counts drops;
   files and folders block when the hub is full (no frame is ever dropped);
@@ -13,7 +13,8 @@
   disappears is reopened the same way. (A ``read()`` that hangs inside OpenCV is bounded by the stream read
   timeout; the daemon's systemd watchdog covers the rest, since WATCHDOG=1 stops when no frame flows.)
 * status changes (``online``, ``offline``, ``finished``, ``failed``) go to a callback; the daemon publishes them.
-* target fps (:class:`~algan.edge.sources.FrameGate`) and replay pacing (:class:`~algan.edge.sources.Pacer`).
+* target fps (:class:`~algan.edge.capture.sources.FrameGate`) and replay pacing
+  (:class:`~algan.edge.capture.sources.Pacer`).
 
 A dead camera only ends its own thread: the other cameras never notice.
 """
@@ -27,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from algan.data.preprocess import prepare_frame
+from algan.edge.capture.hub import Frame, FrameHub
+from algan.edge.capture.sources import Corrupt, FrameGate, NoFrame, Pacer, Source, open_source
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
-from algan.edge.hub import Frame, FrameHub
 from algan.edge.logs import redact
-from algan.edge.sources import Corrupt, FrameGate, NoFrame, Pacer, Source, open_source
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.camera")  # the name in log lines, as before the regroup
 
 #: Pause after a failed read of a live source before trying again (seconds).
 RETRY_S = 0.02

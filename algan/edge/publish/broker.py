@@ -15,9 +15,9 @@ import threading
 
 from algan.edge.config import MqttConfig
 from algan.edge.errors import BrokerError
-from algan.edge.mqtt import probe_tcp
+from algan.edge.publish.mqtt import probe_tcp
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.broker")  # the name in log lines, as before the regroup
 
 
 def is_loopback(host: str) -> bool:

@@ -13,7 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from algan.edge.messages import STATE_ALARM, STATE_NORMAL, STATE_OFFLINE, STATUS_OFFLINE, STATUS_ONLINE, Topics, dumps
+from algan.edge.publish.messages import (
+    STATE_ALARM,
+    STATE_NORMAL,
+    STATE_OFFLINE,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    Topics,
+    dumps,
+)
 
 #: Jinja template mapping a camera state payload to availability: ``offline`` -> ``offline``, anything else -> online
 CAMERA_AVAILABILITY_TEMPLATE = (f"{{{{ '{STATUS_OFFLINE}' if value == '{STATE_OFFLINE}' else '{STATUS_ONLINE}' }}}}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from algan.edge.errors import EdgeError
 from algan.edge.state import make_private_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("algan.edge.outbox")  # the name in log lines, as before the regroup
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

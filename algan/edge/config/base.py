@@ -1,0 +1,29 @@
+"""What every config section shares: the frozen, extra-forbidding pydantic base and the topic-safe name rules
+(device id, camera names and topic prefixes become MQTT topic levels)."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+#: Names used inside MQTT topics (device id, camera names): no ``/``, ``+``, ``#``, spaces or control characters.
+TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Topic prefix: one or more topic-safe levels separated by ``/``.
+TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def topic_name(value: str, what: str) -> str:
+    if not TOPIC_NAME_RE.match(value):
+        msg = (
+            f"{what} {value!r} is not topic-safe; use 1-64 characters from A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit (no spaces, '/', '+' or '#')"
+        )
+        raise ValueError(msg)
+    return value

@@ -1,0 +1,147 @@
+"""The pure decisions of the daemon's loop: the stats message (algan.edge.stats), what a SIGHUP applies
+(algan.edge.config.reload) and which alarm snapshot is written when (algan.edge.publish.snapshots.PeakSnapshots)."""
+
+from __future__ import annotations
+
+from algan.edge.config import parse_config
+from algan.edge.config.reload import RESTART_SETTINGS, plan_reload
+from algan.edge.maps import Region
+from algan.edge.publish.snapshots import PeakSnapshots, SnapshotPlan
+from algan.edge.stats import stats_payload, status_line
+
+FIGURES = {"fps": 12.5, "fps_avg": 11.0, "latency_ms_p50": 20.0, "latency_ms_p99": 41.5, "batch_mean": 2.0,
+           "inference_ms": 9.0}
+
+
+def cam(status: str, dropped: int, corrupt: int = 0, skipped: int = 0, backpressure: int = 0) -> dict:
+    return {"status": status, "frames": 10, "dropped": dropped, "corrupt": corrupt, "skipped": skipped,
+            "backpressure": backpressure}
+
+
+# -- stats -------------------------------------------------------------------------------------------------------
+def test_stats_payload_sums_cameras_and_keeps_the_message_order():
+    cams = {"a": cam("online", 3, corrupt=1, skipped=4, backpressure=2), "b": cam("offline", 5, skipped=1)}
+    p = stats_payload("2026-01-01T00:00:00.000Z", FIGURES, cams, frames=20, queue_depth=7, batches=(4, 6),
+                      backend="onnxruntime", model_id="m1", mqtt_lost=2, outbox=(9, 1))
+    assert list(p) == ["ts", "fps", "fps_avg", "latency_ms_p50", "latency_ms_p99", "batch_mean", "inference_ms",
+                       "frames", "dropped", "corrupt", "skipped", "backpressure", "queue_depth", "batches_full",
+                       "batches_partial", "backend", "model_id", "mqtt_lost", "outbox_depth", "outbox_dropped",
+                       "cameras"]
+    assert (p["dropped"], p["corrupt"], p["skipped"], p["backpressure"]) == (8, 1, 5, 2)
+    assert (p["frames"], p["queue_depth"], p["batches_full"], p["batches_partial"]) == (20, 7, 4, 6)
+    assert (p["outbox_depth"], p["outbox_dropped"], p["mqtt_lost"]) == (9, 1, 2)
+    assert p["cameras"] == cams and p["fps"] == 12.5 and p["backend"] == "onnxruntime" and p["model_id"] == "m1"
+
+
+def test_stats_payload_without_outbox_or_cameras():
+    p = stats_payload("t", FIGURES, {}, frames=0, queue_depth=0, batches=(0, 0), backend="x", model_id="",
+                      mqtt_lost=0, outbox=None)
+    assert (p["outbox_depth"], p["outbox_dropped"], p["dropped"], p["cameras"]) == (0, 0, 0, {})
+
+
+def test_status_line():
+    cams = {"a": cam("online", 3), "b": cam("offline", 5), "c": cam("online", 0)}
+    p = stats_payload("t", FIGURES, cams, frames=1, queue_depth=0, batches=(0, 0), backend="x", model_id="",
+                      mqtt_lost=0, outbox=None)
+    assert status_line(p) == "12.5 frames/s, latency p99 41.5 ms, 2/3 cameras online, 8 dropped"
+
+
+# -- reload --------------------------------------------------------------------------------------------------------
+def config(**over):
+    data = {"device_id": "line1", "model": "/models/m", "cameras": [{"name": "a", "source": "a.mp4"},
+                                                                    {"name": "b", "source": "b.mp4"}]}
+    data.update(over)
+    return parse_config(data)
+
+
+def test_reload_applies_alarm_thresholds():
+    old = config()
+    new = config(alarm={"threshold": 2.0, "clear_threshold": 1.5, "cameras": {"b": {"threshold": 4.0}}})
+    plan = plan_reload(old, new)
+    assert plan.error is None and not plan.cameras_changed and plan.ignored == ()
+    assert plan.thresholds == {"a": (2.0, 1.5), "b": (4.0, 3.0)}  # b keeps the global ratio 1.5 / 2.0
+    assert plan.policies["a"].threshold == 2.0 and plan.policies["b"].clear_threshold == 3.0
+    assert plan.config is not None and plan.config.alarm == new.alarm and plan.config.device_id == "line1"
+
+
+def test_reload_ignores_what_needs_a_restart():
+    old = config()
+    new = config(device_id="line2", mqtt={"port": 1884}, batch={"max_size": 2},
+                 cameras=[{"name": "a", "source": "a.mp4", "threshold": 3.0}, {"name": "c", "source": "c.mp4"}])
+    plan = plan_reload(old, new)
+    assert plan.cameras_changed and plan.ignored == ("batch", "mqtt", "device_id")
+    assert set(RESTART_SETTINGS) >= set(plan.ignored)
+    assert plan.thresholds == {"a": (3.0, 2.7)}  # b is gone from the file: it keeps its settings; c is not added
+    assert plan.config is not None
+    assert [c.name for c in plan.config.cameras] == ["a", "b"] and plan.config.cameras[0].threshold == 3.0
+    assert plan.config.device_id == "line1" and plan.config.mqtt.port == 1883  # not applied
+
+
+def test_reload_with_a_bad_policy_applies_nothing(monkeypatch):
+    old, new = config(), config(alarm={"threshold": 2.0, "clear_threshold": 1.0})
+    from algan.edge.alarm import AlarmPolicy
+
+    def broken(self):
+        raise ValueError("need 0 < clear_threshold <= threshold")
+
+    monkeypatch.setattr(AlarmPolicy, "check", broken)
+    plan = plan_reload(old, new)
+    assert plan.error == "need 0 < clear_threshold <= threshold"
+    assert plan.policies == {} and plan.config is None
+
+
+# -- snapshots -----------------------------------------------------------------------------------------------------
+def test_offer_holds_candidates_only():
+    peaks: PeakSnapshots[str] = PeakSnapshots()
+    assert peaks.offer("a", 1, "f1", {1}) is None
+    assert peaks.offer("a", 2, "f2", {1, 2}) is None
+    assert peaks.held("a") == [1, 2]
+    assert peaks.offer("a", 3, "f3", {3}) is None  # 1 and 2 are out-scored: dropped
+    assert peaks.held("a") == [3] and peaks.held("b") == []
+    # the event's peak frame is handed back even when it is not a candidate any more (then dropped)
+    assert peaks.offer("a", 4, "f4", {3}, peak_frame=4) == "f4"
+    assert peaks.held("a") == [3]
+    assert peaks.offer("a", 5, "f5", {5}, peak_frame=3) == "f3" and peaks.held("a") == [5]
+
+
+def test_raise_then_clear_without_a_higher_peak_keeps_the_raise_snapshot():
+    peaks: PeakSnapshots[str] = PeakSnapshots()
+    plan = peaks.plan("a", True, 7, "f7", "a__raise.jpg")
+    assert plan == SnapshotPlan(True, 7, "f7", "a__raise.jpg", redraw=True)
+    region = Region(box=(1, 2, 3, 4), peak=(2, 3), peak_score=1.5, level=1.0)
+    assert peaks.settle("a", plan, written=True, region=region) == "a__raise.jpg"
+    clear = peaks.plan("a", False, 7, "f7", "a__other.jpg")
+    assert clear == SnapshotPlan(False, 7, "f7", "a__raise.jpg", redraw=False, region=region)
+    assert peaks.settle("a", clear, written=False, region=clear.region) == "a__raise.jpg"
+
+
+def test_clear_after_a_higher_peak_rewrites_the_same_file():
+    peaks: PeakSnapshots[str] = PeakSnapshots()
+    peaks.settle("a", peaks.plan("a", True, 7, "f7", "a__raise.jpg"), written=True, region=None)
+    clear = peaks.plan("a", False, 9, "f9", "a__other.jpg")
+    assert clear.redraw and clear.name == "a__raise.jpg" and clear.candidate == "f9"
+    assert peaks.settle("a", clear, written=True, region=None) == "a__raise.jpg"
+    # a failed rewrite: the event names no file
+    peaks.settle("a", peaks.plan("a", True, 1, "g1", "a__2.jpg"), written=True, region=None)
+    clear = peaks.plan("a", False, 2, "g2", "a__x.jpg")
+    assert peaks.settle("a", clear, written=False, region=None) is None
+
+
+def test_a_raise_whose_snapshot_failed_is_written_at_the_clear_under_the_episode_name():
+    peaks: PeakSnapshots[str] = PeakSnapshots()
+    plan = peaks.plan("a", True, 7, None, "a__raise.jpg")  # the peak frame was not kept
+    assert peaks.settle("a", plan, written=False, region=None) == "a__raise.jpg"  # named at the raise, as before
+    clear = peaks.plan("a", False, 8, "f8", "a__raise.jpg")
+    assert clear.redraw and clear.name == "a__raise.jpg"
+    # without a candidate at the clear there is nothing to draw, and no file to name
+    peaks.settle("b", peaks.plan("b", True, 3, None, "b__r.jpg"), written=False, region=None)
+    clear = peaks.plan("b", False, 3, None, "b__c.jpg")
+    assert not clear.redraw and clear.name is None and peaks.settle("b", clear, False, None) is None
+
+
+def test_cameras_are_independent():
+    peaks: PeakSnapshots[str] = PeakSnapshots()
+    peaks.settle("a", peaks.plan("a", True, 1, "a1", "a.jpg"), written=True, region=None)
+    clear_b = peaks.plan("b", False, 5, None, "b.jpg")  # no raise seen for b
+    assert clear_b.name is None and not clear_b.redraw
+    assert peaks.plan("a", False, 1, "a1", "x.jpg").name == "a.jpg"
