@@ -152,6 +152,7 @@ def test_using_roi_crops_training_and_calibration_batches(tmp_path):
     import argparse
 
     from algan.cli.calibrate import _roi
+    from algan.contract import parse_manifest
     from algan.data.preprocess import current_roi, load_batch, using_roi
 
     frame = grey_frame((60, 80), spot=(40, 20, 20, 20))
@@ -165,7 +166,8 @@ def test_using_roi_crops_training_and_calibration_batches(tmp_path):
     with using_roi((70, 50, 20, 20)), pytest.raises(ValueError, match="does not fit"):
         load_batch([path], (8, 8))
     # algan-calibrate: the bundle's ROI by default, --roi overrides it (with a warning), 'full' = none
-    manifest = {"roi": [1, 2, 30, 40]}
+    manifest = parse_manifest({"format_version": 1, "model_id": "m", "calibration": {"center": 0.0, "threshold": 1.0},
+                               "roi": [1, 2, 30, 40]})
     assert _roi(argparse.Namespace(roi=None), manifest) == (1, 2, 30, 40)
     assert _roi(argparse.Namespace(roi="0,0,10,10"), manifest) == (0, 0, 10, 10)
     assert _roi(argparse.Namespace(roi="full"), manifest) is None
