@@ -13,6 +13,7 @@ Manifest (format version 1; typed as :class:`algan.contract.Manifest`, one pydan
     calibration: {center, threshold, target_fpr, n_images, source}
     training:    {data: dataset summary, n_train, n_holdout, seed, train_s, final losses}
     exports:     filled by algan-export
+    roi:         [x, y, w, h] the frames were cropped to before resizing, or null (the whole frame)
 
 The backbone's ImageNet weights are not copied into the bundle: they are rebuilt from their package and checked
 against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8 held-out normal frames

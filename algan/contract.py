@@ -244,7 +244,8 @@ class _Section(BaseModel):
     write), and :meth:`to_json` writes back exactly the keys that were read or set, in the order they were read
     (keys set later follow, in field order), so that a manifest round-trips to the same JSON."""
 
-    model_config = ConfigDict(extra="allow")
+    # protected_namespaces: pydantic < 2.10 would warn about the field model_id
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     _key_order: tuple[str, ...] = PrivateAttr(default=())
 

@@ -6,8 +6,8 @@ imports inside functions included: a lazy import is still a dependency. Backends
 
 The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
 
-0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule; stdlib and
-   numpy only), ``trt_logging`` -- import nothing of the package
+0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule, the typed
+   bundle manifest; stdlib, numpy and pydantic only), ``trt_logging`` -- import nothing of the package
 1. ``data``: data sets, image/frame preparation, videos
 2. ``features``: backbones (torch)
 3. ``model``: heads, detector, training and fitting (torch)

@@ -149,10 +149,12 @@ def test_evaluate_maps_rejects_maps_of_the_wrong_shape(synth_root):
 @pytest.fixture
 def stand_in_bundle(monkeypatch):
     import algan.bundle
+    from algan.contract import parse_manifest
 
     det = StandInMapDetector()
-    monkeypatch.setattr(algan.bundle, "load_bundle",
-                        lambda d: (det, {"model_id": "standin", "head": {"kind": "standin"}}))
+    manifest = parse_manifest({"format_version": 1, "model_id": "standin", "head": {"kind": "standin"},
+                               "calibration": {"center": 0.0, "threshold": 1.0}})
+    monkeypatch.setattr(algan.bundle, "load_bundle", lambda d: (det, manifest))
     return det
 
 
