@@ -287,3 +287,17 @@ def test_update_calibration_changes_only_the_calibration(trained, tmp_path):
     after = json.loads((b / MANIFEST_FILE).read_text())
     assert after == {**before, "calibration": {"target_fpr": 0.02, "method": "test", "center": 1.0, "threshold": 3.0}}
     assert list(after) == list(before) and m.calibration.threshold == 3.0
+
+
+def test_patch_section_mirrors_patch_spec() -> None:
+    """contract.PatchSection repeats PatchSpec's fields (the contract may not import features): same names and
+    defaults, so the two cannot drift apart."""
+    import dataclasses
+
+    from algan.contract import PatchSection
+    from algan.features.patch import PatchSpec
+
+    spec = {f.name: f.default for f in dataclasses.fields(PatchSpec)}
+    section = {name: f.default for name, f in PatchSection.model_fields.items()}
+    assert section == {k: v for k, v in spec.items() if k in section}
+    assert set(spec) - set(section) <= {"blocks"}, set(spec) - set(section)
