@@ -150,7 +150,7 @@ def test_clear_after_a_higher_peak_rewrites_the_same_file():
 def test_a_raise_whose_snapshot_failed_is_written_at_the_clear_under_the_episode_name():
     peaks: PeakSnapshots[str] = PeakSnapshots()
     plan = peaks.plan("a", True, 7, None, "a__raise.jpg")  # the peak frame was not kept
-    assert peaks.settle("a", plan, written=False, region=None) == "a__raise.jpg"  # named at the raise, as before
+    assert peaks.settle("a", plan, written=False, region=None) is None  # no file: the raise names none
     clear = peaks.plan("a", False, 8, "f8", "a__raise.jpg")
     assert clear.redraw and clear.name == "a__raise.jpg"
     # without a candidate at the clear there is nothing to draw, and no file to name
