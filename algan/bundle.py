@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -241,12 +243,17 @@ def load_bundle(model_dir: str | Path):
     return det, manifest
 
 
-def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict) -> Manifest:
+def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict,
+                       roi: Sequence[int] | None | Literal["keep"] = "keep") -> Manifest:
     """Replace a bundle's score calibration in place (weights and manifest), keeping its exports.
 
     ``weights.safetensors`` gets new ``calibration.center`` / ``calibration.scale`` (= threshold - center) tensors
     and ``algan.json`` a new ``calibration`` section (``center``, ``threshold`` plus ``info``). Both files are
     written to temporary names first and renamed, weights before manifest.
+
+    Args:
+        roi: the crop ``[x, y, w, h]`` the calibration scores were computed on (``None`` = whole frames), recorded as
+            the manifest's ``roi`` in the same write; ``"keep"`` (default) leaves the recorded ROI as it is.
 
     Returns:
         the updated manifest.
@@ -277,5 +284,7 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
         Path(tmp).unlink(missing_ok=True)
     manifest.calibration = CalibrationSection.model_validate({**info, "center": float(center),
                                                               "threshold": float(threshold)})
+    if roi != "keep":
+        manifest.roi = [int(v) for v in roi] if roi is not None else None
     write_manifest(model_dir, manifest)
     return manifest
