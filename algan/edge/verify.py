@@ -29,14 +29,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
+from algan.contract import FORMAT_VERSION, KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-#: The bundle format version this runtime reads (``algan.bundle.FORMAT_VERSION``; kept here so that the edge needs
-#: nothing from the training side).
-FORMAT_VERSION = 1
 MANIFEST = MANIFEST_FILE
 WEIGHTS = WEIGHTS_FILE
 MODEL_ID_KEY = KEY_MODEL_ID
