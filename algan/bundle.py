@@ -32,14 +32,16 @@ from typing import Literal
 import numpy as np
 
 from algan.contract import (
+    BUNDLE_DIR_MODE,
+    BUNDLE_FILE_MODE,
     FORMAT_VERSION,
     BundleError,
     CalibrationSection,
     Manifest,
     atomic_directory,
     load_manifest,
-    manifest_bytes,
     parse_manifest,
+    write_manifest,
 )
 from algan.contract import MANIFEST_FILE as MANIFEST
 from algan.contract import SAMPLES_FILE as SAMPLES
@@ -62,17 +64,6 @@ def read_manifest(model_dir: str | Path) -> Manifest:
     return load_manifest(model_dir)
 
 
-def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
-    """Atomically (temp file + rename) write ``algan.json``."""
-    atomic_write_bytes(Path(model_dir) / MANIFEST, manifest_bytes(manifest))
-
-
-#: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
-#: another (the service's User=), so it is world-readable whatever the umask (mkstemp/mkdtemp would give 0600/0700)
-BUNDLE_DIR_MODE = 0o755
-BUNDLE_FILE_MODE = 0o644
-
-
 def _load_weights(wpath: Path) -> dict:
     """``safetensors.torch.load_file`` with its errors (a truncated file, a pickle renamed) as one BundleError line."""
     from safetensors.torch import load_file
@@ -86,17 +77,6 @@ def _load_weights(wpath: Path) -> dict:
         raise BundleError(f"{wpath} is damaged or not a safetensors file ({reason}); copy the bundle again or "
                           "re-train it") from None
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, BUNDLE_FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extra_tensors: dict | None = None,
