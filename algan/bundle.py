@@ -25,19 +25,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from algan.contract import (
+    BUNDLE_DIR_MODE,
+    BUNDLE_FILE_MODE,
     FORMAT_VERSION,
     BundleError,
     CalibrationSection,
     Manifest,
     atomic_directory,
     load_manifest,
-    manifest_bytes,
     parse_manifest,
+    write_manifest,
 )
 from algan.contract import MANIFEST_FILE as MANIFEST
 from algan.contract import SAMPLES_FILE as SAMPLES
@@ -60,17 +64,6 @@ def read_manifest(model_dir: str | Path) -> Manifest:
     return load_manifest(model_dir)
 
 
-def write_manifest(model_dir: str | Path, manifest: Manifest) -> None:
-    """Atomically (temp file + rename) write ``algan.json``."""
-    atomic_write_bytes(Path(model_dir) / MANIFEST, manifest_bytes(manifest))
-
-
-#: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
-#: another (the service's User=), so it is world-readable whatever the umask (mkstemp/mkdtemp would give 0600/0700)
-BUNDLE_DIR_MODE = 0o755
-BUNDLE_FILE_MODE = 0o644
-
-
 def _load_weights(wpath: Path) -> dict:
     """``safetensors.torch.load_file`` with its errors (a truncated file, a pickle renamed) as one BundleError line."""
     from safetensors.torch import load_file
@@ -84,17 +77,6 @@ def _load_weights(wpath: Path) -> dict:
         raise BundleError(f"{wpath} is damaged or not a safetensors file ({reason}); copy the bundle again or "
                           "re-train it") from None
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, BUNDLE_FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extra_tensors: dict | None = None,
@@ -241,12 +223,17 @@ def load_bundle(model_dir: str | Path):
     return det, manifest
 
 
-def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict) -> Manifest:
+def update_calibration(model_dir: str | Path, center: float, threshold: float, info: dict,
+                       roi: Sequence[int] | None | Literal["keep"] = "keep") -> Manifest:
     """Replace a bundle's score calibration in place (weights and manifest), keeping its exports.
 
     ``weights.safetensors`` gets new ``calibration.center`` / ``calibration.scale`` (= threshold - center) tensors
     and ``algan.json`` a new ``calibration`` section (``center``, ``threshold`` plus ``info``). Both files are
     written to temporary names first and renamed, weights before manifest.
+
+    Args:
+        roi: the crop ``[x, y, w, h]`` the calibration scores were computed on (``None`` = whole frames), recorded as
+            the manifest's ``roi`` in the same write; ``"keep"`` (default) leaves the recorded ROI as it is.
 
     Returns:
         the updated manifest.
@@ -277,5 +264,7 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
         Path(tmp).unlink(missing_ok=True)
     manifest.calibration = CalibrationSection.model_validate({**info, "center": float(center),
                                                               "threshold": float(threshold)})
+    if roi != "keep":
+        manifest.roi = [int(v) for v in roi] if roi is not None else None
     write_manifest(model_dir, manifest)
     return manifest

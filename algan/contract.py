@@ -165,6 +165,31 @@ def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+#: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as
+#: another (the service's User=), so it is world-readable whatever the umask (mkstemp/mkdtemp would give 0600/0700)
+BUNDLE_DIR_MODE = 0o755
+BUNDLE_FILE_MODE = 0o644
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it (mode :data:`BUNDLE_FILE_MODE`) renamed over it:
+    a reader sees the old or the new contents, never half of them.
+
+    Raises:
+        OSError: the directory is not writable (nothing is left behind).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, BUNDLE_FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 # -- the threshold rule -----------------------------------------------------------------------------------------
 def order_statistic_rank(n: int, target_fpr: float) -> int:
     """1-based rank ``k = ceil((n + 1)(1 - target_fpr))`` of the empirical threshold among ``n`` sorted normal
@@ -380,7 +405,8 @@ class Manifest(_Section):
     Required: ``format_version``, ``model_id`` and ``calibration`` (``center``, ``threshold``). The sections that
     rebuild the torch detector (``backbone``, ``features``, ``head``) are optional here, so that a bundle that only
     serves its exported graph still reads; :meth:`require` gives them where they are needed. ``exports`` is filled by
-    algan-export: ``{onnx, onnx_fp16, engine: {file, sha256, ...}, parity: [...], auroc, triton}``.
+    algan-export: ``{onnx, onnx_fp16, engine: {file, sidecar, engine_sha256, onnx_sha256, ...}, parity: [...], auroc,
+    triton}``; ``engine`` also by ``algan-edge build-engine`` on the device.
     """
 
     format_version: int
@@ -492,3 +518,12 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 def manifest_bytes(manifest: Manifest) -> bytes:
     """The text of ``algan.json`` for ``manifest`` (2-space indented JSON and a newline, UTF-8)."""
     return (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
+
+
+def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Atomically (temp file + rename, :func:`atomic_write_bytes`) write ``model_dir/algan.json``.
+
+    Raises:
+        OSError: the bundle directory is not writable.
+    """
+    atomic_write_bytes(Path(model_dir) / MANIFEST_FILE, manifest_bytes(manifest))

@@ -1,10 +1,12 @@
-"""algan.contract: the one threshold rule (training and re-calibration agree), the atomic directory replace and
-hashing."""
+"""algan.contract: the one threshold rule (training and re-calibration agree), the atomic directory replace,
+hashing, and its constants said only there."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +80,27 @@ def test_file_sha256(tmp_path):
     data = bytes(range(256)) * 5000
     p.write_bytes(data)
     assert file_sha256(p, chunk=1000) == file_sha256(p) == hashlib.sha256(data).hexdigest()
+
+
+def _module_constants(path: Path) -> set[str]:
+    """UPPER_CASE names a module assigns at its top level (``X = ...`` / ``X: T = ...``)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()}
+    return names
+
+
+def test_the_contracts_constants_are_defined_only_there():
+    """FORMAT_VERSION, file names, tensor names and metadata keys are imported from algan.contract, never re-defined
+    (a copy, e.g. the edge's own FORMAT_VERSION, would silently disagree after a format bump)."""
+    import algan
+    import algan.contract
+
+    pkg = Path(algan.__file__).parent
+    said = _module_constants(Path(algan.contract.__file__))
+    assert {"FORMAT_VERSION", "ONNX_FILE", "ENGINE_FILE", "INPUT_NAME", "KEY_MODEL_ID"} <= said
+    again = sorted(f"{p.relative_to(pkg.parent)}: {name}" for p in pkg.rglob("*.py") if p.name != "contract.py"
+                   or p.parent != pkg for name in _module_constants(p) & said)
+    assert not again, f"re-defined outside algan/contract.py (import them from there): {again}"

@@ -258,6 +258,9 @@ def write_calibration(model_dir: str | Path, manifest: Manifest, result: Calibra
                       report: tuple[Path, bytes] | None = None) -> Manifest:
     """Store the calibration (weights + manifest), the drift reference, the INT8 set and the report, all or none.
 
+    ``manifest.roi`` is recorded in the bundle with the calibration: set it to the crop the scores were computed on
+    (:func:`algan.data.preprocess.using_roi`; ``algan-calibrate --roi``).
+
     Returns:
         the updated manifest.
     """
@@ -271,7 +274,7 @@ def write_calibration(model_dir: str | Path, manifest: Manifest, result: Calibra
         files[model_dir / INT8_FILE] = int8_set_bytes(result.int8_images, meta)
     if report is not None:
         files[Path(report[0])] = report[1]
-    return commit(model_dir, result.center, result.threshold, result.info, files)
+    return commit(model_dir, result.center, result.threshold, result.info, files, manifest.roi)
 
 
 def check(detector, model_dir: str | Path, manifest: Manifest, split: CalibrationSplit, alpha: float = 0.01,

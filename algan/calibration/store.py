@@ -4,14 +4,17 @@
   normals (or their quantiles, :func:`algan.calibration.drift.reference_scores`), the drift-check reference;
   metadata ``center``, ``threshold`` (raw, as ``repr`` of floats), ``n_images``, ``model_id``.
 * ``int8_calibration.safetensors``: see :mod:`algan.calibration.int8`.
-* ``weights.safetensors`` / ``algan.json`` calibration: via :func:`algan.bundle.update_calibration`.
+* ``weights.safetensors`` / ``algan.json`` calibration (and the ``roi`` it was computed on): via
+  :func:`algan.bundle.update_calibration`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -58,11 +61,12 @@ def load_reference(model_dir: str | Path, manifest: Manifest) -> np.ndarray:
 
 
 def commit(model_dir: str | Path, center: float, threshold: float, info: dict,
-           files: dict[Path, bytes]) -> Manifest:
+           files: dict[Path, bytes], roi: Sequence[int] | None | Literal["keep"] = "keep") -> Manifest:
     """Write the calibration and its side files so that a failure leaves the bundle as it was.
 
     Every file is first written to a temporary name next to its target; then the calibration (weights, then
-    manifest) is updated, and only then are the files renamed into place.
+    manifest, with ``roi`` as in :func:`algan.bundle.update_calibration`) is updated, and only then are the files
+    renamed into place.
 
     Returns:
         the updated manifest.
@@ -75,7 +79,7 @@ def commit(model_dir: str | Path, center: float, threshold: float, info: dict,
             tmps[target] = tmp
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        manifest = update_calibration(model_dir, center, threshold, info)
+        manifest = update_calibration(model_dir, center, threshold, info, roi)
         for target, tmp in tmps.items():
             os.replace(tmp, target)
     finally:

@@ -110,7 +110,7 @@ class AlarmEvent:
         peak_frame: frame index that had ``peak`` (``first_frame`` when no score was finite).
         duration_s: seconds from the raise to this event (0.0 for "raised").
         snapshot: file name of the peak-frame JPEG (relative to ``alarm.snapshots.dir``), filled in by the daemon
-            when snapshots are enabled.
+            when it wrote that file (``None`` with snapshots off or when the write failed).
         region: where the defect is in the peak frame (``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
             "level"}``, frame pixels; :meth:`algan.edge.maps.Region.to_dict`), filled in by the daemon for models
             with anomaly maps, else ``None``.

@@ -319,6 +319,9 @@ class EdgeApp:
             log.warning("reload: cameras were added, removed or renamed; that needs a restart (ignored)")
         if plan.ignored:
             log.warning("reload: changes to %s need a restart (ignored)", ", ".join(plan.ignored))
+        if plan.camera_settings:
+            log.warning("reload: changes to the camera settings %s need a restart (ignored)",
+                        ", ".join(plan.camera_settings))
         if plan.error is not None or plan.config is None:
             log.error("reload failed, keeping the current settings: %s", plan.error)
             return False

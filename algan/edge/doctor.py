@@ -5,9 +5,9 @@ Prints, one line each: Python; OpenCV (version, file, whether built with GStream
 and ``nvv4l2decoder`` pipelines need JetPack's OpenCV); ONNX Runtime (version, execution providers); TensorRT
 (version, or why absent); pycuda and the CUDA device (name, compute capability), or why absent. With ``--config``
 it then checks the configured model and backend (files present, packages importable, ONNX Runtime providers
-available, an engine's sidecar built for this TensorRT and GPU) and each camera's source (file/folder exists,
-device node exists, GStreamer/FFMPEG support in this OpenCV for pipeline/URL sources). Nothing is opened or
-started (no camera, no broker, no model load).
+available, an engine's sidecar built for this TensorRT and GPU and from the bundle's current graph) and each camera's
+source (file/folder exists, device node exists, GStreamer/FFMPEG support in this OpenCV for pipeline/URL sources).
+Nothing is opened or started (no camera, no broker, no model load).
 
 Exit status: 0 every check passed; 1 a check failed (each failure is a ``FAIL`` line saying why and how to fix);
 2 the config file itself is invalid (one line, as ``check-config``).
@@ -171,6 +171,7 @@ def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
 def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
     from algan.edge.errors import ModelError
     from algan.edge.runners.tensorrt import read_sidecar
+    from algan.edge.verify import check_engine_source
 
     trt, cuda = facts["tensorrt"], facts["cuda"]
     if trt is None:
@@ -182,6 +183,12 @@ def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
     except ModelError as e:
         report.fail("engine", str(e))
         return
+    try:
+        check_engine_source(path)
+        stale = False
+    except ModelError as e:
+        report.fail("engine", str(e))
+        stale = True
     diffs = []
     if trt is not None and str(meta["tensorrt_version"]) != trt["version"]:
         diffs.append(f"TensorRT {meta['tensorrt_version']} != {trt['version']} here")
@@ -191,7 +198,7 @@ def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
     if diffs:
         report.fail("engine", f"{path} was built elsewhere ({'; '.join(diffs)}); rebuild it here with algan-edge "
                     f"build-engine --fp16 {path.parent}")
-    elif trt is not None and cuda is not None:
+    elif trt is not None and cuda is not None and not stale:
         report.ok("engine", f"{path} ({meta['precision']}, built for this TensorRT and GPU)")
 
 

@@ -14,8 +14,13 @@ exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``a
    whose tensors' ``data_offsets`` fit in the file (a truncated file, or a pickle renamed to ``.safetensors``, is
    refused even though the edge never reads the weights).
 
+5. a TensorRT engine (``model.engine``) was built from the bundle's current graph: its sidecar's ``onnx_sha256``
+   equals the sha256 of the ``onnx_file`` it names (``model.onnx`` or ``model.fp16.onnx``) in the bundle; an engine
+   built before the bundle was re-exported is refused as stale, with the ``algan-edge build-engine`` command that
+   rebuilds it (:func:`check_engine_source`, also a ``FAIL`` line of ``algan-edge doctor``).
+
 Each failure is a :class:`~algan.edge.errors.ModelError` (exit status 2) of one line naming the file and the fix.
-A bare ``.onnx``/``.engine`` file outside a bundle (no ``algan.json`` beside it) is not checked. A TensorRT engine is
+A bare ``.onnx``/``.engine`` file outside a bundle (no ``algan.json`` beside it) is not checked. The engine itself is
 not hashed here: its JSON sidecar is checked by :mod:`algan.edge.runners.tensorrt` against the GPU and TensorRT.
 Bundles exported before the hashes were recorded (no ``exports.onnx.sha256``) pass checks 2 with a warning.
 """
@@ -26,17 +31,16 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from algan.contract import KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
+from algan.contract import FORMAT_VERSION, KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-#: The bundle format version this runtime reads (``algan.bundle.FORMAT_VERSION``; kept here so that the edge needs
-#: nothing from the training side).
-FORMAT_VERSION = 1
 MANIFEST = MANIFEST_FILE
 WEIGHTS = WEIGHTS_FILE
 MODEL_ID_KEY = KEY_MODEL_ID
@@ -201,6 +205,60 @@ def graph_model_id(path: Path) -> str | None:
     return (sess.get_modelmeta().custom_metadata_map or {}).get(MODEL_ID_KEY)
 
 
+def sidecar_path(engine: Path) -> Path:
+    """The sidecar JSON of a TensorRT engine: ``model.engine.json`` if present, else ``model.json``."""
+    full = engine.with_name(engine.name + ".json")
+    return full if full.is_file() or not engine.with_suffix(".json").is_file() else engine.with_suffix(".json")
+
+
+#: ``algan-edge build-engine`` flag that rebuilds an engine of a sidecar ``precision``
+REBUILD_FLAGS = {"fp16": " --fp16", "int8": " --int8", "fp32": ""}
+
+
+def stale_engine(sidecar: Mapping[str, Any], engine: Path, current_sha256: str | None) -> str | None:
+    """Why an engine no longer matches the graph it was built from, or ``None`` (pure).
+
+    Args:
+        sidecar: the engine's sidecar: ``onnx_sha256`` (hex sha256 of the graph at build time), ``onnx_file`` (that
+            graph's file name in the bundle, default ``model.onnx``) and ``precision`` (for the rebuild command).
+        engine: the engine file (named in the message; the graph lies beside it).
+        current_sha256: hex sha256 of that graph file now, ``None`` when the bundle has no such file.
+
+    Returns:
+        One line saying the engine is stale and the command that rebuilds it; ``None`` when the hashes agree or
+        there is nothing to compare (no recorded hash, no graph beside the engine).
+    """
+    want = sidecar.get("onnx_sha256")
+    if not want or current_sha256 is None or str(want) == current_sha256:
+        return None
+    graph = engine.parent / str(sidecar.get("onnx_file") or ONNX_FILE)
+    flag = REBUILD_FLAGS.get(str(sidecar.get("precision")), " --fp16")
+    return (f"engine {engine} is stale: it was built from a {graph.name} with sha256 {str(want)[:12]}..., but {graph} "
+            f"is now {current_sha256[:12]}... (the bundle was re-exported after the engine was built); rebuild it "
+            f"with algan-edge build-engine{flag} {engine.parent} on this device")
+
+
+def check_engine_source(engine: Path) -> None:
+    """Refuse a TensorRT engine built from another graph than the one now beside it (see :func:`stale_engine`).
+
+    A missing or unreadable sidecar is left to the TensorRT runner, which refuses it with its own message.
+
+    Raises:
+        BundleCheckError: the engine is stale, or its graph cannot be read.
+    """
+    try:
+        sidecar = json.loads(sidecar_path(engine).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(sidecar, dict):
+        return
+    graph = engine.parent / str(sidecar.get("onnx_file") or ONNX_FILE)
+    current = graph_sha256(graph) if sidecar.get("onnx_sha256") and graph.is_file() else None
+    reason = stale_engine(sidecar, engine, current)
+    if reason is not None:
+        raise BundleCheckError(reason)
+
+
 @dataclass(frozen=True)
 class BundleReport:
     """What :func:`verify_model` checked.
@@ -273,4 +331,6 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
                 pass
         except OSError as e:
             raise unreadable(graph, e) from None
+        if graph.suffix == ".engine":
+            check_engine_source(graph)
     return BundleReport(bundle, None if model_id is None else str(model_id), graph, checked)

@@ -32,6 +32,7 @@ from algan.export.tensorrt import (
     BatchProfile,
     EngineRequest,
     build_engine,
+    engine_entry,
     plan_build,
     tensorrt_status,
 )
@@ -346,7 +347,7 @@ def _exports_entry(model_dir: Path, report: ExportReport, opts: ExportOptions, s
     if report.auroc is not None:
         out["auroc"] = report.auroc
     if engine is not None:
-        out["engine"] = {"file": ENGINE_FILE, "sidecar": SIDECAR_FILE, **engine.sidecar}
+        out["engine"] = engine_entry(engine.sidecar)
     elif opts.fp16 or opts.int8:
         out["engine"] = {"file": None, "note": report.engine_note, "created": created}
     return out

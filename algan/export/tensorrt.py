@@ -22,6 +22,7 @@ from algan.edge.runners.engine_build import (  # noqa: F401 - the export API
     BuildPlan,
     EngineBuild,
     EngineRequest,
+    engine_entry,
     parse_version,
     parser_errors,
     tensorrt_status,

@@ -88,6 +88,39 @@ def test_check_detects_drift_exit_3(bundle_copy, calib_data, tmp_path, capsys):
     assert snapshot(bundle_copy) == before  # --check writes nothing
 
 
+def test_roi_is_recorded_and_sets_the_threshold_on_the_crop(bundle_copy, calib_data, capsys):
+    from algan.calibration.pipeline import select_data
+    from algan.calibration.threshold import TargetFprThreshold
+    from algan.data.preprocess import prepare_frame, read_image
+
+    det, m0 = load_bundle(bundle_copy)
+    assert m0.roi is None  # trained on whole frames (80 x 80)
+    roi = (8, 4, 64, 64)
+    rc, out, err = run(capsys, bundle_copy, "--data", calib_data, "--target-fpr", "0.05", "--roi", "8,4,64,64",
+                       "--json")
+    assert rc == 0, err
+    assert "differs from the ROI the model was trained with" in err and "the bundle records the new one" in err
+    m1 = read_manifest(bundle_copy)
+    assert m1.roi == [8, 4, 64, 64]
+    # the stored threshold is the one of the cropped calibration normals (not of the whole frames)
+    split = select_data(calib_data, "auto", m0, None, 0)
+    frames = np.stack([prepare_frame(read_image(p), SMALL, roi) for p in split.calib])
+    with torch.no_grad():
+        raw = det.raw_scores(torch.from_numpy(frames)).double().numpy()
+    est = TargetFprThreshold(0.05).fit(raw)
+    assert m1.calibration.threshold == pytest.approx(est.threshold_, rel=1e-6)
+    assert m1.calibration.center == pytest.approx(est.center_, rel=1e-6)
+    assert json.loads(out)["threshold"] == pytest.approx(m1.calibration.threshold)
+    # --check takes the recorded ROI by default: the validation half of the same split does not drift
+    rc, out, err = run(capsys, bundle_copy, "--check", "--data", calib_data, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["drifted"] is False
+    # --roi full records the whole frame again
+    rc, _, err = run(capsys, bundle_copy, "--data", calib_data, "--target-fpr", "0.05", "--roi", "full")
+    assert rc == 0, err
+    assert read_manifest(bundle_copy).roi is None
+
+
 def test_update_calibration_round_trip(bundle_copy):
     det0, m0 = load_bundle(bundle_copy)
     imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, *SMALL, 3), dtype=np.uint8))

@@ -69,6 +69,32 @@ def test_config_checks_name_each_reason(tmp_path, capsys):
     assert out[-1] == f"{len(fails)} problem(s) found with {path}"
 
 
+def test_engine_built_before_a_re_export_is_a_fail_line(tmp_path, capsys):
+    from edgekit import make_model
+
+    from algan.contract import file_sha256
+
+    bundle = tmp_path / "bundle"
+    make_model(bundle / "model.onnx")
+    (bundle / "model.engine").write_bytes(b"x")
+    side = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16",
+            "batch_profile": {"min": 1, "opt": 4, "max": 8}, "input_name": "images", "output_name": "scores",
+            "input_shape": [64, 64], "onnx_file": "model.onnx", "onnx_sha256": file_sha256(bundle / "model.onnx")}
+    (bundle / "model.engine.json").write_text(json.dumps(side))
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"device_id": "line1", "model": str(bundle), "runner": {"backend": "tensorrt"},
+                                    "cameras": [{"name": "c", "source": str(bundle / "model.onnx")}]}))
+    doctor(str(path))
+    assert not [s for s in capsys.readouterr().out.splitlines() if "stale" in s], "the current graph's engine"
+    make_model(bundle / "model.onnx", size=(32, 32))  # re-exported after the engine was built
+    assert doctor(str(path)) == 1
+    stale = [s for s in capsys.readouterr().out.splitlines() if "stale" in s]
+    assert stale == [f"FAIL engine: engine {bundle / 'model.engine'} is stale: it was built from a model.onnx with "
+                     f"sha256 {side['onnx_sha256'][:12]}..., but {bundle / 'model.onnx'} is now "
+                     f"{file_sha256(bundle / 'model.onnx')[:12]}... (the bundle was re-exported after the engine was "
+                     f"built); rebuild it with algan-edge build-engine --fp16 {bundle} on this device"]
+
+
 def test_missing_onnxruntime_provider_and_bad_config(tmp_path, capsys):
     (tmp_path / "model.onnx").write_bytes(b"x")
     (tmp_path / "clip.mp4").write_bytes(b"")

@@ -77,6 +77,26 @@ def test_reload_ignores_what_needs_a_restart():
     assert plan.config.device_id == "line1" and plan.config.mqtt.port == 1883  # not applied
 
 
+def test_reload_keeps_the_running_roi():
+    # at start-up camera a took the bundle's roi (EdgeApp._apply_bundle_roi); the re-read file has none
+    run = config()
+    run = run.model_copy(update={"cameras": [run.cameras[0].model_copy(update={"roi": (40, 20, 128, 128)}),
+                                             run.cameras[1]]})
+    new = config(cameras=[{"name": "a", "source": "a.mp4", "threshold": 2.0}, {"name": "b", "source": "b.mp4"}])
+    plan = plan_reload(run, new)
+    assert plan.error is None and plan.camera_settings == ()
+    assert plan.config is not None and plan.config.cameras[0].threshold == 2.0
+    assert [c.roi for c in plan.config.cameras] == [(40, 20, 128, 128), None]
+    # a roi (or source) set in the file is the frames' crop only after a restart: named, the running one kept
+    new = config(cameras=[{"name": "a", "source": "a.mp4", "roi": [0, 0, 64, 64]},
+                          {"name": "b", "source": "b2.mp4", "roi": [1, 2, 30, 40], "threshold": 3.0}])
+    plan = plan_reload(run, new)
+    assert plan.camera_settings == ("a.roi", "b.source", "b.roi") and plan.ignored == ()
+    assert plan.config is not None
+    assert [c.roi for c in plan.config.cameras] == [(40, 20, 128, 128), None]
+    assert plan.config.cameras[1].source == "b.mp4" and plan.config.cameras[1].threshold == 3.0
+
+
 def test_reload_with_a_bad_policy_applies_nothing(monkeypatch):
     old, new = config(), config(alarm={"threshold": 2.0, "clear_threshold": 1.0})
     from algan.edge.alarm import AlarmPolicy
@@ -130,7 +150,7 @@ def test_clear_after_a_higher_peak_rewrites_the_same_file():
 def test_a_raise_whose_snapshot_failed_is_written_at_the_clear_under_the_episode_name():
     peaks: PeakSnapshots[str] = PeakSnapshots()
     plan = peaks.plan("a", True, 7, None, "a__raise.jpg")  # the peak frame was not kept
-    assert peaks.settle("a", plan, written=False, region=None) == "a__raise.jpg"  # named at the raise, as before
+    assert peaks.settle("a", plan, written=False, region=None) is None  # no file: the raise names none
     clear = peaks.plan("a", False, 8, "f8", "a__raise.jpg")
     assert clear.redraw and clear.name == "a__raise.jpg"
     # without a candidate at the clear there is nothing to draw, and no file to name

@@ -1,4 +1,4 @@
-"""Outbox: order, acknowledgement, bound, persistence across reopen (and a killed writer)."""
+"""Outbox: order, acknowledgement, bound, persistence across reopen (and a killed writer), its depth in the stats."""
 
 from __future__ import annotations
 
@@ -78,3 +78,29 @@ def test_unwritable_location_is_one_line(tmp_path):
     with pytest.raises(OutboxError) as info:
         Outbox(blocker / "o.sqlite")
     assert "mqtt.outbox.path" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_stats_message_reports_the_queued_outbox(tmp_path):
+    """The daemon's stats message gives the outbox's real depth: rows queued while the broker is away, minus the
+    acknowledged ones, and the rows the bounded outbox dropped."""
+    import json
+    from types import SimpleNamespace
+
+    from edgekit import edge_config
+
+    from algan.edge.app import EdgeApp
+    from algan.edge.config import parse_config
+
+    ob = Outbox(tmp_path / "o.sqlite", max_rows=4)
+    seqs = [ob.add("algan/line1/cam1/alarm", f'{{"n": {i}}}', 1, False) for i in range(6)]  # 2 oldest dropped
+    ob.ack(seqs[-1])  # the broker confirmed one
+    sent: list[tuple[str, str]] = []
+    pub = SimpleNamespace(lost=0, outbox=ob, publish=lambda topic, payload, **kw: sent.append((topic, payload)))
+    app = EdgeApp(parse_config(edge_config(tmp_path / "model", ("127.0.0.1", 1), [{"name": "cam1",
+                                                                                   "source": str(tmp_path)}])))
+    app._publish_stats(SimpleNamespace(backend="standin", model_id="m1"), pub)
+    (topic, payload), = sent
+    stats = json.loads(payload)
+    assert topic == "algan/line1/stats" and (stats["outbox_depth"], stats["outbox_dropped"]) == (3, 2)
+    assert app.last_stats["outbox_depth"] == len(ob) == 3
+    ob.close()

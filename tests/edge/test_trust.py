@@ -117,6 +117,67 @@ def test_bare_onnx_and_engine_less_bundle_reports(tmp_path):
     assert rep.bundle == bundle and rep.model_id == "tiny-1" and rep.sha256_checked
 
 
+def _engine_of(bundle: Path, onnx_file: str = "model.onnx", precision: str = "fp16") -> Path:
+    """``model.engine`` + sidecar as algan-edge build-engine leaves them: the sidecar records the graph's sha256."""
+    from algan.contract import file_sha256
+
+    (bundle / "model.engine").write_bytes(b"engine bytes")
+    (bundle / "model.engine.json").write_text(json.dumps({
+        "tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": precision,
+        "batch_profile": {"min": 1, "opt": 4, "max": 8}, "onnx_file": onnx_file,
+        "onnx_sha256": file_sha256(bundle / onnx_file), "input_name": "images", "output_name": "scores",
+        "input_shape": [64, 64]}))
+    return bundle / "model.engine"
+
+
+def _re_export(bundle: Path) -> str:
+    """A new model.onnx (another graph, same model id) with its sha256 recorded, as a later algan-export leaves it."""
+    import hashlib
+
+    make_model(bundle / "model.onnx", size=(32, 32))
+    digest = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    m = json.loads((bundle / "algan.json").read_text())
+    m["exports"]["onnx"]["sha256"] = digest
+    (bundle / "algan.json").write_text(json.dumps(m))
+    return digest
+
+
+def test_stale_engine_names_both_hashes_and_the_rebuild_command(tmp_path):
+    from algan.edge.verify import stale_engine
+
+    engine = tmp_path / "b" / "model.engine"
+    side = {"onnx_file": "model.fp16.onnx", "onnx_sha256": "a1" * 32, "precision": "int8"}
+    assert stale_engine(side, engine, "a1" * 32) is None, "same graph"
+    assert stale_engine(side, engine, None) is None, "no graph beside the engine: nothing to compare"
+    assert stale_engine({**side, "onnx_sha256": None}, engine, "b2" * 32) is None, "no recorded hash"
+    assert stale_engine(side, engine, "b2" * 32) == (
+        f"engine {engine} is stale: it was built from a model.fp16.onnx with sha256 a1a1a1a1a1a1..., but "
+        f"{engine.parent / 'model.fp16.onnx'} is now b2b2b2b2b2b2... (the bundle was re-exported after the engine "
+        f"was built); rebuild it with algan-edge build-engine --int8 {engine.parent} on this device")
+    assert f"build-engine {engine.parent} on" in stale_engine({**side, "precision": "fp32"}, engine, "b2" * 32)
+
+
+def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsys):
+    from algan.cli.edge import main
+    from algan.edge.verify import BundleCheckError, verify_model
+
+    bundle = make_bundle(tmp_path / "bundle")
+    engine = _engine_of(bundle)
+    cfg = bundle_config(tmp_path, bundle, runner={"backend": "tensorrt"})
+    assert main(["check-config", str(cfg)]) == 0, "the engine of the current graph passes"
+    verify_model(bundle, engine)
+    digest = _re_export(bundle)
+    verify_model(bundle, bundle / "model.onnx")  # the re-exported graph itself is intact
+    with pytest.raises(BundleCheckError, match=rf"engine {engine} is stale: .* is now {digest[:12]}\.\.\."):
+        verify_model(bundle, engine)
+    capsys.readouterr()
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"algan-edge build-engine --fp16 {bundle} on this device" in err, err
+    _engine_of(bundle)  # rebuilt
+    assert main(["check-config", str(cfg)]) == 0
+
+
 def test_unreadable_bundle_file_names_file_and_user(tmp_path):
     """The service runs as another user than the one who trained: the message names the file and that user."""
     base = Path(tempfile.mkdtemp(prefix="algan-perm-"))  # pytest's tmp dirs are 0700: 'nobody' could not enter

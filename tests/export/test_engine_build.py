@@ -146,6 +146,53 @@ def test_adopt_a_trtexec_engine(tmp_path):
     assert not (tmp_path / "c" / "model.engine.json").exists()
 
 
+def _with_manifest(bundle: Path) -> Path:
+    """The bundle's algan.json as algan-export leaves it on a machine without TensorRT (no engine recorded)."""
+    m = {"format_version": 1, "model_id": "standin-1", "calibration": {"center": 0.0, "threshold": 1.0},
+         "exports": {"onnx": {"file": "model.onnx", "sha256": eb.file_sha256(bundle / "model.onnx")},
+                     "engine": {"file": None, "note": "no TensorRT engine was built"}}}
+    (bundle / "algan.json").write_text(json.dumps(m, indent=2))
+    return bundle
+
+
+def test_build_and_adopt_record_the_engine_in_the_manifest(tmp_path):
+    from algan.contract import load_manifest
+
+    bundle = _with_manifest(write_bundle(tmp_path / "b"))
+    onnx_record = load_manifest(bundle).exports["onnx"]
+    trt, cuda = stand_ins()
+    rep = eb.build_on_device(bundle, fp16=True, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu,
+                             say=lambda s: None)
+    exports = load_manifest(bundle).exports
+    side = json.loads((bundle / "model.engine.json").read_text())
+    assert exports["engine"] == {"file": "model.engine", "sidecar": "model.engine.json", **side}
+    assert exports["engine"]["engine_sha256"] == eb.file_sha256(bundle / "model.engine")
+    assert exports["engine"]["onnx_sha256"] == eb.file_sha256(bundle / "model.fp16.onnx")
+    assert exports["engine"]["precision"] == "fp16" and exports["onnx"] == onnx_record, "the rest is kept"
+    assert rep.files["algan.json"] == bundle / "algan.json"
+    assert (bundle / "algan.json").stat().st_mode & 0o777 == 0o644
+    assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")], "no temporary files left"
+    # an adopted trtexec engine is recorded the same way
+    outside = tmp_path / "trtexec.engine"
+    outside.write_bytes(b"stand-in engine")
+    eb.adopt_engine(outside, bundle, precision="fp32", trt=trt, cuda=cuda, gpu=gpu, say=lambda s: None)
+    entry = load_manifest(bundle).exports["engine"]
+    assert entry["precision"] == "fp32" and entry["built_by"].startswith("adopted")
+    assert entry == {"file": "model.engine", "sidecar": "model.engine.json",
+                     **json.loads((bundle / "model.engine.json").read_text())}
+
+
+def test_a_damaged_manifest_is_refused_before_the_build(tmp_path):
+    bundle = _with_manifest(write_bundle(tmp_path / "b"))
+    (bundle / "algan.json").write_text('{"format_version": 1, "model_id": "standin-1", "calib')
+    trt, cuda = stand_ins()
+    with pytest.raises(eb.EngineError, match=r"cannot read .*algan.json.*re-train or restore the bundle"):
+        eb.build_on_device(bundle, fp16=True, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu,
+                           say=lambda s: None)
+    assert not any(c[0] == "parse_from_file" for c in trt.calls), "refused before building"
+    assert not (bundle / "model.engine").exists()
+
+
 PROBE = """
 import runpy, sys
 sys.argv = ["algan-edge"] + sys.argv[1:]

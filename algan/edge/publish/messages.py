@@ -146,9 +146,9 @@ def alarm_payload(event: AlarmEvent) -> str:
     Keys: ``id``, ``camera``, ``state`` (raised|cleared), ``ts`` (decisive frame, UTC ISO), ``score`` (of that frame),
     ``peak`` (highest score of the episode so far), ``peak_frame``, ``first_frame``, ``last_frame``, ``frames``
     (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised), ``snapshot`` (file name of the
-    peak-frame JPEG in ``alarm.snapshots.dir`` on the device, or ``null``) and ``region`` (models with anomaly
-    maps: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score", "level"}`` in frame pixels of the peak frame, else
-    ``null``).
+    peak-frame JPEG in ``alarm.snapshots.dir`` on the device, ``null`` when none was written) and ``region``
+    (models with anomaly maps: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score", "level"}`` in frame pixels of
+    the peak frame, else ``null``).
     """
     return dumps(
         {

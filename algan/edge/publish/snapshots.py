@@ -1,7 +1,8 @@
 """Alarm snapshots: a JPEG of each alarm's peak frame, with retention by count and by age.
 
 The daemon draws the snapshot (the full camera frame, heat map over the ROI, region outlined:
-:func:`algan.edge.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory).
+:func:`algan.edge.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory), or
+``null`` when no file was written for it (snapshots off, or the write failed).
 
 :func:`expired` is the pure retention policy; :class:`SnapshotStore` is the thin I/O around it (encode, atomic
 write, prune). :class:`PeakSnapshots` is the pure choice of which frame's snapshot is written, and when. One file
@@ -136,12 +137,12 @@ class PeakSnapshots(Generic[T]):
         """Record the outcome of ``plan`` (``written``: the file was written; ``region``: the event's region).
 
         Returns:
-            The snapshot file name the event carries. (At the raise that is the episode's name even when the file
-            could not be written; at a clear that redrew it, ``None`` when the write failed.)
+            The snapshot file name the event carries: the file written now (``None`` when it was not: snapshots
+            off, no kept frame, or a failed write), or for a clear that did not redraw, the raise's file (or
+            ``None``).
         """
         if plan.raised:
             self._open[camera] = (plan.name if written else None, plan.peak_frame, region)
-            return plan.name
         if plan.redraw:
             return plan.name if written else None
         return plan.name

@@ -32,12 +32,16 @@ import numpy as np
 from algan.contract import (
     ENGINE_FILE,
     INPUT_NAME,
+    MANIFEST_FILE,
     MAPS_OUTPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
     SAMPLES_FILE,
+    BundleError,
     file_sha256,
+    load_manifest,
     utc_now_iso,
+    write_manifest,
 )
 from algan.edge.errors import EdgeError, ModelError
 from algan.trt_logging import make_logger
@@ -520,6 +524,50 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     return results
 
 
+def engine_entry(sidecar: dict) -> dict:
+    """The manifest's ``exports.engine`` record of an engine (pure): its file, its sidecar's file and the sidecar's
+    fields (TensorRT version, GPU, precision, ``onnx_sha256``, ``engine_sha256``...), as ``algan-export`` and
+    ``algan-edge build-engine`` both record it."""
+    return {"file": ENGINE_FILE, "sidecar": SIDECAR_FILE, **sidecar}
+
+
+def _manifest_of(model_dir: Path) -> Path | None:
+    """``model_dir/algan.json`` when the directory is a bundle (checked readable and valid), else ``None`` (a directory
+    holding only the exported graph and samples: no manifest to record the engine in).
+
+    Raises:
+        EngineError: the manifest is unreadable or invalid (one line from :func:`algan.contract.load_manifest`).
+    """
+    path = model_dir / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        load_manifest(path)
+    except BundleError as e:
+        raise EngineError(str(e)) from None
+    return path
+
+
+def record_engine(model_dir: Path, sidecar: dict) -> Path:
+    """Record the committed engine in the bundle's manifest (``exports.engine`` = :func:`engine_entry`), the rest of
+    ``algan.json`` kept; written atomically (temp file + rename) as ``algan-export`` writes it.
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        EngineError: the manifest is missing, unreadable or invalid.
+        OSError: the bundle directory is not writable.
+    """
+    try:
+        manifest = load_manifest(model_dir)
+    except BundleError as e:
+        raise EngineError(str(e)) from None
+    manifest.exports = {**manifest.exports, "engine": engine_entry(sidecar)}  # assigned: pydantic sees the new key
+    write_manifest(model_dir, manifest)
+    return model_dir / MANIFEST_FILE
+
+
 def _commit(staging: Path, model_dir: Path, names: list[str]) -> dict[str, Path]:
     import os
 
@@ -557,8 +605,9 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
 
     Reads ``model.onnx`` (and ``model.fp16.onnx`` where the plan parses it), builds with :func:`build_engine`, runs
     the engine on ``samples.safetensors`` against ONNX Runtime CPU (:data:`TOLERANCES`), then moves the engine,
-    its sidecar ``model.engine.json`` and the timing/calibration caches into ``model_dir`` (nothing is written when
-    a step fails).
+    its sidecar ``model.engine.json`` and the timing/calibration caches into ``model_dir`` and records the engine
+    in the bundle's ``algan.json`` (``exports.engine``, :func:`record_engine`; a directory without a manifest has
+    nothing to record it in). Nothing is written when a step fails.
 
     Args:
         model_dir: a bundle directory copied from the workstation after ``algan-export``.
@@ -569,7 +618,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
         say: receives one line per step.
 
     Raises:
-        EngineError: missing files, TensorRT absent, unsupported precision (exit 2).
+        EngineError: missing files, an invalid ``algan.json``, TensorRT absent, unsupported precision (exit 2).
         EngineBuildError: parser/builder failure or parity beyond tolerance (exit 1).
     """
     import json
@@ -577,6 +626,7 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
     import tempfile
 
     model_dir = Path(model_dir)
+    manifest = _manifest_of(model_dir)  # before the build: a damaged manifest would fail after it
     onnx32, size, outputs, images, trt, cuda = _device_inputs(
         model_dir, f"run algan-export {model_dir.name} on the workstation and copy the whole bundle directory to this "
         "device", trt, cuda)
@@ -616,6 +666,8 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
         files = _commit(staging, model_dir, [ENGINE_FILE, SIDECAR_FILE, TIMING_CACHE_FILE, CALIBRATION_CACHE_FILE])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if manifest is not None:
+        files[MANIFEST_FILE] = record_engine(model_dir, built.sidecar)
     return DeviceBuildReport(files, built.sidecar, parity)
 
 
@@ -657,16 +709,17 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
     The sidecar records this device's TensorRT version, GPU name and compute capability (an engine only
     deserializes on the TensorRT it was built with), the I/O signature read from the engine, the ``onnx_sha256`` of
     the bundle's ``model.onnx`` and ``precision`` (as told: a serialized engine does not say). The engine is
-    copied to ``model_dir/model.engine`` when it lives elsewhere.
+    copied to ``model_dir/model.engine`` when it lives elsewhere, and recorded in the bundle's ``algan.json`` as a
+    built one is (:func:`record_engine`).
 
     Raises:
-        EngineError: missing files, an engine that does not deserialize here or breaks the I/O contract (exit 2).
+        EngineError: missing files, an invalid ``algan.json``, an engine that does not deserialize here or breaks the
+            I/O contract (exit 2).
         EngineBuildError: parity beyond the tolerance of ``precision`` (exit 1).
     """
     import json
     import shutil
     import tempfile
-
 
     engine_path = Path(engine_path)
     model_dir = Path(model_dir) if model_dir is not None else engine_path.parent
@@ -674,6 +727,7 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
         raise EngineError(f"--precision must be one of {', '.join(TOLERANCES)}, got {precision!r}")
     if not engine_path.is_file():
         raise EngineError(f"engine {engine_path} does not exist")
+    manifest = _manifest_of(model_dir)
     onnx32, size, _, images, trt, cuda = _device_inputs(
         model_dir, "pass the bundle directory as MODEL_DIR (algan-edge build-engine MODEL_DIR --adopt ENGINE) to "
         "check the engine against", trt, cuda)
@@ -696,4 +750,6 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
         files = _commit(staging, model_dir, [ENGINE_FILE, SIDECAR_FILE])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if manifest is not None:
+        files[MANIFEST_FILE] = record_engine(model_dir, sidecar)
     return DeviceBuildReport(files, sidecar, parity)

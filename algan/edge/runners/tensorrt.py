@@ -9,7 +9,9 @@
   the profile's minimum are padded), async copies, ``set_tensor_address`` + ``execute_async_v3`` on the stream.
 * The engine's JSON sidecar (``model.engine.json``, or ``model.json``) must match the running TensorRT version,
   GPU name and compute capability; otherwise the runner refuses the engine with one line saying how to rebuild it
-  (``algan-edge build-engine --fp16 MODEL_DIR`` on this device). TensorRT's own log goes to Python logging.
+  (``algan-edge build-engine --fp16 MODEL_DIR`` on this device). TensorRT's own log goes to Python logging. That the
+  engine was built from the bundle's current graph (its ``onnx_sha256``) is checked before, by
+  :func:`algan.edge.verify.verify_model` (a stale engine, built before a re-export, is refused there).
 
 Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, ``compute_capability`` ("8.7"),
 ``precision`` (fp16|int8|fp32), ``batch_profile`` {min, opt, max}, ``onnx_sha256``, ``input_name`` ("images"),
@@ -34,6 +36,7 @@ from algan.contract import MAPS_OUTPUT_NAME
 from algan.edge.errors import ModelError
 from algan.edge.runners.base import RunnerOutput, resolve_model_path
 from algan.edge.runners.calibration import onnx_metadata, remap_for
+from algan.edge.verify import sidecar_path
 from algan.trt_logging import make_logger
 
 if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
@@ -50,12 +53,6 @@ CALL_TIMEOUT_S = 60.0
 def dims_tuple(dims: Any) -> tuple[int, ...]:
     """A ``tensorrt.Dims`` (or any sequence) as a tuple of ints; ``Dims`` has ``__len__``/``__getitem__``."""
     return tuple(int(dims[i]) for i in range(len(dims)))
-
-
-def sidecar_path(engine: Path) -> Path:
-    """The sidecar JSON of an engine: ``model.engine.json`` if present, else ``model.json``."""
-    full = engine.with_name(engine.name + ".json")
-    return full if full.is_file() or not engine.with_suffix(".json").is_file() else engine.with_suffix(".json")
 
 
 def read_sidecar(engine: Path) -> dict[str, Any]:

@@ -1,0 +1,79 @@
+"""The alarm event's ``snapshot`` through the EdgeApp's frame loop (in process: a stand-in runner with anomaly maps,
+a list as publisher, no broker, no cameras): a file name only when that file was written, else null."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgekit import edge_config
+
+from algan.edge.alarm import AlarmTracker
+from algan.edge.app import EdgeApp
+from algan.edge.capture.hub import Frame
+from algan.edge.config import parse_config
+from algan.edge.runners.base import RunnerOutput
+
+SCORES = [0.0, 2.0, 3.0, 0.0, 0.0]  # raised at frame 1 (peak frame 1), peak rises at 2, cleared at frame 3
+
+
+class MapRunner:
+    backend = "standin"
+    model_id = "maps-1"
+
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        level = float(images[0, 0, 0, 0]) / 50.0
+        cells = np.zeros((1, 8, 8), np.float32)
+        cells[0, 2:4, 2:4] = level
+        return RunnerOutput(np.array([level], np.float32), cells)
+
+
+class ListPublisher:
+    lost = 0
+    outbox = None
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, object]] = []
+
+    def publish(self, topic, payload, qos=0, retain=False, durable=False) -> None:  # noqa: ANN001
+        self.sent.append((topic, payload))
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def close(self, timeout: float) -> int:
+        return 0
+
+
+def alarm_events(tmp_path: Path, snapshots: dict | None) -> list[dict]:
+    alarm = {"raise_frames": 1, "clear_frames": 1, **({"snapshots": snapshots} if snapshots else {})}
+    cfg = edge_config(tmp_path / "model", ("127.0.0.1", 1883), [{"name": "cam1", "source": str(tmp_path)}],
+                      alarm=alarm)
+    app = EdgeApp(parse_config(cfg))
+    app._has_maps, app._model_size = True, (64, 64)
+    app.trackers = {"cam1": AlarmTracker("cam1", policy=app.cfg.alarm_policy(app.cfg.cameras[0]))}
+    pub = ListPublisher()
+    for i, score in enumerate(SCORES):
+        image = np.full((64, 64, 3), int(score * 50), np.uint8)
+        app._process([Frame("cam1", i, image, 0.0, 1_796_000_000.0 + i, raw=image)], MapRunner(), pub)
+    return [json.loads(p) for t, p in pub.sent if t.endswith("/cam1/alarm")]
+
+
+def test_snapshot_named_when_written(tmp_path):
+    raised, cleared = alarm_events(tmp_path, {"dir": str(tmp_path / "snaps")})
+    assert raised["state"] == "raised" and cleared["state"] == "cleared"
+    assert raised["snapshot"] is not None and (tmp_path / "snaps" / raised["snapshot"]).is_file()
+    assert cleared["snapshot"] == raised["snapshot"]  # rewritten at the clear: the peak rose
+    assert raised["region"] is not None
+
+
+@pytest.mark.parametrize("case", ["disabled", "write-fails"])
+def test_no_snapshot_named_without_a_file(case, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the snapshots directory should be")
+    raised, cleared = alarm_events(tmp_path, None if case == "disabled" else {"dir": str(blocker / "snaps")})
+    assert raised["state"] == "raised" and cleared["state"] == "cleared"
+    assert raised["region"] is not None  # the model's map still gives the region
+    assert raised["snapshot"] is None and cleared["snapshot"] is None
