@@ -169,7 +169,8 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
                "pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4), "fit_s": round(fit_s, 1)}
         rows.append(row)
         print(f"{name:<7} {cname:<10} image AUROC max {row['image_auroc_max']:.4f}"
-              f"  top-1% {row['image_auroc_top1']:.4f}  pixel AUROC {row['pixel_auroc']:.4f}  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s", flush=True)
+              f"  top-1% {row['image_auroc_top1']:.4f}  pixel AUROC {row['pixel_auroc']:.4f}"
+              f"  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s", flush=True)
     return rows
 
 
