@@ -385,7 +385,7 @@ class PatchSection(_Section):
     dim: int | None = None
     map_stride: int = 4
     smooth_sigma: float = 4.0
-    reduction: str = "max"
+    reduction: str = "topk_mean"
     topk: float = 0.01
     patches_per_image: int = 128
 

@@ -91,7 +91,10 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smooth-sigma", type=float, default=None, help="Gaussian smoothing of the map in input pixels "
                    "(default 4)")
     g.add_argument("--reduction", default=None, choices=REDUCTION_NAMES,
-                   help="image score from the map: max (default) or topk_mean")
+                   help="image score from the map: topk_mean (default: mean of the top --topk fraction of "
+                   "cells) or max")
+    g.add_argument("--topk", type=float, default=None,
+                   help="fraction of map cells averaged by --reduction topk_mean (default 0.01)")
     g.add_argument("--coreset-ratio", type=float, default=None,
                    help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
 
@@ -100,7 +103,7 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
 PATCH_PROJECTION_NAMES = ("none", "random", "pca")
 REDUCTION_NAMES = ("max", "topk_mean")
 PATCH_FLAGS = ("patch_stride", "patch_aggregate", "patch_projection", "patch_dim", "patches_per_image", "map_stride",
-               "smooth_sigma", "reduction", "coreset_ratio")
+               "smooth_sigma", "reduction", "topk", "coreset_ratio")
 
 
 def patch_spec_from_args(args: argparse.Namespace):
@@ -109,7 +112,7 @@ def patch_spec_from_args(args: argparse.Namespace):
 
     names = {"patch_stride": "stride", "patch_aggregate": "aggregate", "patch_projection": "projection",
              "patch_dim": "dim", "patches_per_image": "patches_per_image", "map_stride": "map_stride",
-             "smooth_sigma": "smooth_sigma", "reduction": "reduction"}
+             "smooth_sigma": "smooth_sigma", "reduction": "reduction", "topk": "topk"}
     return PatchSpec(**{field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None})
 
 

@@ -32,6 +32,8 @@ HEAT_VMAX = 2.0
 HEAT_ALPHA = 0.45
 #: outline colour of the anomalous region (BGR)
 REGION_COLOUR = (0, 0, 255)
+#: outline of the region of a frame scored below the threshold (BGR grey)
+NORMAL_REGION_COLOUR = (170, 170, 170)
 
 Roi = tuple[int, int, int, int]
 
@@ -167,7 +169,8 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         frame: uint8 BGR ``(H, W, 3)`` (grayscale ``(H, W)`` is expanded); not modified.
         amap: float32 ``(mh, mw)`` map (calibrated units), or ``None`` (score-only model: no heat map).
         roi: ``(x, y, w, h)`` of the model input in frame pixels, ``None`` = whole frame.
-        region: outlined in red with the peak as a cross, when given.
+        region: outlined with the peak as a cross, when given: in red, or in grey when ``score`` is below
+            ``threshold`` (a normal frame's most anomalous spot, not a defect).
         score: written in the top-left corner (``score 1.23 / thr 1.00``) when given and the frame is at least
             200 pixels wide; red when >= threshold.
         threshold: decision threshold (calibrated units).
@@ -190,15 +193,21 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1)
     if region is not None:
         bx, by, bw, bh = region.box
-        cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), REGION_COLOUR, thick + 1)
+        # red = an anomalous frame's region; a frame scored below the threshold gets its peak's region in grey
+        box_colour = REGION_COLOUR if score is None or score >= threshold else NORMAL_REGION_COLOUR
+        cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), box_colour, thick + 1)
         cv2.drawMarker(out, region.peak, (255, 255, 255), cv2.MARKER_CROSS, 6 * thick + 6, thick)
     if score is not None and out.shape[1] >= 200:  # no room for a legible label on a tiny frame
         text = f"score {score:.2f} / thr {threshold:.2f}"
         colour = REGION_COLOUR if score >= threshold else (0, 200, 0)
         scale = max(0.4, out.shape[1] / 900)
-        cv2.putText(out, text, (6, int(22 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2,
-                    cv2.LINE_AA)
-        cv2.putText(out, text, (6, int(22 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        # on a filled dark label: a thicker outline of the same text is wider (Hershey advances grow with the
+        # thickness), so on small frames its glyphs drift off the coloured ones and the label becomes unreadable
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        org = (6, 4 + th)
+        cv2.rectangle(out, (2, 1), (min(org[0] + tw + 4, out.shape[1] - 1), org[1] + base + 1), (0, 0, 0), cv2.FILLED)
+        cv2.putText(out, text, org, font, scale, colour, thick, cv2.LINE_AA)
     return out
 
 

@@ -61,9 +61,10 @@ class PatchSpec:
         dim: output dimension of the projection (``projection != "none"``).
         map_stride: input pixels per anomaly-map cell of the exported map (default 4: 56 x 56 at 224).
         smooth_sigma: standard deviation of the Gaussian smoothing of the map, in input pixels (PatchCore: 4).
-        reduction: image score = ``max`` of the smoothed map, or ``topk_mean`` (mean of the ``topk`` largest
-            cells, a fraction of the map).
-        topk: fraction of map cells averaged by ``topk_mean`` (e.g. 0.01).
+        reduction: image score = ``topk_mean`` (default: mean of the ``topk`` largest cells, a fraction of the
+            map) or ``max`` of the smoothed map. The top-1 % mean scored higher than the max for every patch head
+            on four data sets (MTD, synthetic metal and weave, bottle-video frames; benchmarks/RESULTS.md).
+        topk: fraction of map cells averaged by ``topk_mean`` (default 0.01: 31 of the 56 x 56 cells at 224 px).
         patches_per_image: training patches sampled per image for the heads (memory bound: all cells are never
             materialised for training; 0 = all cells).
     """
@@ -74,7 +75,7 @@ class PatchSpec:
     dim: int | None = None
     map_stride: int = 4
     smooth_sigma: float = 4.0
-    reduction: str = "max"
+    reduction: str = "topk_mean"
     topk: float = 0.01
     patches_per_image: int = 128
 

@@ -46,7 +46,8 @@ class FitSettings:
         backbone: backbone spec (name, blocks, pooling, input size).
         transform: feature transform before the head, ``standardize`` or ``pca``.
         pca_dim: PCA components for ``pca``.
-        algan: ALGAN hyper-parameters (``head == "algan"``).
+        algan: ALGAN hyper-parameters (``head == "algan"``); ``None`` (default) = the variant's default preset,
+            ``AlganConfig.preset("patch")`` for ``variant == "patch"``, else ``AlganConfig()``.
         knn_k: neighbours for ``knn``.
         knn_metric: ``whitened`` (default; Ledoit-Wolf shrunk ZCA whitening before the distances) or ``euclidean``.
         holdout: fraction of the normal training images held out for calibration (not trained on).
@@ -68,7 +69,7 @@ class FitSettings:
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     transform: str = "standardize"
     pca_dim: int | None = None
-    algan: AlganConfig = field(default_factory=AlganConfig)
+    algan: AlganConfig = None  # type: ignore[assignment]  # set by __post_init__
     knn_k: int = 1
     knn_metric: str = "whitened"
     holdout: float = 0.2
@@ -79,6 +80,10 @@ class FitSettings:
     checkpoint: str | None = None
     patch: PatchSpec = field(default_factory=PatchSpec)
     coreset_ratio: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.algan is None:
+            self.algan = AlganConfig.preset("patch") if self.variant == "patch" else AlganConfig()
 
 
 @dataclass

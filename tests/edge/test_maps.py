@@ -172,3 +172,18 @@ def test_using_roi_crops_training_and_calibration_batches(tmp_path):
     assert _roi(argparse.Namespace(roi=None), manifest) == (1, 2, 30, 40)
     assert _roi(argparse.Namespace(roi="0,0,10,10"), manifest) == (0, 0, 10, 10)
     assert _roi(argparse.Namespace(roi="full"), manifest) is None
+
+
+def test_overlay_region_is_red_only_at_or_above_the_threshold_and_the_label_is_on_a_dark_box():
+    frame = grey_frame((120, 240))
+    amap = np.zeros((4, 4), np.float32)
+    amap[1, 2] = 2.0
+    region = region_from_map(amap, (0, 0, 240, 120))
+    x, y, w, h = region.box
+    hot = draw_overlay(frame, amap, None, region, score=1.2, threshold=1.0)
+    cold = draw_overlay(frame, amap, None, region, score=0.4, threshold=1.0)
+    assert tuple(hot[y + h - 1, x + w // 2]) == (0, 0, 255)  # anomalous: red outline
+    assert tuple(cold[y + h - 1, x + w // 2]) == (170, 170, 170)  # below the threshold: grey outline
+    # the score label sits on a filled black box (readable on any frame size): its corner pixel is black
+    assert tuple(hot[2, 3]) == (0, 0, 0) and tuple(cold[2, 3]) == (0, 0, 0)
+    assert (hot[5:15, 8:60] == (0, 0, 255)).all(axis=2).any()  # red text for an anomalous score

@@ -128,7 +128,8 @@ def test_daemon_regions_snapshots_and_parity_with_predict(tmp_path, mtd_patch_mo
         # the region of the daemon's map equals algan-predict's for that frame
         assert region["box"] == [int(r[c]) for c in ("box_x", "box_y", "box_w", "box_h")], (region, r)
         assert region["peak"] == [int(r["peak_x"]), int(r["peak_y"])]
-        assert abs(region["peak_score"] - e["peak"]) <= 1e-4  # PaDiM: score = max of the map
+        # the image score is the mean of the map's top 1 % (the default reduction): at most the map's peak
+        assert e["peak"] <= region["peak_score"] + 1e-4, (region, e)
         x, y, w, h = region["box"]
         assert ROI[0] <= x and x + w <= ROI[0] + SIDE and ROI[1] <= y and y + h <= ROI[1] + SIDE
         if labels[k]["label"]:

@@ -1,4 +1,4 @@
-"""The patch variant on real data: PatchCore and ALGAN-patch on an MTD subset, image and pixel AUROC.
+"""The patch variant on real data: PatchCore, PaDiM and ALGAN-patch on an MTD subset, image and pixel AUROC.
 
 Skipped when ../shared/data (or ALGAN_DATA_DIR) has no MTD. Subset sizes keep it under a minute on 2 cores.
 """
@@ -49,13 +49,16 @@ def test_patch_heads_on_mtd_subset(mtd_subset):
         feats = torch.cat([fm(pre(torch.from_numpy(load_batch([s.path for s in test[i : i + 32]], SIZE))))
                            for i in range(0, len(test), 32)])
     results = {}
-    for head_name in ("patchcore", "padim"):
+    for head_name in ("patchcore", "padim", "algan"):
         head, *_ = fit_patch_head(FitSettings(head=head_name, variant="patch"), x, len(train) * 784, False)
         with torch.no_grad():
             maps = post(head.eval()(feats))
         m = metrics_from_maps(maps.numpy(), masks)
         results[head_name] = (auroc(y, post.reduce(maps).numpy()), m["pixel_auroc"], m["aupro"])
     print(results)
+    # measured on this subset (160 train, 60 + 60 test): image / pixel AUROC / AUPRO PatchCore 0.909 / 0.838 / 0.723,
+    # PaDiM 0.869 / 0.812 / 0.656, ALGAN-patch (default preset) 0.888 / 0.811 / 0.529
     image, pixel, pro = results["patchcore"]
     assert image > 0.85 and pixel > 0.8 and pro > 0.3, results
     assert results["padim"][1] > 0.7, results
+    assert results["algan"][0] > 0.83 and results["algan"][1] > 0.75, results

@@ -206,13 +206,15 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         det, manifest = load_bundle(path)
         assert det.has_maps and det.map_size == (24, 24)
         assert manifest.outputs == ["scores", "anomaly_maps"]
-        assert manifest.anomaly_map.to_json() == {"height": 24, "width": 24, "reduction": "max", "grid": [12, 12]}
+        assert manifest.anomaly_map.to_json() == {"height": 24, "width": 24, "reduction": "topk_mean",
+                                                  "grid": [12, 12]}
         with torch.no_grad():
             scores, maps = det.score_and_maps(images)
             assert torch.allclose(det(images), scores)
         assert scores.dtype == torch.float32 and maps.shape == (len(images), 24, 24)
-        # the image score is the calibrated maximum of the calibrated map
-        torch.testing.assert_close(scores, maps.flatten(1).amax(1))
+        # the image score (default reduction) is the mean of the top 1 % of the calibrated map (ceil(0.01 * 576) = 6
+        # cells): the calibration is affine, so it commutes with the mean
+        torch.testing.assert_close(scores, maps.flatten(1).topk(6, dim=1).values.mean(1))
         # evaluate() (algan-eval's image AUROC) scores patch detectors through their maps
         ev = evaluate(det, ds, batch_size=8, progress=False)
         np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)  # other batch sizes
@@ -309,3 +311,16 @@ def test_fold_whitening_gives_the_same_scores():
         torch.testing.assert_close(folded(t), head(t), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="first linear layer"):
         fold_whitening(AlganEnsembleHead([MLPDiscriminator(12, [8], quadratic=True)], Whitening(12)))
+
+
+def test_fit_settings_default_algan_config_follows_the_variant():
+    """A library user's ``FitSettings(variant="patch")`` trains the ALGAN-patch default, as ``algan-train`` does."""
+    from algan.model.fit import FitSettings
+    from algan.model.train import AlganConfig
+
+    patch = FitSettings(head="algan", variant="patch").algan
+    assert patch == AlganConfig.preset("patch")
+    assert (patch.ensemble, patch.d_hidden, patch.whiten_shrinkage, patch.alpha) == (1, [512], 0.7, 0.5)
+    assert FitSettings().algan == AlganConfig()
+    given = AlganConfig(epochs=3)
+    assert FitSettings(variant="patch", algan=given).algan is given
