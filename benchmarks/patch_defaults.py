@@ -123,7 +123,8 @@ def data_sets(names: list[str], work: Path, smoke: bool) -> dict[str, tuple[Path
     return out
 
 
-def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[int, int], smoke: bool) -> list[dict]:
+def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[int, int], smoke: bool,
+            seed: int = 0) -> list[dict]:
     import torch
 
     from algan.data.datasets import load_dataset
@@ -154,6 +155,7 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
     rows = []
     for cname in configs:
         head_name, over = CONFIGS[cname]
+        over = {**over, "seed": seed}
         if smoke:
             over = {**over, "epochs": 1, "min_steps": 20}
         settings = FitSettings(head=head_name, variant="patch", patch=pspec, algan=AlganConfig.preset("patch", **over))
@@ -164,7 +166,8 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
         with torch.no_grad():
             maps = torch.cat([post_max(head(feats[i : i + 32].float())) for i in range(0, len(feats), 32)])
         m = metrics_from_maps(maps.numpy(), masks)
-        row = {"data": name, "config": cname, "image_auroc_max": round(auroc(y, post_max.reduce(maps).numpy()), 4),
+        row = {"data": name, "config": cname, "seed": seed,
+               "image_auroc_max": round(auroc(y, post_max.reduce(maps).numpy()), 4),
                "image_auroc_top1": round(auroc(y, post_top.reduce(maps).numpy()), 4),
                "pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4), "fit_s": round(fit_s, 1)}
         rows.append(row)
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated configurations of {list(CONFIGS)}")
     p.add_argument("--work", type=Path, default=Path("/tmp/algan_patch_defaults"), help="where data sets are built")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ALGAN-patch training (the patch sample is fixed)")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
     p.add_argument("--smoke", action="store_true", help="seconds: tiny synthetic metal at 96 px, three heads")
     args = p.parse_args(argv)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, configs, size, args.smoke)
+            rows += run_set(name, root, layout, configs, size, args.smoke, args.seed)
     finally:
         if args.smoke:
             import shutil
