@@ -154,8 +154,7 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
     grid), for the PatchCore bank size. Returns (head module, settings json, extras, train info)."""
     if settings.head == "algan":
         cfg = settings.algan
-        n = len(x)
-        steps = cfg.epochs_for(n) * max(n // min(cfg.batch_size, n), 1)
+        steps = cfg.steps_for(len(x))
         if steps < MIN_PATCH_STEPS:
             log.warning("ALGAN-patch trains only %d steps here (at least %d recommended): early in training D scores "
                         "the data's centre as fake and the maps come out inverted; drop --epochs to use the default "
@@ -238,12 +237,6 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
     check_checkpoint_settings(settings)
     if settings.head == "algan":
         cfg = settings.algan
-        n = len(x)
-        steps = cfg.epochs_for(n) * max(n // min(cfg.batch_size, n), 1)
-        if steps < MIN_PATCH_STEPS:
-            log.warning("ALGAN-patch trains only %d steps here (at least %d recommended): early in training D scores "
-                        "the data's centre as fake and the maps come out inverted; drop --epochs to use the default "
-                        "schedule (>= %d steps) or raise it", steps, MIN_PATCH_STEPS, PATCH_SCHEDULE["min_steps"])
         result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
         return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1],

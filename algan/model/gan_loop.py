@@ -110,6 +110,10 @@ class GanConfig(PresetConfig):
         steps = max(n // min(self.batch_size, n), 1)
         return max(self.epochs, -(-self.min_steps // steps))
 
+    def steps_for(self, n: int) -> int:
+        """Optimiser steps per (G, D) pair on ``n`` training samples: :meth:`epochs_for` x batches per epoch."""
+        return self.epochs_for(n) * max(n // min(self.batch_size, n), 1)
+
 
 class Strategy:
     """What a variant changes in the loop; this base class is the feature variant's behaviour.
