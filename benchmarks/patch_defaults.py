@@ -124,7 +124,7 @@ def data_sets(names: list[str], work: Path, smoke: bool) -> dict[str, tuple[Path
 
 
 def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[int, int], smoke: bool,
-            seed: int = 0) -> list[dict]:
+            seed: int = 0, stride: int = 8, patches_per_image: int = 128) -> list[dict]:
     import torch
 
     from algan.data.datasets import load_dataset
@@ -138,10 +138,10 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
 
     ds = load_dataset(root, layout)
     spec = make_spec("efficientnet-lite0", default_patch_blocks("efficientnet-lite0"), "avg", size)
-    pspec = PatchSpec()
+    pspec = PatchSpec(stride=stride, patches_per_image=patches_per_image)
     fm, pre = PatchFeatureMaps(spec, pspec).eval(), Preprocess(spec.mean, spec.std)
-    post_max = MapPostprocess(PatchSpec(reduction="max"), size)
-    post_top = MapPostprocess(PatchSpec(reduction="topk_mean"), size)
+    post_max = MapPostprocess(PatchSpec(stride=stride, reduction="max"), size)
+    post_top = MapPostprocess(PatchSpec(stride=stride, reduction="topk_mean"), size)
     t = time.perf_counter()
     x = extract_patches(pre, fm, ds.train, size, pspec.patches_per_image, 0, 32, None)
     with torch.no_grad():
@@ -166,12 +166,13 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
         with torch.no_grad():
             maps = torch.cat([post_max(head(feats[i : i + 32].float())) for i in range(0, len(feats), 32)])
         m = metrics_from_maps(maps.numpy(), masks)
-        row = {"data": name, "config": cname, "seed": seed,
+        row = {"data": name, "config": cname, "seed": seed, "size": size[0], "grid": fm.grid[0],
+               "patches_per_image": patches_per_image,
                "image_auroc_max": round(auroc(y, post_max.reduce(maps).numpy()), 4),
                "image_auroc_top1": round(auroc(y, post_top.reduce(maps).numpy()), 4),
                "pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4), "fit_s": round(fit_s, 1)}
         rows.append(row)
-        print(f"{name:<7} {cname:<10} image AUROC max {row['image_auroc_max']:.4f}"
+        print(f"{name:<7} {cname:<10} {size[0]}px/{fm.grid[0]} image AUROC max {row['image_auroc_max']:.4f}"
               f"  top-1% {row['image_auroc_top1']:.4f}  pixel AUROC {row['pixel_auroc']:.4f}"
               f"  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s", flush=True)
     return rows
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/algan_patch_defaults"), help="where data sets are built")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ALGAN-patch training (the patch sample is fixed)")
+    p.add_argument("--size", type=int, default=SIZE[0], help="square input size in pixels (default 224)")
+    p.add_argument("--stride", type=int, default=8, help="input pixels per patch cell (default 8: 28 x 28 at 224)")
+    p.add_argument("--patches-per-image", type=int, default=128, help="training cells sampled per image (default 128)")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
     p.add_argument("--smoke", action="store_true", help="seconds: tiny synthetic metal at 96 px, three heads")
     args = p.parse_args(argv)
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configuration(s) {unknown}; use {', '.join(CONFIGS)}")
-    size = SIZE
+    size = (args.size, args.size)
     if args.smoke:
         import tempfile
 
@@ -204,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, configs, size, args.smoke, args.seed)
+            rows += run_set(name, root, layout, configs, size, args.smoke, args.seed, args.stride,
+                                args.patches_per_image)
     finally:
         if args.smoke:
             import shutil
