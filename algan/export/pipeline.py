@@ -233,7 +233,16 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
             report.files[name] = model_dir / name
         exports = _exports_entry(model_dir, report, opts, simplified, engine, utc_now_iso())
         latest = read_manifest(model_dir)
-        latest.exports = {**latest.exports, **exports}  # assigned, not updated in place: a new key is written
+        kept = dict(latest.exports)
+        stale_fp16 = model_dir / FP16_FILE
+        if fp16_path is None and (stale_fp16.exists() or "onnx_fp16" in kept):
+            # an FP16 graph from an earlier export was converted from the model.onnx replaced above (with its
+            # calibration baked in): left beside it, build-engine --fp16 and GPU runners would serve old scores
+            kept.pop("onnx_fp16", None)
+            stale_fp16.unlink(missing_ok=True)
+            say(f"removed {FP16_FILE} of an earlier export: it was converted from the model.onnx replaced now; "
+                "export with --fp16 to write a new one")
+        latest.exports = {**kept, **exports}  # assigned, not updated in place: a new key is written
         write_manifest(model_dir, latest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -121,6 +121,11 @@ def test_fp16_keeps_more_blocks_in_fp32_until_parity_holds(bundle, monkeypatch):
 
     assert conv_weight_types("/backbone/blocks.3/") == {onnx.TensorProto.FLOAT}  # kept float32
     assert conv_weight_types("/backbone/blocks.5/") == {onnx.TensorProto.FLOAT16}
+    # a later export without --fp16 replaces model.onnx: the FP16 graph converted from the old one goes with it
+    lines.clear()
+    export_bundle(ExportOptions(bundle, simplify=False), say=lines.append)
+    assert not (bundle / "model.fp16.onnx").exists() and "onnx_fp16" not in read_manifest(bundle).exports
+    assert any(line.startswith("removed model.fp16.onnx of an earlier export") for line in lines)
 
 
 def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monkeypatch):
