@@ -417,7 +417,7 @@ class EdgeApp:
         if event is None:
             return None
         plan = self._peaks.plan(cam, event.state == "raised", event.peak_frame, cand,
-                                snapshot_name(cam, event.ts, event.id))
+                                snapshot_name(cam, event.ts - event.duration_s, event.id))  # the raise's time
         region = plan.region
         written = False
         if plan.redraw:

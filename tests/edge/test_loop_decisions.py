@@ -151,8 +151,8 @@ def test_a_raise_whose_snapshot_failed_is_written_at_the_clear_under_the_episode
     peaks: PeakSnapshots[str] = PeakSnapshots()
     plan = peaks.plan("a", True, 7, None, "a__raise.jpg")  # the peak frame was not kept
     assert peaks.settle("a", plan, written=False, region=None) is None  # no file: the raise names none
-    clear = peaks.plan("a", False, 8, "f8", "a__raise.jpg")
-    assert clear.redraw and clear.name == "a__raise.jpg"
+    clear = peaks.plan("a", False, 8, "f8", "a__clear.jpg")  # the daemon passes the clear's time here
+    assert clear.redraw and clear.name == "a__raise.jpg"  # the file carries the raise's time, as the episode
     # without a candidate at the clear there is nothing to draw, and no file to name
     peaks.settle("b", peaks.plan("b", True, 3, None, "b__r.jpg"), written=False, region=None)
     clear = peaks.plan("b", False, 3, None, "b__c.jpg")

@@ -100,8 +100,8 @@ class PeakSnapshots(Generic[T]):
 
     def __init__(self) -> None:
         self._frames: dict[str, dict[int, T]] = {}
-        #: camera -> (file name written at the raise or None, its peak frame, its region)
-        self._open: dict[str, tuple[str | None, int, Region | None]] = {}
+        #: camera -> (the episode's file name, given at the raise; whether it was written; its peak frame; region)
+        self._open: dict[str, tuple[str, bool, int, Region | None]] = {}
 
     def offer(self, camera: str, index: int, item: T, candidates: Collection[int],
               peak_frame: int | None = None) -> T | None:
@@ -125,13 +125,15 @@ class PeakSnapshots(Generic[T]):
 
     def plan(self, camera: str, raised: bool, peak_frame: int, candidate: T | None, name: str) -> SnapshotPlan[T]:
         """What to write for an alarm event of ``camera`` whose peak is ``peak_frame`` (``candidate``: its held
-        item); ``name`` is the file name of this episode (:func:`snapshot_name`)."""
+        item); ``name`` is the file name of this episode (:func:`snapshot_name` of the raise's time). At a clear the
+        raise's name is kept, also when the raise's write failed and the clear writes the file; ``name`` is used only
+        for a clear whose raise was not seen."""
         if raised:
             return SnapshotPlan(True, peak_frame, candidate, name, redraw=True)
-        old_name, saved, region = self._open.pop(camera, (None, -1, None))
+        episode, written, saved, region = self._open.pop(camera, (name, False, -1, None))
         if candidate is not None and peak_frame != saved:
-            return SnapshotPlan(False, peak_frame, candidate, old_name if old_name is not None else name, redraw=True)
-        return SnapshotPlan(False, peak_frame, candidate, old_name, redraw=False, region=region)
+            return SnapshotPlan(False, peak_frame, candidate, episode, redraw=True)
+        return SnapshotPlan(False, peak_frame, candidate, episode if written else None, redraw=False, region=region)
 
     def settle(self, camera: str, plan: SnapshotPlan[T], written: bool, region: Region | None) -> str | None:
         """Record the outcome of ``plan`` (``written``: the file was written; ``region``: the event's region).
@@ -142,7 +144,8 @@ class PeakSnapshots(Generic[T]):
             ``None``).
         """
         if plan.raised:
-            self._open[camera] = (plan.name if written else None, plan.peak_frame, region)
+            assert plan.name is not None
+            self._open[camera] = (plan.name, written, plan.peak_frame, region)
         if plan.redraw:
             return plan.name if written else None
         return plan.name
