@@ -125,15 +125,12 @@ def data_sets(names: list[str], work: Path, smoke: bool) -> dict[str, tuple[Path
 
 def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[int, int], smoke: bool,
             seed: int = 0, stride: int = 8, patches_per_image: int = 128) -> list[dict]:
-    import torch
-
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
     from algan.model.evaluate import auroc
-    from algan.model.fit import FitSettings, extract_patches, fit_patch_head
-    from algan.model.pixel_eval import load_masks, metrics_from_maps
+    from algan.model.fit import FitSettings, fit_patch_head
+    from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
     from algan.model.train import AlganConfig
 
     ds = load_dataset(root, layout)
@@ -143,15 +140,10 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
     post_max = MapPostprocess(PatchSpec(stride=stride, reduction="max"), size)
     post_top = MapPostprocess(PatchSpec(stride=stride, reduction="topk_mean"), size)
     t = time.perf_counter()
-    x = extract_patches(pre, fm, ds.train, size, pspec.patches_per_image, 0, 32, None)
-    with torch.no_grad():
-        feats = torch.cat([fm(pre(torch.from_numpy(load_batch([s.path for s in ds.test[i : i + 32]], size)))).half()
-                           for i in range(0, len(ds.test), 32)])
-    masks = load_masks(ds.test, size)
+    ev = build_eval_set(pre, fm, pspec, ds.train, ds.test, size, seed=0, with_masks=True)
     y = np.array([s.label for s in ds.test])
-    print(f"# {name}: {len(ds.train)} train, {len(ds.test)} test ({int(y.sum())} defective), {x.shape[0]} training "
-          f"patches of {x.shape[1]} dims, features in {time.perf_counter() - t:.0f} s", flush=True)
-    n_cells = len(ds.train) * fm.grid[0] * fm.grid[1]
+    print(f"# {name}: {len(ds.train)} train, {len(ds.test)} test ({int(y.sum())} defective), {ev.train.shape[0]} "
+          f"training patches of {ev.train.shape[1]} dims, features in {time.perf_counter() - t:.0f} s", flush=True)
     rows = []
     for cname in configs:
         head_name, over = CONFIGS[cname]
@@ -160,17 +152,15 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
             over = {**over, "epochs": 1, "min_steps": 20}
         settings = FitSettings(head=head_name, variant="patch", patch=pspec, algan=AlganConfig.preset("patch", **over))
         t = time.perf_counter()
-        head, *_ = fit_patch_head(settings, x, n_cells, False)
+        head, *_ = fit_patch_head(settings, ev.train, ev.n_cells, False)
         fit_s = time.perf_counter() - t
-        head.eval()
-        with torch.no_grad():
-            maps = torch.cat([post_max(head(feats[i : i + 32].float())) for i in range(0, len(feats), 32)])
-        m = metrics_from_maps(maps.numpy(), masks)
+        maps = head_maps(head, post_max, ev.test)  # the reductions differ, the smoothed maps do not
+        m = pixel_metrics(maps, ev.masks)
         row = {"data": name, "config": cname, "seed": seed, "size": size[0], "grid": fm.grid[0],
                "patches_per_image": patches_per_image,
                "image_auroc_max": round(auroc(y, post_max.reduce(maps).numpy()), 4),
                "image_auroc_top1": round(auroc(y, post_top.reduce(maps).numpy()), 4),
-               "pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4), "fit_s": round(fit_s, 1)}
+               **m, "fit_s": round(fit_s, 1)}
         rows.append(row)
         print(f"{name:<7} {cname:<10} {size[0]}px/{fm.grid[0]} image AUROC max {row['image_auroc_max']:.4f}"
               f"  top-1% {row['image_auroc_top1']:.4f}  pixel AUROC {row['pixel_auroc']:.4f}"

@@ -130,9 +130,10 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
     from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess
-    from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
+    from algan.features.patch import MapPostprocess, PatchFeatureMaps
     from algan.model.evaluate import auroc
-    from algan.model.fit import FitSettings, extract_patches, fit_patch_head
+    from algan.model.fit import FitSettings, fit_patch_head
+    from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
     from algan.model.train import PATCH_SCHEDULE, AlganConfig
 
     size = (args.input_size, args.input_size)
@@ -141,27 +142,12 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
     post = MapPostprocess(pspec, size)
     progress = not args.json
-    patches = extract_patches(pre, fm, train, size, pspec.patches_per_image, args.seed, 32,
-                              "patches (train)" if progress else None)
-    proj = PatchProjection.fit(pspec.projection, patches, pspec.dim, args.seed)
+    ev = build_eval_set(pre, fm, pspec, train, ds.test, size, args.seed, getattr(ds, "has_masks", False),
+                        desc="patches (train)" if progress else None)
+    proj = ev.projection
     with torch.no_grad():
-        x = proj.vectors(torch.from_numpy(patches)).numpy()
-    del patches
-    # test feature maps once for every head, float16 (bounded memory: MTD 725 x 304 x 28 x 28 = 346 MB)
-    test_paths = [s.path for s in ds.test]
-    feats = []
-    with torch.no_grad():
-        for i in range(0, len(test_paths), 32):
-            feats.append(proj(fm(pre(torch.from_numpy(load_batch(test_paths[i : i + 32], size))))).half())
-        sample = torch.from_numpy(load_batch(test_paths[:32], size))
+        sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
         backbone_ms = _time_per_image(lambda u: proj(fm(pre(u))), sample)
-    feats = torch.cat(feats)
-    masks = None
-    if getattr(ds, "has_masks", False):
-        from algan.model.pixel_eval import load_masks
-
-        masks = load_masks(ds.test, size)
-    n_cells = len(train) * fm.grid[0] * fm.grid[1]
     out = []
     for head_name in args.patch_heads.split(","):
         overrides = {"seed": args.seed, **({"epochs": args.epochs, "min_steps": 0} if args.epochs else {})}
@@ -169,19 +155,13 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
                                algan=AlganConfig.preset("patch", **{**PATCH_SCHEDULE, **overrides}),
                                coreset_ratio=args.coreset_ratio if args.coreset_ratio is not None else 0.01)
         t = time.perf_counter()
-        head, *_ = fit_patch_head(settings, x, n_cells, progress)
+        head, *_ = fit_patch_head(settings, ev.train, ev.n_cells, progress)
         train_s = time.perf_counter() - t
-        head.eval()
+        maps = head_maps(head, post, ev.test)
+        scores = post.reduce(maps).numpy()
         with torch.no_grad():
-            maps = torch.cat([post(head(feats[i : i + 32].float())) for i in range(0, len(feats), 32)])
-            scores = post.reduce(maps).numpy()
-            head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), feats[:32].float())
-        pixel = {"pixel_auroc": None, "aupro": None}
-        if masks is not None:
-            from algan.model.pixel_eval import metrics_from_maps
-
-            m = metrics_from_maps(maps.numpy(), masks)
-            pixel = {"pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4)}
+            head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), ev.test[:32].float())
+        pixel = pixel_metrics(maps, ev.masks)
         out.append(({
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",

@@ -1,0 +1,91 @@
+"""Patch heads scored on one set of cached patch features (``algan-bench --variants patch``, benchmarks).
+
+Comparing several patch heads fairly means the same sampled training patches, the same test feature maps and the
+same map post-processing for all of them. :func:`build_eval_set` extracts those once for a data set (the test maps
+are kept in float16: MTD's 725 x 304 x 28 x 28 take 346 MB); :func:`head_maps` runs one fitted head over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algan.data.preprocess import load_batch
+from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
+from algan.model.fit import extract_patches
+
+
+@dataclass
+class PatchEvalSet:
+    """One data set's patch features, ready for every patch head.
+
+    Attributes:
+        train: projected training patch vectors, float32 (M, K): ``patches_per_image`` random cells per image.
+        n_cells: all training cells (images x grid), the PatchCore bank's reference size.
+        test: projected test feature maps, float16 (N, K, gh, gw), in the order of the test samples.
+        masks: ground-truth masks at the input size, bool (N, H, W); ``None`` when not asked for.
+        projection: the fitted :class:`PatchProjection` (identity for ``projection="none"``).
+    """
+
+    train: np.ndarray
+    n_cells: int
+    test: torch.Tensor
+    masks: np.ndarray | None
+    projection: PatchProjection
+
+
+def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, patch: PatchSpec,
+                   train: Sequence[Path], test: Sequence, size: tuple[int, int], seed: int = 0,
+                   with_masks: bool = False, batch_size: int = 32, desc: str | None = None) -> PatchEvalSet:
+    """Extract a data set's patch features once.
+
+    Args:
+        preprocess, feature_maps: the backbone's input normalisation and patch feature maps.
+        patch: the patch settings (``patches_per_image``, ``projection``, ``dim``).
+        train: training image paths; test: test samples (``.path``, ``.mask``), as from
+            :func:`algan.data.datasets.load_dataset`.
+        size: input (H, W) in pixels.
+        seed: seed of the cell sample and of a random projection.
+        with_masks: also load the test masks (:func:`algan.model.pixel_eval.load_masks`).
+        desc: progress-bar label of the training extraction (``None``: no bar).
+
+    Raises:
+        DatasetError: an image or mask cannot be read; ValueError: a projection that cannot be fitted.
+    """
+    patches = extract_patches(preprocess, feature_maps, train, size, patch.patches_per_image, seed, batch_size, desc)
+    proj = PatchProjection.fit(patch.projection, patches, patch.dim, seed)
+    with torch.no_grad():
+        x = proj.vectors(torch.from_numpy(patches)).numpy()
+        del patches
+        paths = [s.path for s in test]
+        feats = [proj(feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))).half()
+                 for i in range(0, len(paths), batch_size)]
+    masks = None
+    if with_masks:
+        from algan.model.pixel_eval import load_masks
+
+        masks = load_masks(test, size)
+    return PatchEvalSet(x, len(train) * feature_maps.grid[0] * feature_maps.grid[1], torch.cat(feats), masks, proj)
+
+
+def head_maps(head: torch.nn.Module, post: MapPostprocess, feats: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Smoothed anomaly maps of a fitted patch head over cached maps ``feats`` (N, K, gh, gw): float32 (N, h, w) at
+    the map resolution (``post.map_size``); image scores are ``post.reduce`` of them."""
+    head.eval()
+    with torch.no_grad():
+        return torch.cat([post(head(feats[i : i + batch_size].float())) for i in range(0, len(feats), batch_size)])
+
+
+def pixel_metrics(maps: torch.Tensor, masks: np.ndarray | None) -> dict:
+    """``{"pixel_auroc", "aupro"}`` of maps against masks (:func:`algan.model.pixel_eval.metrics_from_maps`), rounded
+    to 4 places; both ``None`` without masks."""
+    if masks is None:
+        return {"pixel_auroc": None, "aupro": None}
+    from algan.model.pixel_eval import metrics_from_maps
+
+    m = metrics_from_maps(maps.numpy(), masks)
+    return {"pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4)}
