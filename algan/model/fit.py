@@ -161,9 +161,11 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
                         "schedule (>= %d steps) or raise it", steps, MIN_PATCH_STEPS, PATCH_SCHEDULE["min_steps"])
         result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        # the whitening is folded into D's first layer: one K x K product less per cell at inference
-        head = PatchwiseHead(fold_whitening(result.head))
-        head_json = {**cfg.to_json(), "folded_whitening": result.whitening is not None}
+        # the whitening is folded into D's first layer: one K x K product less per cell at inference (not with
+        # d_quadratic, whose radial term needs the whitened input)
+        fold = result.whitening is not None and not cfg.d_quadratic
+        head = PatchwiseHead(fold_whitening(result.head) if fold else result.head)
+        head_json = {**cfg.to_json(), "folded_whitening": fold}
         return (head, head_json, extras,
                 {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)})
     if settings.head == "patchcore":

@@ -190,3 +190,26 @@ def test_the_patch_head_plumbs_the_checkpoint(tmp_path) -> None:
     assert state.name == ckpt.state_name(0, v.config().epochs)
     again, _, _, _ = fit_patch_head(settings, v.data, n_cells=64, progress=False)  # complete: returned at once
     assert digest(head) == digest(again)
+
+
+def test_the_patch_head_keeps_the_whitening_for_a_quadratic_discriminator() -> None:
+    """D's radial term ``w * mean(x^2)`` needs the whitened input, so the whitening cannot be folded into D's first
+    layer: fit_patch_head keeps it in front of D (it used to raise from fold_whitening), records
+    ``folded_whitening: False`` for the bundle loader, and the head scores like the trained one."""
+    from algan.model.fit import FitSettings, fit_patch_head
+    from algan.model.patch_heads import PatchwiseHead
+
+    v = VARIANTS["feature"]
+    x = v.data
+    for quad in (False, True):
+        settings = FitSettings(variant="patch", algan=v.config(d_quadratic=quad, whiten="shrunk"))
+        head, head_json, _, _ = fit_patch_head(settings, x, n_cells=64, progress=False)
+        assert isinstance(head, PatchwiseHead)
+        assert head_json["folded_whitening"] is (not quad)
+        assert (head.inner.whitening is None) is (not quad)
+        assert (getattr(head.inner.discriminators[0], "quad", None) is not None) is quad
+        r = train_algan(x, settings.algan, progress=False)  # same seed: the same trained head, unfolded
+        with torch.no_grad():
+            maps = head(torch.from_numpy(x).T.reshape(1, 8, 8, 8))
+            ref = r.head(torch.from_numpy(x))
+        np.testing.assert_allclose(maps.reshape(-1).numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
