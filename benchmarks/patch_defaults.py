@@ -56,6 +56,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "lrd2": ("algan", {"lr_d": 2e-4}),
     "d512x2": ("algan", {"d_hidden": [512, 512]}),
     "sigma3": ("algan", {"sigma": 3.0}),
+    "g512": ("algan", {"g_hidden": [512]}),  # a non-linear G: one hidden layer (the default G is linear)
+    "g512x2": ("algan", {"g_hidden": [512, 512]}),
 }
 DEFAULT_CONFIGS = "patchcore,padim,default,lw-d256,s0.5,s0.9,d256"
 
@@ -129,28 +131,19 @@ def data_sets(names: list[str], work: Path, smoke: bool) -> dict[str, tuple[Path
     return out
 
 
-def per_class_auroc(y: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Image AUROC of every defect class against all normal test images (a class's hard cases show here)."""
-    from algan.model.evaluate import auroc
-
-    good = y == 0
-    return {str(c): round(auroc(np.r_[np.zeros(good.sum()), np.ones((classes == c).sum())],
-                                np.r_[scores[good], scores[classes == c]]), 4)
-            for c in sorted(set(classes[y == 1].tolist()))}
-
-
 def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[int, int], smoke: bool,
-            seed: int = 0, stride: int = 8, patches_per_image: int = 128) -> list[dict]:
+            seed: int = 0, stride: int = 8, patches_per_image: int = 128,
+            backbone: str = "efficientnet-lite0") -> list[dict]:
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.evaluate import auroc
+    from algan.model.evaluate import auroc, per_class_auroc
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
     from algan.model.train import AlganConfig
 
     ds = load_dataset(root, layout)
-    spec = make_spec("efficientnet-lite0", default_patch_blocks("efficientnet-lite0"), "avg", size)
+    spec = make_spec(backbone, default_patch_blocks(backbone), "avg", size)
     pspec = PatchSpec(stride=stride, patches_per_image=patches_per_image)
     fm, pre = PatchFeatureMaps(spec, pspec).eval(), Preprocess(spec.mean, spec.std)
     post_max = MapPostprocess(PatchSpec(stride=stride, reduction="max"), size)
@@ -173,14 +166,16 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
         fit_s = time.perf_counter() - t
         maps = head_maps(head, post_max, ev.test)  # the reductions differ, the smoothed maps do not
         m = pixel_metrics(maps, ev.masks)
-        row = {"data": name, "config": cname, "seed": seed, "size": size[0], "grid": fm.grid[0],
+        row = {"data": name, "config": cname, "backbone": backbone, "seed": seed, "size": size[0], "grid": fm.grid[0],
                "patches_per_image": patches_per_image,
                "image_auroc_max": round(auroc(y, post_max.reduce(maps).numpy()), 4),
                "image_auroc_top1": round(auroc(y, post_top.reduce(maps).numpy()), 4),
                **m, "fit_s": round(fit_s, 1),
-               "per_class_top1": per_class_auroc(y, classes, post_top.reduce(maps).numpy())}
+               "per_class_top1": {c: round(v, 4) for c, v in
+                                  per_class_auroc(y, classes, post_top.reduce(maps).numpy()).items()}}
         rows.append(row)
-        print(f"{name:<7} {cname:<10} {size[0]}px/{fm.grid[0]} image AUROC max {row['image_auroc_max']:.4f}"
+        print(f"{name:<7} {backbone[-5:]} {cname:<10} {size[0]}px/{fm.grid[0]}"
+              f" image AUROC max {row['image_auroc_max']:.4f}"
               f"  top-1% {row['image_auroc_top1']:.4f}  pixel AUROC {row['pixel_auroc']:.4f}"
               f"  AUPRO {row['aupro']:.4f}  fit {row['fit_s']:.1f} s", flush=True)
     return rows
@@ -196,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=SIZE[0], help="square input size in pixels (default 224)")
     p.add_argument("--stride", type=int, default=8, help="input pixels per patch cell (default 8: 28 x 28 at 224)")
     p.add_argument("--patches-per-image", type=int, default=128, help="training cells sampled per image (default 128)")
+    p.add_argument("--backbone", default="efficientnet-lite0",
+                   help="patch backbone (efficientnet-lite0/1/2 ship offline; default efficientnet-lite0)")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
     p.add_argument("--smoke", action="store_true", help="seconds: tiny synthetic metal at 96 px, three heads")
     args = p.parse_args(argv)
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
             rows += run_set(name, root, layout, configs, size, args.smoke, args.seed, args.stride,
-                                args.patches_per_image)
+                            args.patches_per_image, args.backbone)
     finally:
         if args.smoke:
             import shutil

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
-BACKBONE_NAMES = ("efficientnet-lite0", "wide_resnet50_2", "wide_resnet101_2", "resnet18")
+BACKBONE_NAMES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2",
+                  "wide_resnet101_2", "resnet18")
 #: algan.features.backbone.POOLINGS and algan.model.heads.KNN_METRICS, torch-free for the same reason
 POOLING_NAMES = ("avg", "max", "avgmax", "avgstd")
 KNN_METRIC_NAMES = ("whitened", "euclidean")
@@ -64,16 +65,17 @@ KNN_METRIC_NAMES = ("whitened", "euclidean")
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     """``--backbone``, ``--backbone-weights``, ``--blocks`` and ``--pooling`` (shared with algan-bench)."""
     p.add_argument("--backbone", default="efficientnet-lite0", choices=BACKBONE_NAMES,
-                   help="feature backbone (default efficientnet-lite0; the ResNets need torchvision and their "
-                        "ImageNet weights in the torch hub cache or --backbone-weights)")
+                   help="feature backbone (default efficientnet-lite0; Lite1/Lite2 ship offline too; the ResNets need "
+                        "torchvision and their ImageNet weights in the torch hub cache or --backbone-weights)")
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="ImageNet weights of a torchvision backbone (.pth state dict or .safetensors)")
     p.add_argument("--blocks", default=None,
                    help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-14 for efficientnet-lite0, "
-                        "2-3 = layer2+layer3 for the ResNets)")
+                        "11-19 for Lite1/Lite2, 2-3 = layer2+layer3 for the ResNets; patch variant: 10,14 / 14,19 "
+                        "/ 2,3)")
     p.add_argument("--pooling", default=None, choices=POOLING_NAMES,
                    help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
-                        "efficientnet-lite0, avg for the ResNets)")
+                        "the EfficientNet-Lite models, avg for the ResNets)")
 
 
 def add_patch_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algan.features.backbone import LITE0_BLOCK_CHANNELS, BackboneError, BackboneSpec, build_backbone
+from algan.features.backbone import LITE_VARIANTS, BackboneError, BackboneSpec, build_backbone, lite_stage_blocks
 
 #: projections of patch vectors: none, a fixed random Gaussian projection, PCA on training patches
 PROJECTIONS = ("none", "random", "pca")
@@ -35,16 +35,19 @@ REDUCTIONS = ("max", "topk_mean")
 
 
 def default_patch_blocks(name: str) -> list[int]:
-    """Blocks whose maps make the patch vectors when none are chosen: EfficientNet-Lite0 10 + 14 (strides 16 and
-    32, 304 channels; measured in benchmarks/RESULTS.md "Patch variant"), the ResNets' layer2 + layer3 (PatchCore's
+    """Blocks whose maps make the patch vectors when none are chosen: the last blocks of the EfficientNet-Lite stages
+    4 and 5 (strides 16 and 32; Lite0 10 + 14, 304 channels, measured in benchmarks/RESULTS.md "Patch variant";
+    Lite1 14 + 19, 304 channels; Lite2 14 + 19, 328 channels), the ResNets' layer2 + layer3 (PatchCore's
     choice)."""
-    return [10, 14] if name == "efficientnet-lite0" else [2, 3]
+    if name in LITE_VARIANTS:
+        return [lite_stage_blocks(name, (s,))[-1] for s in (4, 5)]
+    return [2, 3]
 
 
 def block_channels(spec: BackboneSpec) -> list[int]:
     """Channels of each chosen block of ``spec`` (sorted block order)."""
-    if spec.name == "efficientnet-lite0":
-        return [LITE0_BLOCK_CHANNELS[i] for i in sorted(set(spec.blocks))]
+    if spec.name in LITE_VARIANTS:
+        return [LITE_VARIANTS[spec.name].channels[i] for i in sorted(set(spec.blocks))]
     from algan.features.torchvision_backbones import STAGE_CHANNELS
 
     return [STAGE_CHANNELS[spec.name][i] for i in sorted(set(spec.blocks))]

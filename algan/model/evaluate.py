@@ -61,6 +61,24 @@ def paired_auroc_difference(labels: np.ndarray, scores_a: np.ndarray, scores_b: 
     return float(diff), float(low), float(high)
 
 
+def per_class_auroc(labels: np.ndarray, classes, scores: np.ndarray) -> dict[str, float]:
+    """Image AUROC of every anomaly class against all normal images (a class's hard cases show here).
+
+    Args:
+        labels: int (N,), 1 = anomalous; classes: (N,) class names; scores: float (N,), higher = more anomalous.
+
+    Returns:
+        ``{class: AUROC}`` for each class that has an anomalous image, in sorted class order.
+
+    Raises:
+        ValueError: no normal image (:func:`auroc`).
+    """
+    labels, classes, scores = np.asarray(labels), np.asarray(classes), np.asarray(scores)
+    normal = labels == 0
+    return {str(cls): auroc(labels[normal | (classes == cls)], scores[normal | (classes == cls)])
+            for cls in sorted(set(classes[labels == 1].tolist()))}
+
+
 @torch.no_grad()
 def score_dataset(detector, dataset: Dataset, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """Calibrated scores float32 (N,) of the test split, in ``dataset.test`` order."""
@@ -88,11 +106,8 @@ def evaluate(detector, dataset: Dataset, batch_size: int = 32, progress: bool = 
     scores = score_dataset(detector, dataset, batch_size, progress)
     labels = np.array([s.label for s in dataset.test])
     classes = [s.cls for s in dataset.test]
-    per_class = {}
     normal = labels == 0
-    for cls in sorted({c for c, lab in zip(classes, labels, strict=True) if lab == 1}):
-        sel = normal | np.array([c == cls for c in classes])
-        per_class[cls] = auroc(labels[sel], scores[sel])
+    per_class = per_class_auroc(labels, classes, scores)
     return {
         "auroc": auroc(labels, scores),
         "n_normal": int(normal.sum()),

@@ -150,6 +150,7 @@ def _with_manifest(bundle: Path) -> Path:
     """The bundle's algan.json as algan-export leaves it on a machine without TensorRT (no engine recorded)."""
     m = {"format_version": 1, "model_id": "standin-1", "calibration": {"center": 0.0, "threshold": 1.0},
          "exports": {"onnx": {"file": "model.onnx", "sha256": eb.file_sha256(bundle / "model.onnx")},
+                     "onnx_fp16": {"file": "model.fp16.onnx", "sha256": eb.file_sha256(bundle / "model.fp16.onnx")},
                      "engine": {"file": None, "note": "no TensorRT engine was built"}}}
     (bundle / "algan.json").write_text(json.dumps(m, indent=2))
     return bundle
@@ -191,6 +192,29 @@ def test_a_damaged_manifest_is_refused_before_the_build(tmp_path):
                            say=lambda s: None)
     assert not any(c[0] == "parse_from_file" for c in trt.calls), "refused before building"
     assert not (bundle / "model.engine").exists()
+
+
+def test_an_fp16_graph_the_export_did_not_write_is_refused_before_the_build(tmp_path):
+    from algan.contract import load_manifest
+
+    bundle = _with_manifest(write_bundle(tmp_path / "b"))
+    fp16 = bundle / "model.fp16.onnx"
+    fp16.write_bytes(fp16.read_bytes() + b"\0")  # another graph than the one the export recorded
+    trt, cuda = stand_ins()
+    kw = dict(batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu, say=lambda s: None)
+    with pytest.raises(eb.EngineError, match=r"model.fp16.onnx was not written by this bundle's export: its sha256 "
+                                             r"\w{12} is not the \w{12} .*algan-export b --fp16"):
+        eb.build_on_device(bundle, fp16=True, **kw)
+    assert not any(c[0] == "parse_from_file" for c in trt.calls) and not (bundle / "model.engine").exists()
+    # an export without --fp16 records none: the file left beside it is refused too
+    m = json.loads((bundle / "algan.json").read_text())
+    del m["exports"]["onnx_fp16"]
+    (bundle / "algan.json").write_text(json.dumps(m))
+    with pytest.raises(eb.EngineError, match=r"records no FP16 export \(exports.onnx_fp16\)"):
+        eb.build_on_device(bundle, fp16=True, **kw)
+    # an FP32 engine does not read the FP16 graph and builds
+    rep = eb.build_on_device(bundle, **kw)
+    assert rep.sidecar["precision"] == "fp32" and load_manifest(bundle).exports["engine"]["precision"] == "fp32"
 
 
 PROBE = """

@@ -61,3 +61,19 @@ def test_bench_prints_each_head_against_the_best(capsys):
     assert set(lines) == {"algan[default]", "knn"}
     assert "significant" in lines["algan[default]"] and "not resolved" in lines["knn"]
     assert "+0.0000  [+0.0000, +0.0000]" in lines["knn"]
+
+
+def test_per_class_auroc_against_hand_counted_pairs():
+    from algan.model.evaluate import per_class_auroc
+
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    classes = np.array(["good", "good", "good", "crack", "crack", "spot", "spot"])
+    scores = np.array([0.1, 0.5, 0.9, 0.6, 1.0, 0.05, 0.2])
+    out = per_class_auroc(y, classes, scores)
+    assert list(out) == ["crack", "spot"]  # sorted, normal class left out
+    # crack (0.6, 1.0) vs normals (0.1, 0.5, 0.9): 0.6 beats 2 of 3, 1.0 beats 3 of 3 -> 5 / 6
+    assert out["crack"] == pytest.approx(5 / 6)
+    # spot (0.05, 0.2) vs normals: 0.05 beats none, 0.2 beats 0.1 -> 1 / 6
+    assert out["spot"] == pytest.approx(1 / 6)
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        per_class_auroc(np.ones(3), np.array(["a", "a", "b"]), np.arange(3.0))

@@ -94,7 +94,8 @@ def test_cli_choices_match_registry():
 
 
 def test_unknown_backbone_lists_the_available_ones():
-    with pytest.raises(BackboneError, match="available: efficientnet-lite0, wide_resnet50_2, wide_resnet101_2"):
+    with pytest.raises(BackboneError, match="available: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, "
+                                            "wide_resnet50_2"):
         build_backbone(BackboneSpec(name="vgg16"))
 
 

@@ -548,6 +548,29 @@ def _manifest_of(model_dir: Path) -> Path | None:
     return path
 
 
+def check_fp16_graph(model_dir: Path) -> None:
+    """Refuse a ``model.fp16.onnx`` that ``algan-export --fp16`` did not write for this bundle's current export.
+
+    The FP16 graph carries the calibration of the export that converted it; the export records its sha256 in
+    ``algan.json`` (``exports.onnx_fp16.sha256``) and removes it when a later export has no ``--fp16``. A file whose
+    hash is not the recorded one (copied in by hand, or left from another bundle) would give an engine with another
+    model's scores, so it is refused before any build.
+
+    Raises:
+        EngineError: no ``exports.onnx_fp16`` entry, or a sha256 other than the recorded one (one line, with the fix).
+    """
+    entry = load_manifest(model_dir).exports.get("onnx_fp16")
+    recorded = entry.get("sha256") if isinstance(entry, dict) else None
+    actual = file_sha256(model_dir / FP16_ONNX_FILE)
+    if recorded == actual:
+        return
+    why = ("algan.json records no FP16 export (exports.onnx_fp16)" if recorded is None else
+           f"its sha256 {actual[:12]} is not the {str(recorded)[:12]} that algan.json records")
+    raise EngineError(f"{model_dir / FP16_ONNX_FILE} was not written by this bundle's export: {why}; re-export "
+                      f"with algan-export {model_dir.name} --fp16 on the workstation and copy the whole bundle "
+                      "directory, or build from model.onnx without --fp16")
+
+
 def record_engine(model_dir: Path, sidecar: dict) -> Path:
     """Record the committed engine in the bundle's manifest (``exports.engine`` = :func:`engine_entry`), the rest of
     ``algan.json`` kept; written atomically (temp file + rename) as ``algan-export`` writes it.
@@ -640,6 +663,8 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
             raise EngineError(f"--int8 needs {cpath} (tensor 'images', uint8 [N,H,W,3]); run algan-calibrate first")
         calib = load_file(str(cpath))["images"]
     fp16_path = model_dir / FP16_ONNX_FILE
+    if plan.onnx == "fp16" and manifest is not None and fp16_path.is_file():
+        check_fp16_graph(model_dir)
     timing, cal_cache = model_dir / TIMING_CACHE_FILE, model_dir / CALIBRATION_CACHE_FILE
     req = EngineRequest(onnx_fp32=onnx32, onnx_fp16=fp16_path if fp16_path.is_file() else None, input_size=size,
                         batch=batch or BatchProfile(), workspace_mib=workspace_mib, fp16=fp16, int8=int8,
