@@ -181,7 +181,7 @@ def load_bundle(model_dir: str | Path):
                 cfg = dataclasses.replace(cfg, whiten="none")
             inner = cfg.build_head(feat.dim)
         elif kind == "patchcore":
-            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean")
+            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean", bool(settings.get("centered", False)))
         elif kind == "padim":
             inner = MahalanobisHead.empty(feat.dim)
         else:

@@ -19,6 +19,8 @@ Data sets (built once under ``--work``):
 Usage::
 
     python benchmarks/patch_defaults.py [--sets mtd,metal,weave,bottle] [--configs default,lw-d256,...] [--json]
+        [--backbone efficientnet-lite0|efficientnet-lite1|efficientnet-lite2] [--size 224] [--stride 8]
+        [--patches-per-image 128] [--seed 0]
     python benchmarks/patch_defaults.py --smoke     # seconds: a tiny synthetic set, three heads, a few steps
 
 Figures: benchmarks/RESULTS.md, "Patch variant".

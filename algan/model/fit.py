@@ -174,7 +174,7 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
         n_bank = min(max(int(round(settings.coreset_ratio * n_cells)), 1), len(x))
         t = time.perf_counter()
         head = patchcore_head(x, n_bank, settings.seed)
-        return head, {"n_bank": n_bank, "coreset_ratio": settings.coreset_ratio, "k": 1}, {}, \
+        return head, {"n_bank": n_bank, "coreset_ratio": settings.coreset_ratio, "k": 1, "centered": True}, {}, \
             {"train_s": round(time.perf_counter() - t, 2)}
     if settings.head == "padim":
         return padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {}

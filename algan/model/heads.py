@@ -127,13 +127,20 @@ class KnnHead(nn.Module):
     for plain Euclidean (benchmarks/ALGAN_EXPERIMENTS.md, "Session 3").
     """
 
-    def __init__(self, bank: np.ndarray, k: int = 1, whitening: Whitening | None = None) -> None:
+    def __init__(self, bank: np.ndarray, k: int = 1, whitening: Whitening | None = None,
+                 center: np.ndarray | None = None) -> None:
         super().__init__()
         if k < 1 or k > len(bank):
             raise ValueError(f"k must lie in [1, {len(bank)}] (number of training images), got {k}")
         self.k = int(k)
         self.whitening = whitening
         bank_t = torch.tensor(bank, dtype=torch.float32)
+        # optional centre (K,) subtracted from features and bank alike: distances are unchanged, but the expanded
+        # form below no longer subtracts two large squared norms (float32 / FP16 cancellation on uncentred
+        # features such as post-ReLU ResNet maps); ``None`` keeps the state dict of bundles written without it
+        self.register_buffer("center", None if center is None else torch.tensor(center, dtype=torch.float32))
+        if self.center is not None:
+            bank_t = bank_t - self.center
         self.register_buffer("bank", bank_t)
         self.register_buffer("bank_sq", (bank_t * bank_t).sum(dim=1))
 
@@ -144,6 +151,8 @@ class KnnHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.whitening is not None:
             x = self.whitening(x)
+        if self.center is not None:
+            x = x - self.center
         # ||x - b||^2 = ||x||^2 - 2 x.b + ||b||^2 (explicit form, exportable; torch.cdist is not)
         d2 = (x * x).sum(dim=1, keepdim=True) - 2.0 * (x @ self.bank.T) + self.bank_sq
         nearest = torch.topk(d2, self.k, dim=1, largest=False).values
@@ -164,7 +173,8 @@ class KnnHead(nn.Module):
         return cls((x - mean) @ w, k, Whitening(x.shape[1]).set(mean, w))
 
     @classmethod
-    def empty(cls, n: int, dim: int, k: int, metric: str = "euclidean") -> KnnHead:
-        """Shape-only instance to load saved buffers into (``metric`` as stored in the manifest)."""
+    def empty(cls, n: int, dim: int, k: int, metric: str = "euclidean", centered: bool = False) -> KnnHead:
+        """Shape-only instance to load saved buffers into (``metric`` and ``centered`` as stored in the manifest)."""
         _check_metric(metric)
-        return cls(np.zeros((n, dim), np.float32), k, Whitening(dim) if metric == "whitened" else None)
+        return cls(np.zeros((n, dim), np.float32), k, Whitening(dim) if metric == "whitened" else None,
+                   np.zeros(dim, np.float32) if centered else None)

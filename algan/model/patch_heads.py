@@ -80,9 +80,13 @@ def greedy_coreset(x: np.ndarray, n: int, proj_dim: int = 128, seed: int = 0) ->
 
 
 def patchcore_head(patches: np.ndarray, n_bank: int, seed: int = 0) -> PatchwiseHead:
-    """PatchCore head: nearest-neighbour distance to a greedy coreset of ``n_bank`` training patch vectors."""
+    """PatchCore head: nearest-neighbour distance to a greedy coreset of ``n_bank`` training patch vectors.
+
+    Features and bank are centred on the bank's mean inside the head (the same distances; the expanded
+    ``|x|^2 - 2 x.b + |b|^2`` then keeps float32 and FP16 precision on uncentred backbone features)."""
     idx = greedy_coreset(patches, n_bank, seed=seed)
-    return PatchwiseHead(KnnHead(np.asarray(patches, np.float32)[np.sort(idx)], k=1))
+    bank = np.asarray(patches, np.float32)[np.sort(idx)]
+    return PatchwiseHead(KnnHead(bank, k=1, center=bank.mean(axis=0, dtype=np.float64).astype(np.float32)))
 
 
 def padim_head(patches: np.ndarray) -> PatchwiseHead:

@@ -281,3 +281,28 @@ def test_trained_bundle_with_torchvision_resnet18(synth_root, tmp_path):
     weights = tmp_path / "rn18_random.pth"
     torch.save(tv.models.resnet18(weights=None).state_dict(), weights)
     _train_bundle_and_check_onnx(synth_root, tmp_path, weights)
+
+
+def test_patch_bundle_with_stand_in_resnet18_has_maps_with_parity(fake_torchvision, synth_root, tmp_path):
+    """The patch variant on a torchvision backbone (layer2 + layer3, PatchCore's choice): what a user with
+    WideResNet weights runs (``--variant patch --backbone wide_resnet50_2 --backbone-weights PATH``)."""
+    from algan.bundle import load_bundle, load_samples
+    from algan.cli.train import main
+    from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+
+    weights = tmp_path / "rn18.pth"
+    torch.manual_seed(0)
+    torch.save(fake_torchvision(weights=None).state_dict(), weights)
+    out = tmp_path / "bundle"
+    rc = main(["--data", str(synth_root), "--out", str(out), "--variant", "patch", "--head", "patchcore",
+               "--backbone", "resnet18", "--backbone-weights", str(weights), "--input-size", "64", "64", "--quiet"])
+    assert rc == 0
+    det, manifest = load_bundle(out)
+    assert manifest.backbone.name == "resnet18" and manifest.backbone.blocks == [2, 3]
+    assert manifest.outputs == ["scores", "anomaly_maps"] and manifest.features.in_dim == 128 + 256
+    images = load_samples(out)
+    path = export_onnx(det, manifest, tmp_path / "m.onnx")
+    (s_t, m_t), (s_o, m_o) = torch_outputs(det, images), ort_outputs(path, images)
+    assert m_o.shape == (len(images), 16, 16) and m_o.dtype == np.float32  # map stride 4 at 64 px
+    np.testing.assert_allclose(s_o, s_t, atol=1e-4)
+    np.testing.assert_allclose(m_o, m_t, atol=1e-4)

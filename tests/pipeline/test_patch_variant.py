@@ -118,7 +118,7 @@ def test_greedy_coreset_covers_better_than_random_and_head_matches_faiss():
     head = patchcore_head(x, 40, seed=0)
     q = rng.normal(0, 2, (7, 16, 2, 3)).astype(np.float32)
     got = head(torch.from_numpy(q)).numpy().reshape(-1)
-    bank = head.inner.bank.numpy()
+    bank = head.inner.bank.numpy() + head.inner.center.numpy()  # the head stores its bank centred
     ref = nearest_distances(bank, q.transpose(0, 2, 3, 1).reshape(-1, 16))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
     brute = np.sqrt(((q.transpose(0, 2, 3, 1).reshape(-1, 1, 16) - bank[None]) ** 2).sum(-1)).min(1)
@@ -346,3 +346,26 @@ def test_too_few_alganpatch_steps_warn(caplog):
     with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
         fit_patch_head(enough, x, 512, False)
     assert not [r for r in caplog.records if "trains only" in r.getMessage()], caplog.text
+
+
+def test_patchcore_centring_keeps_distances_and_float32_precision():
+    """Uncentred features (post-ReLU maps, a large common offset): the expanded |x|^2 - 2 x.b + |b|^2 cancels
+    catastrophically in float32 unless features and bank are centred first, as the PatchCore head does."""
+    rng = np.random.default_rng(0)
+    bank = (rng.standard_normal((300, 64)) * 0.05 + 40.0).astype(np.float32)
+    queries = (bank[:50] + rng.standard_normal((50, 64)).astype(np.float32) * 0.02).astype(np.float32)
+    exact = np.sqrt(((queries[:, None].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)).min(1)
+    with torch.no_grad():
+        plain = KnnHead(bank, 1)(torch.from_numpy(queries)).numpy()
+        centred = KnnHead(bank, 1, center=bank.mean(0))(torch.from_numpy(queries)).numpy()
+    assert np.max(np.abs(centred - exact)) < 1e-4
+    assert np.max(np.abs(plain - exact)) > 10 * np.max(np.abs(centred - exact)), "the uncentred form is as precise"
+    head = patchcore_head(bank, 300)
+    assert head.inner.center is not None
+    np.testing.assert_allclose(head.inner.center.numpy(), bank.mean(0), rtol=1e-6)
+    with torch.no_grad():
+        # 50 queries as one 5 x 10 map of 64 channels: cell (r, c) holds query 10 r + c
+        got = head(torch.from_numpy(queries).T.reshape(1, 64, 5, 10)).reshape(-1).numpy()
+    np.testing.assert_allclose(got, exact, atol=1e-4)
+    # a head without a centre keeps the state dict of bundles written before it (no "center" key)
+    assert "center" not in KnnHead(bank, 1).state_dict() and "center" in head.inner.state_dict()
