@@ -160,6 +160,26 @@ def heat_colours(values: np.ndarray, vmax: float = HEAT_VMAX) -> np.ndarray:
     return cv2.applyColorMap(u8, cv2.COLORMAP_JET)
 
 
+def label_box(shape: tuple[int, ...], text_size: tuple[int, int, int], peak: tuple[int, int] | None,
+              margin: int) -> tuple[int, int, int, int]:
+    """Corners ``(x0, y0, x1, y1)`` (frame pixels, inclusive) of the score label's dark box: the top-left corner,
+    or the bottom-left one when the top-left box would cover the peak marker (a defect at the frame's top edge).
+
+    Args:
+        shape: the frame's ``(H, W, ...)``; text_size: ``(width, height, baseline)`` of the text
+            (``cv2.getTextSize``); peak: ``(x, y)`` of the region's peak, or ``None``; margin: the marker's
+            half-size in pixels.
+    """
+    tw, th, base = text_size
+    h, w = int(shape[0]), int(shape[1])
+    x1 = min(6 + tw + 4, w - 1)
+    top = (2, 1, x1, 4 + th + base + 1)
+    if peak is not None and peak[0] - margin <= top[2] and peak[1] - margin <= top[3]:
+        height = top[3] - top[1]
+        return 2, h - 2 - height, x1, h - 2
+    return top
+
+
 def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, region: Region | None = None,
                  score: float | None = None, threshold: float = 1.0, vmax: float = HEAT_VMAX,
                  alpha: float = HEAT_ALPHA) -> np.ndarray:
@@ -171,8 +191,9 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         roi: ``(x, y, w, h)`` of the model input in frame pixels, ``None`` = whole frame.
         region: outlined with the peak as a cross, when given: in red, or in grey when ``score`` is below
             ``threshold`` (a normal frame's most anomalous spot, not a defect).
-        score: written in the top-left corner (``score 1.23 / thr 1.00``) when given and the frame is at least
-            200 pixels wide; red when >= threshold.
+        score: written in the top-left corner (``score 1.23 / thr 1.00``; the bottom-left one when the label
+            would hide the peak marker, :func:`label_box`) when given and the frame is at least 200 pixels wide;
+            red when >= threshold.
         threshold: decision threshold (calibrated units).
         vmax: map value at the top of the colour scale (or the map's peak when higher).
         alpha: heat-map weight in the blend.
@@ -205,9 +226,10 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
         # on a filled dark label: a thicker outline of the same text is wider (Hershey advances grow with the
         # thickness), so on small frames its glyphs drift off the coloured ones and the label becomes unreadable
         (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-        org = (6, 4 + th)
-        cv2.rectangle(out, (2, 1), (min(org[0] + tw + 4, out.shape[1] - 1), org[1] + base + 1), (0, 0, 0), cv2.FILLED)
-        cv2.putText(out, text, org, font, scale, colour, thick, cv2.LINE_AA)
+        x0, y0, x1, y1 = label_box(out.shape, (tw, th, base), region.peak if region is not None else None,
+                                   3 * thick + 3)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 0, 0), cv2.FILLED)
+        cv2.putText(out, text, (x0 + 4, y0 + 3 + th), font, scale, colour, thick, cv2.LINE_AA)
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from mapkit import GREY, grey_frame, make_map_bundle, make_map_model
 
 from algan.edge.errors import ModelError
-from algan.edge.maps import Region, draw_overlay, encode_jpeg, parse_roi, region_from_map
+from algan.edge.maps import Region, draw_overlay, encode_jpeg, label_box, parse_roi, region_from_map
 from algan.edge.publish.messages import ScoreThrottle
 from algan.edge.runners.base import RunnerOutput, run_batch
 from algan.edge.runners.onnx import OnnxRuntimeRunner
@@ -187,3 +187,19 @@ def test_overlay_region_is_red_only_at_or_above_the_threshold_and_the_label_is_o
     # the score label sits on a filled black box (readable on any frame size): its corner pixel is black
     assert tuple(hot[2, 3]) == (0, 0, 0) and tuple(cold[2, 3]) == (0, 0, 0)
     assert (hot[5:15, 8:60] == (0, 0, 255)).all(axis=2).any()  # red text for an anomalous score
+
+
+def test_the_score_label_moves_to_the_bottom_when_it_would_hide_the_peak():
+    # the demo's crack at the top edge: peak (52, 2) on a 256 x 256 snapshot sat under the label box
+    assert label_box((256, 256, 3), (150, 10, 4), (52, 2), 6) == (2, 256 - 2 - 18, 160, 254)
+    assert label_box((256, 256, 3), (150, 10, 4), (128, 128), 6) == (2, 1, 160, 19)  # elsewhere: top-left
+    assert label_box((256, 256, 3), (150, 10, 4), None, 6) == (2, 1, 160, 19)
+    assert label_box((256, 256, 3), (150, 10, 4), (165, 24), 6)[1] > 200  # the marker's arm would reach the box
+    frame = grey_frame((256, 256))
+    amap = np.zeros((8, 8), np.float32)
+    amap[0, 1] = 3.0
+    region = region_from_map(amap, (0, 0, 256, 256))
+    out = draw_overlay(frame, amap, None, region, score=3.0, threshold=1.0)
+    px, py = region.peak
+    assert py < 20 and tuple(out[py, px]) == (255, 255, 255)  # the marker's centre stays visible
+    assert tuple(out[254, 3]) == (0, 0, 0) and tuple(out[2, 3]) != (0, 0, 0)  # the label box at the bottom
