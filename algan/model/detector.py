@@ -7,6 +7,8 @@ head (raw score, higher = more anomalous) -> calibration. This is exactly what `
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -122,7 +124,8 @@ def run_batched(fn, images: np.ndarray, batch_size: int = 32, progress: str | No
     if progress:
         from tqdm import tqdm
 
-        rng = tqdm(rng, desc=progress, unit="batch", dynamic_ncols=True, leave=False)
+        rng = tqdm(rng, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
+                   disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
     for i in rng:
         outs.append(fn(torch.from_numpy(images[i : i + batch_size])).float().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -7,6 +7,7 @@ This is the training pipeline behind ``algan-train``; it holds no CLI code. The 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ def extract_features(
     if desc:
         from tqdm import tqdm
 
-        rng = tqdm(rng, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+        rng = tqdm(rng, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
+                   disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
     for i in rng:
         x = torch.from_numpy(load_batch(paths[i : i + batch_size], size))
         out.append(backbone(preprocess(x)).numpy())
@@ -141,7 +143,8 @@ def extract_patches(
     if desc:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+        it = tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
+                  disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
     for i in it:
         maps = feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))
         cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))

@@ -59,3 +59,14 @@ def test_bench_image_eval_every_prints_rows_along_the_run(synth_root):
         assert set(row) == KEYS and 0.0 <= row["auroc"] <= 1.0 and row["variant"] == "image64"
     assert [row["head_ms"] is None for row in rows] == [True, True, False] and rows[-1]["head_ms"] > 0
     assert 0 < rows[0]["train_s"] <= rows[1]["train_s"] <= rows[2]["train_s"]
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(synth_root):
+    """Without --json, algan-bench shows progress bars, but only on a terminal: piped into a log (or the journal)
+    they would be carriage-return spam."""
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root),
+                        "--input-size", "64", "--variants", "patch", "--patch-heads", "padim"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "padim-patch" in r.stdout
+    assert "\r" not in r.stderr and "batch/s" not in r.stderr, r.stderr[-500:]
