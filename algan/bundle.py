@@ -126,6 +126,15 @@ def load_samples(model_dir: str | Path) -> np.ndarray | None:
     return load_file(str(path))["images"]
 
 
+def _check_in_dim(model_dir: Path, spec, backbone_dim: int, in_dim: int) -> None:
+    """Refuse a manifest whose backbone gives other features than the ones the head was trained on (e.g. a hand-edited
+    ``backbone.name`` or ``blocks``): one line instead of a tensor-size error at the first image."""
+    if backbone_dim != in_dim:
+        raise BundleError(f"{model_dir / MANIFEST}: backbone {spec.name} blocks {spec.blocks} gives {backbone_dim}-d "
+                          f"features, but the head was trained on {in_dim}-d ones (features.in_dim); the manifest's "
+                          "backbone section was changed after training: restore it or re-train the bundle")
+
+
 def load_bundle(model_dir: str | Path):
     """Rebuild the torch detector of a bundle.
 
@@ -173,6 +182,7 @@ def load_bundle(model_dir: str | Path):
         pspec = PatchSpec.from_json(manifest.patch.to_json() if manifest.patch is not None else {})
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), PatchFeatureMaps(spec, pspec)
+        _check_in_dim(model_dir, spec, backbone.out_dim, feat.in_dim)
         transform = PatchProjection(feat.transform, feat.in_dim, feat.dim)
         postprocess = MapPostprocess(pspec, input_size)
         if kind == "algan":
@@ -181,7 +191,7 @@ def load_bundle(model_dir: str | Path):
                 cfg = dataclasses.replace(cfg, whiten="none")
             inner = cfg.build_head(feat.dim)
         elif kind == "patchcore":
-            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean", bool(settings.get("centered", False)))
+            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean", settings.get("centered") is True)
         elif kind == "padim":
             inner = MahalanobisHead.empty(feat.dim)
         else:
@@ -192,6 +202,7 @@ def load_bundle(model_dir: str | Path):
         spec = BackboneSpec.from_json(bb.to_json())
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
+        _check_in_dim(model_dir, spec, int(getattr(backbone, "out_dim", feat.in_dim)), feat.in_dim)
         transform = FeatureTransform.empty(feat.transform, feat.in_dim, feat.dim)
         if kind == "algan":
             head = AlganConfig.from_json(settings).build_head(feat.dim)

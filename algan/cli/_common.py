@@ -27,4 +27,5 @@ def run_cli(prog: str, fn: Callable[[], int]) -> int:
         return 2
     except RuntimeError as exc:  # backbone/export errors carry a full sentence too
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        # an error type may say it is the user's (``exit_code = 2``, e.g. BackboneError: a bad --blocks or weights)
+        return int(getattr(exc, "exit_code", 1))

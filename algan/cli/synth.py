@@ -88,7 +88,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _progress(quiet: bool):
-    if quiet:
+    if quiet or not sys.stderr.isatty():  # bars only on a terminal: in a log they are carriage-return spam
         return None, lambda: None
     try:
         from tqdm import tqdm  # optional

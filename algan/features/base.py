@@ -15,7 +15,10 @@ LITE_MEAN_RGB = (127.0 / 255.0,) * 3
 LITE_STD_RGB = (128.0 / 255.0,) * 3
 
 class BackboneError(RuntimeError):
-    """A backbone that cannot be built (missing package or weights, bad block choice)."""
+    """A backbone that cannot be built (missing package or weights, bad block choice): the user's to fix, so the
+    command-line tools exit with status 2 (:func:`algan.cli._common.run_cli` reads ``exit_code``)."""
+
+    exit_code = 2
 
 
 @dataclass

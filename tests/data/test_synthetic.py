@@ -179,3 +179,15 @@ def test_cli_existing_dataset_exit_1(tmp_path, capsys):
     assert synth_main(argv) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert synth_main([*argv, "--overwrite"]) == 0
+
+
+def test_cli_writes_no_progress_bar_into_a_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "algan.cli.synth", str(tmp_path / "d"), "--n-train", "3",
+                        "--n-test-good", "1", "--n-test-defect", "1", "--size", "32"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "img/s" not in r.stderr, r.stderr[-300:]
+    assert (tmp_path / "d" / "train" / "good").is_dir()

@@ -106,3 +106,38 @@ def test_patch_bundle_with_lite1_trains_reloads_and_exports(synth_root, tmp_path
     t, o = torch_scores(det, samples), ort_scores(path, samples, batch_size=len(samples))
     err = float(np.max(np.abs(t - o)))
     assert err <= FP32_TOLERANCE, f"max |onnx - torch| {err:.2e} > {FP32_TOLERANCE}"
+
+
+def test_a_hand_edited_backbone_name_is_refused_with_the_real_cause(synth_root, tmp_path, capsys):
+    """A Lite2 bundle whose algan.json names Lite1: one line naming the model it was trained on (its weights hash),
+    exit 2; without the hash, the feature size tells (one line, not a tensor-size error at the first image)."""
+    import json
+
+    from algan.bundle import BundleError, load_bundle
+    from algan.cli.eval import main as eval_main
+    from algan.cli.train import main
+
+    out = tmp_path / "lite2"
+    assert main(["--data", str(synth_root), "--out", str(out), "--variant", "patch", "--head", "padim",
+                 "--backbone", "efficientnet-lite2", "--input-size", "64", "64", "--quiet"]) == 0
+    manifest = json.loads((out / "algan.json").read_text())
+    manifest["backbone"]["name"] = "efficientnet-lite1"
+    (out / "algan.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert eval_main([str(out), "--data", str(synth_root), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on efficientnet-lite2" in err[0] and "restore backbone.name" in err[0], err
+    manifest["backbone"]["weights_sha256"] = ""
+    (out / "algan.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"backbone efficientnet-lite1 blocks \[14, 19\] gives 304-d features, but "
+                                          r"the head was trained on 328-d ones"):
+        load_bundle(out)
+
+
+def test_an_out_of_range_block_is_a_user_error_exit_2(synth_root, tmp_path, capsys):
+    from algan.cli.train import main
+
+    rc = main(["--data", str(synth_root), "--out", str(tmp_path / "m"), "--backbone", "efficientnet-lite1",
+               "--blocks", "25", "--input-size", "64", "64", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "efficientnet-lite1 has blocks 0-20" in err[0], err
