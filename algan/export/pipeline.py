@@ -282,10 +282,15 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
             break
         worst = max(checks, key=lambda c: c.max_scaled_diff)
         say(f"FP16 with the {_fp32_part(n)} in FP32 misses parity ({worst.line()}); keeping more blocks in FP32")
-    say(f"wrote {FP16_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same uint8/float32 I/O")
     report.fp16_fp32_blocks = n
     for c in checks:
-        _check(report, c, say, FP16_FILE)
+        report.parity.append(c)
+        say(c.line())
+    if not all(c.ok for c in checks):
+        raise ExportError(f"parity check failed for {FP16_FILE}, even with the {_fp32_part(n)} in FP32; nothing was "
+                          "written to the bundle: export without --fp16 (model.onnx alone), or at a larger "
+                          "--input-size (small inputs leave FP16 less headroom)")
+    say(f"wrote {FP16_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same uint8/float32 I/O")
     return path, s16
 
 

@@ -258,3 +258,14 @@ def test_cli_without_tensorrt_says_so_in_one_line_and_imports_no_torch(tmp_path)
     (bundle / "samples.safetensors").unlink()
     with pytest.raises(eb.EngineError, match="has no samples.safetensors for the engine's parity check"):
         eb.build_on_device(bundle, trt=object(), cuda=object())
+
+
+def test_an_fp16_build_without_the_fp16_graph_names_the_re_export(tmp_path):
+    bundle = _with_manifest(write_bundle(tmp_path / "b"))
+    (bundle / "model.fp16.onnx").unlink()
+    trt, cuda = stand_ins()
+    with pytest.raises(eb.EngineError, match=r"builds FP16 from the FP16 ONNX \(model.fp16.onnx\), which is not in "
+                                             r"the bundle: re-export with algan-export MODEL_DIR --fp16"):
+        eb.build_on_device(bundle, fp16=True, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu,
+                           say=lambda s: None)
+    assert not (bundle / "model.engine").exists()

@@ -282,7 +282,9 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
     plan = plan_build(trt.__version__, req.fp16, req.int8)
     onnx_path = req.onnx_fp16 if plan.onnx == "fp16" else req.onnx_fp32
     if onnx_path is None or not Path(onnx_path).is_file():
-        raise EngineError(f"TensorRT {trt.__version__} builds FP16 from the FP16 ONNX, which was not written")
+        raise EngineError(f"TensorRT {trt.__version__} builds FP16 from the FP16 ONNX ({FP16_ONNX_FILE}), which is "
+                          "not in the bundle: re-export with algan-export MODEL_DIR --fp16 on the workstation and copy "
+                          "the whole bundle directory")
     if plan.int8_calibrator and (req.calibration_images is None or len(req.calibration_images) == 0):
         raise EngineError(f"--int8 needs the calibration frames in MODEL_DIR/{INT8_CALIBRATION_SET}; run "
                           "algan-calibrate on the bundle first")
