@@ -250,12 +250,15 @@ def _main(args: argparse.Namespace) -> int:
         def opt(v) -> str:
             return f"{v:>7.4f}" if v is not None else f"{'-':>7}"
 
-        print(f"{'dataset':<14} {'variant':<8} {'head':<16} {'AUROC':>7} {'pixAUC':>7} {'AUPRO':>7} {'train_s':>8} "
-              f"{'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
+        # column widths follow the longest entry (e.g. the variant "patch:efficientnet-lite2")
+        wd, wv, wh = (max([len(h)] + [len(str(r[k])) for r in rows])
+                      for k, h in (("dataset", "dataset"), ("variant", "variant"), ("head", "head")))
+        print(f"{'dataset':<{wd}} {'variant':<{wv}} {'head':<{wh}} {'AUROC':>7} {'pixAUC':>7} {'AUPRO':>7} "
+              f"{'train_s':>8} {'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
         for r in rows:
-            print(f"{r['dataset']:<14} {r['variant']:<8} {r['head']:<16} {r['auroc']:>7.4f} {opt(r['pixel_auroc'])} "
-                  f"{opt(r['aupro'])} {r['train_s']:>8.1f} {r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} "
-                  f"{r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}")
+            print(f"{r['dataset']:<{wd}} {r['variant']:<{wv}} {r['head']:<{wh}} {r['auroc']:>7.4f} "
+                  f"{opt(r['pixel_auroc'])} {opt(r['aupro'])} {r['train_s']:>8.1f} {r['head_ms']:>9.4f} "
+                  f"{r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}")
         print_comparisons(rows, scores, y)
     return 0
 
