@@ -35,6 +35,10 @@ from algan.contract import (
     BUNDLE_DIR_MODE,
     BUNDLE_FILE_MODE,
     FORMAT_VERSION,
+    IMAGES_KEY,
+    MANIFEST_FILE,
+    SAMPLES_FILE,
+    WEIGHTS_FILE,
     BundleError,
     CalibrationSection,
     Manifest,
@@ -43,9 +47,6 @@ from algan.contract import (
     parse_manifest,
     write_manifest,
 )
-from algan.contract import MANIFEST_FILE as MANIFEST
-from algan.contract import SAMPLES_FILE as SAMPLES
-from algan.contract import WEIGHTS_FILE as WEIGHTS
 
 if TYPE_CHECKING:
     from algan.features.base import BackboneSpec
@@ -53,18 +54,8 @@ if TYPE_CHECKING:
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
 STORED_PREFIXES = ("transform.", "head.", "calibration.")
 
-__all__ = ["FORMAT_VERSION", "BundleError", "Manifest", "load_bundle", "load_samples", "read_manifest",
+__all__ = ["FORMAT_VERSION", "BundleError", "Manifest", "load_bundle", "load_samples",
            "save_bundle", "update_calibration", "write_manifest"]
-
-
-def read_manifest(model_dir: str | Path) -> Manifest:
-    """Read and validate ``algan.json`` (no torch needed): :func:`algan.contract.load_manifest`.
-
-    Raises:
-        BundleError: missing directory/manifest, unreadable JSON, an unsupported format version or a missing or
-            mistyped field.
-    """
-    return load_manifest(model_dir)
 
 
 def _load_weights(wpath: Path) -> dict:
@@ -102,17 +93,17 @@ def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extr
     data = manifest.to_json() if isinstance(manifest, Manifest) else dict(manifest)
     data = {"format_version": FORMAT_VERSION, **data}
     data["format_version"] = FORMAT_VERSION
-    manifest = parse_manifest(data, model_dir / MANIFEST)
+    manifest = parse_manifest(data, model_dir / MANIFEST_FILE)
     with atomic_directory(model_dir) as tmp:  # fsynced, then swapped in; removed on any error
         os.chmod(tmp, BUNDLE_DIR_MODE)  # mkdtemp gives 0700: the service user must read the bundle
         state = {k: v.detach().contiguous() for k, v in detector.state_dict().items() if k.startswith(STORED_PREFIXES)}
         for k, v in (extra_tensors or {}).items():
             state[k] = v.detach().contiguous()
-        save_file(state, str(tmp / WEIGHTS), metadata={"model_id": manifest.model_id})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"model_id": manifest.model_id})
         if samples is not None:
             import torch
 
-            save_file({"images": torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES))
+            save_file({IMAGES_KEY: torch.from_numpy(np.ascontiguousarray(samples))}, str(tmp / SAMPLES_FILE))
         for f in tmp.iterdir():
             os.chmod(f, BUNDLE_FILE_MODE)
         write_manifest(tmp, manifest)
@@ -121,21 +112,22 @@ def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extr
 
 def load_samples(model_dir: str | Path) -> np.ndarray | None:
     """The bundle's stored uint8 (N, H, W, 3) sample frames, or ``None``."""
-    path = Path(model_dir) / SAMPLES
+    path = Path(model_dir) / SAMPLES_FILE
     if not path.is_file():
         return None
     from safetensors.numpy import load_file
 
-    return load_file(str(path))["images"]
+    return load_file(str(path))[IMAGES_KEY]
 
 
 def _check_in_dim(model_dir: Path, spec: BackboneSpec, backbone_dim: int, in_dim: int) -> None:
     """Refuse a manifest whose backbone gives other features than the ones the head was trained on (e.g. a hand-edited
     ``backbone.name`` or ``blocks``): one line instead of a tensor-size error at the first image."""
     if backbone_dim != in_dim:
-        raise BundleError(f"{model_dir / MANIFEST}: backbone {spec.name} blocks {spec.blocks} gives {backbone_dim}-d "
-                          f"features, but the head was trained on {in_dim}-d ones (features.in_dim); the manifest's "
-                          "backbone section was changed after training: restore it or re-train the bundle")
+        raise BundleError(f"{model_dir / MANIFEST_FILE}: backbone {spec.name} blocks {spec.blocks} gives "
+                          f"{backbone_dim}-d features, but the head was trained on {in_dim}-d ones (features.in_dim); "
+                          "the manifest's backbone section was changed after training: restore it or re-train the "
+                          "bundle")
 
 
 def load_bundle(model_dir: str | Path):
@@ -155,8 +147,8 @@ def load_bundle(model_dir: str | Path):
     from algan.model.train import AlganConfig
 
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    wpath = model_dir / WEIGHTS
+    manifest = load_manifest(model_dir)
+    wpath = model_dir / WEIGHTS_FILE
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
     feat = manifest.require("features")
@@ -198,7 +190,7 @@ def load_bundle(model_dir: str | Path):
         elif kind == "padim":
             inner = MahalanobisHead.empty(feat.dim)
         else:
-            msg = f"unknown patch head kind {kind!r} in {model_dir / MANIFEST}; expected algan, patchcore or padim"
+            msg = f"unknown patch head kind {kind!r} in {model_dir / MANIFEST_FILE}; expected algan, patchcore or padim"
             raise BundleError(msg)
         head = PatchwiseHead(inner)
     elif variant == "feature":
@@ -215,10 +207,11 @@ def load_bundle(model_dir: str | Path):
             # manifests written before the metric existed hold euclidean banks
             head = KnnHead.empty(setting("n_bank"), feat.dim, setting("k"), settings.get("metric", "euclidean"))
         else:
-            msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST}; expected algan, mahalanobis or knn"
+            msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST_FILE}; expected algan, mahalanobis or knn"
             raise BundleError(msg)
     else:
-        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST}; expected feature, image or patch")
+        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST_FILE}; expected feature, image or "
+                          "patch")
     det = AnomalyDetector(preprocess, backbone, transform, head,
                           Calibration(cal.center, cal.threshold), input_size=input_size,
                           postprocess=postprocess if variant == "patch" else None)
@@ -261,14 +254,14 @@ def update_calibration(model_dir: str | Path, center: float, threshold: float, i
     if not threshold > center:
         raise ValueError(f"threshold ({threshold}) must exceed the normal-score center ({center})")
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    wpath = model_dir / WEIGHTS
+    manifest = load_manifest(model_dir)
+    wpath = model_dir / WEIGHTS_FILE
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing; the bundle is incomplete, re-train it")
     state = _load_weights(wpath)
     state["calibration.center"] = torch.tensor(float(center), dtype=torch.float32)
     state["calibration.scale"] = torch.tensor(float(threshold - center), dtype=torch.float32)
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"model_id": manifest.model_id})

@@ -92,6 +92,14 @@ def _module_constants(path: Path) -> set[str]:
     return names
 
 
+def _contract_constants() -> dict[str, object]:
+    """UPPER_CASE names the modules of algan/contract/ assign, with their values."""
+    import algan.contract
+
+    return {name: getattr(algan.contract, name) for p in Path(algan.contract.__file__).parent.glob("*.py")
+            for name in _module_constants(p) if hasattr(algan.contract, name)}
+
+
 def test_the_contracts_constants_are_defined_only_there():
     """FORMAT_VERSION, file names, tensor names and metadata keys are imported from algan.contract, never re-defined
     (a copy, e.g. the edge's own FORMAT_VERSION, would silently disagree after a format bump)."""
@@ -99,8 +107,36 @@ def test_the_contracts_constants_are_defined_only_there():
     import algan.contract
 
     pkg = Path(algan.__file__).parent
-    said = _module_constants(Path(algan.contract.__file__))
-    assert {"FORMAT_VERSION", "ONNX_FILE", "ENGINE_FILE", "INPUT_NAME", "KEY_MODEL_ID"} <= said
-    again = sorted(f"{p.relative_to(pkg.parent)}: {name}" for p in pkg.rglob("*.py") if p.name != "contract.py"
-                   or p.parent != pkg for name in _module_constants(p) & said)
-    assert not again, f"re-defined outside algan/contract.py (import them from there): {again}"
+    said = _contract_constants()
+    assert {"FORMAT_VERSION", "ONNX_FILE", "FP16_ONNX_FILE", "ENGINE_FILE", "INPUT_NAME", "KEY_MODEL_ID"} <= set(said)
+    contract_dir = Path(algan.contract.__file__).parent
+    again = sorted(f"{p.relative_to(pkg.parent)}: {name}" for p in pkg.rglob("*.py") if p.parent != contract_dir
+                   for name in _module_constants(p) & set(said))
+    assert not again, f"re-defined outside algan/contract/ (import them from there): {again}"
+
+
+def test_no_contract_file_name_or_key_is_spelled_out_elsewhere():
+    """A bundle file name (``model.fp16.onnx``) or a metadata key (``algan.model_id``) written as a string literal in
+    code outside algan/contract/ is a second definition: the code names the constant instead (docstrings and
+    messages inside f-strings are prose and not counted)."""
+    import algan
+    import algan.contract
+
+    pkg = Path(algan.__file__).parent
+    contract_dir = Path(algan.contract.__file__).parent
+    values = {v: k for k, v in _contract_constants().items()
+              if isinstance(v, str) and ("." in v and not v.startswith("."))}
+    assert {"model.fp16.onnx", "algan.json", "algan.model_id", "int8_calibration.safetensors"} <= set(values)
+    found = []
+    for p in pkg.rglob("*.py"):
+        if p.parent == contract_dir:
+            continue
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        in_fstrings = {id(c) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for c in n.values}
+        found += [f"{p.relative_to(pkg.parent)}:{n.lineno}: {n.value!r} (algan.contract.{values[n.value]})"
+                  for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                  and n.value in values and id(n) not in docs and id(n) not in in_fstrings]
+    assert not found, "\n".join(sorted(found))

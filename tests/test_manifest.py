@@ -16,6 +16,8 @@ from algan.contract import (
     MANIFEST_FILE,
     BundleError,
     CalibrationSection,
+    Exports,
+    GraphExport,
     Manifest,
     load_manifest,
     manifest_bytes,
@@ -115,12 +117,12 @@ def write(tmp_path: Path, manifest: Any, name: str = "bundle") -> Path:
 
 @pytest.mark.parametrize("golden", [PATCH_BUNDLE, FEATURE_BUNDLE], ids=["patch-exported-calibrated", "feature"])
 def test_written_json_is_identical_to_before(golden, tmp_path):
-    from algan.bundle import read_manifest, write_manifest
+    from algan.contract import load_manifest, write_manifest
 
     m = load_manifest(write(tmp_path, golden))
     assert m.to_json() == golden and list(m.to_json()) == list(golden)  # same keys, same order, same values
     assert manifest_bytes(m) == old_writer(golden)
-    write_manifest(tmp_path / "bundle", read_manifest(tmp_path / "bundle"))
+    write_manifest(tmp_path / "bundle", load_manifest(tmp_path / "bundle"))
     assert (tmp_path / "bundle" / MANIFEST_FILE).read_bytes() == old_writer(golden)
 
 
@@ -134,7 +136,7 @@ def test_typed_access():
     assert m.calibration.target_fpr == 0.001 and m.calibration.date.endswith("Z")
     assert m.training.data.layout == "mvtec" and m.training.n_holdout == 5 and m.training.max_train is None
     assert m.patch.stride == 8 and m.anomaly_map.grid == [8, 8] and m.outputs == ["scores", "anomaly_maps"]
-    assert m.exports["onnx"]["sha256"].startswith("8df6") and m.roi is None
+    assert m.exports.onnx.sha256.startswith("8df6") and m.roi is None
 
 
 def test_changes_are_written_and_nothing_else(tmp_path):
@@ -142,10 +144,10 @@ def test_changes_are_written_and_nothing_else(tmp_path):
 
     old = {k: v for k, v in FEATURE_BUNDLE.items() if k not in ("exports", "outputs", "variant", "roi")}
     m = load_manifest(write(tmp_path, old))
-    assert m.variant == "feature" and m.outputs == ["scores"] and m.exports == {}  # defaults of absent keys...
+    assert m.variant == "feature" and m.outputs == ["scores"] and m.exports == Exports()  # defaults of absent keys
     assert m.to_json() == old  # ... are not written
     m.roi = [1, 2, 30, 40]
-    m.exports = {**m.exports, "onnx": {"file": "model.onnx"}}
+    m.exports.onnx = GraphExport(file="model.onnx")  # a record set in the absent section writes it
     m.calibration = CalibrationSection.model_validate({"tool": "test", "center": 1.0, "threshold": 2.0})
     write_manifest(tmp_path / "bundle", m)
     got = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
@@ -174,6 +176,26 @@ def test_bundles_that_only_serve_their_graph_still_read(tmp_path):
     assert m.backbone is None and m.head_kind == "standin" and m.to_json() == d
     with pytest.raises(BundleError, match=r"algan.json: field 'backbone' is missing; .*re-train"):
         m.require("backbone")
+
+
+def test_the_runtime_reads_leniently_and_cannot_write_back(tmp_path):
+    """lenient=True (the runtime's read) drops a damaged training section but still refuses what serving needs, and a
+    manifest read that way cannot be written back (it would lose the dropped section)."""
+    from algan.contract import write_manifest
+
+    d = copy.deepcopy(FEATURE_BUNDLE)
+    d["head"] = {"settings": "lost"}  # no kind, settings not a mapping
+    d["training"]["n_train"] = "many"
+    bundle = write(tmp_path, d)
+    with pytest.raises(BundleError, match=r"field 'head.kind' is missing \(and 2 more\)"):
+        load_manifest(bundle)
+    m = load_manifest(bundle, lenient=True)
+    assert m.head is None and m.training is None and m.calibration.threshold == d["calibration"]["threshold"]
+    with pytest.raises(BundleError, match=r"read without its damaged training sections and cannot be written back"):
+        write_manifest(bundle, m)
+    d["calibration"]["threshold"] = "high"
+    with pytest.raises(BundleError, match=r"field 'calibration.threshold' is invalid"):
+        load_manifest(write(tmp_path, d, "cal"), lenient=True)
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------
@@ -289,15 +311,19 @@ def test_update_calibration_changes_only_the_calibration(trained, tmp_path):
     assert list(after) == list(before) and m.calibration.threshold == 3.0
 
 
-def test_patch_section_mirrors_patch_spec() -> None:
-    """contract.PatchSection repeats PatchSpec's fields (the contract may not import features): same names and
-    defaults, so the two cannot drift apart."""
+def test_patch_section_is_derived_from_patch_spec() -> None:
+    """The manifest's ``patch`` section is built from PatchSpec's fields: same names, types and defaults, a mistyped
+    value refused naming the field, and a section read back gives the spec it was written from."""
     import dataclasses
 
-    from algan.contract import PatchSection
-    from algan.features.patch import PatchSpec
+    from algan.contract import BundleError, PatchSection, PatchSpec, parse_manifest
 
     spec = {f.name: f.default for f in dataclasses.fields(PatchSpec)}
-    section = {name: f.default for name, f in PatchSection.model_fields.items()}
-    assert section == {k: v for k, v in spec.items() if k in section}
-    assert set(spec) - set(section) <= {"blocks"}, set(spec) - set(section)
+    assert {name: f.default for name, f in PatchSection.model_fields.items()} == spec
+    d = copy.deepcopy(FEATURE_BUNDLE)
+    d["patch"] = {"stride": 16, "projection": "random", "dim": 64}
+    m = parse_manifest(d)
+    assert PatchSpec.from_json(m.patch.to_json()) == PatchSpec(stride=16, projection="random", dim=64)
+    d["patch"]["stride"] = "wide"
+    with pytest.raises(BundleError, match=r"field 'patch.stride' is invalid"):
+        parse_manifest(d)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-INT8_FILE = "int8_calibration.safetensors"
+from algan.contract import IMAGES_KEY, INT8_SET_FILE
+
 #: default number of frames in the INT8 set (TensorRT's entropy calibrator needs a few hundred)
 DEFAULT_SIZE = 256
 
@@ -32,14 +33,14 @@ def int8_set_bytes(images: np.ndarray, metadata: dict[str, str]) -> bytes:
     images = np.ascontiguousarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise ValueError(f"INT8 calibration images must be uint8 (N>0, H, W, 3), got {images.dtype} {images.shape}")
-    return save({"images": images}, metadata={k: str(v) for k, v in metadata.items()})
+    return save({IMAGES_KEY: images}, metadata={k: str(v) for k, v in metadata.items()})
 
 
 def load_int8_set(model_dir: str | Path) -> np.ndarray | None:
     """The bundle's INT8 calibration frames, uint8 (N, H, W, 3) BGR, or None when absent."""
-    path = Path(model_dir) / INT8_FILE
+    path = Path(model_dir) / INT8_SET_FILE
     if not path.is_file():
         return None
     from safetensors.numpy import load_file
 
-    return load_file(str(path))["images"]
+    return load_file(str(path))[IMAGES_KEY]

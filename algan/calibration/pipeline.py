@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from algan.calibration.drift import DriftCheck, DriftReport, clopper_pearson, reference_scores
-from algan.calibration.int8 import INT8_FILE, int8_set_bytes, select_indices
+from algan.calibration.int8 import int8_set_bytes, select_indices
 from algan.calibration.scoring import MAX_BAD_FRACTION, score_images
-from algan.calibration.store import SCORES_FILE, commit, load_reference, reference_bytes
+from algan.calibration.store import commit, load_reference, reference_bytes
 from algan.calibration.threshold import (
     MIN_SCORES,
     F1Threshold,
@@ -32,7 +32,7 @@ from algan.calibration.threshold import (
     expected_alarms_interval,
     images_needed,
 )
-from algan.contract import Manifest, order_statistic_rank, utc_now_iso
+from algan.contract import CALIBRATION_SCORES_FILE, INT8_SET_FILE, Manifest, order_statistic_rank, utc_now_iso
 from algan.data.datasets import DatasetError, load_dataset, load_folder
 
 SECONDS_PER_HOUR = 3600.0
@@ -242,8 +242,8 @@ def calibrate(detector, manifest: Manifest, split: CalibrationSplit, target_fpr:
         "date": utc_now_iso(),
         "tool": "algan-calibrate",
         "validation": validation,
-        "scores_file": SCORES_FILE,
-        "int8_file": INT8_FILE,
+        "scores_file": CALIBRATION_SCORES_FILE,
+        "int8_file": INT8_SET_FILE,
         "unreadable_images": n_bad,
     }
     if est.method_ == "gpd":
@@ -266,12 +266,12 @@ def write_calibration(model_dir: str | Path, manifest: Manifest, result: Calibra
     """
     model_dir = Path(model_dir)
     ref = reference_scores(result.calib_scores)
-    files = {model_dir / SCORES_FILE: reference_bytes(ref, result.center, result.threshold, len(result.calib_scores),
-                                                      manifest.model_id)}
+    files = {model_dir / CALIBRATION_SCORES_FILE: reference_bytes(ref, result.center, result.threshold,
+                                                                  len(result.calib_scores), manifest.model_id)}
     if len(result.int8_images):
         meta = {"n": len(result.int8_images), "seed": result.split.seed, "source": result.split.source,
                 "model_id": manifest.model_id, "created": utc_now_iso()}
-        files[model_dir / INT8_FILE] = int8_set_bytes(result.int8_images, meta)
+        files[model_dir / INT8_SET_FILE] = int8_set_bytes(result.int8_images, meta)
     if report is not None:
         files[Path(report[0])] = report[1]
     return commit(model_dir, result.center, result.threshold, result.info, files, manifest.roi)

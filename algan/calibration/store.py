@@ -19,9 +19,7 @@ from typing import Literal
 import numpy as np
 
 from algan.bundle import update_calibration
-from algan.contract import Manifest
-
-SCORES_FILE = "calibration_scores.safetensors"
+from algan.contract import CALIBRATION_SCORES_FILE, SCORES_KEY, Manifest
 
 
 def reference_bytes(scores: np.ndarray, center: float, threshold: float, n_images: int, model_id: str) -> bytes:
@@ -30,7 +28,7 @@ def reference_bytes(scores: np.ndarray, center: float, threshold: float, n_image
 
     meta = {"center": repr(float(center)), "threshold": repr(float(threshold)), "n_images": str(int(n_images)),
             "model_id": model_id}
-    return save({"scores": np.ascontiguousarray(scores, dtype=np.float32)}, metadata=meta)
+    return save({SCORES_KEY: np.ascontiguousarray(scores, dtype=np.float32)}, metadata=meta)
 
 
 def load_reference(model_dir: str | Path, manifest: Manifest) -> np.ndarray:
@@ -41,14 +39,14 @@ def load_reference(model_dir: str | Path, manifest: Manifest) -> np.ndarray:
     """
     from safetensors import safe_open
 
-    path = Path(model_dir) / SCORES_FILE
+    path = Path(model_dir) / CALIBRATION_SCORES_FILE
     if not path.is_file():
         raise ValueError(f"{path} is missing: the bundle was not calibrated with algan-calibrate; run "
                          f"algan-calibrate {model_dir} --data NORMALS first")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-            scores = f.get_tensor("scores").astype(np.float64)
+            scores = f.get_tensor(SCORES_KEY).astype(np.float64)
         stored_thr = float(meta["threshold"])
     except Exception as exc:  # corrupt file, missing tensor or metadata
         raise ValueError(f"cannot read {path} ({exc}); re-run algan-calibrate") from exc

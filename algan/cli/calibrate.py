@@ -77,7 +77,7 @@ def _per_hour(x: float) -> str:
 
 
 def _exports_note(model_dir: Path, manifest: Manifest) -> str:
-    present = sorted({*manifest.exports, *(f.name for f in model_dir.glob("model*.onnx")),
+    present = sorted({*manifest.exports.names(), *(f.name for f in model_dir.glob("model*.onnx")),
                       *(f.name for f in model_dir.glob("*.engine"))})
     what = f"the existing exports ({', '.join(present)})" if present else "exports made later"
     return (f"no re-export needed: {what} carry the calibration they were exported with in the ONNX "

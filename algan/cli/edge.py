@@ -88,8 +88,8 @@ def build_engine_cmd(args: argparse.Namespace) -> int:
         report = eb.build_on_device(model_dir, fp16=args.fp16, int8=args.int8, batch=batch,
                                     workspace_mib=args.workspace_mib)
     s = report.sidecar
-    print(f"wrote {', '.join(str(p) for p in report.files.values())} ({s['precision']}, TensorRT "
-          f"{s['tensorrt_version']}, {s['gpu_name']} {s['compute_capability']})")
+    print(f"wrote {', '.join(str(p) for p in report.files.values())} ({s.precision}, TensorRT "
+          f"{s.tensorrt_version}, {s.gpu_name} {s.compute_capability})")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from algan.contract import utc_iso
 from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.capture.batcher import Batcher, next_batch
 from algan.edge.capture.camera import CameraReader
@@ -48,7 +49,6 @@ from algan.edge.publish.messages import (
     alarm_payload,
     dumps,
     score_payload,
-    utc_iso,
 )
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
 from algan.edge.publish.outbox import Outbox

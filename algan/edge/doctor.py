@@ -190,16 +190,15 @@ def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
         report.fail("engine", str(e))
         stale = True
     diffs = []
-    if trt is not None and str(meta["tensorrt_version"]) != trt["version"]:
-        diffs.append(f"TensorRT {meta['tensorrt_version']} != {trt['version']} here")
-    if cuda is not None and (str(meta["gpu_name"]), str(meta["compute_capability"])) != (cuda["name"],
-                                                                                         cuda["capability"]):
-        diffs.append(f"GPU {meta['gpu_name']} {meta['compute_capability']} != {cuda['name']} {cuda['capability']}")
+    if trt is not None and meta.tensorrt_version != trt["version"]:
+        diffs.append(f"TensorRT {meta.tensorrt_version} != {trt['version']} here")
+    if cuda is not None and (meta.gpu_name, meta.compute_capability) != (cuda["name"], cuda["capability"]):
+        diffs.append(f"GPU {meta.gpu_name} {meta.compute_capability} != {cuda['name']} {cuda['capability']}")
     if diffs:
         report.fail("engine", f"{path} was built elsewhere ({'; '.join(diffs)}); rebuild it here with algan-edge "
                     f"build-engine --fp16 {path.parent}")
     elif trt is not None and cuda is not None and not stale:
-        report.ok("engine", f"{path} ({meta['precision']}, built for this TensorRT and GPU)")
+        report.ok("engine", f"{path} ({meta.precision}, built for this TensorRT and GPU)")
 
 
 def _check_triton(cfg: Any, report: Report) -> None:

@@ -13,7 +13,8 @@ import os
 import re
 import sys
 import threading
-import time
+
+from algan.contract import utc_iso
 
 LEVELS = ("debug", "info", "warning", "error")
 #: what replaces a secret in log lines and error messages
@@ -68,11 +69,8 @@ class RedactingFilter(logging.Filter):
 
 
 class _UtcFormatter(logging.Formatter):
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
-        return f"{t}.{int(record.msecs):03d}Z"
+        return utc_iso(record.created)
 
 
 def setup_logging(level: str = "info") -> None:

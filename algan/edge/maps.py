@@ -12,7 +12,6 @@ calibrated score scale: 0 = typical normal, 1.0 = the image threshold's level.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from algan.contract import MANIFEST_FILE
+from algan.contract import MANIFEST_FILE, BundleError, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,6 @@ def parse_roi(text: str | Sequence[int] | None) -> Roi | None:
         raise ValueError(f"ROI {text!r} is not x,y,width,height in pixels (x, y >= 0; width, height > 0), "
                          "e.g. --roi 100,50,640,480")
     return vals  # type: ignore[return-value]
-
-
-def manifest_roi(manifest: dict) -> Roi | None:
-    """The bundle's ROI (manifest ``"roi": [x, y, w, h]`` or null/absent) as a tuple, or ``None``."""
-    roi = manifest.get("roi")
-    return parse_roi(roi) if roi is not None else None
 
 
 def frame_roi(frame_shape: Sequence[int], roi: Roi | None) -> Roi:
@@ -258,14 +251,16 @@ def encode_jpeg(image: np.ndarray, quality: int = 90, max_bytes: int | None = No
 
 
 def bundle_roi(model: str | Path) -> Roi | None:
-    """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): ``algan.json``
-    ``"roi"``; ``None`` when there is no manifest, no ROI, or it cannot be read (logged)."""
+    """The ROI recorded in the bundle of ``model`` (a bundle directory, or a file inside one): the manifest's
+    ``roi`` (:func:`algan.contract.load_manifest`, lenient); ``None`` when there is no manifest, no ROI, or it
+    cannot be read (logged)."""
     p = Path(model)
     manifest = (p if p.is_dir() else p.parent) / MANIFEST_FILE
     if not manifest.is_file():
         return None
     try:
-        return manifest_roi(json.loads(manifest.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as e:
+        roi = load_manifest(manifest, lenient=True).roi
+        return parse_roi(roi) if roi is not None else None
+    except (BundleError, ValueError) as e:
         log.warning("cannot read the roi of %s (%s); cameras use their own", manifest, e)
         return None

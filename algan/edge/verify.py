@@ -10,8 +10,8 @@ exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``a
 2. the graph the daemon will load has the sha256 the manifest recorded for it (a ``model.onnx`` copied from another
    bundle, or re-written by hand, is refused instead of being taken for a re-calibration);
 3. the graph's ``algan.model_id`` equals the manifest's ``model_id``;
-4. ``weights.safetensors`` is a complete safetensors file: an 8-byte little-endian header length, a JSON header
-   whose tensors' ``data_offsets`` fit in the file (a truncated file, or a pickle renamed to ``.safetensors``, is
+4. ``weights.safetensors`` is a complete safetensors file (``safetensors.safe_open`` reads its header; the tensors'
+   ``data_offsets`` must cover the file) (a truncated file, or a pickle renamed to ``.safetensors``, is
    refused even though the edge never reads the weights).
 
 5. a TensorRT engine (``model.engine``) was built from the bundle's current graph: its sidecar's ``onnx_sha256``
@@ -27,27 +27,27 @@ Bundles exported before the hashes were recorded (no ``exports.onnx.sha256``) pa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from algan.contract import FORMAT_VERSION, KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
+from algan.contract import (
+    EXPORT_KEYS,
+    KEY_MODEL_ID,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    EngineSidecar,
+    Manifest,
+    file_sha256,
+    load_manifest,
+)
 from algan.edge.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = MANIFEST_FILE
-WEIGHTS = WEIGHTS_FILE
-MODEL_ID_KEY = KEY_MODEL_ID
-#: graph file name -> key of its record in the manifest's ``exports`` (see algan.export.pipeline._exports_entry)
-EXPORT_KEYS = {ONNX_FILE: "onnx", "model.fp16.onnx": "onnx_fp16"}
-#: largest safetensors JSON header accepted (bytes); the format itself caps it at 100 MB
-MAX_HEADER = 100_000_000
 
 
 class BundleCheckError(ModelError):
@@ -86,54 +86,33 @@ def graph_sha256(path: Path) -> str:
         raise unreadable(path, e) from None
 
 
-def safetensors_header(path: Path) -> dict:
-    """Read and check the header of a safetensors file without loading tensors (and without torch).
+#: first bytes of files that are not safetensors but are often renamed to it (pickle protocols 2-5, zip: torch.save)
+FOREIGN_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")
 
-    Format (https://github.com/huggingface/safetensors, "Format"): 8 bytes little-endian unsigned header length
-    ``n``, ``n`` bytes of JSON ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``, then
-    the tensor bytes; offsets are relative to the end of the header.
 
-    Returns:
-        The JSON header (dict).
+def check_weights(path: Path) -> None:
+    """Check that ``path`` is a complete safetensors file without loading its tensors (and without torch):
+    ``safetensors.safe_open`` validates the header and that the tensors' ``data_offsets`` cover the file exactly.
 
     Raises:
-        BundleCheckError: unreadable, too short, not safetensors (e.g. a pickle), or truncated (a tensor's
-        ``data_offsets`` end beyond the file).
+        BundleCheckError: unreadable, not safetensors (e.g. a pickle), or truncated.
     """
+    from safetensors import SafetensorError, safe_open
+
     try:
-        size = path.stat().st_size
         with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise _bad_weights(path, f"{size} bytes, shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n < 2 or n > MAX_HEADER or 8 + n > size:
-                what = "a pickle or another format" if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
-                                                                   b"\x80\x05", b"PK") else "not safetensors"
-                raise _bad_weights(path, f"{what} (header length {n} does not fit in {size} bytes)")
-            raw = f.read(n)
+            head = f.read(2)
+        with safe_open(str(path), framework="numpy"):
+            pass
     except OSError as e:
         raise unreadable(path, e) from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _bad_weights(path, "its header is not JSON (not a safetensors file)") from None
-    if not isinstance(header, dict):
-        raise _bad_weights(path, "its header is not a JSON object")
-    end = 0
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, stop = (int(v) for v in t["data_offsets"])
-        except (TypeError, KeyError, ValueError):
-            raise _bad_weights(path, f"tensor {name!r} has no valid data_offsets") from None
-        if not 0 <= begin <= stop:
-            raise _bad_weights(path, f"tensor {name!r} has data_offsets [{begin}, {stop}]")
-        end = max(end, stop)
-    if 8 + n + end > size:
-        raise _bad_weights(path, f"truncated: the tensors need {8 + n + end} bytes, the file has {size}")
-    return header
+    except SafetensorError as e:
+        why = str(e).removeprefix("Error while deserializing header: ")
+        if head in FOREIGN_MAGIC:
+            raise _bad_weights(path, f"a pickle or another format, not safetensors ({why})") from None
+        if "not fully covered" in why or "incomplete" in why:
+            raise _bad_weights(path, f"truncated: {why}") from None
+        raise _bad_weights(path, f"not safetensors: {why}") from None
 
 
 def _bad_weights(path: Path, why: str) -> BundleCheckError:
@@ -146,37 +125,29 @@ def bundle_dir_of(model: Path) -> Path | None:
     or ``None`` for a bare model file without an ``algan.json`` beside it."""
     if model.is_dir():
         return model
-    return model.parent if (model.parent / MANIFEST).exists() else None
+    return model.parent if (model.parent / MANIFEST_FILE).exists() else None
 
 
-def read_manifest(bundle: Path) -> dict:
-    """``algan.json`` of a bundle, checked for JSON and format version.
+def bundle_manifest(bundle: Path) -> Manifest:
+    """``algan.json`` of a bundle, read as the runtime reads it (:func:`algan.contract.load_manifest` with
+    ``lenient=True``: the training sections are not needed to serve the graph).
 
     Raises:
-        BundleCheckError: missing, unreadable, not a JSON object, or an unsupported ``format_version``.
+        BundleCheckError: missing, unreadable, invalid, or an unsupported ``format_version``.
     """
-    path = bundle / MANIFEST
+    path = bundle / MANIFEST_FILE
     try:
-        text = path.read_bytes()
+        with path.open("rb"):
+            pass
     except FileNotFoundError:
-        raise BundleCheckError(f"{bundle} is not a model bundle ({MANIFEST} missing); set 'model' to a bundle "
+        raise BundleCheckError(f"{bundle} is not a model bundle ({MANIFEST_FILE} missing); set 'model' to a bundle "
                                "from algan-train/algan-export or to a .onnx file") from None
     except OSError as e:
         raise unreadable(path, e) from None
     try:
-        manifest = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise BundleCheckError(f"{path} is not valid JSON{where}; the bundle is damaged: copy it again or re-run "
-                               "algan-export on the original") from None
-    if not isinstance(manifest, dict):
-        raise BundleCheckError(f"{path} is not a JSON object; the bundle is damaged: copy it again")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleCheckError(f"{path} has format version {version!r}, this algan-edge reads version "
-                               f"{FORMAT_VERSION}; re-export the model with this algan-edge version, or install the "
-                               "version that wrote it")
-    return manifest
+        return load_manifest(path, lenient=True)
+    except BundleError as e:
+        raise BundleCheckError(str(e)) from None
 
 
 def graph_model_id(path: Path) -> str | None:
@@ -193,7 +164,7 @@ def graph_model_id(path: Path) -> str | None:
         except Exception as e:  # protobuf DecodeError and friends
             raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") \
                 from None
-        return {p.key: p.value for p in model.metadata_props}.get(MODEL_ID_KEY)
+        return {p.key: p.value for p in model.metadata_props}.get(KEY_MODEL_ID)
     except ImportError:
         pass
     import onnxruntime as ort
@@ -202,7 +173,7 @@ def graph_model_id(path: Path) -> str | None:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
-    return (sess.get_modelmeta().custom_metadata_map or {}).get(MODEL_ID_KEY)
+    return (sess.get_modelmeta().custom_metadata_map or {}).get(KEY_MODEL_ID)
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -215,7 +186,7 @@ def sidecar_path(engine: Path) -> Path:
 REBUILD_FLAGS = {"fp16": " --fp16", "int8": " --int8", "fp32": ""}
 
 
-def stale_engine(sidecar: Mapping[str, Any], engine: Path, current_sha256: str | None) -> str | None:
+def stale_engine(sidecar: EngineSidecar, engine: Path, current_sha256: str | None) -> str | None:
     """Why an engine no longer matches the graph it was built from, or ``None`` (pure).
 
     Args:
@@ -228,11 +199,11 @@ def stale_engine(sidecar: Mapping[str, Any], engine: Path, current_sha256: str |
         One line saying the engine is stale and the command that rebuilds it; ``None`` when the hashes agree or
         there is nothing to compare (no recorded hash, no graph beside the engine).
     """
-    want = sidecar.get("onnx_sha256")
-    if not want or current_sha256 is None or str(want) == current_sha256:
+    want = sidecar.onnx_sha256
+    if not want or current_sha256 is None or want == current_sha256:
         return None
-    graph = engine.parent / str(sidecar.get("onnx_file") or ONNX_FILE)
-    flag = REBUILD_FLAGS.get(str(sidecar.get("precision")), " --fp16")
+    graph = engine.parent / (sidecar.onnx_file or ONNX_FILE)
+    flag = REBUILD_FLAGS.get(sidecar.precision, " --fp16")
     return (f"engine {engine} is stale: it was built from a {graph.name} with sha256 {str(want)[:12]}..., but {graph} "
             f"is now {current_sha256[:12]}... (the bundle was re-exported after the engine was built); rebuild it "
             f"with algan-edge build-engine{flag} {engine.parent} on this device")
@@ -247,13 +218,11 @@ def check_engine_source(engine: Path) -> None:
         BundleCheckError: the engine is stale, or its graph cannot be read.
     """
     try:
-        sidecar = json.loads(sidecar_path(engine).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        sidecar = EngineSidecar.read(sidecar_path(engine))
+    except (OSError, BundleError):
         return
-    if not isinstance(sidecar, dict):
-        return
-    graph = engine.parent / str(sidecar.get("onnx_file") or ONNX_FILE)
-    current = graph_sha256(graph) if sidecar.get("onnx_sha256") and graph.is_file() else None
+    graph = engine.parent / (sidecar.onnx_file or ONNX_FILE)
+    current = graph_sha256(graph) if sidecar.onnx_sha256 and graph.is_file() else None
     reason = stale_engine(sidecar, engine, current)
     if reason is not None:
         raise BundleCheckError(reason)
@@ -298,32 +267,32 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         except OSError as e:
             raise unreadable(graph, e) from None
         return BundleReport(None, None, graph, False)
-    manifest = read_manifest(bundle)
-    model_id = manifest.get("model_id")
-    weights = bundle / WEIGHTS
+    manifest = bundle_manifest(bundle)
+    model_id = manifest.model_id
+    weights = bundle / WEIGHTS_FILE
     if weights.exists():
-        safetensors_header(weights)
+        check_weights(weights)
     else:
         raise BundleCheckError(f"{weights} is missing; the bundle is incomplete: copy it again from where it was "
                                "trained")
     checked = False
     if graph.is_file() and graph.suffix == ".onnx":
-        record = (manifest.get("exports") or {}).get(EXPORT_KEYS.get(graph.name, ""), {})
-        want = record.get("sha256") if isinstance(record, dict) else None
+        record = manifest.exports.graph(EXPORT_KEYS.get(graph.name, ""))
+        want = record.sha256 if record is not None else None
         if want:
             got = graph_sha256(graph)
             if got != want:
                 raise BundleCheckError(
-                    f"{graph} is not the graph {bundle / MANIFEST} recorded (sha256 {got[:12]}... != {want[:12]}...): "
-                    f"it comes from another bundle or was changed; re-run algan-export {bundle}")
+                    f"{graph} is not the graph {bundle / MANIFEST_FILE} recorded (sha256 {got[:12]}... != "
+                    f"{want[:12]}...): it comes from another bundle or was changed; re-run algan-export {bundle}")
             checked = True
         else:
             log.warning("%s records no sha256 for %s (exported by an older algan-export); re-export the bundle to "
-                        "have it checked", bundle / MANIFEST, graph.name)
+                        "have it checked", bundle / MANIFEST_FILE, graph.name)
         gid = graph_model_id(graph)
-        if gid is not None and model_id is not None and gid != str(model_id):
+        if gid is not None and gid != model_id:
             raise BundleCheckError(
-                f"{graph} belongs to model {gid!r}, but {bundle / MANIFEST} is model {model_id!r}; copy the whole "
+                f"{graph} belongs to model {gid!r}, but {bundle / MANIFEST_FILE} is model {model_id!r}; copy the whole "
                 f"bundle directory, or re-run algan-export {bundle}")
     elif graph.is_file():
         try:
@@ -333,4 +302,4 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
             raise unreadable(graph, e) from None
         if graph.suffix == ".engine":
             check_engine_source(graph)
-    return BundleReport(bundle, None if model_id is None else str(model_id), graph, checked)
+    return BundleReport(bundle, model_id, graph, checked)

@@ -8,7 +8,6 @@ check raises :class:`ExportError` and the staging directory is removed, so the b
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,27 +19,35 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.contract import ENGINE_FILE, ONNX_FILE, file_sha256
+from algan.contract import (
+    ENGINE_FILE,
+    ENGINE_INT8_CACHE_FILE,
+    ENGINE_SIDECAR_FILE,
+    ENGINE_TIMING_CACHE_FILE,
+    FP16_ONNX_FILE,
+    INT8_SET_FILE,
+    MAP_OUTPUTS,
+    ONNX_FILE,
+    EngineExport,
+    Exports,
+    GraphExport,
+    TritonExport,
+    file_sha256,
+    load_manifest,
+    write_manifest,
+)
 from algan.export import parity as par
 from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_outputs, simplify_onnx, torch_outputs
 from algan.export.tensorrt import (
-    CALIBRATION_CACHE_FILE,
     DEFAULT_WORKSPACE_MIB,
-    INT8_CALIBRATION_SET,
-    SIDECAR_FILE,
-    TIMING_CACHE_FILE,
     BatchProfile,
     EngineRequest,
     build_engine,
-    engine_entry,
     plan_build,
     tensorrt_status,
 )
 
 log = logging.getLogger(__name__)
-
-FP16_FILE = "model.fp16.onnx"
-
 
 @dataclass
 class ExportOptions:
@@ -75,7 +82,7 @@ class ExportReport:
 
 
 def _load_calibration_set(model_dir: Path, size: tuple[int, int]) -> np.ndarray:
-    path = model_dir / INT8_CALIBRATION_SET
+    path = model_dir / INT8_SET_FILE
     if not path.is_file():
         raise ValueError(f"--int8 needs {path} (tensor 'images', uint8 [N,H,W,3]); run algan-calibrate first")
     from safetensors.numpy import load_file
@@ -146,7 +153,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         BundleError / ValueError: missing bundle, unsupported format, bad option values, missing data.
         ExportError: tracing, checker, parity or engine build failures (nothing is committed).
     """
-    from algan.bundle import load_bundle, read_manifest, write_manifest
+    from algan.bundle import load_bundle
     from algan.contract import utc_now_iso
 
     t0 = time.monotonic()
@@ -218,7 +225,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
             say(_auroc_line(report.auroc))
         staged = {ONNX_FILE: onnx_path}
         if fp16_path is not None:
-            staged[FP16_FILE] = fp16_path
+            staged[FP16_ONNX_FILE] = fp16_path
         engine = None
         if want_engine and not trt_ok:
             written = " and ".join(staged)
@@ -226,24 +233,24 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         elif want_engine:
             engine = _build(opts, trt, staging, onnx_path, fp16_path, size, calib, staged, say)
             report.engine_note = (f"built {ENGINE_FILE} ({engine.plan.precision}, TensorRT "
-                                  f"{engine.sidecar['tensorrt_version']}, {engine.sidecar['gpu_name']})")
+                                  f"{engine.sidecar.tensorrt_version}, {engine.sidecar.gpu_name})")
         # commit: rename staged files into the bundle, then the manifest
         for name, path in staged.items():
             os.chmod(path, 0o644)
             os.replace(path, model_dir / name)
             report.files[name] = model_dir / name
         exports = _exports_entry(model_dir, report, opts, simplified, engine, utc_now_iso())
-        latest = read_manifest(model_dir)
-        kept = dict(latest.exports)
-        stale_fp16 = model_dir / FP16_FILE
-        if fp16_path is None and (stale_fp16.exists() or "onnx_fp16" in kept):
+        latest = load_manifest(model_dir)
+        kept = latest.exports.model_copy()
+        stale_fp16 = model_dir / FP16_ONNX_FILE
+        if fp16_path is None and (stale_fp16.exists() or kept.onnx_fp16 is not None):
             # an FP16 graph from an earlier export was converted from the model.onnx replaced above (with its
             # calibration baked in): left beside it, build-engine --fp16 and GPU runners would serve old scores
-            kept.pop("onnx_fp16", None)
+            kept = Exports.model_validate({k: v for k, v in kept.to_json().items() if k != "onnx_fp16"})
             stale_fp16.unlink(missing_ok=True)
-            say(f"removed {FP16_FILE} of an earlier export: it was converted from the model.onnx replaced now; "
+            say(f"removed {FP16_ONNX_FILE} of an earlier export: it was converted from the model.onnx replaced now; "
                 "export with --fp16 to write a new one")
-        latest.exports = {**kept, **exports}  # assigned, not updated in place: a new key is written
+        latest.exports = Exports.model_validate({**kept.to_json(), **exports.to_json()})
         write_manifest(model_dir, latest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -273,7 +280,7 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
     # from the traced graph: the converter cannot always re-type a simplified one
     src = staging / "model.unsimplified.onnx" if simplified else onnx_path
     for n in FP16_FP32_BLOCKS:
-        path = convert_fp16(src, staging / FP16_FILE, fp32_scopes(n))
+        path = convert_fp16(src, staging / FP16_ONNX_FILE, fp32_scopes(n))
         checks = _compare("onnx-fp16", ref, ort_outputs(path, images), par.FP16_TOLERANCE, "scaled")
         s16 = None
         if labelled is not None:
@@ -285,10 +292,11 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
         say(f"FP16 with the {_fp32_part(n)} in FP32 misses parity ({worst.line()}); keeping more blocks in FP32")
     report.fp16_fp32_blocks = n
     for c in checks:
-        _check(report, c, say, FP16_FILE, f", even with the {_fp32_part(n)} in FP32",
+        _check(report, c, say, FP16_ONNX_FILE, f", even with the {_fp32_part(n)} in FP32",
                ": export without --fp16 (model.onnx alone), or at a larger --input-size (small inputs leave FP16 "
                "less headroom)")
-    say(f"wrote {FP16_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same uint8/float32 I/O")
+    say(f"wrote {FP16_ONNX_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same "
+        "uint8/float32 I/O")
     return path, s16
 
 
@@ -310,8 +318,8 @@ def _auroc_line(a: dict) -> str:
 
 def _build(opts, trt, staging, onnx_path, fp16_path, size, calib, staged, say):
     model_dir = Path(opts.model_dir)
-    timing_path = model_dir / TIMING_CACHE_FILE
-    calib_cache_path = model_dir / CALIBRATION_CACHE_FILE
+    timing_path = model_dir / ENGINE_TIMING_CACHE_FILE
+    calib_cache_path = model_dir / ENGINE_INT8_CACHE_FILE
     req = EngineRequest(onnx_fp32=onnx_path, onnx_fp16=fp16_path, input_size=size, batch=opts.batch,
                         workspace_mib=opts.workspace_mib, fp16=opts.fp16, int8=opts.int8,
                         timing_cache=timing_path.read_bytes() if timing_path.is_file() else None,
@@ -323,56 +331,54 @@ def _build(opts, trt, staging, onnx_path, fp16_path, size, calib, staged, say):
     for note in engine.plan.notes:
         say(f"TensorRT: {note}")
     (staging / ENGINE_FILE).write_bytes(engine.engine)
-    engine.sidecar["engine_sha256"] = file_sha256(staging / ENGINE_FILE)
-    (staging / SIDECAR_FILE).write_text(json.dumps(engine.sidecar, indent=2) + "\n")
+    engine.sidecar.engine_sha256 = file_sha256(staging / ENGINE_FILE)
+    (staging / ENGINE_SIDECAR_FILE).write_text(engine.sidecar.text())
     staged[ENGINE_FILE] = staging / ENGINE_FILE
-    staged[SIDECAR_FILE] = staging / SIDECAR_FILE
+    staged[ENGINE_SIDECAR_FILE] = staging / ENGINE_SIDECAR_FILE
     if engine.timing_cache:
-        (staging / TIMING_CACHE_FILE).write_bytes(engine.timing_cache)
-        staged[TIMING_CACHE_FILE] = staging / TIMING_CACHE_FILE
+        (staging / ENGINE_TIMING_CACHE_FILE).write_bytes(engine.timing_cache)
+        staged[ENGINE_TIMING_CACHE_FILE] = staging / ENGINE_TIMING_CACHE_FILE
     if engine.calibration_cache:
-        (staging / CALIBRATION_CACHE_FILE).write_bytes(engine.calibration_cache)
-        staged[CALIBRATION_CACHE_FILE] = staging / CALIBRATION_CACHE_FILE
+        (staging / ENGINE_INT8_CACHE_FILE).write_bytes(engine.calibration_cache)
+        staged[ENGINE_INT8_CACHE_FILE] = staging / ENGINE_INT8_CACHE_FILE
     return engine
 
 
 def _exports_entry(model_dir: Path, report: ExportReport, opts: ExportOptions, simplified: str | None, engine,
-                   created: str) -> dict:
+                   created: str) -> Exports:
     by_name = {r.name: r for r in report.parity}
-    out: dict = {}
+    out = Exports()
     p32 = by_name.get("onnx-fp32 simplified") or by_name["onnx-fp32"]
-    out["onnx"] = {"file": ONNX_FILE, "sha256": file_sha256(model_dir / ONNX_FILE), "opset": opts.opset,
-                   "simplified_with": simplified, "created": created,
-                   "parity_max_abs_diff": p32.max_abs_diff, "parity_images": p32.n_images,
-                   "parity_tolerance": p32.tolerance}
-    if FP16_FILE in report.files:
+    out.onnx = GraphExport(file=ONNX_FILE, sha256=file_sha256(model_dir / ONNX_FILE), opset=opts.opset,
+                           simplified_with=simplified, created=created, parity_max_abs_diff=p32.max_abs_diff,
+                           parity_images=p32.n_images, parity_tolerance=p32.tolerance)
+    if FP16_ONNX_FILE in report.files:
         p16 = by_name["onnx-fp16"]
-        out["onnx_fp16"] = {"file": FP16_FILE, "sha256": file_sha256(model_dir / FP16_FILE), "created": created,
-                            "parity_max_abs_diff": p16.max_abs_diff, "parity_max_scaled_diff": p16.max_scaled_diff,
-                            "parity_images": p16.n_images, "parity_tolerance": p16.tolerance,
-                            "fp32_backbone_blocks": report.fp16_fp32_blocks}
-    out["parity"] = [r.to_json() for r in report.parity]
+        out.onnx_fp16 = GraphExport(file=FP16_ONNX_FILE, sha256=file_sha256(model_dir / FP16_ONNX_FILE),
+                                    created=created, parity_max_abs_diff=p16.max_abs_diff,
+                                    parity_max_scaled_diff=p16.max_scaled_diff, parity_images=p16.n_images,
+                                    parity_tolerance=p16.tolerance, fp32_backbone_blocks=report.fp16_fp32_blocks)
+    out.parity = [r.to_json() for r in report.parity]
     maps = by_name.get("onnx-fp32 simplified maps") or by_name.get("onnx-fp32 maps")
     if maps is not None:
-        out["onnx"]["outputs"] = ["scores", "anomaly_maps"]
-        out["onnx"]["maps_parity_max_abs_diff"] = maps.max_abs_diff
+        out.onnx.outputs = list(MAP_OUTPUTS)
+        out.onnx.maps_parity_max_abs_diff = maps.max_abs_diff
     if report.auroc is not None:
-        out["auroc"] = report.auroc
+        out.auroc = report.auroc
     if engine is not None:
-        out["engine"] = engine_entry(engine.sidecar)
+        out.engine = EngineExport.of(engine.sidecar)
     elif opts.fp16 or opts.int8:
-        out["engine"] = {"file": None, "note": report.engine_note, "created": created}
+        out.engine = EngineExport(file=None, note=report.engine_note, created=created)
     return out
 
 
 def _write_triton(opts: ExportOptions, report: ExportReport, size, say, model_dir: Path) -> None:
-    from algan.bundle import read_manifest, write_manifest
     from algan.export.triton import TritonModel, write_model
 
     b = opts.batch
     common = {"input_size": size, "max_batch_size": b.max, "preferred_batch_sizes": tuple({b.opt, b.max}),
               "max_queue_delay_us": opts.triton_queue_delay_us}
-    onnx_src = report.files.get(FP16_FILE) if opts.fp16 else report.files[ONNX_FILE]
+    onnx_src = report.files.get(FP16_ONNX_FILE) if opts.fp16 else report.files[ONNX_FILE]
     models = []
     if ENGINE_FILE in report.files:
         models.append(TritonModel(opts.triton_name, "tensorrt_plan", report.files[ENGINE_FILE], **common))
@@ -382,7 +388,6 @@ def _write_triton(opts: ExportOptions, report: ExportReport, size, say, model_di
     written = [write_model(opts.triton_repo, m) for m in models]
     for m, d in zip(models, written, strict=True):
         say(f"wrote Triton model {d} ({m.platform}, {Path(m.source).name}, max_batch_size {m.max_batch_size})")
-    manifest = read_manifest(model_dir)
-    manifest.exports = {**manifest.exports, "triton": {"repository": str(opts.triton_repo),
-                                                       "models": [m.name for m in models]}}
+    manifest = load_manifest(model_dir)
+    manifest.exports.triton = TritonExport(repository=str(opts.triton_repo), models=[m.name for m in models])
     write_manifest(model_dir, manifest)

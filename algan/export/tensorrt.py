@@ -9,20 +9,14 @@ from typing import Any
 
 from algan.edge.runners import engine_build as _eb
 from algan.edge.runners.engine_build import (  # noqa: F401 - the export API
-    CALIBRATION_CACHE_FILE,
     DEFAULT_WORKSPACE_MIB,
-    ENGINE_FILE,
-    INT8_CALIBRATION_SET,
     MIN_VERSION,
     NO_IMPLICIT_INT8_FROM,
-    SIDECAR_FILE,
     STRONGLY_TYPED_FROM,
-    TIMING_CACHE_FILE,
     BatchProfile,
     BuildPlan,
     EngineBuild,
     EngineRequest,
-    engine_entry,
     parse_version,
     parser_errors,
     tensorrt_status,

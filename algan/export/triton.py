@@ -25,9 +25,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME, atomic_directory
+from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, ONNX_FILE, OUTPUT_NAME, atomic_directory
 
-PLATFORM_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+PLATFORM_FILES = {"onnxruntime_onnx": ONNX_FILE, "tensorrt_plan": "model.plan"}
 DEFAULT_QUEUE_DELAY_US = 2000
 
 
@@ -114,7 +114,7 @@ def graph_map_size(source: Path) -> tuple[int, int] | None:
     it), or None when the graph has no such output (or no graph is found)."""
     import onnx
 
-    onnx_path = source if source.suffix == ".onnx" else source.with_name("model.onnx")
+    onnx_path = source if source.suffix == ".onnx" else source.with_name(ONNX_FILE)
     if not onnx_path.is_file():
         return None
     for out in onnx.load(str(onnx_path), load_external_data=False).graph.output:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from algan import __version__
-from algan.contract import FORMAT_VERSION, Manifest, empirical_threshold, utc_now_iso
+from algan.contract import FORMAT_VERSION, MAP_OUTPUTS, SCORE_OUTPUTS, Manifest, empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
 from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
@@ -376,12 +376,12 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
             **train_info,
         },
         "exports": {},
-        "outputs": ["scores"],
+        "outputs": list(SCORE_OUTPUTS),
     }
     if postprocess is not None:
         mh, mw = postprocess.map_size
         manifest["patch"] = settings.patch.to_json()
-        manifest["outputs"] = ["scores", "anomaly_maps"]
+        manifest["outputs"] = list(MAP_OUTPUTS)
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,
                                    "grid": list(backbone.grid)}
     return FitResult(det, Manifest.model_validate(manifest), samples, extras)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from calibkit import SMALL, snapshot
 
-from algan.bundle import load_bundle, read_manifest, update_calibration
+from algan.bundle import load_bundle, update_calibration
 from algan.calibration import store
-from algan.calibration.int8 import INT8_FILE, load_int8_set
-from algan.calibration.store import SCORES_FILE
+from algan.calibration.int8 import load_int8_set
 from algan.cli.calibrate import main
+from algan.contract import CALIBRATION_SCORES_FILE, INT8_SET_FILE, load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_calibrate_writes_bundle_and_check_passes(bundle_copy, calib_data, capsy
     assert "empirical quantile" in out and "per camera-hour at 25 fps" in out
     assert "no re-export needed" in out and "cameras[].threshold" in out
     assert ">= 200 images" in err  # 30 calibration normals are too few for a stable 5 % estimate
-    cal = read_manifest(bundle_copy).calibration.to_json()
+    cal = load_manifest(bundle_copy).calibration.to_json()
     assert cal["target_fpr"] == 0.05 and cal["n_images"] == 30 and cal["fps"] == 25.0
     assert cal["method"] == "empirical quantile" and cal["data"]["n_valid"] == 30 and cal["data"]["layout"] == "mvtec"
     assert "test normals" in cal["source"] and cal["date"].endswith("Z")
@@ -100,7 +100,7 @@ def test_roi_is_recorded_and_sets_the_threshold_on_the_crop(bundle_copy, calib_d
                        "--json")
     assert rc == 0, err
     assert "differs from the ROI the model was trained with" in err and "the bundle records the new one" in err
-    m1 = read_manifest(bundle_copy)
+    m1 = load_manifest(bundle_copy)
     assert m1.roi == [8, 4, 64, 64]
     # the stored threshold is the one of the cropped calibration normals (not of the whole frames)
     split = select_data(calib_data, "auto", m0, None, 0)
@@ -118,7 +118,7 @@ def test_roi_is_recorded_and_sets_the_threshold_on_the_crop(bundle_copy, calib_d
     # --roi full records the whole frame again
     rc, _, err = run(capsys, bundle_copy, "--data", calib_data, "--target-fpr", "0.05", "--roi", "full")
     assert rc == 0, err
-    assert read_manifest(bundle_copy).roi is None
+    assert load_manifest(bundle_copy).roi is None
 
 
 def test_update_calibration_round_trip(bundle_copy):
@@ -206,7 +206,7 @@ def test_bad_input_gives_one_line_exit_2(case, bundle_copy, calib_data, tmp_path
         args += ["--check"]
         expect = "not calibrated with algan-calibrate"
     elif case == "stale-reference":
-        (bundle_copy / SCORES_FILE).write_bytes(store.reference_bytes(np.arange(30.0), 0.0, 123.0, 30, "x"))
+        (bundle_copy / CALIBRATION_SCORES_FILE).write_bytes(store.reference_bytes(np.arange(30.0), 0.0, 123.0, 30, "x"))
         args += ["--check"]
         expect = "belongs to another calibration"
     elif case == "missing-data":
@@ -218,4 +218,4 @@ def test_bad_input_gives_one_line_exit_2(case, bundle_copy, calib_data, tmp_path
     assert out == ""
     if bundle_copy.is_dir():
         assert snapshot(bundle_copy) == before
-        assert not (bundle_copy / INT8_FILE).exists()
+        assert not (bundle_copy / INT8_SET_FILE).exists()

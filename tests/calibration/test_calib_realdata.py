@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from calibkit import shared_data_dir
 
-from algan.bundle import read_manifest
 from algan.calibration.drift import clopper_pearson
 from algan.calibration.threshold import TargetFprThreshold, expected_alarms_interval
+from algan.contract import load_manifest
 from algan.data.datasets import load_dataset
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -58,7 +58,7 @@ def test_protocol_never_uses_training_images(mtd_root, mtd_calibrated):
 
 def test_stored_calibration(mtd_calibrated):
     out, split, res = mtd_calibrated
-    cal = read_manifest(out).calibration.to_json()
+    cal = load_manifest(out).calibration.to_json()
     assert cal["threshold"] == pytest.approx(res.threshold) and cal["center"] == pytest.approx(res.center)
     assert cal["target_fpr"] == TARGET and cal["n_images"] == len(split.calib) and cal["method"] == "empirical quantile"
     assert (out / "calibration_scores.safetensors").is_file() and (out / "int8_calibration.safetensors").is_file()

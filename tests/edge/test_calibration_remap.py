@@ -38,7 +38,8 @@ def _bundle(tmp_path, meta: dict | None, center: float, threshold: float):
         for k, v in meta.items():
             m.metadata_props.add(key=k, value=v)
         onnx.save(m, str(path))
-    (bundle / "algan.json").write_text(json.dumps({"calibration": {"center": center, "threshold": threshold}}))
+    (bundle / "algan.json").write_text(json.dumps({"format_version": 1, "model_id": "tiny-1",
+                                                         "calibration": {"center": center, "threshold": threshold}}))
     return bundle
 
 

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
+from algan.contract import utc_iso
 from algan.edge.alarm import AlarmEvent
-from algan.edge.publish.messages import Topics, alarm_payload, score_payload, utc_iso
+from algan.edge.publish.messages import Topics, alarm_payload, score_payload
 
 
 def test_utc_iso_milliseconds_z():
@@ -16,6 +17,7 @@ def test_utc_iso_milliseconds_z():
     assert utc_iso(1796000523.456) == "2026-11-30T01:02:03.456Z"
     assert utc_iso(59.9996) == "1970-01-01T00:01:00.000Z"  # rounding carries into the seconds
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_iso(1.5e9 + 0.0004))
+    assert utc_iso(1796000523.456, basic=True) == "20261130T010203.456Z"  # file names (snapshots)
 
 
 def test_topics():

@@ -231,10 +231,12 @@ def test_sidecar_problems(tmp_path):
     with pytest.raises(ModelError, match="has no sidecar model.engine.json; rebuild"):
         read_sidecar(engine)
     (tmp_path / "b" / "model.json").write_text(json.dumps({"tensorrt_version": "10"}))
-    with pytest.raises(ModelError, match="lacks gpu_name, compute_capability"):
+    with pytest.raises(ModelError, match=r"key 'gpu_name' is missing \(and \d+ more\); rebuild"):
         read_sidecar(engine)
-    check_sidecar({"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}, engine,
-                  "10.3.0", "Orin", "8.7")
+    good = read_sidecar(write_engine(tmp_path / "c"))
+    check_sidecar(good, engine, good.tensorrt_version, good.gpu_name, good.compute_capability)
+    with pytest.raises(ModelError, match=r"was built elsewhere \(gpu_name .* != Other GPU here\)"):
+        check_sidecar(good, engine, good.tensorrt_version, "Other GPU", good.compute_capability)
 
 
 def test_undeserializable_engine_and_wrong_tensor_names(tmp_path):

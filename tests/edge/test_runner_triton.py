@@ -105,7 +105,9 @@ def test_one_line_errors(tmp_path, capture_inputs):
         assert "\n" not in str(e.value)
     with pytest.raises(ModelError, match="records no Triton model"):
         model_name_from_bundle(b)
-    (b / "algan.json").write_text(json.dumps({"exports": {"triton": {"repository": "/srv/triton",
+    (b / "algan.json").write_text(json.dumps({"format_version": 1, "model_id": "tiny-1",
+                                               "calibration": {"center": 0.0, "threshold": 1.0},
+                                               "exports": {"triton": {"repository": "/srv/triton",
                                                                       "models": ["line1", "line1-onnx"]}}}))
     assert model_name_from_bundle(b) == "line1"
 

@@ -81,7 +81,7 @@ def _corrupt_manifest(p: Path) -> None:
     (_foreign_graph, "is not the graph"),
     (_foreign_graph_same_hash, "belongs to model 'other-7'"),
     (_version_99, "has format version 99"),
-    (_corrupt_manifest, "algan.json is not valid JSON"),
+    (_corrupt_manifest, "algan.json: not valid JSON"),
 ], ids=["truncated-weights", "pickle-weights", "foreign-graph", "foreign-model-id", "format-99", "corrupt-json"])
 def test_damaged_bundle_refused_by_check_config(tmp_path, capsys, damage, needle):
     from algan.cli.edge import main
@@ -143,18 +143,23 @@ def _re_export(bundle: Path) -> str:
 
 
 def test_stale_engine_names_both_hashes_and_the_rebuild_command(tmp_path):
+    from algan.contract import EngineSidecar
     from algan.edge.verify import stale_engine
 
     engine = tmp_path / "b" / "model.engine"
-    side = {"onnx_file": "model.fp16.onnx", "onnx_sha256": "a1" * 32, "precision": "int8"}
+    side = EngineSidecar(onnx_file="model.fp16.onnx", onnx_sha256="a1" * 32, precision="int8",
+                         tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                         batch_profile={"min": 1, "opt": 4, "max": 8}, input_name="images", output_name="scores",
+                         input_shape=[224, 224])
     assert stale_engine(side, engine, "a1" * 32) is None, "same graph"
     assert stale_engine(side, engine, None) is None, "no graph beside the engine: nothing to compare"
-    assert stale_engine({**side, "onnx_sha256": None}, engine, "b2" * 32) is None, "no recorded hash"
+    assert stale_engine(side.model_copy(update={"onnx_sha256": None}), engine, "b2" * 32) is None, "no recorded hash"
     assert stale_engine(side, engine, "b2" * 32) == (
         f"engine {engine} is stale: it was built from a model.fp16.onnx with sha256 a1a1a1a1a1a1..., but "
         f"{engine.parent / 'model.fp16.onnx'} is now b2b2b2b2b2b2... (the bundle was re-exported after the engine "
         f"was built); rebuild it with algan-edge build-engine --int8 {engine.parent} on this device")
-    assert f"build-engine {engine.parent} on" in stale_engine({**side, "precision": "fp32"}, engine, "b2" * 32)
+    assert f"build-engine {engine.parent} on" in stale_engine(side.model_copy(update={"precision": "fp32"}), engine,
+                                                              "b2" * 32)
 
 
 def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsys):
@@ -202,7 +207,8 @@ def test_unreadable_bundle_file_names_file_and_user(tmp_path):
 
 def test_training_side_turns_safetensors_errors_into_one_line(tmp_path):
     pytest.importorskip("torch")
-    from algan.bundle import BundleError, read_manifest, update_calibration
+    from algan.bundle import BundleError, update_calibration
+    from algan.contract import load_manifest
 
     bundle = make_bundle(tmp_path / "bundle")
     _truncate(bundle / "weights.safetensors")
@@ -214,7 +220,7 @@ def test_training_side_turns_safetensors_errors_into_one_line(tmp_path):
         update_calibration(bundle, 0.0, 2.0, {})
     with pytest.raises(BundleError, match=r"model.onnx is a file, but a model bundle directory is needed .* give "
                                           r"the bundle directory"):
-        read_manifest(bundle / "model.onnx")  # algan-eval / calibrate / export given the graph instead of the bundle
+        load_manifest(bundle / "model.onnx")  # algan-eval / calibrate / export given the graph instead of the bundle
 
 
 def test_eval_given_the_onnx_file_explains(tmp_path):

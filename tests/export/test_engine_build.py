@@ -123,9 +123,9 @@ def test_score_only_graph_builds_a_score_only_engine(tmp_path):
     trt, cuda = stand_ins(version="10.8.0", outputs=("scores",))
     cuda.name, cuda.cc = "Orin", (8, 7)
     rep = eb.build_on_device(bundle, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, say=lambda s: None)
-    assert rep.sidecar["output_names"] == ["scores"] and [r["name"] for r in rep.parity] == ["tensorrt-fp32 scores"]
+    assert rep.sidecar.output_names == ["scores"] and [r["name"] for r in rep.parity] == ["tensorrt-fp32 scores"]
     # the GPU named in the sidecar is read through pycuda, as the runner's check reads it
-    assert (rep.sidecar["gpu_name"], rep.sidecar["compute_capability"]) == ("Orin", "8.7")
+    assert (rep.sidecar.gpu_name, rep.sidecar.compute_capability) == ("Orin", "8.7")
 
 
 def test_adopt_a_trtexec_engine(tmp_path):
@@ -160,16 +160,16 @@ def test_build_and_adopt_record_the_engine_in_the_manifest(tmp_path):
     from algan.contract import load_manifest
 
     bundle = _with_manifest(write_bundle(tmp_path / "b"))
-    onnx_record = load_manifest(bundle).exports["onnx"]
+    onnx_record = load_manifest(bundle).exports.onnx
     trt, cuda = stand_ins()
     rep = eb.build_on_device(bundle, fp16=True, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, gpu=gpu,
                              say=lambda s: None)
     exports = load_manifest(bundle).exports
     side = json.loads((bundle / "model.engine.json").read_text())
-    assert exports["engine"] == {"file": "model.engine", "sidecar": "model.engine.json", **side}
-    assert exports["engine"]["engine_sha256"] == eb.file_sha256(bundle / "model.engine")
-    assert exports["engine"]["onnx_sha256"] == eb.file_sha256(bundle / "model.fp16.onnx")
-    assert exports["engine"]["precision"] == "fp16" and exports["onnx"] == onnx_record, "the rest is kept"
+    assert exports.engine.to_json() == {"file": "model.engine", "sidecar": "model.engine.json", **side}
+    assert exports.engine.engine_sha256 == eb.file_sha256(bundle / "model.engine")
+    assert exports.engine.onnx_sha256 == eb.file_sha256(bundle / "model.fp16.onnx")
+    assert exports.engine.precision == "fp16" and exports.onnx == onnx_record, "the rest is kept"
     assert rep.files["algan.json"] == bundle / "algan.json"
     assert (bundle / "algan.json").stat().st_mode & 0o777 == 0o644
     assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")], "no temporary files left"
@@ -177,10 +177,10 @@ def test_build_and_adopt_record_the_engine_in_the_manifest(tmp_path):
     outside = tmp_path / "trtexec.engine"
     outside.write_bytes(b"stand-in engine")
     eb.adopt_engine(outside, bundle, precision="fp32", trt=trt, cuda=cuda, gpu=gpu, say=lambda s: None)
-    entry = load_manifest(bundle).exports["engine"]
-    assert entry["precision"] == "fp32" and entry["built_by"].startswith("adopted")
-    assert entry == {"file": "model.engine", "sidecar": "model.engine.json",
-                     **json.loads((bundle / "model.engine.json").read_text())}
+    entry = load_manifest(bundle).exports.engine
+    assert entry.precision == "fp32" and entry.built_by.startswith("adopted")
+    assert entry.to_json() == {"file": "model.engine", "sidecar": "model.engine.json",
+                               **json.loads((bundle / "model.engine.json").read_text())}
 
 
 def test_a_damaged_manifest_is_refused_before_the_build(tmp_path):
@@ -214,7 +214,7 @@ def test_an_fp16_graph_the_export_did_not_write_is_refused_before_the_build(tmp_
         eb.build_on_device(bundle, fp16=True, **kw)
     # an FP32 engine does not read the FP16 graph and builds
     rep = eb.build_on_device(bundle, **kw)
-    assert rep.sidecar["precision"] == "fp32" and load_manifest(bundle).exports["engine"]["precision"] == "fp32"
+    assert rep.sidecar.precision == "fp32" and load_manifest(bundle).exports.engine.precision == "fp32"
 
 
 PROBE = """

@@ -11,7 +11,8 @@ import onnx
 import pytest
 import torch
 
-from algan.bundle import load_bundle, load_samples, read_manifest
+from algan.bundle import load_bundle, load_samples
+from algan.contract import load_manifest
 from algan.export import parity as par
 from algan.export.metadata import read_metadata
 from algan.export.onnx_export import ExportError, ort_scores, torch_scores
@@ -63,10 +64,10 @@ def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp
         raw = det.raw_scores(torch.from_numpy(imgs)).numpy()
     np.testing.assert_allclose(ref * scale + center, raw, rtol=1e-5, atol=1e-4)
     # manifest and report
-    ex = read_manifest(bundle).exports
-    assert ex["onnx"]["parity_max_abs_diff"] <= 1e-4 and ex["onnx"]["sha256"] and ex["onnx"]["opset"] == 17
-    assert ex["onnx_fp16"]["parity_max_scaled_diff"] <= TEST_FP16_TOLERANCE
-    assert ex["onnx_fp16"]["parity_tolerance"] == TEST_FP16_TOLERANCE
+    ex = load_manifest(bundle).exports
+    assert ex.onnx.parity_max_abs_diff <= 1e-4 and ex.onnx.sha256 and ex.onnx.opset == 17
+    assert ex.onnx_fp16.parity_max_scaled_diff <= TEST_FP16_TOLERANCE
+    assert ex.onnx_fp16.parity_tolerance == TEST_FP16_TOLERANCE
     assert ex["onnx_fp16"]["fp32_backbone_blocks"] == 4  # the first rung passes: stem and blocks 0-3 in FP32
     from algan.data.datasets import load_dataset
 
@@ -111,8 +112,8 @@ def test_fp16_keeps_more_blocks_in_fp32_until_parity_holds(bundle, monkeypatch):
     assert [line.split(" misses")[0] for line in lines if "misses parity" in line] == [
         "FP16 with the stem in FP32"]
     assert any(line.startswith("wrote model.fp16.onnx: FP16 backbone (stem and blocks 0-3 FP32)") for line in lines)
-    ex = read_manifest(bundle).exports["onnx_fp16"]
-    assert ex["fp32_backbone_blocks"] == 4 and ex["parity_max_scaled_diff"] <= 1.5e-2
+    ex = load_manifest(bundle).exports.onnx_fp16
+    assert ex.fp32_backbone_blocks == 4 and ex.parity_max_scaled_diff <= 1.5e-2
     graph = onnx.load(bundle / "model.fp16.onnx").graph
     dtypes = {t.name: t.data_type for t in graph.initializer}
 
@@ -125,7 +126,7 @@ def test_fp16_keeps_more_blocks_in_fp32_until_parity_holds(bundle, monkeypatch):
     # a later export without --fp16 replaces model.onnx: the FP16 graph converted from the old one goes with it
     lines.clear()
     export_bundle(ExportOptions(bundle, simplify=False), say=lines.append)
-    assert not (bundle / "model.fp16.onnx").exists() and "onnx_fp16" not in read_manifest(bundle).exports
+    assert not (bundle / "model.fp16.onnx").exists() and load_manifest(bundle).exports.onnx_fp16 is None
     assert any(line.startswith("removed model.fp16.onnx of an earlier export") for line in lines)
 
 
@@ -144,7 +145,7 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
 
     assert side["onnx_sha256"] == file_sha256(bundle / "model.fp16.onnx")
     assert (bundle / "model.engine.timing.cache").read_bytes() == b"+timed"
-    assert read_manifest(bundle).exports["engine"]["compute_capability"] == "8.7"
+    assert load_manifest(bundle).exports.engine.compute_capability == "8.7"
     # the saved timing cache is handed back to the next build
     trt = make_standin("10.12.0.36")
     export_bundle(opts, say=lambda s: None, trt=trt)

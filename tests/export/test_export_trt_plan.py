@@ -84,11 +84,11 @@ def test_fp16_build_on_10_12_parses_the_fp16_graph_strongly_typed(tmp_path):
     assert ("create_timing_cache", b"old-cache") in calls and ("set_timing_cache", b"old-cache", False) in calls
     assert out.engine == b"stand-in engine" and out.timing_cache == b"old-cache+timed"
     s = out.sidecar
-    assert s["precision"] == "fp16" and s["strongly_typed"] is True and s["onnx_file"] == "model.fp16.onnx"
-    assert s["batch_profile"] == {"min": 1, "opt": 4, "max": 8} and s["input_shape"] == [64, 64]
-    assert (s["gpu_name"], s["compute_capability"], s["tensorrt_version"]) == ("Stand-in GPU", "8.7", "10.12.0.36")
-    assert (s["input_name"], s["output_name"], s["workspace_mib"]) == ("images", "scores", 256)
-    assert len(s["onnx_sha256"]) == 64 and s["created"].endswith("Z")
+    assert s.precision == "fp16" and s.strongly_typed is True and s.onnx_file == "model.fp16.onnx"
+    assert s.batch_profile == {"min": 1, "opt": 4, "max": 8} and s.input_shape == [64, 64]
+    assert (s.gpu_name, s.compute_capability, s.tensorrt_version) == ("Stand-in GPU", "8.7", "10.12.0.36")
+    assert (s.input_name, s.output_name, s.workspace_mib) == ("images", "scores", 256)
+    assert len(s.onnx_sha256) == 64 and s.created.endswith("Z")
 
 
 def test_fp16_build_before_10_12_sets_the_builder_flag(tmp_path):
@@ -97,7 +97,7 @@ def test_fp16_build_before_10_12_sets_the_builder_flag(tmp_path):
     out = build_engine(EngineRequest(f32, f16, SIZE, fp16=True), trt=trt, gpu=_gpu)
     assert ("create_network", 0) in trt.calls and ("parse_from_file", str(f32)) in trt.calls
     assert ("set_flag", "FP16") in trt.calls and ("create_timing_cache", b"") in trt.calls
-    assert out.sidecar["precision"] == "fp16" and out.sidecar["strongly_typed"] is False
+    assert out.sidecar.precision == "fp16" and out.sidecar.strongly_typed is False
 
 
 def test_fp16_build_on_11_uses_no_precision_flags(tmp_path):
@@ -105,7 +105,7 @@ def test_fp16_build_on_11_uses_no_precision_flags(tmp_path):
     f32, f16 = _onnx_files(tmp_path)
     out = build_engine(EngineRequest(f32, f16, SIZE, fp16=True), trt=trt, gpu=_gpu)
     assert ("create_network", 0) in trt.calls and ("parse_from_file", str(f16)) in trt.calls
-    assert out.sidecar["builder_flags"] == []
+    assert out.sidecar.builder_flags == []
 
 
 def test_int8_build_feeds_the_calibrator_batch_by_batch(tmp_path):
@@ -120,7 +120,7 @@ def test_int8_build_feeds_the_calibrator_batch_by_batch(tmp_path):
     assert [c for c in trt.calls if c[0] == "calibrated_batch"] == [("calibrated_batch", 4)] * 2  # 10 // 4
     assert len(StandInBuffer.copies) == 2
     np.testing.assert_array_equal(StandInBuffer.copies[1], frames[4:8])
-    assert out.calibration_cache == b"calibration-table" and out.sidecar["precision"] == "int8"
+    assert out.calibration_cache == b"calibration-table" and out.sidecar.precision == "int8"
     # a saved calibration cache skips calibration
     trt2 = make_standin("10.8.0")
     req.calibration_cache = out.calibration_cache

@@ -7,7 +7,8 @@ import onnx
 import pytest
 import torch
 
-from algan.bundle import BundleError, load_bundle, load_samples, read_manifest
+from algan.bundle import BundleError, load_bundle, load_samples
+from algan.contract import load_manifest
 from algan.data.datasets import load_dataset
 from algan.export.onnx_export import export_onnx, ort_scores, torch_scores
 from algan.model.evaluate import evaluate
@@ -65,16 +66,16 @@ def test_heads_separate_synthetic_defects(bundles, synth_root):
 
 def test_bundle_errors_are_clear(bundles, tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
-        read_manifest(tmp_path / "missing")
+        load_manifest(tmp_path / "missing")
     with pytest.raises(BundleError, match="not a model bundle"):
-        read_manifest(tmp_path)
+        load_manifest(tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
     m = json.loads((bundles["knn"] / "algan.json").read_text())
     m["format_version"] = 99
     (bad / "algan.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="format version 99"):
-        read_manifest(bad)
+        load_manifest(bad)
     m["format_version"] = 1
     (bad / "algan.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="weights.safetensors is missing"):
@@ -103,7 +104,7 @@ def test_cli_eval_json_and_export(bundles, synth_root):
     assert "parity (onnx-fp32)" in r.stdout and "OK" in r.stdout
     assert "no TensorRT engine was built" in r.stdout or "engine" in r.stdout
     assert (bundles["knn"] / "model.onnx").is_file()
-    assert read_manifest(bundles["knn"]).exports["onnx"]["parity_max_abs_diff"] <= 1e-4
+    assert load_manifest(bundles["knn"]).exports.onnx.parity_max_abs_diff <= 1e-4
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -128,11 +129,11 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
 
     base = ["--data", str(synth_root), "--epochs", "1", "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]
     assert main([*base, "--out", str(tmp_path / "one"), "--ensemble", "1"]) == 0
-    settings = read_manifest(tmp_path / "one").head.settings
+    settings = load_manifest(tmp_path / "one").head.settings
     assert settings["ensemble"] == 1 and settings["epochs"] == 1
     det, _ = load_bundle(tmp_path / "one")
     assert len(det.head.discriminators) == 1
-    assert read_manifest(tmp_path / "one").backbone.pooling == "avgstd"  # the default features
+    assert load_manifest(tmp_path / "one").backbone.pooling == "avgstd"  # the default features
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "zero"), "--ensemble", "0"]) == 2
     assert "--ensemble must be >= 1, got 0" in capsys.readouterr().err
@@ -144,7 +145,7 @@ def test_cli_ensemble_option(synth_root, tmp_path, capsys):
 def test_knn_metric_in_manifest_and_old_manifests_load_as_euclidean(bundles, synth_root, tmp_path):
     from algan.cli.train import main
 
-    assert read_manifest(bundles["knn"]).head.settings["metric"] == "whitened"  # the default
+    assert load_manifest(bundles["knn"]).head.settings["metric"] == "whitened"  # the default
     out = tmp_path / "euclid"
     assert main(["--data", str(synth_root), "--out", str(out), "--head", "knn", "--knn-metric", "euclidean",
                  "--input-size", str(SMALL[0]), str(SMALL[1]), "--quiet"]) == 0

@@ -9,7 +9,7 @@
 | ``<prefix>/<device>/stats``         | 0 / no       | stats JSON (see ``algan.edge.stats``)     |
 | ``<prefix>/<device>/<camera>/snapshot`` | 1 / yes  | JPEG bytes of the latest alarm's snapshot (optional) |
 
-Timestamps are UTC ISO 8601 with milliseconds and a ``Z`` (:func:`utc_iso`).
+Timestamps are UTC ISO 8601 with milliseconds and a ``Z`` (:func:`algan.contract.utc_iso`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
+from algan.contract import utc_iso
 from algan.edge.alarm import AlarmEvent
 
 STATUS_ONLINE = "online"
@@ -28,13 +28,6 @@ STATE_NORMAL = "normal"
 STATE_ALARM = "alarm"
 #: Camera state when its source cannot be opened or died (an addition to normal/alarm).
 STATE_OFFLINE = "offline"
-
-
-def utc_iso(ts: float) -> str:
-    """Format a Unix time (seconds, float) as UTC ISO 8601 with milliseconds, e.g. ``2026-11-30T01:02:03.456Z``."""
-    ms = int(round(ts * 1000.0))
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
 
 def _num(x: float, ndigits: int = 6) -> float | None:

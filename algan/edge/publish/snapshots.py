@@ -19,13 +19,13 @@ import re
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 
+from algan.contract import utc_iso
 from algan.edge.maps import Region
 from algan.edge.state import make_private_dir, write_private
 
@@ -59,9 +59,7 @@ def expired(files: Iterable[tuple[str, float]], now: float, max_count: int, max_
 
 def snapshot_name(camera: str, raised_ts: float, alarm_id: str) -> str:
     """File name of an episode's snapshot, e.g. ``cam1__20261130T010203.456Z__3f2a....jpg``."""
-    ms = int(round(raised_ts * 1000.0))
-    stamp = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y%m%dT%H%M%S") + f".{ms % 1000:03d}Z"
-    return f"{camera}__{stamp}__{alarm_id}.jpg"
+    return f"{camera}__{utc_iso(raised_ts, basic=True)}__{alarm_id}.jpg"
 
 
 T = TypeVar("T")

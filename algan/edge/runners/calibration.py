@@ -10,7 +10,6 @@ the scores' calibrated scale, see :mod:`algan.edge.runners.base`). Missing metad
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE
+from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE, BundleError, load_manifest
 
 log = logging.getLogger("algan.edge.calibration")  # the name in log lines, as before the regroup
 
@@ -77,11 +76,11 @@ def bundle_calibration(model: Path) -> tuple[float, float] | None:
     if not path.is_file():
         return None
     try:
-        cal = json.loads(path.read_text(encoding="utf-8"))["calibration"]
-        center, threshold = float(cal["center"]), float(cal["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("cannot read the calibration of %s; scores are used as exported", path)
+        cal = load_manifest(path, lenient=True).calibration
+    except BundleError as e:
+        log.warning("cannot read the calibration of %s (%s); scores are used as exported", path, e)
         return None
+    center, threshold = cal.center, cal.threshold
     if not (math.isfinite(center) and math.isfinite(threshold) and threshold > center):
         return None
     return center, threshold - center

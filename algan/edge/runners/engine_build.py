@@ -31,13 +31,21 @@ import numpy as np
 
 from algan.contract import (
     ENGINE_FILE,
+    ENGINE_INT8_CACHE_FILE,
+    ENGINE_SIDECAR_FILE,
+    ENGINE_TIMING_CACHE_FILE,
+    FP16_ONNX_FILE,
+    IMAGES_KEY,
     INPUT_NAME,
+    INT8_SET_FILE,
     MANIFEST_FILE,
     MAPS_OUTPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
     SAMPLES_FILE,
     BundleError,
+    EngineExport,
+    EngineSidecar,
     file_sha256,
     load_manifest,
     utc_now_iso,
@@ -57,10 +65,6 @@ STRONGLY_TYPED_FROM = (10, 12)
 NO_IMPLICIT_INT8_FROM = (11, 0)
 MIN_VERSION = (8, 6)
 DEFAULT_WORKSPACE_MIB = 1024
-SIDECAR_FILE = "model.engine.json"
-TIMING_CACHE_FILE = "model.engine.timing.cache"
-CALIBRATION_CACHE_FILE = "model.engine.int8.cache"
-INT8_CALIBRATION_SET = "int8_calibration.safetensors"
 
 
 class EngineError(ModelError):
@@ -210,10 +214,10 @@ class EngineRequest:
 
 @dataclass
 class EngineBuild:
-    """Result of :func:`build_engine`: the serialized engine, caches to save and the sidecar dict."""
+    """Result of :func:`build_engine`: the serialized engine, caches to save and the sidecar."""
 
     engine: bytes
-    sidecar: dict
+    sidecar: EngineSidecar
     timing_cache: bytes | None
     calibration_cache: bytes | None
     plan: BuildPlan
@@ -286,7 +290,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
                           "not in the bundle: re-export with algan-export MODEL_DIR --fp16 on the workstation and copy "
                           "the whole bundle directory")
     if plan.int8_calibrator and (req.calibration_images is None or len(req.calibration_images) == 0):
-        raise EngineError(f"--int8 needs the calibration frames in MODEL_DIR/{INT8_CALIBRATION_SET}; run "
+        raise EngineError(f"--int8 needs the calibration frames in MODEL_DIR/{INT8_SET_FILE}; run "
                           "algan-calibrate on the bundle first")
     errors: list[str] = []
     logger = make_logger(trt, trt_helpers.log, errors)
@@ -335,23 +339,23 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
                                + "; ".join(errors[-3:] or ["no error reported; run with --log-level INFO"]))
     outputs = network_outputs(network)
     gpu_name, cc = (gpu or trt_helpers.gpu_identity)()
-    sidecar = {
-        "tensorrt_version": str(trt.__version__),
-        "gpu_name": gpu_name,
-        "compute_capability": cc,
-        "precision": plan.precision,
-        "strongly_typed": plan.strongly_typed,
-        "builder_flags": list(plan.builder_flags),
-        "batch_profile": req.batch.to_json(),
-        "onnx_file": Path(onnx_path).name,
-        "onnx_sha256": file_sha256(onnx_path),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "output_names": outputs,
-        "input_shape": [int(req.input_size[0]), int(req.input_size[1])],
-        "workspace_mib": int(req.workspace_mib),
-        "created": utc_now_iso(),
-    }
+    sidecar = EngineSidecar(
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=plan.precision,
+        strongly_typed=plan.strongly_typed,
+        builder_flags=list(plan.builder_flags),
+        batch_profile=req.batch.to_json(),
+        onnx_file=Path(onnx_path).name,
+        onnx_sha256=file_sha256(onnx_path),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        output_names=outputs,
+        input_shape=[int(req.input_size[0]), int(req.input_size[1])],
+        workspace_mib=int(req.workspace_mib),
+        created=utc_now_iso(),
+    )
     timing = config.get_timing_cache()
     return EngineBuild(bytes(serialized), sidecar, bytes(timing.serialize()) if timing is not None else None,
                        calibrator.cache_out if calibrator is not None else None, plan)
@@ -378,7 +382,6 @@ def tensorrt_status() -> tuple[bool, str]:
 #: parity bounds of the engine against ONNX Runtime CPU: the export's (algan.export.parity FP32/FP16_TOLERANCE, a
 #: test keeps them equal); INT8 has no export-side bound: 0.05 on the scaled metric (calibrated scale, 1.0 = threshold)
 TOLERANCES = {"fp32": (1e-4, "abs"), "fp16": (1e-2, "scaled"), "int8": (5e-2, "scaled")}
-FP16_ONNX_FILE = "model.fp16.onnx"
 ADOPTED_NOTE = "adopted: built outside algan (trtexec); sidecar written by algan-edge build-engine --adopt"
 
 
@@ -386,8 +389,8 @@ ADOPTED_NOTE = "adopted: built outside algan (trtexec); sidecar written by algan
 class DeviceBuildReport:
     """What :func:`build_on_device` / :func:`adopt_engine` committed: file paths, sidecar and parity lines."""
 
+    sidecar: EngineSidecar
     files: dict[str, Path] = field(default_factory=dict)
-    sidecar: dict = field(default_factory=dict)
     parity: list[dict] = field(default_factory=list)
 
 
@@ -464,11 +467,11 @@ def load_samples(model_dir: Path, size: tuple[int, int]) -> np.ndarray:
     if not path.is_file():
         raise EngineError(f"{model_dir} has no {SAMPLES_FILE} for the engine's parity check; copy the whole bundle "
                           "(algan-train writes it)")
-    images = load_file(str(path)).get("images")
+    images = load_file(str(path)).get(IMAGES_KEY)
     if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*size, 3) \
             or len(images) == 0:
         got = None if images is None else (images.dtype, images.shape)
-        raise EngineError(f"{path} must hold 'images' uint8 (N, {size[0]}, {size[1]}, 3), got {got}")
+        raise EngineError(f"{path} must hold '{IMAGES_KEY}' uint8 (N, {size[0]}, {size[1]}, 3), got {got}")
     return images
 
 
@@ -526,13 +529,6 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     return results
 
 
-def engine_entry(sidecar: dict) -> dict:
-    """The manifest's ``exports.engine`` record of an engine (pure): its file, its sidecar's file and the sidecar's
-    fields (TensorRT version, GPU, precision, ``onnx_sha256``, ``engine_sha256``...), as ``algan-export`` and
-    ``algan-edge build-engine`` both record it."""
-    return {"file": ENGINE_FILE, "sidecar": SIDECAR_FILE, **sidecar}
-
-
 def _manifest_of(model_dir: Path) -> Path | None:
     """``model_dir/algan.json`` when the directory is a bundle (checked readable and valid), else ``None`` (a directory
     holding only the exported graph and samples: no manifest to record the engine in).
@@ -561,8 +557,8 @@ def check_fp16_graph(model_dir: Path) -> None:
     Raises:
         EngineError: no ``exports.onnx_fp16`` entry, or a sha256 other than the recorded one (one line, with the fix).
     """
-    entry = load_manifest(model_dir).exports.get("onnx_fp16")
-    recorded = entry.get("sha256") if isinstance(entry, dict) else None
+    entry = load_manifest(model_dir).exports.onnx_fp16
+    recorded = entry.sha256 if entry is not None else None
     actual = file_sha256(model_dir / FP16_ONNX_FILE)
     if recorded == actual:
         return
@@ -573,8 +569,8 @@ def check_fp16_graph(model_dir: Path) -> None:
                       "directory, or build from model.onnx without --fp16")
 
 
-def record_engine(model_dir: Path, sidecar: dict) -> Path:
-    """Record the committed engine in the bundle's manifest (``exports.engine`` = :func:`engine_entry`), the rest of
+def record_engine(model_dir: Path, sidecar: EngineSidecar) -> Path:
+    """Record the committed engine in the bundle's manifest (``exports.engine`` = :meth:`EngineExport.of`), the rest of
     ``algan.json`` kept; written atomically (temp file + rename) as ``algan-export`` writes it.
 
     Returns:
@@ -588,7 +584,7 @@ def record_engine(model_dir: Path, sidecar: dict) -> Path:
         manifest = load_manifest(model_dir)
     except BundleError as e:
         raise EngineError(str(e)) from None
-    manifest.exports = {**manifest.exports, "engine": engine_entry(sidecar)}  # assigned: pydantic sees the new key
+    manifest.exports.engine = EngineExport.of(sidecar)
     write_manifest(model_dir, manifest)
     return model_dir / MANIFEST_FILE
 
@@ -646,7 +642,6 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
         EngineError: missing files, an invalid ``algan.json``, TensorRT absent, unsupported precision (exit 2).
         EngineBuildError: parser/builder failure or parity beyond tolerance (exit 1).
     """
-    import json
     import shutil
     import tempfile
 
@@ -660,14 +655,15 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
     if plan.int8_calibrator:
         from safetensors.numpy import load_file
 
-        cpath = model_dir / INT8_CALIBRATION_SET
+        cpath = model_dir / INT8_SET_FILE
         if not cpath.is_file():
-            raise EngineError(f"--int8 needs {cpath} (tensor 'images', uint8 [N,H,W,3]); run algan-calibrate first")
-        calib = load_file(str(cpath))["images"]
+            raise EngineError(f"--int8 needs {cpath} (tensor '{IMAGES_KEY}', uint8 [N,H,W,3]); run algan-calibrate "
+                              "first")
+        calib = load_file(str(cpath))[IMAGES_KEY]
     fp16_path = model_dir / FP16_ONNX_FILE
     if plan.onnx == "fp16" and manifest is not None and fp16_path.is_file():
         check_fp16_graph(model_dir)
-    timing, cal_cache = model_dir / TIMING_CACHE_FILE, model_dir / CALIBRATION_CACHE_FILE
+    timing, cal_cache = model_dir / ENGINE_TIMING_CACHE_FILE, model_dir / ENGINE_INT8_CACHE_FILE
     req = EngineRequest(onnx_fp32=onnx32, onnx_fp16=fp16_path if fp16_path.is_file() else None, input_size=size,
                         batch=batch or BatchProfile(), workspace_mib=workspace_mib, fp16=fp16, int8=int8,
                         timing_cache=timing.read_bytes() if timing.is_file() else None, calibration_images=calib,
@@ -682,20 +678,21 @@ def build_on_device(model_dir: Path, fp16: bool = False, int8: bool = False, bat
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".engine-"))
     try:
         (staging / ENGINE_FILE).write_bytes(built.engine)
-        built.sidecar["engine_sha256"] = file_sha256(staging / ENGINE_FILE)
-        built.sidecar["built_by"] = "algan-edge build-engine"
-        (staging / SIDECAR_FILE).write_text(json.dumps(built.sidecar, indent=2) + "\n", encoding="utf-8")
+        built.sidecar.engine_sha256 = file_sha256(staging / ENGINE_FILE)
+        built.sidecar.built_by = "algan-edge build-engine"
+        (staging / ENGINE_SIDECAR_FILE).write_text(built.sidecar.text(), encoding="utf-8")
         if built.timing_cache:
-            (staging / TIMING_CACHE_FILE).write_bytes(built.timing_cache)
+            (staging / ENGINE_TIMING_CACHE_FILE).write_bytes(built.timing_cache)
         if built.calibration_cache:
-            (staging / CALIBRATION_CACHE_FILE).write_bytes(built.calibration_cache)
+            (staging / ENGINE_INT8_CACHE_FILE).write_bytes(built.calibration_cache)
         parity = _engine_parity(staging, onnx32, images, built.plan.precision, trt, cuda, say)
-        files = _commit(staging, model_dir, [ENGINE_FILE, SIDECAR_FILE, TIMING_CACHE_FILE, CALIBRATION_CACHE_FILE])
+        files = _commit(staging, model_dir,
+                        [ENGINE_FILE, ENGINE_SIDECAR_FILE, ENGINE_TIMING_CACHE_FILE, ENGINE_INT8_CACHE_FILE])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if manifest is not None:
         files[MANIFEST_FILE] = record_engine(model_dir, built.sidecar)
-    return DeviceBuildReport(files, built.sidecar, parity)
+    return DeviceBuildReport(built.sidecar, files, parity)
 
 
 def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
@@ -744,7 +741,6 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
             I/O contract (exit 2).
         EngineBuildError: parity beyond the tolerance of ``precision`` (exit 1).
     """
-    import json
     import shutil
     import tempfile
 
@@ -764,19 +760,20 @@ def adopt_engine(engine_path: Path, model_dir: Path | None = None, precision: st
         raise EngineError(f"the engine takes {sig['input_shape']} images, {ONNX_FILE} takes {list(size)}: build it "
                           f"from this bundle's {ONNX_FILE}")
     gpu_name, cc = (gpu or pycuda_identity(cuda))()
-    sidecar = {"tensorrt_version": str(trt.__version__), "gpu_name": gpu_name, "compute_capability": cc,
-               "precision": precision, **sig, "onnx_file": ONNX_FILE, "onnx_sha256": file_sha256(onnx32),
-               "engine_sha256": file_sha256(engine_path), "built_by": ADOPTED_NOTE, "created": utc_now_iso()}
+    sidecar = EngineSidecar.model_validate(
+        {"tensorrt_version": str(trt.__version__), "gpu_name": gpu_name, "compute_capability": cc,
+         "precision": precision, **sig, "onnx_file": ONNX_FILE, "onnx_sha256": file_sha256(onnx32),
+         "engine_sha256": file_sha256(engine_path), "built_by": ADOPTED_NOTE, "created": utc_now_iso()})
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".engine-"))
     try:
         shutil.copyfile(engine_path, staging / ENGINE_FILE)
-        (staging / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        (staging / ENGINE_SIDECAR_FILE).write_text(sidecar.text(), encoding="utf-8")
         say(f"adopting {engine_path} (TensorRT {trt.__version__}, {gpu_name} {cc}; outputs "
             f"{', '.join(sig['output_names'])}; batch {sig['batch_profile']['min']}-{sig['batch_profile']['max']})")
         parity = _engine_parity(staging, onnx32, images, precision, trt, cuda, say)
-        files = _commit(staging, model_dir, [ENGINE_FILE, SIDECAR_FILE])
+        files = _commit(staging, model_dir, [ENGINE_FILE, ENGINE_SIDECAR_FILE])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if manifest is not None:
         files[MANIFEST_FILE] = record_engine(model_dir, sidecar)
-    return DeviceBuildReport(files, sidecar, parity)
+    return DeviceBuildReport(sidecar, files, parity)

@@ -23,7 +23,6 @@ model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.runners.en
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from algan.contract import MAPS_OUTPUT_NAME
+from algan.contract import MAPS_OUTPUT_NAME, ONNX_FILE, BundleError, EngineSidecar
 from algan.edge.errors import ModelError
 from algan.edge.runners.base import RunnerOutput, resolve_model_path
 from algan.edge.runners.calibration import onnx_metadata, remap_for
@@ -44,8 +43,6 @@ if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy chec
 
 log = logging.getLogger("algan.edge.runner_tensorrt")  # the name in log lines, as before the regroup
 
-SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "batch_profile", "input_name",
-                "output_name", "input_shape")
 #: Longest a caller waits for the inference thread to score one batch (seconds).
 CALL_TIMEOUT_S = 60.0
 
@@ -55,27 +52,23 @@ def dims_tuple(dims: Any) -> tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-def read_sidecar(engine: Path) -> dict[str, Any]:
-    """Read and check the keys of an engine's sidecar.
+def read_sidecar(engine: Path) -> EngineSidecar:
+    """Read and check an engine's sidecar (:class:`algan.contract.EngineSidecar`).
 
     Raises:
-        ModelError: missing or unreadable sidecar, or missing keys.
+        ModelError: missing or unreadable sidecar, or a missing/mistyped key.
     """
     path = sidecar_path(engine)
     rebuild = f"rebuild the engine with algan-edge build-engine --fp16 {engine.parent} on this device"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        return EngineSidecar.read(path)
     except FileNotFoundError:
         raise ModelError(f"engine {engine} has no sidecar {path.name}; {rebuild}") from None
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read engine sidecar {path} ({e}); {rebuild}") from None
-    missing = [k for k in SIDECAR_KEYS if k not in meta] if isinstance(meta, dict) else list(SIDECAR_KEYS)
-    if missing:
-        raise ModelError(f"engine sidecar {path} lacks {', '.join(missing)}; {rebuild}")
-    return meta
+    except BundleError as e:
+        raise ModelError(f"{e}; {rebuild}") from None
 
 
-def check_sidecar(meta: dict[str, Any], engine: Path, trt_version: str, gpu_name: str, capability: str) -> None:
+def check_sidecar(meta: EngineSidecar, engine: Path, trt_version: str, gpu_name: str, capability: str) -> None:
     """Refuse an engine built for another TensorRT version, GPU or compute capability.
 
     Args:
@@ -88,8 +81,9 @@ def check_sidecar(meta: dict[str, Any], engine: Path, trt_version: str, gpu_name
     Raises:
         ModelError: one line listing every mismatch and how to rebuild.
     """
-    running = {"tensorrt_version": trt_version, "gpu_name": gpu_name, "compute_capability": capability}
-    diffs = [f"{k} {meta.get(k)!s} != {v}" for k, v in running.items() if str(meta.get(k)).strip() != v.strip()]
+    running = {"tensorrt_version": (meta.tensorrt_version, trt_version), "gpu_name": (meta.gpu_name, gpu_name),
+               "compute_capability": (meta.compute_capability, capability)}
+    diffs = [f"{k} {built} != {here}" for k, (built, here) in running.items() if built.strip() != here.strip()]
     if diffs:
         msg = (
             f"engine {engine} was built elsewhere ({'; '.join(diffs)} here): TensorRT engines only run on the "
@@ -133,17 +127,19 @@ class TensorRTRunner:
         self._trt, self._cuda = trt, cuda
         self.path = resolve_model_path(Path(model), "tensorrt")
         self.meta = read_sidecar(self.path)
-        h, w = (int(x) for x in self.meta["input_shape"])
+        h, w = (int(x) for x in self.meta.input_shape)
         self._size = (h, w)
-        prof = self.meta["batch_profile"]
+        prof = self.meta.batch_profile
         self.batch_min, self.batch_opt, self.batch_max = int(prof["min"]), int(prof["opt"]), int(prof["max"])
-        self._in_name, self._out_name = str(self.meta["input_name"]), str(self.meta["output_name"])
-        self._outputs = [str(n) for n in (self.meta.get("output_names") or [self._out_name])]
+        self._in_name, self._out_name = self.meta.input_name, self.meta.output_name
+        self._outputs = list(self.meta.output_names or [self._out_name])
         self._out_shapes: dict[str, tuple[int, ...]] = {}
-        self._model_id = str(self.meta.get("model_id") or str(self.meta.get("onnx_sha256", ""))[:12] or self.path.stem)
+        extra = self.meta.model_extra or {}
+        self._model_id = str(extra.get("model_id") or (self.meta.onnx_sha256 or "")[:12] or self.path.stem)
         # export-time calibration: from the sidecar if it carries it, else from the ONNX the engine was built from
-        meta = onnx_metadata(self.path.with_name("model.onnx")) if self.path.with_name("model.onnx").is_file() else {}
-        meta.update({k: str(v) for k, v in self.meta.items() if k.startswith("algan.")})
+        graph = self.path.with_name(ONNX_FILE)
+        meta = onnx_metadata(graph) if graph.is_file() else {}
+        meta.update({k: str(v) for k, v in extra.items() if k.startswith("algan.")})
         self._remap = remap_for(Path(model), meta)
         self.device = int(device)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()

@@ -16,14 +16,22 @@ as [N]; [N, 1] is accepted too) and, when the model declares it, ``anomaly_maps`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from algan.contract import INPUT_NAME, MANIFEST_FILE, MAPS_OUTPUT_NAME, OUTPUT_NAME
+from algan.contract import (
+    INPUT_NAME,
+    KEY_MODEL_ID,
+    MANIFEST_FILE,
+    MAPS_OUTPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    BundleError,
+    load_manifest,
+)
 from algan.edge.errors import ModelError
 from algan.edge.runners.base import RunnerOutput
 from algan.edge.runners.calibration import onnx_metadata, remap_for
@@ -40,11 +48,13 @@ def model_name_from_bundle(model: Path) -> str:
     """
     manifest = (model if model.is_dir() else model.parent) / MANIFEST_FILE
     try:
-        models = json.loads(manifest.read_text(encoding="utf-8"))["exports"]["triton"]["models"]
-        return str(models[0])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        triton = load_manifest(manifest, lenient=True).exports.triton if manifest.is_file() else None
+    except BundleError as e:
+        raise ModelError(f"{e}; or set runner.triton.model") from None
+    if triton is None or not triton.models:
         raise ModelError(f"{manifest} records no Triton model (exports.triton.models); set runner.triton.model or "
-                         f"export one with algan-export {manifest.parent} --triton-repo DIR") from None
+                         f"export one with algan-export {manifest.parent} --triton-repo DIR")
+    return triton.models[0]
 
 
 class TritonRunner:
@@ -92,9 +102,9 @@ class TritonRunner:
         mshape = [int(d) for d in maps_meta[0].get("shape", [])][-2:] if maps_meta else []
         self.map_size: tuple[int, int] | None = (mshape[0], mshape[1]) if len(mshape) == 2 else None
         self.max_batch = int((cfg.get("config", cfg) or {}).get("max_batch_size", 0) or 0) or 64
-        onnx = (model if model.is_dir() else model.parent) / "model.onnx"
+        onnx = (model if model.is_dir() else model.parent) / ONNX_FILE
         metadata = onnx_metadata(onnx) if onnx.is_file() else {}
-        self._model_id = str(metadata.get("algan.model_id") or f"triton:{self.name}")
+        self._model_id = str(metadata.get(KEY_MODEL_ID) or f"triton:{self.name}")
         self._remap = remap_for(model, metadata)
         self._warmup()
 

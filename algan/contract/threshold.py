@@ -1,0 +1,74 @@
+"""The threshold rule: the one order statistic that training (``algan.model.fit``), re-calibration
+(``algan.calibration.threshold``) and every other "threshold at a target false-alarm rate" use."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+# -- the threshold rule -----------------------------------------------------------------------------------------
+def order_statistic_rank(n: int, target_fpr: float) -> int:
+    """1-based rank ``k = ceil((n + 1)(1 - target_fpr))`` of the empirical threshold among ``n`` sorted normal
+    scores. For exchangeable scores the expected false-alarm rate of ``X_(k)`` on new normal frames is
+    ``1 - k / (n + 1) <= target_fpr`` (the split-conformal quantile, Vovk et al. 2005). May exceed ``n``: the rate
+    cannot then be resolved from ``n`` scores (it needs ``n >= 1 / target_fpr - 1``)."""
+    return math.ceil((n + 1) * (1.0 - target_fpr) - 1e-9)
+
+
+@dataclass(frozen=True)
+class EmpiricalThreshold:
+    """Result of :func:`empirical_threshold`.
+
+    Attributes:
+        threshold: the chosen order statistic (score units of the input).
+        rank: its 1-based rank among the sorted scores.
+        expected_fpr: ``1 - rank / (n + 1)``, the expected per-frame false-alarm rate on new normal frames.
+        resolved: False when ``target_fpr`` needed a rank above ``n`` and the maximum was used instead (then
+            ``expected_fpr`` is ``1 / (n + 1)``, above the target).
+        needed: fewest scores that resolve ``target_fpr`` (:func:`scores_needed`).
+    """
+
+    threshold: float
+    rank: int
+    expected_fpr: float
+    resolved: bool
+    needed: int
+
+
+def scores_needed(target_fpr: float) -> int:
+    """Fewest normal scores ``n`` whose order statistic resolves ``target_fpr``: ``ceil(1 / target_fpr - 1)``
+    (then ``order_statistic_rank(n, target_fpr) <= n``)."""
+    return max(1, math.ceil(1.0 / target_fpr - 1.0 - 1e-9))
+
+
+def empirical_threshold(scores: np.ndarray, target_fpr: float, *, clip: bool) -> EmpiricalThreshold:
+    """The threshold at ``target_fpr`` (per frame): order statistic ``X_(k)`` with :func:`order_statistic_rank`.
+
+    Args:
+        scores: finite normal scores, 1-D (any float dtype).
+        target_fpr: per-frame false-alarm rate in (0, 1).
+        clip: what happens when ``n`` scores cannot resolve the rate (``k > n``): True takes the maximum and
+            reports ``resolved=False`` (training, where too few held-out images must not stop a run; the caller
+            says so); False raises.
+
+    Raises:
+        ValueError: empty or non-finite scores, ``target_fpr`` outside (0, 1), or (``clip=False``) too few scores.
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = len(s)
+    if not 0 < target_fpr < 1:
+        raise ValueError(f"target_fpr must lie in (0, 1), got {target_fpr}")
+    if n == 0 or not np.all(np.isfinite(s)):
+        raise ValueError(f"need finite normal scores for a threshold, got {n} values "
+                         f"({int((~np.isfinite(s)).sum())} NaN/inf)")
+    k = order_statistic_rank(n, target_fpr)
+    need = scores_needed(target_fpr)
+    if k > n:
+        if not clip:
+            raise ValueError(f"{n} normal scores cannot resolve a per-frame FPR of {target_fpr:g} empirically "
+                             f"(needs >= {need})")
+        return EmpiricalThreshold(float(s[-1]), n, 1.0 / (n + 1), False, need)
+    return EmpiricalThreshold(float(s[k - 1]), k, 1.0 - k / (n + 1), True, need)
