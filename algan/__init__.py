@@ -1,6 +1,7 @@
 """algan-edge: visual anomaly detection for production lines (ALGAN, Murase & Fukumizu, IEEE Access 2022).
 
-``algan.Inferencer`` and ``algan.Prediction`` (the exported model from Python, no torch; see :mod:`algan.inference`)
+``algan.Inferencer`` and ``algan.Prediction`` (the exported model from Python, no torch; see
+:mod:`algan.runtime.inference`)
 are loaded on first use, so ``import algan`` stays light.
 """
 
@@ -10,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"Inferencer": "algan.inference", "Prediction": "algan.inference"}
+_LAZY = {"Inferencer": "algan.runtime.inference", "Prediction": "algan.runtime.inference"}
 
 
 def __getattr__(name: str) -> Any:

@@ -36,10 +36,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from algan.data.preprocess import prepare_frame
 from algan.edge.app import EdgeApp
 from algan.edge.config import parse_config
-from algan.edge.runners.onnx import OnnxRuntimeRunner
+from algan.runtime.preprocess import prepare_frame
+from algan.runtime.runners.onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, standin_model, synthetic_video
 
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "bottle-detection.mp4"

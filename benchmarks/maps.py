@@ -34,7 +34,7 @@ import numpy as np
 
 from algan.edge.app import EdgeApp
 from algan.edge.config import parse_config
-from algan.edge.runners.onnx import OnnxRuntimeRunner
+from algan.runtime.runners.onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, synthetic_video
 from benchmarks.edge import decode
 

@@ -1,10 +1,10 @@
 """Triton runner vs the local ONNX Runtime runner on this machine: frames/s and the latency Triton adds.
 
-The same ONNX graph is scored (a) in-process by :class:`~algan.edge.runners.onnx.OnnxRuntimeRunner` and (b) by
-:class:`~algan.edge.runners.triton.TritonRunner` over gRPC on a real tritonserver started here by PyTriton (its Python
-backend runs the graph with ONNX Runtime CPU; ``tests/edge/triton_serve.py``), batch by batch, alternating, in one
-run. The graph: ``--model MODEL.onnx`` (an exported bundle's), else a stand-in of the detector's shape (uint8
-[N, 224, 224, 3] -> 4 strided 3x3 convolutions -> scores [N] and anomaly_maps [N, 14, 14]).
+The same ONNX graph is scored (a) in-process by :class:`~algan.runtime.runners.onnx.OnnxRuntimeRunner` and (b) by
+:class:`~algan.runtime.runners.triton.TritonRunner` over gRPC on a real tritonserver started here by PyTriton
+(its Python backend runs the graph with ONNX Runtime CPU; ``tests/edge/triton_serve.py``), batch by batch,
+alternating, in one run. The graph: ``--model MODEL.onnx`` (an exported bundle's), else a stand-in of the
+detector's shape (uint8 [N, 224, 224, 3] -> 4 strided 3x3 convolutions -> scores [N] and anomaly_maps [N, 14, 14]).
 
 Prints frames/s of each, their ratio, per-batch latency p50/p99 and the difference (added latency). Exit 77 when no
 PyTriton venv is found (``ALGAN_PYTRITON_PYTHON`` or ``.venv-triton``; see tests/edge/test_runner_triton.py).
@@ -91,8 +91,8 @@ def main() -> int:
         print("no PyTriton venv (ALGAN_PYTRITON_PYTHON or .venv-triton with nvidia-pytriton, onnxruntime)",
               file=sys.stderr)
         return 77
-    from algan.edge.runners.onnx import OnnxRuntimeRunner
-    from algan.edge.runners.triton import TritonRunner
+    from algan.runtime.runners.onnx import OnnxRuntimeRunner
+    from algan.runtime.runners.triton import TritonRunner
 
     work = Path(tempfile.mkdtemp(prefix="triton-bench-"))
     model = a.model or standin_graph(work / "model.onnx", a.size)

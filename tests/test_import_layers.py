@@ -2,30 +2,33 @@
 
 Static: every ``import`` statement of every module is read with ``ast`` (nothing is imported or executed), lazy
 imports inside functions included: a lazy import is still a dependency. Backends chosen by name at run time
-(``importlib.import_module`` of a string, as in ``algan.edge.runners.base.BACKENDS``) are plug-ins, not edges.
+(``importlib.import_module`` of a string, as in ``algan.runtime.runners.base.BACKENDS``) are plug-ins, not edges.
 
-The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
+The layers, bottom to top (the product's flow: the contract, the runtime that serves it, training, export, the
+daemon, the commands; a group is a subpackage, or a top-level module):
 
 0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule, the typed
    bundle manifest; stdlib, numpy and pydantic only), ``trt_logging`` -- import nothing of the package
-1. ``data``: data sets, image/frame preparation, videos
-2. ``features``: backbones (torch)
-3. ``model``: heads, detector, training and fitting (torch)
-4. ``bundle``: a model directory <-> the torch detector (builds model classes)
-5. ``edge``: the torch-free line-side runtime; it needs only the contract and the frame preparation of ``data``
-   (its torch backend is ``export.runner_torch``, above the bundle, chosen by name at run time)
+1. ``runtime``: the torch-free runtime (frame preparation, runners, maps, bundle verification, the Inferencer); it
+   needs only the contract (its torch backend is ``export.runner_torch``, chosen by name at run time)
+2. ``data``: data sets, videos
+3. ``features``: backbones (torch)
+4. ``model``: heads, detector, training and fitting (torch)
+5. ``bundle``: a model directory <-> the torch detector (builds model classes)
 6. ``calibration``: thresholds and re-calibration of a bundle
-7. ``export``: ONNX / TensorRT / Triton from a bundle; may use the runtime (e.g. the device-side engine builder)
-8. ``inference`` (Python API over the exported model), 9. ``report`` (HTML report of predictions)
+7. ``export``: ONNX / TensorRT / Triton from a bundle (the TensorRT engine builder is torch-free and also runs on
+   the device)
+8. ``edge``: the daemon around a runtime runner (capture, alarms, publishing)
+9. ``report`` (HTML report of predictions)
 10. ``cli``: the command-line tools
 
 A module may import its own group and any group of a lower layer. A new subpackage or top-level module must be
 placed in :data:`LAYERS` (the test says so).
 
 Inside ``edge`` the same rule holds between its stages (:data:`EDGE_LAYERS`, bottom to top): ``errors`` and ``logs``,
-the shared leaves (``state``, ``alarm``, ``maps``, ``stats``, ``sdnotify``, ``verify``), then ``config``, then the
-three stages a frame travels through -- ``capture``, ``runners``, ``publish`` -- and ``metrics``, which never import
-each other, then ``doctor`` and ``app`` (the composition root).
+the shared leaves (``state``, ``alarm``, ``stats``, ``sdnotify``), then ``config``, then the stages a frame travels
+through -- ``capture`` and ``publish`` -- and ``metrics``, which never import each other, then ``doctor`` and ``app``
+(the composition root).
 """
 
 from __future__ import annotations
@@ -44,14 +47,14 @@ _spec.loader.exec_module(import_graph)
 
 LAYERS: list[set[str]] = [
     {"algan", "contract", "trt_logging"},
+    {"runtime"},
     {"data"},
     {"features"},
     {"model"},
     {"bundle"},
-    {"edge"},
     {"calibration"},
     {"export"},
-    {"inference"},
+    {"edge"},
     {"report"},
     {"cli"},
 ]
@@ -60,14 +63,14 @@ RANK = {group: i for i, layer in enumerate(LAYERS) for group in layer}
 #: not import each other
 EDGE_LAYERS: list[set[str]] = [
     {"errors", "logs"},
-    {"state", "alarm", "maps", "stats", "sdnotify", "verify"},
+    {"state", "alarm", "stats", "sdnotify"},
     {"config"},
-    {"capture", "runners", "publish", "metrics"},
+    {"capture", "publish", "metrics"},
     {"doctor", "app"},
 ]
 EDGE_RANK = {stage: i for i, layer in enumerate(EDGE_LAYERS) for stage in layer}
 #: modules the edge runtime imports on a machine without torch: no module-level torch import
-TORCH_FREE_GROUPS = {"contract", "trt_logging", "edge", "inference"}
+TORCH_FREE_GROUPS = {"contract", "trt_logging", "runtime", "edge"}
 
 
 def test_every_group_has_a_layer():

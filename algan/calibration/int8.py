@@ -1,7 +1,7 @@
 """The INT8 calibration set: a seeded, representative sample of normal frames for TensorRT INT8 quantisation.
 
 Contract with ``algan-export`` (TensorRT INT8 path): ``MODEL_DIR/int8_calibration.safetensors`` holds one tensor
-``images``, uint8 (N, H, W, 3), BGR, already prepared by :func:`algan.data.preprocess.prepare_frame` at the
+``images``, uint8 (N, H, W, 3), BGR, already prepared by :func:`algan.runtime.preprocess.prepare_frame` at the
 bundle's input size (exactly what the exported graph takes); metadata (strings): ``n``, ``seed``, ``source``,
 ``model_id``, ``created``. Frames are normal images only (held-out calibration frames, never training images).
 """

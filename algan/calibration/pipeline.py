@@ -259,7 +259,7 @@ def write_calibration(model_dir: str | Path, manifest: Manifest, result: Calibra
     """Store the calibration (weights + manifest), the drift reference, the INT8 set and the report, all or none.
 
     ``manifest.roi`` is recorded in the bundle with the calibration: set it to the crop the scores were computed on
-    (:func:`algan.data.preprocess.using_roi`; ``algan-calibrate --roi``).
+    (:func:`algan.runtime.preprocess.using_roi`; ``algan-calibrate --roi``).
 
     Returns:
         the updated manifest.

@@ -31,7 +31,7 @@ class ScoredImages:
 
 def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Collection[int] = (),
                  what: str = "images", max_bad_fraction: float = MAX_BAD_FRACTION) -> ScoredImages:
-    """Read, prepare (:func:`algan.data.preprocess.prepare_frame`) and score image files in batches.
+    """Read, prepare (:func:`algan.runtime.preprocess.prepare_frame`) and score image files in batches.
 
     Args:
         detector: :class:`algan.model.detector.AnomalyDetector` (eval mode).
@@ -46,7 +46,7 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     """
     import torch
 
-    from algan.data.preprocess import current_roi, prepare_frame, read_image
+    from algan.runtime.preprocess import current_roi, prepare_frame, read_image
 
     keep = set(keep)
     out = ScoredImages()

@@ -35,12 +35,12 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
 
     from algan.cli.train import backbone_spec_from_args
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess, build_backbone
     from algan.model.evaluate import auroc
     from algan.model.fit import FitSettings, extract_features, fit_head
     from algan.model.heads import FeatureTransform
     from algan.model.train import AlganConfig
+    from algan.runtime.preprocess import load_batch
 
     torch.manual_seed(args.seed)
     variants = args.variants.split(",")
@@ -128,13 +128,13 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     import torch
 
     from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess
     from algan.features.patch import MapPostprocess, PatchFeatureMaps
     from algan.model.evaluate import auroc
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
     from algan.model.train import PATCH_SCHEDULE, AlganConfig
+    from algan.runtime.preprocess import load_batch
 
     size = (args.input_size, args.input_size)
     spec = backbone_spec_from_args(argparse.Namespace(**{**vars(args), "variant": "patch"}), size)
@@ -181,10 +181,10 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dic
     final head's raw test scores."""
     import torch
 
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess
     from algan.model.evaluate import auroc
     from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, pixels, train_algan_image
+    from algan.runtime.preprocess import load_batch
 
     size = (args.image_size, args.image_size)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from algan.cli._common import run_cli, setup_logging
-from algan.data.preprocess import using_roi
+from algan.runtime.preprocess import using_roi
 
 if TYPE_CHECKING:
     from algan.contract import Manifest
@@ -87,7 +87,7 @@ def _exports_note(model_dir: Path, manifest: Manifest) -> str:
 
 def _roi(args: argparse.Namespace, manifest: Manifest) -> tuple[int, int, int, int] | None:
     """``--roi``, else the bundle's; warns when ``--roi`` differs from the ROI the bundle was trained with."""
-    from algan.edge.maps import parse_roi
+    from algan.runtime.maps import parse_roi
 
     bundle = parse_roi(manifest.roi) if manifest.roi is not None else None
     if args.roi is None:

@@ -28,9 +28,10 @@ import threading
 from collections.abc import Sequence
 
 from algan.edge.config import EdgeConfig, load_config
-from algan.edge.errors import ConfigError, EdgeError, ModelError, SourceError
+from algan.edge.errors import ConfigError, SourceError
 from algan.edge.logs import LEVELS, redact, setup_logging
-from algan.edge.runners.base import check_contract, choose_backend, resolve_model_path
+from algan.runtime.errors import EdgeError, ModelError
+from algan.runtime.runners.base import check_contract, choose_backend, resolve_model_path
 
 log = logging.getLogger("algan.edge")
 
@@ -69,10 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_engine_cmd(args: argparse.Namespace) -> int:
-    """``algan-edge build-engine``: see :func:`algan.edge.runners.engine_build.build_on_device` / ``adopt_engine``."""
+    """``algan-edge build-engine``: see :func:`algan.export.engine_build.build_on_device` / ``adopt_engine``."""
     from pathlib import Path
 
-    from algan.edge.runners import engine_build as eb
+    from algan.export import engine_build as eb
 
     setup_logging(args.log_level)
     model_dir = Path(args.model_dir)
@@ -157,7 +158,7 @@ def _check_graph(path) -> None:
 
 def preflight(cfg: EdgeConfig, graph_contract: bool = True):
     """What ``run`` refuses at start, checked without starting anything: the model file exists, its bundle passes
-    :func:`algan.edge.verify.verify_model`, an ONNX graph matches the contract, and file/folder cameras exist.
+    :func:`algan.runtime.verify.verify_model`, an ONNX graph matches the contract, and file/folder cameras exist.
 
     Returns:
         The resolved model file.
@@ -167,13 +168,13 @@ def preflight(cfg: EdgeConfig, graph_contract: bool = True):
         ConfigError: a camera source that does not exist (exit 2).
     """
     from algan.edge.capture.sources import check_sources
-    from algan.edge.verify import verify_model
+    from algan.runtime.verify import verify_model
 
     try:
         check_sources(cfg.cameras)
     except SourceError as e:
         raise ConfigError(f"config error: {e}") from None
-    model = resolve_model_path(cfg.model, choose_backend(cfg))
+    model = resolve_model_path(cfg.model, choose_backend(cfg.model, cfg.runner.backend))
     verify_model(cfg.model, model)
     if graph_contract and model.is_file() and model.suffix == ".onnx":
         _check_graph(model)

@@ -1,6 +1,6 @@
 """``algan-predict MODEL_DIR INPUT [--out DIR] [--roi x,y,w,h]``: score an image, a folder or a video offline.
 
-Uses the exported graph through :class:`algan.inference.Inferencer` (ONNX Runtime; no torch). Writes
+Uses the exported graph through :class:`algan.runtime.inference.Inferencer` (ONNX Runtime; no torch). Writes
 ``DIR/predictions.csv`` (one row per image or video frame: file, score, decision, region box and peak, class),
 ``DIR/overlays/`` (the heat map blended over the frame's ROI, the region outlined) and the self-contained
 ``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; MTD masks (a ``.png`` beside a ``.jpg``
@@ -133,8 +133,8 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
             ``unreadable`` instead; only a folder with nothing readable raises).
         ModelError: no exported model in ``model``.
     """
-    from algan.inference import Inferencer
     from algan.report import ReportItem, write_report
+    from algan.runtime.inference import Inferencer
 
     src, out = Path(input_path), Path(out)
     if not src.exists():
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from algan.edge.errors import EdgeError
+    from algan.runtime.errors import EdgeError
 
     try:
         res = predict(args.model, args.input, args.out, args.roi, args.batch, args.threshold, not args.no_overlays)

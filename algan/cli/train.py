@@ -188,8 +188,8 @@ def _main(args: argparse.Namespace) -> int:
     from algan.model.train import AlganConfig
 
     check_args(args)
-    from algan.data.preprocess import using_roi
-    from algan.edge.maps import parse_roi
+    from algan.runtime.maps import parse_roi
+    from algan.runtime.preprocess import using_roi
 
     roi = parse_roi(args.roi)
     # the backbone is checked before any data is read; the image variant has none

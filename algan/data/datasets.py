@@ -2,7 +2,7 @@
 
 A reader returns file lists only (no pixels): training images are normal, test images carry a label
 (0 = normal, 1 = anomalous), a class name and, where the data set has one, the path of the ground-truth defect
-mask. Pixels are read by :func:`algan.data.preprocess.load_batch`, masks by :func:`load_mask`.
+mask. Pixels are read by :func:`algan.runtime.preprocess.load_batch`, masks by :func:`load_mask`.
 numpy/OpenCV only, no torch.
 """
 
@@ -184,7 +184,7 @@ def load_dataset(root: str | Path, layout: Layout = "auto") -> Dataset:
 
 
 #: OpenCV interpolation for masks: nearest neighbour with pixel-centre alignment (``INTER_NEAREST_EXACT``), the same
-#: geometry as the images' :data:`algan.data.preprocess.RESIZE_INTERPOLATION` (``INTER_AREA`` maps pixel centres to
+#: geometry as the images' :data:`algan.runtime.preprocess.RESIZE_INTERPOLATION` (``INTER_AREA`` maps pixel centres to
 #: pixel centres; plain ``INTER_NEAREST`` would shift the mask by up to half a source pixel).
 MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
@@ -193,7 +193,7 @@ def load_mask(path: str | Path | None, size: tuple[int, int], image_shape: tuple
               roi=None) -> np.ndarray:
     """Read a ground-truth mask and bring it to the model input, aligned with the prepared image.
 
-    The mask goes through the same host-side geometry as its image in :func:`algan.data.preprocess.prepare_frame`
+    The mask goes through the same host-side geometry as its image in :func:`algan.runtime.preprocess.prepare_frame`
     (optional ROI crop, then a plain resize of the whole frame to ``size``, no aspect-preserving crop or padding),
     resized with nearest neighbour (:data:`MASK_INTERPOLATION`). A pixel is a defect pixel when its mask value is
     >= 128 (MTD's masks are JPEG-like with soft values 0..255; MVTec AD and ``algan-synth`` masks are {0, 255}).
@@ -211,7 +211,7 @@ def load_mask(path: str | Path | None, size: tuple[int, int], image_shape: tuple
     Raises:
         DatasetError: the mask file is missing or unreadable, or its size differs from ``image_shape``.
     """
-    from algan.data.preprocess import crop_roi
+    from algan.runtime.preprocess import crop_roi
 
     h, w = int(size[0]), int(size[1])
     if path is None:

@@ -112,7 +112,7 @@ class AlarmEvent:
         snapshot: file name of the peak-frame JPEG (relative to ``alarm.snapshots.dir``), filled in by the daemon
             when it wrote that file (``None`` with snapshots off or when the write failed).
         region: where the defect is in the peak frame (``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
-            "level"}``, frame pixels; :meth:`algan.edge.maps.Region.to_dict`), filled in by the daemon for models
+            "level"}``, frame pixels; :meth:`algan.runtime.maps.Region.to_dict`), filled in by the daemon for models
             with anomaly maps, else ``None``.
     """
 

@@ -35,8 +35,7 @@ from algan.edge.capture.journal import FolderJournal
 from algan.edge.capture.sources import Source, open_source
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.config.reload import plan_reload
-from algan.edge.errors import ConfigError, EdgeError, SourceError
-from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
+from algan.edge.errors import ConfigError, SourceError
 from algan.edge.metrics import Metrics
 from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
 from algan.edge.publish.discovery import discovery_messages
@@ -53,9 +52,11 @@ from algan.edge.publish.messages import (
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
 from algan.edge.publish.outbox import Outbox
 from algan.edge.publish.snapshots import PeakSnapshots, SnapshotStore, snapshot_name
-from algan.edge.runners.base import Runner, load_runner, run_batch
 from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.stats import StatsWindow, stats_payload, status_line
+from algan.runtime.errors import EdgeError
+from algan.runtime.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
+from algan.runtime.runners.base import Runner, load_runner, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class EdgeApp:
         self,
         config: EdgeConfig,
         stop: threading.Event | None = None,
-        runner_factory: Callable[[EdgeConfig], Runner] = load_runner,
+        runner_factory: Callable[[EdgeConfig], Runner] = lambda cfg: load_runner(cfg.model, cfg.runner),
         clock: Callable[[], float] = time.monotonic,
         config_path: str | Path | None = None,
         notifier: SystemdNotifier | None = None,

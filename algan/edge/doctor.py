@@ -74,7 +74,7 @@ def onnxruntime_info() -> tuple[dict[str, Any] | None, str]:
 
 
 def tensorrt_info() -> tuple[dict[str, Any] | None, str]:
-    from algan.edge.runners.engine_build import tensorrt_status
+    from algan.export.engine_build import tensorrt_status
 
     ok, reason = tensorrt_status()
     if not ok and not reason.startswith("only the TensorRT lean runtime"):
@@ -135,10 +135,10 @@ def environment(report: Report) -> dict[str, Any]:
 
 def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
     from algan.edge.config import ORT_PROVIDERS
-    from algan.edge.errors import ModelError
-    from algan.edge.runners.base import choose_backend, resolve_model_path
+    from algan.runtime.errors import ModelError
+    from algan.runtime.runners.base import choose_backend, resolve_model_path
 
-    backend = choose_backend(cfg)
+    backend = choose_backend(cfg.model, cfg.runner.backend)
     try:
         path = resolve_model_path(cfg.model, backend)
     except ModelError as e:
@@ -169,9 +169,9 @@ def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
 
 
 def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
-    from algan.edge.errors import ModelError
-    from algan.edge.runners.tensorrt import read_sidecar
-    from algan.edge.verify import check_engine_source
+    from algan.runtime.errors import ModelError
+    from algan.runtime.runners.tensorrt import read_sidecar
+    from algan.runtime.verify import check_engine_source
 
     trt, cuda = facts["tensorrt"], facts["cuda"]
     if trt is None:
@@ -203,14 +203,14 @@ def _check_tensorrt(path: Path, facts: dict[str, Any], report: Report) -> None:
 
 def _check_triton(cfg: Any, report: Report) -> None:
     """tritonclient importable, the server live, the model (configured or from the bundle manifest) ready."""
-    from algan.edge.errors import ModelError
+    from algan.runtime.errors import ModelError
 
     if importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("tritonclient.grpc") is None:
         report.fail("backend triton", "tritonclient is not installed: pip install 'algan-edge[triton]'")
         return
     import tritonclient.grpc as grpcclient
 
-    from algan.edge.runners.triton import model_name_from_bundle
+    from algan.runtime.runners.triton import model_name_from_bundle
 
     t = cfg.runner.triton
     try:

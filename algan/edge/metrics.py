@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from algan.edge.config import MetricsConfig
-from algan.edge.errors import EdgeError
+from algan.runtime.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Parity of exported graphs with the torch detector, and the AUROC change on labelled data.
 
-Tolerances are on the calibrated scale (1.0 = alarm threshold). FP32: ``max |onnx - torch| <= 1e-4``. FP16:
+The one parity rule of the package (graphs against torch here, TensorRT engines against ONNX Runtime in
+:mod:`algan.export.engine_build`); torch-free at module level. Tolerances are on the calibrated scale (1.0 = alarm
+threshold). FP32: ``max |onnx - torch| <= 1e-4``. FP16:
 ``max |onnx - torch| / max(1, |torch|) <= 1e-2``: an absolute 1e-2 up to the threshold and a relative 1e-2 above
 it, since float16 keeps ~3 significant digits and anomalous frames score 10x the threshold or more (a score of
 17.7 off by 0.011 decides the same alarm as the exact one).
@@ -15,6 +17,11 @@ import numpy as np
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
+#: INT8 engines against the FP32 graph (ONNX Runtime CPU): 5e-2 on the scaled metric
+INT8_TOLERANCE = 5e-2
+#: engine precision -> (tolerance, metric) of its parity against the FP32 graph (algan-export and
+#: algan-edge build-engine check engines with these)
+TOLERANCES = {"fp32": (FP32_TOLERANCE, "abs"), "fp16": (FP16_TOLERANCE, "scaled"), "int8": (INT8_TOLERANCE, "scaled")}
 #: images of a ``--data`` test split used for the torch parity check (torch is the slow side on a CPU)
 DATA_PARITY_IMAGES = 48
 
@@ -89,7 +96,7 @@ def parity_images(model_dir: str | Path, images_dir: str | Path | None, size: tu
     """
     from algan.bundle import load_samples
     from algan.contract import IMAGE_SUFFIXES
-    from algan.data.preprocess import load_batch
+    from algan.runtime.preprocess import load_batch
 
     parts = []
     samples = load_samples(model_dir)

@@ -100,7 +100,7 @@ def _labelled(opts: ExportOptions, size: tuple[int, int]) -> tuple[np.ndarray, n
     if opts.data is None:
         return None
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
+    from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(opts.data, opts.layout)
     if not ds.test:

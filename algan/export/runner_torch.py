@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from algan.edge.errors import ModelError
-from algan.edge.runners.base import RunnerOutput, resolve_model_path
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.base import RunnerOutput, resolve_model_path
 
 log = logging.getLogger(__name__)
 

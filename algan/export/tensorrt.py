@@ -1,5 +1,5 @@
 """TensorRT engine building for ``algan-export``: the torch-free builder of
-:mod:`algan.edge.runners.engine_build` (the code ``algan-edge build-engine`` runs on the device), with its errors
+:mod:`algan.export.engine_build` (the code ``algan-edge build-engine`` runs on the device), with its errors
 raised as :class:`ExportError` so the export CLI reports them like every other export failure.
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from algan.edge.runners import engine_build as _eb
-from algan.edge.runners.engine_build import (  # noqa: F401 - the export API
+from algan.export import engine_build as _eb
+from algan.export.engine_build import (  # noqa: F401 - the export API
     DEFAULT_WORKSPACE_MIB,
     MIN_VERSION,
     NO_IMPLICIT_INT8_FROM,
@@ -29,7 +29,7 @@ class EngineBuildError(ExportError, _eb.EngineBuildError):
 
 
 def plan_build(trt_version: str | tuple[int, int], fp16: bool, int8: bool) -> BuildPlan:
-    """:func:`algan.edge.runners.engine_build.plan_build`, raising :class:`ExportError`."""
+    """:func:`algan.export.engine_build.plan_build`, raising :class:`ExportError`."""
     try:
         return _eb.plan_build(trt_version, fp16, int8)
     except _eb.EngineError as e:
@@ -37,7 +37,7 @@ def plan_build(trt_version: str | tuple[int, int], fp16: bool, int8: bool) -> Bu
 
 
 def build_engine(req: EngineRequest, trt: Any = None, gpu: Any = None, device_alloc: Any = None) -> EngineBuild:
-    """:func:`algan.edge.runners.engine_build.build_engine`, raising :class:`ExportError` /
+    """:func:`algan.export.engine_build.build_engine`, raising :class:`ExportError` /
     :class:`EngineBuildError`."""
     try:
         return _eb.build_engine(req, trt=trt, gpu=gpu, device_alloc=device_alloc)

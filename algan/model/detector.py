@@ -39,7 +39,7 @@ class AnomalyDetector(nn.Module):
     """Frames -> calibrated anomaly scores (and, for patch heads, anomaly maps).
 
     Input: uint8 (N, H, W, 3), BGR, already resized to ``input_size`` (H, W) on the host
-    (:func:`algan.data.preprocess.prepare_frame`). Output of ``forward``: float32 (N,), 1.0 = alarm threshold.
+    (:func:`algan.runtime.preprocess.prepare_frame`). Output of ``forward``: float32 (N,), 1.0 = alarm threshold.
 
     With a ``postprocess`` (:class:`algan.features.patch.MapPostprocess`) the head returns raw per-cell scores
     (N, gh, gw); the postprocess resizes and smooths them to the anomaly map (N, h, w) = :attr:`map_size` and

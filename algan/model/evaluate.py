@@ -84,8 +84,8 @@ def score_dataset(detector, dataset: Dataset, batch_size: int = 32, progress: bo
     """Calibrated scores float32 (N,) of the test split, in ``dataset.test`` order."""
     paths = [s.path for s in dataset.test]
     if getattr(detector, "has_maps", False):  # patch heads: the image score is a reduction of the map
-        from algan.data.preprocess import load_batch
         from algan.model.detector import run_batched
+        from algan.runtime.preprocess import load_batch
 
         out = [run_batched(detector, load_batch(paths[i : i + batch_size], detector.input_size), batch_size)
                for i in range(0, len(paths), batch_size)]

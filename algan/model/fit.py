@@ -19,7 +19,6 @@ import torch
 from algan import __version__
 from algan.contract import FORMAT_VERSION, MAP_OUTPUTS, SCORE_OUTPUTS, Manifest, empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
-from algan.data.preprocess import load_batch
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
 from algan.model.algan_heads import fold_whitening
@@ -28,6 +27,7 @@ from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
 from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
 from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
 from algan.model.train import PATCH_SCHEDULE, AlganConfig, train_algan
+from algan.runtime.preprocess import load_batch
 
 log = logging.getLogger(__name__)
 HEADS = ("algan", "mahalanobis", "knn")

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algan.data.preprocess import load_batch
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
 from algan.model.fit import extract_patches
+from algan.runtime.preprocess import load_batch
 
 
 @dataclass

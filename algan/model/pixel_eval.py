@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from algan.data.datasets import Dataset, Sample, load_mask
-from algan.data.preprocess import prepare_frame, read_image
 from algan.model.pixel_metrics import DEFAULT_FPR_LIMIT, DEFAULT_MAX_NORMAL_PIXELS, PixelScoreCollector, upsample_maps
+from algan.runtime.preprocess import prepare_frame, read_image
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
 
     Raises:
         ValueError: the detector's maps do not have shape (N, *map_size), a mask does not match its image's size,
-            or an image/mask file cannot be read (:class:`~algan.data.preprocess.ImageReadError`,
+            or an image/mask file cannot be read (:class:`~algan.runtime.preprocess.ImageReadError`,
             :class:`~algan.data.datasets.DatasetError`).
     """
     samples = list(dataset.test if isinstance(dataset, Dataset) else dataset)

@@ -91,7 +91,7 @@ def test_check_detects_drift_exit_3(bundle_copy, calib_data, tmp_path, capsys):
 def test_roi_is_recorded_and_sets_the_threshold_on_the_crop(bundle_copy, calib_data, capsys):
     from algan.calibration.pipeline import select_data
     from algan.calibration.threshold import TargetFprThreshold
-    from algan.data.preprocess import prepare_frame, read_image
+    from algan.runtime.preprocess import prepare_frame, read_image
 
     det, m0 = load_bundle(bundle_copy)
     assert m0.roi is None  # trained on whole frames (80 x 80)

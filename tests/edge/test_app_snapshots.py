@@ -14,7 +14,7 @@ from algan.edge.alarm import AlarmTracker
 from algan.edge.app import EdgeApp
 from algan.edge.capture.hub import Frame
 from algan.edge.config import parse_config
-from algan.edge.runners.base import RunnerOutput
+from algan.runtime.runners.base import RunnerOutput
 
 SCORES = [0.0, 2.0, 3.0, 0.0, 0.0]  # raised at frame 1 (peak frame 1), peak rises at 2, cleared at frame 3
 

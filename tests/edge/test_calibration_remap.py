@@ -1,4 +1,4 @@
-"""Run-time re-calibration of exported scores (algan.edge.runners.calibration) and its use by the ONNX Runtime
+"""Run-time re-calibration of exported scores (algan.runtime.runners.calibration) and its use by the ONNX Runtime
 runner."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from edgekit import make_model
 
 from algan.contract import KEY_CAL_CENTER as CENTER_KEY
 from algan.contract import KEY_CAL_SCALE as SCALE_KEY
-from algan.edge.runners.calibration import Remap, recalibrate, remap_for
-from algan.edge.runners.onnx import OnnxRuntimeRunner
+from algan.runtime.runners.calibration import Remap, recalibrate, remap_for
+from algan.runtime.runners.onnx import OnnxRuntimeRunner
 
 
 def test_recalibrate_is_the_affine_map_between_calibrations():

@@ -86,7 +86,7 @@ def test_dead_camera_reopened_while_the_other_never_stops(tmp_path, tiny_model, 
 def test_metrics_port_without_prometheus_client_is_one_line(monkeypatch, tiny_model):
     import builtins
 
-    from algan.edge.errors import EdgeError
+    from algan.runtime.errors import EdgeError
 
     real_import = builtins.__import__
 

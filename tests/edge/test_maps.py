@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mapkit import GREY, grey_frame, make_map_bundle, make_map_model
 
-from algan.edge.errors import ModelError
-from algan.edge.maps import Region, draw_overlay, encode_jpeg, label_box, parse_roi, region_from_map
 from algan.edge.publish.messages import ScoreThrottle
-from algan.edge.runners.base import RunnerOutput, run_batch
-from algan.edge.runners.onnx import OnnxRuntimeRunner
+from algan.runtime.errors import ModelError
+from algan.runtime.maps import Region, draw_overlay, encode_jpeg, label_box, parse_roi, region_from_map
+from algan.runtime.runners.base import RunnerOutput, run_batch
+from algan.runtime.runners.onnx import OnnxRuntimeRunner
 
 
 def test_onnx_runner_returns_maps_and_scores_only_graphs_still_work(tmp_path):
@@ -152,7 +152,7 @@ def test_using_roi_crops_training_and_calibration_batches(tmp_path):
     import argparse
 
     from algan.cli.calibrate import _roi
-    from algan.data.preprocess import current_roi, load_batch, using_roi
+    from algan.runtime.preprocess import current_roi, load_batch, using_roi
 
     frame = grey_frame((60, 80), spot=(40, 20, 20, 20))
     path = tmp_path / "f.png"

@@ -90,7 +90,7 @@ def test_refused_is_logged_once_and_retried(tmp_path, mosquitto_factory, caplog)
     broker = mosquitto_factory(f"allow_anonymous false\npassword_file {pw}\n{run_as_me()}")
     ob = Outbox(tmp_path / "o.sqlite")
     pub = publisher(broker.host, broker.port, ob, username="edge", password="wrong")
-    caplog.set_level(logging.INFO, logger="algan.edge.mqtt")
+    caplog.set_level(logging.INFO, logger="algan.edge.publish.mqtt")
     pub.connect(5)  # refused: returns (retrying in the background) instead of raising
     pub.publish("algan/d/c/alarm", "queued", qos=1, durable=True)
     time.sleep(3.5)  # reconnect_max_s 1: several refused attempts

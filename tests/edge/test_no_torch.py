@@ -1,7 +1,8 @@
-"""Rule: the edge runtime never imports torch (a Jetson / line PC runs it without torch).
+"""Rule: the runtime and the daemon never import torch (a Jetson / line PC runs them without torch).
 
-The modules are found by walking the ``algan.edge`` package (a new module is covered without editing this file),
-plus the torch-free modules outside it that the runtime or its tools import.
+The modules are found by walking the ``algan.contract``, ``algan.runtime`` and ``algan.edge`` packages (a new module
+is covered without editing this file), plus the torch-free modules outside them that the device runs: the commands
+``algan-edge`` / ``algan-alarms`` / ``algan-predict`` and the TensorRT engine builder of ``algan-edge build-engine``.
 """
 
 from __future__ import annotations
@@ -12,34 +13,39 @@ import sys
 from pathlib import Path
 
 import algan
+import algan.contract
 import algan.edge
+import algan.runtime
 
 ROOT = Path(algan.__file__).resolve().parent
-#: torch-free modules outside algan.edge (those that exist: some land with other work)
-OUTSIDE_EDGE = ["algan.cli.edge", "algan.cli.alarms", "algan.trt_logging", "algan.contract", "algan.inference"]
+PACKAGES = {"algan.contract": algan.contract, "algan.runtime": algan.runtime, "algan.edge": algan.edge}
+#: torch-free modules outside those packages
+OUTSIDE = ["algan.cli.edge", "algan.cli.alarms", "algan.cli.predict", "algan.trt_logging",
+           "algan.export.engine_build", "algan.export.trt_helpers"]
 
 
 def torch_free_modules() -> list[str]:
-    edge = ["algan.edge"] + [m.name for m in pkgutil.walk_packages(algan.edge.__path__, "algan.edge.")]
-    outside = [m for m in OUTSIDE_EDGE if (ROOT.parent / (m.replace(".", "/") + ".py")).is_file()]
-    return sorted(edge) + outside
+    walked = [name for name, pkg in PACKAGES.items()
+              for name in [name, *(m.name for m in pkgutil.walk_packages(pkg.__path__, name + "."))]]
+    return sorted(walked) + OUTSIDE
 
 
 def test_the_walk_finds_the_runtime():
     mods = torch_free_modules()
-    assert {"algan.edge.app", "algan.edge.config", "algan.edge.runners.onnx", "algan.edge.runners.tensorrt",
-            "algan.cli.edge", "algan.trt_logging"} <= set(mods)
-    files = sorted((ROOT / "edge").rglob("*.py"))  # every module and subpackage (capture, runners, config...)
-    expected = {".".join(("algan", *f.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
-                for f in files}
-    assert {m for m in mods if m.startswith("algan.edge")} == expected
+    assert {"algan.edge.app", "algan.edge.config", "algan.runtime.runners.onnx", "algan.runtime.runners.tensorrt",
+            "algan.runtime.inference", "algan.contract.manifest", "algan.cli.edge", "algan.trt_logging"} <= set(mods)
+    for folder in ("contract", "runtime", "edge"):
+        files = sorted((ROOT / folder).rglob("*.py"))  # every module and subpackage (capture, runners, config...)
+        expected = {".".join(("algan", *f.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
+                    for f in files}
+        assert {m for m in mods if m.startswith(f"algan.{folder}")} == expected
 
 
 def test_edge_modules_do_not_import_torch():
     code = (
         "import importlib, sys\n"
         f"for m in {torch_free_modules()!r}: importlib.import_module(m)\n"
-        "import onnxruntime, algan.edge.runners.base\n"
+        "import onnxruntime, algan.runtime.runners.base\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
         "print('ok')\n"

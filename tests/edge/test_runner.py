@@ -12,9 +12,9 @@ from edgekit import make_bundle, make_model
 from onnx import TensorProto
 
 from algan.edge.config import parse_config
-from algan.edge.errors import ModelError
-from algan.edge.runners.base import Runner, choose_backend, load_runner
-from algan.edge.runners.onnx import OnnxRuntimeRunner
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.base import Runner, choose_backend, load_runner
+from algan.runtime.runners.onnx import OnnxRuntimeRunner
 
 
 def test_scores_and_properties(tmp_path):
@@ -64,23 +64,31 @@ def test_unreadable_and_missing_models(tmp_path):
         OnnxRuntimeRunner(tmp_path / "empty_bundle")
 
 
+def _load(cfg):
+    return load_runner(cfg.model, cfg.runner)
+
+
+def _choose(cfg):
+    return choose_backend(cfg.model, cfg.runner.backend)
+
+
 def test_load_runner_backends(tmp_path):
     path = make_model(tmp_path / "m.onnx")
     base = {"device_id": "d", "model": str(path), "cameras": [{"name": "c", "source": 0}]}
-    assert load_runner(parse_config(base)).backend == "onnxruntime"
-    assert choose_backend(parse_config(base)) == "onnxruntime"
-    assert choose_backend(parse_config({**base, "model": "/m/model.engine"})) == "tensorrt", ".engine -> tensorrt"
-    assert choose_backend(parse_config({**base, "model": "/m/model.engine", "runner": {"backend": "torch"}})) == "torch"
+    assert _load(parse_config(base)).backend == "onnxruntime"
+    assert _choose(parse_config(base)) == "onnxruntime"
+    assert _choose(parse_config({**base, "model": "/m/model.engine"})) == "tensorrt", ".engine -> tensorrt"
+    assert _choose(parse_config({**base, "model": "/m/model.engine", "runner": {"backend": "torch"}})) == "torch"
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         with pytest.raises(ModelError, match="backend 'tensorrt' needs a package that is missing") as info:
-            load_runner(parse_config({**base, "runner": {"backend": "tensorrt"}}))
+            _load(parse_config({**base, "runner": {"backend": "tensorrt"}}))
         assert "install NVIDIA TensorRT and pycuda" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_unavailable_providers_fall_back_to_cpu(tmp_path, caplog):
-    from algan.edge.runners.onnx import choose_providers
+    from algan.runtime.runners.onnx import choose_providers
 
     got = choose_providers(["tensorrt", "cuda", "cpu"], ["CPUExecutionProvider"])
     assert got == ["CPUExecutionProvider"]
@@ -102,9 +110,9 @@ def test_torch_backend_without_cuda_is_one_line(tmp_path):
     base = {"device_id": "d", "model": str(bundle), "runner": {"backend": "torch"}, "cameras": [{"name": "c",
                                                                                                 "source": 0}]}
     with pytest.raises(ModelError, match="backend 'torch' needs a CUDA GPU"):
-        load_runner(parse_config(base))
+        _load(parse_config(base))
     with pytest.raises(ModelError, match="needs a model bundle directory"):
-        load_runner(parse_config({**base, "model": str(tmp_path / "x.onnx")}))
+        _load(parse_config({**base, "model": str(tmp_path / "x.onnx")}))
 
 
 def test_cli_wrong_model_one_line(tmp_path):

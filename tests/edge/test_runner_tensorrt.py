@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from algan.edge.errors import ModelError
-from algan.edge.runners.tensorrt import TensorRTRunner, check_sidecar, read_sidecar
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.tensorrt import TensorRTRunner, check_sidecar, read_sidecar
 
 H, W = 8, 6
 

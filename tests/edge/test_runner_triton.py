@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from algan.edge.errors import ModelError
+from algan.runtime.errors import ModelError
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] not installed (pip install 'algan-edge[triton]')")
 
-from algan.edge.runners.triton import TritonRunner, model_name_from_bundle  # noqa: E402
+from algan.runtime.runners.triton import TritonRunner, model_name_from_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 from test_engine_build import MH, MW, H, W, write_bundle  # noqa: E402
@@ -169,8 +169,8 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
     from safetensors.numpy import load_file
 
     from algan.edge.config import parse_config
-    from algan.edge.runners.base import load_runner
-    from algan.edge.runners.onnx import OnnxRuntimeRunner
+    from algan.runtime.runners.base import load_runner
+    from algan.runtime.runners.onnx import OnnxRuntimeRunner
 
     url, maps_dir, plain_dir, _ = triton_server
     x = load_file(str(plain_dir / "samples.safetensors"))["images"]  # 9 > max_batch_size 8: two requests
@@ -178,7 +178,7 @@ def test_real_triton_scores_equal_the_onnxruntime_runner(triton_server):
     cfg = parse_config({"device_id": "l1", "model": str(plain_dir / "model.onnx"),
                         "runner": {"backend": "triton", "triton": {"url": url, "model": "plain"}},
                         "cameras": [{"name": "c", "source": str(plain_dir / "model.onnx")}]}, plain_dir / "e.yaml")
-    runner = load_runner(cfg)
+    runner = load_runner(cfg.model, cfg.runner)
     try:
         assert isinstance(runner, TritonRunner) and runner.max_batch == 8
         np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(plain_dir / "model.onnx")(x), rtol=0, atol=1e-6)

@@ -24,7 +24,8 @@ import yaml
 from edgekit import DARK, edge_config, make_bundle, make_folder, make_model, make_video, run_edge, write_config
 
 from algan.edge.config import load_config, parse_config
-from algan.edge.errors import ConfigError, ModelError
+from algan.edge.errors import ConfigError
+from algan.runtime.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ def test_damaged_bundle_refused_by_run_before_the_broker(tmp_path):
 
 
 def test_bare_onnx_and_engine_less_bundle_reports(tmp_path):
-    from algan.edge.verify import verify_model
+    from algan.runtime.verify import verify_model
 
     bare = make_model(tmp_path / "solo" / "m.onnx")
     rep = verify_model(bare, bare)
@@ -144,7 +145,7 @@ def _re_export(bundle: Path) -> str:
 
 def test_stale_engine_names_both_hashes_and_the_rebuild_command(tmp_path):
     from algan.contract import EngineSidecar
-    from algan.edge.verify import stale_engine
+    from algan.runtime.verify import stale_engine
 
     engine = tmp_path / "b" / "model.engine"
     side = EngineSidecar(onnx_file="model.fp16.onnx", onnx_sha256="a1" * 32, precision="int8",
@@ -164,7 +165,7 @@ def test_stale_engine_names_both_hashes_and_the_rebuild_command(tmp_path):
 
 def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsys):
     from algan.cli.edge import main
-    from algan.edge.verify import BundleCheckError, verify_model
+    from algan.runtime.verify import BundleCheckError, verify_model
 
     bundle = make_bundle(tmp_path / "bundle")
     engine = _engine_of(bundle)
@@ -193,7 +194,7 @@ def test_unreadable_bundle_file_names_file_and_user(tmp_path):
         os.chmod(bundle / "algan.json", 0o644)
         os.chmod(bundle / "model.onnx", 0o644)
         os.chmod(bundle / "weights.safetensors", 0o600)  # as mkstemp left it before the fix
-        code = ("import os, pwd, sys; from pathlib import Path; from algan.edge.verify import verify_model\n"
+        code = ("import os, pwd, sys; from pathlib import Path; from algan.runtime.verify import verify_model\n"
                 "if os.geteuid() == 0: os.setuid(65534)  # nobody, after the imports (root's interpreter)\n"
                 "try:\n    verify_model(Path(sys.argv[1]), Path(sys.argv[1]) / 'model.onnx')\n"
                 "except Exception as e:\n    print(e)\n")
@@ -527,7 +528,7 @@ def test_wrong_ca_hint_does_not_suggest_insecure(tmp_path, tiny_model, step_vide
 
 
 def test_model_errors_exit_2(tmp_path):
-    from algan.edge.verify import verify_model
+    from algan.runtime.verify import verify_model
 
     with pytest.raises(ModelError) as info:
         verify_model(tmp_path / "nothing", tmp_path / "nothing")

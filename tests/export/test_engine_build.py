@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from trt_standin import StandInCuda, add_runtime, make_standin
 
-from algan.edge.runners import engine_build as eb
-from algan.edge.runners.tensorrt import TensorRTRunner
-from algan.export import parity
+from algan.export import engine_build as eb
+from algan.runtime.runners.tensorrt import TensorRTRunner
 
 H, W, MH, MW = 8, 6, 4, 3
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,11 +70,6 @@ def gpu():
     return "Stand-in GPU", "8.7"
 
 
-def test_tolerances_are_the_exports():
-    assert eb.TOLERANCES["fp32"] == (parity.FP32_TOLERANCE, "abs")
-    assert eb.TOLERANCES["fp16"] == (parity.FP16_TOLERANCE, "scaled")
-
-
 def test_build_on_device_writes_engine_sidecar_and_checks_both_outputs(tmp_path):
     bundle = write_bundle(tmp_path / "b")
     trt, cuda = stand_ins(error=2e-3)  # an FP16-like drift, inside the 1e-2 bound
@@ -89,9 +83,9 @@ def test_build_on_device_writes_engine_sidecar_and_checks_both_outputs(tmp_path)
     assert side["output_names"] == ["scores", "anomaly_maps"] and side["precision"] == "fp16"
     assert (side["gpu_name"], side["compute_capability"], side["tensorrt_version"]) == gpu() + ("10.12.0.36",)
     assert side["engine_sha256"] == eb.file_sha256(bundle / "model.engine")
-    assert [r["name"] for r in rep.parity] == ["tensorrt-fp16 scores", "tensorrt-fp16 anomaly_maps"]
+    assert [r.name for r in rep.parity] == ["tensorrt-fp16 scores", "tensorrt-fp16 anomaly_maps"]
     for r in rep.parity:
-        assert r["ok"] and r["n_images"] == 5 and r["max_abs_diff"] == pytest.approx(2e-3, abs=1e-6)
+        assert r.ok and r.n_images == 5 and r.max_abs_diff == pytest.approx(2e-3, abs=1e-6)
     assert any("parity (tensorrt-fp16 anomaly_maps)" in s and s.endswith("OK") for s in lines)
     assert not list(bundle.glob(".engine-*")), "staging removed"
     # the daemon's runner loads the committed engine with its sidecar and returns both outputs
@@ -123,7 +117,7 @@ def test_score_only_graph_builds_a_score_only_engine(tmp_path):
     trt, cuda = stand_ins(version="10.8.0", outputs=("scores",))
     cuda.name, cuda.cc = "Orin", (8, 7)
     rep = eb.build_on_device(bundle, batch=eb.BatchProfile(1, 4, 8), trt=trt, cuda=cuda, say=lambda s: None)
-    assert rep.sidecar.output_names == ["scores"] and [r["name"] for r in rep.parity] == ["tensorrt-fp32 scores"]
+    assert rep.sidecar.output_names == ["scores"] and [r.name for r in rep.parity] == ["tensorrt-fp32 scores"]
     # the GPU named in the sidecar is read through pycuda, as the runner's check reads it
     assert (rep.sidecar.gpu_name, rep.sidecar.compute_capability) == ("Orin", "8.7")
 

@@ -68,13 +68,13 @@ def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp
     assert ex.onnx.parity_max_abs_diff <= 1e-4 and ex.onnx.sha256 and ex.onnx.opset == 17
     assert ex.onnx_fp16.parity_max_scaled_diff <= TEST_FP16_TOLERANCE
     assert ex.onnx_fp16.parity_tolerance == TEST_FP16_TOLERANCE
-    assert ex["onnx_fp16"]["fp32_backbone_blocks"] == 4  # the first rung passes: stem and blocks 0-3 in FP32
+    assert ex.onnx_fp16.fp32_backbone_blocks == 4  # the first rung passes: stem and blocks 0-3 in FP32
     from algan.data.datasets import load_dataset
 
     ds = load_dataset(export_data)
-    assert (ex["auroc"]["n_images"], ex["auroc"]["n_anomalous"]) == (len(ds.test), ds.n_test_anomalous)
-    assert abs(ex["auroc"]["change_fp16"]) <= 0.05
-    assert ex["engine"]["file"] is None and "no TensorRT engine was built" in ex["engine"]["note"]
+    assert (ex.auroc["n_images"], ex.auroc["n_anomalous"]) == (len(ds.test), ds.n_test_anomalous)
+    assert abs(ex.auroc["change_fp16"]) <= 0.05
+    assert ex.engine.file is None and "no TensorRT engine was built" in ex.engine.note
     assert {r.name for r in rep.parity} >= {"onnx-fp16", "onnx-fp16 vs onnx-fp32, all data"}
     assert any(line.startswith("AUROC on ") for line in lines)
     # Triton: no engine, so one ONNX Runtime model serving the FP16 graph
@@ -134,7 +134,7 @@ def test_engine_build_through_the_pipeline_with_a_standin(bundle, tmp_path, monk
     from trt_standin import make_standin
 
     monkeypatch.setattr(par, "FP16_TOLERANCE", TEST_FP16_TOLERANCE)
-    monkeypatch.setattr("algan.edge.runners.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
+    monkeypatch.setattr("algan.export.trt_helpers.gpu_identity", lambda: ("Stand-in GPU", "8.7"))
     opts = ExportOptions(bundle, fp16=True, simplify=False, batch=BatchProfile(1, 2, 4), workspace_mib=64,
                          triton_repo=tmp_path / "repo")
     export_bundle(opts, say=lambda s: None, trt=make_standin("10.12.0.36"))

@@ -227,9 +227,9 @@ def test_default_preset_detects_mtd_defects_on_a_subset() -> None:
     from sklearn.metrics import roc_auc_score
 
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.heads import FeatureTransform
+    from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(root)
     rng = np.random.default_rng(0)

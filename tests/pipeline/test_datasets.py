@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from algan.data.datasets import DatasetError, load_dataset, mtd_is_test
-from algan.data.preprocess import crop_roi, prepare_frame
+from algan.runtime.preprocess import crop_roi, prepare_frame
 
 
 def test_mvtec_layout_counts(synth_root):

@@ -123,9 +123,9 @@ def test_default_preset_does_not_collapse_on_mtd_subset():
     root = mtd_root()
     if not (root / "MT_Free").is_dir():
         pytest.skip(f"MTD not found at {root} (set ALGAN_DATA_DIR to the folder holding mtd/)")
-    from algan.data.preprocess import load_batch
     from algan.features.backbone import Preprocess
     from algan.model.image import PIXEL_MEAN, PIXEL_STD, PixelBackbone, pixels
+    from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(root)
     rng = np.random.default_rng(0)

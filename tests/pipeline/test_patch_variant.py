@@ -194,8 +194,8 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
 
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
     from algan.model.evaluate import evaluate
+    from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(synth_root)
     images = torch.from_numpy(load_batch([s.path for s in ds.test], PATCH_SIZE))
@@ -231,7 +231,7 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
 def test_patch_training_is_deterministic(synth_root, tmp_path):
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
-    from algan.data.preprocess import load_batch
+    from algan.runtime.preprocess import load_batch
 
     a = _train_patch(synth_root, tmp_path / "a", "algan", "--epochs", "1", "--max-train", "16")
     b = _train_patch(synth_root, tmp_path / "b", "algan", "--epochs", "1", "--max-train", "16")

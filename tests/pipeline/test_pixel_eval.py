@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from algan.data.datasets import load_dataset, load_mask
-from algan.data.preprocess import load_batch, prepare_frame
 from algan.model.pixel_eval import evaluate_maps
 from algan.model.pixel_metrics import aupro, pixel_auroc, upsample_maps
+from algan.runtime.preprocess import load_batch, prepare_frame
 
 
 class _Lambda(torch.nn.Module):

@@ -1,7 +1,7 @@
 """One reader thread per camera: open, read, prepare, hand over; reopen dead or stale sources with backoff.
 
 :class:`CameraReader` drives a :class:`~algan.edge.capture.sources.Source`, prepares frames with
-:func:`algan.data.preprocess.prepare_frame` (the same crop + resize as training) and feeds a
+:func:`algan.runtime.preprocess.prepare_frame` (the same crop + resize as training) and feeds a
 :class:`~algan.edge.capture.hub.FrameHub`:
 
 * live sources (devices, streams, GStreamer) never block: the hub keeps the newest frame and counts drops;
@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from algan.data.preprocess import prepare_frame
 from algan.edge.capture.hub import Frame, FrameHub
 from algan.edge.capture.sources import Corrupt, FrameGate, NoFrame, Pacer, Source, open_source
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.logs import redact
+from algan.runtime.preprocess import prepare_frame
 
-log = logging.getLogger("algan.edge.camera")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: Pause after a failed read of a live source before trying again (seconds).
 RETRY_S = 0.02

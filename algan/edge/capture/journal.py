@@ -21,7 +21,7 @@ from pathlib import Path
 from algan.edge.errors import SourceError
 from algan.edge.state import make_private_file
 
-log = logging.getLogger("algan.edge.journal")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS scored (name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL)"
 

@@ -29,7 +29,7 @@ from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.logs import redact
 
-log = logging.getLogger("algan.edge.sources")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")

@@ -35,7 +35,7 @@ from algan.edge.config.errors import SECRET_KEY_RE, format_validation_error, one
 from algan.edge.config.loading import load_config, parse_config
 from algan.edge.config.metrics import MetricsConfig
 from algan.edge.config.mqtt import HomeAssistantConfig, MqttConfig, MqttTlsConfig, OutboxConfig
-from algan.edge.config.runner import ORT_PROVIDERS, RunnerConfig, TritonConfig
+from algan.runtime.runners.settings import ORT_PROVIDERS, RunnerConfig, TritonConfig
 
 __all__ = [
     "LIVE_KINDS",

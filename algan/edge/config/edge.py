@@ -16,7 +16,7 @@ from algan.edge.config.batch import BatchConfig
 from algan.edge.config.camera import CameraConfig
 from algan.edge.config.metrics import MetricsConfig
 from algan.edge.config.mqtt import MqttConfig
-from algan.edge.config.runner import RunnerConfig
+from algan.runtime.runners.settings import RunnerConfig
 
 
 class EdgeConfig(Section):

@@ -17,7 +17,7 @@ from algan.edge.config import MqttConfig
 from algan.edge.errors import BrokerError
 from algan.edge.publish.mqtt import probe_tcp
 
-log = logging.getLogger("algan.edge.broker")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:

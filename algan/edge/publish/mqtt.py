@@ -38,7 +38,7 @@ from algan.edge.publish.delivery import RESYNC_TIMEOUT_S, SEND_WINDOW, DeliveryL
 from algan.edge.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
 from algan.edge.publish.outbox import Outbox, OutboxError
 
-log = logging.getLogger("algan.edge.mqtt")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 __all__ = ["RESYNC_TIMEOUT_S", "SEND_WINDOW", "Message", "MqttPublisher", "Publisher", "probe_tcp", "probe_tls",
            "tls_context", "tls_hint"]

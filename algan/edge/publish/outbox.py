@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.edge.errors import EdgeError
 from algan.edge.state import make_private_file
+from algan.runtime.errors import EdgeError
 
-log = logging.getLogger("algan.edge.outbox")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

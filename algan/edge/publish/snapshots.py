@@ -1,7 +1,7 @@
 """Alarm snapshots: a JPEG of each alarm's peak frame, with retention by count and by age.
 
 The daemon draws the snapshot (the full camera frame, heat map over the ROI, region outlined:
-:func:`algan.edge.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory), or
+:func:`algan.runtime.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory), or
 ``null`` when no file was written for it (snapshots off, or the write failed).
 
 :func:`expired` is the pure retention policy; :class:`SnapshotStore` is the thin I/O around it (encode, atomic
@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 
 from algan.contract import utc_iso
-from algan.edge.maps import Region
 from algan.edge.state import make_private_dir, write_private
+from algan.runtime.maps import Region
 
-log = logging.getLogger("algan.edge.snapshots")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: Names of the files this module writes (and the only ones retention deletes).
 SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__\d{8}T\d{6}\.\d{3}Z__[0-9A-Za-z_-]+\.jpg$")

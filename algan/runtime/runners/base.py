@@ -5,14 +5,14 @@ static), output ``scores`` float32 ``[N]``, calibrated so that 1.0 is the alarm 
 anomalous, and for patch heads a second output ``anomaly_maps`` float32 ``[N, h, w]`` (h, w static, e.g. 56x56 for
 a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixels
 ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``. ``metadata_props`` may carry ``algan.model_id``, the export-time
-calibration (see :mod:`algan.edge.runners.calibration`; it re-maps the maps with the same affine constants),
+calibration (see :mod:`algan.runtime.runners.calibration`; it re-maps the maps with the same affine constants),
 ``algan.outputs`` (``scores`` or ``scores,anomaly_maps``) and ``algan.map_size`` (``h,w``).
 
 Runner interface (:class:`Runner`): ``runner(images) -> scores`` (every runner; old callers), and, for the maps,
 ``runner.run(images) -> RunnerOutput(scores, maps)`` where ``maps`` is ``None`` for a score-only graph. A runner
 without ``run`` (an older or a test runner) still works everywhere: callers go through :func:`run_batch`, which
 falls back to ``RunnerOutput(runner(images), None)``. A new backend (TensorRT, Triton) adds ``run``, ``has_maps``
-and ``map_size`` the way :class:`~algan.edge.runners.onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
+and ``map_size`` the way :class:`~algan.runtime.runners.onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
 both output lists and :func:`map_output_size` reads the map size from the output list.
 
 Backends, each in its own module and imported only when chosen (this module needs only numpy, never torch):
@@ -49,10 +49,10 @@ from algan.contract import (
     file_sha256,  # noqa: F401 - imported by runners.onnx
 )
 from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runners.onnx
-from algan.edge.config import EdgeConfig
-from algan.edge.errors import ModelError
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.settings import RunnerConfig
 
-log = logging.getLogger("algan.edge.runner")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: the names runners.onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
 MAPS_NAME = MAPS_OUTPUT_NAME
@@ -210,40 +210,44 @@ def parse_map_size(text: str | None) -> tuple[int, int] | None:
 _check_contract = check_contract  # the name used before the split into runner_*.py
 
 
-def choose_backend(config: EdgeConfig) -> str:
-    """The backend a config selects: ``runner.backend``, or for ``auto`` the model file (``.engine`` -> tensorrt)."""
-    backend = config.runner.backend
+def choose_backend(model: Path, backend: str = "auto") -> str:
+    """The backend to use: ``backend``, or for ``auto`` the model file (``.engine`` -> tensorrt, else onnxruntime)."""
     if backend != "auto":
         return backend
-    return "tensorrt" if config.model.suffix == ".engine" else "onnxruntime"
+    return "tensorrt" if Path(model).suffix == ".engine" else "onnxruntime"
 
 
 #: backend -> (module, class, install hint); modules are imported only when chosen
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "onnxruntime": ("algan.edge.runners.onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
-    "tensorrt": ("algan.edge.runners.tensorrt", "TensorRTRunner",
+    "onnxruntime": ("algan.runtime.runners.onnx", "OnnxRuntimeRunner", "pip install onnxruntime (or onnxruntime-gpu)"),
+    "tensorrt": ("algan.runtime.runners.tensorrt", "TensorRTRunner",
                  "install NVIDIA TensorRT and pycuda (JetPack has both; pip install 'algan-edge[tensorrt]')"),
     "torch": ("algan.export.runner_torch", "TorchRunner", "pip install 'algan-edge[train]' with a CUDA build of torch"),
-    "triton": ("algan.edge.runners.triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
+    "triton": ("algan.runtime.runners.triton", "TritonRunner", "pip install 'algan-edge[triton]' (tritonclient[grpc])"),
 }
 
 
-def load_runner(config: EdgeConfig) -> Runner:
-    """Build the runner chosen by :func:`choose_backend` for ``config.model``.
+def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bool = True) -> Runner:
+    """The one runner factory: the backend :func:`choose_backend` picks for ``model`` with ``settings``.
 
-    The model's bundle is verified first (:func:`algan.edge.verify.verify_model`: format version, the graph's
-    recorded sha256 and model id, the weights file's integrity).
+    Args:
+        model: a bundle directory, or a ``.onnx`` / ``.engine`` file.
+        settings: the runner settings (the daemon config's ``runner:`` section); default :class:`RunnerConfig`.
+        verify: check the bundle against its integrity record first (:func:`algan.runtime.verify.verify_model`:
+            format version, the graph's recorded sha256 and model id, the weights file's integrity).
 
     Raises:
         ModelError: model problems, a bundle failing its integrity record, or a backend whose packages are not
             installed (with the install hint).
     """
-    from algan.edge.verify import verify_model
+    from algan.runtime.verify import verify_model
 
-    backend = choose_backend(config)
-    verify_model(config.model, resolve_model_path(config.model, backend))
+    model = Path(model)
+    r = settings if settings is not None else RunnerConfig()
+    backend = choose_backend(model, r.backend)
+    if verify:
+        verify_model(model, resolve_model_path(model, backend))
     module, cls, hint = BACKENDS[backend]
-    r = config.runner
     kwargs: dict[str, Any] = {"device": r.device}
     if backend == "onnxruntime":
         kwargs.update(threads=r.threads, providers=list(r.providers), fp16=r.fp16)
@@ -254,6 +258,6 @@ def load_runner(config: EdgeConfig) -> Runner:
         kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
-        return factory(config.model, **kwargs)
+        return factory(model, **kwargs)
     except ImportError as e:
         raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None

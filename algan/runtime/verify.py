@@ -21,7 +21,7 @@ exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``a
 
 Each failure is a :class:`~algan.edge.errors.ModelError` (exit status 2) of one line naming the file and the fix.
 A bare ``.onnx``/``.engine`` file outside a bundle (no ``algan.json`` beside it) is not checked. The engine itself is
-not hashed here: its JSON sidecar is checked by :mod:`algan.edge.runners.tensorrt` against the GPU and TensorRT.
+not hashed here: its JSON sidecar is checked by :mod:`algan.runtime.runners.tensorrt` against the GPU and TensorRT.
 Bundles exported before the hashes were recorded (no ``exports.onnx.sha256``) pass checks 2 with a warning.
 """
 
@@ -44,7 +44,7 @@ from algan.contract import (
     file_sha256,
     load_manifest,
 )
-from algan.edge.errors import ModelError
+from algan.runtime.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from algan.contract import KEY_MAP_SIZE
-from algan.edge.config import ORT_PROVIDERS
-from algan.edge.errors import ModelError
-from algan.edge.runners.base import (
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.base import (
     INPUT_NAME,
     MAPS_NAME,
     MODEL_ID_KEY,
@@ -22,9 +21,10 @@ from algan.edge.runners.base import (
     parse_map_size,
     resolve_model_path,
 )
-from algan.edge.runners.calibration import remap_for
+from algan.runtime.runners.calibration import remap_for
+from algan.runtime.runners.settings import ORT_PROVIDERS
 
-log = logging.getLogger("algan.edge.runner_onnx")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 
 def choose_providers(
@@ -63,7 +63,7 @@ class OnnxRuntimeRunner:
     """ONNX Runtime runner for score-only graphs and for graphs with the ``anomaly_maps`` output.
 
     ``runner(images)`` returns the scores only (the maps are not fetched); ``runner.run(images)`` returns
-    :class:`~algan.edge.runners.base.RunnerOutput` with the maps (``None`` for a score-only graph). The export-time
+    :class:`~algan.runtime.runners.base.RunnerOutput` with the maps (``None`` for a score-only graph). The export-time
     calibration re-map applies to both.
 
     Args:

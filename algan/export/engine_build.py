@@ -51,13 +51,14 @@ from algan.contract import (
     utc_now_iso,
     write_manifest,
 )
-from algan.edge.errors import EdgeError, ModelError
+from algan.export.parity import TOLERANCES, ParityResult, compare
+from algan.runtime.errors import EdgeError, ModelError
 from algan.trt_logging import make_logger
 
 if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
     import tensorrt
 
-log = logging.getLogger("algan.edge.engine_build")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: first TensorRT version whose FP16 builds use a strongly-typed network from the FP16 ONNX
 STRONGLY_TYPED_FROM = (10, 12)
@@ -279,7 +280,7 @@ def build_engine(req: EngineRequest, trt=None, gpu: Callable[[], tuple[str, str]
         EngineError: unsupported version/precision (see :func:`plan_build`), missing FP16 graph or calibration frames.
         EngineBuildError: parser errors (with node names), an unexpected input, or a failed build.
     """
-    from algan.edge.runners import trt_helpers
+    from algan.export import trt_helpers
 
     if trt is None:
         import tensorrt as trt
@@ -379,9 +380,6 @@ def tensorrt_status() -> tuple[bool, str]:
 
 # -- on the device: algan-edge build-engine --------------------------------------------------------------------------
 
-#: parity bounds of the engine against ONNX Runtime CPU: the export's (algan.export.parity FP32/FP16_TOLERANCE, a
-#: test keeps them equal); INT8 has no export-side bound: 0.05 on the scaled metric (calibrated scale, 1.0 = threshold)
-TOLERANCES = {"fp32": (1e-4, "abs"), "fp16": (1e-2, "scaled"), "int8": (5e-2, "scaled")}
 ADOPTED_NOTE = "adopted: built outside algan (trtexec); sidecar written by algan-edge build-engine --adopt"
 
 
@@ -391,7 +389,7 @@ class DeviceBuildReport:
 
     sidecar: EngineSidecar
     files: dict[str, Path] = field(default_factory=dict)
-    parity: list[dict] = field(default_factory=list)
+    parity: list[ParityResult] = field(default_factory=list)
 
 
 def import_tensorrt() -> Any:
@@ -485,31 +483,12 @@ def ort_outputs(onnx_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.concatenate([p[k] for p in parts]).astype(np.float32) for k, n in enumerate(names)}
 
 
-def compare(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> dict:
-    """Parity of one output: ``max |diff|`` (fp32) or ``max |diff| / max(1, |ref|)`` (fp16, int8) against
-    :data:`TOLERANCES` (the export's rule, :func:`algan.export.parity.compare`)."""
-    tol, metric = TOLERANCES[precision]
-    ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    if ref.shape != cand.shape:
-        return {"name": name, "ok": False, "line": f"parity ({name}): shape {cand.shape} != reference {ref.shape}"}
-    diff = np.abs(cand - ref)
-    diff = np.where(np.isfinite(diff), diff, np.inf)
-    max_abs = float(diff.max())
-    max_scaled = float((diff / np.maximum(1.0, np.abs(ref))).max())
-    value = max_abs if metric == "abs" else max_scaled
-    ok = bool(value <= tol)
-    what = "max |diff|" if metric == "abs" else "max |diff|/max(1,|ref|)"
-    return {"name": name, "n_images": int(len(ref)), "max_abs_diff": max_abs, "max_scaled_diff": max_scaled,
-            "metric": metric, "tolerance": tol, "ok": ok,
-            "line": f"parity ({name}): {what} = {value:.2e} over {len(ref)} images (tolerance {tol:g}) "
-                    f"{'OK' if ok else 'FAILED'}"}
-
-
 def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision: str, trt: Any, cuda: Any,
-                   say: Callable[[str], None]) -> list[dict]:
-    """Run the staged engine with :class:`~algan.edge.runners.tensorrt.TensorRTRunner` (raw outputs: the staging
-    directory has no bundle calibration) and compare each output with ONNX Runtime CPU on the same images."""
-    from algan.edge.runners.tensorrt import TensorRTRunner
+                   say: Callable[[str], None]) -> list[ParityResult]:
+    """Run the staged engine with :class:`~algan.runtime.runners.tensorrt.TensorRTRunner` (raw outputs: the staging
+    directory has no bundle calibration) and compare each output with ONNX Runtime CPU on the same images
+    (:func:`algan.export.parity.compare` at the precision's :data:`~algan.export.parity.TOLERANCES`)."""
+    from algan.runtime.runners.tensorrt import TensorRTRunner
 
     ref = ort_outputs(onnx_ref, images)
     runner = TensorRTRunner(staging / ENGINE_FILE, trt=trt, cuda=cuda)
@@ -518,12 +497,18 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     finally:
         runner.close()
     got = {OUTPUT_NAME: out.scores, MAPS_OUTPUT_NAME: out.maps}
+    tol, metric = TOLERANCES[precision]
     results = []
     for name in runner.output_names:
-        r = compare(f"tensorrt-{precision} {name}", ref[name], got[name], precision)
-        say(r["line"])
+        what = f"tensorrt-{precision} {name}"
+        if got[name] is None or got[name].shape != ref[name].shape:
+            shape = None if got[name] is None else got[name].shape
+            raise EngineBuildError(f"parity ({what}): shape {shape} != reference {ref[name].shape} against ONNX "
+                                   "Runtime CPU; nothing was written to the bundle")
+        r = compare(what, ref[name], got[name], tol, metric)
+        say(r.line())
         results.append(r)
-    bad = [r["line"] for r in results if not r["ok"]]
+    bad = [r.line() for r in results if not r.ok]
     if bad:
         raise EngineBuildError(f"{'; '.join(bad)} against ONNX Runtime CPU; nothing was written to the bundle")
     return results
@@ -714,7 +699,7 @@ def engine_signature(trt: Any, engine_bytes: bytes, logger: Any) -> dict:
         raise EngineError(f"the engine has inputs {inputs} and outputs {outputs}; the edge contract is "
                           f"['{INPUT_NAME}'] -> ['{OUTPUT_NAME}'(, '{MAPS_OUTPUT_NAME}')]: build it from the bundle's "
                           "model.onnx (trtexec --onnx=model.onnx keeps the names)")
-    from algan.edge.runners.tensorrt import dims_tuple
+    from algan.runtime.runners.tensorrt import dims_tuple
 
     lo, opt, hi = (dims_tuple(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
     if len(hi) != 4 or hi[3] != 3:

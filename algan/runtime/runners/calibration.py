@@ -5,7 +5,7 @@ calibration of export time, recorded in the ONNX ``metadata_props`` as ``algan.c
 ``algan.calibration_scale``. When the bundle was re-calibrated afterwards (``algan.json`` ``calibration``
 ``{center, threshold}``, scale = threshold - center), the runner maps each score to the new calibration with the
 pure affine :func:`recalibrate`. The same constants re-map a patch head's ``anomaly_maps`` output (the maps share
-the scores' calibrated scale, see :mod:`algan.edge.runners.base`). Missing metadata means no re-mapping.
+the scores' calibrated scale, see :mod:`algan.runtime.runners.base`). Missing metadata means no re-mapping.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE, BundleError, load_manifest
 
-log = logging.getLogger("algan.edge.calibration")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 
 def recalibrate(

@@ -11,14 +11,14 @@
   GPU name and compute capability; otherwise the runner refuses the engine with one line saying how to rebuild it
   (``algan-edge build-engine --fp16 MODEL_DIR`` on this device). TensorRT's own log goes to Python logging. That the
   engine was built from the bundle's current graph (its ``onnx_sha256``) is checked before, by
-  :func:`algan.edge.verify.verify_model` (a stale engine, built before a re-export, is refused there).
+  :func:`algan.runtime.verify.verify_model` (a stale engine, built before a re-export, is refused there).
 
 Sidecar keys (written by ``algan-export``): ``tensorrt_version``, ``gpu_name``, ``compute_capability`` ("8.7"),
 ``precision`` (fp16|int8|fp32), ``batch_profile`` {min, opt, max}, ``onnx_sha256``, ``input_name`` ("images"),
 ``output_name`` ("scores"), ``input_shape`` [H, W]; optional ``output_names`` (["scores", "anomaly_maps"] for
 patch heads: both outputs are allocated and returned, see :meth:`TensorRTRunner.run`). Sidecars are
 written by ``algan-export`` / ``algan-edge build-engine`` on the device, or by ``algan-edge build-engine --adopt
-model.engine`` for an engine built with ``trtexec`` (:mod:`algan.edge.runners.engine_build`).
+model.engine`` for an engine built with ``trtexec`` (:mod:`algan.export.engine_build`).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from algan.contract import MAPS_OUTPUT_NAME, ONNX_FILE, BundleError, EngineSidecar
-from algan.edge.errors import ModelError
-from algan.edge.runners.base import RunnerOutput, resolve_model_path
-from algan.edge.runners.calibration import onnx_metadata, remap_for
-from algan.edge.verify import sidecar_path
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.base import RunnerOutput, resolve_model_path
+from algan.runtime.runners.calibration import onnx_metadata, remap_for
+from algan.runtime.verify import sidecar_path
 from algan.trt_logging import make_logger
 
 if TYPE_CHECKING:  # the TensorRT API from tensorrt-stubs (make lint): mypy checks every call on these objects
     import tensorrt
 
-log = logging.getLogger("algan.edge.runner_tensorrt")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 
 #: Longest a caller waits for the inference thread to score one batch (seconds).
 CALL_TIMEOUT_S = 60.0
@@ -115,8 +115,8 @@ class TensorRTRunner:
     Raises:
         ModelError: missing engine or sidecar, an engine built for another TensorRT/GPU, an engine not matching
             the contract, or a failure at load or warm-up.
-        ImportError: tensorrt or pycuda is not installed (:func:`algan.edge.runners.base.load_runner` turns this into a
-            one-line install hint).
+        ImportError: tensorrt or pycuda is not installed (:func:`algan.runtime.runners.base.load_runner` turns
+            this into a one-line install hint).
     """
 
     def __init__(self, model: Path, device: int = 0, trt: Any = None, cuda: Any = None) -> None:

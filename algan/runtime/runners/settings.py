@@ -1,12 +1,17 @@
-"""``runner:`` section: the inference backend (ONNX Runtime providers, TensorRT, torch, Triton)."""
+"""Runner settings: the inference backend (ONNX Runtime providers, TensorRT, torch, Triton); the daemon config's
+``runner:`` section and the argument of :func:`algan.runtime.runners.base.load_runner`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from algan.edge.config.base import Section
+
+class Section(BaseModel):
+    """Settings as the config sections are: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 #: Short names of ONNX Runtime execution providers accepted in ``runner.providers`` and their ORT names.
 ORT_PROVIDERS = {

@@ -32,11 +32,11 @@ from algan.contract import (
     BundleError,
     load_manifest,
 )
-from algan.edge.errors import ModelError
-from algan.edge.runners.base import RunnerOutput
-from algan.edge.runners.calibration import onnx_metadata, remap_for
+from algan.runtime.errors import ModelError
+from algan.runtime.runners.base import RunnerOutput
+from algan.runtime.runners.calibration import onnx_metadata, remap_for
 
-log = logging.getLogger("algan.edge.runner_triton")  # the name in log lines, as before the regroup
+log = logging.getLogger(__name__)
 DEFAULT_URL = "localhost:8001"
 
 

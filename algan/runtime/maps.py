@@ -1,9 +1,9 @@
 """Anomaly maps on the host: map -> region in frame pixels, map -> heat-map overlay, JPEG with a size cap, ROI.
 
-Pure numpy/OpenCV helpers shared by :class:`algan.inference.Inferencer`, ``algan-predict`` and the edge daemon
+Pure numpy/OpenCV helpers shared by :class:`algan.runtime.inference.Inferencer`, ``algan-predict`` and the edge daemon
 (never torch).
 
-Geometry (the anomaly-map contract, see :mod:`algan.edge.runners.base`): the model input is the region of interest
+Geometry (the anomaly-map contract, see :mod:`algan.runtime.runners.base`): the model input is the region of interest
 ``roi = (x, y, w, h)`` of the frame (the whole frame when there is none) resized to the model input ``(H, W)``; a
 map of ``(mh, mw)`` cells covers the whole input, so cell ``(i, j)`` covers the ROI pixels
 ``[i*h/mh, (i+1)*h/mh) x [j*w/mw, (j+1)*w/mw)`` and the frame pixels shifted by ``(x, y)``. Map values are on the

@@ -9,10 +9,10 @@
     cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, region outlined
 
 What happens to a frame (the same as in ``algan-train`` and the edge daemon,
-:func:`algan.data.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
+:func:`algan.runtime.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
 given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
 For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
-:class:`~algan.edge.maps.Region` in frame pixels.
+:class:`~algan.runtime.maps.Region` in frame pixels.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
-from algan.data.preprocess import prepare_frame
-from algan.edge.errors import ModelError
-from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
-from algan.edge.runners.base import BACKENDS, run_batch
+from algan.runtime.errors import ModelError
+from algan.runtime.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
+from algan.runtime.preprocess import prepare_frame
+from algan.runtime.runners.base import BACKENDS, Runner, load_runner, run_batch
+from algan.runtime.runners.settings import RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Prediction:
         is_anomalous: ``score >= threshold``.
         anomaly_map: float32 ``(roi_h, roi_w)`` map upsampled (bilinear) to the ROI's size in pixels (the frame's
             size without a ROI), calibrated units; ``None`` for a score-only model.
-        region: where the defect is, in frame pixels (:class:`~algan.edge.maps.Region`: box, peak); ``None``
+        region: where the defect is, in frame pixels (:class:`~algan.runtime.maps.Region`: box, peak); ``None``
             for a score-only model.
         map_cells: float32 ``(h, w)`` map at the model's resolution (what the graph returned), or ``None``.
         roi: ``(x, y, w, h)`` frame pixels that went into the model (the whole frame without a ROI).
@@ -76,7 +77,7 @@ class Inferencer:
         threads: ONNX Runtime intra-op threads (0 = its default).
         providers: ONNX Runtime providers by short name (``cpu``, ``cuda``, ``tensorrt``), default CPU.
         batch_size: frames per graph run in :meth:`predict_many`.
-        runner: an already built runner (anything :func:`algan.edge.runners.base.run_batch` accepts) instead of loading.
+        runner: an already built :class:`~algan.runtime.runners.base.Runner` instead of loading one.
 
     Raises:
         ModelError: no exported model, a graph outside the contract, a backend that is not installed.
@@ -92,7 +93,7 @@ class Inferencer:
         self.manifest: Manifest | None = None
         if (bundle / MANIFEST_FILE).is_file():
             try:
-                self.manifest = load_manifest(bundle / MANIFEST_FILE)
+                self.manifest = load_manifest(bundle / MANIFEST_FILE, lenient=True)
             except BundleError as e:
                 raise ModelError(str(e)) from None
         roi_json = self.manifest.roi if self.manifest is not None else None
@@ -109,19 +110,14 @@ class Inferencer:
         self.batch_size = max(1, int(batch_size))
         self.runner = runner if runner is not None else self._load(backend, threads, providers)
 
-    def _load(self, backend: str, threads: int, providers: Sequence[str] | None):  # noqa: ANN202
-        import importlib
-
+    def _load(self, backend: str, threads: int, providers: Sequence[str] | None) -> Runner:
         if backend not in BACKENDS:
             raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        module, cls, hint = BACKENDS[backend]
-        kwargs: dict = {}
-        if backend == "onnxruntime":
-            kwargs = {"threads": threads, "providers": list(providers or ["cpu"])}
         try:
-            return getattr(importlib.import_module(module), cls)(self.model, **kwargs)
-        except ImportError as e:
-            raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
+            settings = RunnerConfig(backend=backend, threads=threads, providers=list(providers or ["cpu"]))
+        except ValueError as e:  # pydantic's ValidationError: a provider name outside tensorrt/cuda/cpu
+            raise ModelError(f"runner settings: {str(e).splitlines()[-1].strip()}") from None
+        return load_runner(self.model, settings, verify=False)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -187,7 +183,7 @@ class Inferencer:
 
     def overlay(self, frame: np.ndarray, prediction: Prediction) -> np.ndarray:
         """The frame with the heat map over its ROI, the region outlined and the score written (uint8 BGR, frame
-        size); see :func:`algan.edge.maps.draw_overlay`."""
+        size); see :func:`algan.runtime.maps.draw_overlay`."""
         return draw_overlay(frame, prediction.map_cells, self.roi, prediction.region, prediction.score,
                             self.threshold)
 

@@ -1,8 +1,0 @@
-"""Runners: a batch of prepared frames -> calibrated scores (and anomaly maps).
-
-base (the Runner protocol, graph contract check, backend choice, ``load_runner``), onnx (ONNX Runtime), tensorrt
-(a serialized engine via pycuda), triton (a Triton Inference Server over gRPC), calibration (run-time re-map of
-exported scores after a re-calibration), engine_build and trt_helpers (the device-side TensorRT engine builder of
-``algan-edge build-engine``). The torch backend lives outside the runtime, in :mod:`algan.export.runner_torch`
-(imported by name only when chosen). Import the submodules directly.
-"""
