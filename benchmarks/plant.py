@@ -333,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if triton_proc is not None:
             stop_triton(triton_proc)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; model "
-          f"{a.model or f'stand-in {a.size} px'}, daemon batch {a.batch}, Triton max_batch_size {MAX_BATCH}"
+    print(f"# broker {results[0]['broker'] if results else '?'}; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; model {a.model or f'stand-in {a.size} px'}, daemon batch "
+          f"{a.batch}, Triton max_batch_size {MAX_BATCH}"
           + (" (smoke size: figures not comparable)" if a.smoke else ""))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2) + "\n")
