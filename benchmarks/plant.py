@@ -20,7 +20,7 @@ The graph (``--model MODEL.onnx`` for an exported one): a stand-in of the detect
 -> 4 strided 3x3 convolutions (the compute) and ``scores = mean(images) / 128 + 1e-4 * max(conv)`` (so bright
 frames raise alarms). Exit 77 without a PyTriton venv (``make triton-venv`` or ``ALGAN_PYTRITON_PYTHON``).
 
-    nice -n 10 python benchmarks/plant.py [--daemons 1,2,4] [--seconds 20] [--batch 8] [--json out.json]
+    nice -n 10 python benchmarks/plant.py [--daemons 1,2,4] [--seconds 20] [--batch 8] [--fps 0] [--json out.json]
     python benchmarks/plant.py --smoke       # CI: N = 2, 64 px, 3 s windows (figures not comparable)
 """
 
@@ -168,7 +168,12 @@ class PlantSubscriber:
 
 
 def daemon_config(i: int, model: Path, video: Path, backend: str, broker: Broker, triton_url: str, batch: int,
-                  prefix: str) -> dict:
+                  prefix: str, fps: float = 0.0) -> dict:
+    """Daemon ``i``'s config: its own device id (and so MQTT client id), camera file and outbox; ``fps`` > 0 paces
+    the camera like a line camera (``replay_fps``), 0 replays as fast as the daemon scores."""
+    camera: dict = {"name": "cam1", "source": str(video), "loop": True, "queue_size": 2 * batch}
+    if fps > 0:
+        camera["replay_fps"] = fps
     runner: dict = {"backend": backend, "threads": 1}
     if backend == "triton":
         runner["triton"] = {"url": triton_url, "model": "algan", "timeout_s": 30}
@@ -181,7 +186,7 @@ def daemon_config(i: int, model: Path, video: Path, backend: str, broker: Broker
                  "max_queued_messages": 100_000, "outbox": {"path": "outbox.sqlite"}},
         "alarm": {"threshold": 1.0, "clear_threshold": 0.9, "raise_frames": 3, "clear_frames": 5},
         "stats_interval_s": 3600,
-        "cameras": [{"name": "cam1", "source": str(video), "loop": True, "queue_size": 2 * batch}],
+        "cameras": [camera],
     }
 
 
@@ -196,7 +201,8 @@ def run_plant(n: int, backend: str, a: argparse.Namespace, work: Path, model: Pa
             d = work / f"{backend}-n{n}" / devices[i]
             d.mkdir(parents=True)
             video = line_video(d / "cam1.mp4", a.size, seed=i)
-            cfg = daemon_config(i, model, video, backend, broker, triton[0] if triton else "", a.batch, prefix)
+            cfg = daemon_config(i, model, video, backend, broker, triton[0] if triton else "", a.batch, prefix,
+                                a.fps)
             (d / "edge.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             log = (d / "daemon.log").open("w")
             logs.append(d / "daemon.log")
@@ -296,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds after every daemon's first score (default 3)")
     ap.add_argument("--batch", type=int, default=8, help="daemon batch.max_size (default 8)")
     ap.add_argument("--size", type=int, default=224, help="frame size of the stand-in graph (default 224 px)")
+    ap.add_argument("--fps", type=float, default=0.0,
+                    help="each camera paced at this frame rate, like a line camera (default 0: as fast as scored)")
     ap.add_argument("--model", type=Path, help="an exported model.onnx (default: the stand-in graph)")
     ap.add_argument("--backends", default="triton,onnxruntime", help="default: triton,onnxruntime")
     ap.add_argument("--json", type=Path, help="write the figures as JSON here")
@@ -335,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"# broker {results[0]['broker'] if results else '?'}; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end; model {a.model or f'stand-in {a.size} px'}, daemon batch "
-          f"{a.batch}, Triton max_batch_size {MAX_BATCH}"
+          f"{a.batch}, Triton max_batch_size {MAX_BATCH}, cameras "
+          f"{f'paced at {a.fps:g} frames/s' if a.fps else 'unpaced'}"
           + (" (smoke size: figures not comparable)" if a.smoke else ""))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2) + "\n")
