@@ -8,6 +8,8 @@ Usage::
     algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch 1:8:16]   # TensorRT engine on this device, no torch
     algan-edge build-engine MODEL_DIR --adopt model.engine [--precision fp16]  # sidecar for a trtexec engine
     algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
+    algan-edge outbox list --config FILE                # messages the broker kept rejecting (dead letters)
+    algan-edge outbox retry|drop --config FILE (SEQ... | --all)
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
@@ -65,7 +67,54 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="print the OpenCV, onnxruntime, TensorRT and CUDA this device would use and, "
                          "with --config, why the configured backend or a camera source would fail")
     doc.add_argument("--config", "-c", help="edge config YAML to check against this device")
+    obx = sub.add_parser("outbox", help="show, re-queue or delete the messages the broker kept rejecting (dead "
+                         "letters of the MQTT outbox)")
+    obx.add_argument("action", choices=("list", "retry", "drop"), help="list: show them; retry: queue them again "
+                     "(after the cause is fixed); drop: delete them")
+    obx.add_argument("seq", nargs="*", type=int, help="sequence numbers (from list) for retry/drop")
+    obx.add_argument("--config", "-c", required=True, help="edge config YAML (names the outbox file)")
+    obx.add_argument("--all", action="store_true", help="retry/drop every dead letter")
     return p
+
+
+def outbox_cmd(args: argparse.Namespace) -> int:
+    """``algan-edge outbox list|retry|drop``: the dead letters of the config's outbox file (works while the daemon
+    runs: a retried message is queued after the others and sent by the running daemon)."""
+    import time
+
+    from algan.edge.publish.outbox import Outbox
+
+    cfg = load_config(args.config)
+    path = cfg.outbox_path
+    if args.action != "list" and not args.seq and not args.all:
+        raise ConfigError(f"algan-edge outbox {args.action}: name the messages (sequence numbers from 'algan-edge "
+                          "outbox list') or give --all")
+    if args.action == "list" and (args.seq or args.all):
+        raise ConfigError("algan-edge outbox list takes no sequence numbers or --all")
+    if not path.is_file():
+        print(f"no outbox at {path}: nothing queued, no dead letters")
+        return 0
+    ob = Outbox(path, cfg.mqtt.outbox.max_events)
+    try:
+        if args.action == "list":
+            dead = ob.dead_letters()
+            print(f"{path}: {len(ob)} message(s) queued, {len(dead)} dead letter(s)")
+            for d in dead:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed))
+                print(f"{d.seq:>8}  {when}  tries {d.tries}  {d.topic!r} ({len(d.payload)} bytes): {d.reason}")
+            return 0
+        seqs = None if args.all else list(args.seq)
+        known = {d.seq for d in ob.dead_letters()}
+        missing = [q for q in (seqs or []) if q not in known]
+        if missing:
+            raise ConfigError(f"no dead letter {', '.join(map(str, missing))} in {path}; see algan-edge outbox list")
+        n = ob.retry(seqs) if args.action == "retry" else ob.drop(seqs)
+        done = "queued again (sent by the running daemon, or at its next start)" if args.action == "retry" else \
+            "deleted"
+        print(f"{n} dead letter(s) {done}")
+        return 0
+    finally:
+        ob.close()
 
 
 def build_engine_cmd(args: argparse.Namespace) -> int:
@@ -222,7 +271,12 @@ def run(path: str, log_level: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "outbox" and all(x.isdigit() for x in extra):  # SEQ... after --config
+        args.seq = [*args.seq, *map(int, extra)]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check-config":
             return check_config(args.config)
@@ -234,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from algan.edge.doctor import doctor
 
             return doctor(args.config)
+        if args.command == "outbox":
+            return outbox_cmd(args)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(redact(f"algan-edge: {e}"), file=sys.stderr)

@@ -35,6 +35,7 @@ from algan.edge.capture.sources import Source, open_source
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.config.reload import plan_reload
 from algan.edge.errors import ConfigError, EdgeError, SourceError
+from algan.edge.logs import RepeatedErrors
 from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
 from algan.edge.metrics import Metrics
 from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
@@ -51,10 +52,11 @@ from algan.edge.publish.messages import (
     utc_iso,
 )
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
-from algan.edge.publish.outbox import Outbox
+from algan.edge.publish.outbox import Outbox, OutboxError
 from algan.edge.publish.snapshots import PeakSnapshots, SnapshotStore, snapshot_name
 from algan.edge.runners.base import Runner, load_runner, run_batch
 from algan.edge.sdnotify import SystemdNotifier
+from algan.edge.state import StateLock
 from algan.edge.stats import StatsWindow, stats_payload, status_line
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class EdgeApp:
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
         self._outbox: Outbox | None = None  # also remembers open alarms (closed at the next start after a crash)
+        self._io_errors = RepeatedErrors(log)
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -137,6 +140,27 @@ class EdgeApp:
         Raises:
             EdgeError: model, broker or start-up problems (one-line message).
         """
+        lock = self._lock_state()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _lock_state(self) -> StateLock:
+        """Take the state directory (outbox, journals): a second daemon on it would send every alarm twice and
+        close the other's open alarms.
+
+        Raises:
+            StateLockError: another daemon holds it (exit 2, naming its PID).
+            EdgeError: the directory cannot be created.
+        """
+        try:
+            return StateLock(self.cfg.state_dir)
+        except OSError as e:
+            raise EdgeError(f"cannot lock the state directory {self.cfg.state_dir} ({e.strerror or e}); make it "
+                            "writable for the daemon's user or set mqtt.outbox.path") from None
+
+    def _run(self) -> int:
         runner = self.runner_factory(self.cfg)
         h, w = runner.input_size
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,
@@ -212,13 +236,14 @@ class EdgeApp:
         outbox = self._outbox
         if outbox is None:
             return
-        for cam, raw in outbox.open_alarms().items():
+        device = self.cfg.device_id
+        for cam, raw in outbox.open_alarms(device).items():
             try:
                 raised = json.loads(raw)
                 if not isinstance(raised, dict):
                     raise ValueError("not an object")
             except ValueError:
-                outbox.set_open_alarm(cam, None)
+                self._record_open_alarm(cam, None)
                 continue
             now = time.time()
             try:
@@ -228,13 +253,25 @@ class EdgeApp:
             cleared = {**raised, "state": "cleared", "ts": utc_iso(now), "duration_s": round(max(0.0, now - t0), 3),
                        "reason": "restart"}
             pub.publish(self.topics.alarm(cam), dumps(cleared), qos=self.cfg.mqtt.alarm_qos, durable=True)
-            outbox.set_open_alarm(cam, None)
+            self._record_open_alarm(cam, None)
             log.warning("camera %s: alarm %s was still open when the daemon last stopped; published it as cleared "
                         "(reason: restart)", cam, raised.get("id"))
 
+    def _record_open_alarm(self, cam: str, payload: str | None) -> None:
+        """Remember (``payload``: the raised event) or forget (``None``) ``cam``'s open alarm in the outbox file; a
+        failed write is reported once, then as a count per minute (at worst an alarm is not closed after a crash)."""
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.set_open_alarm(cam, payload, device=self.cfg.device_id)
+        except OutboxError as e:
+            self._io_errors.error("open-alarm", str(e))
+        else:
+            self._io_errors.ok("open-alarm")
+
     def _connect(self, model_id: str = "") -> MqttPublisher:
         m = self.cfg.mqtt
-        outbox = Outbox(m.outbox.path, m.outbox.max_events) if m.outbox.enabled else None
+        outbox = Outbox(self.cfg.outbox_path, m.outbox.max_events) if m.outbox.enabled else None
         self._outbox = outbox
         if outbox is not None and len(outbox):
             log.info("MQTT outbox %s holds %d undelivered messages from before; they go out first", outbox.path,
@@ -395,8 +432,8 @@ class EdgeApp:
             if self.snapshots is not None or self._has_maps:
                 event = self._snapshot(frame, event, cells, pub)
             if event is not None:
-                if self._outbox is not None:  # before the event: after a crash the next start closes the alarm
-                    self._outbox.set_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
+                # before the event: after a crash the next start closes the alarm
+                self._record_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
                 pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,

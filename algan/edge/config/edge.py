@@ -69,12 +69,23 @@ class EdgeConfig(Section):
                 raise ValueError(f"{where}: {e}; fix the alarm settings of this camera") from None
         return self
 
+    @property
+    def outbox_path(self) -> Path:
+        """The MQTT outbox file: ``mqtt.outbox.path``, else ``<device_id>/outbox.sqlite`` (resolved against the state
+        directory by :func:`~algan.edge.config.load_config`)."""
+        return self.mqtt.outbox.path or Path(self.device_id) / "outbox.sqlite"
+
+    @property
+    def state_dir(self) -> Path:
+        """The daemon's state directory: the outbox's directory (journals beside it; locked while a daemon runs)."""
+        return self.outbox_path.parent
+
     def journal_path(self, cam: CameraConfig) -> Path | None:
         """The read journal of a watched folder with ``resume``: the camera's ``journal``, else
         ``<camera name>.journal.sqlite`` beside the MQTT outbox (the state directory); ``None`` for other cameras."""
         if not (cam.watch and cam.resume):
             return None
-        return cam.journal if cam.journal is not None else self.mqtt.outbox.path.parent / f"{cam.name}.journal.sqlite"
+        return cam.journal if cam.journal is not None else self.state_dir / f"{cam.name}.journal.sqlite"
 
     def alarm_policy(self, cam: CameraConfig) -> AlarmPolicy:
         """Effective alarm settings of a camera: ``alarm`` overridden by ``alarm.cameras.<name>`` and the camera's own

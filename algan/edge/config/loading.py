@@ -82,7 +82,7 @@ def _resolve_mqtt_alarm_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
         p = p.expanduser()
         return p if p.is_absolute() else state_base / p
 
-    ob = state_path(mqtt.outbox.path)
+    ob = state_path(mqtt.outbox.path or Path(cfg.device_id) / "outbox.sqlite")
     mqtt = mqtt.model_copy(update={"outbox": mqtt.outbox.model_copy(update={"path": ob})})
     cams = [c.model_copy(update={"journal": state_path(c.journal)}) if c.journal is not None else c
             for c in cfg.cameras]

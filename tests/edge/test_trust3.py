@@ -1,0 +1,228 @@
+"""Issue 25 (trust, round three): no poison message, one daemon per state directory, bounded config, signed bundles.
+
+Each test reproduces one failure of the probe set run against the main of that time (it failed there)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from edgekit import DARK, edge_config, make_folder, write_config
+
+from algan.edge.config import MqttConfig, parse_config
+from algan.edge.errors import ConfigError, StateLockError
+from algan.edge.publish.mqtt import MqttPublisher, topic_problem
+from algan.edge.publish.outbox import Outbox
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "algan.cli.edge", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False, env=env)
+
+
+# -- 1. poison messages -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"device_id": "line1\n"}, "device_id"),
+    ({"mqtt": {"prefix": "algan\n"}}, "mqtt.prefix"),
+    ({"mqtt": {"prefix": "plant\t1/algan"}}, "mqtt.prefix"),
+    ({"mqtt": {"client_id": "edge-1\n"}}, "mqtt.client_id"),
+    ({"camera": "cam1\n"}, "camera"),
+], ids=["device-newline", "prefix-newline", "prefix-tab", "client-id-newline", "camera-newline"])
+def test_names_with_a_control_character_or_trailing_newline_are_refused(tmp_path, over, field):
+    cam = over.pop("camera", "cam1")
+    cfg = edge_config(tmp_path / "model", ("127.0.0.1", 1883), [{"name": cam, "source": "/dev/null"}], **over)
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg)
+    assert field in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_topic_problem_names_the_reason():
+    assert topic_problem("algan/line1/cam1/alarm") is None
+    assert topic_problem("algan/line1/cam1\n/state") == "the topic holds a control character (U+000A)"
+    assert topic_problem("algan/+/x") == "the topic holds a wildcard ('+' or '#')"
+    assert topic_problem("") == "the topic is empty"
+
+
+def _publisher(ob: Outbox, broker, **mqtt) -> MqttPublisher:
+    cfg = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=1, reconnect_max_s=1, connect_timeout_s=5,
+                     **mqtt)
+    return MqttPublisher(cfg, "algan-edge-poison", "algan/line1/status", ob)
+
+
+def test_poison_message_from_an_earlier_run_is_a_dead_letter_and_the_rest_go_out(tmp_path, mosquitto_factory,
+                                                                                  caplog):
+    """The outbox holds a state message on a topic with a newline (queued by a config that passed the old name
+    check) before 7 good messages: mosquitto closes the connection on it; the 7 must still reach the subscriber."""
+    from mqttkit import Collector
+
+    broker = mosquitto_factory()
+    ob = Outbox(tmp_path / "ob.sqlite")
+    ob.add("algan/line1/cam1\n/state", "normal", 1, True)
+    good = [ob.add("algan/line1/cam1/alarm", json.dumps({"n": i}), 1, False) for i in range(7)]
+    col = Collector(broker.host, broker.port, "algan/#")
+    pub = _publisher(ob, broker)
+    try:
+        with caplog.at_level(logging.ERROR, logger="algan.edge.mqtt"):
+            pub.connect(5)
+            assert col.wait_for(lambda ms: len(col.on("/alarm")) == 7, timeout=15), col.messages
+        assert [e["n"] for e in col.events()] == list(range(7))
+        (dead,) = ob.dead_letters()
+        assert dead.topic == "algan/line1/cam1\n/state" and "control character (U+000A)" in dead.reason
+        lines = [r.getMessage() for r in caplog.records if "dead letters" in r.getMessage()]
+        assert len(lines) == 1 and "'algan/line1/cam1\\n/state'" in lines[0] and "U+000A" in lines[0], lines
+        assert pub.flush(10) == 0 and len(ob) == 0 and len(good) == 7, "every good row acknowledged and deleted"
+    finally:
+        pub.close(2)
+        col.stop()
+
+
+def test_message_the_broker_keeps_closing_the_connection_on_goes_to_the_dead_letters(tmp_path, mosquitto_factory,
+                                                                                     caplog):
+    """A message mosquitto closes the connection on (here: larger than its max_packet_size) is re-sent by the client
+    after every reconnect; after mqtt.outbox.max_tries it is a dead letter and the messages after it are delivered."""
+    from mqttkit import Collector
+
+    broker = mosquitto_factory("allow_anonymous true\nmax_packet_size 2000\n")
+    ob = Outbox(tmp_path / "ob.sqlite")
+    big = ob.add("algan/line1/cam1/alarm", json.dumps({"n": -1, "pad": "x" * 5000}), 1, False)
+    for i in range(3):
+        ob.add("algan/line1/cam1/alarm", json.dumps({"n": i}), 1, False)
+    col = Collector(broker.host, broker.port, "algan/#")
+    pub = _publisher(ob, broker, outbox={"max_tries": 3})
+    try:
+        with caplog.at_level(logging.ERROR, logger="algan.edge.mqtt"):
+            pub.connect(5)
+            assert col.wait_for(lambda ms: len(col.on("/alarm")) == 3, timeout=30), col.messages
+        assert [e["n"] for e in col.events()] == [0, 1, 2]
+        (dead,) = ob.dead_letters()
+        assert dead.seq == big and dead.tries == 3 and "closed the connection each time it was sent" in dead.reason
+        lines = [r.getMessage() for r in caplog.records if "dead letters" in r.getMessage()]
+        assert len(lines) == 1 and "'algan/line1/cam1/alarm'" in lines[0], lines
+        assert pub.flush(10) == 0 and len(ob) == 0
+    finally:
+        pub.close(2)
+        col.stop()
+
+
+def test_outbox_cli_lists_retries_and_drops_dead_letters(tmp_path):
+    path = tmp_path / "state" / "ob.sqlite"
+    cfg = write_config(tmp_path / "edge.yaml", edge_config(tmp_path / "model", ("127.0.0.1", 1883),
+                                                           [{"name": "cam1", "source": str(tmp_path)}],
+                                                           mqtt={"outbox": {"path": str(path)}}))
+    ob = Outbox(path)
+    a = ob.add("algan/line1/cam1\n/state", "normal", 1, True)
+    b = ob.add("algan/line1/cam1/alarm", "{}", 1, False)
+    ob.dead_letter(a, "the topic holds a control character (U+000A)")
+    ob.dead_letter(b, "the broker closed the connection each time it was sent (5 tries, last: x)")
+    ob.close()
+    res = _cli("outbox", "list", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "0 message(s) queued, 2 dead letter(s)" in res.stdout
+    assert "'algan/line1/cam1\\n/state'" in res.stdout and "U+000A" in res.stdout
+    res = _cli("outbox", "retry", "--config", str(cfg))
+    assert res.returncode == 2 and "--all" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = _cli("outbox", "retry", "--config", str(cfg), "999")
+    assert res.returncode == 2 and "no dead letter 999" in res.stderr
+    assert _cli("outbox", "retry", "--config", str(cfg), str(b)).returncode == 0
+    assert _cli("outbox", "drop", "--config", str(cfg), "--all").returncode == 0
+    ob = Outbox(path)
+    assert ob.dead_letters() == [] and [r.topic for r in ob.after(0)] == ["algan/line1/cam1/alarm"]
+    ob.close()
+
+
+# -- 2. one daemon per state directory ------------------------------------------------------------------------------
+
+
+def test_second_daemon_on_the_same_state_directory_exits_2_naming_the_pid(tmp_path, tiny_model, mqtt_broker):
+    inbox = make_folder(tmp_path / "inbox", [DARK] * 2)
+    cams = [{"name": "cam1", "source": str(inbox), "watch": True, "settle_s": 0.1}]
+    path = write_config(tmp_path / "edge.yaml", edge_config(tiny_model, mqtt_broker, cams))
+    first = subprocess.Popen([sys.executable, "-m", "algan.cli.edge", "run", "--config", str(path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "line1" / "algan-edge.lock"
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not (lock.is_file() and lock.read_text().strip()):
+            time.sleep(0.1)
+        second = _cli("run", "--config", str(path), timeout=60)
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and f"in use by another algan-edge (PID {first.pid})" in err[0], err
+        assert str(tmp_path / "line1") in err[0]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+
+
+def test_state_lock_is_exclusive_and_released(tmp_path):
+    from algan.edge.state import StateLock
+
+    one = StateLock(tmp_path / "s")
+    code = ("import sys\nfrom algan.edge.state import StateLock\nfrom algan.edge.errors import StateLockError\n"
+            "try:\n    StateLock(sys.argv[1])\nexcept StateLockError as e:\n    print(e); sys.exit(2)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True,
+                         env=env, timeout=60, check=False)
+    assert res.returncode == 2 and f"PID {os.getpid()}" in res.stdout
+    one.release()
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True,
+                         env=env, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout
+    with pytest.raises(StateLockError):  # flock is per open file: a second lock in one process is refused too
+        two = StateLock(tmp_path / "s")
+        StateLock(tmp_path / "s")
+    two.release()
+
+
+def test_default_state_path_is_per_device(tmp_path, monkeypatch):
+    from algan.edge.config import load_config
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    paths = []
+    for dev in ("line1", "line2"):
+        cfg = edge_config(tmp_path / "model", ("127.0.0.1", 1883), [{"name": "cam1", "source": str(tmp_path)}],
+                          device_id=dev)
+        paths.append(load_config(write_config(tmp_path / f"{dev}.yaml", cfg)).outbox_path)
+    assert paths == [tmp_path / "line1" / "outbox.sqlite", tmp_path / "line2" / "outbox.sqlite"]
+
+
+def test_open_alarms_are_keyed_by_device_and_camera(tmp_path):
+    ob = Outbox(tmp_path / "shared.sqlite")
+    ob.set_open_alarm("cam1", '{"id": "a"}', device="line1")
+    ob.set_open_alarm("cam1", '{"id": "b"}', device="line2")
+    assert ob.open_alarms("line1") == {"cam1": b'{"id": "a"}'}
+    assert ob.open_alarms("line2") == {"cam1": b'{"id": "b"}'}
+    ob.set_open_alarm("cam1", None, device="line1")
+    assert ob.open_alarms("line1") == {} and ob.open_alarms("line2") == {"cam1": b'{"id": "b"}'}
+    ob.close()
+
+
+def test_outbox_file_of_the_earlier_layout_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT "
+               "NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created REAL NOT NULL)")
+    db.execute("CREATE TABLE open_alarms (camera TEXT PRIMARY KEY, payload BLOB NOT NULL)")
+    db.execute("INSERT INTO outbox (topic, payload, qos, retain, created) VALUES ('a/b', x'7b7d', 1, 0, 1.0)")
+    db.execute("INSERT INTO open_alarms VALUES ('cam1', x'7b7d')")
+    db.commit()
+    db.close()
+    ob = Outbox(path)
+    (row,) = ob.after(0)
+    assert (row.topic, row.tries) == ("a/b", 0)
+    assert ob.open_alarms("line1") == {"cam1": b"{}"}
+    ob.close()
