@@ -110,6 +110,8 @@ class EdgeApp:
         self.systemd = notifier or SystemdNotifier()
         self.config_path = Path(config_path) if config_path is not None else None
         self._reload = threading.Event()
+        self._reading: threading.Thread | None = None  # the thread re-reading the config file (SIGHUP)
+        self._reread: queue.SimpleQueue[EdgeConfig | None] = queue.SimpleQueue()
         self.reloads = 0
         self.backend = ""
         self._batcher: Batcher[Frame] | None = None
@@ -343,13 +345,39 @@ class EdgeApp:
             True when new thresholds were applied.
         """
         self._reload.clear()
+        return self._apply_loaded(self._read_config())
+
+    def _read_config(self) -> EdgeConfig | None:
+        """Re-read :attr:`config_path` (any thread); ``None`` (logged) when it does not load."""
         if self.config_path is None:
             log.warning("SIGHUP ignored: the daemon was not started from a config file")
-            return False
+            return None
         try:
-            new = load_config(self.config_path)
+            return load_config(self.config_path)
         except ConfigError as e:
             log.error("reload failed, keeping the current settings: %s", e)
+            return None
+
+    def _poll_reload(self) -> None:
+        """Between two batches: start re-reading the config file in a thread when a SIGHUP asked for it, and apply
+        a finished one. The loop never waits for the file (a slow disk or a huge file cannot stop scoring or starve
+        the systemd watchdog)."""
+        if self._reload.is_set() and self._reading is None:
+            self._reload.clear()
+            self._reading = threading.Thread(target=lambda: self._reread.put(self._read_config()),
+                                             name="config-reload", daemon=True)
+            self._reading.start()
+        if self._reading is not None:
+            try:
+                new = self._reread.get_nowait()
+            except queue.Empty:
+                return
+            self._reading = None
+            self._apply_loaded(new)
+
+    def _apply_loaded(self, new: EdgeConfig | None) -> bool:
+        """Apply the alarm section and thresholds of a re-read config (``None``: it did not load, nothing changes)."""
+        if new is None:
             return False
         plan = plan_reload(self.cfg, new)
         if plan.cameras_changed:
@@ -388,8 +416,7 @@ class EdgeApp:
         while True:
             if self._frames_flowing(self.clock()):
                 self.systemd.watchdog()
-            if self._reload.is_set():
-                self._apply_reload()
+            self._poll_reload()
             self._drain_status(pub)
             batch = next_batch(self.hub, batcher, self.stop, self.clock)
             if batch is None:

@@ -226,3 +226,103 @@ def test_outbox_file_of_the_earlier_layout_keeps_its_rows(tmp_path):
     assert (row.topic, row.tries) == ("a/b", 0)
     assert ob.open_alarms("line1") == {"cam1": b"{}"}
     ob.close()
+
+
+# -- 3. bounded config ----------------------------------------------------------------------------------------------
+
+
+def _alias_bomb(levels: int = 9, fan: int = 9) -> str:
+    lines = [f"a0: &a0 [{','.join(['lol'] * fan)}]"]
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\ndevice_id: line1\nmodel: m.onnx\ncameras: [{name: cam1, source: /dev/null}]\n"
+
+
+def test_alias_bomb_is_refused_at_once_by_check_config(tmp_path):
+    """~600 bytes that expand to 9^10 values: main took minutes and GBs; refused in one line (timeout 30 s)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    assert len(path.read_bytes()) < 700
+    res = _cli("check-config", str(path), timeout=30)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "expands to more than 50000 values" in line and str(path) in line
+
+
+def test_self_referencing_alias_and_deep_nesting_are_one_line(tmp_path):
+    from algan.edge.config import load_config
+
+    path = tmp_path / "edge.yaml"
+    path.write_text("x: &x [1, *x]\ndevice_id: line1\n")
+    with pytest.raises(ConfigError, match="endless expansion"):
+        load_config(path)
+    path.write_text("x: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
+
+
+def test_config_over_the_size_cap_is_refused_before_parsing(tmp_path):
+    from algan.edge.config import load_config
+
+    path = tmp_path / "edge.yaml"
+    with path.open("w") as f:
+        f.write("device_id: line1\nnote: |\n")
+        for _ in range(40_000):
+            f.write("  " + "x" * 60 + "\n")
+    with pytest.raises(ConfigError, match="larger than 1024 KiB") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_anchors_within_the_bound_still_load(tmp_path):
+    from algan.edge.config import load_config
+
+    model = tmp_path / "m.onnx"
+    path = tmp_path / "edge.yaml"
+    path.write_text(f"device_id: line1\nmodel: {model}\ncameras:\n  - &cam {{name: cam1, source: /dev/null, "
+                    "threshold: 1.5}\n  - {<<: *cam, name: cam2}\n")
+    cfg = load_config(path)
+    assert [(c.name, c.threshold) for c in cfg.cameras] == [("cam1", 1.5), ("cam2", 1.5)]
+
+
+def test_reload_is_read_off_the_inference_loop(tmp_path, monkeypatch):
+    """While the config file is being read (here: held on an event), the loop's reload poll returns at once, so
+    scoring and the watchdog go on; the new thresholds apply once the file is read."""
+    import threading
+
+    from algan.edge import app as app_mod
+    from algan.edge.alarm import AlarmTracker
+    from algan.edge.app import EdgeApp
+    from algan.edge.config import load_config
+
+    cfg = edge_config(tmp_path / "model", ("127.0.0.1", 1883), [{"name": "cam1", "source": str(tmp_path)}])
+    path = write_config(tmp_path / "edge.yaml", cfg)
+    app = EdgeApp(load_config(path), config_path=path)
+    app.trackers = {c.name: AlarmTracker(c.name, policy=app.cfg.alarm_policy(c)) for c in app.cfg.cameras}
+    cfg["alarm"] = {**cfg["alarm"], "threshold": 2.0, "clear_threshold": 1.8}
+    write_config(path, cfg)
+    release, reading = threading.Event(), threading.Event()
+
+    def slow_load(p):  # noqa: ANN001
+        reading.set()
+        assert release.wait(30), "the test never released the read"
+        return load_config(p)
+
+    monkeypatch.setattr(app_mod, "load_config", slow_load)
+    app.request_reload()
+    t0 = time.monotonic()
+    app._poll_reload()
+    assert reading.wait(10) and time.monotonic() - t0 < 5, "the poll waited for the file"
+    app._poll_reload()
+    assert app.thresholds["cam1"][0] == 1.0, "nothing applied while the file is being read"
+    release.set()
+    end = time.monotonic() + 10
+    while app.thresholds["cam1"][0] != 2.0 and time.monotonic() < end:
+        app._poll_reload()
+        time.sleep(0.01)
+    assert app.thresholds["cam1"] == (2.0, 1.8) and app.reloads == 1
+
+
+def test_unit_bounds_memory():
+    unit = (REPO / "deploy" / "algan-edge.service").read_text()
+    keys = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert keys["MemoryMax"].endswith("G") and float(keys["MemoryMax"][:-1]) >= float(keys["MemoryHigh"][:-1])

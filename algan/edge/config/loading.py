@@ -17,6 +17,12 @@ from algan.edge.config.errors import SECRET_KEY_RE, format_validation_error, one
 from algan.edge.errors import ConfigError
 from algan.edge.logs import register_secret
 
+#: Largest config file read (bytes): a real one is a few kB; a bigger one is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
+#: Most YAML nodes a config may hold once its aliases (``*name``) are expanded: a real config has a few hundred;
+#: an "alias bomb" (a few hundred bytes that expand to billions of nodes) is refused before anything walks it.
+MAX_CONFIG_NODES = 50_000
+
 #: ``${NAME}``, ``${NAME:-default}`` and ``${file:PATH}`` in string values (``$${`` = a literal ``${``).
 SUBST_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -195,18 +201,79 @@ def load_config(path: str | Path) -> EdgeConfig:
         raise ConfigError(one_line(str(e))) from None
 
 
-def _load_config(path: Path) -> EdgeConfig:
+def expanded_nodes(root: yaml.Node | None, limit: int = MAX_CONFIG_NODES) -> int:
+    """How many nodes the YAML document ``root`` holds with every alias expanded (a node reached through ``n``
+    aliases counts ``n`` times), counted without expanding anything: each node's size is computed once.
+
+    Raises:
+        ValueError: the count passes ``limit``, or an alias refers to a node that contains it (endless expansion).
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    while stack:  # post-order without recursion: deep nesting cannot exhaust the Python stack
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = _children(node)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > limit:
+                raise ValueError(f"expands to more than {limit} values (aliases '*name' repeating anchored blocks)")
+            sizes[key] = total
+            open_.discard(key)
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise ValueError("an alias refers to a block that contains it (endless expansion)")
+        open_.add(key)
+        stack.append((node, True))
+        for c in _children(node):
+            if id(c) in open_:
+                raise ValueError("an alias refers to a block that contains it (endless expansion)")
+            if id(c) not in sizes:
+                stack.append((c, False))
+    return sizes.get(id(root), 0)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for kv in node.value for n in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _read_text(path: Path) -> str:
+    """The config file's text, refusing a file over :data:`MAX_CONFIG_BYTES` before reading it whole."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         msg = f"config error: cannot read {path} ({e.strerror or e}); check the path given to --config"
         raise ConfigError(msg) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        msg = (f"config error: {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; an edge config is a few kB: "
+               "check that --config names the YAML file")
+        raise ConfigError(msg)
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         msg = f"config error: {path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 YAML"
         raise ConfigError(msg) from None
+
+
+def _load_config(path: Path) -> EdgeConfig:
+    text = _read_text(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        try:
+            expanded_nodes(root)
+        except ValueError as e:
+            raise ConfigError(f"config error: {path}: {e}; write the settings out instead") from None
+        data = yaml.SafeLoader(text).construct_document(root) if root is not None else None
+    except RecursionError:
+        raise ConfigError(f"config error: {path}: nested too deeply; an edge config has a few levels") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
