@@ -326,3 +326,46 @@ def test_unit_bounds_memory():
     unit = (REPO / "deploy" / "algan-edge.service").read_text()
     keys = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
     assert keys["MemoryMax"].endswith("G") and float(keys["MemoryMax"][:-1]) >= float(keys["MemoryHigh"][:-1])
+
+
+# -- 4. slowly written images -------------------------------------------------------------------------------------
+
+
+def test_image_written_with_pauses_longer_than_settle_is_scored_once_complete(tmp_path):
+    """An SMB/FTP-like writer: a JPEG in three parts with 1.5 s pauses (settle 0.5 s). The cut file is refused as
+    incomplete, read again when it changes, and the finished image is returned (main: lost for good)."""
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from algan.edge.capture.sources import NO_FRAME, Corrupt, FolderSource
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    parts = [data[: len(data) // 3], data[len(data) // 3: 2 * len(data) // 3], data[2 * len(data) // 3:]]
+
+    def writer() -> None:
+        with (inbox / "slow.jpg").open("wb") as f:
+            for i, part in enumerate(parts):
+                f.write(part)
+                f.flush()
+                if i < len(parts) - 1:
+                    time.sleep(1.5)
+
+    src = FolderSource(inbox, watch=True, settle_s=0.5, poll_s=0.05, incomplete_wait_s=10.0)
+    t = threading.Thread(target=writer)
+    t.start()
+    got: list = []
+    end = time.monotonic() + 20
+    while time.monotonic() < end and not any(isinstance(g, np.ndarray) for g in got):
+        r = src.read()
+        if not isinstance(r, type(NO_FRAME)):
+            got.append(r)
+        time.sleep(0.02)
+    t.join()
+    assert len(got) == 1 and isinstance(got[0], np.ndarray), [getattr(g, "reason", g) for g in got]
+    assert not any(isinstance(g, Corrupt) for g in got)
+    assert src.read() is NO_FRAME, "read once"
