@@ -230,11 +230,20 @@ def preflight(cfg: EdgeConfig, graph_contract: bool = True):
 
 
 def check_config(path: str) -> int:
-    """Validate the schema, the model bundle and the camera files (see :func:`preflight`); print one line; return
-    the exit status (0 valid, 2 invalid)."""
+    """Validate the schema, the model bundle and the camera files (see :func:`preflight`), then load the model as
+    ``run`` does before scoring (:func:`~algan.edge.runners.base.load_runner`: the ONNX Runtime session with its
+    external data and operators, the input size against the manifest, a warm-up batch; not for the triton backend,
+    a network service); print one line; return the exit status (0 valid, 2 invalid)."""
+    from algan.edge.runners.base import load_runner
+
     cfg = load_config(path)
     try:
         model = preflight(cfg)
+        if choose_backend(cfg) != "triton":
+            runner = load_runner(cfg)
+            close = getattr(runner, "close", None)
+            if callable(close):
+                close()
     except ModelError as e:
         print(redact(f"config error: {path}: model: {e}"), file=sys.stderr)
         return 2

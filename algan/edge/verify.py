@@ -179,6 +179,25 @@ def read_manifest(bundle: Path) -> dict:
     return manifest
 
 
+def manifest_input_size(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(H, W)`` in pixels the manifest says the model takes: ``input.height``/``input.width``, else
+    ``backbone.input_size`` ``[H, W]``, else a pixel model's ``head.settings.size``; ``None`` when it says none of
+    them (or says it in a form not understood)."""
+    inp = manifest.get("input")
+    size = [inp.get("height"), inp.get("width")] if isinstance(inp, dict) and "height" in inp else None
+    bb = manifest.get("backbone")
+    if size is None and isinstance(bb, dict):
+        size = bb.get("input_size")
+    if size is None:
+        head = manifest.get("head")
+        settings = head.get("settings") if isinstance(head, dict) else None
+        side = settings.get("size") if isinstance(settings, dict) and manifest.get("variant") == "image" else None
+        size = [side, side] if side is not None else None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        return None
+    return int(size[0]), int(size[1])
+
+
 def graph_model_id(path: Path) -> str | None:
     """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime); ``None`` if absent.
 

@@ -157,9 +157,13 @@ def test_stale_engine_names_both_hashes_and_the_rebuild_command(tmp_path):
     assert f"build-engine {engine.parent} on" in stale_engine({**side, "precision": "fp32"}, engine, "b2" * 32)
 
 
-def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsys):
+def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsys, monkeypatch):
     from algan.cli.edge import main
+    from algan.edge.runners import base
     from algan.edge.verify import BundleCheckError, verify_model
+
+    # the stand-in engine cannot be loaded (no TensorRT here): what is checked is the bundle check before loading
+    monkeypatch.setattr(base, "load_runner", lambda cfg: None)
 
     bundle = make_bundle(tmp_path / "bundle")
     engine = _engine_of(bundle)
@@ -399,7 +403,7 @@ def test_env_and_file_substitution(tmp_path, monkeypatch):
 
 def test_truncated_tiny_and_empty_images_counted_and_journalled(tmp_path):
     from algan.edge.capture.journal import FolderJournal
-    from algan.edge.capture.sources import NO_FRAME, Corrupt, FolderSource
+    from algan.edge.capture.sources import NO_FRAME, FolderSource
 
     class Clock:
         t = 0.0

@@ -369,3 +369,92 @@ def test_image_written_with_pauses_longer_than_settle_is_scored_once_complete(tm
     assert len(got) == 1 and isinstance(got[0], np.ndarray), [getattr(g, "reason", g) for g in got]
     assert not any(isinstance(g, Corrupt) for g in got)
     assert src.read() is NO_FRAME, "read once"
+
+
+# -- 5. check-config runs what run runs before scoring ---------------------------------------------------------------
+
+
+def _replace_graph(bundle: Path, model) -> None:  # noqa: ANN001
+    """Put ``model`` (an onnx ModelProto) in the bundle as model.onnx with its sha256 recorded (a forged bundle)."""
+    import hashlib
+
+    import onnx
+
+    onnx.save(model, str(bundle / "model.onnx"))
+    m = json.loads((bundle / "algan.json").read_text())
+    m["exports"]["onnx"]["sha256"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    (bundle / "algan.json").write_text(json.dumps(m))
+
+
+def _tiny_proto(size=(64, 64), extra_nodes=(), domain=None):  # noqa: ANN001, ANN202
+    from onnx import TensorProto, helper
+
+    h, w = size
+    inp = helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", h, w, 3])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N"])
+    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2, 3], keepdims=0),
+             *extra_nodes,
+             helper.make_node("Div", ["m2" if extra_nodes else "m", "k"], ["scores"])]
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [128.0])
+    opsets = [helper.make_opsetid("", 13)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [inp], [out], initializer=[k]), opset_imports=opsets,
+                              ir_version=8)
+    helper.set_model_props(model, {"algan.model_id": "tiny-1"})
+    return model
+
+
+def _huge_input(bundle: Path) -> None:
+    _replace_graph(bundle, _tiny_proto(size=(40000, 40000)))
+
+
+def _external_data_outside(bundle: Path) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = _tiny_proto()
+    (bundle.parent / "outside.bin").write_bytes(np.float32(128.0).tobytes())
+    k = model.graph.initializer[0]
+    k.CopyFrom(numpy_helper.from_array(np.array(128.0, np.float32), "k"))
+    k.ClearField("raw_data")
+    k.data_location = 1  # EXTERNAL
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "4")):
+        k.external_data.add(key=key, value=value)
+    _replace_graph(bundle, model)
+
+
+def _custom_op(bundle: Path) -> None:
+    from onnx import helper
+
+    node = helper.make_node("Evil", ["m"], ["m2"], domain="com.example.evil")
+    _replace_graph(bundle, _tiny_proto(extra_nodes=[node], domain="com.example.evil"))
+
+
+def _manifest_size(bundle: Path) -> None:
+    m = json.loads((bundle / "algan.json").read_text())
+    m["input"] = {"height": 224, "width": 224, "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"}
+    (bundle / "algan.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(("forge", "needle"), [
+    (_huge_input, "takes 40000x40000 pixel images, more than 8192 pixels a side"),
+    (_external_data_outside, "cannot load model"),
+    (_custom_op, "cannot load model"),
+    (_manifest_size, "takes 64x64 pixel images, but its manifest says the model was trained at 224x224"),
+], ids=["40000x40000-input", "external-data-outside", "custom-domain-op", "manifest-size"])
+def test_check_config_refuses_what_run_refuses_in_one_line(tmp_path, forge, needle):
+    from edgekit import make_bundle, make_video
+
+    bundle = make_bundle(tmp_path / "bundle")
+    video = make_video(tmp_path / "clip.mp4", [DARK] * 3)
+    path = write_config(tmp_path / "edge.yaml", edge_config(bundle, ("127.0.0.1", 1),
+                                                            [{"name": "cam1", "source": str(video)}]))
+    assert _cli("check-config", str(path)).returncode == 0, "the intact bundle passes"
+    forge(bundle)
+    for res in (_cli("check-config", str(path)), _cli("run", "--config", str(path))):
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert needle in lines[-1] and not any("ERROR" in x or "error" in x for x in lines[:-1]), res.stderr
+    assert len(res.stderr.strip().splitlines()) >= 1
+    check = _cli("check-config", str(path))
+    assert len(check.stderr.strip().splitlines()) == 1, check.stderr
