@@ -18,7 +18,9 @@ import time
 LEVELS = ("debug", "info", "warning", "error")
 #: what replaces a secret in log lines and error messages
 MASK = "***"
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/:@'\"]*):(?P<pw>[^\s/@'\"]*)@")
+#: ``scheme://user:password@`` with the password running to the LAST ``@`` of the authority (a raw ``@`` in a
+#: password, e.g. ``rtsp://admin:Sekr3t@Pw2@10.0.0.5/s1``, is masked whole)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*:/{1,2})(?P<user>[^\s/:@'\"]*):(?P<pw>[^\s/'\"]*)@")
 _KEY_VALUE = re.compile(r"(?P<key>\b(?:password|passwd|pwd|user-pw|user_pw|secret|token)=)(?P<value>[^\s&;,'\"]+)",
                         re.IGNORECASE)
 _SECRETS: set[str] = set()
@@ -31,6 +33,13 @@ def register_secret(value: object) -> None:
     if len(text) >= 3:
         with _SECRETS_LOCK:
             _SECRETS.add(text)
+
+
+def register_url_secrets(text: str) -> None:
+    """Register the password of every ``scheme://user:password@`` in ``text`` (see :func:`register_secret`): the
+    secret stays masked even where the URL is later rewritten (a path normalisation turning ``//`` into ``/``)."""
+    for m in _URL_USERINFO.finditer(text):
+        register_secret(m["pw"])
 
 
 def redact(text: str) -> str:

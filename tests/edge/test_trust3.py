@@ -458,3 +458,38 @@ def test_check_config_refuses_what_run_refuses_in_one_line(tmp_path, forge, need
     assert len(res.stderr.strip().splitlines()) >= 1
     check = _cli("check-config", str(path))
     assert len(check.stderr.strip().splitlines()) == 1, check.stderr
+
+
+# -- 6. secrets ---------------------------------------------------------------------------------------------------
+
+
+PW_HEAD, PW_TAIL = "Sekr3tQ", "Pw2xZ"  # the password is PW_HEAD@PW_TAIL: neither half may appear anywhere
+
+
+def _leaks(text: str) -> list[str]:
+    return [line for line in text.splitlines() if PW_HEAD in line or PW_TAIL in line]
+
+
+def test_password_with_at_sign_never_logged_by_run(tmp_path, tiny_model, unused_port):
+    cams = [{"name": "door", "source": f"rtsp://admin:{PW_HEAD}@{PW_TAIL}@127.0.0.1:{unused_port}/s1",
+             "open_timeout_s": 1, "reconnect_interval_s": 0.2, "reconnect_max_s": 0.4}]
+    cfg = edge_config(tiny_model, ("127.0.0.1", unused_port), cams,
+                      mqtt={"connect_timeout_s": 0, "outbox": {"path": str(tmp_path / "ob.sqlite")}})
+    path = write_config(tmp_path / "edge.yaml", cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "algan.cli.edge", "run", "--config", str(path), "--log-level",
+                             "debug"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # several open retries
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert "rtsp://admin:***@127.0.0.1" in err, err
+    assert _leaks(err) == [] and _leaks(out) == []
+
+
+def test_url_given_as_a_file_is_masked_before_path_normalisation(tmp_path, tiny_model):
+    cams = [{"name": "door", "kind": "file", "source": f"rtsp://admin:{PW_HEAD}@{PW_TAIL}@10.0.0.5:554/s1"}]
+    path = write_config(tmp_path / "edge.yaml", edge_config(tiny_model, ("127.0.0.1", 1), cams))
+    res = _cli("check-config", str(path))
+    assert res.returncode == 2 and "door" in res.stderr, res.stderr
+    assert _leaks(res.stderr) == [] and _leaks(res.stdout) == [], res.stderr
+    res = _cli("run", "--config", str(path))
+    assert res.returncode == 2 and _leaks(res.stderr) == [], res.stderr

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from algan.edge.config.edge import EdgeConfig
 from algan.edge.config.errors import SECRET_KEY_RE, format_validation_error, one_line, yaml_line
 from algan.edge.errors import ConfigError
-from algan.edge.logs import register_secret
+from algan.edge.logs import register_secret, register_url_secrets
 
 #: Largest config file read (bytes): a real one is a few kB; a bigger one is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
@@ -48,7 +48,7 @@ def _resolve_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
     model = cfg.model if cfg.model.is_absolute() else base / cfg.model
     cams = []
     for cam in cfg.cameras:
-        if cam.resolved_kind in ("file", "folder") and isinstance(cam.source, str):
+        if cam.resolved_kind in ("file", "folder") and isinstance(cam.source, str) and "://" not in cam.source:
             src = Path(cam.source).expanduser()
             cam = cam.model_copy(update={"source": str(src if src.is_absolute() else base / src)})
         cams.append(cam)
@@ -161,6 +161,19 @@ def _substitute(data: Any, path: Path, root: yaml.Node | None, env: typing.Mappi
         return value
 
     return SUBST_RE.sub(one, data)
+
+
+def _register_url_secrets(data: Any) -> None:
+    """Register the password of every ``user:password@`` URL in the config's string values as a secret."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "@" in item:
+            register_url_secrets(item)
 
 
 def parse_config(data: Any, path: Path = Path("<config>"), root: yaml.Node | None = None) -> EdgeConfig:
@@ -280,7 +293,9 @@ def _load_config(path: Path) -> EdgeConfig:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         msg = f"config error: {pos}: YAML syntax error: {problem}; fix the indentation/quoting there"
         raise ConfigError(msg) from None
-    cfg = parse_config(_substitute(data, path, root), path, root)
+    data = _substitute(data, path, root)
+    _register_url_secrets(data)  # before anything rewrites a value (validation messages, path resolution)
+    cfg = parse_config(data, path, root)
     base = path.resolve().parent
     cfg = _resolve_mqtt_alarm_paths(_read_password(_resolve_paths(cfg, base), base), base)
     register_secret(cfg.mqtt.password)
