@@ -163,6 +163,8 @@ class EdgeApp:
                             "writable for the daemon's user or set mqtt.outbox.path") from None
 
     def _run(self) -> int:
+        if self.snapshots is not None:
+            self.snapshots.clean_temp()
         runner = self.runner_factory(self.cfg)
         h, w = runner.input_size
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,

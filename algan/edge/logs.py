@@ -128,7 +128,7 @@ class RepeatedErrors:
             more = self._count.pop(kind, 0)
             self._last[kind] = now
         if more:
-            self.logger.error("%s (%d more like this in the last %.0f s)", message, more, now - (last or now))
+            self.logger.error("%s (%d more like this in the last %.0f s)", message, more, now - (last or 0.0))
         else:
             self.logger.error("%s", message)
         return True

@@ -493,3 +493,76 @@ def test_url_given_as_a_file_is_masked_before_path_normalisation(tmp_path, tiny_
     assert _leaks(res.stderr) == [] and _leaks(res.stdout) == [], res.stderr
     res = _cli("run", "--config", str(path))
     assert res.returncode == 2 and _leaks(res.stderr) == [], res.stderr
+
+
+# -- 7. repeated I/O errors, unfinished snapshot files ---------------------------------------------------------------
+
+
+class _Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_repeated_errors_are_one_line_then_a_count_per_minute(caplog):
+    from algan.edge.logs import RepeatedErrors
+
+    clock = _Clock()
+    errs = RepeatedErrors(logging.getLogger("algan.test"), 60.0, clock)
+    with caplog.at_level(logging.ERROR, logger="algan.test"):
+        for i in range(86):  # the probe: 86 failures in 65 s
+            clock.t = i * 65 / 86
+            errs.error("outbox", "cannot write the MQTT outbox x (disk full); check the disk")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0] == "cannot write the MQTT outbox x (disk full); check the disk"
+    assert lines[1].endswith("more like this in the last 60 s)") and "(79 more" in lines[1], lines
+
+
+def test_outbox_and_open_alarm_write_failures_are_not_one_line_each(tmp_path, caplog):
+    from algan.edge.app import EdgeApp
+    from algan.edge.publish.outbox import OutboxError
+
+    class FullOutbox(Outbox):
+        def add(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+            raise OutboxError(f"cannot write the MQTT outbox {self.path} (database or disk is full); check the disk")
+
+        def set_open_alarm(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
+            raise OutboxError(f"cannot record the open alarm of camera cam1 in {self.path} (disk full); check the "
+                              "disk")
+
+    ob = FullOutbox(tmp_path / "ob.sqlite")
+    pub = MqttPublisher(MqttConfig(port=1), "algan-edge-x", "algan/line1/status", ob)
+    app = EdgeApp(parse_config(edge_config(tmp_path / "model", ("127.0.0.1", 1),
+                                           [{"name": "cam1", "source": str(tmp_path)}])))
+    app._outbox = ob
+    with caplog.at_level(logging.ERROR):
+        for _ in range(86):
+            pub.publish("algan/line1/cam1/alarm", "{}", qos=1, durable=True)
+        for _ in range(22):
+            app._record_open_alarm("cam1", '{"id": "a"}')
+    outbox_lines = [r for r in caplog.records if "cannot write the MQTT outbox" in r.getMessage()]
+    alarm_lines = [r for r in caplog.records if "cannot record the open alarm" in r.getMessage()]
+    assert len(outbox_lines) == 1 and len(alarm_lines) == 1, [r.getMessage() for r in caplog.records]
+    ob.close()
+
+
+def test_unfinished_snapshot_files_cleaned_at_start_and_never_left(tmp_path):
+    import numpy as np
+
+    from algan.edge.publish.snapshots import SnapshotStore
+
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    ours = [".seq__20261130T010203.456Z__3f2a9c.jpg.tmp", ".cam1__20261201T000000.000Z__ab.jpg.tmp"]
+    theirs = [".notes.tmp", "mine.jpg.tmp", ".seq__20261130T010203.456Z__3f2a9c.jpg.tmp.bak", "keep.jpg"]
+    for name in ours + theirs:
+        (snaps / name).write_bytes(b"")
+    store = SnapshotStore(snaps)
+    assert sorted(store.clean_temp()) == sorted(ours)
+    assert sorted(p.name for p in snaps.iterdir()) == sorted(theirs), "nothing else is deleted"
+    name = "cam1__20261201T000001.000Z__cd.jpg"
+    (snaps / name).mkdir()  # the rename cannot replace a directory: the write fails after the temporary file
+    assert store.save(name, np.zeros((32, 32, 3), np.uint8)) is None
+    assert not (snaps / f".{name}.tmp").exists(), "a failed write leaves no temporary file"
