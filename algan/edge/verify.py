@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def safetensors_header(path: Path) -> dict:
             if n < 2 or n > MAX_HEADER or 8 + n > size:
                 what = "a pickle or another format" if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
                                                                    b"\x80\x05", b"PK") else "not safetensors"
-                raise _bad_weights(path, f"{what} (header length {n} does not fit in {size} bytes)")
+                raise _bad_weights(path, f"{what} (its header length field does not fit in {size} bytes)")
             raw = f.read(n)
     except OSError as e:
         raise unreadable(path, e) from None
@@ -141,6 +142,32 @@ def _bad_weights(path: Path, why: str) -> BundleCheckError:
                             "re-train it")
 
 
+def regular_file(bundle: Path, path: Path) -> Path:
+    """``path`` (a file of ``bundle``) unchanged when it is a regular file inside the bundle directory, or absent
+    (the caller reports a missing file). A bundle is copied from machine to machine as plain files: a symbolic link
+    in it would make the daemon open whatever it points to (``weights.safetensors -> /etc/shadow``).
+
+    Raises:
+        BundleCheckError: a symbolic link, not a regular file (directory, FIFO, device), or outside the bundle; one
+            line naming the file, never its contents.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise unreadable(path, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleCheckError(f"{path} is a symbolic link; a bundle holds regular files only: replace it with a "
+                               "copy of the file (cp --dereference) or re-run algan-export")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleCheckError(f"{path} is not a regular file (a directory, FIFO or device); a bundle holds regular "
+                               "files only: copy the bundle again")
+    if path.resolve().parent != bundle.resolve():
+        raise BundleCheckError(f"{path} is outside the bundle directory {bundle}; copy the bundle again")
+    return path
+
+
 def bundle_dir_of(model: Path) -> Path | None:
     """The bundle directory of a configured model (the directory itself, or the directory of a file inside a bundle),
     or ``None`` for a bare model file without an ``algan.json`` beside it."""
@@ -155,7 +182,7 @@ def read_manifest(bundle: Path) -> dict:
     Raises:
         BundleCheckError: missing, unreadable, not a JSON object, or an unsupported ``format_version``.
     """
-    path = bundle / MANIFEST
+    path = regular_file(bundle, bundle / MANIFEST)
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -319,7 +346,11 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         return BundleReport(None, None, graph, False)
     manifest = read_manifest(bundle)
     model_id = manifest.get("model_id")
-    weights = bundle / WEIGHTS
+    weights = regular_file(bundle, bundle / WEIGHTS)
+    if graph != bundle and graph.parent.resolve() == bundle.resolve():
+        regular_file(bundle, graph)
+        if graph.suffix == ".engine":
+            regular_file(bundle, sidecar_path(graph))
     if weights.exists():
         safetensors_header(weights)
     else:

@@ -566,3 +566,47 @@ def test_unfinished_snapshot_files_cleaned_at_start_and_never_left(tmp_path):
     (snaps / name).mkdir()  # the rename cannot replace a directory: the write fails after the temporary file
     assert store.save(name, np.zeros((32, 32, 3), np.uint8)) is None
     assert not (snaps / f".{name}.tmp").exists(), "a failed write leaves no temporary file"
+
+
+# -- 8. bundle files are regular files inside the bundle -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "model.onnx", "algan.json"])
+def test_symlink_in_a_bundle_is_refused_by_name_without_quoting_its_target(tmp_path, name):
+    import struct
+
+    from edgekit import make_bundle, make_video
+
+    bundle = make_bundle(tmp_path / "bundle")
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$SeCrEt0123456789:19000:0:99999:7:::\n")
+    video = make_video(tmp_path / "clip.mp4", [DARK] * 3)
+    path = write_config(tmp_path / "edge.yaml", edge_config(bundle, ("127.0.0.1", 1),
+                                                            [{"name": "cam1", "source": str(video)}]))
+    if name != "weights.safetensors":  # a copy of the real file outside the bundle: still refused, by name
+        (tmp_path / name).write_bytes((bundle / name).read_bytes())
+        target = tmp_path / name
+    else:
+        target = secret
+    (bundle / name).unlink()
+    (bundle / name).symlink_to(target)
+    res = _cli("check-config", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert f"{bundle / name} is a symbolic link" in line, line
+    head = str(struct.unpack("<Q", secret.read_bytes()[:8])[0])
+    assert "SeCrEt" not in line and head not in line and "root:" not in line
+    res = _cli("run", "--config", str(path))
+    assert res.returncode == 2 and f"{bundle / name} is a symbolic link" in res.stderr.strip().splitlines()[-1]
+
+
+def test_weights_error_never_quotes_file_bytes(tmp_path):
+    import struct
+
+    from algan.edge.verify import BundleCheckError, safetensors_header
+
+    p = tmp_path / "weights.safetensors"
+    p.write_bytes(b"root:$6$SeCrEt0123456789\n")
+    with pytest.raises(BundleCheckError) as info:
+        safetensors_header(p)
+    assert str(struct.unpack("<Q", p.read_bytes()[:8])[0]) not in str(info.value)
