@@ -10,6 +10,7 @@ Usage::
     algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
     algan-edge outbox list --config FILE                # messages the broker kept rejecting (dead letters)
     algan-edge outbox retry|drop --config FILE (SEQ... | --all)
+    algan-edge keygen --out KEY                         # Ed25519 key pair: KEY (private, 0600) and KEY.pub
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
@@ -74,7 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     obx.add_argument("seq", nargs="*", type=int, help="sequence numbers (from list) for retry/drop")
     obx.add_argument("--config", "-c", required=True, help="edge config YAML (names the outbox file)")
     obx.add_argument("--all", action="store_true", help="retry/drop every dead letter")
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signed bundles (algan-export --sign KEY; "
+                        "model.trusted_keys: [KEY.pub] on the devices)")
+    kg.add_argument("--out", required=True, help="private key file to write (mode 0600; KEY.pub beside it); never "
+                    "overwritten")
     return p
+
+
+def keygen_cmd(out: str) -> int:
+    """``algan-edge keygen``: see :func:`algan.edge.signing.generate_key`."""
+    from pathlib import Path
+
+    from algan.edge.signing import generate_key
+
+    path = Path(out)
+    try:
+        pub, text = generate_key(path)
+    except FileExistsError as e:
+        raise ConfigError(f"algan-edge keygen: {e}; choose another --out (an existing key is never "
+                          "overwritten)") from None
+    except OSError as e:
+        raise ConfigError(f"algan-edge keygen: cannot write {path} ({e.strerror or e}); choose a writable "
+                          "--out") from None
+    print(f"wrote private key {path} (keep it on the signing workstation) and public key {pub}: {text}")
+    return 0
 
 
 def outbox_cmd(args: argparse.Namespace) -> int:
@@ -223,7 +247,7 @@ def preflight(cfg: EdgeConfig, graph_contract: bool = True):
     except SourceError as e:
         raise ConfigError(f"config error: {e}") from None
     model = resolve_model_path(cfg.model, choose_backend(cfg))
-    verify_model(cfg.model, model)
+    verify_model(cfg.model, model, cfg.model_trusted_keys)
     if graph_contract and model.is_file() and model.suffix == ".onnx":
         _check_graph(model)
     return model
@@ -299,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return doctor(args.config)
         if args.command == "outbox":
             return outbox_cmd(args)
+        if args.command == "keygen":
+            return keygen_cmd(args.out)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(redact(f"algan-edge: {e}"), file=sys.stderr)

@@ -32,13 +32,14 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from algan.contract import FORMAT_VERSION, KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
 from algan.edge.errors import ModelError
+from algan.edge.signing import SIGNATURE_FILE, SignatureError, verify_bundle_signature
 
 log = logging.getLogger(__name__)
 
@@ -322,13 +323,15 @@ class BundleReport:
     sha256_checked: bool
 
 
-def verify_model(model: Path, graph: Path) -> BundleReport:
+def verify_model(model: Path, graph: Path, trusted_keys: Sequence[str] = ()) -> BundleReport:
     """Verify the bundle of ``model`` before ``graph`` (the file a runner will load) is used.
 
     Args:
         model: the configured ``model`` (bundle directory or file).
         graph: the resolved model file (``model.onnx``, ``model.fp16.onnx``, ``model.engine``), or the bundle itself
             for the torch backend.
+        trusted_keys: public keys (``ed25519:<base64>``, ``model.trusted_keys``); when given, the bundle must carry
+            a valid signature of one of them (:func:`algan.edge.signing.verify_bundle_signature`).
 
     Returns:
         A :class:`BundleReport`.
@@ -337,6 +340,9 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         BundleCheckError: one line naming the file and the fix (see the module docstring for the checks).
     """
     bundle = bundle_dir_of(model)
+    if bundle is None and trusted_keys:
+        raise SignatureError(f"model.trusted_keys is set, but {model} is not a model bundle (no {MANIFEST} beside "
+                             "it): only a signed bundle can be trusted; set model to the bundle directory")
     if bundle is None:
         try:
             with graph.open("rb"):
@@ -356,6 +362,10 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
     else:
         raise BundleCheckError(f"{weights} is missing; the bundle is incomplete: copy it again from where it was "
                                "trained")
+    if trusted_keys:
+        regular_file(bundle, bundle / SIGNATURE_FILE)
+        kid = verify_bundle_signature(bundle, graph, trusted_keys)
+        log.info("bundle %s: signature of key %s verified", bundle, kid)
     checked = False
     if graph.is_file() and graph.suffix == ".onnx":
         record = (manifest.get("exports") or {}).get(EXPORT_KEYS.get(graph.name, ""), {})

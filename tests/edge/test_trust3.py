@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -610,3 +611,116 @@ def test_weights_error_never_quotes_file_bytes(tmp_path):
     with pytest.raises(BundleCheckError) as info:
         safetensors_header(p)
     assert str(struct.unpack("<Q", p.read_bytes()[:8])[0]) not in str(info.value)
+
+
+# -- 9. signed bundles --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signed(tmp_path):  # noqa: ANN201
+    """A signed bundle, its key pair (algan-edge keygen), a video and a config trusting the key."""
+    from edgekit import make_bundle, make_video
+
+    from algan.edge.signing import sign_bundle
+
+    (tmp_path / "keys").mkdir()
+    res = _cli("keygen", "--out", str(tmp_path / "keys" / "line.key"))
+    assert res.returncode == 0, res.stderr
+    key = tmp_path / "keys" / "line.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and "ed25519:" in res.stdout
+    bundle = make_bundle(tmp_path / "bundle")
+    sign_bundle(bundle, key)
+    video = make_video(tmp_path / "clip.mp4", [DARK] * 3)
+    cfg = edge_config(bundle, ("127.0.0.1", 1), [{"name": "cam1", "source": str(video)}])
+    cfg["model"] = {"path": str(bundle), "trusted_keys": [str(tmp_path / "keys" / "line.key.pub")]}
+    return bundle, key, write_config(tmp_path / "edge.yaml", cfg)
+
+
+def _refused(path: Path, needle: str) -> None:
+    for res in (_cli("check-config", str(path)), _cli("run", "--config", str(path))):
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert needle in res.stderr.strip().splitlines()[-1], res.stderr
+    assert len(_cli("check-config", str(path)).stderr.strip().splitlines()) == 1
+
+
+def test_signed_bundle_passes_and_a_forged_one_is_refused(signed):
+    """The probe's forgery: rewrite the graph and its sha256 in algan.json (verify_model alone accepts that)."""
+    import hashlib
+
+    from edgekit import make_model
+
+    bundle, _, path = signed
+    res = _cli("check-config", str(path))
+    assert res.returncode == 0, res.stderr
+    make_model(bundle / "model.onnx", model_id="tiny-1", size=(32, 32))
+    m = json.loads((bundle / "algan.json").read_text())
+    m["exports"]["onnx"]["sha256"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    (bundle / "algan.json").write_text(json.dumps(m))
+    _refused(path, "was changed after the bundle was signed")
+
+
+def test_unsigned_or_foreign_key_bundle_refused(signed, tmp_path):
+    from algan.edge.signing import generate_key, sign_bundle
+
+    bundle, _, path = signed
+    (bundle / "algan.sig").unlink()
+    _refused(path, "is not signed (algan.sig missing) and model.trusted_keys is set")
+    other = tmp_path / "other.key"
+    generate_key(other)
+    sign_bundle(bundle, other)
+    _refused(path, "which is not in model.trusted_keys")
+    sig = json.loads((bundle / "algan.sig").read_text())
+    trusted = (tmp_path / "keys" / "line.key.pub").read_text().split()[0]
+    from algan.edge.signing import key_id, parse_public_key
+
+    sig["key_id"] = key_id(parse_public_key(trusted))  # claims the trusted key: the signature does not verify
+    (bundle / "algan.sig").write_text(json.dumps(sig))
+    _refused(path, "the signature does not verify")
+
+
+def test_trusted_keys_config_errors_are_one_line(tmp_path):
+    from algan.edge.config import load_config
+
+    def cfg(model) -> Path:  # noqa: ANN001
+        c = edge_config(tmp_path / "m", ("127.0.0.1", 1), [{"name": "cam1", "source": "/dev/null"}])
+        c["model"] = model
+        return write_config(tmp_path / "edge.yaml", c)
+
+    for model, needle in [
+        ({"path": "m", "trusted_keys": ["ed25519:AAAA"]}, "an Ed25519 public key has 32 bytes"),
+        ({"path": "m", "trusted_keys": ["missing.pub"]}, "cannot read"),
+        ({"trusted_keys": []}, "give model.path"),
+        ({"path": "m", "keys": []}, "unknown setting(s) keys"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(needle)) as info:
+            load_config(cfg(model))
+        assert "\n" not in str(info.value)
+
+
+def test_export_sign_refuses_a_bad_key_before_exporting(tmp_path, capsys, monkeypatch):
+    from algan.cli import export as export_cli
+    from algan.export import pipeline
+
+    called = []
+    monkeypatch.setattr(pipeline, "export_bundle", lambda opts, say: called.append(opts))
+    (tmp_path / "bad.key").write_text("ed25519:not a private key\n")
+    assert export_cli.main([str(tmp_path / "bundle"), "--sign", str(tmp_path / "bad.key")]) == 2
+    assert "is not an unencrypted PEM private key" in capsys.readouterr().err and not called
+
+
+def test_export_sign_writes_a_signature_the_daemon_accepts(tmp_path, capsys, monkeypatch):
+    from edgekit import make_bundle
+
+    from algan.cli import export as export_cli
+    from algan.edge.signing import generate_key
+    from algan.edge.verify import verify_model
+    from algan.export import pipeline
+
+    bundle = make_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(pipeline, "export_bundle", lambda opts, say: None)  # the export itself: tests/export
+    _, pub = generate_key(tmp_path / "k")
+    assert export_cli.main([str(bundle), "--sign", str(tmp_path / "k")]) == 0
+    assert f"wrote {bundle / 'algan.sig'}" in capsys.readouterr().out
+    verify_model(bundle, bundle / "model.onnx", [pub])
+    assert sorted(json.loads((bundle / "algan.sig").read_text())["files"]) == [
+        "algan.json", "model.onnx", "weights.safetensors"]

@@ -16,6 +16,7 @@ from algan.edge.config.edge import EdgeConfig
 from algan.edge.config.errors import SECRET_KEY_RE, format_validation_error, one_line, yaml_line
 from algan.edge.errors import ConfigError
 from algan.edge.logs import register_secret, register_url_secrets
+from algan.edge.signing import KEY_PREFIX, parse_public_key
 
 #: Largest config file read (bytes): a real one is a few kB; a bigger one is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
@@ -53,6 +54,29 @@ def _resolve_paths(cfg: EdgeConfig, base: Path) -> EdgeConfig:
             cam = cam.model_copy(update={"source": str(src if src.is_absolute() else base / src)})
         cams.append(cam)
     return cfg.model_copy(update={"model": model, "cameras": cams})
+
+
+def _read_trusted_keys(cfg: EdgeConfig, base: Path) -> EdgeConfig:
+    """``model.trusted_keys`` entries that are files (a ``.pub`` from ``algan-edge keygen``; relative to the config's
+    directory) replaced by the key they hold."""
+    keys = []
+    for i, k in enumerate(cfg.model_trusted_keys):
+        if k.strip().startswith(KEY_PREFIX):
+            keys.append(k.strip())
+            continue
+        p = Path(k).expanduser()
+        p = p if p.is_absolute() else base / p
+        try:
+            text = p.read_text(encoding="utf-8").strip()
+            parse_public_key(text)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config error: model.trusted_keys[{i}]: cannot read {p} "
+                              f"({getattr(e, 'strerror', None) or e}); give a .pub file from algan-edge keygen or the "
+                              "key itself ('ed25519:...')") from None
+        except ValueError as e:
+            raise ConfigError(f"config error: model.trusted_keys[{i}]: {p}: {e}") from None
+        keys.append(text.split()[0])
+    return cfg.model_copy(update={"model_trusted_keys": tuple(keys)}) if keys else cfg
 
 
 def _credential_path(p: Path, base: Path) -> Path:
@@ -298,5 +322,6 @@ def _load_config(path: Path) -> EdgeConfig:
     cfg = parse_config(data, path, root)
     base = path.resolve().parent
     cfg = _resolve_mqtt_alarm_paths(_read_password(_resolve_paths(cfg, base), base), base)
+    cfg = _read_trusted_keys(cfg, base)
     register_secret(cfg.mqtt.password)
     return cfg

@@ -249,7 +249,7 @@ def load_runner(config: EdgeConfig) -> Runner:
     from algan.edge.verify import verify_model
 
     backend = choose_backend(config)
-    verify_model(config.model, resolve_model_path(config.model, backend))
+    verify_model(config.model, resolve_model_path(config.model, backend), config.model_trusted_keys)
     module, cls, hint = BACKENDS[backend]
     r = config.runner
     kwargs: dict[str, Any] = {"device": r.device}
