@@ -724,3 +724,87 @@ def test_export_sign_writes_a_signature_the_daemon_accepts(tmp_path, capsys, mon
     verify_model(bundle, bundle / "model.onnx", [pub])
     assert sorted(json.loads((bundle / "algan.sig").read_text())["files"]) == [
         "algan.json", "model.onnx", "weights.safetensors"]
+
+
+# -- 10. broker ACL, endpoints ------------------------------------------------------------------------------------
+
+
+def test_deploy_acl_lets_each_device_write_its_own_topics_and_subscribers_only_read(tmp_path, mosquitto_factory):
+    """mosquitto with deploy/mosquitto.acl as shipped: device line2 cannot forge line1's 'cleared' or 'normal', a
+    subscriber cannot publish, the alarms user reads only alarms."""
+    import paho.mqtt.client as mqtt
+    from mqttkit import Collector, password_file, run_as_me
+
+    users = {"line1": "pw-line1", "line2": "pw-line2", "alarms": "pw-alarms", "ops": "pw-ops"}
+    pw = password_file(tmp_path / "passwd", users)
+    acl = tmp_path / "algan.acl"
+    acl.write_text((REPO / "deploy" / "mosquitto.acl").read_text())  # as shipped (the broker user reads it here)
+    broker = mosquitto_factory(f"allow_anonymous false\npassword_file {pw}\nacl_file {acl}\n{run_as_me()}")
+    ops = Collector(broker.host, broker.port, "#", username="ops", password="pw-ops")
+    alarms = Collector(broker.host, broker.port, "#", username="alarms", password="pw-alarms")
+
+    def publish(user: str, topic: str, payload: str) -> None:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        c.username_pw_set(user, users[user])
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        c.publish(topic, payload, qos=1).wait_for_publish(5)
+        c.disconnect()
+        c.loop_stop()
+
+    try:
+        publish("line2", "algan/line1/cam1/alarm", '{"state": "cleared", "forged": true}')
+        publish("line2", "algan/line1/cam1/state", "normal")
+        publish("ops", "algan/line1/cam1/state", "normal")
+        publish("alarms", "algan/line1/cam1/alarm", '{"state": "cleared", "forged": true}')
+        publish("line1", "algan/line1/cam1/state", "alarm")
+        publish("line1", "algan/line1/cam1/alarm", '{"state": "raised"}')
+        publish("line2", "algan/line2/cam1/alarm", '{"state": "raised", "device": "line2"}')
+        assert ops.wait_for(lambda ms: len(ms) >= 3, timeout=10)
+        assert alarms.wait_for(lambda ms: len(ms) >= 2, timeout=10)
+        time.sleep(0.5)
+        got = [(m.topic, m.payload) for m in ops.messages]
+        assert got == [("algan/line1/cam1/state", "alarm"), ("algan/line1/cam1/alarm", '{"state": "raised"}'),
+                       ("algan/line2/cam1/alarm", '{"state": "raised", "device": "line2"}')], got
+        assert [m.topic for m in alarms.messages] == ["algan/line1/cam1/alarm", "algan/line2/cam1/alarm"]
+    finally:
+        ops.stop()
+        alarms.stop()
+    conf = (REPO / "deploy" / "mosquitto.conf").read_text()
+    assert "\nacl_file /etc/mosquitto/algan.acl" in conf and "require_certificate true" in conf
+
+
+def test_metrics_bound_beyond_loopback_warns(caplog):
+    pytest.importorskip("prometheus_client")
+    from algan.edge.config import MetricsConfig
+    from algan.edge.metrics import Metrics, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+    from benchmarks._kit import free_port
+
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        m = Metrics(MetricsConfig(port=free_port(), host=host), "line1", dict)
+        with caplog.at_level(logging.WARNING, logger="algan.edge.metrics"):
+            m.start()
+        m.stop()
+        lines = [r.getMessage() for r in caplog.records if "without authentication" in r.getMessage()]
+        assert len(lines) == int(warned), lines
+
+
+def test_alarms_password_flag_warns_and_env_var_works(tmp_path, mosquitto_factory):
+    from mqttkit import password_file, run_as_me
+
+    pw = password_file(tmp_path / "passwd", {"alarms": "S3cret-alarms"})
+    broker = mosquitto_factory(f"allow_anonymous false\npassword_file {pw}\n{run_as_me()}")
+    base = [sys.executable, "-m", "algan.cli.alarms", "--broker", f"{broker.host}:{broker.port}", "--username",
+            "alarms", "--timeout", "1"]
+    env = {**os.environ, "ALGAN_MQTT_PASSWORD": "S3cret-alarms"}
+    res = subprocess.run(base, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert res.returncode == 0 and "--password is visible" not in res.stderr, res.stderr
+    env.pop("ALGAN_MQTT_PASSWORD")
+    res = subprocess.run([*base, "--password", "S3cret-alarms"], capture_output=True, text=True, env=env,
+                         timeout=60, check=False)
+    assert res.returncode == 0 and "--password is visible to every user" in res.stderr, res.stderr
+    assert "S3cret-alarms" not in res.stderr
