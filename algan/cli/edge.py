@@ -11,6 +11,7 @@ Usage::
     algan-edge outbox list --config FILE                # messages the broker kept rejecting (dead letters)
     algan-edge outbox retry|drop --config FILE (SEQ... | --all)
     algan-edge keygen --out KEY                         # Ed25519 key pair: KEY (private, 0600) and KEY.pub
+    algan-edge sign MODEL_DIR --key KEY                 # (re-)sign an exported bundle without re-exporting
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
@@ -79,7 +80,24 @@ def _parser() -> argparse.ArgumentParser:
                         "model.trusted_keys: [KEY.pub] on the devices)")
     kg.add_argument("--out", required=True, help="private key file to write (mode 0600; KEY.pub beside it); never "
                     "overwritten")
+    sg = sub.add_parser("sign", help="sign an exported bundle (algan.sig) with a private key from keygen, without "
+                        "re-exporting it (algan-export --sign does both)")
+    sg.add_argument("model_dir", help="bundle directory")
+    sg.add_argument("--key", required=True, help="private key file from algan-edge keygen")
     return p
+
+
+def sign_cmd(model_dir: str, key: str) -> int:
+    """``algan-edge sign``: see :func:`algan.edge.signing.sign_bundle`."""
+    from pathlib import Path
+
+    from algan.edge.signing import sign_bundle
+    from algan.edge.verify import verify_model
+
+    bundle = Path(model_dir)
+    verify_model(bundle, bundle / "model.onnx" if (bundle / "model.onnx").is_file() else bundle)  # intact first
+    print(f"signed {bundle}: wrote {sign_bundle(bundle, Path(key))}")
+    return 0
 
 
 def keygen_cmd(out: str) -> int:
@@ -325,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return outbox_cmd(args)
         if args.command == "keygen":
             return keygen_cmd(args.out)
+        if args.command == "sign":
+            return sign_cmd(args.model_dir, args.key)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(redact(f"algan-edge: {e}"), file=sys.stderr)

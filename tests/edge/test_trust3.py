@@ -667,8 +667,12 @@ def test_unsigned_or_foreign_key_bundle_refused(signed, tmp_path):
     _refused(path, "is not signed (algan.sig missing) and model.trusted_keys is set")
     other = tmp_path / "other.key"
     generate_key(other)
-    sign_bundle(bundle, other)
+    res = _cli("sign", str(bundle), "--key", str(other))
+    assert res.returncode == 0 and f"wrote {bundle / 'algan.sig'}" in res.stdout, res.stderr
     _refused(path, "which is not in model.trusted_keys")
+    assert _cli("sign", str(bundle), "--key", str(tmp_path / "keys" / "line.key")).returncode == 0
+    assert _cli("check-config", str(path)).returncode == 0, "re-signed with the trusted key"
+    sign_bundle(bundle, other)
     sig = json.loads((bundle / "algan.sig").read_text())
     trusted = (tmp_path / "keys" / "line.key.pub").read_text().split()[0]
     from algan.edge.signing import key_id, parse_public_key
