@@ -275,7 +275,14 @@ class EdgeApp:
 
     def _connect(self, model_id: str = "") -> MqttPublisher:
         m = self.cfg.mqtt
-        outbox = Outbox(self.cfg.outbox_path, m.outbox.max_events) if m.outbox.enabled else None
+        path = self.cfg.outbox_path
+        legacy = path.parent.parent / "outbox.sqlite"  # the default before it was per device
+        if path.parent.name == self.cfg.device_id and path.name == "outbox.sqlite" and legacy.is_file():
+            log.warning("%s (the outbox of an earlier version, or of another config) is no longer used: this "
+                        "device's outbox is %s; if it still holds messages to deliver, set mqtt.outbox.path to it "
+                        "for one run (algan-edge outbox list --config shows what is in the configured one)", legacy,
+                        path)
+        outbox = Outbox(path, m.outbox.max_events) if m.outbox.enabled else None
         self._outbox = outbox
         if outbox is not None and len(outbox):
             log.info("MQTT outbox %s holds %d undelivered messages from before; they go out first", outbox.path,

@@ -812,3 +812,19 @@ def test_alarms_password_flag_warns_and_env_var_works(tmp_path, mosquitto_factor
                          timeout=60, check=False)
     assert res.returncode == 0 and "--password is visible to every user" in res.stderr, res.stderr
     assert "S3cret-alarms" not in res.stderr
+
+
+def test_outbox_of_the_earlier_default_path_is_pointed_out(tmp_path, monkeypatch, caplog, unused_port):
+    from algan.edge.app import EdgeApp
+    from algan.edge.config import load_config
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    Outbox(tmp_path / "outbox.sqlite").close()  # ./outbox.sqlite, the shared default of earlier versions
+    cfg = edge_config(tmp_path / "model", ("127.0.0.1", unused_port), [{"name": "cam1", "source": str(tmp_path)}],
+                      mqtt={"connect_timeout_s": 0})
+    app = EdgeApp(load_config(write_config(tmp_path / "edge.yaml", cfg)))
+    with caplog.at_level(logging.WARNING, logger="algan.edge.app"):
+        pub = app._connect()
+    pub.close(0.1)
+    (line,) = [r.getMessage() for r in caplog.records if "is no longer used" in r.getMessage()]
+    assert str(tmp_path / "outbox.sqlite") in line and str(tmp_path / "line1" / "outbox.sqlite") in line
