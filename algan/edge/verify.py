@@ -226,11 +226,46 @@ def manifest_input_size(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
+#: Largest tensor a graph may create from a constant shape (bytes): loading or running one bigger would exhaust the
+#: device's memory (the models of this project create none over a few MB).
+MAX_CONSTANT_BYTES = 1 << 30
+
+
+def huge_constant(model: Any) -> str | None:
+    """Why an ``onnx.ModelProto`` would allocate more than :data:`MAX_CONSTANT_BYTES` for one tensor: a
+    ``ConstantOfShape`` whose shape is an initializer (ONNX Runtime folds it at session creation), or an initializer
+    declaring such dimensions; ``None`` when it does not."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        if n * 4 > MAX_CONSTANT_BYTES and init.data_location != 1:  # external data is sized by its file
+            return f"declares initializer {init.name!r} of shape {list(init.dims)} (more than 1 GiB)"
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in inits:
+            continue
+        shape = [int(v) for v in numpy_helper.to_array(inits[node.input[0]]).reshape(-1)]
+        n = 1
+        for v in shape:
+            n *= max(v, 0)
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        size = helper.tensor_dtype_to_np_dtype(value.t.data_type).itemsize if value is not None else 4
+        if n * size > MAX_CONSTANT_BYTES:
+            return (f"creates a tensor of shape {shape} ({n * size / 2**30:.1f} GiB) with ConstantOfShape node "
+                    f"{node.name or node.output[0]!r}")
+    return None
+
+
 def graph_model_id(path: Path) -> str | None:
-    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime); ``None`` if absent.
+    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime without graph
+    optimizations); ``None`` if absent. With ``onnx``, a graph that would allocate a huge constant
+    (:func:`huge_constant`) is refused.
 
     Raises:
-        BundleCheckError: the file cannot be parsed as ONNX.
+        BundleCheckError: the file cannot be parsed as ONNX, or creates a huge constant.
     """
     try:
         import onnx
@@ -240,13 +275,18 @@ def graph_model_id(path: Path) -> str | None:
         except Exception as e:  # protobuf DecodeError and friends
             raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") \
                 from None
+        huge = huge_constant(model)
+        if huge is not None:
+            raise BundleCheckError(f"{path} {huge}; this is not a graph algan-export writes: re-run algan-export")
         return {p.key: p.value for p in model.metadata_props}.get(MODEL_ID_KEY)
     except ImportError:
         pass
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no constant folding: no allocation
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
     return (sess.get_modelmeta().custom_metadata_map or {}).get(MODEL_ID_KEY)

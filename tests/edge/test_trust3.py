@@ -431,6 +431,18 @@ def _custom_op(bundle: Path) -> None:
     _replace_graph(bundle, _tiny_proto(extra_nodes=[node], domain="com.example.evil"))
 
 
+def _constant_of_shape_40gb(bundle: Path) -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], name="bomb"),
+             helper.make_node("ReduceMax", ["big"], ["r"], keepdims=0),
+             helper.make_node("Add", ["m", "r"], ["m2"])]
+    model = _tiny_proto(extra_nodes=nodes)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "shape"))
+    _replace_graph(bundle, model)
+
+
 def _manifest_size(bundle: Path) -> None:
     m = json.loads((bundle / "algan.json").read_text())
     m["input"] = {"height": 224, "width": 224, "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"}
@@ -441,8 +453,9 @@ def _manifest_size(bundle: Path) -> None:
     (_huge_input, "takes 40000x40000 pixel images, more than 8192 pixels a side"),
     (_external_data_outside, "cannot load model"),
     (_custom_op, "cannot load model"),
+    (_constant_of_shape_40gb, "creates a tensor of shape [100000, 100000] (37.3 GiB) with ConstantOfShape node 'bomb'"),
     (_manifest_size, "takes 64x64 pixel images, but its manifest says the model was trained at 224x224"),
-], ids=["40000x40000-input", "external-data-outside", "custom-domain-op", "manifest-size"])
+], ids=["40000x40000-input", "external-data-outside", "custom-domain-op", "constant-40gb", "manifest-size"])
 def test_check_config_refuses_what_run_refuses_in_one_line(tmp_path, forge, needle):
     from edgekit import make_bundle, make_video
 
