@@ -23,9 +23,9 @@ A module may import its own group and any group of a lower layer. A new subpacka
 placed in :data:`LAYERS` (the test says so).
 
 Inside ``edge`` the same rule holds between its stages (:data:`EDGE_LAYERS`, bottom to top): ``errors`` and ``logs``,
-the shared leaves (``state``, ``alarm``, ``maps``, ``stats``, ``sdnotify``, ``verify``), then ``config``, then the
-three stages a frame travels through -- ``capture``, ``runners``, ``publish`` -- and ``metrics``, which never import
-each other, then ``doctor`` and ``app`` (the composition root).
+``signing``, the shared leaves (``state``, ``alarm``, ``maps``, ``stats``, ``sdnotify``, ``verify``), then
+``config``, then the three stages a frame travels through -- ``capture``, ``runners``, ``publish`` -- and
+``metrics``, which never import each other, then ``doctor`` and ``app`` (the composition root).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ RANK = {group: i for i, layer in enumerate(LAYERS) for group in layer}
 #: not import each other
 EDGE_LAYERS: list[set[str]] = [
     {"errors", "logs"},
+    {"signing"},
     {"state", "alarm", "maps", "stats", "sdnotify", "verify"},
     {"config"},
     {"capture", "runners", "publish", "metrics"},

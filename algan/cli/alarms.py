@@ -5,6 +5,7 @@ Usage::
     algan-alarms --broker 127.0.0.1:1883 [--prefix algan] [--device +] [--exec 'notify-send alarm']
                  [--count N] [--timeout S] [--json] [--client-id ID] [--share GROUP]
                  [--username U --password-file F]
+                 (or the password in $ALGAN_MQTT_PASSWORD; --password works but warns: ps shows it)
                  [--cafile CA.pem [--cert C.pem --key K.pem] [--insecure]]
 
 Subscribes (QoS1) to ``<prefix>/<device>/+/alarm`` (``$share/<GROUP>/<prefix>/<device>/+/alarm`` with ``--share``).
@@ -141,8 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--share", type=share_group, metavar="GROUP",
                    help="join the shared subscription GROUP: each event goes to one consumer of the group")
     p.add_argument("--username", help="broker user name")
-    p.add_argument("--password", default=os.environ.get("ALGAN_MQTT_PASSWORD"),
-                   help="broker password (default: $ALGAN_MQTT_PASSWORD)")
+    p.add_argument("--password", default=None,
+                   help="broker password: avoid it (any user sees it in ps and it stays in the shell history); "
+                   "use $ALGAN_MQTT_PASSWORD or --password-file")
     p.add_argument("--password-file", metavar="F", help="read the broker password from the first line of F")
     p.add_argument("--cafile", metavar="PEM", help="use TLS, verifying the broker with this CA certificate")
     p.add_argument("--cert", metavar="PEM", help="TLS client certificate (with --key)")
@@ -218,8 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_auth(client: mqtt.Client, args: argparse.Namespace) -> str | None:
-    """Credentials and TLS from the command line; returns a one-line error for bad options/files."""
-    password = args.password
+    """Credentials and TLS: the password from ``--password-file`` or ``$ALGAN_MQTT_PASSWORD`` (``--password`` still
+    works, with a warning: other users see it in ``ps``); returns a one-line error for bad options/files."""
+    password = os.environ.get("ALGAN_MQTT_PASSWORD")
+    if args.password is not None:
+        log.warning("--password is visible to every user of this machine (ps, /proc) and stays in the shell "
+                    "history; put it in a file (--password-file F, mode 0600) or in $ALGAN_MQTT_PASSWORD")
+        password = args.password
     if args.password_file:
         try:
             password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0].strip()

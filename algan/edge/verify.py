@@ -30,14 +30,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from algan.contract import FORMAT_VERSION, KEY_MODEL_ID, MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_sha256
 from algan.edge.errors import ModelError
+from algan.edge.signing import SIGNATURE_FILE, SignatureError, verify_bundle_signature
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def safetensors_header(path: Path) -> dict:
             if n < 2 or n > MAX_HEADER or 8 + n > size:
                 what = "a pickle or another format" if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04",
                                                                    b"\x80\x05", b"PK") else "not safetensors"
-                raise _bad_weights(path, f"{what} (header length {n} does not fit in {size} bytes)")
+                raise _bad_weights(path, f"{what} (its header length field does not fit in {size} bytes)")
             raw = f.read(n)
     except OSError as e:
         raise unreadable(path, e) from None
@@ -141,6 +143,32 @@ def _bad_weights(path: Path, why: str) -> BundleCheckError:
                             "re-train it")
 
 
+def regular_file(bundle: Path, path: Path) -> Path:
+    """``path`` (a file of ``bundle``) unchanged when it is a regular file inside the bundle directory, or absent
+    (the caller reports a missing file). A bundle is copied from machine to machine as plain files: a symbolic link
+    in it would make the daemon open whatever it points to (``weights.safetensors -> /etc/shadow``).
+
+    Raises:
+        BundleCheckError: a symbolic link, not a regular file (directory, FIFO, device), or outside the bundle; one
+            line naming the file, never its contents.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise unreadable(path, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleCheckError(f"{path} is a symbolic link; a bundle holds regular files only: replace it with a "
+                               "copy of the file (cp --dereference) or re-run algan-export")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleCheckError(f"{path} is not a regular file (a directory, FIFO or device); a bundle holds regular "
+                               "files only: copy the bundle again")
+    if path.resolve().parent != bundle.resolve():
+        raise BundleCheckError(f"{path} is outside the bundle directory {bundle}; copy the bundle again")
+    return path
+
+
 def bundle_dir_of(model: Path) -> Path | None:
     """The bundle directory of a configured model (the directory itself, or the directory of a file inside a bundle),
     or ``None`` for a bare model file without an ``algan.json`` beside it."""
@@ -155,7 +183,7 @@ def read_manifest(bundle: Path) -> dict:
     Raises:
         BundleCheckError: missing, unreadable, not a JSON object, or an unsupported ``format_version``.
     """
-    path = bundle / MANIFEST
+    path = regular_file(bundle, bundle / MANIFEST)
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -179,11 +207,65 @@ def read_manifest(bundle: Path) -> dict:
     return manifest
 
 
+def manifest_input_size(manifest: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(H, W)`` in pixels the manifest says the model takes: ``input.height``/``input.width``, else
+    ``backbone.input_size`` ``[H, W]``, else a pixel model's ``head.settings.size``; ``None`` when it says none of
+    them (or says it in a form not understood)."""
+    inp = manifest.get("input")
+    size = [inp.get("height"), inp.get("width")] if isinstance(inp, dict) and "height" in inp else None
+    bb = manifest.get("backbone")
+    if size is None and isinstance(bb, dict):
+        size = bb.get("input_size")
+    if size is None:
+        head = manifest.get("head")
+        settings = head.get("settings") if isinstance(head, dict) else None
+        side = settings.get("size") if isinstance(settings, dict) and manifest.get("variant") == "image" else None
+        size = [side, side] if side is not None else None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        return None
+    return int(size[0]), int(size[1])
+
+
+#: Largest tensor a graph may create from a constant shape (bytes): loading or running one bigger would exhaust the
+#: device's memory (the models of this project create none over a few MB).
+MAX_CONSTANT_BYTES = 1 << 30
+
+
+def huge_constant(model: Any) -> str | None:
+    """Why an ``onnx.ModelProto`` would allocate more than :data:`MAX_CONSTANT_BYTES` for one tensor: a
+    ``ConstantOfShape`` whose shape is an initializer (ONNX Runtime folds it at session creation), or an initializer
+    declaring such dimensions; ``None`` when it does not."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        if n * 4 > MAX_CONSTANT_BYTES and init.data_location != 1:  # external data is sized by its file
+            return f"declares initializer {init.name!r} of shape {list(init.dims)} (more than 1 GiB)"
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in inits:
+            continue
+        shape = [int(v) for v in numpy_helper.to_array(inits[node.input[0]]).reshape(-1)]
+        n = 1
+        for v in shape:
+            n *= max(v, 0)
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        size = helper.tensor_dtype_to_np_dtype(value.t.data_type).itemsize if value is not None else 4
+        if n * size > MAX_CONSTANT_BYTES:
+            return (f"creates a tensor of shape {shape} ({n * size / 2**30:.1f} GiB) with ConstantOfShape node "
+                    f"{node.name or node.output[0]!r}")
+    return None
+
+
 def graph_model_id(path: Path) -> str | None:
-    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime); ``None`` if absent.
+    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime without graph
+    optimizations); ``None`` if absent. With ``onnx``, a graph that would allocate a huge constant
+    (:func:`huge_constant`) is refused.
 
     Raises:
-        BundleCheckError: the file cannot be parsed as ONNX.
+        BundleCheckError: the file cannot be parsed as ONNX, or creates a huge constant.
     """
     try:
         import onnx
@@ -193,13 +275,18 @@ def graph_model_id(path: Path) -> str | None:
         except Exception as e:  # protobuf DecodeError and friends
             raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") \
                 from None
+        huge = huge_constant(model)
+        if huge is not None:
+            raise BundleCheckError(f"{path} {huge}; this is not a graph algan-export writes: re-run algan-export")
         return {p.key: p.value for p in model.metadata_props}.get(MODEL_ID_KEY)
     except ImportError:
         pass
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no constant folding: no allocation
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
     return (sess.get_modelmeta().custom_metadata_map or {}).get(MODEL_ID_KEY)
@@ -276,13 +363,15 @@ class BundleReport:
     sha256_checked: bool
 
 
-def verify_model(model: Path, graph: Path) -> BundleReport:
+def verify_model(model: Path, graph: Path, trusted_keys: Sequence[str] = ()) -> BundleReport:
     """Verify the bundle of ``model`` before ``graph`` (the file a runner will load) is used.
 
     Args:
         model: the configured ``model`` (bundle directory or file).
         graph: the resolved model file (``model.onnx``, ``model.fp16.onnx``, ``model.engine``), or the bundle itself
             for the torch backend.
+        trusted_keys: public keys (``ed25519:<base64>``, ``model.trusted_keys``); when given, the bundle must carry
+            a valid signature of one of them (:func:`algan.edge.signing.verify_bundle_signature`).
 
     Returns:
         A :class:`BundleReport`.
@@ -291,6 +380,9 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         BundleCheckError: one line naming the file and the fix (see the module docstring for the checks).
     """
     bundle = bundle_dir_of(model)
+    if bundle is None and trusted_keys:
+        raise SignatureError(f"model.trusted_keys is set, but {model} is not a model bundle (no {MANIFEST} beside "
+                             "it): only a signed bundle can be trusted; set model to the bundle directory")
     if bundle is None:
         try:
             with graph.open("rb"):
@@ -300,12 +392,20 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         return BundleReport(None, None, graph, False)
     manifest = read_manifest(bundle)
     model_id = manifest.get("model_id")
-    weights = bundle / WEIGHTS
+    weights = regular_file(bundle, bundle / WEIGHTS)
+    if graph != bundle and graph.parent.resolve() == bundle.resolve():
+        regular_file(bundle, graph)
+        if graph.suffix == ".engine":
+            regular_file(bundle, sidecar_path(graph))
     if weights.exists():
         safetensors_header(weights)
     else:
         raise BundleCheckError(f"{weights} is missing; the bundle is incomplete: copy it again from where it was "
                                "trained")
+    if trusted_keys:
+        regular_file(bundle, bundle / SIGNATURE_FILE)
+        kid = verify_bundle_signature(bundle, graph, trusted_keys)
+        log.info("bundle %s: signature of key %s verified", bundle, kid)
     checked = False
     if graph.is_file() and graph.suffix == ".onnx":
         record = (manifest.get("exports") or {}).get(EXPORT_KEYS.get(graph.name, ""), {})

@@ -141,6 +141,10 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
     return model
 
 
+#: Largest image side a graph may take (pixels): the models of this project take 224-1024.
+MAX_INPUT_SIDE = 8192
+
+
 def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     """Check ONNX Runtime NodeArg lists against the contract.
 
@@ -171,6 +175,10 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     h, w = shape[1], shape[2]
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise bad(f"input 'images' has non-static height/width {shape[1:3]}")
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise ModelError(f"model {path} takes {w}x{h} pixel images, more than {MAX_INPUT_SIDE} pixels a side (one "
+                         f"batch of them would need {h * w * 3 / 2**30:.1f} GiB); re-export it at the size it was "
+                         "trained with")
     names = [o.name for o in outputs]
     if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_OUTPUT_NAME]):
         raise bad(f"outputs are {names}")
@@ -241,7 +249,7 @@ def load_runner(config: EdgeConfig) -> Runner:
     from algan.edge.verify import verify_model
 
     backend = choose_backend(config)
-    verify_model(config.model, resolve_model_path(config.model, backend))
+    verify_model(config.model, resolve_model_path(config.model, backend), config.model_trusted_keys)
     module, cls, hint = BACKENDS[backend]
     r = config.runner
     kwargs: dict[str, Any] = {"device": r.device}
@@ -254,6 +262,30 @@ def load_runner(config: EdgeConfig) -> Runner:
         kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
-        return factory(config.model, **kwargs)
+        runner = factory(config.model, **kwargs)
     except ImportError as e:
         raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
+    except MemoryError:
+        raise ModelError(f"model {config.model} needs more memory than this device has to load or run one image; "
+                         "re-export it (a smaller input size or backbone)") from None
+    check_input_size(config.model, tuple(runner.input_size))
+    return runner
+
+
+def check_input_size(model: Path, size: tuple[int, int]) -> None:
+    """The graph's input ``(H, W)`` must be the size the bundle's manifest says the model was trained at
+    (``backbone.input_size``, or ``head.settings.size`` of a pixel model); nothing to compare without a bundle.
+
+    Raises:
+        ModelError: they differ (one line with both sizes).
+    """
+    from algan.edge.verify import bundle_dir_of, manifest_input_size, read_manifest
+
+    bundle = bundle_dir_of(Path(model))
+    if bundle is None:
+        return
+    want = manifest_input_size(read_manifest(bundle))
+    if want is not None and tuple(want) != tuple(size):
+        raise ModelError(f"the graph of {bundle} takes {size[1]}x{size[0]} pixel images, but its manifest says the "
+                         f"model was trained at {want[1]}x{want[0]}: the graph comes from another export; re-run "
+                         f"algan-export {bundle}")
