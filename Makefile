@@ -8,23 +8,43 @@ STAMP := $(VENV)/.algan-installed
 # the CPU build of torch first, so that the package's torch>=2.13 is already satisfied (no multi-GB CUDA build)
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+# the Triton tests' server: PyTriton (tritonserver + its Python backend) in a venv of its own, made from the system
+# Python 3.11 (the Python backend's stub links the system libpython); versions in tools/pytriton-requirements.txt
+TRITON_PYTHON ?= /usr/bin/python3.11
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.algan-installed
+
+.PHONY: venv triton-venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
 	  echo "need Python >= 3.10 with venv support: sudo apt-get install python3-venv (or set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[train,broker,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,broker,dev,triton]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+$(TRITON_STAMP): tools/pytriton-requirements.txt
+	@test -x $(TRITON_PYTHON) || { echo "no $(TRITON_PYTHON): sudo apt-get install python3.11-venv (or set TRITON_PYTHON=...)"; exit 1; }
+	$(TRITON_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -r tools/pytriton-requirements.txt
+	$(TRITON_VENV)/bin/python -c 'import pytriton.triton, onnxruntime'
+	touch $@
+
+triton-venv: $(TRITON_STAMP)
+
 demo: venv
 	$(BIN)/algan-demo --out demo-out
 
+# the Triton tests run where the system Python 3.11 exists (they skip otherwise, and fail under .ci/run); a venv
+# made before the triton extra joined the install gets tritonclient here
 test: venv
-	$(BIN)/python -m pytest
+	@$(BIN)/python -c 'import tritonclient.grpc' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[triton]'
+	@if [ -x $(TRITON_PYTHON) ]; then $(MAKE) --no-print-directory triton-venv; \
+	else echo "note: no $(TRITON_PYTHON), so no PyTriton venv: the Triton tests skip (TRITON_PYTHON=... to set one)"; fi
+	ALGAN_PYTRITON_PYTHON=$${ALGAN_PYTRITON_PYTHON:-$(abspath $(TRITON_VENV))/bin/python} $(BIN)/python -m pytest
 
 # mypy reads the TensorRT API from tensorrt-stubs, installed beside (not into) the venv: the package's own
 # dependency on tensorrt would make `import tensorrt` succeed on machines without TensorRT; its stubgen output

@@ -88,8 +88,8 @@ def main() -> int:
         a.batch, a.batches, a.size = 2, 4, 64
     exe = pytriton_python()
     if exe is None:
-        print("no PyTriton venv (ALGAN_PYTRITON_PYTHON or .venv-triton with nvidia-pytriton, onnxruntime)",
-              file=sys.stderr)
+        print("no PyTriton venv (`make triton-venv`, or ALGAN_PYTRITON_PYTHON naming one with nvidia-pytriton, "
+              "onnxruntime)", file=sys.stderr)
         return 77
     from algan.runtime.runners.onnx import OnnxRuntimeRunner
     from algan.runtime.runners.triton import TritonRunner

@@ -3,10 +3,13 @@
 Usage::
 
     algan-alarms --broker 127.0.0.1:1883 [--prefix algan] [--device +] [--exec 'notify-send alarm']
-                 [--count N] [--timeout S] [--json] [--client-id ID] [--username U --password-file F]
+                 [--count N] [--timeout S] [--json] [--client-id ID] [--share GROUP]
+                 [--username U --password-file F]
+                 (or the password in $ALGAN_MQTT_PASSWORD; --password works but warns: ps shows it)
                  [--cafile CA.pem [--cert C.pem --key K.pem] [--insecure]]
 
-Subscribes (QoS1) to ``<prefix>/<device>/+/alarm``. Each event prints one line on stdout, e.g.::
+Subscribes (QoS1) to ``<prefix>/<device>/+/alarm`` (``$share/<GROUP>/<prefix>/<device>/+/alarm`` with ``--share``).
+Each event prints one line on stdout, e.g.::
 
     2026-11-30T01:02:03.456Z  line1/cam1  RAISED   score 1.84 (peak 2.31 @ 124) frames 120-126  id 3f2a...  SNAPSHOT
 
@@ -23,6 +26,10 @@ a successful start paho reconnects by itself and re-subscribes), when it refuses
 With ``--client-id`` the broker keeps a persistent session, so QoS1 alarms sent while the subscriber was down are
 delivered when it comes back; each message is acknowledged only after it was printed (and ``--exec`` ran), so one
 that arrived but was not handled before exit (``--count``, a signal) is delivered again next time.
+With ``--share GROUP`` several consumers (each with its own ``--client-id``) share the alarm load: the broker hands
+each event to one member of the group (an MQTT shared subscription; mosquitto >= 1.6, EMQX, HiveMQ, also on the
+MQTT 3.1.1 connections used here), so together they see every event once. A member with a persistent session keeps
+its turn while it is away: its share waits in its session until it comes back (README, "Many lines, one broker").
 """
 
 from __future__ import annotations
@@ -66,6 +73,17 @@ def parse_broker(text: str) -> tuple[str, int]:
     if not host or not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"bad broker {text!r}: use HOST:PORT with a port in 1-65535")
     return host, port
+
+
+def share_group(text: str) -> str:
+    """A shared-subscription group name (MQTT 5 ShareName: no ``/``, ``+`` or ``#``).
+
+    Raises:
+        argparse.ArgumentTypeError: empty, or holding one of those characters.
+    """
+    if not text or any(c in text for c in "/+#"):
+        raise argparse.ArgumentTypeError(f"bad --share group {text!r}: a non-empty name without '/', '+' or '#'")
+    return text
 
 
 def format_event(topic: str, event: dict[str, Any]) -> str:
@@ -121,9 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-broker", type=float, default=0.0, metavar="S",
                    help="keep retrying an unreachable broker for S seconds before giving up (default: 0)")
     p.add_argument("--client-id", help="fixed client id: persistent session, alarms queued while away")
+    p.add_argument("--share", type=share_group, metavar="GROUP",
+                   help="join the shared subscription GROUP: each event goes to one consumer of the group")
     p.add_argument("--username", help="broker user name")
-    p.add_argument("--password", default=os.environ.get("ALGAN_MQTT_PASSWORD"),
-                   help="broker password (default: $ALGAN_MQTT_PASSWORD)")
+    p.add_argument("--password", default=None,
+                   help="broker password: avoid it (any user sees it in ps and it stays in the shell history); "
+                   "use $ALGAN_MQTT_PASSWORD or --password-file")
     p.add_argument("--password-file", metavar="F", help="read the broker password from the first line of F")
     p.add_argument("--cafile", metavar="PEM", help="use TLS, verifying the broker with this CA certificate")
     p.add_argument("--cert", metavar="PEM", help="TLS client certificate (with --key)")
@@ -139,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     host, port = args.broker
     topic = f"{args.prefix}/{args.device}/+/alarm"
+    if args.share:
+        topic = f"$share/{args.share}/{topic}"
     events: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
     connected = threading.Event()
     refused: list[str] = []
@@ -197,8 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_auth(client: mqtt.Client, args: argparse.Namespace) -> str | None:
-    """Credentials and TLS from the command line; returns a one-line error for bad options/files."""
-    password = args.password
+    """Credentials and TLS: the password from ``--password-file`` or ``$ALGAN_MQTT_PASSWORD`` (``--password`` still
+    works, with a warning: other users see it in ``ps``); returns a one-line error for bad options/files."""
+    password = os.environ.get("ALGAN_MQTT_PASSWORD")
+    if args.password is not None:
+        log.warning("--password is visible to every user of this machine (ps, /proc) and stays in the shell "
+                    "history; put it in a file (--password-file F, mode 0600) or in $ALGAN_MQTT_PASSWORD")
+        password = args.password
     if args.password_file:
         try:
             password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0].strip()

@@ -8,6 +8,10 @@ Usage::
     algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch 1:8:16]   # TensorRT engine on this device, no torch
     algan-edge build-engine MODEL_DIR --adopt model.engine [--precision fp16]  # sidecar for a trtexec engine
     algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
+    algan-edge outbox list --config FILE                # messages the broker kept rejecting (dead letters)
+    algan-edge outbox retry|drop --config FILE (SEQ... | --all)
+    algan-edge keygen --out KEY                         # Ed25519 key pair: KEY (private, 0600) and KEY.pub
+    algan-edge sign MODEL_DIR --key KEY                 # (re-)sign an exported bundle without re-exporting
 
 Signals: SIGTERM/SIGINT stop cleanly (a second one kills at once); SIGHUP re-reads the alarm thresholds (``alarm``
 section and per-camera ``threshold``/``clear_threshold``) from the config file without restarting.
@@ -27,6 +31,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from algan.contract import ONNX_FILE
 from algan.edge.config import EdgeConfig, load_config
 from algan.edge.errors import ConfigError, SourceError
 from algan.edge.logs import LEVELS, redact, setup_logging
@@ -66,7 +71,94 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="print the OpenCV, onnxruntime, TensorRT and CUDA this device would use and, "
                          "with --config, why the configured backend or a camera source would fail")
     doc.add_argument("--config", "-c", help="edge config YAML to check against this device")
+    obx = sub.add_parser("outbox", help="show, re-queue or delete the messages the broker kept rejecting (dead "
+                         "letters of the MQTT outbox)")
+    obx.add_argument("action", choices=("list", "retry", "drop"), help="list: show them; retry: queue them again "
+                     "(after the cause is fixed); drop: delete them")
+    obx.add_argument("seq", nargs="*", type=int, help="sequence numbers (from list) for retry/drop")
+    obx.add_argument("--config", "-c", required=True, help="edge config YAML (names the outbox file)")
+    obx.add_argument("--all", action="store_true", help="retry/drop every dead letter")
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signed bundles (algan-export --sign KEY; "
+                        "model.trusted_keys: [KEY.pub] on the devices)")
+    kg.add_argument("--out", required=True, help="private key file to write (mode 0600; KEY.pub beside it); never "
+                    "overwritten")
+    sg = sub.add_parser("sign", help="sign an exported bundle (algan.sig) with a private key from keygen, without "
+                        "re-exporting it (algan-export --sign does both)")
+    sg.add_argument("model_dir", help="bundle directory")
+    sg.add_argument("--key", required=True, help="private key file from algan-edge keygen")
     return p
+
+
+def sign_cmd(model_dir: str, key: str) -> int:
+    """``algan-edge sign``: see :func:`algan.runtime.signing.sign_bundle`."""
+    from pathlib import Path
+
+    from algan.runtime.signing import sign_bundle
+    from algan.runtime.verify import verify_model
+
+    bundle = Path(model_dir)
+    verify_model(bundle, bundle / ONNX_FILE if (bundle / ONNX_FILE).is_file() else bundle)  # intact first
+    print(f"signed {bundle}: wrote {sign_bundle(bundle, Path(key))}")
+    return 0
+
+
+def keygen_cmd(out: str) -> int:
+    """``algan-edge keygen``: see :func:`algan.runtime.signing.generate_key`."""
+    from pathlib import Path
+
+    from algan.runtime.signing import generate_key
+
+    path = Path(out)
+    try:
+        pub, text = generate_key(path)
+    except FileExistsError as e:
+        raise ConfigError(f"algan-edge keygen: {e}; choose another --out (an existing key is never "
+                          "overwritten)") from None
+    except OSError as e:
+        raise ConfigError(f"algan-edge keygen: cannot write {path} ({e.strerror or e}); choose a writable "
+                          "--out") from None
+    print(f"wrote private key {path} (keep it on the signing workstation) and public key {pub}: {text}")
+    return 0
+
+
+def outbox_cmd(args: argparse.Namespace) -> int:
+    """``algan-edge outbox list|retry|drop``: the dead letters of the config's outbox file (works while the daemon
+    runs: a retried message is queued after the others and sent by the running daemon)."""
+    import time
+
+    from algan.edge.publish.outbox import Outbox
+
+    cfg = load_config(args.config)
+    path = cfg.outbox_path
+    if args.action != "list" and not args.seq and not args.all:
+        raise ConfigError(f"algan-edge outbox {args.action}: name the messages (sequence numbers from 'algan-edge "
+                          "outbox list') or give --all")
+    if args.action == "list" and (args.seq or args.all):
+        raise ConfigError("algan-edge outbox list takes no sequence numbers or --all")
+    if not path.is_file():
+        print(f"no outbox at {path}: nothing queued, no dead letters")
+        return 0
+    ob = Outbox(path, cfg.mqtt.outbox.max_events)
+    try:
+        if args.action == "list":
+            dead = ob.dead_letters()
+            print(f"{path}: {len(ob)} message(s) queued, {len(dead)} dead letter(s)")
+            for d in dead:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed))
+                print(f"{d.seq:>8}  {when}  tries {d.tries}  {d.topic!r} ({len(d.payload)} bytes): {d.reason}")
+            return 0
+        seqs = None if args.all else list(args.seq)
+        known = {d.seq for d in ob.dead_letters()}
+        missing = [q for q in (seqs or []) if q not in known]
+        if missing:
+            raise ConfigError(f"no dead letter {', '.join(map(str, missing))} in {path}; see algan-edge outbox list")
+        n = ob.retry(seqs) if args.action == "retry" else ob.drop(seqs)
+        done = "queued again (sent by the running daemon, or at its next start)" if args.action == "retry" else \
+            "deleted"
+        print(f"{n} dead letter(s) {done}")
+        return 0
+    finally:
+        ob.close()
 
 
 def build_engine_cmd(args: argparse.Namespace) -> int:
@@ -175,18 +267,27 @@ def preflight(cfg: EdgeConfig, graph_contract: bool = True):
     except SourceError as e:
         raise ConfigError(f"config error: {e}") from None
     model = resolve_model_path(cfg.model, choose_backend(cfg.model, cfg.runner.backend))
-    verify_model(cfg.model, model)
+    verify_model(cfg.model, model, cfg.model_trusted_keys)
     if graph_contract and model.is_file() and model.suffix == ".onnx":
         _check_graph(model)
     return model
 
 
 def check_config(path: str) -> int:
-    """Validate the schema, the model bundle and the camera files (see :func:`preflight`); print one line; return
-    the exit status (0 valid, 2 invalid)."""
+    """Validate the schema, the model bundle and the camera files (see :func:`preflight`), then load the model as
+    ``run`` does before scoring (:func:`~algan.runtime.runners.base.load_runner`: the ONNX Runtime session with its
+    external data and operators, the input size against the manifest, a warm-up batch; not for the triton backend,
+    a network service); print one line; return the exit status (0 valid, 2 invalid)."""
+    from algan.runtime.runners.base import load_runner
+
     cfg = load_config(path)
     try:
         model = preflight(cfg)
+        if choose_backend(cfg.model, cfg.runner.backend) != "triton":
+            runner = load_runner(cfg.model, cfg.runner, trusted_keys=cfg.model_trusted_keys)
+            close = getattr(runner, "close", None)
+            if callable(close):
+                close()
     except ModelError as e:
         print(redact(f"config error: {path}: model: {e}"), file=sys.stderr)
         return 2
@@ -223,7 +324,12 @@ def run(path: str, log_level: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "outbox" and all(x.isdigit() for x in extra):  # SEQ... after --config
+        args.seq = [*args.seq, *map(int, extra)]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check-config":
             return check_config(args.config)
@@ -235,6 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from algan.edge.doctor import doctor
 
             return doctor(args.config)
+        if args.command == "outbox":
+            return outbox_cmd(args)
+        if args.command == "keygen":
+            return keygen_cmd(args.out)
+        if args.command == "sign":
+            return sign_cmd(args.model_dir, args.key)
         return run(args.config, args.log_level)
     except EdgeError as e:
         print(redact(f"algan-edge: {e}"), file=sys.stderr)

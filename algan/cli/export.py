@@ -4,6 +4,7 @@ Usage::
 
     algan-export MODEL_DIR [--fp16] [--int8] [--batch MIN:OPT:MAX] [--workspace-mib N] [--opset 17]
                  [--images DIR] [--data DIR [--layout L] [--max-data N]] [--triton-repo DIR] [--no-simplify]
+                 [--sign KEY]
 
 Exit codes: 0 done (also when TensorRT is absent: the ONNX graphs are written and the reason is printed),
 1 export failed (parity, checker, engine build; nothing is written), 2 user error (missing bundle, bad option).
@@ -60,12 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-queue-delay-us", type=int, default=2000,
                    help="Triton dynamic batching max_queue_delay_microseconds")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim/onnxsim pass")
+    p.add_argument("--sign", type=Path, default=None, metavar="KEY",
+                   help="sign the bundle (algan.sig: Ed25519 over algan.json, the graphs and the weights) with the "
+                   "private key KEY from algan-edge keygen; a daemon with model.trusted_keys refuses unsigned bundles")
     p.add_argument("--log-level", default="WARNING")
     return p
 
 
 def _main(args: argparse.Namespace) -> int:
     from algan.export.pipeline import ExportOptions, export_bundle
+    from algan.runtime.signing import SignatureError, check_signing_key, sign_bundle
+
+    if args.sign is not None:
+        try:
+            check_signing_key(args.sign)  # an unusable key is refused before the export's work
+        except SignatureError as e:
+            raise ValueError(str(e)) from None
 
     opts = ExportOptions(model_dir=Path(args.model_dir), fp16=args.fp16, int8=args.int8, batch=args.batch,
                          workspace_mib=args.workspace_mib, opset=args.opset, images=args.images, data=args.data,
@@ -73,6 +84,12 @@ def _main(args: argparse.Namespace) -> int:
                          triton_repo=args.triton_repo, triton_name=args.triton_name,
                          triton_queue_delay_us=args.triton_queue_delay_us)
     export_bundle(opts, say=lambda line: print(line, flush=True))
+    if args.sign is not None:
+        try:
+            sig = sign_bundle(Path(args.model_dir), args.sign)
+        except SignatureError as e:
+            raise ValueError(str(e)) from None
+        print(f"signed {args.model_dir}: wrote {sig}", flush=True)
     return 0
 
 

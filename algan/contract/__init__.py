@@ -73,6 +73,7 @@ from algan.contract.names import (
     SAMPLES_FILE,
     SCORE_OUTPUTS,
     SCORES_KEY,
+    SIGNATURE_FILE,
     WEIGHTS_FILE,
 )
 from algan.contract.patch import PatchSpec
@@ -83,7 +84,7 @@ __all__ = [
     "ENGINE_SIDECAR_FILE", "ENGINE_TIMING_CACHE_FILE", "EXPORT_KEYS", "FORMAT_VERSION", "FP16_ONNX_FILE",
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
     "KEY_MODEL_ID", "KEY_OUTPUTS", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE", "OUTPUT_NAME",
-    "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "TRAINING_SECTIONS", "WEIGHTS_FILE",
+    "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "SIGNATURE_FILE", "TRAINING_SECTIONS", "WEIGHTS_FILE",
     "AnomalyMapSection", "BackboneSection", "BundleError", "CalibrationSection", "EmpiricalThreshold",
     "EngineExport", "EngineSidecar", "Exports", "FeaturesSection", "GraphExport", "HeadSection", "InputSection",
     "Manifest", "PatchSection", "PatchSpec", "TrainingDataSection", "TrainingSection", "TritonExport",

@@ -49,6 +49,8 @@ ENGINE_INT8_CACHE_FILE = ENGINE_FILE + ".int8.cache"
 INT8_SET_FILE = "int8_calibration.safetensors"
 #: the normal scores algan-calibrate kept (float32 under :data:`SCORES_KEY`)
 CALIBRATION_SCORES_FILE = "calibration_scores.safetensors"
+#: the bundle's Ed25519 signature (algan-export --sign / algan-edge sign; :mod:`algan.runtime.signing`)
+SIGNATURE_FILE = "algan.sig"
 #: graph file name -> its record in the manifest's ``exports`` (:class:`algan.contract.manifest.Exports`)
 EXPORT_KEYS = {ONNX_FILE: "onnx", FP16_ONNX_FILE: "onnx_fp16"}
 

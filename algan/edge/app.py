@@ -36,6 +36,7 @@ from algan.edge.capture.sources import Source, open_source
 from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.config.reload import plan_reload
 from algan.edge.errors import ConfigError, SourceError
+from algan.edge.logs import RepeatedErrors
 from algan.edge.metrics import Metrics
 from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
 from algan.edge.publish.discovery import discovery_messages
@@ -50,9 +51,10 @@ from algan.edge.publish.messages import (
     score_payload,
 )
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
-from algan.edge.publish.outbox import Outbox
+from algan.edge.publish.outbox import Outbox, OutboxError
 from algan.edge.publish.snapshots import PeakSnapshots, SnapshotStore, snapshot_name
 from algan.edge.sdnotify import SystemdNotifier
+from algan.edge.state import StateLock
 from algan.edge.stats import StatsWindow, stats_payload, status_line
 from algan.runtime.errors import EdgeError
 from algan.runtime.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
@@ -86,14 +88,15 @@ class EdgeApp:
         self,
         config: EdgeConfig,
         stop: threading.Event | None = None,
-        runner_factory: Callable[[EdgeConfig], Runner] = lambda cfg: load_runner(cfg.model, cfg.runner),
+        runner_factory: Callable[[EdgeConfig], Runner] | None = None,
         clock: Callable[[], float] = time.monotonic,
         config_path: str | Path | None = None,
         notifier: SystemdNotifier | None = None,
     ) -> None:
         self.cfg = config
         self.stop = stop or threading.Event()
-        self.runner_factory = runner_factory
+        self.runner_factory = runner_factory or (
+            lambda cfg: load_runner(cfg.model, cfg.runner, trusted_keys=cfg.model_trusted_keys))
         self.clock = clock
         self.topics = Topics(config.mqtt.prefix, config.device_id)
         self.hub = FrameHub()
@@ -109,6 +112,8 @@ class EdgeApp:
         self.systemd = notifier or SystemdNotifier()
         self.config_path = Path(config_path) if config_path is not None else None
         self._reload = threading.Event()
+        self._reading: threading.Thread | None = None  # the thread re-reading the config file (SIGHUP)
+        self._reread: queue.SimpleQueue[EdgeConfig | None] = queue.SimpleQueue()
         self.reloads = 0
         self.backend = ""
         self._batcher: Batcher[Frame] | None = None
@@ -127,6 +132,7 @@ class EdgeApp:
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
         self._outbox: Outbox | None = None  # also remembers open alarms (closed at the next start after a crash)
+        self._io_errors = RepeatedErrors(log)
 
     # -- start ---------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -138,6 +144,29 @@ class EdgeApp:
         Raises:
             EdgeError: model, broker or start-up problems (one-line message).
         """
+        lock = self._lock_state()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _lock_state(self) -> StateLock:
+        """Take the state directory (outbox, journals): a second daemon on it would send every alarm twice and
+        close the other's open alarms.
+
+        Raises:
+            StateLockError: another daemon holds it (exit 2, naming its PID).
+            EdgeError: the directory cannot be created.
+        """
+        try:
+            return StateLock(self.cfg.state_dir)
+        except OSError as e:
+            raise EdgeError(f"cannot lock the state directory {self.cfg.state_dir} ({e.strerror or e}); make it "
+                            "writable for the daemon's user or set mqtt.outbox.path") from None
+
+    def _run(self) -> int:
+        if self.snapshots is not None:
+            self.snapshots.clean_temp()
         runner = self.runner_factory(self.cfg)
         h, w = runner.input_size
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,
@@ -213,13 +242,14 @@ class EdgeApp:
         outbox = self._outbox
         if outbox is None:
             return
-        for cam, raw in outbox.open_alarms().items():
+        device = self.cfg.device_id
+        for cam, raw in outbox.open_alarms(device).items():
             try:
                 raised = json.loads(raw)
                 if not isinstance(raised, dict):
                     raise ValueError("not an object")
             except ValueError:
-                outbox.set_open_alarm(cam, None)
+                self._record_open_alarm(cam, None)
                 continue
             now = time.time()
             try:
@@ -229,13 +259,32 @@ class EdgeApp:
             cleared = {**raised, "state": "cleared", "ts": utc_iso(now), "duration_s": round(max(0.0, now - t0), 3),
                        "reason": "restart"}
             pub.publish(self.topics.alarm(cam), dumps(cleared), qos=self.cfg.mqtt.alarm_qos, durable=True)
-            outbox.set_open_alarm(cam, None)
+            self._record_open_alarm(cam, None)
             log.warning("camera %s: alarm %s was still open when the daemon last stopped; published it as cleared "
                         "(reason: restart)", cam, raised.get("id"))
 
+    def _record_open_alarm(self, cam: str, payload: str | None) -> None:
+        """Remember (``payload``: the raised event) or forget (``None``) ``cam``'s open alarm in the outbox file; a
+        failed write is reported once, then as a count per minute (at worst an alarm is not closed after a crash)."""
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.set_open_alarm(cam, payload, device=self.cfg.device_id)
+        except OutboxError as e:
+            self._io_errors.error("open-alarm", str(e))
+        else:
+            self._io_errors.ok("open-alarm")
+
     def _connect(self, model_id: str = "") -> MqttPublisher:
         m = self.cfg.mqtt
-        outbox = Outbox(m.outbox.path, m.outbox.max_events) if m.outbox.enabled else None
+        path = self.cfg.outbox_path
+        legacy = path.parent.parent / "outbox.sqlite"  # the default before it was per device
+        if path.parent.name == self.cfg.device_id and path.name == "outbox.sqlite" and legacy.is_file():
+            log.warning("%s (the outbox of an earlier version, or of another config) is no longer used: this "
+                        "device's outbox is %s; if it still holds messages to deliver, set mqtt.outbox.path to it "
+                        "for one run (algan-edge outbox list --config shows what is in the configured one)", legacy,
+                        path)
+        outbox = Outbox(path, m.outbox.max_events) if m.outbox.enabled else None
         self._outbox = outbox
         if outbox is not None and len(outbox):
             log.info("MQTT outbox %s holds %d undelivered messages from before; they go out first", outbox.path,
@@ -307,13 +356,39 @@ class EdgeApp:
             True when new thresholds were applied.
         """
         self._reload.clear()
+        return self._apply_loaded(self._read_config())
+
+    def _read_config(self) -> EdgeConfig | None:
+        """Re-read :attr:`config_path` (any thread); ``None`` (logged) when it does not load."""
         if self.config_path is None:
             log.warning("SIGHUP ignored: the daemon was not started from a config file")
-            return False
+            return None
         try:
-            new = load_config(self.config_path)
+            return load_config(self.config_path)
         except ConfigError as e:
             log.error("reload failed, keeping the current settings: %s", e)
+            return None
+
+    def _poll_reload(self) -> None:
+        """Between two batches: start re-reading the config file in a thread when a SIGHUP asked for it, and apply
+        a finished one. The loop never waits for the file (a slow disk or a huge file cannot stop scoring or starve
+        the systemd watchdog)."""
+        if self._reload.is_set() and self._reading is None:
+            self._reload.clear()
+            self._reading = threading.Thread(target=lambda: self._reread.put(self._read_config()),
+                                             name="config-reload", daemon=True)
+            self._reading.start()
+        if self._reading is not None:
+            try:
+                new = self._reread.get_nowait()
+            except queue.Empty:
+                return
+            self._reading = None
+            self._apply_loaded(new)
+
+    def _apply_loaded(self, new: EdgeConfig | None) -> bool:
+        """Apply the alarm section and thresholds of a re-read config (``None``: it did not load, nothing changes)."""
+        if new is None:
             return False
         plan = plan_reload(self.cfg, new)
         if plan.cameras_changed:
@@ -352,8 +427,7 @@ class EdgeApp:
         while True:
             if self._frames_flowing(self.clock()):
                 self.systemd.watchdog()
-            if self._reload.is_set():
-                self._apply_reload()
+            self._poll_reload()
             self._drain_status(pub)
             batch = next_batch(self.hub, batcher, self.stop, self.clock)
             if batch is None:
@@ -396,8 +470,8 @@ class EdgeApp:
             if self.snapshots is not None or self._has_maps:
                 event = self._snapshot(frame, event, cells, pub)
             if event is not None:
-                if self._outbox is not None:  # before the event: after a crash the next start closes the alarm
-                    self._outbox.set_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
+                # before the event: after a crash the next start closes the alarm
+                self._record_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
                 pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,

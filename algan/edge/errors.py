@@ -18,3 +18,9 @@ class BrokerError(EdgeError):
 
 class SourceError(EdgeError):
     """A camera source cannot be opened or read (never fatal for the daemon: other cameras go on)."""
+
+
+class StateLockError(EdgeError):
+    """Another daemon holds the state directory (exit status 2: give each daemon its own state directory)."""
+
+    exit_code = 2

@@ -109,6 +109,11 @@ class Metrics:
             msg = f"cannot serve metrics on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}; change metrics.port"
             raise EdgeError(msg) from None
         log.info("Prometheus metrics on http://%s:%d/metrics", self.cfg.host, self.cfg.port)
+        if not is_loopback(self.cfg.host):
+            log.warning("metrics.host %s: the metrics endpoint is plain HTTP without authentication and reachable "
+                        "from the network (camera names, frame rates, alarm counts); bind it to 127.0.0.1 and "
+                        "scrape through a TLS reverse proxy or an SSH tunnel, or firewall port %d", self.cfg.host,
+                        self.cfg.port)
 
     def observe_frame(self, latency_s: float) -> None:
         """Record one frame's capture-to-publish latency (seconds)."""
@@ -126,3 +131,15 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

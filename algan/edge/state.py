@@ -1,14 +1,21 @@
-"""Permissions of the daemon's state: the outbox, the folder journals and the alarm snapshots are private to the
-daemon's user (directories 0700, files 0600), whatever the umask (the systemd unit sets ``UMask=0077`` as well).
+"""Permissions and ownership of the daemon's state: the outbox, the folder journals and the alarm snapshots are
+private to the daemon's user (directories 0700, files 0600), whatever the umask (the systemd unit sets ``UMask=0077``
+as well).
 
 Only directories and files this module creates get the mode; an existing directory (e.g. systemd's
 ``StateDirectory=``, or a folder the operator chose) keeps the mode it has.
+
+One daemon per state directory: :class:`StateLock` holds an exclusive ``fcntl.flock`` on ``algan-edge.lock`` in it
+for the daemon's lifetime (the kernel releases it when the process ends, even on SIGKILL); the file holds the PID.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+
+from algan.edge.errors import StateLockError
 
 #: mode of state directories the daemon creates
 DIR_MODE = 0o700
@@ -70,3 +77,44 @@ def write_private(path: str | Path, data: bytes) -> None:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+#: the lock file in a state directory
+LOCK_NAME = "algan-edge.lock"
+
+
+class StateLock:
+    """An exclusive ``fcntl.flock`` on a state directory's :data:`LOCK_NAME` (created 0600, holding our PID).
+
+    Args:
+        directory: the state directory (created 0700 when missing).
+
+    Raises:
+        StateLockError: another process holds it (one line naming its PID and how to fix it).
+        OSError: the directory or the lock file cannot be created.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = make_private_dir(directory)
+        self.path = self.directory / LOCK_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            msg = (f"state directory {self.directory} is in use by another algan-edge (PID {holder}); stop that one, "
+                   "or give this config its own device_id or mqtt.outbox.path")
+            raise StateLockError(msg) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Unlock (idempotent; the file stays, empty of meaning once unlocked)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

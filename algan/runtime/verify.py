@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from algan.contract import (
     EXPORT_KEYS,
     KEY_MODEL_ID,
     MANIFEST_FILE,
     ONNX_FILE,
+    SIGNATURE_FILE,
     WEIGHTS_FILE,
     BundleError,
     EngineSidecar,
@@ -45,6 +49,7 @@ from algan.contract import (
     load_manifest,
 )
 from algan.runtime.errors import ModelError
+from algan.runtime.signing import SignatureError, verify_bundle_signature
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,32 @@ def _bad_weights(path: Path, why: str) -> BundleCheckError:
                             "re-train it")
 
 
+def regular_file(bundle: Path, path: Path) -> Path:
+    """``path`` (a file of ``bundle``) unchanged when it is a regular file inside the bundle directory, or absent
+    (the caller reports a missing file). A bundle is copied from machine to machine as plain files: a symbolic link
+    in it would make the daemon open whatever it points to (``weights.safetensors -> /etc/shadow``).
+
+    Raises:
+        BundleCheckError: a symbolic link, not a regular file (directory, FIFO, device), or outside the bundle; one
+            line naming the file, never its contents.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise unreadable(path, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleCheckError(f"{path} is a symbolic link; a bundle holds regular files only: replace it with a "
+                               "copy of the file (cp --dereference) or re-run algan-export")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleCheckError(f"{path} is not a regular file (a directory, FIFO or device); a bundle holds regular "
+                               "files only: copy the bundle again")
+    if path.resolve().parent != bundle.resolve():
+        raise BundleCheckError(f"{path} is outside the bundle directory {bundle}; copy the bundle again")
+    return path
+
+
 def bundle_dir_of(model: Path) -> Path | None:
     """The bundle directory of a configured model (the directory itself, or the directory of a file inside a bundle),
     or ``None`` for a bare model file without an ``algan.json`` beside it."""
@@ -135,7 +166,7 @@ def bundle_manifest(bundle: Path) -> Manifest:
     Raises:
         BundleCheckError: missing, unreadable, invalid, or an unsupported ``format_version``.
     """
-    path = bundle / MANIFEST_FILE
+    path = regular_file(bundle, bundle / MANIFEST_FILE)
     try:
         with path.open("rb"):
             pass
@@ -150,11 +181,63 @@ def bundle_manifest(bundle: Path) -> Manifest:
         raise BundleCheckError(str(e)) from None
 
 
+def manifest_input_size(manifest: Manifest) -> tuple[int, int] | None:
+    """``(H, W)`` in pixels the manifest says the model takes: ``input.height``/``input.width``, else
+    ``backbone.input_size`` ``[H, W]``, else a pixel model's ``head.settings.size``; ``None`` when it says none of
+    them (or says it in a form not understood)."""
+    size: list | None = None
+    if manifest.input is not None:
+        size = [manifest.input.height, manifest.input.width]
+    elif manifest.backbone is not None:
+        size = list(manifest.backbone.input_size)
+    elif manifest.head is not None and manifest.variant == "image":
+        side = manifest.head.settings.get("size")
+        size = [side, side] if side is not None else None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        return None
+    return int(size[0]), int(size[1])
+
+
+#: Largest tensor a graph may create from a constant shape (bytes): loading or running one bigger would exhaust the
+#: device's memory (the models of this project create none over a few MB).
+MAX_CONSTANT_BYTES = 1 << 30
+
+
+def huge_constant(model: Any) -> str | None:
+    """Why an ``onnx.ModelProto`` would allocate more than :data:`MAX_CONSTANT_BYTES` for one tensor: a
+    ``ConstantOfShape`` whose shape is an initializer (ONNX Runtime folds it at session creation), or an initializer
+    declaring such dimensions; ``None`` when it does not."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        if n * 4 > MAX_CONSTANT_BYTES and init.data_location != 1:  # external data is sized by its file
+            return f"declares initializer {init.name!r} of shape {list(init.dims)} (more than 1 GiB)"
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in inits:
+            continue
+        shape = [int(v) for v in numpy_helper.to_array(inits[node.input[0]]).reshape(-1)]
+        n = 1
+        for v in shape:
+            n *= max(v, 0)
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        size = helper.tensor_dtype_to_np_dtype(value.t.data_type).itemsize if value is not None else 4
+        if n * size > MAX_CONSTANT_BYTES:
+            return (f"creates a tensor of shape {shape} ({n * size / 2**30:.1f} GiB) with ConstantOfShape node "
+                    f"{node.name or node.output[0]!r}")
+    return None
+
+
 def graph_model_id(path: Path) -> str | None:
-    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime); ``None`` if absent.
+    """The ``algan.model_id`` in an ONNX graph's metadata (``onnx`` package, else ONNX Runtime without graph
+    optimizations); ``None`` if absent. With ``onnx``, a graph that would allocate a huge constant
+    (:func:`huge_constant`) is refused.
 
     Raises:
-        BundleCheckError: the file cannot be parsed as ONNX.
+        BundleCheckError: the file cannot be parsed as ONNX, or creates a huge constant.
     """
     try:
         import onnx
@@ -164,13 +247,18 @@ def graph_model_id(path: Path) -> str | None:
         except Exception as e:  # protobuf DecodeError and friends
             raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") \
                 from None
+        huge = huge_constant(model)
+        if huge is not None:
+            raise BundleCheckError(f"{path} {huge}; this is not a graph algan-export writes: re-run algan-export")
         return {p.key: p.value for p in model.metadata_props}.get(KEY_MODEL_ID)
     except ImportError:
         pass
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no constant folding: no allocation
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
     return (sess.get_modelmeta().custom_metadata_map or {}).get(KEY_MODEL_ID)
@@ -245,13 +333,15 @@ class BundleReport:
     sha256_checked: bool
 
 
-def verify_model(model: Path, graph: Path) -> BundleReport:
+def verify_model(model: Path, graph: Path, trusted_keys: Sequence[str] = ()) -> BundleReport:
     """Verify the bundle of ``model`` before ``graph`` (the file a runner will load) is used.
 
     Args:
         model: the configured ``model`` (bundle directory or file).
         graph: the resolved model file (``model.onnx``, ``model.fp16.onnx``, ``model.engine``), or the bundle itself
             for the torch backend.
+        trusted_keys: public keys (``ed25519:<base64>``, ``model.trusted_keys``); when given, the bundle must carry
+            a valid signature of one of them (:func:`algan.runtime.signing.verify_bundle_signature`).
 
     Returns:
         A :class:`BundleReport`.
@@ -260,6 +350,9 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         BundleCheckError: one line naming the file and the fix (see the module docstring for the checks).
     """
     bundle = bundle_dir_of(model)
+    if bundle is None and trusted_keys:
+        raise SignatureError(f"model.trusted_keys is set, but {model} is not a model bundle (no {MANIFEST_FILE} beside "
+                             "it): only a signed bundle can be trusted; set model to the bundle directory")
     if bundle is None:
         try:
             with graph.open("rb"):
@@ -269,12 +362,20 @@ def verify_model(model: Path, graph: Path) -> BundleReport:
         return BundleReport(None, None, graph, False)
     manifest = bundle_manifest(bundle)
     model_id = manifest.model_id
-    weights = bundle / WEIGHTS_FILE
+    weights = regular_file(bundle, bundle / WEIGHTS_FILE)
+    if graph != bundle and graph.parent.resolve() == bundle.resolve():
+        regular_file(bundle, graph)
+        if graph.suffix == ".engine":
+            regular_file(bundle, sidecar_path(graph))
     if weights.exists():
         check_weights(weights)
     else:
         raise BundleCheckError(f"{weights} is missing; the bundle is incomplete: copy it again from where it was "
                                "trained")
+    if trusted_keys:
+        regular_file(bundle, bundle / SIGNATURE_FILE)
+        kid = verify_bundle_signature(bundle, graph, trusted_keys)
+        log.info("bundle %s: signature of key %s verified", bundle, kid)
     checked = False
     if graph.is_file() and graph.suffix == ".onnx":
         record = manifest.exports.graph(EXPORT_KEYS.get(graph.name, ""))

@@ -75,10 +75,11 @@ def test_load_config_resolves_outbox_snapshots_and_tls(tmp_path, monkeypatch):
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     cfg = load_config(path)
-    assert cfg.mqtt.outbox.path == tmp_path / "outbox.sqlite"
+    device = cfg.device_id  # the default state path is per device: never a bare ./outbox.sqlite shared by two configs
+    assert cfg.mqtt.outbox.path == tmp_path / device / "outbox.sqlite"
     assert cfg.alarm.snapshots.dir == tmp_path / "snaps" and cfg.mqtt.tls.ca_file == tmp_path / "ca.pem"
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
-    assert load_config(path).mqtt.outbox.path == tmp_path / "state" / "outbox.sqlite"
+    assert load_config(path).mqtt.outbox.path == tmp_path / "state" / device / "outbox.sqlite"
 
 
 def test_missing_tls_file_is_one_line(tmp_path):

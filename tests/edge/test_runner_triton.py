@@ -115,8 +115,8 @@ def test_one_line_errors(tmp_path, capture_inputs):
 def _pytriton_python() -> str:
     exe = os.environ.get("ALGAN_PYTRITON_PYTHON") or str(ROOT / ".venv-triton" / "bin" / "python")
     if not Path(exe).is_file():
-        pytest.skip("no PyTriton venv: make one from /usr/bin/python3.11 (pip install nvidia-pytriton onnxruntime "
-                    "numpy) at .venv-triton or name its python in ALGAN_PYTRITON_PYTHON")
+        pytest.skip("no PyTriton venv: `make triton-venv` makes .venv-triton from /usr/bin/python3.11 "
+                    "(tools/pytriton-requirements.txt), or name its python in ALGAN_PYTRITON_PYTHON")
     ok = subprocess.run([exe, "-c", "import pytriton.triton, onnxruntime"], capture_output=True, timeout=60)
     if ok.returncode != 0:
         pytest.skip(f"pytriton is not importable with {exe}: {ok.stderr.decode()[-200:]}")

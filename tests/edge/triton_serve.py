@@ -7,8 +7,8 @@ Python backend's stub links the system libpython)::
 
     python triton_serve.py GRPC_PORT HTTP_PORT METRICS_PORT MAX_BATCH NAME=MODEL.onnx [NAME=MODEL.onnx ...]
 
-Writes ``READY`` into the file named by ``$ALGAN_TRITON_READY`` once the models are loaded; stops when stdin
-closes.
+Every endpoint (gRPC, HTTP, Prometheus metrics) listens on 127.0.0.1 only. Writes ``READY`` into the file named by
+``$ALGAN_TRITON_READY`` once the models are loaded; stops when stdin closes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def bind(triton: Triton, name: str, path: str, max_batch: int) -> None:
 
 def main() -> None:
     grpc_port, http_port, metrics_port, max_batch = (int(a) for a in sys.argv[1:5])
-    cfg = TritonConfig(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, log_verbose=0)
+    cfg = TritonConfig(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, log_verbose=0,
+                       grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1")
     with Triton(config=cfg) as triton:
         for pair in sys.argv[5:]:
             name, path = pair.split("=", 1)

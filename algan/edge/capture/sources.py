@@ -45,8 +45,9 @@ _ENV_LOCK = threading.Lock()
 class Corrupt:
     """Marker returned by :meth:`Source.read` for a frame that exists but cannot be decoded."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, incomplete: bool = False) -> None:
         self.reason = reason
+        self.incomplete = incomplete  # empty or cut short: a writer may still be writing it
 
 
 class NoFrame:
@@ -252,11 +253,12 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Cor
     except OSError as e:
         return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
     if not raw:
-        return Corrupt(f"image {path} is empty (0 bytes)")
+        return Corrupt(f"image {path} is empty (0 bytes)", incomplete=True)
     if raw[:2] == b"\xff\xd8" and raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)")
+        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)",
+                       incomplete=True)
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
-        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)")
+        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)", incomplete=True)
     try:
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
@@ -287,6 +289,11 @@ class FolderSource:
     stopped instead of scoring the whole inbox again. Memory stays bounded: names are forgotten once the files are
     gone (the journal too, at open).
 
+    Watching, a file refused as incomplete (empty, or a JPEG/PNG cut short: its writer paused longer than
+    ``settle_s``) is not reported at once: it is read again after each change of its size or mtime (once settled
+    again), and reported as :class:`Corrupt` only when it stayed unchanged for ``incomplete_wait_s``; a reported
+    file is looked at again if it changes later.
+
     Args:
         folder: the directory.
         watch: keep watching for new files.
@@ -295,6 +302,7 @@ class FolderSource:
         clock: monotonic clock (seconds); tests pass a fake.
         journal: watch: the folder's :class:`~algan.edge.capture.journal.FolderJournal`; after each :meth:`read`,
             :meth:`acker` gives the callable that records the file as scored. ``None`` = no memory across runs.
+        incomplete_wait_s: watch: how long an incomplete file must stay unchanged before it is reported (seconds).
 
     Raises:
         SourceError: the folder does not exist, or (without ``watch``) holds no image files.
@@ -310,6 +318,7 @@ class FolderSource:
         poll_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         journal: FolderJournal | None = None,
+        incomplete_wait_s: float = 30.0,
     ) -> None:
         self.path = Path(folder)
         if not self.path.is_dir():
@@ -321,9 +330,12 @@ class FolderSource:
         self._ready: deque[tuple[Path, int, int]] = deque()  # (path, size, mtime_ns)
         self._last: tuple[str, int, int] | None = None  # the file the last read() returned
         self.journal = journal if watch else None
+        self.incomplete_wait_s = float(incomplete_wait_s)
         self._seen: set[str] = set()
-        self._empty: set[tuple[str, int]] = set()  # (name, mtime_ns) of empty files already reported
+        self._reported: set[tuple[str, int, int]] = set()  # (name, size, mtime_ns) reported incomplete, unchanged
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
+        self._incomplete: dict[str, tuple[int, int, float]] = {}  # refused as incomplete: (size, mtime_ns, give up)
+        self._final: set[str] = set()  # incomplete files handed to read() to be reported now
         self._last_scan = -float("inf")
         self._closed = False
         if not watch:
@@ -351,6 +363,7 @@ class FolderSource:
             return False
         names: set[str] = set()
         ready: list[str] = []
+        final: list[str] = []
         for e in entries:
             name = e.name
             if _is_partial(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
@@ -365,30 +378,38 @@ class FolderSource:
             if not e.is_file():
                 continue
             key = (st.st_size, st.st_mtime_ns)
-            done = self.journal is not None and self.journal.done_before(name, *key)
-            if st.st_size == 0 and (done or (name, st.st_mtime_ns) in self._empty):
-                continue  # an empty file already reported: looked at again only once it grows
-            if done:
-                self._seen.add(name)  # scored by an earlier run
+            if (name, *key) in self._reported:
+                continue  # reported as incomplete: looked at again only once it changes
+            if self.journal is not None and self.journal.done_before(name, *key):
+                self._seen.add(name)  # scored (or reported) by an earlier run
+                continue
+            inc = self._incomplete.get(name)
+            if inc is not None and inc[:2] == key:
+                if now >= inc[2]:
+                    final.append(name)
                 continue
             old = self._pending.get(name)
             if old is None or old[:2] != key:
                 self._pending[name] = (*key, now)
                 old = self._pending[name]
-            if now - old[2] >= self.settle_s:  # an empty file too: reported (and journalled) once it stayed empty
+            if now - old[2] >= self.settle_s:  # an empty file too: read (then refused as incomplete) once settled
                 ready.append(name)
         for name in sorted(ready):
             size, mtime_ns, _ = self._pending.pop(name)
-            if size == 0:
-                self._empty.add((name, mtime_ns))
-            else:
-                self._seen.add(name)
+            self._incomplete.pop(name, None)
+            self._seen.add(name)
+            self._ready.append((self.path / name, size, mtime_ns))
+        for name in sorted(final):
+            size, mtime_ns, _ = self._incomplete.pop(name)
+            self._final.add(name)
+            self._seen.add(name)
             self._ready.append((self.path / name, size, mtime_ns))
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
-        self._empty = {e for e in self._empty if e[0] in names}
-        for name in list(self._pending):
-            if name not in names:
-                del self._pending[name]
+        self._reported = {r for r in self._reported if r[0] in names}
+        for table in (self._pending, self._incomplete):
+            for name in list(table):
+                if name not in names:
+                    del table[name]
         return True
 
     def read(self) -> ReadResult:
@@ -401,11 +422,22 @@ class FolderSource:
                 return None
             if not self._ready:
                 return NO_FRAME
-        if not self._ready:
-            return None
-        p, size, mtime_ns = self._ready.popleft()
-        self._last = (p.name, size, mtime_ns)
-        return decode_image_file(p)
+        while self._ready:
+            p, size, mtime_ns = self._ready.popleft()
+            self._last = (p.name, size, mtime_ns)
+            img = decode_image_file(p)
+            if not (self.watch and isinstance(img, Corrupt) and img.incomplete):
+                return img
+            self._seen.discard(p.name)
+            if p.name in self._final:  # unchanged for incomplete_wait_s: reported (and journalled) now
+                self._final.discard(p.name)
+                self._reported.add((p.name, size, mtime_ns))
+                return img
+            log.debug("%s; read again when it changes (reported if unchanged for %g s)", img.reason,
+                      self.incomplete_wait_s)
+            self._incomplete[p.name] = (size, mtime_ns, self._clock() + self.incomplete_wait_s)
+        self._last = None
+        return NO_FRAME if self.watch else None
 
     @property
     def last_name(self) -> str | None:
@@ -469,7 +501,8 @@ def open_source(cam: CameraConfig, capture: Callable[..., Any] = cv2.VideoCaptur
     """
     kind = cam.resolved_kind
     if kind == "folder" or (kind == "file" and Path(str(cam.source)).is_dir()) or cam.watch:
-        return FolderSource(str(cam.source), watch=cam.watch, settle_s=cam.settle_s, journal=journal)
+        return FolderSource(str(cam.source), watch=cam.watch, settle_s=cam.settle_s, journal=journal,
+                            incomplete_wait_s=cam.incomplete_wait_s)
     return VideoSource(
         cam.source,
         kind,

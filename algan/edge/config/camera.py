@@ -71,6 +71,14 @@ class CameraConfig(Section):
         description="folder watch: a new file is read once its size and mtime stayed unchanged this long (seconds); "
         "names starting with '.' or ending in .tmp/.part/.partial/.crdownload/~ are never read",
     )
+    incomplete_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="folder watch: a file refused as incomplete (empty, or a JPEG/PNG cut short: a writer that paused "
+        "longer than settle_s, as SMB/FTP writers do) is read again whenever its size or mtime changes; it is "
+        "reported as corrupt only once it stayed unchanged this long (seconds)",
+    )
     resume: bool = Field(
         True,
         description="folder watch: remember the files already scored (name, size, mtime) in a small SQLite journal, "

@@ -17,13 +17,18 @@ from algan.edge.config.camera import CameraConfig
 from algan.edge.config.metrics import MetricsConfig
 from algan.edge.config.mqtt import MqttConfig
 from algan.runtime.runners.settings import RunnerConfig
+from algan.runtime.signing import KEY_PREFIX, parse_public_key
 
 
 class EdgeConfig(Section):
     """The whole ``algan-edge run`` configuration."""
 
     device_id: str = Field(description="this device's id, used as a topic level (e.g. 'line1')")
-    model: Path = Field(description="model bundle directory holding model.onnx, or a path to a .onnx file")
+    model: Path = Field(description="model bundle directory holding model.onnx, or a path to a .onnx file; or a "
+                        "mapping {path: BUNDLE, trusted_keys: [...]} (see model_trusted_keys)")
+    model_trusted_keys: tuple[str, ...] = Field(
+        (), description="written as model.trusted_keys: public keys ('ed25519:<base64>' from algan-edge keygen, or a "
+        ".pub file); when set, a bundle without a valid signature of one of them (algan-export --sign) is refused")
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="inference backend settings")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="cross-camera batching")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker and topics")
@@ -31,6 +36,35 @@ class EdgeConfig(Section):
     stats_interval_s: float = Field(5.0, gt=0, le=3600, description="period of the stats message (seconds)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="optional Prometheus endpoint")
     cameras: list[CameraConfig] = Field(min_length=1, description="cameras to watch (at least one)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_mapping(cls, data: Any) -> Any:
+        """``model: {path: ..., trusted_keys: [...]}`` -> ``model`` and ``model_trusted_keys``."""
+        if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+            return data
+        m = data["model"]
+        unknown = sorted(str(k) for k in m if k not in ("path", "trusted_keys"))
+        if unknown:
+            raise ValueError(f"model: unknown setting(s) {', '.join(unknown)}; model is a path, or a mapping with "
+                             "path and trusted_keys")
+        if "path" not in m:
+            raise ValueError("model: give model.path (the bundle directory) beside model.trusted_keys")
+        keys = m.get("trusted_keys") or []
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("model.trusted_keys: a list of public keys ('ed25519:<base64>' or .pub files)")
+        return {**data, "model": m["path"], "model_trusted_keys": tuple(keys)}
+
+    @field_validator("model_trusted_keys")
+    @classmethod
+    def _keys_well_formed(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for i, k in enumerate(keys):
+            if k.strip().startswith(KEY_PREFIX):
+                try:
+                    parse_public_key(k)
+                except ValueError as e:
+                    raise ValueError(f"model.trusted_keys[{i}]: {e}") from None
+        return keys
 
     @field_validator("device_id")
     @classmethod
@@ -69,12 +103,23 @@ class EdgeConfig(Section):
                 raise ValueError(f"{where}: {e}; fix the alarm settings of this camera") from None
         return self
 
+    @property
+    def outbox_path(self) -> Path:
+        """The MQTT outbox file: ``mqtt.outbox.path``, else ``<device_id>/outbox.sqlite`` (resolved against the state
+        directory by :func:`~algan.edge.config.load_config`)."""
+        return self.mqtt.outbox.path or Path(self.device_id) / "outbox.sqlite"
+
+    @property
+    def state_dir(self) -> Path:
+        """The daemon's state directory: the outbox's directory (journals beside it; locked while a daemon runs)."""
+        return self.outbox_path.parent
+
     def journal_path(self, cam: CameraConfig) -> Path | None:
         """The read journal of a watched folder with ``resume``: the camera's ``journal``, else
         ``<camera name>.journal.sqlite`` beside the MQTT outbox (the state directory); ``None`` for other cameras."""
         if not (cam.watch and cam.resume):
             return None
-        return cam.journal if cam.journal is not None else self.mqtt.outbox.path.parent / f"{cam.name}.journal.sqlite"
+        return cam.journal if cam.journal is not None else self.state_dir / f"{cam.name}.journal.sqlite"
 
     def alarm_policy(self, cam: CameraConfig) -> AlarmPolicy:
         """Effective alarm settings of a camera: ``alarm`` overridden by ``alarm.cameras.<name>`` and the camera's own

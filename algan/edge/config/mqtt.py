@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from algan.edge.config.base import TOPIC_PREFIX_RE, Section
+from algan.edge.config.base import TOPIC_PREFIX_RE, Section, no_control
 
 
 class MqttTlsConfig(Section):
@@ -39,10 +39,16 @@ class OutboxConfig(Section):
     enabled: bool = Field(
         True, description="keep alarm events and camera states on disk until the broker acknowledged them"
     )
-    path: Path = Field(
-        Path("outbox.sqlite"),
+    path: Path | None = Field(
+        None,
         description="SQLite file; a relative path is looked up in $STATE_DIRECTORY (systemd StateDirectory=) if "
-        "set, else next to the config file",
+        "set, else next to the config file; default <device_id>/outbox.sqlite there (one state directory per "
+        "device: a second daemon on the same directory is refused)",
+    )
+    max_tries: int = Field(
+        5, ge=1, le=1000,
+        description="a message the broker closes the connection on this many times in a row goes to the dead-letter "
+        "table (see algan-edge outbox list) and delivery goes on with the next (tries)",
     )
     max_events: int = Field(
         10_000, ge=10, le=10_000_000,
@@ -62,7 +68,7 @@ class HomeAssistantConfig(Section):
     @field_validator("discovery_prefix")
     @classmethod
     def _prefix_topic_safe(cls, v: str) -> str:
-        if not TOPIC_PREFIX_RE.match(v):
+        if not TOPIC_PREFIX_RE.fullmatch(v):
             raise ValueError(f"discovery_prefix {v!r} is not a valid topic prefix; use e.g. 'homeassistant'")
         return v
 
@@ -119,10 +125,15 @@ class MqttConfig(Section):
     @field_validator("prefix")
     @classmethod
     def _prefix_topic_safe(cls, v: str) -> str:
-        if not TOPIC_PREFIX_RE.match(v):
+        if not TOPIC_PREFIX_RE.fullmatch(v):
             msg = f"prefix {v!r} is not a valid topic prefix; use levels like 'algan' or 'plant1/algan' (no '+', '#')"
             raise ValueError(msg)
         return v
+
+    @field_validator("client_id", "username", "host")
+    @classmethod
+    def _no_control(cls, v: str | None, info) -> str | None:  # noqa: ANN001
+        return v if v is None else no_control(v, f"mqtt.{info.field_name}")
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:

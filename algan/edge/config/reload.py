@@ -14,7 +14,7 @@ from algan.edge.config.camera import CameraConfig
 from algan.edge.config.edge import EdgeConfig
 
 #: top-level settings that a reload does not apply (they need a restart)
-RESTART_SETTINGS = ("model", "runner", "batch", "mqtt", "device_id", "metrics")
+RESTART_SETTINGS = ("model", "model_trusted_keys", "runner", "batch", "mqtt", "device_id", "metrics")
 #: the settings of a camera that a reload applies (the others are the running reader's until a restart)
 RELOAD_CAMERA_SETTINGS = ("threshold", "clear_threshold")
 

@@ -87,6 +87,25 @@ class DeliveryLedger:
         """Outbox row ``seq`` cannot be published at all (the client refused it): it is passed over."""
         self.last_handed = seq
 
+    def forget(self, seq: int) -> int | None:
+        """Outbox row ``seq`` was taken out of delivery (dead letter) while unacknowledged.
+
+        Returns:
+            Its mid (to remove from the client's queue), or ``None`` when it was not in flight.
+        """
+        self._unacked.discard(seq)
+        if not self._unacked:
+            self._resync_until = 0.0
+        for mid, s in self._pending.items():
+            if s == seq:
+                del self._pending[mid]
+                return mid
+        return None
+
+    def oldest_unacked(self) -> int | None:
+        """The lowest outbox seq handed and not yet acknowledged (the first the client re-sends), else ``None``."""
+        return min(self._unacked) if self._unacked else None
+
     def refused(self) -> int:
         """A message the client did not take (queue full, QoS0 while disconnected, error) is lost.
 

@@ -14,6 +14,11 @@
   reconnect, and the sender waits for those before handing newer rows, so the order holds and the daemon sends
   nothing twice.
   Rows left at exit (broker down, SIGKILL) are delivered by the next run.
+* Poison messages: a row whose topic no broker accepts (control characters, wildcards, not UTF-8; see
+  :func:`topic_problem`) or that the client refuses is moved to the outbox's dead-letter table at once; a row that
+  was the oldest unacknowledged one each time the broker closed the connection, ``mqtt.outbox.max_tries`` times in a
+  row (counted on disk, across restarts), is moved there too and taken out of paho's re-send queue. One ERROR line
+  names its topic and the reason; delivery goes on with the next row (``algan-edge outbox list|retry|drop``).
 * Other QoS1 messages published while disconnected stay in paho's memory queue (bounded by
   ``mqtt.max_queued_messages``); QoS0 messages published while disconnected are dropped and counted in ``lost``.
 * Every accepted message is tracked until paho reports it written (QoS0) or acknowledged (QoS1), so
@@ -23,6 +28,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -34,6 +40,7 @@ import paho.mqtt.client as mqtt
 
 from algan.edge.config import MqttConfig, MqttTlsConfig
 from algan.edge.errors import BrokerError
+from algan.edge.logs import RepeatedErrors
 from algan.edge.publish.delivery import RESYNC_TIMEOUT_S, SEND_WINDOW, DeliveryLedger
 from algan.edge.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
 from algan.edge.publish.outbox import Outbox, OutboxError
@@ -41,9 +48,30 @@ from algan.edge.publish.outbox import Outbox, OutboxError
 log = logging.getLogger(__name__)
 
 __all__ = ["RESYNC_TIMEOUT_S", "SEND_WINDOW", "Message", "MqttPublisher", "Publisher", "probe_tcp", "probe_tls",
-           "tls_context", "tls_hint"]
+           "tls_context", "tls_hint", "topic_problem"]
 
 Message = tuple[str, str, int, bool]  # topic, payload, qos, retain
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why a broker would refuse to take a PUBLISH on ``topic`` (MQTT 3.1.1 section 4.7; mosquitto closes the
+    connection on a control character), else ``None``."""
+    if not topic:
+        return "the topic is empty"
+    m = _CONTROL.search(topic)
+    if m is not None:
+        return f"the topic holds a control character (U+{ord(m.group()):04X})"
+    if "+" in topic or "#" in topic:
+        return "the topic holds a wildcard ('+' or '#')"
+    try:
+        n = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the topic is not valid UTF-8"
+    if n > 65535:
+        return f"the topic is {n} bytes long (at most 65535)"
+    return None
 
 
 class Publisher(Protocol):
@@ -158,6 +186,7 @@ class MqttPublisher:
         self._refused: str | None = None
         self._closing = False
         self._kick = False  # something changed that may let the sender hand more rows
+        self._errors = RepeatedErrors(log)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         c.will_set(status_topic, STATUS_OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
@@ -221,8 +250,49 @@ class MqttPublisher:
         self._connected.clear()
         with self._lock:  # QoS0 packets not yet written are discarded by paho: they will never be confirmed
             self._ledger.disconnected()
+            oldest = self._ledger.oldest_unacked() if was else None
         if was and not self._closing:
             log.warning("lost MQTT broker %s (%s); reconnecting, alarms are queued meanwhile", self.where, reason_code)
+        if oldest is not None and self.outbox is not None and not self._closing:
+            self._count_try(oldest, str(reason_code))
+
+    def _count_try(self, seq: int, reason: str) -> None:
+        """The connection closed while row ``seq`` was the oldest unacknowledged one: one more try on disk; at
+        ``max_tries`` it becomes a dead letter and leaves paho's re-send queue."""
+        assert self.outbox is not None
+        tries = self.outbox.tried(seq)
+        limit = self.cfg.outbox.max_tries
+        if tries < limit:
+            return
+        with self._lock:
+            mid = self._ledger.forget(seq)
+        if mid is not None:
+            self._forget_in_client(mid)
+        self._dead_letter(seq, f"the broker closed the connection each time it was sent ({tries} tries, last: "
+                               f"{reason})")
+
+    def _forget_in_client(self, mid: int) -> None:
+        """Take message ``mid`` out of paho's queue of messages to re-send after a reconnect."""
+        lock = getattr(self._client, "_out_message_mutex", None)
+        queued = getattr(self._client, "_out_messages", None)
+        if lock is None or queued is None:
+            log.warning("cannot take message %d out of the MQTT client's queue (paho changed); it may be sent "
+                        "once more", mid)
+            return
+        with lock:
+            queued.pop(mid, None)
+
+    def _dead_letter(self, seq: int, reason: str) -> None:
+        """Move outbox row ``seq`` to the dead letters with one ERROR line naming its topic and ``reason``."""
+        assert self.outbox is not None
+        try:
+            topic = self.outbox.dead_letter(seq, reason)
+        except OutboxError as e:
+            self._errors.error("outbox", str(e))
+            return
+        if topic is not None:
+            log.error("MQTT message %d on topic %r moved to the dead letters of %s: %s; delivery goes on with the next "
+                      "(see: algan-edge outbox list)", seq, topic, self.outbox.path, reason)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:
@@ -258,15 +328,21 @@ class MqttPublisher:
 
     def _hand(self, rows: list) -> None:
         for row in rows:
-            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
-            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                return  # paho's queue is full: retry this row later
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued in paho, re-sent
-                log.error("MQTT outbox message %d on %s cannot be published (%s); dropping it", row.seq, row.topic,
-                          mqtt.error_string(info.rc))
-                self.outbox.ack(row.seq)  # type: ignore[union-attr]
+            problem = topic_problem(row.topic)
+            if problem is None:
+                try:
+                    info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                except ValueError as e:  # paho refuses it outright (e.g. payload too large)
+                    problem = f"the MQTT client refuses it ({e})"
+                else:
+                    if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                        return  # paho's queue is full: retry this row later
+                    if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, re-sent
+                        problem = f"the MQTT client refuses it ({mqtt.error_string(info.rc)})"
+            if problem is not None:
                 with self._lock:
                     self._ledger.dropped(row.seq)
+                self._dead_letter(row.seq, problem)
                 continue
             with self._lock:
                 acked_early = self._ledger.handed(row.seq, info.mid)
@@ -330,16 +406,23 @@ class MqttPublisher:
             durable: keep it in the outbox on disk until the broker acknowledged it (alarm events, camera
                 states; needs qos >= 1). Without an outbox it goes to paho's memory queue like any QoS1 message.
         """
+        problem = topic_problem(topic)
         if durable and qos >= 1 and self.outbox is not None:
             try:
-                self.outbox.add(topic, payload, qos, retain)
+                self.outbox.add(topic, payload, qos, retain)  # a bad topic becomes a dead letter in the sender
             except OutboxError as e:
-                log.error("%s; sending this message without the outbox", e)
+                self._errors.error("outbox", f"{e}; sending messages without the outbox meanwhile")
             else:
+                self._errors.ok("outbox")
                 with self._lock:
                     self._kick = True
                     self._lock.notify_all()
                 return
+        if problem is not None:  # never handed to paho: the broker would close the connection on it, again and again
+            with self._lock:
+                self._ledger.refused()
+            self._errors.error(f"topic:{topic}", f"MQTT message on topic {topic!r} not sent: {problem}")
+            return
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         rc = info.rc
         if rc == mqtt.MQTT_ERR_QUEUE_SIZE or (rc == mqtt.MQTT_ERR_NO_CONN and qos == 0) or (

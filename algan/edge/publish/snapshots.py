@@ -32,7 +32,9 @@ from algan.runtime.maps import Region
 log = logging.getLogger(__name__)
 
 #: Names of the files this module writes (and the only ones retention deletes).
-SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__\d{8}T\d{6}\.\d{3}Z__[0-9A-Za-z_-]+\.jpg$")
+SNAPSHOT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*__\d{8}T\d{6}\.\d{3}Z__[0-9A-Za-z_-]+\.jpg")
+#: The temporary file a snapshot is written to before its atomic rename (``.<snapshot name>.tmp``).
+TEMP_RE = re.compile(r"\.(" + SNAPSHOT_RE.pattern + r")\.tmp")
 
 
 def expired(files: Iterable[tuple[str, float]], now: float, max_count: int, max_age_s: float | None) -> list[str]:
@@ -184,8 +186,12 @@ class SnapshotStore:
                 raise OSError("JPEG encoding failed")
             make_private_dir(self.dir)  # 0700/0600: alarm images are the daemon's state
             tmp = path.with_name(f".{name}.tmp")
-            write_private(tmp, buf.tobytes())
-            os.replace(tmp, path)
+            try:
+                write_private(tmp, buf.tobytes())
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary file behind
+                raise
         except (OSError, cv2.error) as e:
             self.failures += 1
             if not self._warned:
@@ -196,11 +202,29 @@ class SnapshotStore:
         self.prune()
         return str(path.resolve())
 
+    def clean_temp(self) -> list[str]:
+        """Delete the temporary files of snapshot writes an earlier run did not finish (killed, or the disk was
+        full): only names this class writes (:data:`TEMP_RE`), never another file. Returns the deleted names."""
+        try:
+            names = [e.name for e in os.scandir(self.dir) if e.is_file() and TEMP_RE.fullmatch(e.name)]
+        except OSError:
+            return []
+        gone = []
+        for name in names:
+            try:
+                (self.dir / name).unlink()
+                gone.append(name)
+            except OSError as e:
+                log.warning("cannot delete the unfinished snapshot %s: %s", self.dir / name, e)
+        if gone:
+            log.info("deleted %d unfinished snapshot file(s) in %s", len(gone), self.dir)
+        return gone
+
     def prune(self) -> list[str]:
         """Delete snapshots beyond the retention limits; returns the deleted names."""
         try:
             entries = [(e.name, e.stat().st_mtime) for e in os.scandir(self.dir)
-                       if e.is_file() and SNAPSHOT_RE.match(e.name)]
+                       if e.is_file() and SNAPSHOT_RE.fullmatch(e.name)]
         except OSError:
             return []
         gone = expired(entries, self.clock(), self.max_count, self.max_age_s)

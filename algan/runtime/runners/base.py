@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -141,6 +142,10 @@ def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
     return model
 
 
+#: Largest image side a graph may take (pixels): the models of this project take 224-1024.
+MAX_INPUT_SIDE = 8192
+
+
 def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     """Check ONNX Runtime NodeArg lists against the contract.
 
@@ -171,6 +176,10 @@ def check_contract(path: Path, inputs: list, outputs: list) -> tuple[int, int]:
     h, w = shape[1], shape[2]
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise bad(f"input 'images' has non-static height/width {shape[1:3]}")
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise ModelError(f"model {path} takes {w}x{h} pixel images, more than {MAX_INPUT_SIDE} pixels a side (one "
+                         f"batch of them would need {h * w * 3 / 2**30:.1f} GiB); re-export it at the size it was "
+                         "trained with")
     names = [o.name for o in outputs]
     if names not in ([OUTPUT_NAME], [OUTPUT_NAME, MAPS_OUTPUT_NAME]):
         raise bad(f"outputs are {names}")
@@ -227,7 +236,8 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bool = True) -> Runner:
+def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bool = True,
+                trusted_keys: Sequence[str] = ()) -> Runner:
     """The one runner factory: the backend :func:`choose_backend` picks for ``model`` with ``settings``.
 
     Args:
@@ -235,6 +245,8 @@ def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bo
         settings: the runner settings (the daemon config's ``runner:`` section); default :class:`RunnerConfig`.
         verify: check the bundle against its integrity record first (:func:`algan.runtime.verify.verify_model`:
             format version, the graph's recorded sha256 and model id, the weights file's integrity).
+        trusted_keys: public keys (``model.trusted_keys``); when given, the bundle must carry a valid signature of
+            one of them.
 
     Raises:
         ModelError: model problems, a bundle failing its integrity record, or a backend whose packages are not
@@ -246,7 +258,7 @@ def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bo
     r = settings if settings is not None else RunnerConfig()
     backend = choose_backend(model, r.backend)
     if verify:
-        verify_model(model, resolve_model_path(model, backend))
+        verify_model(model, resolve_model_path(model, backend), trusted_keys)
     module, cls, hint = BACKENDS[backend]
     kwargs: dict[str, Any] = {"device": r.device}
     if backend == "onnxruntime":
@@ -258,6 +270,30 @@ def load_runner(model: Path, settings: RunnerConfig | None = None, *, verify: bo
         kwargs.update(url=t.url, model_name=t.model, model_version=t.version, timeout_s=t.timeout_s)
     try:
         factory = getattr(importlib.import_module(module), cls)
-        return factory(model, **kwargs)
+        runner = factory(model, **kwargs)
     except ImportError as e:
         raise ModelError(f"backend '{backend}' needs a package that is missing ({e.name or e}): {hint}") from None
+    except MemoryError:
+        raise ModelError(f"model {model} needs more memory than this device has to load or run one image; "
+                         "re-export it (a smaller input size or backbone)") from None
+    check_input_size(model, tuple(runner.input_size))
+    return runner
+
+
+def check_input_size(model: Path, size: tuple[int, int]) -> None:
+    """The graph's input ``(H, W)`` must be the size the bundle's manifest says the model was trained at
+    (``backbone.input_size``, or ``head.settings.size`` of a pixel model); nothing to compare without a bundle.
+
+    Raises:
+        ModelError: they differ (one line with both sizes).
+    """
+    from algan.runtime.verify import bundle_dir_of, bundle_manifest, manifest_input_size
+
+    bundle = bundle_dir_of(Path(model))
+    if bundle is None:
+        return
+    want = manifest_input_size(bundle_manifest(bundle))
+    if want is not None and tuple(want) != tuple(size):
+        raise ModelError(f"the graph of {bundle} takes {size[1]}x{size[0]} pixel images, but its manifest says the "
+                         f"model was trained at {want[1]}x{want[0]}: the graph comes from another export; re-run "
+                         f"algan-export {bundle}")

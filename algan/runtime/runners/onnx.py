@@ -121,7 +121,7 @@ class OnnxRuntimeRunner:
         h, w = self._size
         try:
             out = self(np.zeros((1, h, w, 3), dtype=np.uint8))
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, MemoryError) as e:
             raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
         if out.shape != (1,):
             raise ModelError(f"model {self.path} returned scores of shape {out.shape} for 1 image; expected (1,)")
@@ -131,7 +131,7 @@ class OnnxRuntimeRunner:
                     (got,) = self._session.run([MAPS_NAME], {INPUT_NAME: np.zeros((1, h, w, 3), dtype=np.uint8)})
                     self._map_size = (int(got.shape[1]), int(got.shape[2]))
                 maps = self.run(np.zeros((1, h, w, 3), dtype=np.uint8)).maps
-            except (RuntimeError, ValueError) as e:
+            except (RuntimeError, ValueError, MemoryError) as e:
                 raise ModelError(f"model {self.path} fails on a test batch: {str(e)[:300]}; re-export it") from None
             assert maps is not None
 
