@@ -285,9 +285,7 @@ def check_config(path: str) -> int:
         model = preflight(cfg)
         if choose_backend(cfg.model, cfg.runner.backend) != "triton":
             runner = load_runner(cfg.model, cfg.runner, trusted_keys=cfg.model_trusted_keys)
-            close = getattr(runner, "close", None)
-            if callable(close):
-                close()
+            runner.close()
     except ModelError as e:
         print(redact(f"config error: {path}: model: {e}"), file=sys.stderr)
         return 2

@@ -58,7 +58,7 @@ from algan.edge.state import StateLock
 from algan.edge.stats import StatsWindow, stats_payload, status_line
 from algan.runtime.errors import EdgeError
 from algan.runtime.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
-from algan.runtime.runners.base import Runner, load_runner, run_batch
+from algan.runtime.runners.base import Runner, load_runner
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class EdgeApp:
         log.info("model %s loaded: backend=%s input=%dx%d id=%s", self.cfg.model, runner.backend, w, h,
                  runner.model_id)
         self.backend = runner.backend
-        self._has_maps = bool(getattr(runner, "has_maps", False))
+        self._has_maps = runner.has_maps
         self._model_size = (int(h), int(w))
         self._apply_bundle_roi()
         broker = self._start_broker()
@@ -192,9 +192,7 @@ class EdgeApp:
             for journal in self._journals:
                 journal.close()
             self.metrics.stop()
-            close = getattr(runner, "close", None)
-            if callable(close):
-                close()
+            runner.close()
             if broker is not None:
                 broker.stop()
         if undelivered:
@@ -442,7 +440,7 @@ class EdgeApp:
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
         t0 = self.clock()
         try:
-            out = run_batch(runner, np.stack([f.image for f in batch]))
+            out = runner.run(np.stack([f.image for f in batch]))
         except (RuntimeError, ValueError) as e:
             self._failures += 1
             log.error("inference failed on a batch of %d frames (%d in a row): %s", len(batch), self._failures, e)

@@ -22,10 +22,10 @@ from algan.contract import (
     KEY_MAP_SIZE,
     KEY_MODEL_ID,
     KEY_OUTPUTS,
+    MAPS_OUTPUT_NAME,
     OUTPUT_NAME,
     Manifest,
 )
-from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
 
 
 def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: float, scale: float, opset: int,
@@ -77,7 +77,7 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         KEY_CAL_SCALE: repr(float(scale)),
         "algan.opset": str(int(opset)),
         "algan.precision": precision,
-        KEY_OUTPUTS: OUTPUT_NAME if map_size is None else f"{OUTPUT_NAME},{MAPS_NAME}",
+        KEY_OUTPUTS: OUTPUT_NAME if map_size is None else f"{OUTPUT_NAME},{MAPS_OUTPUT_NAME}",
         **maps,
     }
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
-from algan.contract import INPUT_NAME, OUTPUT_NAME, Manifest
-from algan.contract import MAPS_OUTPUT_NAME as MAPS_NAME
+from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME, Manifest
 from algan.export.metadata import graph_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "MAPS_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "ort_outputs",
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "ort_outputs",
            "ort_scores", "simplify_onnx", "torch_outputs", "torch_scores"]
 
 
@@ -61,9 +60,9 @@ def export_onnx(detector, manifest: Manifest, path: str | Path, opset: int = DEF
     path = Path(path)
     h, w = detector.input_size
     dummy = torch.zeros((2, h, w, 3), dtype=torch.uint8)
-    has_maps = bool(getattr(detector, "has_maps", False))
+    has_maps = detector.has_maps
     module = ScoresAndMaps(detector) if has_maps else detector
-    outputs = [OUTPUT_NAME, MAPS_NAME] if has_maps else [OUTPUT_NAME]
+    outputs = [OUTPUT_NAME, MAPS_OUTPUT_NAME] if has_maps else [OUTPUT_NAME]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -171,7 +170,7 @@ def ort_outputs(onnx_path: str | Path, images: np.ndarray, batch_size: int = 16,
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    wanted = [OUTPUT_NAME, MAPS_NAME] if MAPS_NAME in names else [OUTPUT_NAME]
+    wanted = [OUTPUT_NAME, MAPS_OUTPUT_NAME] if MAPS_OUTPUT_NAME in names else [OUTPUT_NAME]
     runs = [sess.run(wanted, {INPUT_NAME: images[i : i + batch_size]}) for i in range(0, len(images), batch_size)]
     scores = np.concatenate([r[0] for r in runs]).astype(np.float32) if runs else np.zeros((0,), np.float32)
     maps = np.concatenate([r[1] for r in runs]).astype(np.float32) if runs and len(wanted) == 2 else None
@@ -190,7 +189,7 @@ def torch_outputs(detector, images: np.ndarray, batch_size: int = 16) -> tuple[n
 
     from algan.model.detector import run_batched
 
-    if not getattr(detector, "has_maps", False):
+    if not detector.has_maps:
         return run_batched(detector, images, batch_size), None
     scores, maps = [], []
     with torch.no_grad():

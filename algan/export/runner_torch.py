@@ -57,8 +57,8 @@ class TorchRunner:
         self._detector = detector.eval().to(self._device)
         self._fp16 = fp16 and self._device.type == "cuda"
         self._size = tuple(int(x) for x in detector.input_size)
-        self._has_maps = bool(getattr(detector, "has_maps", False))
-        size = getattr(detector, "map_size", None) if self._has_maps else None
+        self._has_maps = detector.has_maps
+        size = detector.map_size if self._has_maps else None
         self._map_size = (int(size[0]), int(size[1])) if size is not None else None
         self._model_id = str(manifest.model_id or path.name)
         self.path = path

@@ -33,7 +33,7 @@ def _no_pixel_metrics(reason: str) -> dict:
 
 def pixel_metrics_unavailable(detector, samples: Sequence[Sample]) -> str | None:
     """Why pixel metrics cannot be computed for this detector and these test samples, or ``None`` when they can."""
-    if not getattr(detector, "has_maps", False):
+    if not detector.has_maps:
         return "the model scores whole images (no anomaly maps); train a patch head (algan-train --variant patch)"
     anomalous = [s for s in samples if s.label == 1]
     if not anomalous:

@@ -28,7 +28,7 @@ from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.runtime.errors import ModelError
 from algan.runtime.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
 from algan.runtime.preprocess import prepare_frame
-from algan.runtime.runners.base import BACKENDS, Runner, load_runner, run_batch
+from algan.runtime.runners.base import BACKENDS, Runner, load_runner
 from algan.runtime.runners.settings import RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Inferencer:
 
     def __init__(self, model: str | Path, roi: Roi | str | None = None, threshold: float = 1.0,
                  backend: str = "onnxruntime", threads: int = 0, providers: Sequence[str] | None = None,
-                 batch_size: int = 8, runner=None) -> None:  # noqa: ANN001
+                 batch_size: int = 8, runner: Runner | None = None) -> None:
         self.model = Path(model)
         bundle = self.model if self.model.is_dir() else self.model.parent
         #: the bundle's manifest; ``None`` for a bare graph file without an ``algan.json`` beside it
@@ -127,7 +127,7 @@ class Inferencer:
     @property
     def has_maps(self) -> bool:
         """True when the model returns anomaly maps (a patch head)."""
-        return bool(getattr(self.runner, "has_maps", False))
+        return self.runner.has_maps
 
     @property
     def model_id(self) -> str:
@@ -166,7 +166,7 @@ class Inferencer:
         for i in range(0, len(frames), self.batch_size):
             chunk = frames[i : i + self.batch_size]
             batch = np.stack([self.prepare(f) for f in chunk])
-            res = run_batch(self.runner, batch)
+            res = self.runner.run(batch)
             maps = res.maps if res.maps is not None else [None] * len(chunk)
             out.extend(self.interpret(f, float(s), m) for f, s, m in zip(chunk, res.scores.tolist(), maps,
                                                                           strict=True))
@@ -188,6 +188,4 @@ class Inferencer:
                             self.threshold)
 
     def close(self) -> None:
-        close = getattr(self.runner, "close", None)
-        if callable(close):
-            close()
+        self.runner.close()

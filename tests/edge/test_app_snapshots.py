@@ -22,6 +22,12 @@ SCORES = [0.0, 2.0, 3.0, 0.0, 0.0]  # raised at frame 1 (peak frame 1), peak ris
 class MapRunner:
     backend = "standin"
     model_id = "maps-1"
+    input_size = (8, 8)
+    has_maps = True
+    map_size = (8, 8)
+
+    def close(self) -> None:
+        pass
 
     def run(self, images: np.ndarray) -> RunnerOutput:
         level = float(images[0, 0, 0, 0]) / 50.0

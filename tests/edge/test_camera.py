@@ -91,6 +91,11 @@ class FlakyLive:
     def read(self):
         return self.items.pop(0) if self.items else None
 
+    last_name = None
+
+    def acker(self):
+        return None
+
     def close(self):
         pass
 

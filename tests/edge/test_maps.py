@@ -14,7 +14,7 @@ from mapkit import GREY, grey_frame, make_map_bundle, make_map_model
 from algan.edge.publish.messages import ScoreThrottle
 from algan.runtime.errors import ModelError
 from algan.runtime.maps import Region, draw_overlay, encode_jpeg, label_box, parse_roi, region_from_map
-from algan.runtime.runners.base import RunnerOutput, run_batch
+from algan.runtime.runners.base import RunnerOutput
 from algan.runtime.runners.onnx import OnnxRuntimeRunner
 
 
@@ -32,13 +32,28 @@ def test_onnx_runner_returns_maps_and_scores_only_graphs_still_work(tmp_path):
     assert np.array_equal(one(imgs), out.scores)
 
 
-def test_run_batch_wraps_runners_without_run():
-    class Old:
-        def __call__(self, images):
-            return np.full(len(images), 0.5, np.float32)
+def test_every_backend_implements_the_whole_runner_protocol():
+    """No optional members: every backend class has each member of :class:`Runner` (the daemon and the Inferencer
+    call them without getattr), and a runner missing one is not a Runner."""
+    import importlib
 
-    out = run_batch(Old(), np.zeros((3, 4, 4, 3), np.uint8))
-    assert isinstance(out, RunnerOutput) and out.maps is None and out.scores.tolist() == [0.5] * 3
+    from algan.runtime.runners.base import BACKENDS, Runner
+
+    members = {"input_size", "backend", "model_id", "has_maps", "map_size", "run", "close"}
+    assert members <= set(dir(Runner))
+    for backend, (module, cls, _) in BACKENDS.items():
+        if backend == "torch":
+            pytest.importorskip("torch")
+        klass = getattr(importlib.import_module(module), cls)
+        assert members <= set(dir(klass)), f"{cls} lacks {sorted(members - set(dir(klass)))}"
+
+    class NoClose:
+        input_size, backend, model_id, has_maps, map_size = (4, 4), "x", "x", False, None
+
+        def run(self, images):
+            return RunnerOutput(np.zeros(len(images), np.float32))
+
+    assert not isinstance(NoClose(), Runner)
 
 
 def test_recalibration_remaps_maps_with_the_scores(tmp_path):

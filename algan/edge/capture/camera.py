@@ -198,7 +198,7 @@ class CameraReader(threading.Thread):
                 return "stopped"
             raw = src.read()
             now = self.clock()
-            ack = getattr(src, "acker", lambda: None)()  # a watched folder's journal entry for this file
+            ack = src.acker()  # a watched folder's journal entry for this file
             if raw is None or isinstance(raw, NoFrame):
                 if live and now - last_good >= cam.stale_timeout_s:
                     return "stale"
@@ -246,7 +246,7 @@ class CameraReader(threading.Thread):
             self.counters.last_frame = now
             self._backoff = cam.reconnect_interval_s  # frames flow again: the next failure starts a fresh backoff
             frame = Frame(name, index, image, now, t_wall, ack, raw if self.keep_raw else None,
-                          getattr(src, "last_name", None))
+                          src.last_name)
             if not self.hub.put(frame, self.stop):
                 return "stopped"
         return "stopped"

@@ -74,6 +74,13 @@ class Source(Protocol):
     def read(self) -> ReadResult:
         """Next raw uint8 BGR frame (H, W, 3), :class:`Corrupt`, :data:`NO_FRAME`, or ``None`` (end / failed read)."""
 
+    @property
+    def last_name(self) -> str | None:
+        """File name of the image the last :meth:`read` returned (image folders), else ``None``."""
+
+    def acker(self) -> Callable[[], None] | None:
+        """What records the last :meth:`read` as scored (a watched folder's journal), else ``None``."""
+
     def close(self) -> None:
         """Release the source (idempotent)."""
 
@@ -198,6 +205,15 @@ class VideoSource:
         except cv2.error as e:  # a broken stream can make the decoder raise instead of returning False
             return Corrupt(f"decoder error: {str(e).strip().splitlines()[-1][:200]}")
         return frame if ok and frame is not None else None
+
+    @property
+    def last_name(self) -> str | None:
+        """``None``: a video frame has no file name."""
+        return None
+
+    def acker(self) -> Callable[[], None] | None:
+        """``None``: video frames are not journalled."""
+        return None
 
     def close(self) -> None:
         self._cap.release()

@@ -8,12 +8,10 @@ a 224x224 input) on the same calibrated scale; map cell (i, j) covers input pixe
 calibration (see :mod:`algan.runtime.runners.calibration`; it re-maps the maps with the same affine constants),
 ``algan.outputs`` (``scores`` or ``scores,anomaly_maps``) and ``algan.map_size`` (``h,w``).
 
-Runner interface (:class:`Runner`): ``runner(images) -> scores`` (every runner; old callers), and, for the maps,
-``runner.run(images) -> RunnerOutput(scores, maps)`` where ``maps`` is ``None`` for a score-only graph. A runner
-without ``run`` (an older or a test runner) still works everywhere: callers go through :func:`run_batch`, which
-falls back to ``RunnerOutput(runner(images), None)``. A new backend (TensorRT, Triton) adds ``run``, ``has_maps``
-and ``map_size`` the way :class:`~algan.runtime.runners.onnx.OnnxRuntimeRunner` does; :func:`check_contract` accepts
-both output lists and :func:`map_output_size` reads the map size from the output list.
+Runner interface (:class:`Runner`, complete: every backend implements every member): ``input_size``, ``backend``,
+``model_id``, ``has_maps``, ``map_size``, ``run(images) -> RunnerOutput(scores, maps)`` (``maps`` is ``None`` for a
+score-only graph) and ``close()``; :func:`load_runner` is the one factory. :func:`check_contract` accepts both output
+lists and :func:`map_output_size` reads the map size from the output list.
 
 Backends, each in its own module and imported only when chosen (this module needs only numpy, never torch):
 
@@ -47,18 +45,11 @@ from algan.contract import (
     MAPS_OUTPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
-    file_sha256,  # noqa: F401 - imported by runners.onnx
 )
-from algan.contract import KEY_MODEL_ID as MODEL_ID_KEY  # noqa: F401 - imported by runners.onnx
 from algan.runtime.errors import ModelError
 from algan.runtime.runners.settings import RunnerConfig
 
 log = logging.getLogger(__name__)
-
-#: the names runners.onnx imports from here (kept while work on the runners is merged; the contract is algan.contract)
-MAPS_NAME = MAPS_OUTPUT_NAME
-
-
 
 @dataclass(frozen=True)
 class RunnerOutput:
@@ -74,26 +65,9 @@ class RunnerOutput:
     maps: np.ndarray | None = None
 
 
-def run_batch(runner: Any, images: np.ndarray) -> RunnerOutput:
-    """Scores and maps of a batch from any runner: ``runner.run(images)`` where the runner has it, else
-    ``RunnerOutput(runner(images), None)`` (runners written before the maps, test fakes).
-
-    Args:
-        runner: a :class:`Runner`.
-        images: uint8 BGR ``(N, H, W, 3)``.
-
-    Raises:
-        ValueError, RuntimeError: as the runner raises them (bad input, backend failure).
-    """
-    run = getattr(runner, "run", None)
-    if callable(run):
-        return run(images)
-    return RunnerOutput(np.asarray(runner(images), dtype=np.float32), None)
-
-
 @runtime_checkable
 class Runner(Protocol):
-    """Scores batches of prepared frames."""
+    """Scores batches of prepared frames: what every backend implements (ONNX Runtime, TensorRT, Triton, torch)."""
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -107,11 +81,25 @@ class Runner(Protocol):
     def model_id(self) -> str:
         """Model identifier used in messages."""
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Score a batch: uint8 BGR ``(N, H, W, 3)`` -> float32 ``(N,)`` calibrated scores.
+    @property
+    def has_maps(self) -> bool:
+        """True when :meth:`run` returns anomaly maps (a patch head's graph)."""
 
-        Optional (see :func:`run_batch`): ``run(images) -> RunnerOutput`` with the maps, ``has_maps`` (bool) and
-        ``map_size`` (``(h, w)`` or ``None``)."""
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the anomaly maps in cells, ``None`` for a score-only graph."""
+
+    def run(self, images: np.ndarray) -> RunnerOutput:
+        """Score a batch: uint8 BGR ``(N, H, W, 3)`` -> :class:`RunnerOutput` (float32 ``(N,)`` calibrated scores and,
+        with :attr:`has_maps`, float32 ``(N, h, w)`` maps).
+
+        Raises:
+            ValueError: a batch of the wrong shape or dtype.
+            RuntimeError: the backend failed.
+        """
+
+    def close(self) -> None:
+        """Release the backend's resources (sessions, CUDA context, connections); idempotent."""
 
 
 def resolve_model_path(model: Path, backend: str = "onnxruntime") -> Path:
@@ -201,7 +189,7 @@ def map_output_size(outputs: list) -> tuple[int, int] | None:
     ``(0, 0)`` when the graph declares them symbolic (the runner then takes them from the ``algan.map_size``
     metadata or from a warm-up run), ``None`` for a score-only graph."""
     for o in outputs:
-        if o.name == MAPS_NAME:
+        if o.name == MAPS_OUTPUT_NAME:
             h, w = o.shape[1], o.shape[2]
             return (h, w) if isinstance(h, int) and isinstance(w, int) else (0, 0)
     return None

@@ -7,16 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.contract import KEY_MAP_SIZE
+from algan.contract import INPUT_NAME, KEY_MAP_SIZE, KEY_MODEL_ID, MAPS_OUTPUT_NAME, OUTPUT_NAME, file_sha256
 from algan.runtime.errors import ModelError
 from algan.runtime.runners.base import (
-    INPUT_NAME,
-    MAPS_NAME,
-    MODEL_ID_KEY,
-    OUTPUT_NAME,
     RunnerOutput,
     check_contract,
-    file_sha256,
     map_output_size,
     parse_map_size,
     resolve_model_path,
@@ -106,7 +101,7 @@ class OnnxRuntimeRunner:
         self._size = check_contract(path, self._session.get_inputs(), outputs)
         self._map_size = map_output_size(outputs)
         meta = self._session.get_modelmeta().custom_metadata_map or {}
-        self._model_id = meta.get(MODEL_ID_KEY) or file_sha256(path)[:12]
+        self._model_id = meta.get(KEY_MODEL_ID) or file_sha256(path)[:12]
         self._remap = remap_for(Path(model), meta)
         if self._map_size == (0, 0):  # symbolic h, w in the graph: the metadata's, else the warm-up run's
             self._map_size = parse_map_size(meta.get(KEY_MAP_SIZE)) or (0, 0)
@@ -128,7 +123,7 @@ class OnnxRuntimeRunner:
         if self._map_size is not None:
             try:
                 if self._map_size == (0, 0):
-                    (got,) = self._session.run([MAPS_NAME], {INPUT_NAME: np.zeros((1, h, w, 3), dtype=np.uint8)})
+                    (got,) = self._session.run([MAPS_OUTPUT_NAME], {INPUT_NAME: np.zeros((1, h, w, 3), dtype=np.uint8)})
                     self._map_size = (int(got.shape[1]), int(got.shape[2]))
                 maps = self.run(np.zeros((1, h, w, 3), dtype=np.uint8)).maps
             except (RuntimeError, ValueError, MemoryError) as e:
@@ -192,7 +187,7 @@ class OnnxRuntimeRunner:
         h, w = self._size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"expected uint8 images of shape (N, {h}, {w}, 3), got {images.dtype} {images.shape}")
-        names = [OUTPUT_NAME, MAPS_NAME] if maps else [OUTPUT_NAME]
+        names = [OUTPUT_NAME, MAPS_OUTPUT_NAME] if maps else [OUTPUT_NAME]
         try:
             got = self._session.run(names, {INPUT_NAME: np.ascontiguousarray(images)})
         except Exception as e:

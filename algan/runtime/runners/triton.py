@@ -100,7 +100,7 @@ class TritonRunner:
         self._size, self.output_names = self._check(meta, where)
         maps_meta = [o for o in meta.get("outputs", []) if o.get("name") == MAPS_OUTPUT_NAME]
         mshape = [int(d) for d in maps_meta[0].get("shape", [])][-2:] if maps_meta else []
-        self.map_size: tuple[int, int] | None = (mshape[0], mshape[1]) if len(mshape) == 2 else None
+        self._map_size: tuple[int, int] | None = (mshape[0], mshape[1]) if len(mshape) == 2 else None
         self.max_batch = int((cfg.get("config", cfg) or {}).get("max_batch_size", 0) or 0) or 64
         onnx = (model if model.is_dir() else model.parent) / ONNX_FILE
         metadata = onnx_metadata(onnx) if onnx.is_file() else {}
@@ -197,6 +197,11 @@ class TritonRunner:
         """
         out = self._outputs_of(images)
         return RunnerOutput(out[OUTPUT_NAME], out.get(MAPS_OUTPUT_NAME))
+
+    @property
+    def map_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the served model's anomaly maps, ``None`` for a score-only model."""
+        return self._map_size
 
     @property
     def has_maps(self) -> bool:
