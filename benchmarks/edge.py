@@ -15,6 +15,11 @@ Usage::
     algan-export /tmp/bench_model
     python -m benchmarks.edge --model /tmp/bench_model [--batch 8] [--frames 20000] [--json out.json]
     python -m benchmarks.edge --smoke    # seconds: a stand-in model and a synthetic video, figures not comparable
+    python -m benchmarks.edge --model PATCH_BUNDLE --snapshots --profile prof.txt   # maps + snapshots, cProfile
+
+``--snapshots`` turns the alarm snapshots on (the daemon keeps each camera's peak-frame candidates with their maps and
+writes a JPEG per alarm); ``--profile FILE`` profiles the daemon's loop thread and the camera reader thread with
+cProfile and writes the top entries of each (by own time) to FILE.
 
 The broker is mosquitto when installed, else the package's embedded amqtt broker (printed with the figures).
 """
@@ -22,9 +27,12 @@ The broker is mosquitto when installed, else the package's embedded amqtt broker
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import logging
 import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -37,6 +45,7 @@ import cv2
 import numpy as np
 
 from algan.edge.app import EdgeApp
+from algan.edge.capture.camera import CameraReader
 from algan.edge.config import parse_config
 from algan.runtime.preprocess import prepare_frame
 from algan.runtime.runners.onnx import OnnxRuntimeRunner
@@ -80,9 +89,46 @@ def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> f
     return len(frames) / (time.perf_counter() - t0)
 
 
+class ThreadProfiles:
+    """cProfile of chosen methods, each in the thread that runs it (cProfile sees one thread): wrap
+    ``EdgeApp._loop`` (the daemon's loop: batching, inference, alarms, publishing) and ``CameraReader.run`` (decode,
+    prepare, hand over) for the duration of a ``with`` block."""
+
+    TARGETS = ((EdgeApp, "_loop", "daemon loop thread"), (CameraReader, "run", "camera reader thread"))
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, cProfile.Profile] = {}
+        self._saved: list[tuple[type, str, object]] = []
+
+    def __enter__(self) -> ThreadProfiles:
+        for cls, name, label in self.TARGETS:
+            original = getattr(cls, name)
+            self._saved.append((cls, name, original))
+
+            def wrapped(obj, *a, _orig=original, _label=label, **kw):  # noqa: ANN001, ANN202
+                prof = self.profiles.setdefault(_label, cProfile.Profile())
+                return prof.runcall(_orig, obj, *a, **kw)
+
+            setattr(cls, name, wrapped)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, original in self._saved:
+            setattr(cls, name, original)
+
+    def report(self, top: int = 25) -> str:
+        """The ``top`` entries of each thread by own time (tottime), as pstats prints them."""
+        out = io.StringIO()
+        for label, prof in self.profiles.items():
+            out.write(f"## {label}: top {top} by own time\n")
+            pstats.Stats(prof, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
+        return out.getvalue()
+
+
 def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int],
-           work: Path, warmup: int = WARMUP_FRAMES) -> dict:
+           work: Path, warmup: int = WARMUP_FRAMES, snapshots: bool = False) -> dict:
     """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures."""
+    alarm = {"snapshots": {"dir": str(work / "snapshots"), "mqtt": True}} if snapshots else {}
     cfg = parse_config({
         "device_id": "bench",
         "model": str(model),
@@ -91,6 +137,7 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
         "mqtt": {"host": broker[0], "port": broker[1], "embedded_broker": "never", "max_queued_messages": 100_000,
                  "outbox": {"path": str(work / "outbox.sqlite")}},
         "stats_interval_s": 5,
+        "alarm": alarm,
         "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
     })
     col = Subscriber(*broker, topic="algan/bench/bottle/score")
@@ -125,6 +172,7 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
         "rss_start_mib": rss_start,
         "rss_end_mib": rss_end,
         "rss_growth_pct": 100.0 * (rss_end - rss_start) / rss_start if rss_start else None,
+        "snapshots": len(list((work / "snapshots").glob("*.jpg"))) if snapshots else None,
     }
 
 
@@ -146,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--frames", type=int, default=20_000, help="frames the daemon scores (memory soak), default 20000")
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
+    p.add_argument("--snapshots", action="store_true", help="alarm snapshots on (peak frames with their maps)")
+    p.add_argument("--profile", type=Path, help="write cProfile's top entries of the daemon threads here")
     p.add_argument("--smoke", action="store_true",
                    help=f"seconds: a stand-in model, a synthetic video, {SMOKE_FRAMES} frames (checks that it runs)")
     args = p.parse_args(argv)
@@ -175,9 +225,16 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     alone_before = runner_alone(runner, frames, args.batch)
     n_video = len(frames)
 
+    profiles = ThreadProfiles()
     with Broker(work) as broker:
-        e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
-                     work, warmup)
+        if args.profile is not None:
+            with profiles:
+                e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames,
+                             (broker.host, broker.port), work, warmup, args.snapshots)
+            args.profile.write_text(profiles.report())
+        else:
+            e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
+                         work, warmup, args.snapshots)
     # measured again after the daemon: on a shared machine the load changes; the ratio uses the better (higher)
     # runner figure, so it errs against the daemon
     alone_after = runner_alone(runner, frames, args.batch)
@@ -209,6 +266,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
          f"{res['rss_start_mib']:.1f} / {res['rss_end_mib']:.1f} MiB"),
         ("RSS growth (target <= 5 %)", f"{res['rss_growth_pct']:.2f} %"),
         ("frames scored / messages received / dropped", f"{res['frames']} / {res['messages']} / {res['dropped']}"),
+        ("alarm snapshots written", "off" if res["snapshots"] is None else str(res["snapshots"])),
         ("broker", f"{broker.kind}" + (" (smoke size: stand-in model, figures not comparable)" if args.smoke else "")),
     ]
     print_rows(rows)
