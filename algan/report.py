@@ -2,13 +2,12 @@
 
 Contents: the model and threshold, counts (per class when the inputs carry labels), a score histogram with the
 threshold line (inline SVG), and a grid of overlay thumbnails (inline base64 JPEG) sorted by score, highest first,
-with a divider where the scores cross the threshold. numpy/OpenCV only.
+with a divider where the scores cross the threshold. The page is a Jinja2 template (:data:`TEMPLATE`, autoescaped).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -100,22 +99,18 @@ def _histogram_svg(items: Sequence[ReportItem], threshold: float, width: int = 7
     return "".join(parts)
 
 
-def _class_table(items: Sequence[ReportItem]) -> str:
+def _class_rows(items: Sequence[ReportItem]) -> list[dict]:
+    """Per labelled class: name, kind (normal/defective), images, flagged anomalous, share decided right."""
     labelled = [i for i in items if i.label is not None]
-    if not labelled:
-        return ""
     total: Counter = Counter(i.label for i in labelled)
     flagged: Counter = Counter(i.label for i in labelled if i.anomalous)
     normal = {i.label: i.normal_label for i in labelled}
     rows = []
     for cls in sorted(total, key=lambda c: (not normal[c], c)):
         n, k = total[cls], flagged[cls]
-        kind = "normal" if normal[cls] else "defective"
-        right = n - k if normal[cls] else k
-        rows.append(f"<tr><td>{html.escape(cls)}</td><td>{kind}</td><td>{n}</td><td>{k}</td>"
-                    f"<td>{right / n:.1%}</td></tr>")
-    return ("<table class='cls'><tr><th>class</th><th>kind</th><th>images</th><th>flagged anomalous</th>"
-            "<th>decided right</th></tr>" + "".join(rows) + "</table>")
+        rows.append({"name": cls, "kind": "normal" if normal[cls] else "defective", "n": n, "flagged": k,
+                     "right": (n - k if normal[cls] else k) / n})
+    return rows
 
 
 CSS = """
@@ -129,6 +124,28 @@ border-radius:4px;padding:5px;font-size:12px} .card img{max-width:220px;max-heig
 .score{font-weight:600} .anom .score{color:#b3202f} .ok .score{color:#2f7a4f}
 .divider{width:100%;border-top:2px dashed #222;margin:6px 0;padding-top:3px;font-size:13px;font-weight:600}
 .badge{display:inline-block;padding:0 4px;border-radius:3px;background:#eee;margin-left:4px}
+"""
+
+
+#: the report page (Jinja2, autoescaped: file names and labels are escaped; the SVG and data URIs are marked safe)
+TEMPLATE = """<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{{ title }}</title>
+<style>{{ css }}</style></head><body><h1>{{ title }}</h1>
+<div class='meta'>model {{ model }} &middot; input {{ source }} &middot; {{ ranked|length }} images,
+{{ n_anom }} anomalous at threshold {{ '%g'|format(threshold) }} (calibrated score; 1.0 = the calibrated alarm
+threshold)</div>
+{% if classes %}<table class='cls'><tr><th>class</th><th>kind</th><th>images</th><th>flagged anomalous</th>
+<th>decided right</th></tr>{% for c in classes %}<tr><td>{{ c.name }}</td><td>{{ c.kind }}</td><td>{{ c.n }}</td><td>{{
+c.flagged }}</td><td>{{ '%.1f%%'|format(100 * c.right) }}</td></tr>{% endfor %}</table>{% endif %}
+{{ histogram }}
+<div class='grid'>{% for card in cards %}{% if card.divider %}<div class='divider'>{{ card.divider }}</div>
+{% else %}<div class='card {{ 'anom' if card.item.anomalous else 'ok' }}'>{% if card.thumb %}<img src='{{ card.thumb }}'
+alt='{{ card.item.name }}'>{% endif %}<div class='name'>{{ card.item.name }}{% if card.item.label %}<span
+class='badge'>{{ card.item.label }}</span>{% endif %}</div><span class='score'>
+{{- '%.3f'|format(card.item.score) }}</span> {{ 'anomalous' if card.item.anomalous else 'normal' }}
+{%- if card.item.region is not none %}<br>region
+{{ card.item.region|list }}{% endif %}</div>{% endif %}{% endfor %}</div>
+{% if more %}<p class='meta'>{{ more }} lower-scored images without thumbnails (see predictions.csv)</p>{% endif %}
+</body></html>
 """
 
 
@@ -146,36 +163,26 @@ def write_report(path: str | Path, items: Sequence[ReportItem], threshold: float
     Returns:
         The path written.
     """
+    from jinja2 import Environment
+    from markupsafe import Markup
+
     path = Path(path)
     ranked = sorted(items, key=lambda i: (-(i.score if math.isfinite(i.score) else -math.inf), i.name))
     n_anom = sum(1 for i in ranked if i.anomalous)
-    cards, divided = [], False
+    cards: list[dict] = []
+    divided = False
     for item in ranked[:max_thumbs]:
         if not divided and not item.anomalous:
-            cards.append(f"<div class='divider'>threshold {threshold:g}: {n_anom} above, {len(ranked) - n_anom} "
-                         "below</div>")
+            cards.append({"divider": f"threshold {threshold:g}: {n_anom} above, {len(ranked) - n_anom} below"})
             divided = True
-        img = (f"<img src='{thumb_data_uri(item.thumbnail)}' alt='{html.escape(item.name)}'>"
-               if item.thumbnail is not None else "")
-        label = f"<span class='badge'>{html.escape(item.label)}</span>" if item.label else ""
-        region = f"<br>region {list(item.region)}" if item.region is not None else ""
-        cls = "anom" if item.anomalous else "ok"
-        decision = "anomalous" if item.anomalous else "normal"
-        cards.append(f"<div class='card {cls}'>{img}<div class='name'>{html.escape(item.name)}{label}</div>"
-                     f"<span class='score'>{item.score:.3f}</span> {decision}{region}</div>")
+        thumb = thumb_data_uri(item.thumbnail) if item.thumbnail is not None else ""
+        cards.append({"item": item, "thumb": Markup(thumb)})
     if not divided:
-        cards.append(f"<div class='divider'>threshold {threshold:g}: all {n_anom} above</div>")
-    more = (f"<p class='meta'>{len(ranked) - max_thumbs} lower-scored images without thumbnails (see "
-            "predictions.csv)</p>" if len(ranked) > max_thumbs else "")
-    body = (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<div class='meta'>model {html.escape(model)} &middot; input {html.escape(source)} &middot; "
-        f"{len(ranked)} images, {n_anom} anomalous at threshold {threshold:g} (calibrated score; 1.0 = the "
-        "calibrated alarm threshold)</div>"
-        f"{_class_table(ranked)}{_histogram_svg(ranked, threshold)}"
-        f"<div class='grid'>{''.join(cards)}</div>{more}</body></html>"
-    )
+        cards.append({"divider": f"threshold {threshold:g}: all {n_anom} above"})
+    page = Environment(autoescape=True).from_string(TEMPLATE).render(
+        title=title, css=Markup(CSS), model=model, source=source, ranked=ranked, n_anom=n_anom, threshold=threshold,
+        classes=_class_rows(ranked), histogram=Markup(_histogram_svg(ranked, threshold)), cards=cards,
+        more=max(0, len(ranked) - max_thumbs))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body, encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path

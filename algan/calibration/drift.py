@@ -37,14 +37,12 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         >>> [round(v, 4) for v in clopper_pearson(0, 100)]
         [0.0, 0.0362]
     """
-    from scipy.stats import beta
+    from scipy.stats import binomtest
 
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    a = 1.0 - confidence
-    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return low, high
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def reference_scores(scores: np.ndarray, max_n: int = MAX_REFERENCE_SCORES) -> np.ndarray:

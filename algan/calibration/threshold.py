@@ -36,7 +36,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from algan.contract import order_statistic_rank  # the one threshold rule (algan.model.fit uses it too)
+from algan.contract import empirical_threshold  # the one threshold rule (algan.model.fit uses it too)
 
 #: exceedances per target rate wanted for a stable empirical quantile: n >= STABLE_EXCEEDANCES / target_fpr
 STABLE_EXCEEDANCES = 10
@@ -145,18 +145,16 @@ class QuantileThreshold(_Fitted):
 
     def fit(self, scores: np.ndarray) -> QuantileThreshold:
         _check_fpr(self.target_fpr)
-        s = np.sort(check_scores(scores))
-        n = len(s)
-        k = order_statistic_rank(n, self.target_fpr)
-        if k > n:
-            msg = (f"{n} normal scores cannot resolve a per-frame FPR of {self.target_fpr:g} empirically (needs "
-                   f">= {math.ceil(1 / self.target_fpr - 1)}); use the generalised Pareto tail fit (method gpd)")
-            raise ValueError(msg)
-        self.rank_ = k
-        self.threshold_ = float(s[k - 1])
+        s = check_scores(scores)
+        try:
+            t = empirical_threshold(s, self.target_fpr, clip=False)
+        except ValueError as e:
+            raise ValueError(f"{e}; use the generalised Pareto tail fit (method gpd)") from None
+        self.rank_ = t.rank
+        self.threshold_ = t.threshold
         self.center_ = float(np.median(s))
-        self.n_samples_seen_ = n
-        self.expected_fpr_ = 1.0 - k / (n + 1)
+        self.n_samples_seen_ = len(s)
+        self.expected_fpr_ = t.expected_fpr
         return self
 
 

@@ -143,32 +143,20 @@ class AlarmTracker:
 
     Args:
         camera: camera name copied into events.
-        threshold, clear_threshold, raise_frames, clear_frames: see :class:`AlarmPolicy` (kept positional for
-            backward compatibility); ignored when ``policy`` is given.
+        policy: the settings (thresholds, N-of-M windows, minimum duration, cooldown); default :class:`AlarmPolicy`.
         new_id: factory of episode ids (default: random UUID hex); pass a deterministic one in tests.
-        policy: the full settings (N-of-M windows, minimum duration, cooldown).
 
     Raises:
         ValueError: for inconsistent settings (see :meth:`AlarmPolicy.check`).
 
     Example:
-        >>> t = AlarmTracker("cam1", 1.0, 0.9, raise_frames=2, clear_frames=1, new_id=lambda: "e1")
+        >>> t = AlarmTracker("cam1", AlarmPolicy(1.0, 0.9, raise_frames=2, clear_frames=1), new_id=lambda: "e1")
         >>> [t.update(i, s, ts=float(i)) is not None for i, s in enumerate([0.2, 1.5, 1.4, 0.95, 0.5])]
         [False, False, True, False, True]
     """
 
-    def __init__(
-        self,
-        camera: str,
-        threshold: float = 1.0,
-        clear_threshold: float = 0.9,
-        raise_frames: int = 3,
-        clear_frames: int = 5,
-        new_id: Callable[[], str] = _new_id,
-        policy: AlarmPolicy | None = None,
-    ) -> None:
-        if policy is None:
-            policy = AlarmPolicy(float(threshold), float(clear_threshold), int(raise_frames), None, int(clear_frames))
+    def __init__(self, camera: str, policy: AlarmPolicy | None = None, new_id: Callable[[], str] = _new_id) -> None:
+        policy = policy if policy is not None else AlarmPolicy()
         self.camera = camera
         self._new_id = new_id
         self.alarmed = False

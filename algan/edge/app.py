@@ -52,12 +52,13 @@ from algan.edge.publish.messages import (
 )
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
 from algan.edge.publish.outbox import Outbox, OutboxError
-from algan.edge.publish.snapshots import PeakSnapshots, SnapshotStore, snapshot_name
+from algan.edge.publish.snapshots import PeakSnapshots, Snapshot, SnapshotStore, snapshot_name
 from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.state import StateLock
 from algan.edge.stats import StatsWindow, stats_payload, status_line
 from algan.runtime.errors import EdgeError
-from algan.runtime.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
+from algan.runtime.inference import interpret
+from algan.runtime.maps import bundle_roi, draw_overlay, encode_jpeg
 from algan.runtime.runners.base import Runner, load_runner
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,14 @@ class EdgeApp:
         snap = config.alarm.snapshots
         self.snapshots = None if snap is None else SnapshotStore(
             snap.dir, snap.max_count, None if snap.max_age_h is None else snap.max_age_h * 3600.0, snap.jpeg_quality)
-        #: per camera: (full frame, map cells or None) of the frames that may still be the open/next alarm's peak
-        #: (see AlarmTracker.snapshot_candidates), and the open alarm's snapshot; used when snapshots are on or the
-        #: model has anomaly maps
-        self._peaks: PeakSnapshots[tuple[np.ndarray, np.ndarray | None]] = PeakSnapshots()
+        #: per camera: the frames (image and Prediction) that may still be the open/next alarm's peak (see
+        #: AlarmTracker.snapshot_candidates), and the open alarm's snapshot; used when snapshots are on or the model
+        #: has anomaly maps
+        self._peaks: PeakSnapshots[Snapshot] = PeakSnapshots()
         self._has_maps = False
-        self._model_size: tuple[int, int] = (0, 0)
+        self._batch_buf: np.ndarray | None = None  # see _stack
+        self._rois_of: EdgeConfig | None = None  # the config self._rois was made from
+        self._rois: dict[str, tuple[int, int, int, int] | None] = {}
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
@@ -173,7 +176,6 @@ class EdgeApp:
                  runner.model_id)
         self.backend = runner.backend
         self._has_maps = runner.has_maps
-        self._model_size = (int(h), int(w))
         self._apply_bundle_roi()
         broker = self._start_broker()
         try:
@@ -437,10 +439,19 @@ class EdgeApp:
                 self._publish_stats(runner, pub)
         self._drain_status(pub)
 
+    def _stack(self, batch: list[Frame]) -> np.ndarray:
+        """The batch's images as one uint8 ``(N, H, W, 3)`` array, written into a buffer reused from batch to batch
+        (the runner has returned before the next batch is stacked)."""
+        first = batch[0].image
+        shape = (len(batch), *first.shape)
+        if self._batch_buf is None or self._batch_buf.shape[0] < shape[0] or self._batch_buf.shape[1:] != shape[1:]:
+            self._batch_buf = np.empty((max(shape[0], self.cfg.batch.max_size), *first.shape), first.dtype)
+        return np.stack([f.image for f in batch], out=self._batch_buf[: shape[0]])
+
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
         t0 = self.clock()
         try:
-            out = runner.run(np.stack([f.image for f in batch]))
+            out = runner.run(self._stack(batch))
         except (RuntimeError, ValueError) as e:
             self._failures += 1
             log.error("inference failed on a batch of %d frames (%d in a row): %s", len(batch), self._failures, e)
@@ -451,6 +462,7 @@ class EdgeApp:
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
         maps = out.maps if out.maps is not None else [None] * len(batch)
+        keep = self.snapshots is not None or self._has_maps
         for frame, score, cells in zip(batch, out.scores.tolist(), maps, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
@@ -465,71 +477,79 @@ class EdgeApp:
             self.metrics.observe_frame(latency_ms / 1000.0)
             self._last_scored = now
             event = self.trackers[cam].update(frame.index, score, frame.t_wall)
-            if self.snapshots is not None or self._has_maps:
-                event = self._snapshot(frame, event, cells, pub)
+            if keep:
+                event = self._snapshot(frame, score, cells, threshold, event, pub)
             if event is not None:
+                text = alarm_payload(event)
                 # before the event: after a crash the next start closes the alarm
-                self._record_open_alarm(cam, alarm_payload(event) if event.state == "raised" else None)
-                pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
+                self._record_open_alarm(cam, text if event.state == "raised" else None)
+                pub.publish(self.topics.alarm(cam), text, qos=self.cfg.mqtt.alarm_qos, durable=True)
                 self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
                 log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,
                             event.state, frame.index, score, event.peak, event.first_frame, event.last_frame, event.id)
             if frame.done is not None:
                 frame.done()  # a watched folder's journal: this file is not scored again after a restart
 
-    def _snapshot(self, frame: Frame, event: AlarmEvent | None, cells: np.ndarray | None,
-                  pub: Publisher) -> AlarmEvent | None:
+    def _snapshot(self, frame: Frame, score: float, cells: np.ndarray | None, threshold: float,
+                  event: AlarmEvent | None, pub: Publisher) -> AlarmEvent | None:
         """Keep only the frames that may become an alarm's peak frame (at most raise_window per camera before a
-        raise, one while alarmed); at the raise, compute the peak frame's region (models with maps) and write its
-        snapshot (the full frame, heat map over the ROI, region outlined), and redo both at the clear if the peak
-        rose. The event carries the region and the snapshot's file name."""
+        raise, one while alarmed), each as its image with the :class:`~algan.runtime.inference.Prediction` of the
+        runner output (:func:`~algan.runtime.inference.interpret`, as algan-predict makes it); at the raise, write
+        the peak frame's snapshot (the full frame, heat map over the ROI, the prediction's region outlined), and redo
+        it at the clear if the peak rose. The event carries the region and the snapshot's file name."""
         cam = frame.camera
-        item = (frame.raw if frame.raw is not None else frame.image, cells)
         peak = event.peak_frame if event is not None else None
-        cand = self._peaks.offer(cam, frame.index, item, self.trackers[cam].snapshot_candidates(), peak)
+        candidates = self.trackers[cam].snapshot_candidates()
+        item: Snapshot | None = None
+        if frame.index in candidates or frame.index == peak:
+            # the full frame with the camera's ROI when the reader handed it over, else the model input itself
+            image, roi = (frame.raw, self._camera_roi(cam)) if frame.raw is not None else (frame.image, None)
+            item = Snapshot(image, interpret(image.shape, score, cells, roi, threshold))
+        cand = self._peaks.offer(cam, frame.index, item, candidates, peak)
         if event is None:
             return None
         plan = self._peaks.plan(cam, event.state == "raised", event.peak_frame, cand,
                                 snapshot_name(cam, event.ts - event.duration_s, event.id))  # the raise's time
         region = plan.region
         written = False
-        if plan.redraw:
-            region = self._region(cam, plan.candidate)
+        if plan.redraw and plan.candidate is not None:
+            region = plan.candidate.prediction.region
             assert plan.name is not None
-            written = self._write_snapshot(pub, cam, plan.name, plan.candidate, region, event.peak)
+            written = self._write_snapshot(pub, cam, plan.name, plan.candidate, event.peak)
         name = self._peaks.settle(cam, plan, written, region)
         return replace(event, snapshot=name, region=region.to_dict() if region is not None else None)
 
-    def _region(self, cam: str, cand: tuple[np.ndarray, np.ndarray | None] | None) -> Region | None:
-        """The anomalous region of a candidate frame in frame pixels (``None`` without a map)."""
-        if cand is None or cand[1] is None:
-            return None
-        image, cells = cand
-        roi = self._camera_roi(cam, image)
-        return region_from_map(cells, frame_roi(image.shape, roi), self.thresholds[cam][0])
+    def _camera_roi(self, cam: str) -> tuple[int, int, int, int] | None:
+        """The camera's ROI in full-frame pixels (config, or the bundle's), ``None`` for the whole frame."""
+        if self._rois_of is not self.cfg:
+            self._rois = {c.name: tuple(c.roi) if c.roi is not None else None  # type: ignore[misc]
+                          for c in self.cfg.cameras}
+            self._rois_of = self.cfg
+        return self._rois.get(cam)
 
-    def _camera_roi(self, cam: str, image: np.ndarray) -> tuple[int, int, int, int] | None:
-        """The camera's ROI in the pixels of a kept candidate image: the config's for a full frame, ``None`` for
-        the model input itself (kept only when the reader did not hand over full frames)."""
-        roi = next((c.roi for c in self.cfg.cameras if c.name == cam), None)
-        return None if roi is None or image.shape[:2] == self._model_size else tuple(roi)  # type: ignore[return-value]
-
-    def _write_snapshot(self, pub: Publisher, cam: str, name: str, cand: tuple[np.ndarray, np.ndarray | None] | None,
-                        region: Region | None, peak: float) -> bool:
-        """Write the snapshot JPEG (and publish it on ``<camera>/snapshot`` when configured); True when written."""
-        if self.snapshots is None or cand is None:
+    def _write_snapshot(self, pub: Publisher, cam: str, name: str, snap: Snapshot, peak: float) -> bool:
+        """Write the snapshot JPEG (and publish the same bytes on ``<camera>/snapshot`` when configured; re-encoded
+        only when they exceed the MQTT size cap); True when written."""
+        if self.snapshots is None:
             return False
-        image, cells = cand
-        overlay = draw_overlay(image, cells, self._camera_roi(cam, image), region, peak, self.thresholds[cam][0])
-        snap = self.cfg.alarm.snapshots
-        written = self.snapshots.save(name, overlay) is not None
-        if snap is not None and snap.mqtt:
+        p = snap.prediction
+        overlay = draw_overlay(snap.image, p.map_cells, p.roi, p.region, peak, p.threshold)
+        cfg = self.cfg.alarm.snapshots
+        assert cfg is not None
+        try:
+            data = encode_jpeg(overlay, cfg.jpeg_quality)
+        except ValueError as e:
+            log.error("camera %s: alarm snapshot not written: %s", cam, e)
+            return False
+        written = self.snapshots.save_jpeg(name, data) is not None
+        if cfg.mqtt:
+            cap = cfg.mqtt_max_kb * 1024
             try:
-                data = encode_jpeg(overlay, snap.jpeg_quality, snap.mqtt_max_kb * 1024)
+                small = data if len(data) <= cap else encode_jpeg(overlay, cfg.jpeg_quality, cap)
             except ValueError as e:
                 log.error("camera %s: alarm snapshot not published: %s", cam, e)
             else:
-                pub.publish(self.topics.snapshot(cam), data, qos=1, retain=True)
+                pub.publish(self.topics.snapshot(cam), small, qos=1, retain=True)
         return written
 
     def _camera_stats(self) -> dict[str, dict[str, Any]]:

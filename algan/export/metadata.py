@@ -12,7 +12,6 @@ round-trip exactly.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from algan import __version__
 from algan.contract import (
@@ -87,11 +86,3 @@ def set_metadata(model, meta: dict[str, str]) -> None:
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
-
-
-def read_metadata(onnx_path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict (loads the graph without its external data)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,33 +37,54 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's verdict on one frame.
+    """The model's verdict on one frame: what :class:`Inferencer` returns and what the daemon makes of each runner
+    output (:func:`interpret`, the one per-frame interpretation).
 
     Attributes:
         score: calibrated anomaly score (float; 0 = typical normal, 1.0 = the alarm threshold).
         is_anomalous: ``score >= threshold``.
-        anomaly_map: float32 ``(roi_h, roi_w)`` map upsampled (bilinear) to the ROI's size in pixels (the frame's
-            size without a ROI), calibrated units; ``None`` for a score-only model.
-        region: where the defect is, in frame pixels (:class:`~algan.runtime.maps.Region`: box, peak); ``None``
-            for a score-only model.
         map_cells: float32 ``(h, w)`` map at the model's resolution (what the graph returned), or ``None``.
         roi: ``(x, y, w, h)`` frame pixels that went into the model (the whole frame without a ROI).
         threshold: the decision threshold used (calibrated units).
+
+    :attr:`region` and :attr:`anomaly_map` are computed from the cells on first access (the daemon asks only for
+    an alarm's peak frame).
     """
 
     score: float
     is_anomalous: bool
-    anomaly_map: np.ndarray | None
-    region: Region | None
     map_cells: np.ndarray | None = None
-    roi: Roi | None = None
+    roi: Roi = (0, 0, 0, 0)
     threshold: float = 1.0
+
+    @cached_property
+    def region(self) -> Region | None:
+        """Where the defect is, in frame pixels (:func:`~algan.runtime.maps.region_from_map` at :attr:`threshold`:
+        box, peak); ``None`` for a score-only model."""
+        if self.map_cells is None:
+            return None
+        return region_from_map(self.map_cells, self.roi, self.threshold)
+
+    @cached_property
+    def anomaly_map(self) -> np.ndarray | None:
+        """float32 ``(roi_h, roi_w)`` map upsampled (bilinear) to the ROI's size in pixels (the frame's size without
+        a ROI), calibrated units; ``None`` for a score-only model."""
+        if self.map_cells is None:
+            return None
+        return upsample_map(self.map_cells, (self.roi[3], self.roi[2]))
 
     def to_dict(self) -> dict:
         """JSON-able summary: score, is_anomalous, threshold, roi, region (no arrays)."""
         return {"score": round(self.score, 6), "is_anomalous": self.is_anomalous, "threshold": self.threshold,
-                "roi": list(self.roi) if self.roi is not None else None,
+                "roi": list(self.roi),
                 "region": self.region.to_dict() if self.region is not None else None}
+
+
+def interpret(frame_shape: Sequence[int], score: float, cells: np.ndarray | None, roi: Roi | None,
+              threshold: float) -> Prediction:
+    """The :class:`Prediction` of one runner output: a frame of shape ``(H, W, ...)`` cropped at ``roi`` (``None`` =
+    the whole frame) scored ``score`` with map ``cells`` (float32 ``(h, w)`` or ``None``) against ``threshold``."""
+    return Prediction(float(score), bool(score >= threshold), cells, frame_roi(frame_shape, roi), float(threshold))
 
 
 class Inferencer:
@@ -173,19 +195,15 @@ class Inferencer:
         return out
 
     def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
-        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``)."""
-        roi = frame_roi(frame.shape, self.roi)
-        region = full = None
-        if cells is not None:
-            region = region_from_map(cells, roi, self.threshold)
-            full = upsample_map(cells, (roi[3], roi[2]))
-        return Prediction(float(score), bool(score >= self.threshold), full, region, cells, roi, self.threshold)
+        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``): :func:`interpret`
+        with this Inferencer's ROI and threshold."""
+        return interpret(frame.shape, score, cells, self.roi, self.threshold)
 
     def overlay(self, frame: np.ndarray, prediction: Prediction) -> np.ndarray:
         """The frame with the heat map over its ROI, the region outlined and the score written (uint8 BGR, frame
         size); see :func:`algan.runtime.maps.draw_overlay`."""
-        return draw_overlay(frame, prediction.map_cells, self.roi, prediction.region, prediction.score,
-                            self.threshold)
+        return draw_overlay(frame, prediction.map_cells, prediction.roi, prediction.region, prediction.score,
+                            prediction.threshold)
 
     def close(self) -> None:
         self.runner.close()

@@ -253,15 +253,12 @@ def graph_model_id(path: Path) -> str | None:
         return {p.key: p.value for p in model.metadata_props}.get(KEY_MODEL_ID)
     except ImportError:
         pass
-    import onnxruntime as ort
+    from algan.runtime.runners.calibration import read_graph_metadata
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no constant folding: no allocation
     try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:120]}); re-run algan-export") from None
-    return (sess.get_modelmeta().custom_metadata_map or {}).get(KEY_MODEL_ID)
+        return read_graph_metadata(path).get(KEY_MODEL_ID)  # ONNX Runtime, without graph optimizations
+    except ValueError as e:
+        raise BundleCheckError(f"{path} is not a readable ONNX graph ({str(e)[:160]}); re-run algan-export") from None
 
 
 def sidecar_path(engine: Path) -> Path:

@@ -13,7 +13,8 @@ from algan.edge.alarm import AlarmPolicy, AlarmTracker
 
 def tracker(raise_frames=3, clear_frames=2, threshold=1.0, clear_threshold=0.8) -> AlarmTracker:
     ids = (f"e{i}" for i in itertools.count(1))
-    return AlarmTracker("cam1", threshold, clear_threshold, raise_frames, clear_frames, new_id=lambda: next(ids))
+    return AlarmTracker("cam1", AlarmPolicy(threshold, clear_threshold, raise_frames, clear_frames=clear_frames),
+                        new_id=lambda: next(ids))
 
 
 def feed(t: AlarmTracker, scores, start: int = 0):
@@ -77,7 +78,7 @@ def test_event_fields():
                                                       (1.0, 0.5, 1, 0)])
 def test_rejects_bad_settings(thr, clr, rf, cf):
     with pytest.raises(ValueError):
-        AlarmTracker("c", thr, clr, rf, cf)
+        AlarmTracker("c", AlarmPolicy(thr, clr, rf, clear_frames=cf))
 
 
 # -- N-of-M, minimum duration, cooldown, peak frame, snapshot candidates ------------------------------------------

@@ -14,10 +14,10 @@ import torch
 from algan.bundle import load_bundle, load_samples
 from algan.contract import load_manifest
 from algan.export import parity as par
-from algan.export.metadata import read_metadata
 from algan.export.onnx_export import ExportError, ort_scores, torch_scores
 from algan.export.pipeline import ExportOptions, export_bundle
 from algan.export.tensorrt import BatchProfile, tensorrt_status
+from algan.runtime.runners.calibration import read_graph_metadata
 
 HAS_TRT = tensorrt_status()[0]
 #: The 64x64 test bundle is calibrated on 5 held-out normals, so its calibrated scale is ~3x finer than a real
@@ -51,10 +51,10 @@ def test_export_writes_both_graphs_with_the_io_contract(bundle, export_data, tmp
         assert (out.name, out.type.tensor_type.elem_type) == ("scores", onnx.TensorProto.FLOAT)
         got = ort_scores(path, imgs, batch_size=5)
         assert par.compare(name, ref, got, tol, metric).ok
-    meta = read_metadata(bundle / "model.onnx")
+    meta = read_graph_metadata(bundle / "model.onnx")
     assert meta["algan.model_id"] == manifest.model_id and meta["algan.threshold"] == "1.0"
     assert (meta["algan.input_height"], meta["algan.colour_order"], meta["algan.layout"]) == ("64", "BGR", "NHWC")
-    assert read_metadata(bundle / "model.fp16.onnx")["algan.precision"] == "fp16"
+    assert read_graph_metadata(bundle / "model.fp16.onnx")["algan.precision"] == "fp16"
     # calibration contract: raw = score * scale + center reproduces the head's raw score
     center, scale = float(meta["algan.calibration_center"]), float(meta["algan.calibration_scale"])
     cal = manifest.calibration

@@ -250,8 +250,8 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
     import onnxruntime as ort
 
     from algan.bundle import load_bundle, load_samples
-    from algan.export.metadata import read_metadata
     from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+    from algan.runtime.runners.calibration import read_graph_metadata
 
     det, manifest = load_bundle(patch_bundles["padim"])
     path = export_onnx(det, manifest, tmp_path / "model.onnx")
@@ -259,7 +259,7 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
     outs = sess.get_outputs()
     assert [o.name for o in outs] == ["scores", "anomaly_maps"]
     assert outs[1].type == "tensor(float)" and outs[1].shape[1:] == [24, 24]  # static map size, dynamic N
-    meta = read_metadata(path)
+    meta = read_graph_metadata(path)
     assert meta["algan.outputs"] == "scores,anomaly_maps" and meta["algan.map_size"] == "24,24"
     images = load_samples(patch_bundles["padim"])
     s_t, m_t = torch_outputs(det, images)

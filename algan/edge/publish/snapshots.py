@@ -27,6 +27,7 @@ import numpy as np
 
 from algan.contract import utc_iso
 from algan.edge.state import make_private_dir, write_private
+from algan.runtime.inference import Prediction
 from algan.runtime.maps import Region
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,16 @@ def expired(files: Iterable[tuple[str, float]], now: float, max_count: int, max_
         drop.extend(kept[:excess])
     order = {name: i for i, (name, _) in enumerate(ordered)}
     return sorted(drop, key=order.__getitem__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A frame that may become an alarm's snapshot: its pixels (the full camera frame, or the model input when the
+    reader handed over no full frame) and the :class:`~algan.runtime.inference.Prediction` of its runner output
+    (score, map cells, ROI in those pixels, threshold; the region is computed when the snapshot is drawn)."""
+
+    image: np.ndarray
+    prediction: Prediction
 
 
 def snapshot_name(camera: str, raised_ts: float, alarm_id: str) -> str:
@@ -173,7 +184,19 @@ class SnapshotStore:
         self._warned = False
 
     def save(self, name: str, image: np.ndarray) -> str | None:
-        """Write ``image`` (uint8 BGR) as ``<dir>/<name>`` atomically (replacing an older version), then prune.
+        """Encode ``image`` (uint8 BGR) as JPEG at :attr:`quality` and write it with :meth:`save_jpeg`.
+
+        Returns:
+            As :meth:`save_jpeg`; ``None`` also when the image cannot be encoded (logged once).
+        """
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            self._failed(self.dir / name, OSError("JPEG encoding failed"))
+            return None
+        return self.save_jpeg(name, buf.tobytes())
+
+    def save_jpeg(self, name: str, data: bytes) -> str | None:
+        """Write the JPEG bytes ``data`` as ``<dir>/<name>`` atomically (replacing an older version), then prune.
 
         Returns:
             The absolute path, or ``None`` when it could not be written (logged once, counted in ``failures``;
@@ -181,26 +204,26 @@ class SnapshotStore:
         """
         path = self.dir / name
         try:
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-            if not ok:
-                raise OSError("JPEG encoding failed")
             make_private_dir(self.dir)  # 0700/0600: alarm images are the daemon's state
             tmp = path.with_name(f".{name}.tmp")
             try:
-                write_private(tmp, buf.tobytes())
+                write_private(tmp, data)
                 os.replace(tmp, path)
             except OSError:
                 tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary file behind
                 raise
-        except (OSError, cv2.error) as e:
-            self.failures += 1
-            if not self._warned:
-                self._warned = True
-                log.error("cannot write alarm snapshot %s (%s); fix alarm.snapshots.dir (alarms go on without "
-                          "snapshots)", path, getattr(e, "strerror", None) or e)
+        except OSError as e:
+            self._failed(path, e)
             return None
         self.prune()
         return str(path.resolve())
+
+    def _failed(self, path: Path, e: OSError) -> None:
+        self.failures += 1
+        if not self._warned:
+            self._warned = True
+            log.error("cannot write alarm snapshot %s (%s); fix alarm.snapshots.dir (alarms go on without "
+                      "snapshots)", path, e.strerror or e)
 
     def clean_temp(self) -> list[str]:
         """Delete the temporary files of snapshot writes an earlier run did not finish (killed, or the disk was

@@ -204,7 +204,6 @@ def parse_map_size(text: str | None) -> tuple[int, int] | None:
     return (h, w) if h > 0 and w > 0 else None
 
 
-_check_contract = check_contract  # the name used before the split into runner_*.py
 
 
 def choose_backend(model: Path, backend: str = "auto") -> str:

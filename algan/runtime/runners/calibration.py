@@ -86,28 +86,42 @@ def bundle_calibration(model: Path) -> tuple[float, float] | None:
     return center, threshold - center
 
 
+def read_graph_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file: the one reader of the package (the ``onnx`` package where it is
+    installed, without the graph's external data; else ONNX Runtime's model metadata, read without graph
+    optimizations so that nothing is folded or allocated).
+
+    Raises:
+        ValueError: the file cannot be read or parsed as ONNX (the reason in the message).
+    """
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    try:
+        if onnx is not None:
+            model = onnx.load(str(path), load_external_data=False)
+            return {p.key: p.value for p in model.metadata_props}
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return dict(sess.get_modelmeta().custom_metadata_map or {})
+    except Exception as e:  # protobuf DecodeError, ORT's own exception types, OSError
+        raise ValueError(f"cannot read the ONNX graph {path} ({str(e).splitlines()[0][:200] if str(e) else e!r})") \
+            from None
+
+
 def onnx_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (with the ``onnx`` package if installed, else ONNX Runtime); ``{}``
-    when the file is missing or unreadable."""
+    """:func:`read_graph_metadata` for the runners' re-calibration: ``{}`` (logged) when the file is missing or
+    unreadable (no re-mapping rather than no daemon)."""
     if not path.is_file():
         return {}
     try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        return {p.key: p.value for p in model.metadata_props}
-    except ImportError:
-        pass
-    except Exception as e:  # a broken file: no re-mapping rather than no daemon
-        log.warning("cannot read the metadata of %s (%s); scores are used as exported", path, e)
-        return {}
-    try:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(sess.get_modelmeta().custom_metadata_map or {})
-    except Exception as e:
-        log.warning("cannot read the metadata of %s (%s); scores are used as exported", path, e)
+        return read_graph_metadata(path)
+    except ValueError as e:
+        log.warning("%s; scores are used as exported", e)
         return {}
 
 
