@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -169,7 +170,7 @@ def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsy
     from algan.runtime.verify import BundleCheckError, verify_model
 
     # the stand-in engine cannot be loaded (no TensorRT here): what is checked is the bundle check before loading
-    monkeypatch.setattr(base, "load_runner", lambda model, settings, **kw: None)
+    monkeypatch.setattr(base, "load_runner", lambda model, settings, **kw: SimpleNamespace(close=lambda: None))
 
     bundle = make_bundle(tmp_path / "bundle")
     engine = _engine_of(bundle)
