@@ -40,10 +40,37 @@ def _step(title: str, cmd: list[str]) -> None:
         raise RuntimeError(f"step '{title}' failed with exit code {rc}")
 
 
+#: first line of the demo's edge.yaml: marks a directory as an earlier demo's, which a new run may write over
+CONFIG_HEADER = "# written by algan-demo; see configs/edge.example.yaml for every option\n"
+
+
+def check_demo_out(out: Path) -> None:
+    """Refuse an ``--out`` that exists, is not empty and is not an earlier demo's directory (its ``edge.yaml`` starts
+    with :data:`CONFIG_HEADER`): the demo writes data, model, config and reports there.
+
+    Raises:
+        OutputDirError: one line naming the directory and the fix.
+    """
+    from algan.contract import OutputDirError
+
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out} exists and is not a directory; choose a new directory name")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    cfg = out / "edge.yaml"
+    try:
+        ours = cfg.is_file() and cfg.read_text(encoding="utf-8").startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise OutputDirError(f"--out {out} is not empty and is not an earlier algan-demo directory; nothing was "
+                             "written: choose a new or empty directory")
+
+
 def _write_config(out: Path, port: int) -> Path:
     cfg = out / "edge.yaml"
     cfg.write_text(
-        "# written by algan-demo; see configs/edge.example.yaml for every option\n"
+        CONFIG_HEADER +
         "device_id: demo\n"
         "model: model\n"
         "runner: {backend: onnxruntime, threads: 0}\n"
@@ -70,7 +97,9 @@ def _main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
+    check_demo_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = _write_config(out, args.port)  # first: it marks the directory as the demo's
     data = out / "data"
     print(f"== synthetic data: textured metal surfaces with scratches, spots and cracks -> {data}", flush=True)
     summary = generate_dataset(data, texture="metal", n_train=args.n_train, n_test_good=args.n_test_good,
@@ -81,7 +110,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"   line video {out / 'line.mkv'}: {len(labels)} frames, {n_defect_runs} runs of defective parts")
 
     model = out / "model"
-    train = [_bin("algan-train"), "--data", str(data), "--out", str(model), "--seed", str(args.seed),
+    train = [_bin("algan-train"), "--data", str(data), "--out", str(model), "--force", "--seed", str(args.seed),
              "--variant", args.variant, "--head", args.head]
     if args.epochs:
         train += ["--epochs", str(args.epochs)]
@@ -93,7 +122,6 @@ def _main(args: argparse.Namespace) -> int:
           [_bin("algan-calibrate"), str(model), "--data", str(data), "--target-fpr", str(args.target_fpr)])
     _step("export to ONNX (+ TensorRT FP16 where available)", [_bin("algan-export"), str(model), "--fp16"])
 
-    cfg = _write_config(out, args.port)
     broker = None
     if probe_tcp("127.0.0.1", args.port, 0.5) is not None:  # nothing listens: bring our own broker
         broker = EmbeddedBroker("127.0.0.1", args.port)

@@ -121,6 +121,29 @@ def _progress(total: int | None, desc: str):  # noqa: ANN202
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
 
 
+#: what algan-predict writes into --out; a directory holding anything else is not replaced into
+PREDICT_OUTPUTS = ("predictions.csv", "report.html", "overlays")
+
+
+def check_predict_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds files algan-predict did not write (its CSV and report would overwrite a user's
+    files of the same name).
+
+    Raises:
+        OutputDirError: ``out`` is a file, or a non-empty directory with other entries than :data:`PREDICT_OUTPUTS`.
+    """
+    from algan.contract import OutputDirError
+
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out} exists and is not a directory; choose a new directory name")
+    if out.is_dir():
+        other = sorted(set(p.name for p in out.iterdir()) - set(PREDICT_OUTPUTS))
+        if other:
+            raise OutputDirError(f"--out {out} holds files that algan-predict did not write ({', '.join(other[:3])}"
+                                 f"{f' +{len(other) - 3} more' if len(other) > 3 else ''}); nothing was written: "
+                                 "choose a new or empty directory, or an earlier algan-predict output")
+
+
 def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str | None = None,
             batch_size: int = 8, threshold: float = 1.0, overlays: bool = True) -> dict:
     """Score ``input_path`` with the exported ``model`` and write CSV, overlays and report into ``out``.
@@ -139,6 +162,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     src, out = Path(input_path), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist; give an image, a folder of images or a video")
+    check_predict_out(out)
     inf = Inferencer(model, roi=roi, threshold=threshold, batch_size=batch_size)
     if src.is_dir():
         items = folder_items(src, out.resolve() if out.resolve() != src.resolve() else None)

@@ -12,7 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="algan-train", description="Train an anomaly detector on normal images and "
                                 "write a model bundle (weights.safetensors + algan.json).")
     p.add_argument("--data", required=True, help="data directory")
-    p.add_argument("--out", required=True, help="model bundle directory to write")
+    p.add_argument("--out", required=True, help="model bundle directory to write: a new or empty directory, or an "
+                   "earlier bundle with --force (a directory holding anything else is refused)")
+    p.add_argument("--force", action="store_true", help="replace the earlier model bundle in --out")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
     p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim"],
                    help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
@@ -149,6 +151,9 @@ def parse_blocks(text: str) -> list[int]:
 def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError (one line: what is wrong and how to fix it) for flags that do not fit together; runs before
     any data is read, so a bad command line never costs a dataset listing or a backbone load."""
+    from algan.contract import check_output_dir
+
+    check_output_dir(args.out, force=args.force, inputs={"--data": args.data, "--checkpoint": args.checkpoint})
     if not 0 < args.target_fpr < 1:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
     if args.epochs is not None and args.epochs < 1:
