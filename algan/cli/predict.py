@@ -3,10 +3,11 @@
 Uses the exported graph through :class:`algan.inference.Inferencer` (ONNX Runtime; no torch). Writes
 ``DIR/predictions.csv`` (one row per image or video frame: file, score, decision, region box and peak, class),
 ``DIR/overlays/`` (the heat map blended over the frame's ROI, the region outlined) and the self-contained
-``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; MTD masks (a ``.png`` beside a ``.jpg``
-of the same name) and MVTec ``ground_truth`` folders are skipped, and the folder names give the per-class counts
-(``good``/``MT_Free``/``normal``/``ok`` = normal). A video's ``<stem>.labels.json`` (from ``algan-synth --video``)
-labels its frames.
+``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; files that are not images of the set
+(masks: ``*_mask.png`` and MTD's ``.png`` beside a ``.jpg`` of the same name; hidden files;
+:func:`algan.contract.image_skip_reason`) and MVTec ``ground_truth`` folders are skipped and counted, and the
+folder names give the per-class counts (``good``/``MT_Free``/``normal``/``ok`` = normal). A video's
+``<stem>.labels.json`` (from ``algan-synth --video``) labels its frames.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ import cv2
 import numpy as np
 
 from algan.cli._common import run_cli, setup_logging
-from algan.contract import IMAGE_SUFFIXES
+from algan.contract import IMAGE_SUFFIXES, ImageListing
+from algan.contract import list_images as contract_list_images
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +55,17 @@ def image_class(rel: Path) -> str | None:
     return parts[-1] if parts else None
 
 
-def list_images(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), without MTD masks, MVTec ``ground_truth`` and ``skip``."""
-    out = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
-            continue
-        rel = p.relative_to(folder)
-        if any(part.lower() == "ground_truth" for part in rel.parts[:-1]):
-            continue
-        if skip is not None and (p == skip or skip in p.parents):
-            continue
-        if p.suffix.lower() == ".png" and any(p.with_suffix(s).is_file() for s in (".jpg", ".jpeg")):
-            continue  # MTD: the .png beside a .jpg is its mask
-        out.append(p)
+def list_images(folder: Path, skip: Path | None = None) -> ImageListing:
+    """Images of the set under ``folder`` (recursive; sorted by folder, then name) by the one rule of
+    :func:`algan.contract.image_skip_reason` (no masks, hidden files or other suffixes), without MVTec
+    ``ground_truth`` folders, hidden folders and ``skip`` (the output folder)."""
+    out = ImageListing([], {})
+    for dirpath, dirnames, _ in os.walk(folder):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n.lower() != "ground_truth"
+                             and (skip is None or (d / n).resolve() != skip))
+        out.extend(contract_list_images(d))
+    out.images.sort(key=lambda p: p.relative_to(folder).parts)
     return out
 
 
@@ -74,7 +74,10 @@ def is_normal(label: str | None) -> bool | None:
 
 
 def folder_items(folder: Path, skip: Path | None) -> list[InputItem]:
-    files = list_images(folder, skip)
+    listing = list_images(folder, skip)
+    files = listing.images
+    if (line := listing.skipped_line()) is not None:
+        print(f"algan-predict: {folder}: {line}", file=sys.stderr)
     if not files:
         raise ValueError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) under {folder}; give an image, a "
                          "folder of images or a video")

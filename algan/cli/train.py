@@ -241,6 +241,8 @@ def _main(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
+        if (line := ds.skipped_line()) is not None:
+            print(f"data: {line}", file=sys.stderr)
     # progress bars only on a terminal: in a log or the journal they are carriage-return spam
     with using_roi(roi):
         result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())

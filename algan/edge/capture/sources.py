@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from algan.contract import IMAGE_SUFFIXES  # the suffixes a folder source reads (case-insensitive)
+from algan.contract import IMAGE_SUFFIXES, image_skip_reason, list_images  # the one rule for images of a folder
 from algan.edge.capture.journal import FolderJournal
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
@@ -323,11 +323,16 @@ class FolderSource:
         self.journal = journal if watch else None
         self._seen: set[str] = set()
         self._empty: set[tuple[str, int]] = set()  # (name, mtime_ns) of empty files already reported
+        self._skipped: set[str] = set()  # names that are not images of the set (image_skip_reason)
+        self._said_skipped = False
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._last_scan = -float("inf")
         self._closed = False
         if not watch:
-            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            listing = list_images(self.path)
+            files = listing.images
+            if (line := listing.skipped_line()) is not None:
+                log.warning("image folder %s: %s", self.path, line)
             if not files:
                 exts = " ".join(sorted(IMAGE_SUFFIXES))
                 raise SourceError(f"image folder {self.path} holds no image files ({exts}); fix the camera's source "
@@ -351,9 +356,15 @@ class FolderSource:
             return False
         names: set[str] = set()
         ready: list[str] = []
+        all_names = {e.name for e in entries}
+        skipped = 0
         for e in entries:
             name = e.name
-            if _is_partial(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if _is_partial(name):
+                continue
+            if image_skip_reason(name, all_names) is not None:
+                skipped += name not in self._skipped
+                self._skipped.add(name)
                 continue
             names.add(name)
             if name in self._seen:
@@ -384,6 +395,11 @@ class FolderSource:
             else:
                 self._seen.add(name)
             self._ready.append((self.path / name, size, mtime_ns))
+        if skipped and not self._said_skipped:  # said once per source
+            self._said_skipped = True
+            log.warning("watched folder %s: skipping %d files that are not images of the set (masks, hidden files, "
+                        "other suffixes)", self.path, skipped)
+        self._skipped &= all_names
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
         self._empty = {e for e in self._empty if e[0] in names}
         for name in list(self._pending):
@@ -443,7 +459,7 @@ def check_sources(cameras: list[CameraConfig]) -> None:
                               "path (relative paths are resolved next to the config file)")
         if path.is_dir():
             try:
-                has = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+                has = bool(list_images(path).images)
             except OSError as e:
                 raise SourceError(f"cameras.{cam.name}.source: cannot list folder {path} ({e.strerror or e}); "
                                   "make it readable for the daemon's user") from None
