@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from algan.edge.config import parse_config
 from algan.edge.config.reload import RESTART_SETTINGS, plan_reload
-from algan.edge.maps import Region
 from algan.edge.stats import stats_payload, status_line
 
 FIGURES = {"fps": 12.5, "fps_avg": 11.0, "latency_ms_p50": 20.0, "latency_ms_p99": 41.5, "batch_mean": 2.0,
