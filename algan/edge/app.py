@@ -409,10 +409,10 @@ class EdgeApp:
             self._outbox.set_open_alarm(cam, alarm_payload(event) if event.state != "cleared" else None)
         pub.publish(self.topics.alarm(cam), alarm_payload(event), qos=self.cfg.mqtt.alarm_qos, durable=True)
         self._set_state(pub, cam, STATE_NORMAL if event.state == "cleared" else STATE_ALARM)
-        why = f" ({event.reason})" if event.reason else ""
-        log.warning("camera %s: alarm %s%s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,
-                    event.state, why, event.last_frame, event.score, event.peak, event.first_frame, event.last_frame,
-                    event.id)
+        why = f" reason={event.reason}" if event.reason else ""
+        log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s%s", cam,
+                    event.state, event.last_frame, event.score, event.peak, event.first_frame, event.last_frame,
+                    event.id, why)
 
     def _describe(self, frame: Frame, event: AlarmEvent, cells: np.ndarray | None, pub: Publisher) -> AlarmEvent:
         """Fill in the event's frame: for ``raised`` and ``update`` the region of this frame's map (models with maps),
