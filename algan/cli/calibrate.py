@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-size", type=int, default=256, help="frames in the INT8 calibration set (default 256)")
     p.add_argument("--report", default=None, help="report PNG path (default MODEL_DIR/calibration_report.png)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the KS drift test (--check)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
-                   help="largest share of unreadable images skipped before giving up (default 0.05)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="largest share of unreadable images (truncated, undecodable) skipped, each named in one line, "
+                        "before the run fails with their list (default 0.01, as algan-train)")
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop in image pixels before resizing (default: the ROI the bundle was trained with); a "
                    "different one is recorded in the bundle, with a warning")

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_patch_args(p)
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="largest share of unreadable training images (truncated, undecodable) skipped, each named in "
+                        "one line, before the run fails with their list (default 0.01)")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="ALGAN training checkpoint directory (every variant): saved every epoch, resumed from "
@@ -51,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
+                   "line at least every 30 s with step, total and ETA in a log)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -156,6 +160,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_dir(args.out, force=args.force, inputs={"--data": args.data, "--checkpoint": args.checkpoint})
     if not 0 < args.target_fpr < 1:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
+    if not 0 <= args.max_bad_fraction < 1:
+        raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     from algan.model.fit import check_checkpoint_head
@@ -204,6 +210,11 @@ def _main(args: argparse.Namespace) -> int:
         patch.grid(tuple(args.input_size))  # sizes that do not fit the strides fail before any data is read
         patch.map_size(tuple(args.input_size))
     ds = load_dataset(args.data, args.layout)
+    from algan.data.preprocess import screen_images
+
+    # the daemon's checked decoder: a truncated or unreadable image is skipped with one line, not trained on
+    ds.train = screen_images(ds.train, "training images", args.max_bad_fraction,
+                             say=(lambda line: None) if args.quiet else None)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs is not None else {})}
     # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
     feature_overrides = {**overrides, **({"min_steps": 0} if "epochs" in overrides else {})}
@@ -243,9 +254,9 @@ def _main(args: argparse.Namespace) -> int:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
         if (line := ds.skipped_line()) is not None:
             print(f"data: {line}", file=sys.stderr)
-    # progress bars only on a terminal: in a log or the journal they are carriage-return spam
+    # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     with using_roi(roi):
-        result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
+        result = fit_detector(ds, settings, progress=not args.quiet)
     result.manifest.roi = list(roi) if roi is not None else None
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from algan.contract import IMAGE_SUFFIXES, image_skip_reason, list_images  # the one rule for images of a folder
+from algan.data.preprocess import MIN_IMAGE_SIDE, ImageReadError, decode_image  # noqa: F401 (MIN_IMAGE_SIDE re-exported)
 from algan.edge.capture.journal import FolderJournal
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
@@ -33,9 +34,6 @@ log = logging.getLogger("algan.edge.sources")  # the name in log lines, as befor
 
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
-#: Smallest image (pixels, each side) a folder source scores; smaller ones are counted as corrupt (a 1x1 thumbnail
-#: or a placeholder is not a camera frame, and resized to the model input it scores as a flat grey image).
-MIN_IMAGE_SIDE = 16
 #: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 #: Serialises FFmpeg opens: streams set :data:`FFMPEG_OPTIONS_ENV` (process-wide), files must not see it.
@@ -233,12 +231,14 @@ def _stream_failed_at_once(url: str, elapsed: float) -> str:
 
 
 def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Corrupt:
-    """Read and decode one image file of a folder source, refusing what must not be scored.
+    """Read and decode one image file of a folder source with the checked decoder
+    (:func:`algan.data.preprocess.decode_image`, the one training and calibration use), refusing what must not be
+    scored.
 
     Refused (a :class:`Corrupt` whose reason names the file): an empty file, a JPEG without its end-of-image marker
     (``FF D9``, trailing zero padding allowed) or a PNG without its ``IEND`` chunk (both: a file cut short, which
     libjpeg/libpng would otherwise decode partially, grey below the cut), a file OpenCV cannot decode, and an image
-    smaller than :data:`MIN_IMAGE_SIDE` pixels on a side.
+    smaller than :data:`~algan.data.preprocess.MIN_IMAGE_SIDE` pixels on a side.
 
     Args:
         path: the image file.
@@ -248,27 +248,9 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Cor
         uint8 BGR ``(H, W, 3)`` (grayscale expanded), or :class:`Corrupt`.
     """
     try:
-        raw = path.read_bytes() if data is None else data
-    except OSError as e:
-        return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
-    if not raw:
-        return Corrupt(f"image {path} is empty (0 bytes)")
-    if raw[:2] == b"\xff\xd8" and raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)")
-    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
-        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)")
-    try:
-        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        img = None
-        log.debug("decoding %s: %s", path, e)
-    if img is None or img.ndim != 3:
-        return Corrupt(f"cannot read image {path}: not an image format OpenCV decodes ({len(raw)} bytes)")
-    h, w = img.shape[:2]
-    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
-        return Corrupt(f"image {path} is {w}x{h} pixels, smaller than the minimum "
-                       f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
-    return img
+        return decode_image(path, data)
+    except ImageReadError as e:
+        return Corrupt(str(e))
 
 
 def _is_partial(name: str) -> bool:
