@@ -135,6 +135,7 @@ class Inferencer:
             self.roi: Roi | None = None
         else:
             self.roi = parse_roi(roi) if roi is not None else self.bundle_roi
+        self.roi_from_bundle = roi is None
         if roi is not None and self.roi != self.bundle_roi:
             log.warning("ROI %s differs from the one the model was trained with (%s); scores may shift",
                         list(self.roi) if self.roi else "full frame",
@@ -177,7 +178,15 @@ class Inferencer:
         Raises:
             ValueError: not a uint8 image, or a ROI that does not fit in the frame.
         """
-        return prepare_frame(frame, self.input_size, self.roi)
+        try:
+            return prepare_frame(frame, self.input_size, self.roi)
+        except ValueError as e:
+            if self.roi is None or "does not fit" not in str(e):
+                raise
+            where = ("the bundle's roi (algan.json; the model was trained on that crop)" if self.roi_from_bundle
+                     else "the roi given (algan-predict --roi)")
+            raise ValueError(f"{e}: it is {where}; pass a roi x,y,w,h inside the frame, or roi 'full' "
+                             "(--roi full) for the whole frame") from None
 
     def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray]) -> Prediction | list[Prediction]:
         """Score one frame or a batch.

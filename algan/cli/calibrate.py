@@ -106,8 +106,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     from algan.calibration.report import format_table, render_png
 
     model_dir = Path(args.model_dir)
+    # every flag is checked before the bundle and its backbone are loaded (seconds)
     if args.int8_size < 1:
         raise ValueError(f"--int8-size must be >= 1, got {args.int8_size}")
+    if not 0 < args.target_fpr < 1:
+        raise ValueError(f"--target-fpr is a per-frame false-alarm rate in (0, 1), e.g. 0.001; got {args.target_fpr}")
+    if not 0 <= args.max_bad_fraction < 1:
+        raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
+    if args.fps <= 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
     det, manifest = load_bundle(model_dir)
     roi = _roi(args, manifest)
     split = select_data(args.data, args.layout, manifest, args.calib_fraction, args.seed, args.anomalies)

@@ -147,6 +147,35 @@ def check_predict_out(out: Path) -> None:
                                  "choose a new or empty directory, or an earlier algan-predict output")
 
 
+def check_model_arg(model: Path, src: Path) -> None:
+    """Say the true cause when ``MODEL_DIR`` is not an exported bundle, before any model file is opened: swapped
+    arguments, a folder that is no bundle, a bundle not exported yet (an ONNX file given directly is accepted).
+
+    Raises:
+        ValueError: one line with the cause and the fix.
+    """
+    from algan.contract import MANIFEST_FILE, ONNX_FILE
+
+    if not model.exists():
+        raise FileNotFoundError(f"model bundle {model} does not exist; give the directory algan-train --out wrote "
+                                "(usage: algan-predict MODEL_DIR INPUT)")
+    swapped = (src.is_dir() and (src / MANIFEST_FILE).is_file())
+    if model.is_file():
+        if model.suffix.lower() == ".onnx":
+            return
+        if swapped or model.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            example = f", e.g. algan-predict {src} {model}" if swapped else ""
+            raise ValueError(f"{model} is an image or video, not a model bundle: the model comes first "
+                             f"(usage: algan-predict MODEL_DIR INPUT{example})")
+        raise ValueError(f"{model} is a file, not a model bundle; give the directory algan-train --out wrote")
+    if not (model / MANIFEST_FILE).is_file():
+        hint = f"; the arguments look swapped: algan-predict {src} {model}" if swapped else ""
+        raise ValueError(f"{model} is not a model bundle (no {MANIFEST_FILE}); give the directory algan-train --out "
+                         f"wrote{hint}")
+    if not (model / ONNX_FILE).is_file():
+        raise ValueError(f"model bundle {model} has no {ONNX_FILE} yet; export it first: algan-export {model}")
+
+
 def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str | None = None,
             batch_size: int = 8, threshold: float = 1.0, overlays: bool = True) -> dict:
     """Score ``input_path`` with the exported ``model`` and write CSV, overlays and report into ``out``.
@@ -165,6 +194,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     src, out = Path(input_path), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist; give an image, a folder of images or a video")
+    check_model_arg(Path(model), src)
     check_predict_out(out)
     inf = Inferencer(model, roi=roi, threshold=threshold, batch_size=batch_size)
     if src.is_dir():

@@ -186,6 +186,9 @@ def load_dataset(root: str | Path, layout: Layout = "auto") -> Dataset:
         DatasetError: missing directory, unknown layout, or no training images.
     """
     root = Path(root)
+    if root.is_file():
+        raise DatasetError(f"--data {root} is a file; pass the directory that holds the images (a folder of normal "
+                           "images, or an MVTec AD / MTD data set)")
     if not root.is_dir():
         raise DatasetError(f"data directory {root} does not exist; pass an existing directory with --data")
     resolved = detect_layout(root) if layout == "auto" else layout

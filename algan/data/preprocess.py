@@ -66,7 +66,7 @@ def crop_roi(frame: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
     x, y, w, h = (int(v) for v in roi)
     fh, fw = frame.shape[:2]
     if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > fw or y + h > fh:
-        msg = f"ROI (x={x}, y={y}, w={w}, h={h}) does not fit in a {fw}x{fh} frame; fix the camera's roi setting"
+        msg = f"ROI (x={x}, y={y}, w={w}, h={h}) does not fit in a {fw}x{fh} frame; give a ROI inside the frame"
         raise ValueError(msg)
     return frame[y : y + h, x : x + w]
 
