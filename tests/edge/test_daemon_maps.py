@@ -112,4 +112,4 @@ def test_predict_cli_folder_labels_report_and_errors(tmp_path):
     bad = run_cli("algan.cli.predict", str(bundle), str(data), "--roi", "1,2,3")
     assert bad.returncode == 2 and "x,y,width,height" in bad.stderr
     bad = run_cli("algan.cli.predict", str(tmp_path), str(data))
-    assert bad.returncode == 2 and "model.onnx" in bad.stderr
+    assert bad.returncode == 2 and "is not a model bundle (no algan.json)" in bad.stderr
