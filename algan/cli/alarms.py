@@ -133,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="use TLS with the system CA store (implied by --cafile)")
     p.add_argument("--insecure", action="store_true", help="TLS: do not check the broker's host name")
     p.add_argument("--log-level", default="info", choices=LEVELS, help="stderr log verbosity (default: info)")
-    return p
+    from algan.cli._common import add_version
+
+    return add_version(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, run_cli, setup_logging
 from algan.data.preprocess import using_roi
 
 if TYPE_CHECKING:
@@ -62,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop in image pixels before resizing (default: the ROI the bundle was trained with); a "
                    "different one is recorded in the bundle, with a warning")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="frames per model run (default 32)")
     p.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 def _warn(msg: str) -> None:

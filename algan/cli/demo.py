@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, run_cli, setup_logging
 
 
 def _bin(name: str) -> str:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-fpr", type=float, default=0.001, help="algan-calibrate --target-fpr (default 0.001)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="WARNING")
-    args = p.parse_args(argv)
+    args = add_version(p).parse_args(argv)
     setup_logging(args.log_level)
     return run_cli("algan-demo", lambda: _main(args))
 

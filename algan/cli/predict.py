@@ -20,12 +20,12 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import DeprecatedFlag, add_version, run_cli, setup_logging
 from algan.contract import IMAGE_SUFFIXES, ImageListing
 from algan.contract import list_images as contract_list_images
 
@@ -147,6 +147,25 @@ def check_predict_out(out: Path) -> None:
                                  "choose a new or empty directory, or an earlier algan-predict output")
 
 
+def overlay_name(name: str, used: set[str]) -> str:
+    """Relative path of an item's overlay JPEG: the image's own name with ``.jpg`` (``good/f000.png`` ->
+    ``good/f000.jpg``), a video frame's ``<stem>_<frame>.jpg`` (``clip.mp4#12`` -> ``clip_12.jpg``); when two inputs
+    would share a name (``a.png`` and ``a.jpg``) the later keeps its suffix (``a_png.jpg``). Records the name in
+    ``used``."""
+    path = PurePosixPath(name.split("#")[0])
+    frame = name.partition("#")[2]
+    stem = f"{path.stem}_{frame}" if frame else path.stem
+    out = str(path.with_name(f"{stem}.jpg"))
+    if out in used:
+        out = str(path.with_name(f"{stem}_{path.suffix.lstrip('.').lower()}.jpg"))
+        i = 2
+        while out in used:
+            out = str(path.with_name(f"{stem}_{path.suffix.lstrip('.').lower()}_{i}.jpg"))
+            i += 1
+    used.add(out)
+    return out
+
+
 def check_model_arg(model: Path, src: Path) -> None:
     """Say the true cause when ``MODEL_DIR`` is not an exported bundle, before any model file is opened: swapped
     arguments, a folder that is no bundle, a bundle not exported yet (an ONNX file given directly is accepted).
@@ -225,7 +244,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
                                  strict=True)))
             image = inf.overlay(frame, p)
             if overlays:
-                target = ov_dir / (name.replace("#", "_") + ".jpg")
+                target = ov_dir / overlay_name(name, used_names)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             report_items.append(ReportItem(name, p.score, p.is_anomalous, label, is_normal(label), image,
@@ -235,6 +254,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
         pending.clear()
 
     unreadable = 0
+    used_names: set[str] = set()
     try:
         for name, ref, label in stream:
             frame = ref if isinstance(ref, np.ndarray) else cv2.imread(str(ref), cv2.IMREAD_COLOR)
@@ -278,17 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop in frame pixels before resizing (default: the bundle's ROI; 'full' = whole frame)")
     p.add_argument("--threshold", type=float, default=1.0,
                    help="decision threshold on the calibrated score (default 1.0 = the calibrated threshold)")
-    p.add_argument("--batch", type=int, default=8, help="frames per model run (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per model run (default 8)")
+    p.add_argument("--batch", dest="batch_size", type=int, action=DeprecatedFlag, new="--batch-size")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay images (the report keeps them)")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 def _main(args: argparse.Namespace) -> int:
     from algan.edge.errors import EdgeError
 
     try:
-        res = predict(args.model, args.input, args.out, args.roi, args.batch, args.threshold, not args.no_overlays)
+        res = predict(args.model, args.input, args.out, args.roi, args.batch_size, args.threshold, not args.no_overlays)
     except EdgeError as e:
         print(f"algan-predict: error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="P",
                    help=f"video run pattern: <n>g good, <n>d defect, <n>:<class> (default: '{DEFAULT_PATTERN}')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the summary line")
-    return p
+    from algan.cli._common import add_version
+
+    return add_version(p)
 
 
 def _validate(args: argparse.Namespace) -> None:

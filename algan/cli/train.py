@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, input_size, run_cli, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels (1 = gray)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
-                   help="model input size in pixels (default 224 224)")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="H W", default=[224, 224],
+                   help="model input size in pixels: H W, or one N for a square (default 224 224)")
     add_backbone_args(p)
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
-    p.add_argument("--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
                    "line at least every 30 s with step, total and ETA in a log)")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
@@ -198,6 +198,7 @@ def _main(args: argparse.Namespace) -> int:
     from algan.model.image import ImageConfig
     from algan.model.train import AlganConfig
 
+    args.input_size = input_size(args.input_size)
     check_args(args)
     from algan.data.preprocess import using_roi
     from algan.edge.maps import parse_roi
