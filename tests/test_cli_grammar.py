@@ -26,8 +26,9 @@ def test_every_command_has_version(prog, capsys):
 
 
 def test_every_console_script_is_covered():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == set(COMMANDS)
