@@ -219,5 +219,5 @@ def test_check_config_valid_exit_0(tmp_path, tiny_model):
     f = tmp_path / "edge.yaml"
     f.write_text(yaml.safe_dump({**BASE, "model": str(tiny_model)}))
     (tmp_path / "clip.mp4").write_bytes(b"")  # check-config refuses camera files that do not exist
-    res = run_cli("algan.cli.edge", "check-config", str(f))
+    res = run_cli("algan.cli.edge", "check-config", "--config", str(f))
     assert res.returncode == 0 and "valid" in res.stdout
