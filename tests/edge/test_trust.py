@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def check_config(path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", "--config", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False, env=env)
+    return subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
 
 
 def bundle_config(tmp_path: Path, bundle: Path, broker: tuple[str, int] = ("127.0.0.1", 1), **over) -> Path:
