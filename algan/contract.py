@@ -76,6 +76,83 @@ ENGINE_FILE = "model.engine"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 
+#: stem endings of ground-truth mask files (``000_mask.png``, MVTec AD and algan-synth), compared lower-case
+MASK_STEM_SUFFIXES = ("_mask",)
+#: the photo suffixes whose same-stem ``.png`` neighbour is its mask (MTD: ``exp1_num_1.jpg`` + ``exp1_num_1.png``)
+PHOTO_SUFFIXES = (".jpg", ".jpeg")
+
+
+def image_skip_reason(name: str, siblings: frozenset[str] | set[str] = frozenset()) -> str | None:
+    """The one rule for "is this file an image of the set": training, calibration, ``algan-predict`` and the edge
+    daemon's folder source all ask it. Pure (names only, no I/O).
+
+    Args:
+        name: a file name (no directory part).
+        siblings: the names of the other files in the same folder (for MTD's ``.png`` masks beside ``.jpg`` photos).
+
+    Returns:
+        ``None`` for an image of the set, else why it is skipped: ``"hidden"`` (name starts with ``.``),
+        ``"not an image"`` (suffix outside :data:`IMAGE_SUFFIXES`, compared lower-case), ``"mask"`` (stem ends in
+        :data:`MASK_STEM_SUFFIXES`, or a ``.png`` whose stem has a ``.jpg``/``.jpeg`` sibling).
+    """
+    if name.startswith("."):
+        return "hidden"
+    stem, dot, suffix = name.rpartition(".")
+    suffix = f".{suffix.lower()}" if dot else ""
+    if not dot or not stem or suffix not in IMAGE_SUFFIXES:
+        return "not an image"
+    if stem.lower().endswith(MASK_STEM_SUFFIXES):
+        return "mask"
+    if suffix == ".png" and any(f"{stem}{s}" in siblings or f"{stem}{s.upper()}" in siblings for s in PHOTO_SUFFIXES):
+        return "mask"
+    return None
+
+
+@dataclass
+class ImageListing:
+    """The images of one or more folders by :func:`image_skip_reason`, and what was skipped.
+
+    Attributes:
+        images: the image files, sorted by name within each folder.
+        skipped: ``{reason: count}`` of the files that are not images of the set.
+    """
+
+    images: list[Path]
+    skipped: dict[str, int]
+
+    def skipped_line(self) -> str | None:
+        """One line saying what was skipped (``skipped 57 files: 57 masks``), or ``None`` when nothing was."""
+        if not self.skipped:
+            return None
+        plural = {"mask": "masks", "hidden": "hidden files", "not an image": "not images"}
+        parts = [f"{n} {plural.get(r, r)}" for r, n in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        return f"skipped {sum(self.skipped.values())} files that are not images of the set: {', '.join(parts)}"
+
+    def extend(self, other: ImageListing) -> None:
+        self.images.extend(other.images)
+        for r, n in other.skipped.items():
+            self.skipped[r] = self.skipped.get(r, 0) + n
+
+
+def list_images(folder: str | os.PathLike[str]) -> ImageListing:
+    """The images of the set directly in ``folder`` (no recursion; sub-folders are ignored, not counted).
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    folder = Path(folder)
+    files = sorted(e.name for e in os.scandir(folder) if e.is_file())
+    names = set(files)
+    out = ImageListing([], {})
+    for name in files:
+        reason = image_skip_reason(name, names)
+        if reason is None:
+            out.images.append(folder / name)
+        else:
+            out.skipped[reason] = out.skipped.get(reason, 0) + 1
+    return out
+
+
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in ``chunk``-byte blocks (default 1 MiB).
 
@@ -163,6 +240,89 @@ def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class OutputDirError(ValueError):
+    """An output directory the program refuses to write: it holds files the program did not create, it contains or
+    lies inside the input data, or it holds an earlier output and replacing it was not asked for (``--force``)."""
+
+
+#: entry names a model bundle may hold (fnmatch patterns): what training, calibration, export and engine builds write
+#: there. Anything else in a directory is a user's file, which replacing the directory would delete.
+BUNDLE_ENTRY_PATTERNS = ("algan.*", "model.*", "*.safetensors", "*.cache", ".*.tmp", ".tmp-*")
+
+
+def is_bundle_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a model bundle's manifest (:data:`MANIFEST_FILE`)."""
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def foreign_entries(path: str | os.PathLike[str], patterns: tuple[str, ...] = BUNDLE_ENTRY_PATTERNS) -> list[str]:
+    """Names in directory ``path`` that match none of ``patterns`` (sorted), i.e. entries the program never writes.
+    Sub-directories are always foreign."""
+    import fnmatch
+
+    out = []
+    for e in os.scandir(path):
+        if e.is_dir(follow_symlinks=False) or not any(fnmatch.fnmatchcase(e.name, pat) for pat in patterns):
+            out.append(e.name)
+    return sorted(out)
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are the same directory or one lies inside the other (both resolved)."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_dir(out: str | os.PathLike[str], *, force: bool, flag: str = "--out",
+                     inputs: dict[str, str | os.PathLike[str] | None] | None = None,
+                     kind: str = "model bundle") -> None:
+    """Refuse an output directory whose replacement would destroy what the program did not write.
+
+    Accepted: a path that does not exist, an empty directory, and (only with ``force``) an earlier model bundle
+    (:func:`is_bundle_dir`) holding nothing but bundle files (:data:`BUNDLE_ENTRY_PATTERNS`).
+
+    Args:
+        out: the directory to be written (replaced as a whole by :func:`atomic_directory`).
+        force: the user asked to replace an earlier bundle (``--force``).
+        flag: the option's name in messages.
+        inputs: ``{option name: path}`` of inputs (``--data``, ``--checkpoint``) that must neither contain ``out``
+            nor lie inside it; ``None`` values are ignored.
+
+    Raises:
+        OutputDirError: one line naming the directory, what it holds and the fix.
+    """
+    path = Path(out)
+    resolved = path.resolve()
+    for name, src in (inputs or {}).items():
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if _overlaps(resolved, s):
+            where = ("is" if resolved == s else "contains" if resolved in s.parents else "lies inside")
+            raise OutputDirError(f"{flag} {path} {where} {name} {src}; writing the {kind} there would replace "
+                                 f"the input: choose an {flag} directory outside it")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise OutputDirError(f"{flag} {path} exists and is not a directory; choose a new directory name")
+    if path.is_symlink():
+        raise OutputDirError(f"{flag} {path} is a symbolic link; give the directory it points to, or a new name")
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return
+    if not is_bundle_dir(path):
+        shown = ", ".join(entries[:3]) + (f" (+{len(entries) - 3} more)" if len(entries) > 3 else "")
+        raise OutputDirError(f"{flag} {path} is not empty and is not a {kind} (it holds {shown}); nothing was "
+                             f"written: choose a new or empty directory")
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise OutputDirError(f"{flag} {path} holds an earlier {kind} and files that are not part of one ({shown}); "
+                             f"nothing was written: move those files out or choose another directory")
+    if not force:
+        raise OutputDirError(f"{flag} {path} holds an earlier {kind}; pass --force to replace it, or choose "
+                             "another directory")
 
 
 #: modes of bundle directories and files: a bundle holds nothing secret and is often trained as one user and run as

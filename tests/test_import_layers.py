@@ -7,7 +7,8 @@ imports inside functions included: a lazy import is still a dependency. Backends
 The layers, bottom to top, as derived from the code (a group is a subpackage, or a top-level module):
 
 0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule, the typed
-   bundle manifest; stdlib, numpy and pydantic only), ``trt_logging`` -- import nothing of the package
+   bundle manifest; stdlib, numpy and pydantic only), ``trt_logging``, ``progress`` (progress bars
+   and log lines) -- import nothing of the package
 1. ``data``: data sets, image/frame preparation, videos
 2. ``features``: backbones (torch)
 3. ``model``: heads, detector, training and fitting (torch)
@@ -43,7 +44,7 @@ sys.modules["import_graph"] = import_graph
 _spec.loader.exec_module(import_graph)
 
 LAYERS: list[set[str]] = [
-    {"algan", "contract", "trt_logging"},
+    {"algan", "contract", "trt_logging", "progress"},
     {"data"},
     {"features"},
     {"model"},
@@ -68,7 +69,7 @@ EDGE_LAYERS: list[set[str]] = [
 ]
 EDGE_RANK = {stage: i for i, layer in enumerate(EDGE_LAYERS) for stage in layer}
 #: modules the edge runtime imports on a machine without torch: no module-level torch import
-TORCH_FREE_GROUPS = {"contract", "trt_logging", "edge", "inference"}
+TORCH_FREE_GROUPS = {"contract", "trt_logging", "progress", "edge", "inference"}
 
 
 def test_every_group_has_a_layer():
