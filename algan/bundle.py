@@ -43,6 +43,7 @@ from algan.contract import (
     CalibrationSection,
     Manifest,
     atomic_directory,
+    check_output_dir,
     load_manifest,
     parse_manifest,
     write_manifest,
@@ -82,14 +83,19 @@ def save_bundle(model_dir: str | Path, detector, manifest: Manifest | dict, extr
         detector: :class:`algan.model.detector.AnomalyDetector`.
         manifest: the manifest (a dict is validated into a :class:`Manifest`; ``format_version`` is set here).
 
-    Raises:
-        BundleError: a manifest dict with a missing or mistyped field.
         extra_tensors: more named tensors to store (e.g. the generator, ``generator.*``).
         samples: optional uint8 (N, H, W, 3) held-out normal frames.
+
+    Raises:
+        BundleError: a manifest dict with a missing or mistyped field.
+        OutputDirError: ``model_dir`` exists, is not empty and is not a bundle, or holds files no bundle has
+            (:func:`algan.contract.check_output_dir`); nothing is written.
     """
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
+    # replaces only an earlier bundle: a directory holding anything else is refused (OutputDirError)
+    check_output_dir(model_dir, force=True, flag="model directory")
     data = manifest.to_json() if isinstance(manifest, Manifest) else dict(manifest)
     data = {"format_version": FORMAT_VERSION, **data}
     data["format_version"] = FORMAT_VERSION

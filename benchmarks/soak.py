@@ -57,7 +57,7 @@ from mqttkit import run_as_me  # noqa: E402
 DARK, BRIGHT = 20, 230  # tiny model: score = mean pixel / 128 -> 0.16 / 1.80
 #: one loop of a file camera: 40 dark, 8 bright, 40 dark frames (one alarm per loop)
 PATTERN = [DARK] * 40 + [BRIGHT] * 8 + [DARK] * 40
-RAISED_RE = re.compile(r"camera (\S+): alarm (raised|cleared) at frame .* id=(\S+)")
+RAISED_RE = re.compile(r"camera (\S+): alarm (raised|update|cleared) at frame .* id=(\S+)")
 RESTART_RE = re.compile(r"camera (\S+): alarm (\S+) was still open when the daemon last stopped")
 
 

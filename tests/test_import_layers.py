@@ -8,7 +8,8 @@ The layers, bottom to top (the product's flow: the contract, the runtime that se
 daemon, the commands; a group is a subpackage, or a top-level module):
 
 0. ``algan`` (the package: ``__version__``), ``contract`` (names, keys, file names, the threshold rule, the typed
-   bundle manifest; stdlib, numpy and pydantic only), ``trt_logging`` -- import nothing of the package
+   bundle manifest; stdlib, numpy and pydantic only), ``trt_logging``, ``progress`` (progress bars
+   and log lines) -- import nothing of the package
 1. ``runtime``: the torch-free runtime (frame preparation, runners, maps, bundle verification, the Inferencer); it
    needs only the contract (its torch backend is ``export.runner_torch``, chosen by name at run time)
 2. ``data``: data sets, videos
@@ -46,7 +47,7 @@ sys.modules["import_graph"] = import_graph
 _spec.loader.exec_module(import_graph)
 
 LAYERS: list[set[str]] = [
-    {"algan", "contract", "trt_logging"},
+    {"algan", "contract", "trt_logging", "progress"},
     {"runtime"},
     {"data"},
     {"features"},
@@ -70,7 +71,7 @@ EDGE_LAYERS: list[set[str]] = [
 ]
 EDGE_RANK = {stage: i for i, layer in enumerate(EDGE_LAYERS) for stage in layer}
 #: modules the edge runtime imports on a machine without torch: no module-level torch import
-TORCH_FREE_GROUPS = {"contract", "trt_logging", "runtime", "edge"}
+TORCH_FREE_GROUPS = {"contract", "trt_logging", "progress", "runtime", "edge"}
 
 
 def test_every_group_has_a_layer():

@@ -14,6 +14,7 @@ Data protocol (never the images the model was trained on):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from algan.calibration.threshold import (
 )
 from algan.contract import CALIBRATION_SCORES_FILE, INT8_SET_FILE, Manifest, order_statistic_rank, utc_now_iso
 from algan.data.datasets import DatasetError, load_dataset, load_folder
+
+log = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600.0
 METHOD_NAMES = {"quantile": "empirical quantile", "gpd": "generalised Pareto tail fit"}
@@ -91,6 +94,8 @@ def select_data(data: str | Path, layout: str, manifest: Manifest, calib_fractio
         raise DatasetError(f"unknown layout {layout!r}; use one of auto, mvtec, mtd, folder")
     _guard_training_images(root, manifest)
     ds = load_dataset(root, layout)
+    if (line := ds.skipped_line()) is not None:
+        log.warning("%s", line)
     if ds.layout == "folder":
         frac = 1.0 if calib_fraction is None else calib_fraction
         normals = list(ds.train)

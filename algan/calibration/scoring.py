@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-#: default largest share of unreadable images tolerated before calibration is refused
-MAX_BAD_FRACTION = 0.05
+#: default largest share of unreadable images tolerated before calibration is refused (the same as training's)
+from algan.runtime.preprocess import MAX_BAD_FRACTION
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +68,7 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
             frame = prepare_frame(read_image(p), size, current_roi())
         except (ValueError, OSError) as exc:  # ImageReadError is a ValueError
             out.bad.append((Path(p), str(exc)))
+            log.warning("skipped: %s", exc)
             continue
         out.paths.append(Path(p))
         batch.append(frame)
@@ -76,8 +80,9 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     out.scores = np.concatenate(scores) if scores else np.zeros(0)
     n = len(paths)
     if n and len(out.bad) > max_bad_fraction * n:
-        first = out.bad[0]
-        msg = (f"{len(out.bad)} of {n} {what} could not be read (more than {max_bad_fraction:.0%}), e.g. "
-               f"{first[0]}: {first[1]}; fix or remove the corrupt files")
+        names = ", ".join(str(b[0]) for b in out.bad[:10]) + (f" and {len(out.bad) - 10} more"
+                                                               if len(out.bad) > 10 else "")
+        msg = (f"{len(out.bad)} of {n} {what} cannot be read (more than --max-bad-fraction {max_bad_fraction:g}): "
+               f"{names}; fix or remove them, or raise --max-bad-fraction")
         raise ValueError(msg)
     return out

@@ -100,10 +100,12 @@ def format_event(topic: str, event: dict[str, Any]) -> str:
     region = event.get("region")
     if isinstance(region, dict) and isinstance(region.get("box"), list):
         snapshot = f"  region {region['box']} peak at {region.get('peak')}{snapshot}"
+    file = f"  file {event['file']}" if event.get("file") else ""
+    reason = f" ({event['reason']})" if event.get("reason") else ""
     return (
         f"{event.get('ts', '?')}  {where}  {str(event.get('state', '?')).upper():<8} score {num('score')} "
-        f"(peak {num('peak')}{at}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}  "
-        f"id {event.get('id', '?')}{snapshot}"
+        f"(peak {num('peak')}{at}) frames {event.get('first_frame', '?')}-{event.get('last_frame', '?')}{reason}  "
+        f"id {event.get('id', '?')}{file}{snapshot}"
     )
 
 
@@ -152,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="use TLS with the system CA store (implied by --cafile)")
     p.add_argument("--insecure", action="store_true", help="TLS: do not check the broker's host name")
     p.add_argument("--log-level", default="info", choices=LEVELS, help="stderr log verbosity (default: info)")
-    return p
+    from algan.cli._common import add_version
+
+    return add_version(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, input_size, run_cli, setup_logging
 
 
 def _time_per_image(fn, x, repeats: int = 3) -> float:
@@ -45,7 +45,7 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
     torch.manual_seed(args.seed)
     variants = args.variants.split(",")
     # the backbone's package and weights are checked before any data is read
-    spec = backbone_spec_from_args(args, (args.input_size, args.input_size)) if "feature" in variants else None
+    spec = backbone_spec_from_args(args, args.input_size) if "feature" in variants else None
     ds = load_dataset(args.data, args.layout)
     if not ds.test:
         raise ValueError(f"{ds.root} has no labelled test split; use an mvtec or mtd layout")
@@ -136,7 +136,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.model.train import PATCH_SCHEDULE, AlganConfig
     from algan.runtime.preprocess import load_batch
 
-    size = (args.input_size, args.input_size)
+    size = args.input_size
     spec = backbone_spec_from_args(argparse.Namespace(**{**vars(args), "variant": "patch"}), size)
     pspec = patch_spec_from_args(args)
     fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
@@ -245,6 +245,7 @@ def _image_scores(head, x) -> np.ndarray:
 def _main(args: argparse.Namespace) -> int:
     if args.what != "detection":
         raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
+    args.input_size = input_size(args.input_size)
     rows, scores, y = bench_detection(args)
     if not args.json:
         def opt(v) -> str:
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the presets' ALGAN epochs")
     add_backbone_args(p)
     add_patch_args(p)
-    p.add_argument("--input-size", type=int, default=224, help="square input size in pixels")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="H W", default=[224, 224],
+                   help="model input size in pixels: H W, or one N for a square (default 224 224)")
     p.add_argument("--knn-k", type=int, default=1)
     p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,
                    help="kNN distance after a Ledoit-Wolf whitening (default) or on standardised features")
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--log-level", default="WARNING")
-    args = p.parse_args(argv)
+    args = add_version(p).parse_args(argv)
     setup_logging(args.log_level)
     return run_cli("algan-bench", lambda: _main(args))
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, run_cli, setup_logging
 from algan.runtime.preprocess import using_roi
 
 if TYPE_CHECKING:
@@ -56,16 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-size", type=int, default=256, help="frames in the INT8 calibration set (default 256)")
     p.add_argument("--report", default=None, help="report PNG path (default MODEL_DIR/calibration_report.png)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the KS drift test (--check)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
-                   help="largest share of unreadable images skipped before giving up (default 0.05)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="largest share of unreadable images (truncated, undecodable) skipped, each named in one line, "
+                        "before the run fails with their list (default 0.01, as algan-train)")
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop in image pixels before resizing (default: the ROI the bundle was trained with); a "
                    "different one is recorded in the bundle, with a warning")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="frames per model run (default 32)")
     p.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 def _warn(msg: str) -> None:
@@ -105,8 +106,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     from algan.calibration.report import format_table, render_png
 
     model_dir = Path(args.model_dir)
+    # every flag is checked before the bundle and its backbone are loaded (seconds)
     if args.int8_size < 1:
         raise ValueError(f"--int8-size must be >= 1, got {args.int8_size}")
+    if not 0 < args.target_fpr < 1:
+        raise ValueError(f"--target-fpr is a per-frame false-alarm rate in (0, 1), e.g. 0.001; got {args.target_fpr}")
+    if not 0 <= args.max_bad_fraction < 1:
+        raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
+    if args.fps <= 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
     det, manifest = load_bundle(model_dir)
     roi = _roi(args, manifest)
     split = select_data(args.data, args.layout, manifest, args.calib_fraction, args.seed, args.anomalies)

@@ -3,9 +3,9 @@
 Usage::
 
     algan-edge run --config /etc/algan/edge.yaml [--log-level info]
-    algan-edge check-config /etc/algan/edge.yaml      # exit 0 valid, 2 invalid (systemd ExecStartPre=)
+    algan-edge check-config --config /etc/algan/edge.yaml   # exit 0 valid, 2 invalid (systemd ExecStartPre=)
     algan-edge broker [--host 127.0.0.1] [--port 1883] # the embedded amqtt broker in the foreground (demos)
-    algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch 1:8:16]   # TensorRT engine on this device, no torch
+    algan-edge build-engine MODEL_DIR [--fp16] [--int8] [--batch-profile 1:8:16]   # TensorRT engine, no torch
     algan-edge build-engine MODEL_DIR --adopt model.engine [--precision fp16]  # sidecar for a trtexec engine
     algan-edge doctor [--config FILE]                   # OpenCV/GStreamer, onnxruntime, TensorRT/CUDA; config checks
     algan-edge outbox list --config FILE                # messages the broker kept rejecting (dead letters)
@@ -31,6 +31,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from algan.cli._common import DeprecatedFlag, add_version, deprecated
 from algan.contract import ONNX_FILE
 from algan.edge.config import EdgeConfig, load_config
 from algan.edge.errors import ConfigError, SourceError
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="edge config YAML (see configs/edge.example.yaml)")
     run.add_argument("--log-level", default="info", choices=LEVELS, help="log verbosity (default: info)")
     chk = sub.add_parser("check-config", help="validate a config file: exit 0 valid, 2 invalid")
-    chk.add_argument("config", help="edge config YAML")
+    chk.add_argument("--config", "-c", dest="config", help="edge config YAML")
+    chk.add_argument("old_config", nargs="?", metavar="CONFIG", help=argparse.SUPPRESS)  # the old positional form
     brk = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) until SIGINT/SIGTERM, for demos")
     brk.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     brk.add_argument("--port", type=int, default=1883, help="TCP port (default: 1883)")
@@ -60,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                      "TensorRT >= 10.12)")
     eng.add_argument("--int8", action="store_true", help="INT8 engine (needs int8_calibration.safetensors; TensorRT "
                      "< 11)")
-    eng.add_argument("--batch", default="1:8:16", help="optimization profile MIN:OPT:MAX over the batch dimension "
-                     "(default 1:8:16)")
+    eng.add_argument("--batch", dest="batch", action=DeprecatedFlag, new="--batch-profile")
+    eng.add_argument("--batch-profile", dest="batch", default="1:8:16",
+                     help="optimization profile MIN:OPT:MAX over the batch dimension (default 1:8:16)")
     eng.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
     eng.add_argument("--adopt", metavar="ENGINE", help="do not build: check ENGINE (e.g. from trtexec) against the "
                      "bundle and write its sidecar model.engine.json")
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                         "re-exporting it (algan-export --sign does both)")
     sg.add_argument("model_dir", help="bundle directory")
     sg.add_argument("--key", required=True, help="private key file from algan-edge keygen")
-    return p
+    return add_version(p)
 
 
 def sign_cmd(model_dir: str, key: str) -> int:
@@ -330,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check-config":
+            if args.old_config is not None:
+                deprecated("algan-edge check-config", "check-config CONFIG", "check-config --config CONFIG")
+                args.config = args.config or args.old_config
+            if args.config is None:
+                print("algan-edge: error: check-config needs --config FILE (the edge config YAML)", file=sys.stderr)
+                return 2
             return check_config(args.config)
         if args.command == "broker":
             return broker(args.host, args.port, args.log_level)

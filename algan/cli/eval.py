@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, run_cli, setup_logging
 
 
 def _image_results(dataset, scores: np.ndarray) -> dict:
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fpr-limit", type=float, default=0.3, metavar="F",
                    help="AUPRO's false-positive-rate integration limit (default: 0.3, the MVTec AD protocol)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--log-level", default="WARNING")
-    args = p.parse_args(argv)
+    args = add_version(p).parse_args(argv)
     setup_logging(args.log_level)
     return run_cli("algan-eval", lambda: _main(args))
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import DeprecatedFlag, add_version, run_cli, setup_logging
 
 
 def _batch(text: str):
@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "installed, an FP16 engine")
     p.add_argument("--int8", action="store_true", help="build an INT8 engine from MODEL_DIR/"
                    "int8_calibration.safetensors (algan-calibrate); TensorRT < 11 only")
-    p.add_argument("--batch", type=_batch, default="1:8:16", metavar="MIN:OPT:MAX",
+    p.add_argument("--batch-profile", dest="batch", type=_batch, default="1:8:16", metavar="MIN:OPT:MAX",
                    help="engine batch profile and Triton max batch size (default 1:8:16)")
+    p.add_argument("--batch", dest="batch", type=_batch, action=DeprecatedFlag, new="--batch-profile")
     p.add_argument("--workspace-mib", type=_positive, default=1024, help="TensorRT builder workspace (MiB)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--images", type=Path, default=None, help="directory of extra frames for the parity check")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign the bundle (algan.sig: Ed25519 over algan.json, the graphs and the weights) with the "
                    "private key KEY from algan-edge keygen; a daemon with model.trusted_keys refuses unsigned bundles")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 def _main(args: argparse.Namespace) -> int:

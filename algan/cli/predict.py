@@ -3,10 +3,11 @@
 Uses the exported graph through :class:`algan.runtime.inference.Inferencer` (ONNX Runtime; no torch). Writes
 ``DIR/predictions.csv`` (one row per image or video frame: file, score, decision, region box and peak, class),
 ``DIR/overlays/`` (the heat map blended over the frame's ROI, the region outlined) and the self-contained
-``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; MTD masks (a ``.png`` beside a ``.jpg``
-of the same name) and MVTec ``ground_truth`` folders are skipped, and the folder names give the per-class counts
-(``good``/``MT_Free``/``normal``/``ok`` = normal). A video's ``<stem>.labels.json`` (from ``algan-synth --video``)
-labels its frames.
+``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; files that are not images of the set
+(masks: ``*_mask.png`` and MTD's ``.png`` beside a ``.jpg`` of the same name; hidden files;
+:func:`algan.contract.image_skip_reason`) and MVTec ``ground_truth`` folders are skipped and counted, and the
+folder names give the per-class counts (``good``/``MT_Free``/``normal``/``ok`` = normal). A video's
+``<stem>.labels.json`` (from ``algan-synth --video``) labels its frames.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from algan.cli._common import run_cli, setup_logging
-from algan.contract import IMAGE_SUFFIXES
+from algan.cli._common import DeprecatedFlag, add_version, run_cli, setup_logging
+from algan.contract import IMAGE_SUFFIXES, ImageListing
+from algan.contract import list_images as contract_list_images
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +55,17 @@ def image_class(rel: Path) -> str | None:
     return parts[-1] if parts else None
 
 
-def list_images(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), without MTD masks, MVTec ``ground_truth`` and ``skip``."""
-    out = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
-            continue
-        rel = p.relative_to(folder)
-        if any(part.lower() == "ground_truth" for part in rel.parts[:-1]):
-            continue
-        if skip is not None and (p == skip or skip in p.parents):
-            continue
-        if p.suffix.lower() == ".png" and any(p.with_suffix(s).is_file() for s in (".jpg", ".jpeg")):
-            continue  # MTD: the .png beside a .jpg is its mask
-        out.append(p)
+def list_images(folder: Path, skip: Path | None = None) -> ImageListing:
+    """Images of the set under ``folder`` (recursive; sorted by folder, then name) by the one rule of
+    :func:`algan.contract.image_skip_reason` (no masks, hidden files or other suffixes), without MVTec
+    ``ground_truth`` folders, hidden folders and ``skip`` (the output folder)."""
+    out = ImageListing([], {})
+    for dirpath, dirnames, _ in os.walk(folder):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n.lower() != "ground_truth"
+                             and (skip is None or (d / n).resolve() != skip))
+        out.extend(contract_list_images(d))
+    out.images.sort(key=lambda p: p.relative_to(folder).parts)
     return out
 
 
@@ -74,7 +74,10 @@ def is_normal(label: str | None) -> bool | None:
 
 
 def folder_items(folder: Path, skip: Path | None) -> list[InputItem]:
-    files = list_images(folder, skip)
+    listing = list_images(folder, skip)
+    files = listing.images
+    if (line := listing.skipped_line()) is not None:
+        print(f"algan-predict: {folder}: {line}", file=sys.stderr)
     if not files:
         raise ValueError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) under {folder}; give an image, a "
                          "folder of images or a video")
@@ -121,6 +124,77 @@ def _progress(total: int | None, desc: str):  # noqa: ANN202
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
 
 
+#: what algan-predict writes into --out; a directory holding anything else is not replaced into
+PREDICT_OUTPUTS = ("predictions.csv", "report.html", "overlays")
+
+
+def check_predict_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds files algan-predict did not write (its CSV and report would overwrite a user's
+    files of the same name).
+
+    Raises:
+        OutputDirError: ``out`` is a file, or a non-empty directory with other entries than :data:`PREDICT_OUTPUTS`.
+    """
+    from algan.contract import OutputDirError
+
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out} exists and is not a directory; choose a new directory name")
+    if out.is_dir():
+        other = sorted(set(p.name for p in out.iterdir()) - set(PREDICT_OUTPUTS))
+        if other:
+            raise OutputDirError(f"--out {out} holds files that algan-predict did not write ({', '.join(other[:3])}"
+                                 f"{f' +{len(other) - 3} more' if len(other) > 3 else ''}); nothing was written: "
+                                 "choose a new or empty directory, or an earlier algan-predict output")
+
+
+def overlay_name(name: str, used: set[str]) -> str:
+    """Relative path of an item's overlay JPEG: the image's own name with ``.jpg`` (``good/f000.png`` ->
+    ``good/f000.jpg``), a video frame's ``<stem>_<frame>.jpg`` (``clip.mp4#12`` -> ``clip_12.jpg``); when two inputs
+    would share a name (``a.png`` and ``a.jpg``) the later keeps its suffix (``a_png.jpg``). Records the name in
+    ``used``."""
+    path = PurePosixPath(name.split("#")[0])
+    frame = name.partition("#")[2]
+    stem = f"{path.stem}_{frame}" if frame else path.stem
+    out = str(path.with_name(f"{stem}.jpg"))
+    if out in used:
+        out = str(path.with_name(f"{stem}_{path.suffix.lstrip('.').lower()}.jpg"))
+        i = 2
+        while out in used:
+            out = str(path.with_name(f"{stem}_{path.suffix.lstrip('.').lower()}_{i}.jpg"))
+            i += 1
+    used.add(out)
+    return out
+
+
+def check_model_arg(model: Path, src: Path) -> None:
+    """Say the true cause when ``MODEL_DIR`` is not an exported bundle, before any model file is opened: swapped
+    arguments, a folder that is no bundle, a bundle not exported yet (an ONNX file given directly is accepted).
+
+    Raises:
+        ValueError: one line with the cause and the fix.
+    """
+    from algan.contract import MANIFEST_FILE, ONNX_FILE
+
+    if not model.exists():
+        raise FileNotFoundError(f"model bundle {model} does not exist; give the directory algan-train --out wrote "
+                                "(usage: algan-predict MODEL_DIR INPUT)")
+    swapped = (src.is_dir() and (src / MANIFEST_FILE).is_file())
+    if model.is_file():
+        if model.suffix.lower() == ".onnx":
+            return
+        if swapped or model.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            example = f", e.g. algan-predict {src} {model}" if swapped else ""
+            raise ValueError(f"{model} is an image or video, not a model bundle: the model comes first "
+                             f"(usage: algan-predict MODEL_DIR INPUT{example})")
+        raise ValueError(f"{model} is a file, not a model bundle; give the directory algan-train --out wrote")
+    if not (model / MANIFEST_FILE).is_file():
+        hint = f"; the arguments look swapped: algan-predict {src} {model}" if swapped else ""
+        raise ValueError(f"{model} is not a model bundle (no {MANIFEST_FILE}); give the directory algan-train --out "
+                         f"wrote{hint}")
+    if not (model / ONNX_FILE).is_file():
+        raise ValueError(f"model bundle {model} has no {ONNX_FILE} yet; export it first: algan-export {model}")
+
+
 def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str | None = None,
             batch_size: int = 8, threshold: float = 1.0, overlays: bool = True) -> dict:
     """Score ``input_path`` with the exported ``model`` and write CSV, overlays and report into ``out``.
@@ -139,6 +213,8 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     src, out = Path(input_path), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist; give an image, a folder of images or a video")
+    check_model_arg(Path(model), src)
+    check_predict_out(out)
     inf = Inferencer(model, roi=roi, threshold=threshold, batch_size=batch_size)
     if src.is_dir():
         items = folder_items(src, out.resolve() if out.resolve() != src.resolve() else None)
@@ -168,7 +244,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
                                  strict=True)))
             image = inf.overlay(frame, p)
             if overlays:
-                target = ov_dir / (name.replace("#", "_") + ".jpg")
+                target = ov_dir / overlay_name(name, used_names)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             report_items.append(ReportItem(name, p.score, p.is_anomalous, label, is_normal(label), image,
@@ -178,6 +254,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
         pending.clear()
 
     unreadable = 0
+    used_names: set[str] = set()
     try:
         for name, ref, label in stream:
             frame = ref if isinstance(ref, np.ndarray) else cv2.imread(str(ref), cv2.IMREAD_COLOR)
@@ -221,17 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop in frame pixels before resizing (default: the bundle's ROI; 'full' = whole frame)")
     p.add_argument("--threshold", type=float, default=1.0,
                    help="decision threshold on the calibrated score (default 1.0 = the calibrated threshold)")
-    p.add_argument("--batch", type=int, default=8, help="frames per model run (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per model run (default 8)")
+    p.add_argument("--batch", dest="batch_size", type=int, action=DeprecatedFlag, new="--batch-size")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay images (the report keeps them)")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 def _main(args: argparse.Namespace) -> int:
     from algan.runtime.errors import EdgeError
 
     try:
-        res = predict(args.model, args.input, args.out, args.roi, args.batch, args.threshold, not args.no_overlays)
+        res = predict(args.model, args.input, args.out, args.roi, args.batch_size, args.threshold, not args.no_overlays)
     except EdgeError as e:
         print(f"algan-predict: error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, metavar="P",
                    help=f"video run pattern: <n>g good, <n>d defect, <n>:<class> (default: '{DEFAULT_PATTERN}')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the summary line")
-    return p
+    from algan.cli._common import add_version
+
+    return add_version(p)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -135,11 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_test_defect=args.n_test_defect, size=args.size, seed=args.seed, defects=args.defects,
             overwrite=args.overwrite, progress=cb,
         )
-    except FileExistsError:
+    except FileExistsError as e:
         close()
-        print(f"{PROG}: error: {args.out_dir} already contains a data set; choose another folder or pass --overwrite",
-              file=sys.stderr)
-        return 1
+        msg = str(e) if "did not write" in str(e) else (f"{args.out_dir} already contains a data set; choose "
+                                                        "another folder or pass --overwrite")
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         close()
         print(f"{PROG}: error: {e}", file=sys.stderr)

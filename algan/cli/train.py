@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from algan.cli._common import run_cli, setup_logging
+from algan.cli._common import add_version, input_size, run_cli, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="algan-train", description="Train an anomaly detector on normal images and "
                                 "write a model bundle (weights.safetensors + algan.json).")
     p.add_argument("--data", required=True, help="data directory")
-    p.add_argument("--out", required=True, help="model bundle directory to write")
+    p.add_argument("--out", required=True, help="model bundle directory to write: a new or empty directory, or an "
+                   "earlier bundle with --force (a directory holding anything else is refused)")
+    p.add_argument("--force", action="store_true", help="replace the earlier model bundle in --out")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
     p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim"],
                    help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
@@ -30,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256, help="ALGAN-image input size (power of two >= 64)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="ALGAN-image channels (1 = gray)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, subset and training")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
-                   help="model input size in pixels (default 224 224)")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="H W", default=[224, 224],
+                   help="model input size in pixels: H W, or one N for a square (default 224 224)")
     add_backbone_args(p)
     p.add_argument("--transform", default="standardize", choices=["standardize", "pca"], help="feature transform")
     p.add_argument("--pca-dim", type=int, default=None, help="PCA components (with --transform pca)")
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_patch_args(p)
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="largest share of unreadable training images (truncated, undecodable) skipped, each named in "
+                        "one line, before the run fails with their list (default 0.01)")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="ALGAN training checkpoint directory (every variant): saved every epoch, resumed from "
@@ -49,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
+                   "line at least every 30 s with step, total and ETA in a log)")
     p.add_argument("--log-level", default="WARNING")
-    return p
+    return add_version(p)
 
 
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
@@ -149,8 +155,13 @@ def parse_blocks(text: str) -> list[int]:
 def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError (one line: what is wrong and how to fix it) for flags that do not fit together; runs before
     any data is read, so a bad command line never costs a dataset listing or a backbone load."""
+    from algan.contract import check_output_dir
+
+    check_output_dir(args.out, force=args.force, inputs={"--data": args.data, "--checkpoint": args.checkpoint})
     if not 0 < args.target_fpr < 1:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
+    if not 0 <= args.max_bad_fraction < 1:
+        raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     from algan.model.fit import check_checkpoint_head
@@ -187,6 +198,7 @@ def _main(args: argparse.Namespace) -> int:
     from algan.model.image import ImageConfig
     from algan.model.train import AlganConfig
 
+    args.input_size = input_size(args.input_size)
     check_args(args)
     from algan.runtime.maps import parse_roi
     from algan.runtime.preprocess import using_roi
@@ -199,6 +211,11 @@ def _main(args: argparse.Namespace) -> int:
         patch.grid(tuple(args.input_size))  # sizes that do not fit the strides fail before any data is read
         patch.map_size(tuple(args.input_size))
     ds = load_dataset(args.data, args.layout)
+    from algan.runtime.preprocess import screen_images
+
+    # the daemon's checked decoder: a truncated or unreadable image is skipped with one line, not trained on
+    ds.train = screen_images(ds.train, "training images", args.max_bad_fraction,
+                             say=(lambda line: None) if args.quiet else None)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs is not None else {})}
     # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
     feature_overrides = {**overrides, **({"min_steps": 0} if "epochs" in overrides else {})}
@@ -236,9 +253,11 @@ def _main(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
-    # progress bars only on a terminal: in a log or the journal they are carriage-return spam
+        if (line := ds.skipped_line()) is not None:
+            print(f"data: {line}", file=sys.stderr)
+    # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     with using_roi(roi):
-        result = fit_detector(ds, settings, progress=not args.quiet and sys.stderr.isatty())
+        result = fit_detector(ds, settings, progress=not args.quiet)
     result.manifest.roi = list(roi) if roi is not None else None
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest

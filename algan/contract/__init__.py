@@ -8,21 +8,34 @@ Torch-free and light (standard library, numpy and pydantic only), so that every 
   :class:`EngineSidecar`) and its one reader :func:`load_manifest` (``lenient=True`` for the runtime);
 - :mod:`~algan.contract.patch`: the patch variant's :class:`PatchSpec` (the manifest's ``patch`` section);
 - :mod:`~algan.contract.threshold`: the threshold rule (:func:`empirical_threshold`);
-- :mod:`~algan.contract.files`: the one hash, the one timestamp format, durable writes.
+- :mod:`~algan.contract.images`: the one rule for which files of a folder are images of the set;
+- :mod:`~algan.contract.files`: the one hash, the one timestamp format, durable writes, output-directory checks.
 
 Every public name is importable from ``algan.contract`` itself.
 """
 
 from algan.contract.files import (
     BUNDLE_DIR_MODE,
+    BUNDLE_ENTRY_PATTERNS,
     BUNDLE_FILE_MODE,
+    OutputDirError,
     atomic_directory,
     atomic_write_bytes,
+    check_output_dir,
     file_sha256,
+    foreign_entries,
     fsync_path,
+    is_bundle_dir,
     replace_directory,
     utc_iso,
     utc_now_iso,
+)
+from algan.contract.images import (
+    MASK_STEM_SUFFIXES,
+    PHOTO_SUFFIXES,
+    ImageListing,
+    image_skip_reason,
+    list_images,
 )
 from algan.contract.manifest import (
     FORMAT_VERSION,
@@ -80,7 +93,9 @@ from algan.contract.patch import PatchSpec
 from algan.contract.threshold import EmpiricalThreshold, empirical_threshold, order_statistic_rank, scores_needed
 
 __all__ = [
-    "BUNDLE_DIR_MODE", "BUNDLE_FILE_MODE", "CALIBRATION_SCORES_FILE", "ENGINE_FILE", "ENGINE_INT8_CACHE_FILE",
+    "BUNDLE_DIR_MODE", "BUNDLE_ENTRY_PATTERNS", "BUNDLE_FILE_MODE", "MASK_STEM_SUFFIXES", "PHOTO_SUFFIXES",
+    "ImageListing", "OutputDirError", "check_output_dir", "foreign_entries", "image_skip_reason", "is_bundle_dir",
+    "list_images", "CALIBRATION_SCORES_FILE", "ENGINE_FILE", "ENGINE_INT8_CACHE_FILE",
     "ENGINE_SIDECAR_FILE", "ENGINE_TIMING_CACHE_FILE", "EXPORT_KEYS", "FORMAT_VERSION", "FP16_ONNX_FILE",
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
     "KEY_MODEL_ID", "KEY_OUTPUTS", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE", "OUTPUT_NAME",

@@ -1,5 +1,6 @@
 """File helpers of the bundle contract: the one hash (:func:`file_sha256`), the one timestamp format
-(:func:`utc_iso`) and durable writes (a reader sees the old or the new file or directory, never half of it)."""
+(:func:`utc_iso`), durable writes (a reader sees the old or the new file or directory, never half of it) and the
+refusal of output directories whose replacement would destroy a user's files (:func:`check_output_dir`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from algan.contract.names import MANIFEST_FILE
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -135,3 +138,86 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class OutputDirError(ValueError):
+    """An output directory the program refuses to write: it holds files the program did not create, it contains or
+    lies inside the input data, or it holds an earlier output and replacing it was not asked for (``--force``)."""
+
+
+#: entry names a model bundle may hold (fnmatch patterns): what training, calibration, export and engine builds write
+#: there. Anything else in a directory is a user's file, which replacing the directory would delete.
+BUNDLE_ENTRY_PATTERNS = ("algan.*", "model.*", "*.safetensors", "*.cache", ".*.tmp", ".tmp-*")
+
+
+def is_bundle_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a model bundle's manifest (:data:`MANIFEST_FILE`)."""
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def foreign_entries(path: str | os.PathLike[str], patterns: tuple[str, ...] = BUNDLE_ENTRY_PATTERNS) -> list[str]:
+    """Names in directory ``path`` that match none of ``patterns`` (sorted), i.e. entries the program never writes.
+    Sub-directories are always foreign."""
+    import fnmatch
+
+    out = []
+    for e in os.scandir(path):
+        if e.is_dir(follow_symlinks=False) or not any(fnmatch.fnmatchcase(e.name, pat) for pat in patterns):
+            out.append(e.name)
+    return sorted(out)
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are the same directory or one lies inside the other (both resolved)."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_dir(out: str | os.PathLike[str], *, force: bool, flag: str = "--out",
+                     inputs: dict[str, str | os.PathLike[str] | None] | None = None,
+                     kind: str = "model bundle") -> None:
+    """Refuse an output directory whose replacement would destroy what the program did not write.
+
+    Accepted: a path that does not exist, an empty directory, and (only with ``force``) an earlier model bundle
+    (:func:`is_bundle_dir`) holding nothing but bundle files (:data:`BUNDLE_ENTRY_PATTERNS`).
+
+    Args:
+        out: the directory to be written (replaced as a whole by :func:`atomic_directory`).
+        force: the user asked to replace an earlier bundle (``--force``).
+        flag: the option's name in messages.
+        inputs: ``{option name: path}`` of inputs (``--data``, ``--checkpoint``) that must neither contain ``out``
+            nor lie inside it; ``None`` values are ignored.
+
+    Raises:
+        OutputDirError: one line naming the directory, what it holds and the fix.
+    """
+    path = Path(out)
+    resolved = path.resolve()
+    for name, src in (inputs or {}).items():
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if _overlaps(resolved, s):
+            where = ("is" if resolved == s else "contains" if resolved in s.parents else "lies inside")
+            raise OutputDirError(f"{flag} {path} {where} {name} {src}; writing the {kind} there would replace "
+                                 f"the input: choose an {flag} directory outside it")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise OutputDirError(f"{flag} {path} exists and is not a directory; choose a new directory name")
+    if path.is_symlink():
+        raise OutputDirError(f"{flag} {path} is a symbolic link; give the directory it points to, or a new name")
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return
+    if not is_bundle_dir(path):
+        shown = ", ".join(entries[:3]) + (f" (+{len(entries) - 3} more)" if len(entries) > 3 else "")
+        raise OutputDirError(f"{flag} {path} is not empty and is not a {kind} (it holds {shown}); nothing was "
+                             f"written: choose a new or empty directory")
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise OutputDirError(f"{flag} {path} holds an earlier {kind} and files that are not part of one ({shown}); "
+                             f"nothing was written: move those files out or choose another directory")
+    if not force:
+        raise OutputDirError(f"{flag} {path} holds an earlier {kind}; pass --force to replace it, or choose "
+                             "another directory")

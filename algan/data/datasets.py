@@ -16,7 +16,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from algan.contract import IMAGE_SUFFIXES
+from algan.contract import IMAGE_SUFFIXES, ImageListing, list_images
 
 Layout = Literal["auto", "mvtec", "mtd", "folder"]
 
@@ -49,12 +49,25 @@ class Dataset:
         layout: the resolved layout (``mvtec``, ``mtd`` or ``folder``).
         train: normal training images.
         test: labelled test images (empty for ``folder``).
+        skipped: ``{reason: count}`` of files in the image folders that are not images of the set (masks, hidden
+            files, other suffixes; :func:`algan.contract.image_skip_reason`).
     """
 
     root: Path
     layout: str
     train: list[Path] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def _list(self, folder: Path) -> list[Path]:
+        listing = list_images(folder)
+        ImageListing([], self.skipped).extend(listing)
+        return listing.images
+
+    def skipped_line(self) -> str | None:
+        """One line saying what the listing skipped (``None`` when nothing), said once by the commands."""
+        line = ImageListing([], self.skipped).skipped_line()
+        return f"{self.root}: {line}" if line else None
 
     @property
     def n_test_normal(self) -> int:
@@ -83,7 +96,7 @@ class Dataset:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return list_images(folder).images
 
 
 def mtd_is_test(name: str) -> bool:
@@ -120,14 +133,15 @@ def load_mvtec(root: Path) -> Dataset:
     train_dir = root / "train" / "good"
     if not train_dir.is_dir():
         raise DatasetError(f"{root} is not in MVTec AD layout: {train_dir} is missing")
-    ds = Dataset(root=root, layout="mvtec", train=_images(train_dir))
+    ds = Dataset(root=root, layout="mvtec")
+    ds.train = ds._list(train_dir)
     test_dir = root / "test"
     if test_dir.is_dir():
         for cls_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
             label = 0 if cls_dir.name == "good" else 1
             gt = root / "ground_truth" / cls_dir.name
             ds.test.extend(Sample(p, label, cls_dir.name, _existing(gt / f"{p.stem}_mask.png") if label else None)
-                           for p in _images(cls_dir))
+                           for p in ds._list(cls_dir))
     return ds
 
 
@@ -139,7 +153,7 @@ def load_mtd(root: Path) -> Dataset:
     if not free.is_dir():
         raise DatasetError(f"{root} is not in MTD layout: {free} is missing")
     ds = Dataset(root=root, layout="mtd")
-    for p in sorted(free.glob("*.jpg")):
+    for p in ds._list(free):
         if mtd_is_test(p.name):
             ds.test.append(Sample(p, 0, "good"))
         else:
@@ -148,16 +162,17 @@ def load_mtd(root: Path) -> Dataset:
         if d.name == "MT_Free" or not (d / "Imgs").is_dir():
             continue
         cls = d.name.removeprefix("MT_").lower()
-        ds.test.extend(Sample(p, 1, cls, _existing(p.with_suffix(".png"))) for p in sorted((d / "Imgs").glob("*.jpg")))
+        ds.test.extend(Sample(p, 1, cls, _existing(p.with_suffix(".png"))) for p in ds._list(d / "Imgs"))
     return ds
 
 
 def load_folder(root: Path) -> Dataset:
     """A plain folder of normal images (all used for training; no test split)."""
-    imgs = _images(root)
-    if not imgs:
+    ds = Dataset(root=root, layout="folder")
+    ds.train = ds._list(root)
+    if not ds.train:
         raise DatasetError(f"{root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return Dataset(root=root, layout="folder", train=imgs)
+    return ds
 
 
 def load_dataset(root: str | Path, layout: Layout = "auto") -> Dataset:
@@ -171,6 +186,9 @@ def load_dataset(root: str | Path, layout: Layout = "auto") -> Dataset:
         DatasetError: missing directory, unknown layout, or no training images.
     """
     root = Path(root)
+    if root.is_file():
+        raise DatasetError(f"--data {root} is a file; pass the directory that holds the images (a folder of normal "
+                           "images, or an MVTec AD / MTD data set)")
     if not root.is_dir():
         raise DatasetError(f"data directory {root} does not exist; pass an existing directory with --data")
     resolved = detect_layout(root) if layout == "auto" else layout

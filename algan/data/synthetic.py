@@ -39,6 +39,7 @@ Images are 3-channel BGR uint8 PNG, masks single-channel uint8 PNG with values {
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -508,6 +509,24 @@ def _write_png(path: Path, img: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+_SYNTH_NAME = re.compile(r"[0-9]+(_mask)?\.png")
+
+
+def _foreign_files(part: Path) -> list[Path]:
+    """Entries below ``part`` (``train``, ``test`` or ``ground_truth``) that :func:`generate_dataset` never writes:
+    anything but class folders (``good`` and the defect names) holding numbered PNGs (``007.png``,
+    ``007_mask.png``)."""
+    if not part.is_dir() or part.is_symlink():
+        return [part]
+    out = []
+    for cls in part.iterdir():
+        if cls.name not in (_GOOD, *DEFECT_TYPES) or not cls.is_dir() or cls.is_symlink():
+            out.append(cls)
+            continue
+        out += [f for f in cls.iterdir() if not (f.is_file() and _SYNTH_NAME.fullmatch(f.name))]
+    return out
+
+
 def generate_dataset(
     root: str | Path,
     *,
@@ -532,7 +551,9 @@ def generate_dataset(
         size: image side in pixels (>= :data:`MIN_SIZE`).
         seed: master seed (non-negative int); the same arguments give byte-identical files.
         defects: defect classes to write (subset of :data:`DEFECT_TYPES`).
-        overwrite: if ``root`` already holds ``train``/``test``/``ground_truth`` folders they are deleted first;
+        overwrite: if ``root`` already holds ``train``/``test``/``ground_truth`` folders written by this function
+            (nothing in them but its class folders and numbered PNGs) they are deleted first; folders holding any
+            other file are never deleted (FileExistsError);
             without it such a ``root`` is an error (stale files would corrupt the counts).
         progress: optional callback ``progress(done, total)`` called after each image.
 
@@ -541,7 +562,8 @@ def generate_dataset(
 
     Raises:
         ValueError: bad texture, size, counts, seed or defect names.
-        FileExistsError: ``root`` already contains a data set and ``overwrite`` is False.
+        FileExistsError: ``root`` already contains a data set and ``overwrite`` is False, or a data set this
+            function did not write.
     """
     _check(texture, size)
     for name, v in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect),
@@ -559,6 +581,11 @@ def generate_dataset(
         if not overwrite:
             raise FileExistsError(f"{root} already contains a data set ({existing[0].name}/); "
                                   "choose another folder or pass overwrite=True")
+        foreign = [f for p in existing for f in _foreign_files(p)]
+        if foreign:
+            raise FileExistsError(f"{root} holds a data set that algan-synth did not write ({foreign[0]}"
+                                  f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); nothing was "
+                                  "deleted: choose another folder")
         for p in existing:
             shutil.rmtree(p)
 

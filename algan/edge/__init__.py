@@ -11,15 +11,15 @@ Subpackages and modules, in the order a frame travels (one responsibility each; 
     alarm       pure debounced alarm state machine with hysteresis
     publish/    messages (topics and JSON payloads), mqtt (paho-mqtt publisher: Last Will, QoS 1, flush),
                 delivery (pure bookkeeping of in-flight/acknowledged messages), outbox (durable queue of alarms and
-                states), discovery (Home Assistant), broker (embedded amqtt broker), snapshots (JPEG of each
-                alarm's peak frame)
+                states), discovery (Home Assistant), broker (embedded amqtt broker), snapshots (JPEG of the frame
+                of each raised/update alarm event)
     config/     pydantic schema of the YAML config, one module per section; errors (one-line schema errors);
                 loading (load_config: ${ENV}/${file:} substitution, path and secret resolution)
     shared      state (private permissions of the daemon's state files), errors (the daemon's one-line user
                 errors), logs, stats (fps/latency), metrics (optional Prometheus endpoint), sdnotify (systemd
                 notifications), doctor (algan-edge doctor)
     app         EdgeApp: ordered start, the loop, ordered stop; its decisions are pure helpers elsewhere:
-                stats.stats_payload, config.reload.plan_reload, publish.snapshots.PeakSnapshots
+                stats.stats_payload, config.reload.plan_reload, alarm.AlarmTracker
 
 Rule: nothing here imports torch at module level (tests/edge/test_no_torch.py imports every module found here;
 tests/test_import_layers.py checks the imports statically, and that capture and publish do not import each other).

@@ -6,18 +6,22 @@ State machine (scores are calibrated, 1.0 = calibrated threshold, higher = more 
 
     normal --(raise_frames of the last raise_window frames have score >= threshold,
               and at least cooldown_s after the previous clear)------------------------> alarm   emits "raised"
+    alarm  --(a frame scores more than UPDATE_RISE times the highest score reported so far)--> alarm   emits "update"
     alarm  --(clear_frames of the last clear_window frames have score < clear_threshold,
               and at least min_duration_s after the raise)------------------------------> normal  emits "cleared"
+    alarm  --(close(): the source ended, the daemon stops, the camera was removed)------> normal  emits "cleared"
 
 With ``raise_window == raise_frames`` (the default) raising needs that many *consecutive* anomalous frames; likewise
 for clearing. A score between ``clear_threshold`` and ``threshold`` counts towards neither state (hysteresis). A
 non-finite score (NaN/inf, i.e. a broken model) counts as anomalous: the fail-safe direction for an inspection
-system. Raised and cleared events of one episode share the same ``id``.
+system. The events of one episode share the same ``id``.
 
-An episode starts at the first anomalous frame of the raising window (``first_frame``); its ``peak`` is the highest
-finite score from there on and ``peak_frame`` the frame that had it. :meth:`AlarmTracker.snapshot_candidates` names
-the frames whose pixels may still become the episode's peak snapshot, so a caller keeps at most ``raise_window``
-images before the raise and exactly one while the alarm is open.
+Each ``raised`` and ``update`` event describes one frame: its ``score``, ``last_frame`` and (filled in by the daemon)
+its ``region``, ``snapshot`` and ``file`` all come from the frame that raised the alarm, or from the later frame of
+the episode that peaked higher (Frigate's ``new``/``update``/``end``). A ``cleared`` event's ``score`` is that of
+the frame that cleared it (the last frame seen when closed); its ``reason`` says why it ended (:data:`REASONS`).
+``peak`` is the highest finite score of the episode from its first anomalous frame (``first_frame``) on, and
+``peak_frame`` the frame that had it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-AlarmState = Literal["raised", "cleared"]
+AlarmState = Literal["raised", "update", "cleared"]
+
+#: an ``update`` event is sent when a frame of an open alarm scores more than this factor times the highest score
+#: reported so far (the raised event's or the last update's): a rising defect is reported again, a flat one is not
+UPDATE_RISE = 1.1
+#: why a ``cleared`` event ended the alarm: scores back below ``clear_threshold``, the source (file or folder) ended,
+#: the daemon stopped (SIGTERM, Ctrl-C), the camera was removed from the config, the daemon restarted after a crash
+REASONS = ("normal", "source_ended", "shutdown", "camera_removed", "restart")
 
 
 def _new_id() -> str:
@@ -109,11 +120,14 @@ class AlarmEvent:
         frames: number of scored frames in the episode from ``first_frame`` to ``last_frame``.
         peak_frame: frame index that had ``peak`` (``first_frame`` when no score was finite).
         duration_s: seconds from the raise to this event (0.0 for "raised").
-        snapshot: file name of the peak-frame JPEG (relative to ``alarm.snapshots.dir``), filled in by the daemon
-            when it wrote that file (``None`` with snapshots off or when the write failed).
-        region: where the defect is in the peak frame (``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
+        snapshot: file name of the event frame's JPEG (relative to ``alarm.snapshots.dir``), filled in by the daemon
+            when it wrote that file (``None`` with snapshots off or when the write failed); a ``cleared`` event
+            repeats the last ``raised``/``update`` event's.
+        region: where the defect is in the event's frame (``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
             "level"}``, frame pixels; :meth:`algan.runtime.maps.Region.to_dict`), filled in by the daemon for models
-            with anomaly maps, else ``None``.
+            with anomaly maps, else ``None``; a ``cleared`` event repeats the last ``raised``/``update`` event's.
+        file: image file name of the event's frame (folder sources), filled in by the daemon, else ``None``.
+        reason: ``cleared`` events: why the alarm ended (one of :data:`REASONS`); ``None`` otherwise.
     """
 
     id: str
@@ -129,6 +143,8 @@ class AlarmEvent:
     duration_s: float = 0.0
     snapshot: str | None = None
     region: dict | None = None
+    file: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -169,6 +185,8 @@ class AlarmTracker:
         self._peak_frame = -1
         self._raised_ts = 0.0
         self._cleared_ts = -math.inf
+        self._reported = -math.inf  # highest score sent in a raised/update event of the open episode
+        self._last: tuple[int, float, float] | None = None  # (frame, score, ts) of the last frame fed
         self.policy = policy.check()
 
     # -- settings --------------------------------------------------------------------------------------------
@@ -206,6 +224,7 @@ class AlarmTracker:
         """
         p = self.policy
         finite = math.isfinite(score)
+        self._last = (frame, float(score), ts)
         if self.alarmed:
             self._count += 1
             if finite and score > self._peak:
@@ -214,13 +233,11 @@ class AlarmTracker:
             if len(self._clear) > p.clear_m:
                 self._clear.popleft()
             if sum(self._clear) < p.clear_frames or ts - self._raised_ts < p.min_duration_s:
+                if finite and score >= p.threshold and score > UPDATE_RISE * self._reported:
+                    self._reported = float(score)
+                    return self._event("update", frame, score, ts)
                 return None
-            event = self._event("cleared", frame, score, ts)
-            self.alarmed = False
-            self._cleared_ts = ts
-            self._window.clear()
-            self._clear.clear()
-            return event
+            return self._end(frame, score, ts, "normal")
         self._window.append(_Seen(frame, float(score), not finite or score >= p.threshold))
         if len(self._window) > p.raise_m:
             self._window.popleft()
@@ -238,35 +255,46 @@ class AlarmTracker:
         self.alarmed = True
         self._episode_id = self._new_id()
         self._raised_ts = ts
+        self._reported = float(score) if finite else math.inf  # a non-finite raise is never topped by an update
         self._window.clear()
         self._clear.clear()
         return self._event("raised", frame, score, ts)
 
-    def snapshot_candidates(self) -> set[int]:
-        """Frame indices whose pixels may still be the episode's peak frame (keep their images, drop the others).
+    def close(self, reason: str, ts: float | None = None) -> AlarmEvent | None:
+        """End an open alarm without a clearing frame: the source ended, the daemon stops, the camera was removed.
 
-        Before a raise: the anomalous frames of the window not outscored by a later one (at most ``raise_window``);
-        while alarmed: only the current peak frame; none otherwise.
+        Args:
+            reason: one of :data:`REASONS` (carried as the event's ``reason``).
+            ts: the event's time (Unix seconds); default: the last frame's.
+
+        Returns:
+            The ``cleared`` event (score and ``last_frame`` of the last frame fed), or ``None`` when no alarm is open.
+
+        Raises:
+            ValueError: an unknown ``reason``.
         """
-        if self.alarmed:
-            return {self._peak_frame}
-        keep: set[int] = set()
-        best = -math.inf
-        for s in reversed(self._window):
-            if not s.anomalous:
-                continue
-            value = s.score if math.isfinite(s.score) else -math.inf
-            if value >= best or not keep:
-                keep.add(s.frame)
-                best = max(best, value)
-        return keep
+        if reason not in REASONS:
+            raise ValueError(f"unknown alarm clear reason {reason!r}; use one of {', '.join(REASONS)}")
+        if not self.alarmed or self._last is None:
+            return None
+        frame, score, last_ts = self._last
+        return self._end(frame, score, last_ts if ts is None else ts, reason)
+
+    def _end(self, frame: int, score: float, ts: float, reason: str) -> AlarmEvent:
+        event = self._event("cleared", frame, score, ts, reason)
+        self.alarmed = False
+        self._cleared_ts = ts
+        self._reported = -math.inf
+        self._window.clear()
+        self._clear.clear()
+        return event
 
     @property
     def peak_frame(self) -> int:
         """Frame index of the open episode's peak (-1 when not alarmed)."""
         return self._peak_frame if self.alarmed else -1
 
-    def _event(self, state: AlarmState, frame: int, score: float, ts: float) -> AlarmEvent:
+    def _event(self, state: AlarmState, frame: int, score: float, ts: float, reason: str | None = None) -> AlarmEvent:
         return AlarmEvent(
             id=self._episode_id,
             camera=self.camera,
@@ -278,5 +306,6 @@ class AlarmTracker:
             last_frame=frame,
             frames=self._count,
             peak_frame=self._peak_frame,
-            duration_s=max(0.0, ts - self._raised_ts) if state == "cleared" else 0.0,
+            duration_s=max(0.0, ts - self._raised_ts) if state != "raised" else 0.0,
+            reason=reason,
         )

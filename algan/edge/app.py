@@ -52,12 +52,12 @@ from algan.edge.publish.messages import (
 )
 from algan.edge.publish.mqtt import MqttPublisher, Publisher
 from algan.edge.publish.outbox import Outbox, OutboxError
-from algan.edge.publish.snapshots import PeakSnapshots, Snapshot, SnapshotStore, snapshot_name
+from algan.edge.publish.snapshots import SnapshotStore, snapshot_name
 from algan.edge.sdnotify import SystemdNotifier
 from algan.edge.state import StateLock
 from algan.edge.stats import StatsWindow, stats_payload, status_line
 from algan.runtime.errors import EdgeError
-from algan.runtime.inference import interpret
+from algan.runtime.inference import Prediction, interpret
 from algan.runtime.maps import bundle_roi, draw_overlay, encode_jpeg
 from algan.runtime.runners.base import Runner, load_runner
 
@@ -123,10 +123,10 @@ class EdgeApp:
         snap = config.alarm.snapshots
         self.snapshots = None if snap is None else SnapshotStore(
             snap.dir, snap.max_count, None if snap.max_age_h is None else snap.max_age_h * 3600.0, snap.jpeg_quality)
-        #: per camera: the frames (image and Prediction) that may still be the open/next alarm's peak (see
-        #: AlarmTracker.snapshot_candidates), and the open alarm's snapshot; used when snapshots are on or the model
-        #: has anomaly maps
-        self._peaks: PeakSnapshots[Snapshot] = PeakSnapshots()
+        #: per camera: (snapshot name, region dict) of the open alarm's last raised/update event (a cleared event
+        #: repeats them)
+        self._episode: dict[str, tuple[str | None, dict | None]] = {}
+        self._ended: set[str] = set()  # cameras whose source ended; their open alarm closes once their frames are in
         self._has_maps = False
         self._batch_buf: np.ndarray | None = None  # see _stack
         self._rois_of: EdgeConfig | None = None  # the config self._rois was made from
@@ -256,12 +256,13 @@ class EdgeApp:
                 t0 = datetime.fromisoformat(str(raised.get("ts"))).timestamp()
             except ValueError:
                 t0 = now
+            reason = "restart" if any(c.name == cam for c in self.cfg.cameras) else "camera_removed"
             cleared = {**raised, "state": "cleared", "ts": utc_iso(now), "duration_s": round(max(0.0, now - t0), 3),
-                       "reason": "restart"}
+                       "reason": reason}
             pub.publish(self.topics.alarm(cam), dumps(cleared), qos=self.cfg.mqtt.alarm_qos, durable=True)
             self._record_open_alarm(cam, None)
             log.warning("camera %s: alarm %s was still open when the daemon last stopped; published it as cleared "
-                        "(reason: restart)", cam, raised.get("id"))
+                        "(reason: %s)", cam, raised.get("id"), reason)
 
     def _record_open_alarm(self, cam: str, payload: str | None) -> None:
         """Remember (``payload``: the raised event) or forget (``None``) ``cam``'s open alarm in the outbox file; a
@@ -336,7 +337,9 @@ class EdgeApp:
                 camera, status = self._status_events.get_nowait()
             except queue.Empty:
                 return
-            if status in ("offline", "failed"):
+            if status == "finished":
+                self._ended.add(camera)
+            elif status in ("offline", "failed"):
                 self._set_state(pub, camera, STATE_OFFLINE)
             elif status == "online":
                 self._set_state(pub, camera, STATE_ALARM if self.trackers[camera].alarmed else STATE_NORMAL)
@@ -435,6 +438,7 @@ class EdgeApp:
             if batch:
                 self._drain_status(pub)  # a camera's "online" state goes out before its first scores
                 self._process(batch, runner, pub)
+            self._close_ended(pub)
             if self.window.due(self.clock(), self.cfg.stats_interval_s):
                 self._publish_stats(runner, pub)
         self._drain_status(pub)
@@ -462,7 +466,6 @@ class EdgeApp:
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
         maps = out.maps if out.maps is not None else [None] * len(batch)
-        keep = self.snapshots is not None or self._has_maps
         for frame, score, cells in zip(batch, out.scores.tolist(), maps, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
@@ -477,47 +480,67 @@ class EdgeApp:
             self.metrics.observe_frame(latency_ms / 1000.0)
             self._last_scored = now
             event = self.trackers[cam].update(frame.index, score, frame.t_wall)
-            if keep:
-                event = self._snapshot(frame, score, cells, threshold, event, pub)
             if event is not None:
-                text = alarm_payload(event)
-                # before the event: after a crash the next start closes the alarm
-                self._record_open_alarm(cam, text if event.state == "raised" else None)
-                pub.publish(self.topics.alarm(cam), text, qos=self.cfg.mqtt.alarm_qos, durable=True)
-                self._set_state(pub, cam, STATE_ALARM if event.state == "raised" else STATE_NORMAL)
-                log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s", cam,
-                            event.state, frame.index, score, event.peak, event.first_frame, event.last_frame, event.id)
+                self._emit(pub, self._describe(frame, event, score, cells, threshold, pub))
             if frame.done is not None:
                 frame.done()  # a watched folder's journal: this file is not scored again after a restart
 
-    def _snapshot(self, frame: Frame, score: float, cells: np.ndarray | None, threshold: float,
-                  event: AlarmEvent | None, pub: Publisher) -> AlarmEvent | None:
-        """Keep only the frames that may become an alarm's peak frame (at most raise_window per camera before a
-        raise, one while alarmed), each as its image with the :class:`~algan.runtime.inference.Prediction` of the
-        runner output (:func:`~algan.runtime.inference.interpret`, as algan-predict makes it); at the raise, write
-        the peak frame's snapshot (the full frame, heat map over the ROI, the prediction's region outlined), and redo
-        it at the clear if the peak rose. The event carries the region and the snapshot's file name."""
+    def _emit(self, pub: Publisher, event: AlarmEvent) -> None:
+        """Publish an alarm event and the camera's state; the outbox remembers the open alarm first (after a crash
+        the next start closes it)."""
+        cam = event.camera
+        text = alarm_payload(event)
+        self._record_open_alarm(cam, text if event.state != "cleared" else None)
+        pub.publish(self.topics.alarm(cam), text, qos=self.cfg.mqtt.alarm_qos, durable=True)
+        self._set_state(pub, cam, STATE_NORMAL if event.state == "cleared" else STATE_ALARM)
+        why = f" reason={event.reason}" if event.reason else ""
+        log.warning("camera %s: alarm %s at frame %d (score %.3f, peak %.3f, frames %d-%d) id=%s%s", cam,
+                    event.state, event.last_frame, event.score, event.peak, event.first_frame, event.last_frame,
+                    event.id, why)
+
+    def _describe(self, frame: Frame, event: AlarmEvent, score: float, cells: np.ndarray | None, threshold: float,
+                  pub: Publisher) -> AlarmEvent:
+        """Fill in the event's frame: for ``raised`` and ``update`` the :class:`~algan.runtime.inference.Prediction`
+        of this frame's runner output (:func:`~algan.runtime.inference.interpret`, as algan-predict makes it: score,
+        region of its map for models with maps), its snapshot (the full frame, heat map over the ROI, region
+        outlined; one file per event) and its file name; a ``cleared`` event repeats the snapshot and region of the
+        episode's last raised/update event."""
         cam = frame.camera
-        peak = event.peak_frame if event is not None else None
-        candidates = self.trackers[cam].snapshot_candidates()
-        item: Snapshot | None = None
-        if frame.index in candidates or frame.index == peak:
-            # the full frame with the camera's ROI when the reader handed it over, else the model input itself
-            image, roi = (frame.raw, self._camera_roi(cam)) if frame.raw is not None else (frame.image, None)
-            item = Snapshot(image, interpret(image.shape, score, cells, roi, threshold))
-        cand = self._peaks.offer(cam, frame.index, item, candidates, peak)
-        if event is None:
-            return None
-        plan = self._peaks.plan(cam, event.state == "raised", event.peak_frame, cand,
-                                snapshot_name(cam, event.ts - event.duration_s, event.id))  # the raise's time
-        region = plan.region
+        if event.state == "cleared":
+            snapshot, region_dict = self._episode.pop(cam, (None, None))
+            return replace(event, snapshot=snapshot, region=region_dict, file=frame.source_name)
+        # the full frame with the camera's ROI when the reader handed it over, else the model input itself
+        image, roi = (frame.raw, self._camera_roi(cam)) if frame.raw is not None else (frame.image, None)
+        pred = interpret(image.shape, score, cells, roi, threshold)
         written = False
-        if plan.redraw and plan.candidate is not None:
-            region = plan.candidate.prediction.region
-            assert plan.name is not None
-            written = self._write_snapshot(pub, cam, plan.name, plan.candidate, event.peak)
-        name = self._peaks.settle(cam, plan, written, region)
-        return replace(event, snapshot=name, region=region.to_dict() if region is not None else None)
+        suffix = "" if event.state == "raised" else f"-u{frame.index}"
+        name = snapshot_name(cam, event.ts, f"{event.id}{suffix}")
+        if self.snapshots is not None:
+            written = self._write_snapshot(pub, cam, name, image, pred, float(event.score))
+        region_dict = pred.region.to_dict() if pred.region is not None else None
+        snapshot = name if written else None
+        self._episode[cam] = (snapshot, region_dict)
+        return replace(event, snapshot=snapshot, region=region_dict, file=frame.source_name)
+
+    def _close_alarm(self, pub: Publisher, cam: str, reason: str) -> None:
+        """Close ``cam``'s open alarm (if any) with a ``cleared`` event carrying ``reason``."""
+        tracker = self.trackers.get(cam)
+        event = tracker.close(reason, time.time()) if tracker is not None else None
+        if event is not None:
+            snapshot, region = self._episode.pop(cam, (None, None))
+            self._emit(pub, replace(event, snapshot=snapshot, region=region))
+
+    def _close_ended(self, pub: Publisher) -> None:
+        """Cameras whose source ended and whose last frames are scored: close an open alarm (``source_ended``) and
+        publish the state ``offline``."""
+        if not self._ended or (self._batcher is not None and len(self._batcher)):
+            return
+        depths = self.hub.depths()
+        for cam in sorted(self._ended):
+            if depths.get(cam, 0) == 0:
+                self._ended.discard(cam)
+                self._close_alarm(pub, cam, "source_ended")
+                self._set_state(pub, cam, STATE_OFFLINE)
 
     def _camera_roi(self, cam: str) -> tuple[int, int, int, int] | None:
         """The camera's ROI in full-frame pixels (config, or the bundle's), ``None`` for the whole frame."""
@@ -527,13 +550,13 @@ class EdgeApp:
             self._rois_of = self.cfg
         return self._rois.get(cam)
 
-    def _write_snapshot(self, pub: Publisher, cam: str, name: str, snap: Snapshot, peak: float) -> bool:
+    def _write_snapshot(self, pub: Publisher, cam: str, name: str, image: np.ndarray, pred: Prediction,
+                        peak: float) -> bool:
         """Write the snapshot JPEG (and publish the same bytes on ``<camera>/snapshot`` when configured; re-encoded
         only when they exceed the MQTT size cap); True when written."""
         if self.snapshots is None:
             return False
-        p = snap.prediction
-        overlay = draw_overlay(snap.image, p.map_cells, p.roi, p.region, peak, p.threshold)
+        overlay = draw_overlay(image, pred.map_cells, pred.roi, pred.region, peak, pred.threshold)
         cfg = self.cfg.alarm.snapshots
         assert cfg is not None
         try:
@@ -602,6 +625,11 @@ class EdgeApp:
             if r.is_alive():
                 log.warning("camera %s: reader did not stop within %g s; abandoning it", r.cam.name, READER_JOIN_S)
         self._drain_status(pub)
+        self._close_ended(pub)
+        # a clean stop leaves no alarm open and no camera "normal" or "alarm": cleared (shutdown), then offline
+        for cam in self.trackers:
+            self._close_alarm(pub, cam, "shutdown")
+            self._set_state(pub, cam, STATE_OFFLINE)
         if self.readers:
             self._publish_stats(runner, pub)
             s = self.last_stats

@@ -9,8 +9,10 @@ available, an engine's sidecar built for this TensorRT and GPU and from the bund
 source (file/folder exists, device node exists, GStreamer/FFMPEG support in this OpenCV for pipeline/URL sources).
 Nothing is opened or started (no camera, no broker, no model load).
 
-Exit status: 0 every check passed; 1 a check failed (each failure is a ``FAIL`` line saying why and how to fix);
-2 the config file itself is invalid (one line, as ``check-config``).
+Exit status: 0 every check passed; 2 the config file is invalid (one line, as ``check-config``) or a check failed
+on what the config names (a model or camera file that does not exist: the exit status ``check-config`` gives it);
+1 a check of this machine failed (a package, provider, engine or device; each failure is a ``FAIL`` line saying
+why and how to fix).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ INSTALL_JETSON = "deploy/jetson/install.sh"
 
 @dataclass
 class Report:
-    """Lines printed by :func:`doctor`; ``failures`` counts the ``FAIL`` lines."""
+    """Lines printed by :func:`doctor`; ``failures`` counts the ``FAIL`` lines, ``user_failures`` those caused by the
+    config (files it names that do not exist)."""
 
     lines: list[str] = field(default_factory=list)
     failures: int = 0
+    user_failures: int = 0
 
     def info(self, what: str, text: str) -> None:
         self.lines.append(f"{what:<12} {text}")
@@ -39,8 +43,9 @@ class Report:
     def ok(self, what: str, text: str) -> None:
         self.lines.append(f"ok   {what}: {text}")
 
-    def fail(self, what: str, text: str) -> None:
+    def fail(self, what: str, text: str, user: bool = False) -> None:
         self.failures += 1
+        self.user_failures += bool(user)
         self.lines.append(f"FAIL {what}: {text}")
 
 
@@ -142,7 +147,7 @@ def _check_model(cfg: Any, facts: dict[str, Any], report: Report) -> None:
     try:
         path = resolve_model_path(cfg.model, backend)
     except ModelError as e:
-        report.fail("model", str(e))
+        report.fail("model", str(e), user=True)
         return
     if backend == "onnxruntime":
         ort = facts["onnxruntime"]
@@ -242,7 +247,7 @@ def _check_camera(cam: Any, facts: dict[str, Any], report: Report) -> None:
         if Path(src).exists():
             report.ok(what, f"{kind} source {src} exists")
         else:
-            report.fail(what, f"{src} does not exist; fix the source path")
+            report.fail(what, f"{src} does not exist; fix the source path", user=True)
         return
     if cv is None:
         report.fail(what, f"OpenCV is not importable; a {kind} source needs it")
@@ -269,7 +274,8 @@ def _check_camera(cam: Any, facts: dict[str, Any], report: Report) -> None:
 
 
 def doctor(config: str | None = None) -> int:
-    """Print the report (see the module docstring); return the exit status (0 ok, 1 a check failed).
+    """Print the report (see the module docstring); return the exit status (0 ok, 2 a file the config names is
+    missing, 1 another check failed).
 
     Raises:
         ConfigError: ``config`` is missing or invalid (exit 2 through the CLI).
@@ -287,4 +293,4 @@ def doctor(config: str | None = None) -> int:
     if cfg is not None:
         print(f"{report.failures} problem(s) found with {config}" if report.failures else f"{config}: all checks "
               "passed on this machine")
-    return 1 if report.failures else 0
+    return 2 if report.user_failures else 1 if report.failures else 0

@@ -25,7 +25,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, ONNX_FILE, OUTPUT_NAME, atomic_directory
+from algan.contract import (
+    INPUT_NAME,
+    MAPS_OUTPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    OutputDirError,
+    atomic_directory,
+    foreign_entries,
+)
 
 PLATFORM_FILES = {"onnxruntime_onnx": ONNX_FILE, "tensorrt_plan": "model.plan"}
 DEFAULT_QUEUE_DELAY_US = 2000
@@ -136,6 +144,7 @@ def write_model(repo: str | Path, model: TritonModel) -> Path:
 
     Raises:
         FileNotFoundError: ``model.source`` is missing.
+        OutputDirError: ``repo/<name>`` exists and is not a Triton model directory (nothing is written).
     """
     repo = Path(repo)
     src = Path(model.source)
@@ -144,6 +153,15 @@ def write_model(repo: str | Path, model: TritonModel) -> Path:
     if model.map_size is None and (size := graph_map_size(src)) is not None:
         model = dataclasses.replace(model, map_size=size)
     final = repo / model.name
+    if final.is_dir() and any(final.iterdir()):
+        # replaced as a whole: only an earlier Triton model directory (config.pbtxt + version folders) may go
+        foreign = foreign_entries(final, ("config.pbtxt", "[0-9]*"))
+        if not (final / "config.pbtxt").is_file() or foreign:
+            raise OutputDirError(f"{final} exists and is not a Triton model directory written by algan-export "
+                                 f"(it holds {', '.join(sorted(os.listdir(final))[:3])}); nothing was written: "
+                                 "choose another --triton-repo or --triton-name")
+    elif final.exists() and not final.is_dir():
+        raise OutputDirError(f"{final} exists and is not a directory; choose another --triton-repo or --triton-name")
     with atomic_directory(final) as tmp:  # fsynced, then swapped in; removed on any error
         (tmp / "1").mkdir()
         shutil.copyfile(src, tmp / "1" / PLATFORM_FILES[model.platform])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ TENSORS = "state.safetensors"
 META = "state.json"
 _PREFIX = "state-"
 _TMP = ".tmp-"
+_STATE_RE = re.compile(r"state-m[0-9]{3}-e[0-9]{6}")
 
 
 def config_digest(cfg_json: dict) -> str:
@@ -78,8 +80,8 @@ def save_state(root: str | os.PathLike, member: int, epoch: int, tensors: dict[s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for p in root.iterdir():  # older states and stale temp dirs; the new state is committed already
-        if p != final and (p.name.startswith(_TMP) or p.name.startswith(_PREFIX)) and p.is_dir():
+    for p in root.iterdir():  # older states and stale temp dirs (only names this module writes); committed already
+        if p != final and (p.name.startswith(_TMP) or _STATE_RE.fullmatch(p.name)) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
     return final
 

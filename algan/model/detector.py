@@ -7,8 +7,6 @@ head (raw score, higher = more anomalous) -> calibration. This is exactly what `
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from torch import nn
@@ -120,12 +118,9 @@ def run_batched(fn, images: np.ndarray, batch_size: int = 32, progress: str | No
     Returns a float32 numpy array, concatenated along the first axis.
     """
     outs = []
-    rng = range(0, len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
+    from algan.progress import track
 
-        rng = tqdm(rng, desc=progress, unit="batch", dynamic_ncols=True, leave=False,
-                   disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
+    rng = track(range(0, len(images), batch_size), progress or "", unit="batch", enabled=bool(progress))
     for i in rng:
         outs.append(fn(torch.from_numpy(images[i : i + batch_size])).float().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -7,7 +7,6 @@ This is the training pipeline behind ``algan-train``; it holds no CLI code. The 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
 from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
 from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
 from algan.model.train import PATCH_SCHEDULE, AlganConfig, train_algan
+from algan.progress import track
 from algan.runtime.preprocess import load_batch
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,7 @@ def extract_features(
 ) -> np.ndarray:
     """Backbone features of image files, float32 (N, D). Reads images in batches (bounded memory)."""
     out = []
-    rng = range(0, len(paths), batch_size)
-    if desc:
-        from tqdm import tqdm
-
-        rng = tqdm(rng, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                   disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
+    rng = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in rng:
         x = torch.from_numpy(load_batch(paths[i : i + batch_size], size))
         out.append(backbone(preprocess(x)).numpy())
@@ -139,12 +134,7 @@ def extract_patches(
     """
     rng = np.random.default_rng(seed)
     out = []
-    it = range(0, len(paths), batch_size)
-    if desc:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                  disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
+    it = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in it:
         maps = feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))
         cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))

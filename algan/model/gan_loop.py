@@ -391,6 +391,10 @@ def _train_member(data: torch.Tensor, cfg: GanConfig, strategy: Strategy, seed: 
         from tqdm import tqdm
 
         epochs = tqdm(epochs, desc=label, unit="epoch", dynamic_ncols=True, initial=start, total=total)
+    elif progress:  # a log: a line at least every 30 s (epoch, total, ETA), also within a long epoch
+        from algan.progress import track
+
+        epochs = track(epochs, label, total=total, unit="epoch", initial=start)
     step = start * max(n // bs, 1)
     buffer_on = cfg.beta < 1.0 and cfg.buffer_size > 0  # off = never filled (no work, no random draws)
     for epoch in epochs:

@@ -85,6 +85,38 @@ def interpret(frame_shape: Sequence[int], score: float, cells: np.ndarray | None
     """The :class:`Prediction` of one runner output: a frame of shape ``(H, W, ...)`` cropped at ``roi`` (``None`` =
     the whole frame) scored ``score`` with map ``cells`` (float32 ``(h, w)`` or ``None``) against ``threshold``."""
     return Prediction(float(score), bool(score >= threshold), cells, frame_roi(frame_shape, roi), float(threshold))
+def check_frame(frame: object, what: str = "frame", batch_ok: bool = False) -> None:
+    """Refuse what is not a frame with one clear line.
+
+    Args:
+        frame: the argument given.
+        what: its name in the message.
+        batch_ok: also accept a ``(N, H, W, 3)`` uint8 array or a list/tuple (its frames are checked one by one later).
+
+    Raises:
+        ValueError: ``None`` (``cv2.imread`` of a missing or unreadable file), an empty array, a dtype other than
+            uint8, or a shape other than ``(H, W)`` / ``(H, W, 3)`` / ``(H, W, 4)`` (``(N, H, W, 3)`` with
+            ``batch_ok``).
+    """
+    if frame is None:
+        raise ValueError(f"{what} is None, not an image: cv2.imread returns None for a missing or unreadable file; "
+                         "check the path before calling predict()")
+    if batch_ok and isinstance(frame, (list, tuple)):
+        return
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"{what} is a {type(frame).__name__}, not an image: pass a uint8 numpy array (H, W, 3) BGR, "
+                         "as cv2.imread returns")
+    if frame.size == 0:
+        raise ValueError(f"{what} is empty (shape {frame.shape}); pass a uint8 image (H, W, 3)")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{what} has dtype {frame.dtype}, not uint8: pass 8-bit BGR pixels 0-255 as cv2.imread "
+                         "returns (convert with np.clip(x, 0, 255).astype(np.uint8))")
+    shapes_ok = frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))  # BGRA: alpha dropped
+    if batch_ok:
+        shapes_ok = shapes_ok or (frame.ndim == 4 and frame.shape[3] == 3)
+    if not shapes_ok:
+        raise ValueError(f"{what} has shape {frame.shape}; pass a BGR image (H, W, 3), a gray one (H, W)"
+                         + (" or a batch (N, H, W, 3)" if batch_ok else ""))
 
 
 class Inferencer:
@@ -124,6 +156,7 @@ class Inferencer:
             self.roi: Roi | None = None
         else:
             self.roi = parse_roi(roi) if roi is not None else self.bundle_roi
+        self.roi_from_bundle = roi is None
         if roi is not None and self.roi != self.bundle_roi:
             log.warning("ROI %s differs from the one the model was trained with (%s); scores may shift",
                         list(self.roi) if self.roi else "full frame",
@@ -161,7 +194,15 @@ class Inferencer:
         Raises:
             ValueError: not a uint8 image, or a ROI that does not fit in the frame.
         """
-        return prepare_frame(frame, self.input_size, self.roi)
+        try:
+            return prepare_frame(frame, self.input_size, self.roi)
+        except ValueError as e:
+            if self.roi is None or "does not fit" not in str(e):
+                raise
+            where = ("the bundle's roi (algan.json; the model was trained on that crop)" if self.roi_from_bundle
+                     else "the roi given (algan-predict --roi)")
+            raise ValueError(f"{e}: it is {where}; pass a roi x,y,w,h inside the frame, or roi 'full' "
+                             "(--roi full) for the whole frame") from None
 
     def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray]) -> Prediction | list[Prediction]:
         """Score one frame or a batch.
@@ -174,16 +215,23 @@ class Inferencer:
             :class:`Prediction` or a list of them, in order.
 
         Raises:
-            ValueError: a frame that is not a uint8 image, or a ROI that does not fit in it.
+            ValueError: ``None`` (what ``cv2.imread`` returns for a missing or unreadable file), an empty frame or
+                batch, a frame that is not a uint8 ``(H, W)``/``(H, W, 3)`` array, or a ROI that does not fit in it.
             RuntimeError: the runtime failed.
         """
         if isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim in (2, 3):
             return self.predict_many([image_or_batch])[0]
-        return self.predict_many(list(image_or_batch))
+        check_frame(image_or_batch, "image_or_batch", batch_ok=True)
+        frames = list(image_or_batch)
+        if not frames:
+            raise ValueError("predict() got an empty batch; pass one frame (H, W, 3) or a non-empty list of frames")
+        return self.predict_many(frames)
 
     def predict_many(self, frames: Iterable[np.ndarray]) -> list[Prediction]:
         """Score frames in batches of :attr:`batch_size` (see :meth:`predict`)."""
         frames = list(frames)
+        for i, f in enumerate(frames):
+            check_frame(f, f"frame {i}")
         out: list[Prediction] = []
         for i in range(0, len(frames), self.batch_size):
             chunk = frames[i : i + self.batch_size]

@@ -159,7 +159,7 @@ def test_too_few_images_is_an_error(bundle_copy, calib_data, tmp_path, capsys):
     assert snapshot(bundle_copy) == before
 
 
-def test_constant_scores_and_corrupt_images(bundle_copy, calib_data, tmp_path, capsys):
+def test_constant_scores_and_corrupt_images(bundle_copy, calib_data, tmp_path, capsys, caplog):
     one = sorted((calib_data / "test" / "good").glob("*.png"))[0]
     same = tmp_path / "same"
     same.mkdir()
@@ -168,20 +168,23 @@ def test_constant_scores_and_corrupt_images(bundle_copy, calib_data, tmp_path, c
     before = snapshot(bundle_copy)
     rc, _, err = run(capsys, bundle_copy, "--data", same)
     assert rc == 2 and "are equal" in one_error_line(err)
-    # 3 corrupt files among 25: too many (> 5 %)
+    # 3 corrupt files among 25: too many (> 1 %, the default --max-bad-fraction): each named once, then the list
     bad = copy_images(sorted((calib_data / "test" / "good").glob("*.png"))[:22], tmp_path / "bad")
     for i in range(3):
         (bad / f"zz{i}.png").write_bytes(b"not a png")
     rc, _, err = run(capsys, bundle_copy, "--data", bad)
     line = one_error_line(err)
-    assert rc == 2 and "3 of 25 calibration images could not be read" in line
+    assert sum("skipped: cannot read image" in r.getMessage() for r in caplog.records) == 3
+    assert rc == 2 and "3 of 25 calibration images cannot be read" in line and all(f"zz{i}.png" in line
+                                                                                  for i in range(3))
     assert snapshot(bundle_copy) == before
-    # 1 corrupt file: skipped and counted (dry run: nothing written)
+    # 1 corrupt file in 41 under --max-bad-fraction 0.05: skipped and counted (dry run: nothing written)
     (bad / "zz1.png").unlink()
     (bad / "zz2.png").unlink()
     for p in sorted((calib_data / "test" / "good").glob("*.png"))[22:40]:
         shutil.copy(p, bad / p.name)
-    rc, out, err = run(capsys, bundle_copy, "--data", bad, "--target-fpr", "0.05", "--dry-run")
+    rc, out, err = run(capsys, bundle_copy, "--data", bad, "--target-fpr", "0.05", "--dry-run",
+                       "--max-bad-fraction", "0.05")
     assert rc == 0, err
     assert "1 unreadable skipped" in out and "skipped 1 unreadable" in err and "nothing written" in out
     assert snapshot(bundle_copy) == before

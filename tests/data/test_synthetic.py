@@ -173,12 +173,29 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, msg):
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_existing_dataset_exit_1(tmp_path, capsys):
+def test_cli_existing_dataset_exit_2(tmp_path, capsys):
     argv = [str(tmp_path / "o"), "--n-train", "1", "--n-test-good", "1", "--n-test-defect", "0", "--size", "32", "-q"]
     assert synth_main(argv) == 0
-    assert synth_main(argv) == 1
+    assert synth_main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert synth_main([*argv, "--overwrite"]) == 0
+
+
+def test_overwrite_never_deletes_a_data_set_it_did_not_write(tmp_path, capsys):
+    """--overwrite replaces only what algan-synth wrote: a user's own image (or any other file) in train/ keeps the
+    whole folder, with one line and exit 2."""
+    argv = [str(tmp_path / "o"), "--n-train", "1", "--n-test-good", "1", "--n-test-defect", "0", "--size", "32", "-q"]
+    assert synth_main(argv) == 0
+    own = tmp_path / "o" / "train" / "good" / "line3_part17.jpg"
+    own.write_bytes(b"precious")
+    assert synth_main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did not write" in err and "line3_part17.jpg" in err and "\n" not in err
+    assert own.read_bytes() == b"precious"
+    own.unlink()
+    (tmp_path / "o" / "test" / "notes").mkdir()
+    assert synth_main([*argv, "--overwrite"]) == 2
+    assert (tmp_path / "o" / "test" / "notes").is_dir()
 
 
 def test_cli_writes_no_progress_bar_into_a_pipe(tmp_path):

@@ -1,5 +1,5 @@
 """Alarm logic on hand-made score sequences: debouncing (consecutive and N-of-M), hysteresis, minimum duration,
-cooldown, peak frame and the snapshot candidates."""
+cooldown, peak frame, update events and closing with a reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from algan.edge.alarm import AlarmPolicy, AlarmTracker
+from algan.edge.alarm import REASONS, UPDATE_RISE, AlarmPolicy, AlarmTracker
 
 
 def tracker(raise_frames=3, clear_frames=2, threshold=1.0, clear_threshold=0.8) -> AlarmTracker:
@@ -18,11 +18,11 @@ def tracker(raise_frames=3, clear_frames=2, threshold=1.0, clear_threshold=0.8) 
 
 
 def feed(t: AlarmTracker, scores, start: int = 0):
-    """Events as (frame, state, first_frame, last_frame, frames, peak, id)."""
+    """Transitions as (frame, state, first_frame, last_frame, frames, peak, id) (``update`` events left out)."""
     out = []
     for i, s in enumerate(scores, start):
         e = t.update(i, s, ts=1000.0 + i)
-        if e is not None:
+        if e is not None and e.state != "update":
             out.append((i, e.state, e.first_frame, e.last_frame, e.frames, e.peak, e.id))
     return out
 
@@ -90,11 +90,11 @@ def ptracker(**kw) -> AlarmTracker:
 
 
 def run(t: AlarmTracker, scores, dt: float = 1.0, start: int = 0):
-    """Events as (frame, state, first_frame, frames, peak_frame); frame i at ts = i * dt."""
+    """Transitions as (frame, state, first_frame, frames, peak_frame); frame i at ts = i * dt (``update`` left out)."""
     out = []
     for i, s in enumerate(scores, start):
         e = t.update(i, s, ts=i * dt)
-        if e is not None:
+        if e is not None and e.state != "update":
             out.append((i, e.state, e.first_frame, e.frames, e.peak_frame))
     return out
 
@@ -158,31 +158,37 @@ def test_cooldown_uses_timestamps_not_frames():
 def test_peak_frame_and_duration():
     t = ptracker(raise_frames=2, clear_frames=1)
     events = [t.update(i, s, ts=10.0 + i) for i, s in enumerate([1.5, 1.2, 3.0, 2.0, 0.1])]
-    raised, cleared = (e for e in events if e is not None)
+    raised, cleared = (e for e in events if e is not None and e.state != "update")
     assert (raised.peak, raised.peak_frame, raised.duration_s) == (1.5, 0, 0.0)
     assert (cleared.peak, cleared.peak_frame, cleared.duration_s) == (3.0, 2, 3.0)
     assert cleared.frames == 5 and cleared.first_frame == 0
 
 
-def test_snapshot_candidates_bounded():
-    t = ptracker(raise_frames=3, raise_window=4)
-    t.update(0, 1.5, ts=0)
-    t.update(1, 1.2, ts=1)  # 1.2 < 1.5: frame 0 stays the best, 1 may become it when 0 slides out
-    assert t.snapshot_candidates() == {0, 1}
-    t.update(2, 2.0, ts=2)  # raised: only the peak (frame 2) is kept
-    assert t.alarmed and t.snapshot_candidates() == {2} and t.peak_frame == 2
-    t.update(3, 2.5, ts=3)
-    assert t.snapshot_candidates() == {3}
-    t.update(4, 0.1, ts=4)
-    t.update(5, 0.1, ts=5)  # cleared
-    assert not t.alarmed and t.snapshot_candidates() == set()
+def test_update_when_a_later_frame_peaks_higher():
+    """raised = the frame that raised it; an update for each later frame scoring > UPDATE_RISE x the last reported
+    score; the cleared event is the clearing frame's, with reason "normal"."""
+    t = ptracker(raise_frames=2, clear_frames=1)
+    scores = [1.5, 1.2, 3.0, 3.2, 4.0, 2.0, 0.1]
+    events = [e for i, s in enumerate(scores) if (e := t.update(i, s, ts=10.0 + i)) is not None]
+    assert [(e.state, e.last_frame, e.score) for e in events] == [
+        ("raised", 1, 1.2), ("update", 2, 3.0), ("update", 4, 4.0), ("cleared", 6, 0.1)]  # 3.2 < 1.1 * 3.0
+    assert [e.peak for e in events] == [1.5, 3.0, 4.0, 4.0]
+    assert len({e.id for e in events}) == 1 and events[1].duration_s == 1.0
+    assert [e.reason for e in events] == [None, None, None, "normal"]
+    assert UPDATE_RISE == 1.1
 
 
-def test_snapshot_candidates_drop_outscored_frames():
-    t = ptracker(raise_frames=5, raise_window=5)
-    for i, s in enumerate([1.1, 1.3, 1.2, 0.1]):
-        t.update(i, s, ts=i)
-    assert t.snapshot_candidates() == {1, 2}  # frame 0 is outscored by frame 1, which stays longer in the window
+def test_close_ends_an_open_alarm_with_its_reason():
+    t = ptracker(raise_frames=1, clear_frames=3)
+    assert t.close("shutdown") is None  # nothing open
+    t.update(0, 2.0, ts=5.0)
+    t.update(1, 1.0, ts=6.0)
+    e = t.close("source_ended")
+    assert (e.state, e.reason, e.last_frame, e.score, e.duration_s) == ("cleared", "source_ended", 1, 1.0, 1.0)
+    assert not t.alarmed and t.close("shutdown") is None
+    with pytest.raises(ValueError, match="unknown alarm clear reason"):
+        t.close("tired")
+    assert set(REASONS) == {"normal", "source_ended", "shutdown", "camera_removed", "restart"}
 
 
 def test_reconfigure_keeps_state():

@@ -1,5 +1,6 @@
 """The alarm event's ``snapshot`` through the EdgeApp's frame loop (in process: a stand-in runner with anomaly maps,
-a list as publisher, no broker, no cameras): a file name only when that file was written, else null."""
+a list as publisher, no broker, no cameras): a file name only when that file was written, else null; one file per
+raised/update event, drawn from the event's own frame."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from algan.edge.capture.hub import Frame
 from algan.edge.config import parse_config
 from algan.runtime.runners.base import RunnerOutput
 
-SCORES = [0.0, 2.0, 3.0, 0.0, 0.0]  # raised at frame 1 (peak frame 1), peak rises at 2, cleared at frame 3
+SCORES = [0.0, 2.0, 3.0, 0.0, 0.0]  # raised at frame 1, update at 2 (3.0 > 1.1 x 2.0), cleared at frame 3
 
 
 class MapRunner:
@@ -68,10 +69,21 @@ def alarm_events(tmp_path: Path, snapshots: dict | None) -> list[dict]:
 
 
 def test_snapshot_named_when_written(tmp_path):
-    raised, cleared = alarm_events(tmp_path, {"dir": str(tmp_path / "snaps")})
-    assert raised["state"] == "raised" and cleared["state"] == "cleared"
+    import cv2
+
+    raised, update, cleared = alarm_events(tmp_path, {"dir": str(tmp_path / "snaps")})
+    assert (raised["state"], update["state"], cleared["state"]) == ("raised", "update", "cleared")
+    assert (raised["last_frame"], raised["score"], update["last_frame"], update["score"]) == (1, 2.0, 2, 3.0)
     assert raised["snapshot"] is not None and (tmp_path / "snaps" / raised["snapshot"]).is_file()
-    assert cleared["snapshot"] == raised["snapshot"]  # rewritten at the clear: the peak rose
+    assert update["snapshot"] is not None and update["snapshot"] != raised["snapshot"]
+    assert cleared["snapshot"] == update["snapshot"] and cleared["region"] == update["region"]
+    assert cleared["reason"] == "normal"
+    # each file shows its own frame: the raised one was not rewritten by the later, brighter frame
+    raised_img = cv2.imread(str(tmp_path / "snaps" / raised["snapshot"]))
+    update_img = cv2.imread(str(tmp_path / "snaps" / update["snapshot"]))
+    assert raised_img is not None and update_img is not None
+    # a corner away from the outline: brighter in the update's frame (grey 150) than in the raise's (grey 100)
+    assert int(update_img[60, 60, 0]) - int(raised_img[60, 60, 0]) >= 15
     assert raised["region"] is not None
 
 
@@ -79,7 +91,7 @@ def test_snapshot_named_when_written(tmp_path):
 def test_no_snapshot_named_without_a_file(case, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the snapshots directory should be")
-    raised, cleared = alarm_events(tmp_path, None if case == "disabled" else {"dir": str(blocker / "snaps")})
+    raised, update, cleared = alarm_events(tmp_path, None if case == "disabled" else {"dir": str(blocker / "snaps")})
     assert raised["state"] == "raised" and cleared["state"] == "cleared"
     assert raised["region"] is not None  # the model's map still gives the region
-    assert raised["snapshot"] is None and cleared["snapshot"] is None
+    assert raised["snapshot"] is None and update["snapshot"] is None and cleared["snapshot"] is None

@@ -111,7 +111,7 @@ def test_broker_outage_mid_run(tmp_path, tiny_model, mosquitto_factory):
     for m in col.on("/state"):
         if not m.retain and not (m.dup and states and states[-1] == m.payload):
             states.append(m.payload)
-    assert states == ["normal"] + ["alarm", "normal"] * 4
+    assert states == ["normal"] + ["alarm", "normal"] * 4 + ["offline"]  # offline: the clean stop at the end
     assert "Traceback" not in err.read_text()
 
     # snapshots: one JPEG per alarm, the path in both events, a bright (peak) frame

@@ -38,7 +38,9 @@ def error_of(data: Any) -> str:
     with pytest.raises(ConfigError) as info:
         parse_config(data, Path("edge.yaml"))
     text = str(info.value)
-    assert "\n" not in text
+    lines = text.splitlines()  # one line per error; several start with a count line
+    assert len(lines) == 1 or (lines[0].endswith(f" {len(lines) - 1} errors") and all(ln.startswith("  ")
+                                                                                      for ln in lines[1:]))
     return text
 
 
@@ -118,13 +120,22 @@ def test_typo_reported_before_the_missing_key_it_causes():
     data = with_("cameras.0.source", ...)
     data["cameras"][0]["sorce"] = "clip.mp4"
     text = error_of(data)
-    assert "cameras.0.sorce: unknown key 'sorce'; did you mean 'source'?" in text and text.endswith("(+1 more error)")
+    lines = text.splitlines()
+    assert lines[0].endswith(": 2 errors")
+    assert "cameras.0.sorce: unknown key 'sorce'; did you mean 'source'?" in lines[1]
+    assert "cameras.0.source" in lines[2]
 
 
-def test_more_errors_are_counted_on_the_one_line():
+def test_all_errors_are_shown_at_once():
+    """A config with three errors shows all three (issue 24, finding 8), one line each after a count."""
     data = with_("mqtt.port", 0)
     data["batch"] = {"max_size": 0}
-    assert error_of(data).endswith("(+1 more error)")
+    data["alarm"] = {"raise_frames": "many"}
+    lines = error_of(data).splitlines()
+    assert lines[0].startswith("config error: ") and lines[0].endswith(": 3 errors")
+    assert len(lines) == 4 and all(ln.startswith("  ") for ln in lines[1:])
+    text = "\n".join(lines)
+    assert "mqtt.port" in text and "batch.max_size" in text and "alarm.raise_frames" in text
 
 
 def test_not_a_mapping():
@@ -208,5 +219,5 @@ def test_check_config_valid_exit_0(tmp_path, tiny_model):
     f = tmp_path / "edge.yaml"
     f.write_text(yaml.safe_dump({**BASE, "model": str(tiny_model)}))
     (tmp_path / "clip.mp4").write_bytes(b"")  # check-config refuses camera files that do not exist
-    res = run_cli("algan.cli.edge", "check-config", str(f))
+    res = run_cli("algan.cli.edge", "check-config", "--config", str(f))
     assert res.returncode == 0 and "valid" in res.stdout

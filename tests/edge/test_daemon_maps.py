@@ -108,10 +108,10 @@ def test_predict_cli_folder_labels_report_and_errors(tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") == 5 and "<td>spot</td><td>defective</td><td>2</td><td>2</td>" in html
     assert "threshold 1: 2 above, 3 below" in html
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:1] == ["overlays/good/f000.png.jpg"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:1] == ["overlays/good/f000.jpg"]
     bad = run_cli("algan.cli.predict", str(bundle), str(tmp_path / "nope"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
     bad = run_cli("algan.cli.predict", str(bundle), str(data), "--roi", "1,2,3")
     assert bad.returncode == 2 and "x,y,width,height" in bad.stderr
     bad = run_cli("algan.cli.predict", str(tmp_path), str(data))
-    assert bad.returncode == 2 and "model.onnx" in bad.stderr
+    assert bad.returncode == 2 and "is not a model bundle (no algan.json)" in bad.stderr

@@ -1,13 +1,11 @@
 """The pure decisions of the daemon's loop: the stats message (algan.edge.stats), what a SIGHUP applies
-(algan.edge.config.reload) and which alarm snapshot is written when (algan.edge.publish.snapshots.PeakSnapshots)."""
+(algan.edge.config.reload)."""
 
 from __future__ import annotations
 
 from algan.edge.config import parse_config
 from algan.edge.config.reload import RESTART_SETTINGS, plan_reload
-from algan.edge.publish.snapshots import PeakSnapshots, SnapshotPlan
 from algan.edge.stats import stats_payload, status_line
-from algan.runtime.maps import Region
 
 FIGURES = {"fps": 12.5, "fps_avg": 11.0, "latency_ms_p50": 20.0, "latency_ms_p99": 41.5, "batch_mean": 2.0,
            "inference_ms": 9.0}
@@ -108,60 +106,3 @@ def test_reload_with_a_bad_policy_applies_nothing(monkeypatch):
     plan = plan_reload(old, new)
     assert plan.error == "need 0 < clear_threshold <= threshold"
     assert plan.policies == {} and plan.config is None
-
-
-# -- snapshots -----------------------------------------------------------------------------------------------------
-def test_offer_holds_candidates_only():
-    peaks: PeakSnapshots[str] = PeakSnapshots()
-    assert peaks.offer("a", 1, "f1", {1}) is None
-    assert peaks.offer("a", 2, "f2", {1, 2}) is None
-    assert peaks.held("a") == [1, 2]
-    assert peaks.offer("a", 3, "f3", {3}) is None  # 1 and 2 are out-scored: dropped
-    assert peaks.held("a") == [3] and peaks.held("b") == []
-    # the event's peak frame is handed back even when it is not a candidate any more (then dropped)
-    assert peaks.offer("a", 4, "f4", {3}, peak_frame=4) == "f4"
-    assert peaks.held("a") == [3]
-    assert peaks.offer("a", 5, "f5", {5}, peak_frame=3) == "f3" and peaks.held("a") == [5]
-
-
-def test_raise_then_clear_without_a_higher_peak_keeps_the_raise_snapshot():
-    peaks: PeakSnapshots[str] = PeakSnapshots()
-    plan = peaks.plan("a", True, 7, "f7", "a__raise.jpg")
-    assert plan == SnapshotPlan(True, 7, "f7", "a__raise.jpg", redraw=True)
-    region = Region(box=(1, 2, 3, 4), peak=(2, 3), peak_score=1.5, level=1.0)
-    assert peaks.settle("a", plan, written=True, region=region) == "a__raise.jpg"
-    clear = peaks.plan("a", False, 7, "f7", "a__other.jpg")
-    assert clear == SnapshotPlan(False, 7, "f7", "a__raise.jpg", redraw=False, region=region)
-    assert peaks.settle("a", clear, written=False, region=clear.region) == "a__raise.jpg"
-
-
-def test_clear_after_a_higher_peak_rewrites_the_same_file():
-    peaks: PeakSnapshots[str] = PeakSnapshots()
-    peaks.settle("a", peaks.plan("a", True, 7, "f7", "a__raise.jpg"), written=True, region=None)
-    clear = peaks.plan("a", False, 9, "f9", "a__other.jpg")
-    assert clear.redraw and clear.name == "a__raise.jpg" and clear.candidate == "f9"
-    assert peaks.settle("a", clear, written=True, region=None) == "a__raise.jpg"
-    # a failed rewrite: the event names no file
-    peaks.settle("a", peaks.plan("a", True, 1, "g1", "a__2.jpg"), written=True, region=None)
-    clear = peaks.plan("a", False, 2, "g2", "a__x.jpg")
-    assert peaks.settle("a", clear, written=False, region=None) is None
-
-
-def test_a_raise_whose_snapshot_failed_is_written_at_the_clear_under_the_episode_name():
-    peaks: PeakSnapshots[str] = PeakSnapshots()
-    plan = peaks.plan("a", True, 7, None, "a__raise.jpg")  # the peak frame was not kept
-    assert peaks.settle("a", plan, written=False, region=None) is None  # no file: the raise names none
-    clear = peaks.plan("a", False, 8, "f8", "a__clear.jpg")  # the daemon passes the clear's time here
-    assert clear.redraw and clear.name == "a__raise.jpg"  # the file carries the raise's time, as the episode
-    # without a candidate at the clear there is nothing to draw, and no file to name
-    peaks.settle("b", peaks.plan("b", True, 3, None, "b__r.jpg"), written=False, region=None)
-    clear = peaks.plan("b", False, 3, None, "b__c.jpg")
-    assert not clear.redraw and clear.name is None and peaks.settle("b", clear, False, None) is None
-
-
-def test_cameras_are_independent():
-    peaks: PeakSnapshots[str] = PeakSnapshots()
-    peaks.settle("a", peaks.plan("a", True, 1, "a1", "a.jpg"), written=True, region=None)
-    clear_b = peaks.plan("b", False, 5, None, "b.jpg")  # no raise seen for b
-    assert clear_b.name is None and not clear_b.redraw
-    assert peaks.plan("a", False, 1, "a1", "x.jpg").name == "a.jpg"

@@ -218,3 +218,25 @@ def test_the_score_label_moves_to_the_bottom_when_it_would_hide_the_peak():
     px, py = region.peak
     assert py < 20 and tuple(out[py, px]) == (255, 255, 255)  # the marker's centre stays visible
     assert tuple(out[254, 3]) == (0, 0, 0) and tuple(out[2, 3]) != (0, 0, 0)  # the label box at the bottom
+
+
+def test_inferencer_refuses_what_is_not_a_frame(tmp_path):
+    """model.predict(None) (cv2.imread of a missing file), empty and wrong-dtype arrays: one clear ValueError each
+    (issue 24, finding 7)."""
+    import algan
+
+    inf = algan.Inferencer(make_map_bundle(tmp_path / "b"), roi="full")
+    cases = [
+        (None, "is None, not an image: cv2.imread returns None"),
+        (np.zeros((0, 0, 3), np.uint8), "is empty"),
+        (np.zeros((64, 64, 3), np.float32), "dtype float32, not uint8"),
+        (np.zeros((64, 64, 2), np.uint8), "has shape (64, 64, 2)"),
+        ([], "empty batch"),
+        ([grey_frame((64, 64)), None], "frame 1 is None"),
+        ("image.png", "is a str, not an image"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError) as err:
+            inf.predict(bad)
+        assert msg in str(err.value), (bad, err.value)
+    assert inf.predict(grey_frame((64, 64))).score == pytest.approx(0.0)

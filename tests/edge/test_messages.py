@@ -38,7 +38,11 @@ def test_alarm_payload_fields():
     assert json.loads(alarm_payload(e)) == {
         "id": "id1", "camera": "cam1", "state": "raised", "ts": "1970-01-01T00:00:00.001Z", "score": 1.84,
         "peak": 2.31, "peak_frame": -1, "first_frame": 120, "last_frame": 126, "frames": 7, "duration_s": 0.0,
-        "snapshot": None, "region": None}
+        "snapshot": None, "region": None, "file": None}
+    c = AlarmEvent("id1", "cam1", "cleared", 0.001, 0.1, 2.31, 120, 130, 11, file="p7.jpg", reason="source_ended")
+    got = json.loads(alarm_payload(c))
+    assert (got["state"], got["reason"], got["file"]) == ("cleared", "source_ended", "p7.jpg")
+    assert json.loads(alarm_payload(AlarmEvent("i", "c", "cleared", 0.0, 0.1, 2.0, 1, 2, 2)))["reason"] == "normal"
 
 
 def test_home_assistant_discovery_maps_camera_offline_to_unavailable():

@@ -126,6 +126,6 @@ def test_cli_wrong_model_one_line(tmp_path):
     res = run_edge(write_config(tmp_path / "edge.yaml", cfg))
     assert res.returncode == 2 and "Traceback" not in res.stderr, "a wrong model is a user error: exit 2"
     assert res.stderr.strip().splitlines()[-1].startswith("algan-edge: model ")
-    chk = subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", str(tmp_path / "edge.yaml")],
-                         capture_output=True, text=True, timeout=60, check=False)
+    chk = subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", "--config",
+                          str(tmp_path / "edge.yaml")], capture_output=True, text=True, timeout=60, check=False)
     assert chk.returncode == 2 and "does not match the edge contract" in chk.stderr, "check-config refuses it too"

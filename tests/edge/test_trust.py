@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def check_config(path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False, env=env)
+    return subprocess.run([sys.executable, "-m", "algan.cli.edge", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
 
 
 def bundle_config(tmp_path: Path, bundle: Path, broker: tuple[str, int] = ("127.0.0.1", 1), **over) -> Path:
@@ -90,10 +90,10 @@ def test_damaged_bundle_refused_by_check_config(tmp_path, capsys, damage, needle
 
     bundle = make_bundle(tmp_path / "bundle")
     cfg = bundle_config(tmp_path, bundle)
-    assert main(["check-config", str(cfg)]) == 0, "the intact bundle passes"
+    assert main(["check-config", "--config", str(cfg)]) == 0, "the intact bundle passes"
     damage(bundle / "weights.safetensors")
     capsys.readouterr()
-    assert main(["check-config", str(cfg)]) == 2
+    assert main(["check-config", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
@@ -175,18 +175,18 @@ def test_engine_built_before_a_re_export_refused_by_check_config(tmp_path, capsy
     bundle = make_bundle(tmp_path / "bundle")
     engine = _engine_of(bundle)
     cfg = bundle_config(tmp_path, bundle, runner={"backend": "tensorrt"})
-    assert main(["check-config", str(cfg)]) == 0, "the engine of the current graph passes"
+    assert main(["check-config", "--config", str(cfg)]) == 0, "the engine of the current graph passes"
     verify_model(bundle, engine)
     digest = _re_export(bundle)
     verify_model(bundle, bundle / "model.onnx")  # the re-exported graph itself is intact
     with pytest.raises(BundleCheckError, match=rf"engine {engine} is stale: .* is now {digest[:12]}\.\.\."):
         verify_model(bundle, engine)
     capsys.readouterr()
-    assert main(["check-config", str(cfg)]) == 2
+    assert main(["check-config", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"algan-edge build-engine --fp16 {bundle} on this device" in err, err
     _engine_of(bundle)  # rebuilt
-    assert main(["check-config", str(cfg)]) == 0
+    assert main(["check-config", "--config", str(cfg)]) == 0
 
 
 def test_unreadable_bundle_file_names_file_and_user(tmp_path):
@@ -498,18 +498,17 @@ def test_missing_camera_file_is_exit_2_for_check_config_and_run(tmp_path, tiny_m
 
 
 def test_example_config_passes_check_config_with_a_model(tmp_path):
-    """configs/edge.example.yaml as shipped, in a checkout beside ../shared/data, with a trained bundle."""
+    """configs/edge.example.yaml as shipped, in a checkout where `make demo` wrote demo-out/ (its model and video)."""
     repo = tmp_path / "repo"
     (repo / "configs").mkdir(parents=True)
     shutil.copy(REPO / "configs" / "edge.example.yaml", repo / "configs" / "edge.example.yaml")
-    make_bundle(repo / "runs" / "bottle" / "bundle")
-    (tmp_path / "shared" / "data" / "video").mkdir(parents=True)
-    make_video(tmp_path / "shared" / "data" / "video" / "bottle-detection.mp4", [DARK] * 3)
+    make_bundle(repo / "demo-out" / "model")
+    make_video(repo / "demo-out" / "line.mkv", [DARK] * 3)
     res = check_config(repo / "configs" / "edge.example.yaml")
     assert res.returncode == 0, res.stderr
     cfg = load_config(repo / "configs" / "edge.example.yaml")
-    assert Path(cfg.cameras[0].source).resolve() == (tmp_path / "shared" / "data" / "video" / "bottle-detection.mp4")
-    assert cfg.mqtt.embedded_broker == "auto" and cfg.model == repo / "configs" / ".." / "runs" / "bottle" / "bundle"
+    assert Path(cfg.cameras[0].source).resolve() == (repo / "demo-out" / "line.mkv")
+    assert cfg.mqtt.embedded_broker == "auto" and cfg.model == repo / "configs" / ".." / "demo-out" / "model"
 
 
 def test_stream_refused_at_once_says_refused(unused_port):

@@ -243,7 +243,7 @@ def test_alias_bomb_is_refused_at_once_by_check_config(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(_alias_bomb())
     assert len(path.read_bytes()) < 700
-    res = _cli("check-config", str(path), timeout=30)
+    res = _cli("check-config", "--config", str(path), timeout=30)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = res.stderr.strip().splitlines()
     assert "expands to more than 50000 values" in line and str(path) in line
@@ -463,14 +463,14 @@ def test_check_config_refuses_what_run_refuses_in_one_line(tmp_path, forge, need
     video = make_video(tmp_path / "clip.mp4", [DARK] * 3)
     path = write_config(tmp_path / "edge.yaml", edge_config(bundle, ("127.0.0.1", 1),
                                                             [{"name": "cam1", "source": str(video)}]))
-    assert _cli("check-config", str(path)).returncode == 0, "the intact bundle passes"
+    assert _cli("check-config", "--config", str(path)).returncode == 0, "the intact bundle passes"
     forge(bundle)
-    for res in (_cli("check-config", str(path)), _cli("run", "--config", str(path))):
+    for res in (_cli("check-config", "--config", str(path)), _cli("run", "--config", str(path))):
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         lines = res.stderr.strip().splitlines()
         assert needle in lines[-1] and not any("ERROR" in x or "error" in x for x in lines[:-1]), res.stderr
     assert len(res.stderr.strip().splitlines()) >= 1
-    check = _cli("check-config", str(path))
+    check = _cli("check-config", "--config", str(path))
     assert len(check.stderr.strip().splitlines()) == 1, check.stderr
 
 
@@ -502,7 +502,7 @@ def test_password_with_at_sign_never_logged_by_run(tmp_path, tiny_model, unused_
 def test_url_given_as_a_file_is_masked_before_path_normalisation(tmp_path, tiny_model):
     cams = [{"name": "door", "kind": "file", "source": f"rtsp://admin:{PW_HEAD}@{PW_TAIL}@10.0.0.5:554/s1"}]
     path = write_config(tmp_path / "edge.yaml", edge_config(tiny_model, ("127.0.0.1", 1), cams))
-    res = _cli("check-config", str(path))
+    res = _cli("check-config", "--config", str(path))
     assert res.returncode == 2 and "door" in res.stderr, res.stderr
     assert _leaks(res.stderr) == [] and _leaks(res.stdout) == [], res.stderr
     res = _cli("run", "--config", str(path))
@@ -604,7 +604,7 @@ def test_symlink_in_a_bundle_is_refused_by_name_without_quoting_its_target(tmp_p
         target = secret
     (bundle / name).unlink()
     (bundle / name).symlink_to(target)
-    res = _cli("check-config", str(path))
+    res = _cli("check-config", "--config", str(path))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     (line,) = res.stderr.strip().splitlines()
     assert f"{bundle / name} is a symbolic link" in line, line
@@ -650,10 +650,10 @@ def signed(tmp_path):  # noqa: ANN201
 
 
 def _refused(path: Path, needle: str) -> None:
-    for res in (_cli("check-config", str(path)), _cli("run", "--config", str(path))):
+    for res in (_cli("check-config", "--config", str(path)), _cli("run", "--config", str(path))):
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert needle in res.stderr.strip().splitlines()[-1], res.stderr
-    assert len(_cli("check-config", str(path)).stderr.strip().splitlines()) == 1
+    assert len(_cli("check-config", "--config", str(path)).stderr.strip().splitlines()) == 1
 
 
 def test_signed_bundle_passes_and_a_forged_one_is_refused(signed):
@@ -663,7 +663,7 @@ def test_signed_bundle_passes_and_a_forged_one_is_refused(signed):
     from edgekit import make_model
 
     bundle, _, path = signed
-    res = _cli("check-config", str(path))
+    res = _cli("check-config", "--config", str(path))
     assert res.returncode == 0, res.stderr
     make_model(bundle / "model.onnx", model_id="tiny-1", size=(32, 32))
     m = json.loads((bundle / "algan.json").read_text())
@@ -684,7 +684,7 @@ def test_unsigned_or_foreign_key_bundle_refused(signed, tmp_path):
     assert res.returncode == 0 and f"wrote {bundle / 'algan.sig'}" in res.stdout, res.stderr
     _refused(path, "which is not in model.trusted_keys")
     assert _cli("sign", str(bundle), "--key", str(tmp_path / "keys" / "line.key")).returncode == 0
-    assert _cli("check-config", str(path)).returncode == 0, "re-signed with the trusted key"
+    assert _cli("check-config", "--config", str(path)).returncode == 0, "re-signed with the trusted key"
     sign_bundle(bundle, other)
     sig = json.loads((bundle / "algan.sig").read_text())
     trusted = (tmp_path / "keys" / "line.key.pub").read_text().split()[0]

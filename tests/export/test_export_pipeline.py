@@ -187,3 +187,22 @@ def test_real_tensorrt_fp16_engine(bundle):
     side = json.loads((bundle / "model.engine.json").read_text())
     assert side["precision"] == "fp16" and side["batch_profile"] == {"min": 1, "opt": 2, "max": 4}
     assert (bundle / "model.engine").stat().st_size > 0 and "built model.engine" in rep.engine_note
+
+
+def test_exporter_keeps_the_scopes_the_fp16_ladder_needs(bundle, tmp_path):
+    """Pins the TorchScript exporter (issue 24, finding 11; the reason is in algan.export.onnx_export): every rung of
+    the FP16 ladder finds its backbone blocks by torch module scope, which the dynamo exporter does not write."""
+    from algan.export.fp16 import FP16_FP32_BLOCKS, fp32_node_names, fp32_scopes
+    from algan.export.onnx_export import export_onnx
+
+    det, manifest = load_bundle(bundle)
+    path = export_onnx(det, manifest, tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version == 17
+    names = [n.name for n in model.graph.node]
+    for n in FP16_FP32_BLOCKS:
+        scoped = [s for s in fp32_scopes(n) if s.startswith("/backbone/blocks.") or s == "/backbone/stem/"]
+        missing = [s for s in scoped if not any(x.startswith(s) for x in names)]
+        assert not missing, f"rung {n}: no graph node in {missing}"
+    kept = fp32_node_names(model)
+    assert any(k.startswith("/backbone/blocks.3/") for k in kept) and any(k.startswith("/head/") for k in kept)

@@ -23,19 +23,17 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from algan.contract import IMAGE_SUFFIXES  # the suffixes a folder source reads (case-insensitive)
+from algan.contract import IMAGE_SUFFIXES, image_skip_reason, list_images  # the one rule for images of a folder
 from algan.edge.capture.journal import FolderJournal
 from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.logs import redact
+from algan.runtime.preprocess import MIN_IMAGE_SIDE, ImageReadError, decode_image  # noqa: F401 (MIN_IMAGE_SIDE re-exported)
 
 log = logging.getLogger(__name__)
 
 #: Suffixes of files still being written by a copy tool or browser; a watched folder never reads them.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
-#: Smallest image (pixels, each side) a folder source scores; smaller ones are counted as corrupt (a 1x1 thumbnail
-#: or a placeholder is not a camera frame, and resized to the model input it scores as a flat grey image).
-MIN_IMAGE_SIDE = 16
 #: Environment variable OpenCV's FFmpeg backend reads its demuxer options from, at ``VideoCapture`` open time.
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 #: Serialises FFmpeg opens: streams set :data:`FFMPEG_OPTIONS_ENV` (process-wide), files must not see it.
@@ -250,12 +248,14 @@ def _stream_failed_at_once(url: str, elapsed: float) -> str:
 
 
 def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Corrupt:
-    """Read and decode one image file of a folder source, refusing what must not be scored.
+    """Read and decode one image file of a folder source with the checked decoder
+    (:func:`algan.runtime.preprocess.decode_image`, the one training and calibration use), refusing what must not be
+    scored.
 
     Refused (a :class:`Corrupt` whose reason names the file): an empty file, a JPEG without its end-of-image marker
     (``FF D9``, trailing zero padding allowed) or a PNG without its ``IEND`` chunk (both: a file cut short, which
     libjpeg/libpng would otherwise decode partially, grey below the cut), a file OpenCV cannot decode, and an image
-    smaller than :data:`MIN_IMAGE_SIDE` pixels on a side.
+    smaller than :data:`~algan.runtime.preprocess.MIN_IMAGE_SIDE` pixels on a side.
 
     Args:
         path: the image file.
@@ -265,28 +265,9 @@ def decode_image_file(path: Path, data: bytes | None = None) -> np.ndarray | Cor
         uint8 BGR ``(H, W, 3)`` (grayscale expanded), or :class:`Corrupt`.
     """
     try:
-        raw = path.read_bytes() if data is None else data
-    except OSError as e:
-        return Corrupt(f"cannot read image {path} ({e.strerror or e}); check its permissions")
-    if not raw:
-        return Corrupt(f"image {path} is empty (0 bytes)", incomplete=True)
-    if raw[:2] == b"\xff\xd8" and raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return Corrupt(f"image {path} is truncated (no JPEG end-of-image marker FFD9, {len(raw)} bytes)",
-                       incomplete=True)
-    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[-8:-4] != b"IEND":
-        return Corrupt(f"image {path} is truncated (no PNG IEND chunk, {len(raw)} bytes)", incomplete=True)
-    try:
-        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        img = None
-        log.debug("decoding %s: %s", path, e)
-    if img is None or img.ndim != 3:
-        return Corrupt(f"cannot read image {path}: not an image format OpenCV decodes ({len(raw)} bytes)")
-    h, w = img.shape[:2]
-    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
-        return Corrupt(f"image {path} is {w}x{h} pixels, smaller than the minimum "
-                       f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
-    return img
+        return decode_image(path, data)
+    except ImageReadError as e:
+        return Corrupt(str(e), incomplete=e.incomplete)
 
 
 def _is_partial(name: str) -> bool:
@@ -349,13 +330,18 @@ class FolderSource:
         self.incomplete_wait_s = float(incomplete_wait_s)
         self._seen: set[str] = set()
         self._reported: set[tuple[str, int, int]] = set()  # (name, size, mtime_ns) reported incomplete, unchanged
+        self._skipped: set[str] = set()  # names that are not images of the set (image_skip_reason)
+        self._said_skipped = False
         self._pending: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._incomplete: dict[str, tuple[int, int, float]] = {}  # refused as incomplete: (size, mtime_ns, give up)
         self._final: set[str] = set()  # incomplete files handed to read() to be reported now
         self._last_scan = -float("inf")
         self._closed = False
         if not watch:
-            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            listing = list_images(self.path)
+            files = listing.images
+            if (line := listing.skipped_line()) is not None:
+                log.warning("image folder %s: %s", self.path, line)
             if not files:
                 exts = " ".join(sorted(IMAGE_SUFFIXES))
                 raise SourceError(f"image folder {self.path} holds no image files ({exts}); fix the camera's source "
@@ -380,9 +366,15 @@ class FolderSource:
         names: set[str] = set()
         ready: list[str] = []
         final: list[str] = []
+        all_names = {e.name for e in entries}
+        skipped = 0
         for e in entries:
             name = e.name
-            if _is_partial(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if _is_partial(name):
+                continue
+            if image_skip_reason(name, all_names) is not None:
+                skipped += name not in self._skipped
+                self._skipped.add(name)
                 continue
             names.add(name)
             if name in self._seen:
@@ -420,6 +412,11 @@ class FolderSource:
             self._final.add(name)
             self._seen.add(name)
             self._ready.append((self.path / name, size, mtime_ns))
+        if skipped and not self._said_skipped:  # said once per source
+            self._said_skipped = True
+            log.warning("watched folder %s: skipping %d files that are not images of the set (masks, hidden files, "
+                        "other suffixes)", self.path, skipped)
+        self._skipped &= all_names
         self._seen &= names  # forget deleted files: memory bounded by the folder's contents
         self._reported = {r for r in self._reported if r[0] in names}
         for table in (self._pending, self._incomplete):
@@ -491,7 +488,7 @@ def check_sources(cameras: list[CameraConfig]) -> None:
                               "path (relative paths are resolved next to the config file)")
         if path.is_dir():
             try:
-                has = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+                has = bool(list_images(path).images)
             except OSError as e:
                 raise SourceError(f"cameras.{cam.name}.source: cannot list folder {path} ({e.strerror or e}); "
                                   "make it readable for the daemon's user") from None

@@ -98,13 +98,21 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def format_validation_error(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
-    """One line for the first schema error: ``file:line: field.path: what is wrong; how to fix`` (+N more)."""
+    """Every schema error at once: one error gives one line ``config error: file:line: field.path: what is wrong; how
+    to fix``; several give a first line ``config error: file: N errors`` and then one indented line each
+    (``file:line: field.path: ...``), so that one run of ``check-config`` shows everything to fix. Unknown keys come
+    first: a typo usually also makes a required key "missing"."""
     errors = exc.errors()
-    # an unknown key is usually a typo that also makes a required key "missing": report the typo first
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(first["loc"])
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    line = yaml_line(root, loc)
-    more = f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    pos = f"{path}:{line}" if line else str(path)
-    return one_line(redact(f"config error: {pos}: {where}: {_describe(first)}{more}"))
+    ordered = [e for e in errors if e["type"] == "extra_forbidden"] + [e for e in errors
+                                                                        if e["type"] != "extra_forbidden"]
+
+    def one(err) -> str:  # noqa: ANN001
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        line = yaml_line(root, loc)
+        pos = f"{path}:{line}" if line else str(path)
+        return one_line(redact(f"{pos}: {where}: {_describe(err)}"))
+
+    if len(ordered) == 1:
+        return f"config error: {one(ordered[0])}"
+    return "\n".join([f"config error: {path}: {len(ordered)} errors", *(f"  {one(e)}" for e in ordered)])

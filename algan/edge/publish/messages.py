@@ -136,27 +136,32 @@ class ScoreThrottle:
 def alarm_payload(event: AlarmEvent) -> str:
     """Alarm event JSON.
 
-    Keys: ``id``, ``camera``, ``state`` (raised|cleared), ``ts`` (decisive frame, UTC ISO), ``score`` (of that frame),
-    ``peak`` (highest score of the episode so far), ``peak_frame``, ``first_frame``, ``last_frame``, ``frames``
-    (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised), ``snapshot`` (file name of the
-    peak-frame JPEG in ``alarm.snapshots.dir`` on the device, ``null`` when none was written) and ``region``
-    (models with anomaly maps: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score", "level"}`` in frame pixels of
-    the peak frame, else ``null``).
+    Keys: ``id``, ``camera``, ``state`` (raised|update|cleared), ``ts`` (the event's frame, UTC ISO), ``score`` (of
+    that frame), ``peak`` (highest score of the episode so far), ``peak_frame``, ``first_frame``, ``last_frame`` (the
+    event's frame), ``frames`` (frames in the episode), ``duration_s`` (seconds since the raise; 0 for raised),
+    ``snapshot`` (file name of the event frame's JPEG in ``alarm.snapshots.dir`` on the device, ``null`` when none
+    was written), ``region`` (models with anomaly maps: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score",
+    "level"}`` in frame pixels of the event's frame, else ``null``), ``file`` (image file name of the event's frame
+    for folder sources, else ``null``) and, for ``cleared`` only, ``reason`` (``normal``, ``source_ended``,
+    ``shutdown``, ``camera_removed``, ``restart``). ``raised`` and ``update`` describe one frame (score, region,
+    snapshot, file); ``cleared`` repeats the snapshot and region of the episode's last raised/update event.
     """
-    return dumps(
-        {
-            "id": event.id,
-            "camera": event.camera,
-            "state": event.state,
-            "ts": utc_iso(event.ts),
-            "score": _num(event.score),
-            "peak": _num(event.peak),
-            "peak_frame": event.peak_frame,
-            "first_frame": event.first_frame,
-            "last_frame": event.last_frame,
-            "frames": event.frames,
-            "duration_s": round(float(event.duration_s), 3),
-            "snapshot": event.snapshot,
-            "region": event.region,
-        }
-    )
+    payload = {
+        "id": event.id,
+        "camera": event.camera,
+        "state": event.state,
+        "ts": utc_iso(event.ts),
+        "score": _num(event.score),
+        "peak": _num(event.peak),
+        "peak_frame": event.peak_frame,
+        "first_frame": event.first_frame,
+        "last_frame": event.last_frame,
+        "frames": event.frames,
+        "duration_s": round(float(event.duration_s), 3),
+        "snapshot": event.snapshot,
+        "region": event.region,
+        "file": event.file,
+    }
+    if event.state == "cleared":
+        payload["reason"] = event.reason or "normal"
+    return dumps(payload)

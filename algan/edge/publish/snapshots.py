@@ -1,14 +1,13 @@
-"""Alarm snapshots: a JPEG of each alarm's peak frame, with retention by count and by age.
+"""Alarm snapshots: a JPEG of the frame of each ``raised`` and ``update`` alarm event, with retention by count and by
+age.
 
 The daemon draws the snapshot (the full camera frame, heat map over the ROI, region outlined:
-:func:`algan.runtime.maps.draw_overlay`) and the alarm event carries the file's name (relative to the directory), or
-``null`` when no file was written for it (snapshots off, or the write failed).
-
-:func:`expired` is the pure retention policy; :class:`SnapshotStore` is the thin I/O around it (encode, atomic
-write, prune). :class:`PeakSnapshots` is the pure choice of which frame's snapshot is written, and when. One file
-per alarm episode, named ``<camera>__<UTC time of the raise>__<alarm id>.jpg``; when the peak rises after the
-raise, the same file is rewritten at the clear, so it always shows the episode's peak. Only files with that name
-pattern are ever deleted, so pointing ``alarm.snapshots.dir`` at a shared folder is safe.
+:func:`algan.runtime.maps.draw_overlay`) from the very frame whose score and region the event carries, and the event
+carries the file's name (relative to the directory), or ``null`` when no file was written for it (snapshots off, or
+the write failed). :func:`expired` is the pure retention policy; :class:`SnapshotStore` is the thin I/O around it
+(encode, atomic write, prune). Files are named ``<camera>__<UTC time of the event's frame>__<alarm id>.jpg`` (an
+``update`` event's id ends in ``-u<frame>``) and never rewritten. Only files with that name pattern are ever
+deleted, so pointing ``alarm.snapshots.dir`` at a shared folder is safe.
 """
 
 from __future__ import annotations
@@ -17,18 +16,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
 
 from algan.contract import utc_iso
 from algan.edge.state import make_private_dir, write_private
-from algan.runtime.inference import Prediction
-from algan.runtime.maps import Region
 
 log = logging.getLogger(__name__)
 
@@ -60,106 +55,9 @@ def expired(files: Iterable[tuple[str, float]], now: float, max_count: int, max_
     return sorted(drop, key=order.__getitem__)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """A frame that may become an alarm's snapshot: its pixels (the full camera frame, or the model input when the
-    reader handed over no full frame) and the :class:`~algan.runtime.inference.Prediction` of its runner output
-    (score, map cells, ROI in those pixels, threshold; the region is computed when the snapshot is drawn)."""
-
-    image: np.ndarray
-    prediction: Prediction
-
-
 def snapshot_name(camera: str, raised_ts: float, alarm_id: str) -> str:
     """File name of an episode's snapshot, e.g. ``cam1__20261130T010203.456Z__3f2a....jpg``."""
     return f"{camera}__{utc_iso(raised_ts, basic=True)}__{alarm_id}.jpg"
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SnapshotPlan(Generic[T]):
-    """What to do for one alarm event (see :meth:`PeakSnapshots.plan`).
-
-    Attributes:
-        raised: the event raises the alarm (else it clears it).
-        peak_frame: the episode's peak frame so far.
-        candidate: the kept peak frame, ``None`` when it was not kept.
-        name: the snapshot's file name.
-        redraw: compute the region from :attr:`candidate` and write the snapshot now; else the event carries
-            :attr:`name` and :attr:`region` as they are (written at the raise, the peak did not rise since).
-        region: the region of the raise's snapshot (when not :attr:`redraw`).
-    """
-
-    raised: bool
-    peak_frame: int
-    candidate: T | None
-    name: str | None
-    redraw: bool
-    region: Region | None = None
-
-
-class PeakSnapshots(Generic[T]):
-    """Per camera, the frames that may still become an alarm's peak frame, and the open alarm's snapshot; pure.
-
-    The caller keeps each scored frame's pixels with :meth:`offer` (only the alarm tracker's snapshot candidates are
-    held: at most ``raise_window`` before a raise, one while alarmed), asks :meth:`plan` at an alarm event what to
-    write, writes it, and reports back with :meth:`settle`. At the raise the peak frame's snapshot is written; at
-    the clear it is written again only when the peak rose after the raise (else the raise's file and region stand).
-    """
-
-    def __init__(self) -> None:
-        self._frames: dict[str, dict[int, T]] = {}
-        #: camera -> (the episode's file name, given at the raise; whether it was written; its peak frame; region)
-        self._open: dict[str, tuple[str, bool, int, Region | None]] = {}
-
-    def offer(self, camera: str, index: int, item: T, candidates: Collection[int],
-              peak_frame: int | None = None) -> T | None:
-        """Hold frame ``index`` of ``camera`` if it is a candidate (or the event's ``peak_frame``), drop the frames
-        that are no longer candidates.
-
-        Returns:
-            The held item of ``peak_frame`` (an event's peak), ``None`` when it was not held or no event.
-        """
-        frames = self._frames.setdefault(camera, {})
-        if index in candidates or index == peak_frame:
-            frames[index] = item
-        found = frames.get(peak_frame) if peak_frame is not None else None
-        for i in [i for i in frames if i not in candidates]:
-            del frames[i]
-        return found
-
-    def held(self, camera: str) -> list[int]:
-        """Frame indices held for ``camera``, ascending."""
-        return sorted(self._frames.get(camera, {}))
-
-    def plan(self, camera: str, raised: bool, peak_frame: int, candidate: T | None, name: str) -> SnapshotPlan[T]:
-        """What to write for an alarm event of ``camera`` whose peak is ``peak_frame`` (``candidate``: its held
-        item); ``name`` is the file name of this episode (:func:`snapshot_name` of the raise's time). At a clear the
-        raise's name is kept, also when the raise's write failed and the clear writes the file; ``name`` is used only
-        for a clear whose raise was not seen."""
-        if raised:
-            return SnapshotPlan(True, peak_frame, candidate, name, redraw=True)
-        episode, written, saved, region = self._open.pop(camera, (name, False, -1, None))
-        if candidate is not None and peak_frame != saved:
-            return SnapshotPlan(False, peak_frame, candidate, episode, redraw=True)
-        return SnapshotPlan(False, peak_frame, candidate, episode if written else None, redraw=False, region=region)
-
-    def settle(self, camera: str, plan: SnapshotPlan[T], written: bool, region: Region | None) -> str | None:
-        """Record the outcome of ``plan`` (``written``: the file was written; ``region``: the event's region).
-
-        Returns:
-            The snapshot file name the event carries: the file written now (``None`` when it was not: snapshots
-            off, no kept frame, or a failed write), or for a clear that did not redraw, the raise's file (or
-            ``None``).
-        """
-        if plan.raised:
-            assert plan.name is not None
-            self._open[camera] = (plan.name, written, plan.peak_frame, region)
-        if plan.redraw:
-            return plan.name if written else None
-        return plan.name
 
 
 class SnapshotStore:
