@@ -168,7 +168,7 @@ def test_extra_keys_are_tolerated_and_kept(tmp_path):
 
 
 def test_bundles_that_only_serve_their_graph_still_read(tmp_path):
-    """The torch-free bundles of the edge tests (tests/edge/edgekit.py, tests/mapkit.py): no backbone, features or
+    """The torch-free bundles of the edge tests (tests/edgekit.py, tests/mapkit.py): no backbone, features or
     training section, a head kind the torch loader does not know."""
     d = {"format_version": 1, "model_id": "tiny-1", "calibration": {"center": 0.0, "threshold": 1.0},
          "exports": {"onnx": {"file": "model.onnx", "sha256": "ab"}}, "head": {"kind": "standin"}}
