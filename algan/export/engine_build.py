@@ -501,11 +501,12 @@ def _engine_parity(staging: Path, onnx_ref: Path, images: np.ndarray, precision:
     results = []
     for name in runner.output_names:
         what = f"tensorrt-{precision} {name}"
-        if got[name] is None or got[name].shape != ref[name].shape:
-            shape = None if got[name] is None else got[name].shape
+        out_arr = got[name]
+        if out_arr is None or out_arr.shape != ref[name].shape:
+            shape = None if out_arr is None else out_arr.shape
             raise EngineBuildError(f"parity ({what}): shape {shape} != reference {ref[name].shape} against ONNX "
                                    "Runtime CPU; nothing was written to the bundle")
-        r = compare(what, ref[name], got[name], tol, metric)
+        r = compare(what, ref[name], out_arr, tol, metric)
         say(r.line())
         results.append(r)
     bad = [r.line() for r in results if not r.ok]
