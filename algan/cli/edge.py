@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                      "TensorRT >= 10.12)")
     eng.add_argument("--int8", action="store_true", help="INT8 engine (needs int8_calibration.safetensors; TensorRT "
                      "< 11)")
-    eng.add_argument("--batch", dest="batch", action=DeprecatedFlag, new="--batch-profile")
+    eng.add_argument("--batch", dest="batch", action=DeprecatedFlag, new="--batch-profile", default=argparse.SUPPRESS)
     eng.add_argument("--batch-profile", dest="batch", default="1:8:16",
                      help="optimization profile MIN:OPT:MAX over the batch dimension (default 1:8:16)")
     eng.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
