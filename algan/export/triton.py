@@ -32,7 +32,6 @@ from algan.contract import (
     OUTPUT_NAME,
     OutputDirError,
     atomic_directory,
-    foreign_entries,
 )
 
 PLATFORM_FILES = {"onnxruntime_onnx": ONNX_FILE, "tensorrt_plan": "model.plan"}
@@ -155,7 +154,8 @@ def write_model(repo: str | Path, model: TritonModel) -> Path:
     final = repo / model.name
     if final.is_dir() and any(final.iterdir()):
         # replaced as a whole: only an earlier Triton model directory (config.pbtxt + version folders) may go
-        foreign = foreign_entries(final, ("config.pbtxt", "[0-9]*"))
+        foreign = [e.name for e in os.scandir(final) if not (e.name == "config.pbtxt" and e.is_file())
+                   and not (e.name.isdigit() and e.is_dir(follow_symlinks=False))]
         if not (final / "config.pbtxt").is_file() or foreign:
             raise OutputDirError(f"{final} exists and is not a Triton model directory written by algan-export "
                                  f"(it holds {', '.join(sorted(os.listdir(final))[:3])}); nothing was written: "
