@@ -213,8 +213,8 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     src, out = Path(input_path), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"input {src} does not exist; give an image, a folder of images or a video")
+    check_predict_out(out)  # first: a user's files in --out are named whatever else is wrong
     check_model_arg(Path(model), src)
-    check_predict_out(out)
     inf = Inferencer(model, roi=roi, threshold=threshold, batch_size=batch_size)
     if src.is_dir():
         items = folder_items(src, out.resolve() if out.resolve() != src.resolve() else None)
