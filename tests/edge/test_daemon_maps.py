@@ -50,6 +50,10 @@ def test_daemon_alarm_region_snapshot_and_folder_names(tmp_path, mqtt_broker, mq
     raised, cleared = col.events("cam1/alarm")
     assert raised["state"] == "raised" and cleared["state"] == "cleared" and raised["peak_frame"] == 6
     box = SPOT
+    # the mask (the map upsampled to the ROI, at the fallback level 1.0: the stand-in bundle has no pixel threshold)
+    # covers the spot less its bilinear fringe: 16x16 box, the 1.0 crossing half a pixel inside each edge
+    assert 200 <= raised["region"].pop("area") <= 16 * 16
+    cleared["region"].pop("area")
     assert raised["region"] == {"box": list(box), "peak": [box[0] + 4, box[1] + 4],
                                 "peak_score": pytest.approx(127 / 64, abs=1e-6), "level": 1.0}
     assert cleared["region"] == raised["region"] and cleared["snapshot"] == raised["snapshot"]
