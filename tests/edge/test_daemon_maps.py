@@ -108,7 +108,9 @@ def test_predict_cli_folder_labels_report_and_errors(tmp_path):
         ("spot/broken.png", "unreadable", "spot"), ("spot/f000.png", "anomalous", "spot"),
         ("spot/f001.png", "anomalous", "spot")]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/jpeg;base64,") == 5 and "<td>spot</td><td>defective</td><td>2</td><td>2</td>" in html
+    # 5 overlays and the masks of the 2 anomalous images
+    assert html.count("data:image/jpeg;base64,") == 7 and html.count("class='mask'") == 2
+    assert "<td>spot</td><td>defective</td><td>2</td><td>2</td>" in html
     assert "threshold 1: 2 above, 3 below" in html
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:1] == ["overlays/good/f000.png.jpg"]
     bad = run_cli("algan.cli.predict", str(bundle), str(tmp_path / "nope"))
