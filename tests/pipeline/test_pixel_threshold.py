@@ -159,3 +159,15 @@ def test_bench_mask_f1_is_null_without_masks_and_calibrated_on_half_the_normals(
     ref.add(upsample_maps(maps[rest], (32, 32)), masks[rest], scores[rest])
     assert (ref.tp, ref.fn) == (n_defect * 64, 0) and ref.fp > 0  # every defect flagged, the bilinear fringe: FP
     assert f1 == pytest.approx(round(ref.f1(), 4)) and 0.5 < f1 < 1.0
+
+
+def test_graph_metadata_records_the_pixel_threshold_for_graphs_with_maps_only():
+    from algan.contract import parse_manifest
+    from algan.export.metadata import graph_metadata
+
+    manifest = parse_manifest({"format_version": 1, "model_id": "m",
+                               "calibration": {"center": 2.0, "threshold": 6.0, "pixel_threshold": 4.0}})
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, pixel_threshold=4.0)
+    meta = graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16), pixel_threshold=4.0)
+    assert float(meta[KEY_PIXEL_THRESHOLD]) == 0.5 == manifest.calibration.pixel_level
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16))
