@@ -14,7 +14,9 @@ Exported graph (ONNX; the TensorRT engine keeps the same names):
 Graph ``metadata_props`` (all strings): :data:`KEY_MODEL_ID`, :data:`KEY_OUTPUTS` (``scores`` or
 ``scores,anomaly_maps``), :data:`KEY_MAP_SIZE` (``h,w``; absent for score-only graphs), and the calibration constants
 baked into the graph, :data:`KEY_CAL_CENTER` / :data:`KEY_CAL_SCALE` (``raw = score * scale + center``), with which
-the edge re-maps scores (and maps) after a re-calibration.
+the edge re-maps scores (and maps) after a re-calibration. Graphs with maps of a bundle that has a pixel threshold
+also carry :data:`KEY_PIXEL_THRESHOLD`: the map level of a defect pixel on the graph's own calibrated map scale
+(:attr:`CalibrationSection.pixel_level`).
 
 Bundle directory: :data:`MANIFEST_FILE` (the manifest), :data:`WEIGHTS_FILE`, :data:`SAMPLES_FILE` (held-out normal
 frames), :data:`ONNX_FILE`, :data:`ENGINE_FILE`. The manifest is typed: :class:`Manifest` (one pydantic model per
@@ -22,7 +24,7 @@ section), read with :func:`load_manifest` (one :class:`BundleError` line naming 
 
 The threshold rule (:func:`order_statistic_rank`, :func:`empirical_threshold`) is the one order statistic that both
 training (``algan.model.fit``) and re-calibration (``algan.calibration.threshold``) use for "the threshold at a
-target false-alarm rate".
+target false-alarm rate"; :func:`pixel_threshold` applies the same rule to the anomaly-map cells of normal images.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ KEY_OUTPUTS = "algan.outputs"
 KEY_MAP_SIZE = "algan.map_size"
 KEY_CAL_CENTER = "algan.calibration_center"
 KEY_CAL_SCALE = "algan.calibration_scale"
+KEY_PIXEL_THRESHOLD = "algan.pixel_threshold"
 
 # -- bundle files -------------------------------------------------------------------------------------------
 MANIFEST_FILE = "algan.json"
@@ -415,6 +418,31 @@ def empirical_threshold(scores: np.ndarray, target_fpr: float, *, clip: bool) ->
     return EmpiricalThreshold(float(s[k - 1]), k, 1.0 - k / (n + 1), True, need)
 
 
+#: default per-pixel false-positive rate of the pixel threshold (share of normal map cells at or above it): the lowest
+#: rate measured, the best mask F1 on every dev set with flagged defects (benchmarks/pixel_threshold.py, RESULTS.md
+#: "Session 11"); still resolved by 2 held-out images of 56 x 56 cells
+DEFAULT_PIXEL_FPR = 0.001
+
+
+def pixel_threshold(maps: np.ndarray, target_fpr: float = DEFAULT_PIXEL_FPR) -> EmpiricalThreshold:
+    """The pixel threshold: :func:`empirical_threshold` (the one threshold rule) over every cell of the anomaly maps
+    of held-out normal images, so that a share of at most ``target_fpr`` of normal map cells (hence, up to the
+    bilinear upsampling, of normal ROI pixels) lies at or above it.
+
+    Args:
+        maps: raw (uncalibrated) anomaly maps of normal images, float (N, h, w) (any shape; all cells are pooled).
+        target_fpr: per-pixel false-positive rate in (0, 1), e.g. :data:`DEFAULT_PIXEL_FPR`.
+
+    Returns:
+        The :class:`EmpiricalThreshold` in raw map units; clipped to the maximum (``resolved=False``) when the
+        cells are too few for the rate.
+
+    Raises:
+        ValueError: no cells, NaN/inf values, ``target_fpr`` outside (0, 1).
+    """
+    return empirical_threshold(np.asarray(maps, dtype=np.float32).ravel(), target_fpr, clip=True)
+
+
 # -- the bundle manifest ----------------------------------------------------------------------------------------
 #: the bundle format version this package reads and writes (``format_version`` of the manifest)
 FORMAT_VERSION = 1
@@ -499,7 +527,12 @@ class HeadSection(_Section):
 
 class CalibrationSection(_Section):
     """``calibration``: raw score ``center`` (median normal) and ``threshold`` (the alarm level), with how they were
-    found; algan-calibrate adds ``date``, ``tool``, ``data``, ``validation``... (kept as extra keys)."""
+    found; algan-calibrate adds ``date``, ``tool``, ``data``, ``validation``... (kept as extra keys).
+
+    Patch heads add the pixel threshold: ``pixel_threshold`` (raw map units, :func:`pixel_threshold` over the maps
+    of the same held-out normals), ``pixel_target_fpr`` (its per-pixel false-positive rate) and ``n_pixels`` (map
+    cells it came from). Bundles written before it have none: :attr:`pixel_level` is then 1.0.
+    """
 
     center: float
     threshold: float
@@ -508,6 +541,18 @@ class CalibrationSection(_Section):
     source: str | None = None
     method: str | None = None
     date: str | None = None
+    pixel_threshold: float | None = None
+    pixel_target_fpr: float | None = None
+    n_pixels: int | None = None
+
+    @property
+    def pixel_level(self) -> float:
+        """The pixel threshold on the calibrated map scale (where 1.0 is the image threshold's level):
+        ``(pixel_threshold - center) / (threshold - center)``; a map cell at or above it is a defect pixel.
+        Without a ``pixel_threshold`` (bundles written before it) 1.0: the image threshold's level."""
+        if self.pixel_threshold is None or not self.threshold > self.center:
+            return 1.0
+        return (float(self.pixel_threshold) - self.center) / (self.threshold - self.center)
 
 
 class TrainingDataSection(_Section):

@@ -6,20 +6,22 @@
     model = algan.Inferencer("model")                      # a bundle exported with algan-export
     frame = cv2.imread("part.png")                         # any frame size, BGR as OpenCV reads it
     p = model.predict(frame)                               # p.score (1.0 = threshold), p.is_anomalous, p.region
-    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, region outlined
+    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, the defect mask outlined
 
 What happens to a frame (the same as in ``algan-train`` and the edge daemon,
 :func:`algan.data.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
 given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
-For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
-:class:`~algan.edge.maps.Region` in frame pixels.
+For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size; a frame at or above the
+image threshold also gets its defect mask (the upsampled map at or above the pixel threshold,
+:func:`~algan.edge.maps.mask_from_map`) and a :class:`~algan.edge.maps.Region` in frame pixels (box, peak, the mask's
+area). A frame below the image threshold gets neither.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,16 @@ import numpy as np
 from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.data.preprocess import prepare_frame
 from algan.edge.errors import ModelError
-from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
+from algan.edge.maps import (
+    Region,
+    Roi,
+    draw_overlay,
+    frame_roi,
+    mask_from_map,
+    parse_roi,
+    region_from_map,
+    upsample_map,
+)
 from algan.edge.runners.base import BACKENDS, run_batch
 
 log = logging.getLogger(__name__)
@@ -42,11 +53,15 @@ class Prediction:
         is_anomalous: ``score >= threshold``.
         anomaly_map: float32 ``(roi_h, roi_w)`` map upsampled (bilinear) to the ROI's size in pixels (the frame's
             size without a ROI), calibrated units; ``None`` for a score-only model.
-        region: where the defect is, in frame pixels (:class:`~algan.edge.maps.Region`: box, peak); ``None``
-            for a score-only model.
+        region: where the defect is, in frame pixels (:class:`~algan.edge.maps.Region`: box, peak, ``area`` = the
+            mask's pixels); ``None`` for a score-only model and for a frame below the threshold.
         map_cells: float32 ``(h, w)`` map at the model's resolution (what the graph returned), or ``None``.
         roi: ``(x, y, w, h)`` frame pixels that went into the model (the whole frame without a ROI).
         threshold: the decision threshold used (calibrated units).
+        mask: uint8 ``(roi_h, roi_w)`` predicted defect mask, 255 where :attr:`anomaly_map` is at or above
+            :attr:`pixel_threshold`, 0 elsewhere; ``None`` for a score-only model and for a frame below the threshold.
+        pixel_threshold: the pixel threshold on the calibrated map scale (1.0 = the image threshold's level), or
+            ``None`` for a score-only model.
     """
 
     score: float
@@ -56,10 +71,14 @@ class Prediction:
     map_cells: np.ndarray | None = None
     roi: Roi | None = None
     threshold: float = 1.0
+    mask: np.ndarray | None = None
+    pixel_threshold: float | None = None
 
     def to_dict(self) -> dict:
-        """JSON-able summary: score, is_anomalous, threshold, roi, region (no arrays)."""
+        """JSON-able summary: score, is_anomalous, threshold, pixel_threshold, roi, region (with the mask's area;
+        no arrays)."""
         return {"score": round(self.score, 6), "is_anomalous": self.is_anomalous, "threshold": self.threshold,
+                "pixel_threshold": round(self.pixel_threshold, 6) if self.pixel_threshold is not None else None,
                 "roi": list(self.roi) if self.roi is not None else None,
                 "region": self.region.to_dict() if self.region is not None else None}
 
@@ -106,6 +125,9 @@ class Inferencer:
         roi: ``(x, y, w, h)`` or ``"x,y,w,h"`` crop in frame pixels; default: the bundle's ``roi`` (manifest),
             else the whole frame. ``"full"`` forces the whole frame.
         threshold: decision threshold (calibrated units, default 1.0 = the calibrated alarm threshold).
+        pixel_threshold: defect-mask level on the calibrated map scale; default: the bundle's pixel threshold
+            (:func:`algan.edge.runners.calibration.pixel_level`: ``algan.json``, else the graph's metadata, else 1.0
+            for bundles calibrated before pixel thresholds existed).
         backend: ``onnxruntime`` (default), ``tensorrt`` (``model.engine``) or ``torch`` (the bundle).
         threads: ONNX Runtime intra-op threads (0 = its default).
         providers: ONNX Runtime providers by short name (``cpu``, ``cuda``, ``tensorrt``), default CPU.
@@ -119,7 +141,7 @@ class Inferencer:
 
     def __init__(self, model: str | Path, roi: Roi | str | None = None, threshold: float = 1.0,
                  backend: str = "onnxruntime", threads: int = 0, providers: Sequence[str] | None = None,
-                 batch_size: int = 8, runner=None) -> None:  # noqa: ANN001
+                 batch_size: int = 8, runner=None, pixel_threshold: float | None = None) -> None:  # noqa: ANN001
         self.model = Path(model)
         bundle = self.model if self.model.is_dir() else self.model.parent
         #: the bundle's manifest; ``None`` for a bare graph file without an ``algan.json`` beside it
@@ -143,6 +165,14 @@ class Inferencer:
         self.threshold = float(threshold)
         self.batch_size = max(1, int(batch_size))
         self.runner = runner if runner is not None else self._load(backend, threads, providers)
+        if pixel_threshold is not None:
+            self.pixel_threshold, source = float(pixel_threshold), "the caller"
+        else:
+            from algan.edge.runners.calibration import pixel_level
+
+            self.pixel_threshold, source = pixel_level(self.model)
+        if self.has_maps:
+            log.info("defect masks at map level %.4g (%s)", self.pixel_threshold, source)
 
     def _load(self, backend: str, threads: int, providers: Sequence[str] | None):  # noqa: ANN202
         import importlib
@@ -227,19 +257,24 @@ class Inferencer:
         return out
 
     def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
-        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``)."""
+        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``): the region and the
+        mask only when ``score >= threshold``."""
         roi = frame_roi(frame.shape, self.roi)
-        region = full = None
+        region = full = mask = None
+        flagged = bool(score >= self.threshold)
         if cells is not None:
-            region = region_from_map(cells, roi, self.threshold)
             full = upsample_map(cells, (roi[3], roi[2]))
-        return Prediction(float(score), bool(score >= self.threshold), full, region, cells, roi, self.threshold)
+            if flagged:
+                mask = mask_from_map(cells, (roi[3], roi[2]), self.pixel_threshold)
+                region = replace(region_from_map(cells, roi, self.threshold), area=int(np.count_nonzero(mask)))
+        return Prediction(float(score), flagged, full, region, cells, roi, self.threshold, mask,
+                          self.pixel_threshold if cells is not None else None)
 
     def overlay(self, frame: np.ndarray, prediction: Prediction) -> np.ndarray:
-        """The frame with the heat map over its ROI, the region outlined and the score written (uint8 BGR, frame
-        size); see :func:`algan.edge.maps.draw_overlay`."""
+        """The frame with the heat map over its ROI, the defect mask's contours and the peak drawn (frames at or above
+        the threshold) and the score written (uint8 BGR, frame size); see :func:`algan.edge.maps.draw_overlay`."""
         return draw_overlay(frame, prediction.map_cells, self.roi, prediction.region, prediction.score,
-                            self.threshold)
+                            self.threshold, mask=prediction.mask)
 
     def close(self) -> None:
         close = getattr(self.runner, "close", None)

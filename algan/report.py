@@ -2,7 +2,8 @@
 
 Contents: the model and threshold, counts (per class when the inputs carry labels), a score histogram with the
 threshold line (inline SVG), and a grid of overlay thumbnails (inline base64 JPEG) sorted by score, highest first,
-with a divider where the scores cross the threshold. numpy/OpenCV only.
+with a divider where the scores cross the threshold; an image with a predicted defect mask shows the mask (white =
+defect, frame-sized) beside its overlay, with its area in pixels. numpy/OpenCV only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 
 #: longest side of a thumbnail (pixels)
 THUMB_PX = 220
+#: longest side of a mask thumbnail (pixels)
+MASK_THUMB_PX = 110
 #: most thumbnails written into one report (the highest scores; the CSV has every row)
 MAX_THUMBS = 1000
 
@@ -36,6 +39,8 @@ class ReportItem:
         normal_label: True/False when the class says normal/defective, ``None`` without a label.
         thumbnail: uint8 BGR overlay image (any size; shrunk here), or ``None``.
         region: ``[x, y, w, h]`` in frame pixels, or ``None``.
+        mask: uint8 ``(H, W)`` predicted defect mask in frame pixels (non-zero = defect), or ``None`` (no mask: a
+            score-only model, or a frame below the threshold).
     """
 
     name: str
@@ -45,6 +50,7 @@ class ReportItem:
     normal_label: bool | None = None
     thumbnail: np.ndarray | None = None
     region: Sequence[int] | None = None
+    mask: np.ndarray | None = None
 
 
 def thumb_data_uri(image: np.ndarray, px: int = THUMB_PX, quality: int = 80) -> str:
@@ -125,6 +131,7 @@ table.cls{border-collapse:collapse;margin:10px 0;font-size:13px} table.cls td,ta
 padding:3px 8px;text-align:right} table.cls td:first-child,table.cls th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px} .card{width:232px;background:#fff;border:1px solid #ddd;
 border-radius:4px;padding:5px;font-size:12px} .card img{max-width:220px;max-height:220px;display:block;margin:auto}
+.card img.mask{max-width:110px;max-height:110px;margin-top:3px;border:1px solid #999}
 .card.anom{border-color:#d1495b;box-shadow:0 0 0 1px #d1495b} .name{word-break:break-all;color:#444}
 .score{font-weight:600} .anom .score{color:#b3202f} .ok .score{color:#2f7a4f}
 .divider{width:100%;border-top:2px dashed #222;margin:6px 0;padding-top:3px;font-size:13px;font-weight:600}
@@ -159,6 +166,12 @@ def write_report(path: str | Path, items: Sequence[ReportItem], threshold: float
                if item.thumbnail is not None else "")
         label = f"<span class='badge'>{html.escape(item.label)}</span>" if item.label else ""
         region = f"<br>region {list(item.region)}" if item.region is not None else ""
+        if item.mask is not None:
+            area = int(np.count_nonzero(item.mask))
+            u8 = np.where(np.asarray(item.mask) > 0, 255, 0).astype(np.uint8)
+            img += (f"<img class='mask' src='{thumb_data_uri(cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR), MASK_THUMB_PX)}' "
+                    f"alt='defect mask of {html.escape(item.name)}' title='predicted defect mask ({area} px)'>")
+            region += f", mask {area} px"
         cls = "anom" if item.anomalous else "ok"
         decision = "anomalous" if item.anomalous else "normal"
         cards.append(f"<div class='card {cls}'>{img}<div class='name'>{html.escape(item.name)}{label}</div>"

@@ -36,7 +36,15 @@ from algan.edge.config import CameraConfig, EdgeConfig, load_config
 from algan.edge.config.reload import plan_reload
 from algan.edge.errors import ConfigError, EdgeError, SourceError
 from algan.edge.logs import RepeatedErrors
-from algan.edge.maps import Region, bundle_roi, draw_overlay, encode_jpeg, frame_roi, region_from_map
+from algan.edge.maps import (
+    Region,
+    bundle_roi,
+    draw_overlay,
+    encode_jpeg,
+    frame_roi,
+    mask_from_map,
+    region_from_map,
+)
 from algan.edge.metrics import Metrics
 from algan.edge.publish.broker import EmbeddedBroker, embedded_broker_refusal, wants_embedded_broker
 from algan.edge.publish.discovery import discovery_messages
@@ -125,6 +133,8 @@ class EdgeApp:
         self._episode: dict[str, tuple[str | None, dict | None]] = {}
         self._ended: set[str] = set()  # cameras whose source ended; their open alarm closes once their frames are in
         self._has_maps = False
+        #: the defect-mask level on the calibrated map scale (algan.edge.runners.calibration.pixel_level)
+        self._pixel_level = 1.0
         self._model_size: tuple[int, int] = (0, 0)
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
@@ -171,6 +181,11 @@ class EdgeApp:
                  runner.model_id)
         self.backend = runner.backend
         self._has_maps = bool(getattr(runner, "has_maps", False))
+        if self._has_maps:
+            from algan.edge.runners.calibration import pixel_level
+
+            self._pixel_level, source = pixel_level(Path(self.cfg.model))
+            log.info("defect masks of alarm snapshots at map level %.4g (%s)", self._pixel_level, source)
         self._model_size = (int(h), int(w))
         self._apply_bundle_roi()
         broker = self._start_broker()
@@ -527,12 +542,23 @@ class EdgeApp:
                 self._set_state(pub, cam, STATE_OFFLINE)
 
     def _region(self, cam: str, cand: tuple[np.ndarray, np.ndarray | None] | None) -> Region | None:
-        """The anomalous region of a candidate frame in frame pixels (``None`` without a map)."""
-        if cand is None or cand[1] is None:
+        """The anomalous region of a candidate frame in frame pixels, with its defect mask's area (``None`` without a
+        map)."""
+        mask = self._mask(cam, cand)
+        if cand is None or cand[1] is None or mask is None:
             return None
         image, cells = cand
         roi = self._camera_roi(cam, image)
-        return region_from_map(cells, frame_roi(image.shape, roi), self.thresholds[cam][0])
+        region = region_from_map(cells, frame_roi(image.shape, roi), self.thresholds[cam][0])
+        return replace(region, area=int(np.count_nonzero(mask)))
+
+    def _mask(self, cam: str, cand: tuple[np.ndarray, np.ndarray | None] | None) -> np.ndarray | None:
+        """The defect mask (uint8, the ROI's size) of a candidate frame (``None`` without a map)."""
+        if cand is None or cand[1] is None:
+            return None
+        image, cells = cand
+        _, _, w, h = frame_roi(image.shape, self._camera_roi(cam, image))
+        return mask_from_map(cells, (h, w), self._pixel_level)
 
     def _camera_roi(self, cam: str, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """The camera's ROI in the pixels of a kept candidate image: the config's for a full frame, ``None`` for
@@ -546,7 +572,10 @@ class EdgeApp:
         if self.snapshots is None or cand is None:
             return False
         image, cells = cand
-        overlay = draw_overlay(image, cells, self._camera_roi(cam, image), region, peak, self.thresholds[cam][0])
+        # the alarm's peak frame: its defect mask outlined (none for a frame below the threshold)
+        mask = self._mask(cam, cand) if peak >= self.thresholds[cam][0] else None
+        overlay = draw_overlay(image, cells, self._camera_roi(cam, image), region if mask is not None else None,
+                               peak, self.thresholds[cam][0], mask=mask)
         snap = self.cfg.alarm.snapshots
         written = self.snapshots.save(name, overlay) is not None
         if snap is not None and snap.mqtt:
