@@ -10,8 +10,8 @@ from algan.edge.config.base import Section
 
 
 class SnapshotConfig(Section):
-    """JPEG of the frame of each raised/update alarm event: the full camera frame, with the anomaly heat map blended over the ROI
-    and the anomalous region outlined (models with anomaly maps)."""
+    """JPEG of the frame of each raised/update alarm event: the full camera frame, with the anomaly heat map blended
+    over the ROI and the anomalous region outlined (models with anomaly maps)."""
 
     dir: Path = Field(description="directory of the snapshots; a relative path is resolved next to the config file")
     max_count: int = Field(1000, ge=1, le=1_000_000, description="most snapshots kept; older ones are deleted (files)")
@@ -75,7 +75,7 @@ class AlarmConfig(Section):
     cooldown_s: float = Field(
         0.0, ge=0, le=86_400, description="after a clear, no new alarm is raised for this long (seconds)"
     )
-    snapshots: SnapshotConfig | None = Field(None, description="JPEG of the frame of each raised/update alarm event; omit = none")
+    snapshots: SnapshotConfig | None = Field(None, description="JPEG of each raised/update event's frame; omit = none")
     cameras: dict[str, AlarmOverride] = Field(
         default_factory=dict, description="per-camera overrides by camera name, e.g. {cam1: {raise_frames: 5}}"
     )
