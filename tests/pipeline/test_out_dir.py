@@ -145,7 +145,11 @@ def test_predict_out_with_a_users_files_is_refused(tmp_path, capsys):
     out.mkdir()
     (out / "predictions.csv").write_text("mine")
     (out / "budget.xlsx").write_text("mine")
-    assert main([str(tmp_path / "model"), str(imgs), "--out", str(out)]) == 2
+    model = tmp_path / "model"  # refused before the model is opened: its files need only exist
+    model.mkdir()
+    (model / "algan.json").write_text("{}")
+    (model / "model.onnx").write_bytes(b"")
+    assert main([str(model), str(imgs), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "budget.xlsx" in err and (out / "predictions.csv").read_text() == "mine"
 
