@@ -116,9 +116,14 @@ def video_frames(path: Path) -> Iterator[tuple[str, np.ndarray, str | None]]:
 
 
 def _progress(total: int | None, desc: str):  # noqa: ANN202
-    """A tqdm bar on a terminal (stderr), else ``None`` (no carriage returns in logs)."""
-    if not sys.stderr.isatty():
+    """A tqdm bar on a terminal (stderr), else progress lines for a log (:class:`algan.progress.LogProgress`: at the
+    start, then at least every 30 s with count, total and ETA; no carriage returns); nothing for one image."""
+    if total == 1:
         return None
+    if not sys.stderr.isatty():
+        from algan.progress import LogProgress
+
+        return LogProgress("scoring", total, "img", prog=desc)
     try:
         from tqdm import tqdm
     except ImportError:
