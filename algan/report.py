@@ -2,7 +2,9 @@
 
 Contents: the model and threshold, counts (per class when the inputs carry labels), a score histogram with the
 threshold line (inline SVG), and a grid of overlay thumbnails (inline base64 JPEG) sorted by score, highest first,
-with a divider where the scores cross the threshold. The page is a Jinja2 template (:data:`TEMPLATE`, autoescaped).
+with a divider where the scores cross the threshold; an image with a predicted defect mask shows the mask (white =
+defect, frame-sized) beside its overlay, with its area in pixels. The page is a Jinja2 template (:data:`TEMPLATE`,
+autoescaped).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 
 #: longest side of a thumbnail (pixels)
 THUMB_PX = 220
+#: longest side of a mask thumbnail (pixels)
+MASK_THUMB_PX = 110
 #: most thumbnails written into one report (the highest scores; the CSV has every row)
 MAX_THUMBS = 1000
 
@@ -35,6 +39,8 @@ class ReportItem:
         normal_label: True/False when the class says normal/defective, ``None`` without a label.
         thumbnail: uint8 BGR overlay image (any size; shrunk here), or ``None``.
         region: ``[x, y, w, h]`` in frame pixels, or ``None``.
+        mask: uint8 ``(H, W)`` predicted defect mask in frame pixels (non-zero = defect), or ``None`` (no mask: a
+            score-only model, or a frame below the threshold).
     """
 
     name: str
@@ -44,6 +50,7 @@ class ReportItem:
     normal_label: bool | None = None
     thumbnail: np.ndarray | None = None
     region: Sequence[int] | None = None
+    mask: np.ndarray | None = None
 
 
 def thumb_data_uri(image: np.ndarray, px: int = THUMB_PX, quality: int = 80) -> str:
@@ -120,6 +127,7 @@ table.cls{border-collapse:collapse;margin:10px 0;font-size:13px} table.cls td,ta
 padding:3px 8px;text-align:right} table.cls td:first-child,table.cls th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px} .card{width:232px;background:#fff;border:1px solid #ddd;
 border-radius:4px;padding:5px;font-size:12px} .card img{max-width:220px;max-height:220px;display:block;margin:auto}
+.card img.mask{max-width:110px;max-height:110px;margin-top:3px;border:1px solid #999}
 .card.anom{border-color:#d1495b;box-shadow:0 0 0 1px #d1495b} .name{word-break:break-all;color:#444}
 .score{font-weight:600} .anom .score{color:#b3202f} .ok .score{color:#2f7a4f}
 .divider{width:100%;border-top:2px dashed #222;margin:6px 0;padding-top:3px;font-size:13px;font-weight:600}
@@ -139,11 +147,14 @@ c.flagged }}</td><td>{{ '%.1f%%'|format(100 * c.right) }}</td></tr>{% endfor %}<
 {{ histogram }}
 <div class='grid'>{% for card in cards %}{% if card.divider %}<div class='divider'>{{ card.divider }}</div>
 {% else %}<div class='card {{ 'anom' if card.item.anomalous else 'ok' }}'>{% if card.thumb %}<img src='{{ card.thumb }}'
-alt='{{ card.item.name }}'>{% endif %}<div class='name'>{{ card.item.name }}{% if card.item.label %}<span
+alt='{{ card.item.name }}'>{% endif %}{% if card.mask_thumb %}<img class='mask' src='{{ card.mask_thumb }}'
+alt='defect mask of {{ card.item.name }}' title='predicted defect mask ({{ card.mask_area }} px)'>{% endif %}<div
+class='name'>{{ card.item.name }}{% if card.item.label %}<span
 class='badge'>{{ card.item.label }}</span>{% endif %}</div><span class='score'>
 {{- '%.3f'|format(card.item.score) }}</span> {{ 'anomalous' if card.item.anomalous else 'normal' }}
 {%- if card.item.region is not none %}<br>region
-{{ card.item.region|list }}{% endif %}</div>{% endif %}{% endfor %}</div>
+{{ card.item.region|list }}{% endif %}{% if card.mask_area is not none %}, mask {{ card.mask_area }} px{% endif %}</div>
+{%- endif %}{% endfor %}</div>
 {% if more %}<p class='meta'>{{ more }} lower-scored images without thumbnails (see predictions.csv)</p>{% endif %}
 </body></html>
 """
@@ -176,7 +187,12 @@ def write_report(path: str | Path, items: Sequence[ReportItem], threshold: float
             cards.append({"divider": f"threshold {threshold:g}: {n_anom} above, {len(ranked) - n_anom} below"})
             divided = True
         thumb = thumb_data_uri(item.thumbnail) if item.thumbnail is not None else ""
-        cards.append({"item": item, "thumb": Markup(thumb)})
+        mask_thumb, area = "", None
+        if item.mask is not None:
+            area = int(np.count_nonzero(item.mask))
+            u8 = np.where(np.asarray(item.mask) > 0, 255, 0).astype(np.uint8)
+            mask_thumb = thumb_data_uri(cv2.cvtColor(u8, cv2.COLOR_GRAY2BGR), MASK_THUMB_PX)
+        cards.append({"item": item, "thumb": Markup(thumb), "mask_thumb": Markup(mask_thumb), "mask_area": area})
     if not divided:
         cards.append({"divider": f"threshold {threshold:g}: all {n_anom} above"})
     page = Environment(autoescape=True).from_string(TEMPLATE).render(

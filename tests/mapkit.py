@@ -18,7 +18,7 @@ GREY = 128
 
 def make_map_model(path: Path, size: tuple[int, int] = (64, 64), cells: tuple[int, int] = (16, 16),
                    maps: bool = True, model_id: str = "maps-1", center: float | None = 0.0,
-                   scale: float | None = 1.0) -> Path:
+                   scale: float | None = 1.0, pixel_threshold: float | None = None) -> Path:
     """Write the stand-in graph: ``images`` uint8 [N,H,W,3] -> ``scores`` [N] (+ ``anomaly_maps`` [N,h,w]).
 
     Args:
@@ -27,6 +27,7 @@ def make_map_model(path: Path, size: tuple[int, int] = (64, 64), cells: tuple[in
         cells: map size (h, w).
         maps: False = a score-only graph (same scores).
         model_id, center, scale: metadata (``algan.model_id``, export-time calibration; ``None`` = absent).
+        pixel_threshold: ``algan.pixel_threshold`` metadata (the graph's calibrated map units), ``None`` = absent.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -61,6 +62,8 @@ def make_map_model(path: Path, size: tuple[int, int] = (64, 64), cells: tuple[in
         meta["algan.map_size"] = f"{mh},{mw}"
     if center is not None and scale is not None:
         meta.update({"algan.calibration_center": repr(float(center)), "algan.calibration_scale": repr(float(scale))})
+    if pixel_threshold is not None:
+        meta["algan.pixel_threshold"] = repr(float(pixel_threshold))
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,22 +73,26 @@ def make_map_model(path: Path, size: tuple[int, int] = (64, 64), cells: tuple[in
 
 def make_map_bundle(directory: Path, size: tuple[int, int] = (64, 64), cells: tuple[int, int] = (16, 16),
                     maps: bool = True, roi: list[int] | None = None, center: float = 0.0,
-                    threshold: float = 1.0) -> Path:
+                    threshold: float = 1.0, pixel_threshold: float | None = None,
+                    graph_pixel_threshold: float | None = None) -> Path:
     """A bundle directory (``algan.json``, ``model.onnx``, a token ``weights.safetensors``) around
     :func:`make_map_model`; the manifest's
-    calibration ``{center, threshold}`` re-maps the graph's (0, 1) export calibration when it differs."""
+    calibration ``{center, threshold}`` re-maps the graph's (0, 1) export calibration when it differs;
+    ``pixel_threshold`` (raw) goes into the manifest's calibration, ``graph_pixel_threshold`` into the graph's
+    metadata (both absent by default: a bundle from before pixel thresholds)."""
     import hashlib
 
     from safetensors.numpy import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    make_map_model(directory / "model.onnx", size, cells, maps)
+    make_map_model(directory / "model.onnx", size, cells, maps, pixel_threshold=graph_pixel_threshold)
     save_file({"head.w": np.arange(4, dtype=np.float32)}, str(directory / "weights.safetensors"))
     manifest = {
         "format_version": 1, "model_id": "maps-1", "variant": "patch",
         "input": {"height": size[0], "width": size[1], "layout": "NHWC", "dtype": "uint8", "colour_order": "BGR"},
         "head": {"kind": "standin"},
-        "calibration": {"center": center, "threshold": threshold},
+        "calibration": {"center": center, "threshold": threshold,
+                        **({"pixel_threshold": pixel_threshold} if pixel_threshold is not None else {})},
         "outputs": ["scores", "anomaly_maps"] if maps else ["scores"],
         "roi": roi,
         "exports": {"onnx": {"file": "model.onnx",

@@ -33,7 +33,15 @@ from algan.calibration.threshold import (
     expected_alarms_interval,
     images_needed,
 )
-from algan.contract import CALIBRATION_SCORES_FILE, INT8_SET_FILE, Manifest, order_statistic_rank, utc_now_iso
+from algan.contract import (
+    CALIBRATION_SCORES_FILE,
+    DEFAULT_PIXEL_FPR,
+    INT8_SET_FILE,
+    Manifest,
+    order_statistic_rank,
+    pixel_threshold,
+    utc_now_iso,
+)
 from algan.data.datasets import DatasetError, load_dataset, load_folder
 
 log = logging.getLogger(__name__)
@@ -186,8 +194,13 @@ def _row(name: str, thr: float, normals: np.ndarray, anomalies: np.ndarray, cent
 
 def calibrate(detector, manifest: Manifest, split: CalibrationSplit, target_fpr: float = 0.001, method: str = "auto",
               fps: float = 10.0, int8_size: int = 256, batch_size: int = 32,
-              max_bad_fraction: float = MAX_BAD_FRACTION) -> CalibrationResult:
+              max_bad_fraction: float = MAX_BAD_FRACTION, pixel_fpr: float = DEFAULT_PIXEL_FPR) -> CalibrationResult:
     """Score the split and fit the thresholds (writes nothing).
+
+    For a detector with anomaly maps the pixel threshold is fitted too: :func:`algan.contract.pixel_threshold` at
+    ``pixel_fpr`` over the calibration normals' raw map cells (``info["pixel_threshold"]``, ``pixel_target_fpr``,
+    ``n_pixels``), and its achieved per-pixel rate is measured on the validation normals'
+    (``info["pixel_validation"]``).
 
     Raises:
         ValueError: too few images, constant scores, too many unreadable images, bad settings.
@@ -196,9 +209,13 @@ def calibrate(detector, manifest: Manifest, split: CalibrationSplit, target_fpr:
         raise ValueError(f"--target-fpr must lie in (0, 0.5) (per-frame false-alarm rate), got {target_fpr}")
     if not fps > 0:
         raise ValueError(f"--fps must be > 0 (frames per second per camera), got {fps}")
+    if not 0.0 < pixel_fpr < 1.0:
+        raise ValueError(f"--pixel-fpr must lie in (0, 1) (per-pixel false-positive rate), got {pixel_fpr}")
     keep = select_indices(len(split.calib), int8_size, split.seed) if split.calib else []
-    cal = score_images(detector, split.calib, batch_size, keep, "calibration images", max_bad_fraction)
-    val = score_images(detector, split.valid, batch_size, (), "validation images", max_bad_fraction)
+    cal = score_images(detector, split.calib, batch_size, keep, "calibration images", max_bad_fraction,
+                       with_maps=True)
+    val = score_images(detector, split.valid, batch_size, (), "validation images", max_bad_fraction,
+                       with_maps=True)
     anom = score_images(detector, split.anomalies, batch_size, (), "anomalous images", max_bad_fraction)
     if len(cal.scores) < MIN_SCORES:
         msg = (f"only {len(cal.scores)} readable calibration normals in {split.root} (of {len(split.calib)}); need "
@@ -251,6 +268,12 @@ def calibrate(detector, manifest: Manifest, split: CalibrationSplit, target_fpr:
         "int8_file": INT8_SET_FILE,
         "unreadable_images": n_bad,
     }
+    if cal.maps is not None and cal.maps.size:
+        rule = pixel_threshold(cal.maps, pixel_fpr)
+        info.update({"pixel_threshold": rule.threshold, "pixel_target_fpr": pixel_fpr, "n_pixels": int(cal.maps.size)})
+        if val.maps is not None and val.maps.size:
+            info["pixel_validation"] = {"n_pixels": int(val.maps.size),
+                                        "fpr": float((val.maps >= rule.threshold).mean())}
     if est.method_ == "gpd":
         g = est.estimator_
         info["gpd"] = {"shape": g.shape_, "scale": g.scale_, "tail_threshold": g.tail_threshold_,

@@ -24,16 +24,20 @@ class ScoredImages:
         scores: float64 (len(paths),) raw head scores (higher = more anomalous).
         bad: ``(path, reason)`` of images skipped because they could not be read or prepared.
         kept: uint8 BGR frames (H, W, 3) at the model input size for the requested indices (input positions).
+        maps: float32 (len(paths), h, w) raw anomaly maps of the scored images (``with_maps`` and a detector with
+            maps), else ``None``.
     """
 
     paths: list[Path] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bad: list[tuple[Path, str]] = field(default_factory=list)
     kept: dict[int, np.ndarray] = field(default_factory=dict)
+    maps: np.ndarray | None = None
 
 
 def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Collection[int] = (),
-                 what: str = "images", max_bad_fraction: float = MAX_BAD_FRACTION) -> ScoredImages:
+                 what: str = "images", max_bad_fraction: float = MAX_BAD_FRACTION,
+                 with_maps: bool = False) -> ScoredImages:
     """Read, prepare (:func:`algan.runtime.preprocess.prepare_frame`) and score image files in batches.
 
     Args:
@@ -43,6 +47,8 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
         keep: input positions whose prepared frames are returned in ``kept`` (e.g. the INT8 calibration set).
         what: name of the image group for messages.
         max_bad_fraction: largest share of unreadable images tolerated.
+        with_maps: also return the raw anomaly maps (``out.maps``) when the detector has them (patch heads); the
+            image scores are then the detector's reduction of those maps (the same values as ``raw_scores``).
 
     Raises:
         ValueError: when more than ``max_bad_fraction`` of the images cannot be read.
@@ -54,13 +60,21 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     keep = set(keep)
     out = ScoredImages()
     scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     size = detector.input_size
+    with_maps = with_maps and detector.has_maps
 
     def flush() -> None:
         if batch:
             with torch.no_grad():
-                scores.append(detector.raw_scores(torch.from_numpy(np.stack(batch))).double().numpy())
+                x = torch.from_numpy(np.stack(batch))
+                if with_maps:
+                    m = detector.raw_maps(x)
+                    maps.append(m.float().numpy())
+                    scores.append(detector.postprocess.reduce(m).double().numpy())
+                else:
+                    scores.append(detector.raw_scores(x).double().numpy())
             batch.clear()
 
     for i, p in enumerate(paths):
@@ -78,6 +92,8 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
             flush()
     flush()
     out.scores = np.concatenate(scores) if scores else np.zeros(0)
+    if with_maps:
+        out.maps = np.concatenate(maps) if maps else np.zeros((0, *detector.map_size), np.float32)
     n = len(paths)
     if n and len(out.bad) > max_bad_fraction * n:
         names = ", ".join(str(b[0]) for b in out.bad[:10]) + (f" and {len(out.bad) - 10} more"

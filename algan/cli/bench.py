@@ -1,10 +1,12 @@
 """``algan-bench detection``: every head on the same features in one run -> AUROC and timings.
 
-Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms, pixel_auroc, aupro, model_mb`` (head_ms and
-backbone_ms are per image, batch 32, this machine's CPU, measured in the same run so their ratio is meaningful;
-pixel_auroc and aupro are null for image-level heads and data sets without masks; model_mb is the head's stored
-tensors). ``--variants patch`` adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch
-features; for those, backbone_ms includes the patch aggregation and projection and head_ms the map postprocess.
+Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms, pixel_auroc, aupro, mask_f1, model_mb``
+(head_ms and backbone_ms are per image, batch 32, this machine's CPU, measured in the same run so their ratio is
+meaningful; pixel_auroc, aupro and mask_f1 are null for image-level heads and data sets without masks; mask_f1 is
+the pooled pixel F1 of the predicted defect masks at thresholds calibrated on half the test normals,
+:func:`algan.model.patch_eval.calibrated_mask_f1`; model_mb is the head's stored tensors). ``--variants patch``
+adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch features; for those, backbone_ms
+includes the patch aggregation and projection and head_ms the map postprocess.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
             "backbone_ms": round(backbone_ms, 2),
             "pixel_auroc": None,
             "aupro": None,
+            "mask_f1": None,
             "model_mb": round(_state_mb(head), 3),
         })
         if args.json:
@@ -132,7 +135,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.features.patch import MapPostprocess, PatchFeatureMaps
     from algan.model.evaluate import auroc
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
+    from algan.model.patch_eval import build_eval_set, calibrated_mask_f1, head_maps, pixel_metrics
     from algan.model.train import PATCH_SCHEDULE, AlganConfig
     from algan.runtime.preprocess import load_batch
 
@@ -162,6 +165,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
         with torch.no_grad():
             head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), ev.test[:32].float())
         pixel = pixel_metrics(maps, ev.masks)
+        pixel["mask_f1"] = calibrated_mask_f1(maps, scores, ev.masks, y, args.seed)
         out.append(({
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",
@@ -209,6 +213,7 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dic
             "backbone_ms": round(pre_ms, 4),
             "pixel_auroc": None,
             "aupro": None,
+            "mask_f1": None,
             "model_mb": round(_state_mb(head), 3),
         }
 
@@ -255,10 +260,11 @@ def _main(args: argparse.Namespace) -> int:
         wd, wv, wh = (max([len(h)] + [len(str(r[k])) for r in rows])
                       for k, h in (("dataset", "dataset"), ("variant", "variant"), ("head", "head")))
         print(f"{'dataset':<{wd}} {'variant':<{wv}} {'head':<{wh}} {'AUROC':>7} {'pixAUC':>7} {'AUPRO':>7} "
-              f"{'train_s':>8} {'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
+              f"{'maskF1':>7} {'train_s':>8} {'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
         for r in rows:
             print(f"{r['dataset']:<{wd}} {r['variant']:<{wv}} {r['head']:<{wh}} {r['auroc']:>7.4f} "
-                  f"{opt(r['pixel_auroc'])} {opt(r['aupro'])} {r['train_s']:>8.1f} {r['head_ms']:>9.4f} "
+                  f"{opt(r['pixel_auroc'])} {opt(r['aupro'])} {opt(r.get('mask_f1'))} {r['train_s']:>8.1f} "
+                  f"{r['head_ms']:>9.4f} "
                   f"{r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}")
         print_comparisons(rows, scores, y)
     return 0

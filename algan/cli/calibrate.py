@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from algan.cli._common import add_version, run_cli, setup_logging
+from algan.contract import DEFAULT_PIXEL_FPR
 from algan.runtime.preprocess import using_roi
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", help="data layout: auto, mvtec, mtd or folder (default auto)")
     p.add_argument("--check", action="store_true", help="drift check of --data against the stored calibration")
     p.add_argument("--target-fpr", type=float, default=0.001, help="per-frame false-alarm rate (default 0.001)")
+    p.add_argument("--pixel-fpr", type=float, default=DEFAULT_PIXEL_FPR,
+                   help="models with anomaly maps: per-pixel false-positive rate of the pixel threshold that draws "
+                   f"the defect mask (default {DEFAULT_PIXEL_FPR:g})")
     p.add_argument("--method", default="auto", choices=["auto", "quantile", "gpd"],
                    help="threshold estimator: empirical quantile, generalised Pareto tail, or auto (GPD when the "
                    "rate is below 1/n)")
@@ -120,7 +124,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     split = select_data(args.data, args.layout, manifest, args.calib_fraction, args.seed, args.anomalies)
     with using_roi(roi):
         res = calibrate(det, manifest, split, args.target_fpr, args.method, args.fps, args.int8_size,
-                        args.batch_size, args.max_bad_fraction)
+                        args.batch_size, args.max_bad_fraction, args.pixel_fpr)
     manifest.roi = list(roi) if roi is not None else None
     report_path = Path(args.report) if args.report else model_dir / "calibration_report.png"
     png = render_png(res, title=f"{manifest.model_id or model_dir.name}: calibration at per-frame FPR "
@@ -146,6 +150,12 @@ def _calibrate(args: argparse.Namespace) -> int:
           f"normals, {len(res.anomaly_scores)} anomalies; {res.n_bad} unreadable skipped")
     print(f"  threshold: raw {res.threshold:.6g} (median normal {res.center:.6g}) = calibrated 1.0, by "
           f"{res.info['method']} ({how})")
+    if "pixel_threshold" in res.info:
+        pv = res.info.get("pixel_validation")
+        level = (res.info["pixel_threshold"] - res.center) / (res.threshold - res.center)
+        print(f"  pixel threshold (defect mask): raw {res.info['pixel_threshold']:.6g} = map level {level:.3g} at "
+              f"per-pixel FPR {args.pixel_fpr:g} over {res.info['n_pixels']} map cells"
+              + (f"; achieved {pv['fpr']:.4f} on {pv['n_pixels']} validation cells" if pv else ""))
     per_h = _per_hour(res.info["false_alarms_per_camera_hour"])
     print(f"  target: {args.target_fpr:g} false alarms per frame = {per_h} per camera-hour at {args.fps:g} fps "
           "(frames >= threshold, before the daemon's debounce)")

@@ -1,5 +1,10 @@
-"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO when the
-model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`)."""
+"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO / mask F1
+when the model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`).
+
+``mask_f1`` is the pooled pixel F1 of the defect masks the model predicts at its calibrated thresholds (map at or
+above the bundle's pixel threshold, on images at or above the image threshold;
+:class:`algan.model.pixel_metrics.MaskF1`); a bundle without a pixel threshold uses the fallback level 1.0 and says
+so in ``pixel_threshold_source``."""
 
 from __future__ import annotations
 
@@ -45,11 +50,15 @@ def _main(args: argparse.Namespace) -> int:
     progress = not (args.json or args.quiet)
     note = pixel_metrics_unavailable(det, ds.test)
     if note is None:
-        pix = evaluate_maps(det, ds, fpr_limit=args.fpr_limit, progress="scoring" if progress else None)
+        pix = evaluate_maps(det, ds, fpr_limit=args.fpr_limit, progress="scoring" if progress else None,
+                            pixel_level=manifest.calibration.pixel_level)
         res = _image_results(ds, pix["scores"])
     else:
-        pix = {"pixel_auroc": None, "aupro": None, "n_regions": 0, "pixel_note": note}
+        pix = {"pixel_auroc": None, "aupro": None, "mask_f1": None, "n_regions": 0, "pixel_note": note}
         res = evaluate(det, ds, progress=progress)
+    cal = manifest.calibration
+    level_source = ("bundle" if cal.pixel_threshold is not None else
+                    "fallback: the bundle has no pixel threshold, level 1.0 (the image threshold's); re-calibrate it")
     if args.json:
         print(json.dumps({
             "model_id": manifest.model_id,
@@ -61,6 +70,9 @@ def _main(args: argparse.Namespace) -> int:
             "pixel_auroc": _r(pix["pixel_auroc"]),
             "aupro": _r(pix["aupro"]),
             "aupro_fpr_limit": args.fpr_limit,
+            "mask_f1": _r(pix["mask_f1"]),
+            "pixel_threshold": round(cal.pixel_level, 6) if note is None else None,
+            "pixel_threshold_source": level_source if note is None else None,
             "n_regions": pix["n_regions"],
             "pixel_note": pix["pixel_note"],
         }))
@@ -72,6 +84,9 @@ def _main(args: argparse.Namespace) -> int:
         if pix["pixel_auroc"] is not None:
             print(f"pixel AUROC {pix['pixel_auroc']:.4f}, AUPRO (FPR <= {args.fpr_limit:g}) {pix['aupro']:.4f} "
                   f"over {pix['n_regions']} ground-truth defect regions")
+            f1 = pix["mask_f1"]
+            print(f"mask F1 {f1:.4f}" if f1 is not None else "mask F1 undefined (no defect pixel, none predicted)",
+                  f"at the calibrated thresholds (pixel threshold {cal.pixel_level:.4g} on the map, {level_source})")
         else:
             print(f"pixel AUROC / AUPRO: not available ({pix['pixel_note']})")
     return 0

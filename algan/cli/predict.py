@@ -1,8 +1,9 @@
 """``algan-predict MODEL_DIR INPUT [--out DIR] [--roi x,y,w,h]``: score an image, a folder or a video offline.
 
 Uses the exported graph through :class:`algan.runtime.inference.Inferencer` (ONNX Runtime; no torch). Writes
-``DIR/predictions.csv`` (one row per image or video frame: file, score, decision, region box and peak, class),
-``DIR/overlays/`` (the heat map blended over the frame's ROI, the region outlined) and the self-contained
+``DIR/predictions.csv`` (one row per image or video frame: file, score, decision, region box and peak, mask area,
+class), ``DIR/overlays/`` (the heat map blended over the frame's ROI, the defect mask's contours outlined), with
+``--save-masks`` ``DIR/masks/`` (the predicted defect masks as PNG, named as the overlays) and the self-contained
 ``DIR/report.html`` (:mod:`algan.report`). Folders are searched recursively; files that are not images of the set
 (masks: ``*_mask.png`` and MTD's ``.png`` beside a ``.jpg`` of the same name; hidden files;
 :func:`algan.contract.image_skip_reason`) and MVTec ``ground_truth`` folders are skipped and counted, and the
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mkv", ".mp4", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 #: class (folder) names that mean "normal" (case-insensitive)
 NORMAL_CLASSES = {"good", "mt_free", "normal", "ok", "free", "pass"}
-CSV_FIELDS = ["file", "score", "decision", "box_x", "box_y", "box_w", "box_h", "peak_x", "peak_y", "class"]
+CSV_FIELDS = ["file", "score", "decision", "box_x", "box_y", "box_w", "box_h", "peak_x", "peak_y", "mask_area",
+              "class"]
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,14 @@ def video_frames(path: Path) -> Iterator[tuple[str, np.ndarray, str | None]]:
 
 
 def _progress(total: int | None, desc: str):  # noqa: ANN202
-    """A tqdm bar on a terminal (stderr), else ``None`` (no carriage returns in logs)."""
-    if not sys.stderr.isatty():
+    """A tqdm bar on a terminal (stderr), else progress lines for a log (:class:`algan.progress.LogProgress`: at the
+    start, then at least every 30 s with count, total and ETA; no carriage returns); nothing for one image."""
+    if total == 1:
         return None
+    if not sys.stderr.isatty():
+        from algan.progress import LogProgress
+
+        return LogProgress("scoring", total, "img", prog=desc)
     try:
         from tqdm import tqdm
     except ImportError:
@@ -125,7 +132,7 @@ def _progress(total: int | None, desc: str):  # noqa: ANN202
 
 
 #: what algan-predict writes into --out; a directory holding anything else is not replaced into
-PREDICT_OUTPUTS = ("predictions.csv", "report.html", "overlays")
+PREDICT_OUTPUTS = ("predictions.csv", "report.html", "overlays", "masks")
 
 
 def check_predict_out(out: Path) -> None:
@@ -195,17 +202,33 @@ def check_model_arg(model: Path, src: Path) -> None:
         raise ValueError(f"model bundle {model} has no {ONNX_FILE} yet; export it first: algan-export {model}")
 
 
+def frame_mask(frame_shape: tuple[int, ...], roi: tuple[int, int, int, int] | None,
+               mask: np.ndarray | None) -> np.ndarray:
+    """A frame-sized uint8 mask ``(H, W)``: the ROI-sized ``mask`` placed at the ROI (255 = defect), zeros elsewhere
+    and everywhere when ``mask`` is ``None`` (a frame below the threshold)."""
+    out = np.zeros(frame_shape[:2], np.uint8)
+    if mask is not None and roi is not None:
+        x, y, w, h = roi
+        out[y : y + h, x : x + w] = mask
+    return out
+
+
 def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str | None = None,
-            batch_size: int = 8, threshold: float = 1.0, overlays: bool = True) -> dict:
-    """Score ``input_path`` with the exported ``model`` and write CSV, overlays and report into ``out``.
+            batch_size: int = 8, threshold: float = 1.0, overlays: bool = True, save_masks: bool = False) -> dict:
+    """Score ``input_path`` with the exported ``model`` and write CSV, overlays, masks and report into ``out``.
+
+    With ``save_masks`` every scored image gets ``out/masks/<name>.png`` (named as its overlay,
+    :func:`overlay_name`, with ``.png``): uint8, the frame's size, 255 on the predicted defect mask (frames at or
+    above the threshold), 0 elsewhere; a frame below the threshold gets an all-zero mask.
 
     Returns:
-        Summary: ``{"n": images, "anomalous": count, "csv": path, "report": path, "overlays": dir}``.
+        Summary: ``{"n": images, "anomalous": count, "csv": path, "report": path, "overlays": dir, "masks": dir}``.
 
     Raises:
         ValueError: an input that is no image, folder or video; a bad ROI; an unreadable image (its row says
             ``unreadable`` instead; only a folder with nothing readable raises).
         ModelError: no exported model in ``model``.
+        ValueError: ``save_masks`` with a model without anomaly maps.
     """
     from algan.report import ReportItem, write_report
     from algan.runtime.inference import Inferencer
@@ -216,6 +239,10 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     check_predict_out(out)  # first: a user's files in --out are named whatever else is wrong
     check_model_arg(Path(model), src)
     inf = Inferencer(model, roi=roi, threshold=threshold, batch_size=batch_size)
+    if save_masks and not inf.has_maps:
+        inf.close()
+        raise ValueError(f"--save-masks needs a model with anomaly maps; {model} scores whole images (train a patch "
+                         "head: algan-train --variant patch)")
     if src.is_dir():
         items = folder_items(src, out.resolve() if out.resolve() != src.resolve() else None)
         total: int | None = len(items)
@@ -229,6 +256,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
                          f"({' '.join(sorted(VIDEO_SUFFIXES))}) or a folder")
     out.mkdir(parents=True, exist_ok=True)
     ov_dir = out / "overlays"
+    mask_dir = out / "masks"
     report_items: list[ReportItem] = []
     rows: list[dict] = []
     bar = _progress(total, "algan-predict")
@@ -240,15 +268,24 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
             box = p.region.box if p.region is not None else (None,) * 4
             peak = p.region.peak if p.region is not None else (None, None)
             decision = "anomalous" if p.is_anomalous else "normal"
-            rows.append(dict(zip(CSV_FIELDS, [name, f"{p.score:.6f}", decision, *box, *peak, label or ""],
+            area = int(np.count_nonzero(p.mask)) if p.mask is not None else None
+            rows.append(dict(zip(CSV_FIELDS, [name, f"{p.score:.6f}", decision, *box, *peak, area, label or ""],
                                  strict=True)))
             image = inf.overlay(frame, p)
+            rel = overlay_name(name, used_names)
             if overlays:
-                target = ov_dir / overlay_name(name, used_names)
+                target = ov_dir / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            full_mask = frame_mask(frame.shape, p.roi, p.mask) if p.mask is not None else None
+            if save_masks:
+                target = (mask_dir / rel).with_suffix(".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(target), full_mask if full_mask is not None else frame_mask(frame.shape,
+                                                                                                    None, None)):
+                    raise OSError(f"cannot write {target}")
             report_items.append(ReportItem(name, p.score, p.is_anomalous, label, is_normal(label), image,
-                                           list(p.region.box) if p.region is not None else None))
+                                           list(p.region.box) if p.region is not None else None, full_mask))
         if bar is not None:
             bar.update(len(pending))
         pending.clear()
@@ -263,7 +300,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
                     flush()  # rows stay in input order
                 unreadable += 1
                 log.warning("cannot read image %s; skipped (listed as unreadable in the CSV)", ref)
-                rows.append(dict(zip(CSV_FIELDS, [name, "", "unreadable", *[""] * 6, label or ""], strict=True)))
+                rows.append(dict(zip(CSV_FIELDS, [name, "", "unreadable", *[""] * 7, label or ""], strict=True)))
                 continue
             pending.append((name, frame, label))
             if len(pending) >= batch_size:
@@ -285,7 +322,8 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     n_anom = sum(1 for i in report_items if i.anomalous)
     inf.close()
     return {"n": len(report_items), "anomalous": n_anom, "unreadable": unreadable, "csv": str(csv_path),
-            "report": str(report), "overlays": str(ov_dir) if overlays else None}
+            "report": str(report), "overlays": str(ov_dir) if overlays else None,
+            "masks": str(mask_dir) if save_masks else None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="frames per model run (default 8)")
     p.add_argument("--batch", dest="batch_size", type=int, action=DeprecatedFlag, new="--batch-size")
     p.add_argument("--no-overlays", action="store_true", help="do not write overlay images (the report keeps them)")
+    p.add_argument("--save-masks", action="store_true",
+                   help="write each image's predicted defect mask to DIR/masks/<name>.png (frame-sized, 255 = defect; "
+                   "all zero below the threshold); needs a model with anomaly maps")
     p.add_argument("--log-level", default="WARNING")
     return add_version(p)
 
@@ -309,11 +350,13 @@ def _main(args: argparse.Namespace) -> int:
     from algan.runtime.errors import EdgeError
 
     try:
-        res = predict(args.model, args.input, args.out, args.roi, args.batch_size, args.threshold, not args.no_overlays)
+        res = predict(args.model, args.input, args.out, args.roi, args.batch_size, args.threshold, not args.no_overlays,
+                      args.save_masks)
     except EdgeError as e:
         print(f"algan-predict: error: {e}", file=sys.stderr)
         return 2
-    print(f"scored {res['n']} images: {res['anomalous']} anomalous; {res['csv']}; report {res['report']}")
+    print(f"scored {res['n']} images: {res['anomalous']} anomalous; {res['csv']}; report {res['report']}"
+          + (f"; masks in {res['masks']}" if res["masks"] else ""))
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from algan.cli._common import add_version, input_size, run_cli, setup_logging
+from algan.contract import DEFAULT_PIXEL_FPR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="largest share of unreadable training images (truncated, undecodable) skipped, each named in "
                         "one line, before the run fails with their list (default 0.01)")
+    p.add_argument("--pixel-fpr", type=float, default=DEFAULT_PIXEL_FPR,
+                   help="patch variant: per-pixel false-positive rate of the pixel threshold that draws the defect "
+                   f"mask, on the held-out normals' maps (default {DEFAULT_PIXEL_FPR:g})")
     p.add_argument("--max-train", type=int, default=None, help="train on at most this many images (seeded subset)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="ALGAN training checkpoint directory (every variant): saved every epoch, resumed from "
@@ -162,6 +166,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--target-fpr must lie in (0, 1), got {args.target_fpr}")
     if not 0 <= args.max_bad_fraction < 1:
         raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
+    if not 0 < args.pixel_fpr < 1:
+        raise ValueError(f"--pixel-fpr must lie in (0, 1), got {args.pixel_fpr}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     from algan.model.fit import check_checkpoint_head
@@ -245,6 +251,7 @@ def _main(args: argparse.Namespace) -> int:
         knn_metric=args.knn_metric or "whitened",
         holdout=args.holdout,
         target_fpr=args.target_fpr,
+        pixel_fpr=args.pixel_fpr,
         max_train=args.max_train,
         seed=args.seed,
         checkpoint=args.checkpoint,
@@ -264,8 +271,10 @@ def _main(args: argparse.Namespace) -> int:
     cal, training = m.calibration, m.require("training")
     print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}, "
           f"{training.n_train} training "
-          f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals, "
-          f"{training.wall_s:.1f} s)")
+          f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals"
+          + (f", pixel threshold at {cal.pixel_target_fpr:g} pixel FPR (map level {cal.pixel_level:.3g})"
+             if cal.pixel_threshold is not None else "")
+          + f", {training.wall_s:.1f} s)")
     return 0
 
 

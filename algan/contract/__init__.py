@@ -78,6 +78,7 @@ from algan.contract.names import (
     KEY_MAP_SIZE,
     KEY_MODEL_ID,
     KEY_OUTPUTS,
+    KEY_PIXEL_THRESHOLD,
     MANIFEST_FILE,
     MAP_OUTPUTS,
     MAPS_OUTPUT_NAME,
@@ -90,7 +91,14 @@ from algan.contract.names import (
     WEIGHTS_FILE,
 )
 from algan.contract.patch import PatchSpec
-from algan.contract.threshold import EmpiricalThreshold, empirical_threshold, order_statistic_rank, scores_needed
+from algan.contract.threshold import (
+    DEFAULT_PIXEL_FPR,
+    EmpiricalThreshold,
+    empirical_threshold,
+    order_statistic_rank,
+    pixel_threshold,
+    scores_needed,
+)
 
 __all__ = [
     "BUNDLE_DIR_MODE", "BUNDLE_ENTRY_PATTERNS", "BUNDLE_FILE_MODE", "MASK_STEM_SUFFIXES", "PHOTO_SUFFIXES",
@@ -98,7 +106,9 @@ __all__ = [
     "list_images", "CALIBRATION_SCORES_FILE", "ENGINE_FILE", "ENGINE_INT8_CACHE_FILE",
     "ENGINE_SIDECAR_FILE", "ENGINE_TIMING_CACHE_FILE", "EXPORT_KEYS", "FORMAT_VERSION", "FP16_ONNX_FILE",
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
-    "KEY_MODEL_ID", "KEY_OUTPUTS", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE", "OUTPUT_NAME",
+    "KEY_MODEL_ID", "KEY_OUTPUTS", "KEY_PIXEL_THRESHOLD",
+    "DEFAULT_PIXEL_FPR", "pixel_threshold", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE",
+    "OUTPUT_NAME",
     "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "SIGNATURE_FILE", "TRAINING_SECTIONS", "WEIGHTS_FILE",
     "AnomalyMapSection", "BackboneSection", "BundleError", "CalibrationSection", "EmpiricalThreshold",
     "EngineExport", "EngineSidecar", "Exports", "FeaturesSection", "GraphExport", "HeadSection", "InputSection",

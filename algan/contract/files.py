@@ -147,7 +147,7 @@ class OutputDirError(ValueError):
 
 #: entry names a model bundle may hold (fnmatch patterns): what training, calibration, export and engine builds write
 #: there. Anything else in a directory is a user's file, which replacing the directory would delete.
-BUNDLE_ENTRY_PATTERNS = ("algan.*", "model.*", "*.safetensors", "*.cache", ".*.tmp", ".tmp-*")
+BUNDLE_ENTRY_PATTERNS = ("algan.*", "model.*", "*.safetensors", "*.cache", "calibration_*", ".*.tmp", ".tmp-*")
 
 
 def is_bundle_dir(path: str | os.PathLike[str]) -> bool:

@@ -113,7 +113,13 @@ class HeadSection(_Section):
 
 class CalibrationSection(_Section):
     """``calibration``: raw score ``center`` (median normal) and ``threshold`` (the alarm level), with how they were
-    found; algan-calibrate adds ``date``, ``tool``, ``data``, ``validation``... (kept as extra keys)."""
+    found; algan-calibrate adds ``date``, ``tool``, ``data``, ``validation``... (kept as extra keys).
+
+    Patch heads add the pixel threshold: ``pixel_threshold`` (raw map units,
+    :func:`algan.contract.threshold.pixel_threshold` over the maps of the same held-out normals),
+    ``pixel_target_fpr`` (its per-pixel false-positive rate) and ``n_pixels`` (map cells it came from). Bundles
+    written before it have none: :attr:`pixel_level` is then 1.0.
+    """
 
     center: float
     threshold: float
@@ -122,6 +128,18 @@ class CalibrationSection(_Section):
     source: str | None = None
     method: str | None = None
     date: str | None = None
+    pixel_threshold: float | None = None
+    pixel_target_fpr: float | None = None
+    n_pixels: int | None = None
+
+    @property
+    def pixel_level(self) -> float:
+        """The pixel threshold on the calibrated map scale (where 1.0 is the image threshold's level):
+        ``(pixel_threshold - center) / (threshold - center)``; a map cell at or above it is a defect pixel.
+        Without a ``pixel_threshold`` (bundles written before it) 1.0: the image threshold's level."""
+        if self.pixel_threshold is None or not self.threshold > self.center:
+            return 1.0
+        return (float(self.pixel_threshold) - self.center) / (self.threshold - self.center)
 
 
 class TrainingDataSection(_Section):

@@ -32,6 +32,9 @@ KEY_OUTPUTS = "algan.outputs"
 KEY_MAP_SIZE = "algan.map_size"
 KEY_CAL_CENTER = "algan.calibration_center"
 KEY_CAL_SCALE = "algan.calibration_scale"
+#: graphs with maps of a bundle with a pixel threshold: the map level of a defect pixel on the graph's calibrated map
+#: scale (:attr:`algan.contract.manifest.CalibrationSection.pixel_level`)
+KEY_PIXEL_THRESHOLD = "algan.pixel_threshold"
 
 # -- bundle files -------------------------------------------------------------------------------------------
 MANIFEST_FILE = "algan.json"

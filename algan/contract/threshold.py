@@ -1,5 +1,6 @@
 """The threshold rule: the one order statistic that training (``algan.model.fit``), re-calibration
-(``algan.calibration.threshold``) and every other "threshold at a target false-alarm rate" use."""
+(``algan.calibration.threshold``) and every other "threshold at a target false-alarm rate" use;
+:func:`pixel_threshold` applies it to the anomaly-map cells of normal images."""
 
 from __future__ import annotations
 
@@ -72,3 +73,28 @@ def empirical_threshold(scores: np.ndarray, target_fpr: float, *, clip: bool) ->
                              f"(needs >= {need})")
         return EmpiricalThreshold(float(s[-1]), n, 1.0 / (n + 1), False, need)
     return EmpiricalThreshold(float(s[k - 1]), k, 1.0 - k / (n + 1), True, need)
+
+
+#: default per-pixel false-positive rate of the pixel threshold (share of normal map cells at or above it): the lowest
+#: rate measured, the best mask F1 on every dev set with flagged defects (benchmarks/pixel_threshold.py, RESULTS.md
+#: "Session 11"); still resolved by 2 held-out images of 56 x 56 cells
+DEFAULT_PIXEL_FPR = 0.001
+
+
+def pixel_threshold(maps: np.ndarray, target_fpr: float = DEFAULT_PIXEL_FPR) -> EmpiricalThreshold:
+    """The pixel threshold: :func:`empirical_threshold` (the one threshold rule) over every cell of the anomaly maps
+    of held-out normal images, so that a share of at most ``target_fpr`` of normal map cells (hence, up to the
+    bilinear upsampling, of normal ROI pixels) lies at or above it.
+
+    Args:
+        maps: raw (uncalibrated) anomaly maps of normal images, float (N, h, w) (any shape; all cells are pooled).
+        target_fpr: per-pixel false-positive rate in (0, 1), e.g. :data:`DEFAULT_PIXEL_FPR`.
+
+    Returns:
+        The :class:`EmpiricalThreshold` in raw map units; clipped to the maximum (``resolved=False``) when the
+        cells are too few for the rate.
+
+    Raises:
+        ValueError: no cells, NaN/inf values, ``target_fpr`` outside (0, 1).
+    """
+    return empirical_threshold(np.asarray(maps, dtype=np.float32).ravel(), target_fpr, clip=True)

@@ -131,6 +131,8 @@ class EdgeApp:
         self._batch_buf: np.ndarray | None = None  # see _stack
         self._rois_of: EdgeConfig | None = None  # the config self._rois was made from
         self._rois: dict[str, tuple[int, int, int, int] | None] = {}
+        #: the defect-mask level on the calibrated map scale (algan.runtime.runners.calibration.pixel_level)
+        self._pixel_level = 1.0
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
@@ -176,6 +178,11 @@ class EdgeApp:
                  runner.model_id)
         self.backend = runner.backend
         self._has_maps = runner.has_maps
+        if self._has_maps:
+            from algan.runtime.runners.calibration import pixel_level
+
+            self._pixel_level, source = pixel_level(Path(self.cfg.model))
+            log.info("defect masks of alarm snapshots at map level %.4g (%s)", self._pixel_level, source)
         self._apply_bundle_roi()
         broker = self._start_broker()
         try:
@@ -511,7 +518,7 @@ class EdgeApp:
             return replace(event, snapshot=snapshot, region=region_dict, file=frame.source_name)
         # the full frame with the camera's ROI when the reader handed it over, else the model input itself
         image, roi = (frame.raw, self._camera_roi(cam)) if frame.raw is not None else (frame.image, None)
-        pred = interpret(image.shape, score, cells, roi, threshold)
+        pred = interpret(image.shape, score, cells, roi, threshold, self._pixel_level)
         written = False
         suffix = "" if event.state == "raised" else f"-u{frame.index}"
         name = snapshot_name(cam, event.ts, f"{event.id}{suffix}")
@@ -556,7 +563,7 @@ class EdgeApp:
         only when they exceed the MQTT size cap); True when written."""
         if self.snapshots is None:
             return False
-        overlay = draw_overlay(image, pred.map_cells, pred.roi, pred.region, peak, pred.threshold)
+        overlay = draw_overlay(image, pred.map_cells, pred.roi, pred.region, peak, pred.threshold, mask=pred.mask)
         cfg = self.cfg.alarm.snapshots
         assert cfg is not None
         try:

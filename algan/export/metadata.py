@@ -21,6 +21,7 @@ from algan.contract import (
     KEY_MAP_SIZE,
     KEY_MODEL_ID,
     KEY_OUTPUTS,
+    KEY_PIXEL_THRESHOLD,
     MAPS_OUTPUT_NAME,
     OUTPUT_NAME,
     Manifest,
@@ -28,7 +29,8 @@ from algan.contract import (
 
 
 def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: float, scale: float, opset: int,
-                   precision: str = "fp32", map_size: tuple[int, int] | None = None) -> dict[str, str]:
+                   precision: str = "fp32", map_size: tuple[int, int] | None = None,
+                   pixel_threshold: float | None = None) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph.
 
     Args:
@@ -40,6 +42,9 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         precision: ``fp32`` or ``fp16`` (compute precision of the graph; its I/O types never change).
         map_size: ``(h, w)`` of the ``anomaly_maps`` output of a patch head, ``None`` for a score-only graph
             (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps`` and ``algan.map_size`` = ``h,w``).
+        pixel_threshold: the bundle's raw pixel threshold (``calibration.pixel_threshold``) or ``None``; with maps
+            it is written as ``algan.pixel_threshold`` = ``(pixel_threshold - center) / scale`` (calibrated map
+            units, ``repr``), absent otherwise.
 
     Returns:
         ``{key: value}`` with string values.
@@ -53,6 +58,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
     h, w = int(input_size[0]), int(input_size[1])
     maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
                                         "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)"}
+    if map_size is not None and pixel_threshold is not None:
+        maps[KEY_PIXEL_THRESHOLD] = repr((float(pixel_threshold) - float(center)) / float(scale))
     return {
         KEY_MODEL_ID: manifest.model_id,
         "algan.version": __version__,

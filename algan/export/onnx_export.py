@@ -95,7 +95,8 @@ def export_onnx(detector, manifest: Manifest, path: str | Path, opset: int = DEF
                 dim.dim_value = int(value)
         cal = detector.calibration
         set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset,
-                                           map_size=detector.map_size if has_maps else None))
+                                           map_size=detector.map_size if has_maps else None,
+                                           pixel_threshold=manifest.calibration.pixel_threshold))
         model.producer_name = "algan-edge"
         model.producer_version = __version__
         onnx.checker.check_model(model, full_check=True)

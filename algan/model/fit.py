@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from algan import __version__
-from algan.contract import FORMAT_VERSION, MAP_OUTPUTS, SCORE_OUTPUTS, Manifest, empirical_threshold, utc_now_iso
+from algan.contract import (
+    DEFAULT_PIXEL_FPR,
+    FORMAT_VERSION,
+    MAP_OUTPUTS,
+    SCORE_OUTPUTS,
+    Manifest,
+    empirical_threshold,
+    pixel_threshold,
+    utc_now_iso,
+)
 from algan.data.datasets import Dataset
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
@@ -56,6 +65,8 @@ class FitSettings:
         knn_metric: ``whitened`` (default; Ledoit-Wolf shrunk ZCA whitening before the distances) or ``euclidean``.
         holdout: fraction of the normal training images held out for calibration (not trained on).
         target_fpr: per-frame false-alarm rate the initial threshold is set to (on the held-out normals).
+        pixel_fpr: per-pixel false-positive rate of the initial pixel threshold (patch variant: the defect mask's
+            level, :func:`algan.contract.pixel_threshold` over the held-out normals' maps).
         max_train: use at most this many training images (a seeded subset), ``None`` = all.
         seed: seed of the split, the subset and the training.
         batch_size: images per backbone batch.
@@ -78,6 +89,7 @@ class FitSettings:
     knn_metric: str = "whitened"
     holdout: float = 0.2
     target_fpr: float = 0.01
+    pixel_fpr: float = DEFAULT_PIXEL_FPR
     max_train: int | None = None
     seed: int = 0
     batch_size: int = 32
@@ -323,8 +335,11 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     if settings.variant == "patch":
         from algan.model.detector import run_batched
 
-        hold_raw = run_batched(det.raw_scores, load_batch(calib_paths, size), settings.batch_size,
-                               "scores (holdout)" if progress else None)
+        hold_maps = run_batched(det.raw_maps, load_batch(calib_paths, size), settings.batch_size,
+                                "maps (holdout)" if progress else None)
+        with torch.no_grad():
+            hold_raw = det.postprocess.reduce(torch.from_numpy(hold_maps)).numpy()
+        pixel_rule = pixel_threshold(hold_maps, settings.pixel_fpr)
     else:
         hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,
                                       "features (holdout)" if progress else None)
@@ -370,6 +385,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     }
     if postprocess is not None:
         mh, mw = postprocess.map_size
+        manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
+                                        "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
         manifest["patch"] = settings.patch.to_json()
         manifest["outputs"] = list(MAP_OUTPUTS)
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,

@@ -89,3 +89,52 @@ def pixel_metrics(maps: torch.Tensor, masks: np.ndarray | None) -> dict:
 
     m = metrics_from_maps(maps.numpy(), masks)
     return {"pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4)}
+
+
+#: per-image false-alarm rate of the image threshold that :func:`calibrated_mask_f1` sets (algan-train's default)
+BENCH_TARGET_FPR = 0.01
+
+
+def calibrated_mask_f1(maps: torch.Tensor, scores: np.ndarray, masks: np.ndarray | None, labels: np.ndarray,
+                       seed: int = 0, target_fpr: float = BENCH_TARGET_FPR, pixel_fpr: float | None = None,
+                       chunk: int = 32) -> float | None:
+    """The mask F1 of a head at calibrated thresholds, with algan-calibrate's protocol on an mvtec/mtd test split.
+
+    The normal test images are split by a seeded permutation into halves: the first sets the image threshold
+    (:func:`algan.contract.empirical_threshold` at ``target_fpr`` over their scores) and the pixel threshold
+    (:func:`algan.contract.pixel_threshold` at ``pixel_fpr`` over their map cells); the mask F1
+    (:class:`algan.model.pixel_metrics.MaskF1`, pooled pixels, maps upsampled to the mask size) is measured on the
+    other images (the second half of the normals and every anomalous image).
+
+    Args:
+        maps: raw anomaly maps float (N, h, w) of the test images; scores: their raw image scores (N,).
+        masks: ground-truth masks bool (N, H, W), or ``None`` (the data set has none: returns ``None``).
+        labels: int (N,), 1 = anomalous.
+        seed: seed of the split; target_fpr, pixel_fpr: the thresholds' rates (``pixel_fpr`` ``None`` =
+            :data:`algan.contract.DEFAULT_PIXEL_FPR`).
+
+    Returns:
+        The F1 rounded to 4 places, or ``None`` without masks (or when undefined).
+    """
+    if masks is None:
+        return None
+    from algan.contract import DEFAULT_PIXEL_FPR, empirical_threshold, pixel_threshold
+    from algan.model.pixel_metrics import MaskF1, upsample_maps
+
+    m = maps.float().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
+    s = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels)
+    normal = np.flatnonzero(labels == 0)
+    perm = np.random.default_rng(seed).permutation(normal)
+    calib = np.sort(perm[: len(perm) // 2])
+    if len(calib) == 0:
+        return None
+    rest = np.setdiff1d(np.arange(len(labels)), calib)
+    thr = empirical_threshold(s[calib], target_fpr, clip=True).threshold
+    level = pixel_threshold(m[calib], DEFAULT_PIXEL_FPR if pixel_fpr is None else pixel_fpr).threshold
+    f1 = MaskF1(level, thr)
+    for i in range(0, len(rest), chunk):
+        idx = rest[i : i + chunk]
+        f1.add(upsample_maps(m[idx], masks.shape[1:]), masks[idx], s[idx])
+    v = f1.f1()
+    return None if v is None else round(v, 4)

@@ -21,14 +21,21 @@ import numpy as np
 import torch
 
 from algan.data.datasets import Dataset, Sample, load_mask
-from algan.model.pixel_metrics import DEFAULT_FPR_LIMIT, DEFAULT_MAX_NORMAL_PIXELS, PixelScoreCollector, upsample_maps
+from algan.model.pixel_metrics import (
+    DEFAULT_FPR_LIMIT,
+    DEFAULT_MAX_NORMAL_PIXELS,
+    MaskF1,
+    PixelScoreCollector,
+    upsample_maps,
+)
 from algan.runtime.preprocess import prepare_frame, read_image
 
 log = logging.getLogger(__name__)
 
 
 def _no_pixel_metrics(reason: str) -> dict:
-    return {"pixel_auroc": None, "aupro": None, "scores": None, "n_regions": 0, "pixel_note": reason}
+    return {"pixel_auroc": None, "aupro": None, "mask_f1": None, "scores": None, "n_regions": 0,
+            "pixel_note": reason}
 
 
 def pixel_metrics_unavailable(detector, samples: Sequence[Sample]) -> str | None:
@@ -47,8 +54,8 @@ def pixel_metrics_unavailable(detector, samples: Sequence[Sample]) -> str | None
 @torch.no_grad()
 def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int = 16, *,
                   fpr_limit: float = DEFAULT_FPR_LIMIT, max_normal_pixels: int = DEFAULT_MAX_NORMAL_PIXELS,
-                  progress: str | None = None) -> dict:
-    """Pixel AUROC and AUPRO of a detector's anomaly maps (one pass over the test images).
+                  progress: str | None = None, pixel_level: float | None = None) -> dict:
+    """Pixel AUROC, AUPRO and the mask F1 of a detector's anomaly maps (one pass over the test images).
 
     Args:
         detector: an :class:`~algan.model.detector.AnomalyDetector` (or any module with ``has_maps``, ``map_size``,
@@ -59,12 +66,17 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         fpr_limit: AUPRO's FPR integration limit (MVTec AD: 0.3).
         max_normal_pixels: defect-free pixels kept for the metrics (see :mod:`algan.model.pixel_metrics`).
         progress: a progress-bar label (shown only when stderr is a terminal), or ``None``.
+        pixel_level: the pixel threshold on the detector's calibrated map scale
+            (:attr:`algan.contract.CalibrationSection.pixel_level`); with it ``mask_f1`` is the pooled pixel F1
+            (:class:`~algan.model.pixel_metrics.MaskF1`) of the predicted masks (map >= level on images scored >= 1.0,
+            the calibrated image threshold), else ``None``.
 
     Returns:
-        ``{"pixel_auroc": float | None, "aupro": float | None, "scores": float32 (N,) calibrated image scores of the
-        samples in order (or None), "n_regions": int (ground-truth defect regions), "pixel_note": None or the
-        reason the metrics are None}``. The metrics are ``None`` (nothing is run) when the detector has no maps or
-        an anomalous sample has no mask; the image scores come from the same pass, so a caller needs no second one.
+        ``{"pixel_auroc": float | None, "aupro": float | None, "mask_f1": float | None, "scores": float32 (N,)
+        calibrated image scores of the samples in order (or None), "n_regions": int (ground-truth defect
+        regions), "pixel_note": None or the reason the metrics are None}``. The metrics are ``None`` (nothing is
+        run) when the detector has no maps or an anomalous sample has no mask; the image scores come from the
+        same pass, so a caller needs no second one.
 
     Raises:
         ValueError: the detector's maps do not have shape (N, *map_size), a mask does not match its image's size,
@@ -79,6 +91,7 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     size = tuple(int(v) for v in detector.input_size)
     map_size = tuple(int(v) for v in detector.map_size)
     collector = PixelScoreCollector(len(samples) * size[0] * size[1], max_normal_pixels)
+    f1 = MaskF1(pixel_level, 1.0) if pixel_level is not None else None
     scores = []
     starts = range(0, len(samples), batch_size)
     if progress:
@@ -100,11 +113,15 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             msg = (f"the detector returned anomaly maps of shape {maps.shape}, expected {(len(chunk), *map_size)} "
                    "(N, *map_size); the model bundle is inconsistent, re-train or re-export it")
             raise ValueError(msg)
-        collector.add(upsample_maps(maps, size), masks)
+        up = upsample_maps(maps, size)
+        collector.add(up, masks)
         scores.append(sc.float().cpu().numpy().reshape(-1))
+        if f1 is not None:
+            f1.add(up, masks, scores[-1])
     return {
         "pixel_auroc": collector.pixel_auroc(),
         "aupro": collector.aupro(fpr_limit),
+        "mask_f1": f1.f1() if f1 is not None else None,
         "scores": np.concatenate(scores).astype(np.float32),
         "n_regions": collector.n_regions,
         "pixel_note": None,

@@ -232,3 +232,43 @@ def aupro(maps, masks, fpr_limit: float = DEFAULT_FPR_LIMIT, max_pixels: int = D
     c = PixelScoreCollector(maps.size, max_pixels, seed)
     c.add(maps, masks)
     return c.aupro(fpr_limit)
+
+
+class MaskF1:
+    """Pixel F1 of predicted defect masks against ground-truth masks, pooled over all pixels of all images (as
+    anomalib's pixel ``F1Score``): ``F1 = 2 TP / (2 TP + FP + FN)``, counted batch by batch.
+
+    The predicted mask is what an operator is shown (:class:`algan.runtime.inference.Prediction`): the map at or
+    above the pixel threshold's ``level``, on images whose score reaches the image threshold; an image below it has
+    an empty mask (its defect pixels count as missed, FN).
+
+    Args:
+        level: the pixel threshold, in the units of the maps given to :meth:`add`.
+        image_threshold: the image threshold, in the units of the scores given to :meth:`add`.
+    """
+
+    def __init__(self, level: float, image_threshold: float) -> None:
+        self.level = float(level)
+        self.image_threshold = float(image_threshold)
+        self.tp = self.fp = self.fn = 0
+
+    def add(self, maps, masks, scores) -> None:
+        """Count one batch: ``maps`` float (N, H, W) at the mask size, ``masks`` (N, H, W) nonzero = defect,
+        ``scores`` float (N,) image scores.
+
+        Raises:
+            ValueError: see :func:`check_maps_and_masks`; ``scores`` not of length N.
+        """
+        maps, masks = check_maps_and_masks(maps, masks)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(scores) != len(maps):
+            raise ValueError(f"{len(scores)} image scores for {len(maps)} maps")
+        pred = (maps >= self.level) & (scores >= self.image_threshold)[:, None, None]
+        self.tp += int(np.count_nonzero(pred & masks))
+        self.fp += int(np.count_nonzero(pred & ~masks))
+        self.fn += int(np.count_nonzero(~pred & masks))
+
+    def f1(self) -> float | None:
+        """The pooled pixel F1, or ``None`` when there is no defect pixel and no predicted one (undefined)."""
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else None

@@ -6,20 +6,22 @@
     model = algan.Inferencer("model")                      # a bundle exported with algan-export
     frame = cv2.imread("part.png")                         # any frame size, BGR as OpenCV reads it
     p = model.predict(frame)                               # p.score (1.0 = threshold), p.is_anomalous, p.region
-    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, region outlined
+    cv2.imwrite("overlay.png", model.overlay(frame, p))    # heat map over the ROI, the defect mask outlined
 
 What happens to a frame (the same as in ``algan-train`` and the edge daemon,
 :func:`algan.runtime.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
 given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
-For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
-:class:`~algan.runtime.maps.Region` in frame pixels.
+For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size; a frame at or above the
+image threshold also gets its defect mask (the upsampled map at or above the pixel threshold,
+:func:`~algan.runtime.maps.mask_from_map`) and a :class:`~algan.runtime.maps.Region` in frame pixels (box, peak, the
+mask's area). A frame below the image threshold gets neither.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -27,7 +29,16 @@ import numpy as np
 
 from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.runtime.errors import ModelError
-from algan.runtime.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
+from algan.runtime.maps import (
+    Region,
+    Roi,
+    draw_overlay,
+    frame_roi,
+    mask_from_map,
+    parse_roi,
+    region_from_map,
+    upsample_map,
+)
 from algan.runtime.preprocess import prepare_frame
 from algan.runtime.runners.base import BACKENDS, Runner, load_runner
 from algan.runtime.runners.settings import RunnerConfig
@@ -38,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Prediction:
     """The model's verdict on one frame: what :class:`Inferencer` returns and what the daemon makes of each runner
-    output (:func:`interpret`, the one per-frame interpretation).
+    output it describes in an alarm event (:func:`interpret`, the one per-frame interpretation).
 
     Attributes:
         score: calibrated anomaly score (float; 0 = typical normal, 1.0 = the alarm threshold).
@@ -46,9 +57,10 @@ class Prediction:
         map_cells: float32 ``(h, w)`` map at the model's resolution (what the graph returned), or ``None``.
         roi: ``(x, y, w, h)`` frame pixels that went into the model (the whole frame without a ROI).
         threshold: the decision threshold used (calibrated units).
+        pixel_threshold: the pixel threshold on the calibrated map scale (1.0 = the image threshold's level), or
+            ``None`` for a score-only model.
 
-    :attr:`region` and :attr:`anomaly_map` are computed from the cells on first access (the daemon asks only for
-    an alarm's peak frame).
+    :attr:`anomaly_map`, :attr:`mask` and :attr:`region` are computed from the cells on first access.
     """
 
     score: float
@@ -56,14 +68,7 @@ class Prediction:
     map_cells: np.ndarray | None = None
     roi: Roi = (0, 0, 0, 0)
     threshold: float = 1.0
-
-    @cached_property
-    def region(self) -> Region | None:
-        """Where the defect is, in frame pixels (:func:`~algan.runtime.maps.region_from_map` at :attr:`threshold`:
-        box, peak); ``None`` for a score-only model."""
-        if self.map_cells is None:
-            return None
-        return region_from_map(self.map_cells, self.roi, self.threshold)
+    pixel_threshold: float | None = None
 
     @cached_property
     def anomaly_map(self) -> np.ndarray | None:
@@ -73,18 +78,43 @@ class Prediction:
             return None
         return upsample_map(self.map_cells, (self.roi[3], self.roi[2]))
 
+    @cached_property
+    def mask(self) -> np.ndarray | None:
+        """uint8 ``(roi_h, roi_w)`` predicted defect mask (:func:`~algan.runtime.maps.mask_from_map`: 255 where the
+        upsampled map is at or above :attr:`pixel_threshold`, 0 elsewhere); ``None`` for a score-only model and for
+        a frame below the threshold."""
+        if self.map_cells is None or not self.is_anomalous:
+            return None
+        level = self.pixel_threshold if self.pixel_threshold is not None else 1.0
+        return mask_from_map(self.map_cells, (self.roi[3], self.roi[2]), level)
+
+    @cached_property
+    def region(self) -> Region | None:
+        """Where the defect is, in frame pixels (:class:`~algan.runtime.maps.Region`: box, peak, ``area`` = the
+        mask's pixels); ``None`` for a score-only model and for a frame below the threshold."""
+        if self.map_cells is None or self.mask is None:
+            return None
+        return replace(region_from_map(self.map_cells, self.roi, self.threshold),
+                       area=int(np.count_nonzero(self.mask)))
+
     def to_dict(self) -> dict:
-        """JSON-able summary: score, is_anomalous, threshold, roi, region (no arrays)."""
+        """JSON-able summary: score, is_anomalous, threshold, pixel_threshold, roi, region (with the mask's area;
+        no arrays)."""
         return {"score": round(self.score, 6), "is_anomalous": self.is_anomalous, "threshold": self.threshold,
+                "pixel_threshold": round(self.pixel_threshold, 6) if self.pixel_threshold is not None else None,
                 "roi": list(self.roi),
                 "region": self.region.to_dict() if self.region is not None else None}
 
 
 def interpret(frame_shape: Sequence[int], score: float, cells: np.ndarray | None, roi: Roi | None,
-              threshold: float) -> Prediction:
+              threshold: float, pixel_threshold: float = 1.0) -> Prediction:
     """The :class:`Prediction` of one runner output: a frame of shape ``(H, W, ...)`` cropped at ``roi`` (``None`` =
-    the whole frame) scored ``score`` with map ``cells`` (float32 ``(h, w)`` or ``None``) against ``threshold``."""
-    return Prediction(float(score), bool(score >= threshold), cells, frame_roi(frame_shape, roi), float(threshold))
+    the whole frame) scored ``score`` with map ``cells`` (float32 ``(h, w)`` or ``None``) against ``threshold``,
+    defect pixels at ``pixel_threshold`` (calibrated map scale)."""
+    return Prediction(float(score), bool(score >= threshold), cells, frame_roi(frame_shape, roi), float(threshold),
+                      float(pixel_threshold) if cells is not None else None)
+
+
 def check_frame(frame: object, what: str = "frame", batch_ok: bool = False) -> None:
     """Refuse what is not a frame with one clear line.
 
@@ -127,6 +157,9 @@ class Inferencer:
         roi: ``(x, y, w, h)`` or ``"x,y,w,h"`` crop in frame pixels; default: the bundle's ``roi`` (manifest),
             else the whole frame. ``"full"`` forces the whole frame.
         threshold: decision threshold (calibrated units, default 1.0 = the calibrated alarm threshold).
+        pixel_threshold: defect-mask level on the calibrated map scale; default: the bundle's pixel threshold
+            (:func:`algan.runtime.runners.calibration.pixel_level`: ``algan.json``, else the graph's metadata, else 1.0
+            for bundles calibrated before pixel thresholds existed).
         backend: ``onnxruntime`` (default), ``tensorrt`` (``model.engine``) or ``torch`` (the bundle).
         threads: ONNX Runtime intra-op threads (0 = its default).
         providers: ONNX Runtime providers by short name (``cpu``, ``cuda``, ``tensorrt``), default CPU.
@@ -140,7 +173,8 @@ class Inferencer:
 
     def __init__(self, model: str | Path, roi: Roi | str | None = None, threshold: float = 1.0,
                  backend: str = "onnxruntime", threads: int = 0, providers: Sequence[str] | None = None,
-                 batch_size: int = 8, runner: Runner | None = None) -> None:
+                 batch_size: int = 8, runner: Runner | None = None,
+                 pixel_threshold: float | None = None) -> None:
         self.model = Path(model)
         bundle = self.model if self.model.is_dir() else self.model.parent
         #: the bundle's manifest; ``None`` for a bare graph file without an ``algan.json`` beside it
@@ -164,6 +198,14 @@ class Inferencer:
         self.threshold = float(threshold)
         self.batch_size = max(1, int(batch_size))
         self.runner = runner if runner is not None else self._load(backend, threads, providers)
+        if pixel_threshold is not None:
+            self.pixel_threshold, source = float(pixel_threshold), "the caller"
+        else:
+            from algan.runtime.runners.calibration import pixel_level
+
+            self.pixel_threshold, source = pixel_level(self.model)
+        if self.has_maps:
+            log.info("defect masks at map level %.4g (%s)", self.pixel_threshold, source)
 
     def _load(self, backend: str, threads: int, providers: Sequence[str] | None) -> Runner:
         if backend not in BACKENDS:
@@ -244,14 +286,15 @@ class Inferencer:
 
     def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
         """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``): :func:`interpret`
-        with this Inferencer's ROI and threshold."""
-        return interpret(frame.shape, score, cells, self.roi, self.threshold)
+        with this Inferencer's ROI, threshold and pixel threshold (region and mask only when ``score >=
+        threshold``)."""
+        return interpret(frame.shape, score, cells, self.roi, self.threshold, self.pixel_threshold)
 
     def overlay(self, frame: np.ndarray, prediction: Prediction) -> np.ndarray:
-        """The frame with the heat map over its ROI, the region outlined and the score written (uint8 BGR, frame
-        size); see :func:`algan.runtime.maps.draw_overlay`."""
+        """The frame with the heat map over its ROI, the defect mask's contours and the peak drawn (frames at or above
+        the threshold) and the score written (uint8 BGR, frame size); see :func:`algan.runtime.maps.draw_overlay`."""
         return draw_overlay(frame, prediction.map_cells, prediction.roi, prediction.region, prediction.score,
-                            prediction.threshold)
+                            prediction.threshold, mask=prediction.mask)
 
     def close(self) -> None:
         self.runner.close()

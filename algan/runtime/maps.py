@@ -1,4 +1,5 @@
-"""Anomaly maps on the host: map -> region in frame pixels, map -> heat-map overlay, JPEG with a size cap, ROI.
+"""Anomaly maps on the host: map -> region in frame pixels, map -> defect mask, map -> heat-map overlay with the
+mask's contours, JPEG with a size cap, ROI.
 
 Pure numpy/OpenCV helpers shared by :class:`algan.runtime.inference.Inferencer`, ``algan-predict`` and the edge daemon
 (never torch).
@@ -7,7 +8,9 @@ Geometry (the anomaly-map contract, see :mod:`algan.runtime.runners.base`): the 
 ``roi = (x, y, w, h)`` of the frame (the whole frame when there is none) resized to the model input ``(H, W)``; a
 map of ``(mh, mw)`` cells covers the whole input, so cell ``(i, j)`` covers the ROI pixels
 ``[i*h/mh, (i+1)*h/mh) x [j*w/mw, (j+1)*w/mw)`` and the frame pixels shifted by ``(x, y)``. Map values are on the
-calibrated score scale: 0 = typical normal, 1.0 = the image threshold's level.
+calibrated score scale: 0 = typical normal, 1.0 = the image threshold's level. The defect mask is the map upsampled
+to the ROI and thresholded at the pixel threshold's level on that scale (:func:`mask_from_map`; the level comes from
+:func:`algan.runtime.runners.calibration.pixel_level`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ HEAT_ALPHA = 0.45
 REGION_COLOUR = (0, 0, 255)
 #: outline of the region of a frame scored below the threshold (BGR grey)
 NORMAL_REGION_COLOUR = (170, 170, 170)
+#: value of a defect pixel in a mask (uint8; 0 elsewhere), white in a PNG like the data sets' ground-truth masks
+MASK_ON = 255
 
 Roi = tuple[int, int, int, int]
 
@@ -48,18 +53,24 @@ class Region:
         peak_score: value of that cell (calibrated score units).
         level: the map level the component was thresholded at (calibrated score units): ``max(threshold,
             peak / 2)`` when the peak reaches the threshold, else half the peak ("around the peak").
+        area: pixels of the frame's defect mask (:func:`mask_from_map`), or ``None`` when no mask was made.
     """
 
     box: tuple[int, int, int, int]
     peak: tuple[int, int]
     peak_score: float
     level: float
+    area: int | None = None
 
     def to_dict(self) -> dict:
-        """JSON form: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score": s, "level": l}``."""
+        """JSON form: ``{"box": [x, y, w, h], "peak": [x, y], "peak_score": s, "level": l}``, plus ``"area"``
+        (mask pixels) when a mask was made."""
         ps = round(float(self.peak_score), 6) if math.isfinite(self.peak_score) else None
-        return {"box": [int(v) for v in self.box], "peak": [int(v) for v in self.peak], "peak_score": ps,
-                "level": round(float(self.level), 6)}
+        out = {"box": [int(v) for v in self.box], "peak": [int(v) for v in self.peak], "peak_score": ps,
+               "level": round(float(self.level), 6)}
+        if self.area is not None:
+            out["area"] = int(self.area)
+        return out
 
     def overlap(self, mask: np.ndarray) -> float:
         """Fraction of the box's pixels that are set in a frame-sized boolean mask (0 when the box is empty)."""
@@ -147,6 +158,32 @@ def upsample_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.asarray(amap, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def mask_from_map(amap: np.ndarray, size: tuple[int, int], level: float) -> np.ndarray:
+    """The defect mask of one map: the map upsampled (bilinear, :func:`upsample_map`) to ``size`` and thresholded at
+    the pixel threshold's ``level``.
+
+    Args:
+        amap: float32 ``(mh, mw)`` anomaly map (calibrated units) at the model's map resolution.
+        size: ``(height, width)`` of the mask in pixels (the ROI's size).
+        level: the pixel threshold on the map's calibrated scale
+            (:attr:`algan.contract.CalibrationSection.pixel_level`).
+
+    Returns:
+        uint8 ``(height, width)``: :data:`MASK_ON` (255) where the map is at or above ``level``, 0 elsewhere (NaN
+        cells are 0).
+    """
+    up = upsample_map(amap, size)
+    return np.where(np.nan_to_num(up, nan=-np.inf) >= float(level), MASK_ON, 0).astype(np.uint8)
+
+
+def mask_contours(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+    """Outer contours of a mask's blobs (``cv2.findContours``, ``RETR_EXTERNAL``), shifted by ``offset = (x, y)``
+    (the ROI's corner in the frame): int32 arrays ``(k, 1, 2)`` of ``(x, y)`` frame pixels."""
+    contours, _ = cv2.findContours((np.asarray(mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE, offset=(int(offset[0]), int(offset[1])))
+    return list(contours)
+
+
 def heat_colours(values: np.ndarray, vmax: float = HEAT_VMAX) -> np.ndarray:
     """Map values (calibrated units) -> uint8 BGR JET colours, 0 -> blue, ``vmax`` and above -> red."""
     u8 = (np.clip(np.nan_to_num(values, nan=0.0) / vmax, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -175,15 +212,19 @@ def label_box(shape: tuple[int, ...], text_size: tuple[int, int, int], peak: tup
 
 def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, region: Region | None = None,
                  score: float | None = None, threshold: float = 1.0, vmax: float = HEAT_VMAX,
-                 alpha: float = HEAT_ALPHA) -> np.ndarray:
-    """The full frame with the heat map blended over the ROI, the region outlined and the peak marked.
+                 alpha: float = HEAT_ALPHA, mask: np.ndarray | None = None) -> np.ndarray:
+    """The full frame with the heat map blended over the ROI, the defect mask's contours (or, without a mask, the
+    region's box) outlined and the peak marked.
 
     Args:
         frame: uint8 BGR ``(H, W, 3)`` (grayscale ``(H, W)`` is expanded); not modified.
         amap: float32 ``(mh, mw)`` map (calibrated units), or ``None`` (score-only model: no heat map).
         roi: ``(x, y, w, h)`` of the model input in frame pixels, ``None`` = whole frame.
-        region: outlined with the peak as a cross, when given: in red, or in grey when ``score`` is below
-            ``threshold`` (a normal frame's most anomalous spot, not a defect).
+        region: its peak marked as a cross, and its box outlined when no ``mask`` is given, when given: in red, or in
+            grey when ``score`` is below ``threshold``. Callers pass no region for frames below the threshold
+            (:class:`algan.runtime.inference.Prediction` has none), so that a normal frame carries no outline.
+        mask: uint8 ``(roi_h, roi_w)`` defect mask (:func:`mask_from_map`), its contours drawn in red over the ROI
+            (:func:`mask_contours`), or ``None``.
         score: written in the top-left corner (``score 1.23 / thr 1.00``; the bottom-left one when the label
             would hide the peak marker, :func:`label_box`) when given and the frame is at least 200 pixels wide;
             red when >= threshold.
@@ -205,11 +246,16 @@ def draw_overlay(frame: np.ndarray, amap: np.ndarray | None, roi: Roi | None, re
     thick = max(1, round(max(out.shape[:2]) / 300))
     if roi is not None:
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1)
+    if mask is not None:
+        if mask.shape[:2] != (h, w):
+            raise ValueError(f"the mask has shape {mask.shape[:2]}, the ROI is {(h, w)} (height, width)")
+        cv2.drawContours(out, mask_contours(mask, (x, y)), -1, REGION_COLOUR, thick + 1)
     if region is not None:
         bx, by, bw, bh = region.box
         # red = an anomalous frame's region; a frame scored below the threshold gets its peak's region in grey
         box_colour = REGION_COLOUR if score is None or score >= threshold else NORMAL_REGION_COLOUR
-        cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), box_colour, thick + 1)
+        if mask is None:
+            cv2.rectangle(out, (bx, by), (bx + bw - 1, by + bh - 1), box_colour, thick + 1)
         cv2.drawMarker(out, region.peak, (255, 255, 255), cv2.MARKER_CROSS, 6 * thick + 6, thick)
     if score is not None and out.shape[1] >= 200:  # no room for a legible label on a tiny frame
         text = f"score {score:.2f} / thr {threshold:.2f}"

@@ -95,3 +95,38 @@ def test_no_snapshot_named_without_a_file(case, tmp_path):
     assert raised["state"] == "raised" and cleared["state"] == "cleared"
     assert raised["region"] is not None  # the model's map still gives the region
     assert raised["snapshot"] is None and update["snapshot"] is None and cleared["snapshot"] is None
+
+
+def test_snapshot_outlines_the_defect_mask_and_the_region_carries_its_area(tmp_path):
+    import cv2
+
+    from algan.runtime.maps import Region, draw_overlay, mask_from_map
+
+    alarm = {"raise_frames": 1, "clear_frames": 1, "snapshots": {"dir": str(tmp_path / "snaps")}}
+    cfg = edge_config(tmp_path / "model", ("127.0.0.1", 1883), [{"name": "cam1", "source": str(tmp_path)}],
+                      alarm=alarm)
+    app = EdgeApp(parse_config(cfg))
+    app._has_maps, app._model_size, app._pixel_level = True, (64, 64), 1.5  # the bundle's pixel threshold
+    app.trackers = {"cam1": AlarmTracker("cam1", policy=app.cfg.alarm_policy(app.cfg.cameras[0]))}
+    pub = ListPublisher()
+    for i, score in enumerate(SCORES):
+        image = np.full((64, 64, 3), int(score * 50), np.uint8)
+        app._process([Frame("cam1", i, image, 0.0, 1_796_000_000.0 + i, raw=image)], MapRunner(), pub)
+    raised, update, cleared = (json.loads(p) for t, p in pub.sent if t.endswith("/cam1/alarm"))
+    assert cleared["snapshot"] == update["snapshot"] and cleared["region"] == update["region"]
+    # the update's frame (score 3.0): its cells 2..3 x 2..3 at 3.0, the mask at 1.5 on the upsampled map
+    image = np.full((64, 64, 3), 150, np.uint8)
+    cells = np.zeros((8, 8), np.float32)
+    cells[2:4, 2:4] = 3.0
+    mask = mask_from_map(cells, (64, 64), 1.5)
+    assert cleared["region"]["area"] == int(np.count_nonzero(mask)) > 0
+    snap = cv2.imread(str(tmp_path / "snaps" / cleared["snapshot"])).astype(int)
+    r = cleared["region"]
+    region = Region(tuple(r["box"]), tuple(r["peak"]), r["peak_score"], r["level"])
+    with_mask = draw_overlay(image, cells, None, region, 3.0, 1.0, mask=mask).astype(int)
+    box_only = draw_overlay(image, cells, None, region, 3.0, 1.0).astype(int)
+    assert not np.array_equal(with_mask, box_only)
+    # the JPEG snapshot is the mask-outlined picture, not the boxed one (compared where the two differ)
+    where = (with_mask != box_only).any(axis=2)
+    d_mask, d_box = np.abs(snap - with_mask)[where].mean(), np.abs(snap - box_only)[where].mean()
+    assert d_mask < 0.5 * d_box, (d_mask, d_box)

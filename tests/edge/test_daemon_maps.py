@@ -50,6 +50,10 @@ def test_daemon_alarm_region_snapshot_and_folder_names(tmp_path, mqtt_broker, mq
     raised, cleared = col.events("cam1/alarm")
     assert raised["state"] == "raised" and cleared["state"] == "cleared" and raised["peak_frame"] == 6
     box = SPOT
+    # the mask (the map upsampled to the ROI, at the fallback level 1.0: the stand-in bundle has no pixel threshold)
+    # covers the spot less its bilinear fringe: 16x16 box, the 1.0 crossing half a pixel inside each edge
+    assert 200 <= raised["region"].pop("area") <= 16 * 16
+    cleared["region"].pop("area")
     assert raised["region"] == {"box": list(box), "peak": [box[0] + 4, box[1] + 4],
                                 "peak_score": pytest.approx(127 / 64, abs=1e-6), "level": 1.0}
     assert cleared["region"] == raised["region"] and cleared["snapshot"] == raised["snapshot"]
@@ -106,7 +110,9 @@ def test_predict_cli_folder_labels_report_and_errors(tmp_path):
         ("spot/broken.png", "unreadable", "spot"), ("spot/f000.png", "anomalous", "spot"),
         ("spot/f001.png", "anomalous", "spot")]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/jpeg;base64,") == 5 and "<td>spot</td><td>defective</td><td>2</td><td>2</td>" in html
+    # 5 overlays and the masks of the 2 anomalous images
+    assert html.count("data:image/jpeg;base64,") == 7 and html.count("class='mask'") == 2
+    assert "<td>spot</td><td>defective</td><td>2</td><td>2</td>" in html
     assert "threshold 1: 2 above, 3 below" in html
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:1] == ["overlays/good/f000.jpg"]
     bad = run_cli("algan.cli.predict", str(bundle), str(tmp_path / "nope"))

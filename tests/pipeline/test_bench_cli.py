@@ -2,8 +2,9 @@ import json
 import subprocess
 import sys
 
-#: today's keys plus the patch variant's (pixel_auroc and aupro null for image-level heads)
-KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms", "pixel_auroc", "aupro", "model_mb"}
+#: today's keys plus the patch variant's (pixel_auroc, aupro and mask_f1 null for image-level heads)
+KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms", "pixel_auroc", "aupro", "mask_f1",
+        "model_mb"}
 
 
 def json_rows(data, *flags: str) -> list[dict]:
@@ -21,7 +22,7 @@ def test_bench_detection_json_rows(synth_root):
     for row in rows:
         assert set(row) == KEYS
         assert 0.0 <= row["auroc"] <= 1.0 and row["head_ms"] > 0 and row["backbone_ms"] > 0
-        assert row["pixel_auroc"] is None and row["aupro"] is None and row["model_mb"] > 0
+        assert row["pixel_auroc"] is None and row["aupro"] is None and row["mask_f1"] is None and row["model_mb"] > 0
     maha = next(row for row in rows if row["head"] == "mahalanobis")
     assert maha["auroc"] > 0.75  # the synthetic defects are visible in ImageNet features
 
@@ -34,6 +35,7 @@ def test_bench_patch_rows_have_pixel_metrics(synth_root):
     for row in rows:
         assert set(row) == KEYS and row["variant"] == "patch"
         assert 0.5 < row["pixel_auroc"] <= 1.0 and 0.0 < row["aupro"] <= 1.0 and row["model_mb"] > 0
+        assert 0.0 <= row["mask_f1"] <= 1.0  # at thresholds calibrated on half the test normals
     padim = next(row for row in rows if row["head"] == "padim-patch")
     assert padim["auroc"] > 0.9 and padim["pixel_auroc"] > 0.7  # measured 0.99 / 0.78 on this set at 96 px
     algan = rows[0]

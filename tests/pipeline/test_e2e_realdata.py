@@ -88,10 +88,12 @@ def _sequence(data_dir: Path) -> tuple[list[Path], np.ndarray]:
 
 def _replay_alarms(cfg: dict, scores: np.ndarray) -> list[tuple[str, int, int, int, int]]:
     """The alarm logic of the config's camera run over ``scores`` (frame i at t = i / 10 s, the video's fps):
-    ``(state, first_frame, last_frame, peak_frame, frames)`` per event."""
+    ``(state, first_frame, last_frame, peak_frame, frames)`` per event, with the ``cleared`` (``source_ended``) the
+    daemon sends when the video ends during an alarm."""
     edge = parse_config(cfg)
     tracker = AlarmTracker(edge.cameras[0].name, policy=edge.alarm_policy(edge.cameras[0]))
     events = [tracker.update(i, float(s), ts=i / 10.0) for i, s in enumerate(scores)]
+    events.append(tracker.close("source_ended"))  # the video ends: an open alarm is cleared
     return [(e.state, e.first_frame, e.last_frame, e.peak_frame, e.frames) for e in events if e is not None]
 
 

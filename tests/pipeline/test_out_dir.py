@@ -99,8 +99,10 @@ def test_check_output_dir_rules(tmp_path):
         check_output_dir(tmp_path / "file", force=True)
     b = tmp_path / "b"
     b.mkdir()
-    for name in ("algan.json", "weights.safetensors", "model.onnx", "model.fp16.onnx", "model.engine",
-                 "calibration_scores.safetensors"):
+    # everything training, algan-calibrate, algan-export and build-engine write into a bundle
+    for name in ("algan.json", "weights.safetensors", "samples.safetensors", "model.onnx", "model.fp16.onnx",
+                 "model.engine", "model.engine.json", "model.engine.timing.cache", "model.engine.int8.cache",
+                 "calibration_scores.safetensors", "int8_calibration.safetensors", "calibration_report.png"):
         (b / name).write_text("{}")
     with pytest.raises(OutputDirError, match="--force"):
         check_output_dir(b, force=False)
@@ -143,7 +145,11 @@ def test_predict_out_with_a_users_files_is_refused(tmp_path, capsys):
     out.mkdir()
     (out / "predictions.csv").write_text("mine")
     (out / "budget.xlsx").write_text("mine")
-    assert main([str(tmp_path / "model"), str(imgs), "--out", str(out)]) == 2
+    model = tmp_path / "model"  # refused before the model is opened: its files need only exist
+    model.mkdir()
+    (model / "algan.json").write_text("{}")
+    (model / "model.onnx").write_bytes(b"")
+    assert main([str(model), str(imgs), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "budget.xlsx" in err and (out / "predictions.csv").read_text() == "mine"
 

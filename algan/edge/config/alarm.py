@@ -75,9 +75,7 @@ class AlarmConfig(Section):
     cooldown_s: float = Field(
         0.0, ge=0, le=86_400, description="after a clear, no new alarm is raised for this long (seconds)"
     )
-    snapshots: SnapshotConfig | None = Field(
-        None, description="JPEG of the frame of each raised/update alarm event; omit = none"
-    )
+    snapshots: SnapshotConfig | None = Field(None, description="JPEG of each raised/update event's frame; omit = none")
     cameras: dict[str, AlarmOverride] = Field(
         default_factory=dict, description="per-camera overrides by camera name, e.g. {cam1: {raise_frames: 5}}"
     )

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from algan.contract import KEY_CAL_CENTER, KEY_CAL_SCALE, MANIFEST_FILE, BundleError, load_manifest
+from algan.contract import (
+    KEY_CAL_CENTER,
+    KEY_CAL_SCALE,
+    KEY_PIXEL_THRESHOLD,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    BundleError,
+    load_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +158,52 @@ def remap_for(model: Path, metadata: dict[str, str]) -> Remap | None:
     log.info("model %s was re-calibrated after export (center %.6g -> %.6g, scale %.6g -> %.6g): re-mapping scores",
              model, old_center, new_center, old_scale, new_scale)
     return Remap(old_center, old_scale, new_center, new_scale)
+
+
+#: where :func:`pixel_level` found the level when neither the bundle nor the graph has a pixel threshold
+PIXEL_LEVEL_FALLBACK = ("the image threshold's level 1.0 (the bundle has no pixel threshold: re-calibrate it with "
+                        "algan-calibrate to get one)")
+
+
+def pixel_level(model: Path, metadata: dict[str, str] | None = None) -> tuple[float, str]:
+    """The defect-mask level of a model's anomaly maps, on the calibrated map scale the runners deliver (the
+    bundle's current calibration; 1.0 = the image threshold's level): a map value at or above it is a defect pixel.
+
+    Looked up in this order:
+
+    1. the bundle's ``algan.json`` ``calibration.pixel_threshold`` (raw): ``(pixel_threshold - center) /
+       (threshold - center)``, the bundle's current calibration, which the runners re-map the maps to;
+    2. the graph's ``algan.pixel_threshold`` metadata (its own calibrated scale), re-mapped to the bundle's
+       calibration when the bundle was re-calibrated after export (:func:`remap_for`);
+    3. the fallback for bundles written before the pixel threshold: 1.0, the image threshold's level.
+
+    Args:
+        model: the bundle directory, or a model file inside it (``.onnx``, ``.engine``).
+        metadata: the graph's ``metadata_props``; ``None`` reads them from the ``.onnx`` (``model`` itself, or the
+            bundle's ``model.onnx``).
+
+    Returns:
+        ``(level, source)``: the level (float) and where it came from, in words (for logs).
+    """
+    model = Path(model)
+    bundle = model if model.is_dir() else model.parent
+    path = bundle / MANIFEST_FILE
+    if path.is_file():
+        try:
+            cal = load_manifest(path, lenient=True).calibration
+        except BundleError as e:
+            log.warning("cannot read the calibration of %s (%s); looking for a pixel threshold in the graph", path, e)
+        else:
+            if cal.pixel_threshold is not None and math.isfinite(cal.pixel_threshold) and cal.threshold > cal.center:
+                return cal.pixel_level, f"the pixel threshold of {path}"
+    if metadata is None:
+        onnx_path = model if model.suffix == ".onnx" else bundle / ONNX_FILE
+        metadata = onnx_metadata(onnx_path)
+    try:
+        level = float(metadata[KEY_PIXEL_THRESHOLD])
+    except (KeyError, ValueError):
+        return 1.0, PIXEL_LEVEL_FALLBACK
+    if not math.isfinite(level):
+        return 1.0, PIXEL_LEVEL_FALLBACK
+    remap = remap_for(model, metadata)
+    return (float(remap(np.float32(level))) if remap is not None else level), "the graph's algan.pixel_threshold"
