@@ -346,7 +346,7 @@ def defect_grid(defects: DefectSet, n: int = 24, cols: int = 6) -> np.ndarray:
     """A uint8 BGR contact sheet of the first ``n`` defects, each with its mask outline in red (for a person to look
     at; ``cv2.imwrite`` it)."""
     tiles = []
-    for img, mask, kind in zip(defects.images[:n], defects.masks[:n], defects.kinds[:n]):
+    for img, mask, kind in zip(defects.images[:n], defects.masks[:n], defects.kinds[:n], strict=True):
         t = img.copy()
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         side = img.copy()
