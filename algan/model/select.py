@@ -273,13 +273,29 @@ class AutoResult:
     results: list[CandidateResult]
 
 
-def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = False,
-             on_result: Callable[[CandidateResult], None] | None = None) -> AutoResult:
-    """Train the bundle of the candidate that :data:`RULE` picks on synthetic defects.
+@dataclass
+class Selection:
+    """:func:`select_heads`' result: the chosen candidate, every candidate's result (scored order), the training
+    split's raw features per variant (for :class:`algan.model.fit.FitCache`), the synthetic defects' kinds and the
+    number of held-out normals."""
 
-    One extraction per variant (training features, held-out normals, synthetic defects), every candidate fitted on
-    the same training features, the chosen one's features and fitted head reused for the bundle
-    (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head.
+    chosen: CandidateResult
+    results: list[CandidateResult]
+    raw: dict[str, np.ndarray]
+    kinds: list[str]
+    n_normal: int
+
+    def to_json(self, seed: int, target_fpr: float, wall_s: float) -> dict:
+        return selection_json(self.chosen, self.results, seed=seed, target_fpr=target_fpr, n_normal=self.n_normal,
+                              kinds=self.kinds, wall_s=wall_s)
+
+
+def select_heads(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+                 on_result: Callable[[CandidateResult], None] | None = None) -> Selection:
+    """Score every candidate of ``names`` on synthetic defects of ``dataset``'s held-out normals and choose one.
+
+    One extraction per variant (training features, held-out normals, synthetic defects); every candidate is fitted on
+    the same training features of the split :func:`algan.model.fit.training_split` gives.
 
     Args:
         dataset: the training data (:func:`algan.data.datasets.load_dataset`).
@@ -292,9 +308,8 @@ def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = Fal
     """
     from algan.data.defects import synthesize_defects
     from algan.data.preprocess import load_batch
-    from algan.model.fit import FitCache, fit_detector, training_split
+    from algan.model.fit import training_split
 
-    t0 = time.perf_counter()
     base = feature if feature is not None else patch
     fit_paths, hold_paths = training_split(dataset, base)
     if len(hold_paths) < 20:
@@ -312,13 +327,32 @@ def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = Fal
                                                          progress)
     fitters = {n: fitter(candidate_settings(n, feature, patch)) for n in names}
     chosen, results = select(names, fitters, data, defects.kinds, base.target_fpr, on_result)
-    del data
-    settings = candidate_settings(chosen.name, feature, patch)
-    result = fit_detector(dataset, settings, progress, cache=FitCache(raw[chosen.variant], chosen.fitted))
-    from algan.contract import HeadSelection
+    return Selection(chosen, results, raw, list(defects.kinds), len(hold_u8))
 
-    sel = selection_json(chosen, results, seed=base.seed, target_fpr=base.target_fpr, n_normal=len(hold_u8),
-                         kinds=defects.kinds, wall_s=time.perf_counter() - t0)
-    result.manifest.require("head").selection = HeadSelection.model_validate(sel)
-    result.manifest.require("training").wall_s = round(time.perf_counter() - t0, 2)
-    return AutoResult(result, chosen, results)
+
+def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+             on_result: Callable[[CandidateResult], None] | None = None) -> AutoResult:
+    """Train the bundle of the candidate that :data:`RULE` picks on synthetic defects (:func:`select_heads`).
+
+    The chosen candidate's training features and fitted head are reused for the bundle
+    (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head, and
+    its manifest records ``head.selection``.
+
+    Raises:
+        ValueError: as :func:`select_heads`.
+    """
+    from algan.contract import HeadSelection
+    from algan.model.fit import fit_detector
+
+    t0 = time.perf_counter()
+    sel = select_heads(dataset, names, feature, patch, progress, on_result)
+    base = feature if feature is not None else patch
+    settings = candidate_settings(sel.chosen.name, feature, patch)
+    from algan.model.fit import FitCache
+
+    result = fit_detector(dataset, settings, progress, cache=FitCache(sel.raw[sel.chosen.variant], sel.chosen.fitted))
+    wall = time.perf_counter() - t0
+    head = result.manifest.require("head")
+    head.selection = HeadSelection.model_validate(sel.to_json(base.seed, base.target_fpr, wall))
+    result.manifest.require("training").wall_s = round(wall, 2)
+    return AutoResult(result, sel.chosen, sel.results)
