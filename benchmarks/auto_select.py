@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from algan.model.select import CANDIDATES as CANDIDATES_ALL  # noqa: E402
 from benchmarks.patch_defaults import DATA, build_bottle, build_synthetic  # noqa: E402
 
 
@@ -122,7 +123,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
     results, rows = [], []
-    for cand in CANDIDATES:
+    for cand in [c for c in CANDIDATES if c in args.candidates.split(",")]:
         r = score_candidate(cand, fitter(candidate_settings(cand, feature, patch)), data[cand.split(":")[0]],
                             defects.kinds, feature.target_fpr)
         head = r.fitted[0]
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--max-train", type=int, default=None, help="training images per set (seeded subset)")
     p.add_argument("--max-test", type=int, default=None, help="test images per set (seeded subset)")
+    p.add_argument("--candidates", default=",".join(CANDIDATES_ALL), help="candidate heads (variant:head, default all)")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)
