@@ -74,7 +74,6 @@ def templates(seed: int, smoke: bool, size: int):
 
 
 def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
-    import torch
 
     from algan.calibration.threshold import recall_at_fpr
     from algan.data.datasets import load_dataset
