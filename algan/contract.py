@@ -517,12 +517,41 @@ class FeaturesSection(_Section):
     n_patches: int | None = None
 
 
+class CandidateFigures(_Section):
+    """One candidate of ``head.selection``: ``name`` (``variant:head``), its ``recall_at_fpr`` and ``auroc`` on the
+    synthetic defects (against the held-out normals), the recall per defect kind and its fit time in seconds."""
+
+    name: str
+    recall_at_fpr: float
+    auroc: float
+    recall_by_kind: dict[str, float] = Field(default_factory=dict)
+    fit_s: float | None = None
+
+
+class HeadSelection(_Section):
+    """``head.selection``: how ``algan-train --head auto`` chose the head (:mod:`algan.model.select`): the
+    ``chosen`` candidate, the ``rule``, the ``seed`` of the synthetic defects, the ``target_fpr`` the recall is
+    measured at, the held-out normals and synthetic defects scored, and every candidate's figures."""
+
+    chosen: str
+    rule: str
+    seed: int
+    target_fpr: float
+    n_normal: int
+    n_defects: int
+    defect_kinds: list[str] = Field(default_factory=list)
+    defects_per_image: int | None = None
+    wall_s: float | None = None
+    candidates: list[CandidateFigures] = Field(default_factory=list)
+
+
 class HeadSection(_Section):
-    """``head``: ``kind`` (``algan``, ``mahalanobis``, ``knn``; patch: ``algan``, ``patchcore``, ``padim``) and the
-    head's ``settings`` (the config it was trained with)."""
+    """``head``: ``kind`` (``algan``, ``mahalanobis``, ``knn``; patch: ``algan``, ``patchcore``, ``padim``), the
+    head's ``settings`` (the config it was trained with) and, for a head chosen by ``--head auto``, ``selection``."""
 
     kind: str
     settings: dict[str, Any] = Field(default_factory=dict)
+    selection: HeadSelection | None = None
 
 
 class CalibrationSection(_Section):

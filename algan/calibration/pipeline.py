@@ -32,6 +32,7 @@ from algan.calibration.threshold import (
     check_scores,
     expected_alarms_interval,
     images_needed,
+    recall_above,
 )
 from algan.contract import DEFAULT_PIXEL_FPR, Manifest, order_statistic_rank, pixel_threshold, utc_now_iso
 from algan.data.datasets import DatasetError, load_dataset, load_folder
@@ -180,7 +181,7 @@ def _row(name: str, thr: float, normals: np.ndarray, anomalies: np.ndarray, cent
     k = int((normals >= thr).sum())
     n = len(normals)
     low, high = clopper_pearson(k, n)
-    recall = float((anomalies >= thr).mean()) if len(anomalies) else None
+    recall = recall_above(anomalies, thr)
     return ThresholdRow(name, float(thr), (thr - center) / (threshold - center), k, n, k / n, low, high, recall, f1)
 
 

@@ -101,6 +101,21 @@ class FitSettings:
 
 
 @dataclass
+class FitCache:
+    """What ``--head auto`` already computed on the same training split, so that the chosen head is not
+    extracted or fitted twice.
+
+    Attributes:
+        features: raw training features of the split's fit images: feature variant float32 (N, D) backbone
+            features; patch variant float32 (M, C) sampled patch vectors (before the projection).
+        fitted: the fitted head as :func:`fit_head` / :func:`fit_patch_head` return it, or ``None`` to fit here.
+    """
+
+    features: np.ndarray
+    fitted: tuple | None = None
+
+
+@dataclass
 class FitResult:
     detector: AnomalyDetector
     manifest: Manifest
@@ -184,6 +199,16 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
     raise ValueError(f"unknown patch head {settings.head!r}; use one of {', '.join(PATCH_HEADS)}")
 
 
+def training_split(dataset: Dataset, settings: FitSettings) -> tuple[list[Path], list[Path]]:
+    """``(fit, holdout)`` image paths of a training run: the seeded ``max_train`` subset, then the seeded hold-out
+    (:func:`split_holdout`)."""
+    paths = list(dataset.train)
+    if settings.max_train is not None and len(paths) > settings.max_train:
+        keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
+        paths = [paths[i] for i in sorted(keep.tolist())]
+    return split_holdout(paths, settings.holdout, settings.seed)
+
+
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Seeded split of normal images into (fit, holdout)."""
     if not 0.0 <= fraction < 1.0:
@@ -254,23 +279,21 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
     raise ValueError(f"unknown head {settings.head!r}; use one of {', '.join(HEADS)}")
 
 
-def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True) -> FitResult:
+def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
+                 cache: FitCache | None = None) -> FitResult:
     """Train a detector on the normal training images of ``dataset``.
 
     Returns:
         the detector (eval mode), its manifest, a few uint8 held-out frames (N, H, W, 3) and extra tensors to
-        store (the ALGAN generator).
+        store (the ALGAN generator). ``cache``: training features (and the fitted head) already computed on the
+        same split by :func:`algan.model.select.fit_auto`.
 
     Raises:
         ValueError: bad settings or too few images.
     """
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    paths = list(dataset.train)
-    if settings.max_train is not None and len(paths) > settings.max_train:
-        keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
-        paths = [paths[i] for i in sorted(keep.tolist())]
-    fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
+    fit_paths, hold_paths = training_split(dataset, settings)
     if settings.variant not in VARIANTS:
         raise ValueError(f"unknown variant {settings.variant!r}; use one of {', '.join(VARIANTS)}")
     check_checkpoint_settings(settings)
@@ -296,13 +319,15 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
     if settings.variant == "patch":
         pspec = settings.patch
-        patches = extract_patches(preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed,
-                                  settings.batch_size, "patches (train)" if progress else None)
+        patches = cache.features if cache is not None else extract_patches(
+            preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed, settings.batch_size,
+            "patches (train)" if progress else None)
         transform = PatchProjection.fit(pspec.projection, patches, pspec.dim, settings.seed)
         with torch.no_grad():
             x = transform.vectors(torch.from_numpy(patches)).numpy()
         n_cells = len(fit_paths) * backbone.grid[0] * backbone.grid[1]
-        head, head_settings, extras, train_info = fit_patch_head(settings, x, n_cells, progress)
+        head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
+                                                   else fit_patch_head(settings, x, n_cells, progress))
         postprocess = MapPostprocess(pspec, size)
         backbone_json = spec.to_json()
         feature_json = {"transform": pspec.projection, "in_dim": int(patches.shape[1]), "dim": int(x.shape[1]),
@@ -317,12 +342,13 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         train_info = {"train_s": result.train_s, "final": result.history[-1]}
         feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
     else:
-        feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
-                                 "features (train)" if progress else None)
+        feats = cache.features if cache is not None else extract_features(
+            preprocess, backbone, fit_paths, size, settings.batch_size, "features (train)" if progress else None)
         transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()
-        head, head_settings, extras, train_info = fit_head(settings, x, progress)
+        head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
+                                                   else fit_head(settings, x, progress))
         backbone_json = spec.to_json()
         feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
