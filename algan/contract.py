@@ -399,6 +399,24 @@ class AnomalyMapSection(_Section):
     grid: list[int] | None = None
 
 
+class TilingSection(_Section):
+    """``tiling``: the ROI is scored as a grid of tiles (:mod:`algan.data.tiling`): ``grid`` ``[rows, cols]`` and the
+    ``overlap`` of neighbouring tiles (fraction of a tile, 0-0.5). The graph scores single tiles; the host cuts,
+    stitches the maps (overlaps averaged) and reduces the stitched map to the frame score (image-only heads: the
+    maximum over tiles). The calibration of a tiled bundle is on those frame scores."""
+
+    grid: list[int]
+    overlap: float = 0.25
+
+    @model_validator(mode="after")
+    def _check(self) -> TilingSection:
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"grid must be [rows, cols] of positive integers, got {self.grid}")
+        if not 0.0 <= self.overlap <= 0.5:
+            raise ValueError(f"overlap must lie in [0, 0.5], got {self.overlap}")
+        return self
+
+
 class Manifest(_Section):
     """The bundle manifest ``algan.json`` (format version :data:`FORMAT_VERSION`).
 
@@ -425,6 +443,7 @@ class Manifest(_Section):
     patch: PatchSection | None = None
     anomaly_map: AnomalyMapSection | None = None
     roi: list[int] | None = None
+    tiling: TilingSection | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 

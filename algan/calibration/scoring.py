@@ -46,7 +46,7 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     """
     import torch
 
-    from algan.data.preprocess import current_roi, prepare_frame, read_image
+    from algan.data.preprocess import current_roi, prepare_frame, prepare_roi, read_image
 
     keep = set(keep)
     out = ScoredImages()
@@ -54,22 +54,28 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     batch: list[np.ndarray] = []
     size = detector.input_size
 
+    tiled = getattr(detector, "tiling", None) is not None
+
     def flush() -> None:
         if batch:
-            with torch.no_grad():
-                scores.append(detector.raw_scores(torch.from_numpy(np.stack(batch))).double().numpy())
+            if tiled:  # a tiled bundle: each region's tiles, maps stitched (AnomalyDetector.frame_raw_scores)
+                scores.append(detector.frame_raw_scores(batch, batch_size))
+            else:
+                with torch.no_grad():
+                    scores.append(detector.raw_scores(torch.from_numpy(np.stack(batch))).double().numpy())
             batch.clear()
 
     for i, p in enumerate(paths):
         try:
-            frame = prepare_frame(read_image(p), size, current_roi())
+            frame = (prepare_roi(read_image(p), current_roi()) if tiled else
+                     prepare_frame(read_image(p), size, current_roi()))
         except (ValueError, OSError) as exc:  # ImageReadError is a ValueError
             out.bad.append((Path(p), str(exc)))
             continue
         out.paths.append(Path(p))
         batch.append(frame)
-        if i in keep:
-            out.kept[i] = frame
+        if i in keep:  # the graph's input: a tiled bundle's graph sees tiles, the middle one is kept
+            out.kept[i] = frame if not tiled else _middle_tile(frame, detector.tiling, size)
         if len(batch) >= batch_size:
             flush()
     flush()
@@ -81,3 +87,11 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
                f"{first[0]}: {first[1]}; fix or remove the corrupt files")
         raise ValueError(msg)
     return out
+
+
+def _middle_tile(region: np.ndarray, tiling, size: tuple[int, int]) -> np.ndarray:  # noqa: ANN001
+    """The middle tile of a region (uint8 (H, W, 3) at the model input size), :func:`algan.data.tiling.tile_frame`."""
+    from algan.data.tiling import tile_frame
+
+    tiles = tile_frame(region, tiling, size)
+    return tiles[len(tiles) // 2]

@@ -71,6 +71,26 @@ def crop_roi(frame: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
     return frame[y : y + h, x : x + w]
 
 
+def prepare_roi(frame: np.ndarray, roi: Sequence[int] | None = None) -> np.ndarray:
+    """The region of interest of one frame at full resolution, as uint8 BGR ``(h, w, 3)`` (grayscale and BGRA frames
+    converted): the first half of :func:`prepare_frame`, and what :func:`algan.data.tiling.tile_frame` cuts.
+
+    Raises:
+        ValueError: for a frame that is not uint8 or not 2-D/3-channel, or a ROI that does not fit in it.
+    """
+    if frame is None or not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        msg = f"expected a uint8 numpy image, got {type(frame).__name__} {getattr(frame, 'dtype', '')}"
+        raise ValueError(msg)
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        msg = f"expected an image of shape (H, W, 3), got {frame.shape}"
+        raise ValueError(msg)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return crop_roi(frame, roi)
+
+
 def prepare_frame(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
     """Crop and resize one frame to the model input.
 
@@ -85,17 +105,7 @@ def prepare_frame(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] |
     Raises:
         ValueError: for a frame that is not uint8 or not 2-D/3-channel.
     """
-    if frame is None or not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-        msg = f"expected a uint8 numpy image, got {type(frame).__name__} {getattr(frame, 'dtype', '')}"
-        raise ValueError(msg)
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
-        msg = f"expected an image of shape (H, W, 3), got {frame.shape}"
-        raise ValueError(msg)
-    elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    frame = crop_roi(frame, roi)
+    frame = prepare_roi(frame, roi)
     h, w = size
     if frame.shape[0] != h or frame.shape[1] != w:
         frame = cv2.resize(frame, (w, h), interpolation=RESIZE_INTERPOLATION)
@@ -115,16 +125,26 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def load_batch(paths: Sequence[str | Path], size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
+def load_batch(paths: Sequence[str | Path], size: tuple[int, int], roi: Sequence[int] | None = None,
+               tiling=None) -> np.ndarray:  # noqa: ANN001
     """Read and prepare images into one batch (crop ``roi``, default :func:`current_roi`, then resize).
 
+    Args:
+        tiling: a :class:`algan.data.tiling.TileSpec`: each image gives its ``rows * cols`` tiles instead
+            (:func:`algan.data.tiling.tile_frame`), image by image.
+
     Returns:
-        uint8 BGR array, shape (N, height, width, 3).
+        uint8 BGR array, shape (N, height, width, 3); with ``tiling`` (N * rows * cols, height, width, 3).
 
     Raises:
         ImageReadError: an unreadable file. ValueError: a ROI that does not fit in an image.
     """
     roi = roi if roi is not None else current_roi()
+    if tiling is not None:
+        from algan.data.tiling import tile_frame
+
+        tiles = [tile_frame(prepare_roi(read_image(p), roi), tiling, size) for p in paths]
+        return np.concatenate(tiles) if tiles else np.empty((0, size[0], size[1], 3), np.uint8)
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     for i, p in enumerate(paths):
         out[i] = prepare_frame(read_image(p), size, roi)
