@@ -12,7 +12,9 @@ What happens to a frame (the same as in ``algan-train`` and the edge daemon,
 :func:`algan.data.preprocess.prepare_frame`): crop the region of interest (the bundle's ``roi``, or the one
 given here), resize it to the model input with ``INTER_AREA``, run the exported graph (ONNX Runtime by default).
 For a patch head the graph's ``anomaly_maps`` output is upsampled back to the ROI's size and thresholded into a
-:class:`~algan.edge.maps.Region` in frame pixels.
+:class:`~algan.edge.maps.Region` in frame pixels. A tiled bundle (manifest ``tiling``) cuts the ROI into its tile
+grid instead, scores the tiles in one run and stitches their maps (:mod:`algan.data.tiling`): the frame score is the
+reduction of the stitched map (image-only heads: the maximum over tiles).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from algan.contract import MANIFEST_FILE, BundleError, Manifest, load_manifest
 from algan.data.preprocess import prepare_frame
+from algan.data.tiling import TileSpec, manifest_reduction, manifest_tiling, prepare_tiles, untile
 from algan.edge.errors import ModelError
 from algan.edge.maps import Region, Roi, draw_overlay, frame_roi, parse_roi, region_from_map, upsample_map
 from algan.edge.runners.base import BACKENDS, run_batch
@@ -107,6 +110,10 @@ class Inferencer:
                         list(self.bundle_roi) if self.bundle_roi else "full frame")
         self.threshold = float(threshold)
         self.batch_size = max(1, int(batch_size))
+        #: the bundle's tile grid (:mod:`algan.data.tiling`), ``None`` for a whole-ROI model
+        self.tiling: TileSpec | None = manifest_tiling(self.manifest) if self.manifest is not None else None
+        self.reduction, self.topk = (manifest_reduction(self.manifest) if self.manifest is not None
+                                     else ("topk_mean", 0.01))
         self.runner = runner if runner is not None else self._load(backend, threads, providers)
 
     def _load(self, backend: str, threads: int, providers: Sequence[str] | None):  # noqa: ANN202
@@ -169,6 +176,9 @@ class Inferencer:
         out: list[Prediction] = []
         for i in range(0, len(frames), self.batch_size):
             chunk = frames[i : i + self.batch_size]
+            if self.tiling is not None:
+                out.extend(self._predict_tiled(chunk))
+                continue
             batch = np.stack([self.prepare(f) for f in chunk])
             res = run_batch(self.runner, batch)
             maps = res.maps if res.maps is not None else [None] * len(chunk)
@@ -176,8 +186,19 @@ class Inferencer:
                                                                           strict=True))
         return out
 
+    def _predict_tiled(self, chunk: list[np.ndarray]) -> list[Prediction]:
+        """A tiled bundle: every frame's tiles in one run, maps stitched, scores from the stitched maps."""
+        assert self.tiling is not None
+        prepared = [prepare_tiles(f, self.input_size, self.roi, self.tiling) for f in chunk]
+        res = run_batch(self.runner, np.concatenate([t for t, _ in prepared]))
+        frames = untile(res.scores, res.maps, [shape for _, shape in prepared], self.tiling, self.reduction,
+                        self.topk)
+        maps = frames.maps if frames.maps is not None else [None] * len(chunk)
+        return [self.interpret(f, float(s), m) for f, s, m in zip(chunk, frames.scores.tolist(), maps, strict=True)]
+
     def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
-        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``)."""
+        """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells covering the ROI (or ``None``;
+        a tiled bundle's stitched map)."""
         roi = frame_roi(frame.shape, self.roi)
         region = full = None
         if cells is not None:

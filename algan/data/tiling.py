@@ -291,3 +291,35 @@ def manifest_reduction(manifest) -> tuple[str, float]:  # noqa: ANN001
     reduction = (amap.reduction if amap is not None and amap.reduction else None) or (
         patch.reduction if patch is not None else "topk_mean")
     return reduction, float(patch.topk) if patch is not None else 0.01
+
+
+@dataclass(frozen=True)
+class FrameTiling:
+    """What a runtime needs to score a tiled bundle: the grid and the image-score reduction of the stitched map."""
+
+    spec: TileSpec
+    reduction: str = "topk_mean"
+    topk: float = 0.01
+
+
+def bundle_tiling(model) -> FrameTiling | None:  # noqa: ANN001
+    """The tiling of the bundle of ``model`` (a bundle directory, or a file inside one such as ``model.onnx``):
+    ``None`` without a manifest beside it or without a ``tiling`` section.
+
+    Raises:
+        algan.contract.BundleError: a manifest that cannot be read (a tiled model must not be scored untiled).
+    """
+    from pathlib import Path
+
+    from algan.contract import MANIFEST_FILE, load_manifest
+
+    p = Path(model)
+    bundle = p if p.is_dir() else p.parent
+    if not (bundle / MANIFEST_FILE).is_file():
+        return None
+    manifest = load_manifest(bundle / MANIFEST_FILE)
+    spec = manifest_tiling(manifest)
+    if spec is None:
+        return None
+    reduction, topk = manifest_reduction(manifest)
+    return FrameTiling(spec, reduction, topk)

@@ -117,16 +117,27 @@ class AnomalyDetector(nn.Module):
         if self.tiling is None:
             x = np.stack([prepare_frame(r, self.input_size) for r in regions])
             return run_batched(self.raw_scores, x, batch_size).astype(np.float64)
+        return self.frame_outputs(regions, batch_size).scores.astype(np.float64)
+
+    @torch.no_grad()
+    def frame_outputs(self, regions: list[np.ndarray], batch_size: int = 32):  # noqa: ANN201
+        """A tiled detector's uncalibrated frame scores and stitched maps of full-resolution regions of interest
+        (:class:`algan.data.tiling.TiledFrames`; maps ``None`` for an image-only head).
+
+        Raises:
+            ValueError: the detector is not tiled (:attr:`tiling` is ``None``).
+        """
         from algan.data.tiling import tile_frame, untile
 
+        if self.tiling is None:
+            raise ValueError("frame_outputs needs a tiled detector (algan-train --tiles)")
         tiles = np.concatenate([tile_frame(r, self.tiling, self.input_size) for r in regions])
         shapes = [(int(r.shape[0]), int(r.shape[1])) for r in regions]
         if self.postprocess is None:
-            return untile(run_batched(self.raw_scores, tiles, batch_size), None, shapes, self.tiling).scores.astype(
-                np.float64)
+            return untile(run_batched(self.raw_scores, tiles, batch_size), None, shapes, self.tiling)
         maps = run_batched(self.raw_maps, tiles, batch_size)
         return untile(np.zeros(len(tiles)), maps, shapes, self.tiling, self.postprocess.reduction,
-                      self.postprocess.topk).scores.astype(np.float64)
+                      self.postprocess.topk)
 
     @torch.no_grad()
     def frame_scores(self, regions: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
