@@ -25,7 +25,7 @@ def tiled(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiled")
     data = root / "data"
-    generate_dataset(data, texture="metal", n_train=20, n_test_good=4, n_test_defect=2, size=160, seed=3)
+    generate_dataset(data, texture="metal", n_train=20, n_test_good=20, n_test_defect=2, size=160, seed=3)
     out = root / "bundle"
     rc = train_main(["--data", str(data), "--out", str(out), "--variant", "patch", "--head", "padim",
                      "--input-size", str(SIZE), str(SIZE), "--tiles", TILES, "--tile-overlap", "0.25", "--quiet"])
@@ -96,6 +96,33 @@ def test_daemon_and_algan_predict_give_the_same_score_for_a_tiled_bundle(tiled, 
     assert run.returncode == 0, run.stderr
     with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
         offline = {r["file"]: float(r["score"]) for r in csv.DictReader(f)}
-    assert set(daemon) == set(offline) and len(offline) == 10
+    assert set(daemon) == set(offline) and len(offline) == 26
     for name, score in offline.items():
         assert daemon[name] == pytest.approx(score, rel=1e-4, abs=1e-4), name
+
+
+def test_algan_calibrate_sets_the_threshold_of_a_tiled_bundle_on_stitched_frame_scores(tiled, tmp_path):
+    import shutil
+
+    from algan.bundle import load_bundle
+    from algan.calibration.int8 import load_int8_set
+    from algan.cli.calibrate import main as calibrate_main
+    from algan.contract import load_manifest
+    from algan.data.datasets import load_dataset
+    from algan.data.preprocess import prepare_roi, read_image
+
+    src, data = tiled
+    bundle = tmp_path / "bundle"
+    shutil.copytree(src, bundle)
+    assert calibrate_main([str(bundle), "--data", str(data), "--target-fpr", "0.1", "--method", "quantile",
+                           "--calib-fraction", "1.0", "--json"]) == 0
+    m = load_manifest(bundle)
+    det, _ = load_bundle(bundle)
+    # the new centre is the median of the stitched frame scores of the normals it was calibrated on
+    ds = load_dataset(data)
+    normals = [s.path for s in ds.test if s.label == 0]
+    raw = det.frame_raw_scores([prepare_roi(read_image(p)) for p in normals])
+    assert m.calibration.center == pytest.approx(float(np.median(raw)), rel=1e-5, abs=1e-6)
+    # the INT8 set holds tiles at the model input (what the per-tile graph sees)
+    int8 = load_int8_set(bundle)
+    assert int8 is not None and int8.shape[1:] == (SIZE, SIZE, 3)
