@@ -125,26 +125,16 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def load_batch(paths: Sequence[str | Path], size: tuple[int, int], roi: Sequence[int] | None = None,
-               tiling=None) -> np.ndarray:  # noqa: ANN001
+def load_batch(paths: Sequence[str | Path], size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
     """Read and prepare images into one batch (crop ``roi``, default :func:`current_roi`, then resize).
 
-    Args:
-        tiling: a :class:`algan.data.tiling.TileSpec`: each image gives its ``rows * cols`` tiles instead
-            (:func:`algan.data.tiling.tile_frame`), image by image.
-
     Returns:
-        uint8 BGR array, shape (N, height, width, 3); with ``tiling`` (N * rows * cols, height, width, 3).
+        uint8 BGR array, shape (N, height, width, 3).
 
     Raises:
         ImageReadError: an unreadable file. ValueError: a ROI that does not fit in an image.
     """
     roi = roi if roi is not None else current_roi()
-    if tiling is not None:
-        from algan.data.tiling import tile_frame
-
-        tiles = [tile_frame(prepare_roi(read_image(p), roi), tiling, size) for p in paths]
-        return np.concatenate(tiles) if tiles else np.empty((0, size[0], size[1], 3), np.uint8)
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     for i, p in enumerate(paths):
         out[i] = prepare_frame(read_image(p), size, roi)

@@ -260,6 +260,26 @@ def untile(scores: np.ndarray, maps: np.ndarray | None, roi_shapes: Sequence[tup
     return TiledFrames(np.array([reduce_map(m, reduction, topk) for m in stitched], np.float32), stitched)
 
 
+def load_tiles(paths: Sequence, size: tuple[int, int], spec: TileSpec | None,
+               roi: Sequence[int] | None = None) -> np.ndarray:
+    """:func:`algan.data.preprocess.load_batch` with tiles: every image's ``rows * cols`` tiles, image by image
+    (crop ``roi``, default :func:`~algan.data.preprocess.current_roi`); ``spec=None`` is ``load_batch`` itself.
+
+    Returns:
+        uint8 BGR ``(N * rows * cols, height, width, 3)``.
+
+    Raises:
+        ImageReadError: an unreadable file. ValueError: a ROI that does not fit in an image.
+    """
+    from algan.data.preprocess import current_roi, load_batch, prepare_roi, read_image
+
+    if spec is None:
+        return load_batch(paths, size, roi)
+    roi = roi if roi is not None else current_roi()
+    tiles = [tile_frame(prepare_roi(read_image(p), roi), spec, size) for p in paths]
+    return np.concatenate(tiles) if tiles else np.empty((0, size[0], size[1], 3), np.uint8)
+
+
 def prepare_tiles(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] | None,
                   spec: TileSpec) -> tuple[np.ndarray, tuple[int, int]]:
     """The tiled counterpart of :func:`algan.data.preprocess.prepare_frame`: crop the ROI, cut it into tiles.

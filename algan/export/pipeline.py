@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from algan.contract import ENGINE_FILE, ONNX_FILE, file_sha256
-from algan.data.tiling import FrameTiling, bundle_tiling, untile
+from algan.data.tiling import FrameTiling, bundle_tiling, load_tiles, untile
 from algan.export import parity as par
 from algan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, ort_outputs, simplify_onnx, torch_outputs
 from algan.export.tensorrt import (
@@ -137,7 +137,7 @@ def _labelled(opts: ExportOptions, size: tuple[int, int], tiling: FrameTiling | 
     if tiling is None:
         return _Labelled(load_batch(paths, size), labels[idx])
     shapes = [prepare_roi(read_image(p), current_roi()).shape[:2] for p in paths]
-    return _Labelled(load_batch(paths, size, tiling=tiling.spec), labels[idx], tiling, shapes)
+    return _Labelled(load_tiles(paths, size, tiling.spec), labels[idx], tiling, shapes)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:

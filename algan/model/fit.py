@@ -20,7 +20,7 @@ from algan import __version__
 from algan.contract import FORMAT_VERSION, Manifest, empirical_threshold, utc_now_iso
 from algan.data.datasets import Dataset
 from algan.data.preprocess import current_roi, load_batch, prepare_roi, read_image
-from algan.data.tiling import TileSpec
+from algan.data.tiling import TileSpec, load_tiles
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
 from algan.model.algan_heads import fold_whitening
@@ -122,7 +122,7 @@ def extract_features(
         rng = tqdm(rng, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
                    disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
     for i in rng:
-        for x in _chunks(load_batch(paths[i : i + batch_size], size, tiling=tiling), batch_size):
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
             out.append(backbone(preprocess(torch.from_numpy(x))).numpy())
     dim = getattr(backbone, "out_dim", 0)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
@@ -154,7 +154,7 @@ def extract_patches(
         it = tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
                   disable=not sys.stderr.isatty())  # bars only on a terminal, never in a log
     for i in it:
-        for x in _chunks(load_batch(paths[i : i + batch_size], size, tiling=tiling), batch_size):
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
             maps = feature_maps(preprocess(torch.from_numpy(x)))
             cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
             out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
@@ -374,7 +374,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     det.eval()
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
-    samples = load_batch([calib_paths[i] for i in pick], size, tiling=tiling)
+    samples = load_tiles([calib_paths[i] for i in pick], size, tiling)
     if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
         samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
     kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
