@@ -424,7 +424,8 @@ class Manifest(_Section):
     rebuild the torch detector (``backbone``, ``features``, ``head``) are optional here, so that a bundle that only
     serves its exported graph still reads; :meth:`require` gives them where they are needed. ``exports`` is filled by
     algan-export: ``{onnx, onnx_fp16, engine: {file, sidecar, engine_sha256, onnx_sha256, ...}, parity: [...], auroc,
-    triton}``; ``engine`` also by ``algan-edge build-engine`` on the device.
+    triton}``; ``engine`` also by ``algan-edge build-engine`` on the device. ``tiling`` (:class:`TilingSection`) makes
+    every runtime score the ROI as a grid of tiles with stitched maps (:mod:`algan.data.tiling`).
     """
 
     format_version: int

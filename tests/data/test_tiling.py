@@ -142,3 +142,30 @@ def test_a_tiled_manifest_round_trips_and_a_bad_section_is_one_line():
         parse_manifest({**data, "tiling": {"grid": [3, 0]}})
     with pytest.raises(BundleError, match="tiling"):
         parse_manifest({**data, "tiling": {"grid": [2, 2], "overlap": 0.9}})
+
+
+def test_an_image_only_head_scores_a_tiled_frame_by_the_max_over_its_tiles():
+    import torch
+
+    from algan.model.detector import AnomalyDetector
+
+    class Cast(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float()
+
+    class MeanPixel(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    class First(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0]
+
+    det = AnomalyDetector(Cast(), MeanPixel(), torch.nn.Identity(), First(), input_size=(32, 32)).eval()
+    frame = np.full((64, 64, 3), 10, np.uint8)
+    frame[40:64, 40:64] = 200  # the bottom-right tile (32x32 at 32, 32 with no overlap) is the brightest
+    det.tiling = TileSpec(2, 2, 0.0)
+    tiles = tile_frame(frame, det.tiling, (32, 32)).astype(np.float64)
+    assert det.frame_raw_scores([frame])[0] == pytest.approx(tiles.mean(axis=(1, 2, 3)).max(), rel=1e-6)
+    det.tiling = None  # untiled: the whole frame resized to the input
+    assert det.frame_raw_scores([frame])[0] < tiles.mean(axis=(1, 2, 3)).max()
