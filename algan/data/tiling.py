@@ -260,6 +260,40 @@ def untile(scores: np.ndarray, maps: np.ndarray | None, roi_shapes: Sequence[tup
     return TiledFrames(np.array([reduce_map(m, reduction, topk) for m in stitched], np.float32), stitched)
 
 
+#: a ROI at least this many times the model input (along an axis) is "much larger": tiling is worth trying there
+LARGE_FRAME_RATIO = 1.5
+
+
+def candidate_grids(roi_hw: tuple[int, int], input_hw: tuple[int, int],
+                    overlap: float = DEFAULT_OVERLAP) -> list[TileSpec]:
+    """Tile grids worth trying for a ROI of ``roi_hw`` pixels and a model input of ``input_hw`` (e.g. by
+    ``--head auto``), one per resolution level, coarsest first; empty when the ROI is not much larger than the input
+    (under :data:`LARGE_FRAME_RATIO` times along both axes).
+
+    Along the axis where the ROI is largest relative to the input, ``n = 2, 3, ...`` tiles while a tile stays at
+    least as large as the input (tiling keeps resolution; it does not invent it by up-sampling); across, the count
+    whose tiles are closest (in log scale) to the same pixels-per-input-pixel, so that tiles keep the input's aspect
+    (pcb 640 x 640 at 224 px: 2x2, 3x3; ballscrew 460 x 1130: 1x2, 1x3, ...).
+    """
+    rh, rw = int(roi_hw[0]), int(roi_hw[1])
+    ih, iw = int(input_hw[0]), int(input_hw[1])
+    if max(rh / ih, rw / iw) < LARGE_FRAME_RATIO:
+        return []
+    long_first = rw / iw >= rh / ih
+    (la, ia), (lb, ib) = ((rw, iw), (rh, ih)) if long_first else ((rh, ih), (rw, iw))
+    out = []
+    n = 2
+    while True:
+        tile = la / (n - (n - 1) * overlap)
+        if tile < ia:
+            break
+        scale = tile / ia
+        m = min(range(1, lb + 1), key=lambda k: abs(math.log(lb / (k - (k - 1) * overlap) / (scale * ib))))
+        out.append(TileSpec(m, n, overlap) if long_first else TileSpec(n, m, overlap))
+        n += 1
+    return out
+
+
 def load_tiles(paths: Sequence, size: tuple[int, int], spec: TileSpec | None,
                roi: Sequence[int] | None = None) -> np.ndarray:
     """:func:`algan.data.preprocess.load_batch` with tiles: every image's ``rows * cols`` tiles, image by image

@@ -169,3 +169,16 @@ def test_an_image_only_head_scores_a_tiled_frame_by_the_max_over_its_tiles():
     assert det.frame_raw_scores([frame])[0] == pytest.approx(tiles.mean(axis=(1, 2, 3)).max(), rel=1e-6)
     det.tiling = None  # untiled: the whole frame resized to the input
     assert det.frame_raw_scores([frame])[0] < tiles.mean(axis=(1, 2, 3)).max()
+
+
+def test_candidate_grids_keep_tiles_no_smaller_than_the_input_and_its_aspect():
+    from algan.data.tiling import candidate_grids
+
+    assert [str(g) for g in candidate_grids((640, 640), (224, 224))] == ["2x2 overlap 0.25", "3x3 overlap 0.25"]
+    assert [(g.rows, g.cols) for g in candidate_grids((460, 1130), (224, 224))][:2] == [(1, 2), (1, 3)]
+    assert candidate_grids((300, 300), (224, 224)) == []  # not much larger than the input: nothing to gain
+    for roi in ((1024, 1024), (460, 1130), (360, 640), (2000, 500)):
+        for g in candidate_grids(roi, (224, 224)):
+            _, _, tw, th = tile_boxes(*roi, g)[0]
+            assert tw >= 224 or th >= 224  # the axis that sets the resolution is never up-sampled
+            assert g.n_tiles > 1
