@@ -132,12 +132,13 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
     }
 
 
-def tiled_bundle(model: Path, work: Path, grid: str) -> Path:
+def tiled_bundle(model: Path, work: Path, grid: str | None) -> Path:
     """A copy of ``model`` (a bundle directory with ``model.onnx``, or a bare ``.onnx``) whose manifest carries the
-    tiling ``grid`` (overlap 0.25): the same per-tile graph, served tiled."""
+    tiling ``grid`` (overlap 0.25), or none (``grid=None``: a tiled bundle served whole, the untiled baseline): the
+    same per-tile graph."""
     from algan.data.tiling import parse_tiles
 
-    out = work / "tiled-bundle"
+    out = work / ("tiled-bundle" if grid else "untiled-bundle")
     if model.is_dir():
         shutil.copytree(model, out, ignore=shutil.ignore_patterns("model.engine*", "*.fp16.onnx"))
         manifest = json.loads((out / "algan.json").read_text())
@@ -151,7 +152,9 @@ def tiled_bundle(model: Path, work: Path, grid: str) -> Path:
         save_file({"head.w": np.zeros(1, np.float32)}, str(out / "weights.safetensors"))
         manifest = {"format_version": 1, "model_id": "bench-standin", "calibration": {"center": 0.0, "threshold": 1.0},
                     "exports": {"onnx": {"file": "model.onnx", "sha256": file_sha256(out / "model.onnx")}}}
-    manifest["tiling"] = parse_tiles(grid).to_json()
+    manifest.pop("tiling", None)
+    if grid:
+        manifest["tiling"] = parse_tiles(grid).to_json()
     manifest.pop("roi", None)
     (out / "algan.json").write_text(json.dumps(manifest, indent=2))
     return out
@@ -250,6 +253,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         return 2
     if not args.smoke:
         ensure_model(args.model)
+    if args.model.is_dir() and "tiling" in json.loads((args.model / "algan.json").read_text()):
+        args.model = tiled_bundle(args.model, work, None)  # the baseline serves the tiled bundle's graph whole
 
     runner = OnnxRuntimeRunner(args.model, threads=args.threads)
     frames = decode(args.video, runner.input_size, limit=100_000)
