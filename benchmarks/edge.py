@@ -185,12 +185,24 @@ def host_tiling_ms(video: Path, size: tuple[int, int], grid: str, map_hw: tuple[
 
 def tiled_case(args: argparse.Namespace, work: Path, frames_video: Path, untiled_fps: float) -> dict:
     """The daemon on the model served tiled (``--tiles``): frames/s and the cost per frame against untiled."""
-    from algan.data.tiling import parse_tiles
+    from algan.data.tiling import parse_tiles, prepare_tiles
 
     bundle = tiled_bundle(args.model, work, args.tiles)
     runner = OnnxRuntimeRunner(bundle, threads=args.threads)
     size = runner.input_size
     map_hw = tuple(runner.map_size) if getattr(runner, "has_maps", False) else None
+    # runner alone on the tiles of pre-decoded frames, B frames (B * tiles) per run: the tiled daemon's ceiling
+    spec = parse_tiles(args.tiles)
+    cap = cv2.VideoCapture(str(frames_video))
+    tiles = []
+    while len(tiles) < 4 * args.batch:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        tiles.append(prepare_tiles(frame, size, None, spec)[0])
+    cap.release()
+    flat = np.concatenate(tiles)
+    alone_tiles_fps = runner_alone(runner, flat, args.batch * spec.n_tiles) / spec.n_tiles
     del runner
     with Broker(work) as broker:
         e2e = daemon(bundle, frames_video, args.batch, args.threads, args.tiled_frames, (broker.host, broker.port),
@@ -200,6 +212,8 @@ def tiled_case(args: argparse.Namespace, work: Path, frames_video: Path, untiled
         "tiles_per_frame": parse_tiles(args.tiles).n_tiles,
         "frames": e2e["frames"],
         "daemon_fps": round(e2e["fps"], 2),
+        "runner_fps_tiled": round(alone_tiles_fps, 2),
+        "ratio_to_runner_tiled": round(e2e["fps"] / alone_tiles_fps, 3) if alone_tiles_fps else None,
         "cost_per_frame": round(untiled_fps / e2e["fps"], 2) if e2e["fps"] else None,
         "host_ms_per_frame": round(host_tiling_ms(frames_video, size, args.tiles, map_hw), 3),
         "latency_ms_p50": round(e2e["latency_ms_p50"], 2),
@@ -303,6 +317,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         rows += [
             (f"tiled daemon ({tiled['grid']}, {tiled['tiles_per_frame']} tiles/frame, same B in frames)",
              f"{tiled['daemon_fps']:.1f} frames/s ({tiled['frames']} frames)"),
+            ("tiled runner alone (pre-decoded tiles of B frames per run)", f"{tiled['runner_fps_tiled']:.1f} frames/s"),
+            ("tiled daemon / tiled runner alone", f"{tiled['ratio_to_runner_tiled']:.3f}"),
             ("tiled cost per frame vs untiled daemon (runner-bound ideal = tiles/frame)",
              f"x{tiled['cost_per_frame']:.2f}"),
             ("host tiling + stitching alone", f"{tiled['host_ms_per_frame']:.2f} ms/frame"),
