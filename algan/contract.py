@@ -633,6 +633,24 @@ class AnomalyMapSection(_Section):
     grid: list[int] | None = None
 
 
+class TilingSection(_Section):
+    """``tiling``: the ROI is scored as a grid of tiles (:mod:`algan.data.tiling`): ``grid`` ``[rows, cols]`` and the
+    ``overlap`` of neighbouring tiles (fraction of a tile, 0-0.5). The graph scores single tiles; the host cuts,
+    stitches the maps (overlaps averaged) and reduces the stitched map to the frame score (image-only heads: the
+    maximum over tiles). The calibration of a tiled bundle is on those frame scores."""
+
+    grid: list[int]
+    overlap: float = 0.25
+
+    @model_validator(mode="after")
+    def _check(self) -> TilingSection:
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"grid must be [rows, cols] of positive integers, got {self.grid}")
+        if not 0.0 <= self.overlap <= 0.5:
+            raise ValueError(f"overlap must lie in [0, 0.5], got {self.overlap}")
+        return self
+
+
 class Manifest(_Section):
     """The bundle manifest ``algan.json`` (format version :data:`FORMAT_VERSION`).
 
@@ -640,7 +658,8 @@ class Manifest(_Section):
     rebuild the torch detector (``backbone``, ``features``, ``head``) are optional here, so that a bundle that only
     serves its exported graph still reads; :meth:`require` gives them where they are needed. ``exports`` is filled by
     algan-export: ``{onnx, onnx_fp16, engine: {file, sidecar, engine_sha256, onnx_sha256, ...}, parity: [...], auroc,
-    triton}``; ``engine`` also by ``algan-edge build-engine`` on the device.
+    triton}``; ``engine`` also by ``algan-edge build-engine`` on the device. ``tiling`` (:class:`TilingSection`) makes
+    every runtime score the ROI as a grid of tiles with stitched maps (:mod:`algan.data.tiling`).
     """
 
     format_version: int
@@ -659,6 +678,7 @@ class Manifest(_Section):
     patch: PatchSection | None = None
     anomaly_map: AnomalyMapSection | None = None
     roi: list[int] | None = None
+    tiling: TilingSection | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 

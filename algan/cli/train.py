@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
+    add_tiling_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
                    "line at least every 30 s with step, total and ETA in a log)")
     p.add_argument("--log-level", default="WARNING")
@@ -89,6 +90,29 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", default=None, choices=POOLING_NAMES,
                    help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
                         "the EfficientNet-Lite models, avg for the ResNets)")
+
+
+def add_tiling_args(p: argparse.ArgumentParser) -> None:
+    """``--tiles`` and ``--tile-overlap`` (shared with algan-bench)."""
+    p.add_argument("--tiles", default=None, metavar="ROWSxCOLS",
+                   help="tiled inference: cut the region of interest into this grid of overlapping tiles, each resized "
+                        "to the model input (e.g. 2x2, 3x3); train on the tiles, stitch their maps into one frame map "
+                        "(patch heads; feature heads: max over tiles). Recorded in the bundle: algan-predict, the edge "
+                        "daemon and the export tile the same. For small defects on frames much larger than the input")
+    p.add_argument("--tile-overlap", type=float, default=None, metavar="FRACTION",
+                   help="overlap of neighbouring tiles, a fraction of a tile in [0, 0.5] (default 0.25; with --tiles)")
+
+
+def tiling_from_args(args: argparse.Namespace):
+    """The :class:`algan.data.tiling.TileSpec` of ``--tiles``/``--tile-overlap``, or ``None``; ValueError (one line)
+    for a malformed grid or overlap, or an overlap without a grid."""
+    from algan.data.tiling import parse_tiles
+
+    if getattr(args, "tiles", None) is None:
+        if getattr(args, "tile_overlap", None) is not None:
+            raise ValueError("--tile-overlap applies with --tiles only; add e.g. --tiles 3x3")
+        return None
+    return parse_tiles(args.tiles, args.tile_overlap)
 
 
 def add_patch_args(p: argparse.ArgumentParser) -> None:
@@ -186,6 +210,9 @@ def check_args(args: argparse.Namespace) -> None:
                              "or auto")
         if args.checkpoint is not None:
             raise ValueError("--checkpoint resumes one ALGAN training; --head auto fits several heads: drop it")
+        if getattr(args, "tiles", None) is not None:
+            raise ValueError("--head auto compares heads on whole frames; with --tiles choose the head yourself "
+                             "(e.g. --variant patch --head padim --tiles 3x3) or drop --tiles")
         if args.knn_metric is not None and args.variant == "patch":
             raise ValueError("--knn-metric applies to the feature variant's knn head (--variant feature or auto)")
         given = [f"--{f.replace('_', '-')}" for f in PATCH_FLAGS if getattr(args, f, None) is not None]
@@ -271,6 +298,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         max_train=args.max_train,
         seed=args.seed,
         checkpoint=args.checkpoint,
+        tiling=tiling_from_args(args),
         **({"patch": patch} if patch is not None else {}),
         **({"coreset_ratio": args.coreset_ratio} if args.coreset_ratio is not None else {}),
     )
@@ -286,6 +314,7 @@ def _main(args: argparse.Namespace) -> int:
     args.input_size = input_size(args.input_size)
     check_args(args)
     roi = parse_roi(args.roi)
+    tiling = tiling_from_args(args)
     auto = args.head == "auto"
     if auto:
         from algan.model.select import candidates_for
@@ -325,7 +354,8 @@ def _main(args: argparse.Namespace) -> int:
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal, training = m.calibration, m.require("training")
-    print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}, "
+    tiled = f", {tiling} tiles per frame" if tiling is not None else ""
+    print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "
           f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals"
           + (f", pixel threshold at {cal.pixel_target_fpr:g} pixel FPR (map level {cal.pixel_level:.3g})"

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from algan.contract import BundleError
+from algan.data.tiling import FrameTiling, bundle_tiling, untile
 from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.capture.batcher import Batcher, next_batch
 from algan.edge.capture.camera import CameraReader
@@ -135,6 +137,7 @@ class EdgeApp:
         self._has_maps = False
         #: the defect-mask level on the calibrated map scale (algan.edge.runners.calibration.pixel_level)
         self._pixel_level = 1.0
+        self._tiling: FrameTiling | None = None  # the model's tile grid (algan.json tiling), set at run()
         self._model_size: tuple[int, int] = (0, 0)
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
@@ -187,6 +190,7 @@ class EdgeApp:
             self._pixel_level, source = pixel_level(Path(self.cfg.model))
             log.info("defect masks of alarm snapshots at map level %.4g (%s)", self._pixel_level, source)
         self._model_size = (int(h), int(w))
+        self._tiling = self._load_tiling()
         self._apply_bundle_roi()
         broker = self._start_broker()
         try:
@@ -217,6 +221,18 @@ class EdgeApp:
             log.error("no camera could be read; fix the camera sources in the config")
             return 1
         return 0
+
+    def _load_tiling(self) -> FrameTiling | None:
+        """The model bundle's tile grid (``algan.json`` ``tiling``), or ``None``; EdgeError for an unreadable
+        manifest (a tiled model scored untiled would give wrong scores)."""
+        try:
+            tiling = bundle_tiling(self.cfg.model)
+        except BundleError as e:
+            raise EdgeError(str(e)) from None
+        if tiling is not None:
+            log.info("model tiles every frame's roi into %s (maps stitched, score = %s of the stitched map)",
+                     tiling.spec, tiling.reduction)
+        return tiling
 
     def _apply_bundle_roi(self) -> None:
         """Cameras without a ``roi`` take the bundle's (``algan.json`` ``roi``: training and serving see the same
@@ -315,8 +331,10 @@ class EdgeApp:
             self.trackers[cam.name] = AlarmTracker(cam.name, policy=self.cfg.alarm_policy(cam))
             self._set_state(pub, cam.name, STATE_NORMAL)
         for cam in self.cfg.cameras:
+            tiled = self._tiling is not None
             reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status, self._source_factory(cam),
-                                  keep_raw=self.snapshots is not None or self._has_maps)
+                                  keep_raw=self.snapshots is not None or self._has_maps or tiled,
+                                  tiling=self._tiling.spec if self._tiling is not None else None)
             self.readers.append(reader)
             reader.start()
 
@@ -459,7 +477,15 @@ class EdgeApp:
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
         t0 = self.clock()
         try:
-            out = run_batch(runner, np.stack([f.image for f in batch]))
+            if self._tiling is None:
+                out = run_batch(runner, np.stack([f.image for f in batch]))
+                scores, maps = out.scores, out.maps
+            else:  # every frame's tiles in one run; maps stitched per frame, scores from the stitched maps
+                tiles = run_batch(runner, np.concatenate([f.image for f in batch]))
+                t = self._tiling
+                frames = untile(tiles.scores, tiles.maps, [f.roi_hw or f.image.shape[1:3] for f in batch], t.spec,
+                                t.reduction, t.topk)
+                scores, maps = frames.scores, frames.maps
         except (RuntimeError, ValueError) as e:
             self._failures += 1
             log.error("inference failed on a batch of %d frames (%d in a row): %s", len(batch), self._failures, e)
@@ -469,8 +495,8 @@ class EdgeApp:
         self._failures = 0
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
-        maps = out.maps if out.maps is not None else [None] * len(batch)
-        for frame, score, cells in zip(batch, out.scores.tolist(), maps, strict=True):
+        cells_of = maps if maps is not None else [None] * len(batch)
+        for frame, score, cells in zip(batch, scores.tolist(), cells_of, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
             now = self.clock()

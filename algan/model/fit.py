@@ -25,7 +25,8 @@ from algan.contract import (
     utc_now_iso,
 )
 from algan.data.datasets import Dataset
-from algan.data.preprocess import load_batch
+from algan.data.preprocess import current_roi, load_batch, prepare_roi, read_image
+from algan.data.tiling import TileSpec, load_tiles
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
 from algan.model.algan_heads import fold_whitening
@@ -74,6 +75,8 @@ class FitSettings:
         patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
         coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),
             capped by the sampled patches.
+        tiling: tile grid (:class:`algan.data.tiling.TileSpec`): the head is fitted on the tiles of the normal images
+            (each tile resized to the input) and calibrated on stitched frame scores; ``None`` = whole images.
     """
 
     head: str = "algan"
@@ -94,6 +97,7 @@ class FitSettings:
     checkpoint: str | None = None
     patch: PatchSpec = field(default_factory=PatchSpec)
     coreset_ratio: float = 0.01
+    tiling: TileSpec | None = None
 
     def __post_init__(self) -> None:
         if self.algan is None:
@@ -131,13 +135,15 @@ def extract_features(
     size: tuple[int, int],
     batch_size: int = 32,
     desc: str | None = "features",
+    tiling: TileSpec | None = None,
 ) -> np.ndarray:
-    """Backbone features of image files, float32 (N, D). Reads images in batches (bounded memory)."""
+    """Backbone features of image files, float32 (N, D) (with ``tiling``: of their tiles, (N * rows * cols, D)).
+    Reads images in batches (bounded memory)."""
     out = []
     rng = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in rng:
-        x = torch.from_numpy(load_batch(paths[i : i + batch_size], size))
-        out.append(backbone(preprocess(x)).numpy())
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
+            out.append(backbone(preprocess(torch.from_numpy(x))).numpy())
     dim = getattr(backbone, "out_dim", 0)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
@@ -152,8 +158,10 @@ def extract_patches(
     seed: int,
     batch_size: int = 32,
     desc: str | None = "patches",
+    tiling: TileSpec | None = None,
 ) -> np.ndarray:
-    """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C).
+    """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C); with
+    ``tiling`` every tile counts as an image (N * rows * cols * k vectors).
 
     Only the sampled cells are kept, batch by batch: the full maps of a data set (N x C x gh x gw) are never held.
     """
@@ -161,10 +169,16 @@ def extract_patches(
     out = []
     it = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in it:
-        maps = feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))
-        cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
-        out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
+            maps = feature_maps(preprocess(torch.from_numpy(x)))
+            cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
+            out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, feature_maps.out_dim), np.float32)
+
+
+def _chunks(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """``x`` in consecutive pieces of at most ``n`` rows (a batch of images' tiles is ``rows * cols`` times larger)."""
+    return [x[i : i + n] for i in range(0, len(x), n)]
 
 
 def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool):
@@ -207,6 +221,16 @@ def training_split(dataset: Dataset, settings: FitSettings) -> tuple[list[Path],
         keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
         paths = [paths[i] for i in sorted(keep.tolist())]
     return split_holdout(paths, settings.holdout, settings.seed)
+
+
+def frame_raw_scores(det: AnomalyDetector, paths: Sequence[Path], batch_size: int = 32) -> np.ndarray:
+    """Uncalibrated frame scores float64 (N,) of image files (crop :func:`~algan.data.preprocess.current_roi`), read
+    ``batch_size`` at a time, scored as every runner scores them (:meth:`AnomalyDetector.frame_raw_scores`: tiled
+    bundles tile and stitch)."""
+    roi = current_roi()
+    out = [det.frame_raw_scores([prepare_roi(read_image(p), roi) for p in paths[i : i + batch_size]], batch_size)
+           for i in range(0, len(paths), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -303,6 +327,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         raise ValueError(f"unknown head {settings.head!r} for the {settings.variant} variant; use one of "
                          f"{', '.join(HEADS)} (patchcore and padim need --variant patch)")
     postprocess = None
+    tiling = settings.tiling
+    n_tiles = tiling.n_tiles if tiling is not None else 1
     if settings.variant == "image":
         if settings.head != "algan":
             raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")
@@ -321,11 +347,11 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         pspec = settings.patch
         patches = cache.features if cache is not None else extract_patches(
             preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed, settings.batch_size,
-            "patches (train)" if progress else None)
+            "patches (train)" if progress else None, tiling)
         transform = PatchProjection.fit(pspec.projection, patches, pspec.dim, settings.seed)
         with torch.no_grad():
             x = transform.vectors(torch.from_numpy(patches)).numpy()
-        n_cells = len(fit_paths) * backbone.grid[0] * backbone.grid[1]
+        n_cells = len(fit_paths) * n_tiles * backbone.grid[0] * backbone.grid[1]
         head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
                                                    else fit_patch_head(settings, x, n_cells, progress))
         postprocess = MapPostprocess(pspec, size)
@@ -334,7 +360,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
                         "n_patches": int(len(patches))}
     elif settings.variant == "image":
         feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
-                                 "features (train)" if progress else None)
+                                 "features (train)" if progress else None, tiling)
         transform = torch.nn.Identity()
         result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress, checkpoint=settings.checkpoint)
         head, head_settings = result.head, icfg.to_json()
@@ -343,7 +369,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
     else:
         feats = cache.features if cache is not None else extract_features(
-            preprocess, backbone, fit_paths, size, settings.batch_size, "features (train)" if progress else None)
+            preprocess, backbone, fit_paths, size, settings.batch_size, "features (train)" if progress else None,
+            tiling)
         transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()
@@ -356,7 +383,11 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     calib_paths = hold_paths or fit_paths
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")
-    if settings.variant == "patch":
+    det.tiling = tiling
+    pixel_rule = None  # the pixel threshold: patch heads on whole frames (a tiled bundle's maps are stitched per frame)
+    if tiling is not None:  # the frame score of a tiled bundle: stitched maps (or tiles' max), calibrated as such
+        hold_raw = frame_raw_scores(det, calib_paths, settings.batch_size)
+    elif settings.variant == "patch":
         from algan.model.detector import run_batched
 
         hold_maps = run_batched(det.raw_maps, load_batch(calib_paths, size), settings.batch_size,
@@ -374,7 +405,9 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     det.eval()
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
-    samples = load_batch([calib_paths[i] for i in pick], size)
+    samples = load_tiles([calib_paths[i] for i in pick], size, tiling)
+    if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
+        samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
     kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
     model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
@@ -392,7 +425,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
             "threshold": threshold,
             "target_fpr": settings.target_fpr,
             "n_images": len(calib_paths),
-            "source": "held-out training normals" if hold_paths else "training normals (no holdout)",
+            "source": ("held-out training normals" if hold_paths else "training normals (no holdout)") + (
+                f" (frame scores of {tiling.rows}x{tiling.cols} tiles, stitched)" if tiling is not None else ""),
             "method": "empirical quantile",
         },
         "training": {
@@ -407,10 +441,13 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         "exports": {},
         "outputs": ["scores"],
     }
+    if tiling is not None:
+        manifest["tiling"] = tiling.to_json()
     if postprocess is not None:
         mh, mw = postprocess.map_size
-        manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
-                                        "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
+        if pixel_rule is not None:
+            manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
+                                            "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
         manifest["patch"] = settings.patch.to_json()
         manifest["outputs"] = ["scores", "anomaly_maps"]
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,
