@@ -221,6 +221,10 @@ def load_bundle(model_dir: str | Path):
     det = AnomalyDetector(preprocess, backbone, transform, head,
                           Calibration(cal.center, cal.threshold), input_size=input_size,
                           postprocess=postprocess if variant == "patch" else None)
+    if manifest.tiling is not None:
+        from algan.runtime.tiling import manifest_tiling
+
+        det.tiling = manifest_tiling(manifest)
     state = _load_weights(wpath)
     wanted = {k for k in det.state_dict() if k.startswith(STORED_PREFIXES)}
     stored = {k: v for k, v in state.items() if k.startswith(STORED_PREFIXES)}

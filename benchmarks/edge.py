@@ -7,13 +7,17 @@ One run measures, with the ONNX Runtime CPU runner, a REAL model and the real vi
 2. the daemon end to end (in-process :class:`algan.edge.app.EdgeApp`, the video looped as a camera, a real
    mosquitto on a free port, every score message received by a subscriber): frames/s at the same batch size,
    capture-to-publish latency p50/p99 (from the score messages), and the ratio to (1) (target >= 0.85);
-3. resident memory (RSS) of the process after a warm-up and after ``--frames`` frames (target growth <= 5 %).
+3. resident memory (RSS) of the process after a warm-up and after ``--frames`` frames (target growth <= 5 %);
+4. with ``--tiles ROWSxCOLS`` (on by default at the smoke size, 2x2): the same model as a tiled bundle (the manifest's
+   ``tiling``, :mod:`algan.runtime.tiling`), the daemon end to end for ``--tiled-frames`` frames: frames/s, the cost per
+   frame against the untiled daemon (x; the runner-bound ideal is the number of tiles), and the host's own share
+   (cutting the tiles and stitching the maps, ms per frame, measured alone).
 
 Usage::
 
     algan-train --data ../shared/data/mtd --out /tmp/bench_model --head mahalanobis --max-train 100 --quiet
     algan-export /tmp/bench_model
-    python -m benchmarks.edge --model /tmp/bench_model [--batch 8] [--frames 20000] [--json out.json]
+    python -m benchmarks.edge --model /tmp/bench_model [--batch 8] [--frames 20000] [--tiles 3x3] [--json out.json]
     python -m benchmarks.edge --smoke    # seconds: a stand-in model and a synthetic video, figures not comparable
     python -m benchmarks.edge --model PATCH_BUNDLE --snapshots --profile prof.txt   # maps + snapshots, cProfile
 
@@ -176,6 +180,96 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
     }
 
 
+def tiled_bundle(model: Path, work: Path, grid: str | None) -> Path:
+    """A copy of ``model`` (a bundle directory with ``model.onnx``, or a bare ``.onnx``) whose manifest carries the
+    tiling ``grid`` (overlap 0.25), or none (``grid=None``: a tiled bundle served whole, the untiled baseline): the
+    same per-tile graph."""
+    from algan.runtime.tiling import parse_tiles
+
+    out = work / ("tiled-bundle" if grid else "untiled-bundle")
+    if model.is_dir():
+        shutil.copytree(model, out, ignore=shutil.ignore_patterns("model.engine*", "*.fp16.onnx"))
+        manifest = json.loads((out / "algan.json").read_text())
+    else:  # a bare stand-in graph: the least bundle the daemon verifies (token weights, the graph's hash)
+        from safetensors.numpy import save_file
+
+        from algan.contract import file_sha256
+
+        out.mkdir()
+        shutil.copy(model, out / "model.onnx")
+        save_file({"head.w": np.zeros(1, np.float32)}, str(out / "weights.safetensors"))
+        manifest = {"format_version": 1, "model_id": "bench-standin", "calibration": {"center": 0.0, "threshold": 1.0},
+                    "exports": {"onnx": {"file": "model.onnx", "sha256": file_sha256(out / "model.onnx")}}}
+    manifest.pop("tiling", None)
+    if grid:
+        manifest["tiling"] = parse_tiles(grid).to_json()
+    manifest.pop("roi", None)
+    (out / "algan.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def host_tiling_ms(video: Path, size: tuple[int, int], grid: str, map_hw: tuple[int, int] | None,
+                   n: int = 50) -> float:
+    """Milliseconds per frame the host spends cutting tiles and stitching maps (no model), on ``n`` video frames."""
+    from algan.runtime.tiling import parse_tiles, prepare_tiles, untile
+
+    spec = parse_tiles(grid)
+    cap = cv2.VideoCapture(str(video))
+    raw = []
+    while len(raw) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        raw.append(frame)
+    cap.release()
+    rng = np.random.default_rng(0)
+    maps = rng.random((spec.n_tiles, *map_hw), dtype=np.float32) if map_hw is not None else None
+    t0 = time.perf_counter()
+    for frame in raw:
+        tiles, shape = prepare_tiles(frame, size, None, spec)
+        untile(np.zeros(len(tiles)), maps, [shape], spec)
+    return (time.perf_counter() - t0) * 1000.0 / max(len(raw), 1)
+
+
+def tiled_case(args: argparse.Namespace, work: Path, frames_video: Path, untiled_fps: float) -> dict:
+    """The daemon on the model served tiled (``--tiles``): frames/s and the cost per frame against untiled."""
+    from algan.runtime.tiling import parse_tiles, prepare_tiles
+
+    bundle = tiled_bundle(args.model, work, args.tiles)
+    runner = OnnxRuntimeRunner(bundle, threads=args.threads)
+    size = runner.input_size
+    map_hw = tuple(runner.map_size) if getattr(runner, "has_maps", False) else None
+    # runner alone on the tiles of pre-decoded frames, B frames (B * tiles) per run: the tiled daemon's ceiling
+    spec = parse_tiles(args.tiles)
+    cap = cv2.VideoCapture(str(frames_video))
+    tiles = []
+    while len(tiles) < 4 * args.batch:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        tiles.append(prepare_tiles(frame, size, None, spec)[0])
+    cap.release()
+    flat = np.concatenate(tiles)
+    alone_tiles_fps = runner_alone(runner, flat, args.batch * spec.n_tiles) / spec.n_tiles
+    del runner
+    with Broker(work) as broker:
+        e2e = daemon(bundle, frames_video, args.batch, args.threads, args.tiled_frames, (broker.host, broker.port),
+                     work, warmup=min(WARMUP_FRAMES, args.tiled_frames // 3))
+    return {
+        "grid": args.tiles,
+        "tiles_per_frame": parse_tiles(args.tiles).n_tiles,
+        "frames": e2e["frames"],
+        "daemon_fps": round(e2e["fps"], 2),
+        "runner_fps_tiled": round(alone_tiles_fps, 2),
+        "ratio_to_runner_tiled": round(e2e["fps"] / alone_tiles_fps, 3) if alone_tiles_fps else None,
+        "cost_per_frame": round(untiled_fps / e2e["fps"], 2) if e2e["fps"] else None,
+        "host_ms_per_frame": round(host_tiling_ms(frames_video, size, args.tiles, map_hw), 3),
+        "latency_ms_p50": round(e2e["latency_ms_p50"], 2),
+        "latency_ms_p99": round(e2e["latency_ms_p99"], 2),
+        "dropped": e2e["dropped"],
+    }
+
+
 def ensure_model(model: Path) -> None:
     if (model / "model.onnx").is_file():
         return
@@ -193,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="batch size B for both measurements (default 8)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--frames", type=int, default=20_000, help="frames the daemon scores (memory soak), default 20000")
+    p.add_argument("--tiles", default=None, metavar="ROWSxCOLS",
+                   help="also run the daemon on the model as a tiled bundle with this grid (overlap 0.25)")
+    p.add_argument("--tiled-frames", type=int, default=2000, help="frames the tiled daemon scores (default 2000)")
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--snapshots", action="store_true", help="alarm snapshots on (peak frames with their maps)")
     p.add_argument("--profile", type=Path, help="write cProfile's top entries of the daemon threads here")
@@ -214,11 +311,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         args.model = standin_model(work / "standin.onnx")
         args.video = synthetic_video(work / "smoke.mp4", 60)
         args.frames, warmup = SMOKE_FRAMES, SMOKE_WARMUP
+        args.tiles, args.tiled_frames = args.tiles or "2x2", SMOKE_FRAMES // 2
     if not args.video.is_file():
         print(f"video {args.video} not found; pass --video", file=sys.stderr)
         return 2
     if not args.smoke:
         ensure_model(args.model)
+    if args.model.is_dir() and "tiling" in json.loads((args.model / "algan.json").read_text()):
+        args.model = tiled_bundle(args.model, work, None)  # the baseline serves the tiled bundle's graph whole
 
     runner = OnnxRuntimeRunner(args.model, threads=args.threads)
     frames = decode(args.video, runner.input_size, limit=100_000)
@@ -269,6 +369,20 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         ("alarm snapshots written", "off" if res["snapshots"] is None else str(res["snapshots"])),
         ("broker", f"{broker.kind}" + (" (smoke size: stand-in model, figures not comparable)" if args.smoke else "")),
     ]
+    if args.tiles:
+        tiled = tiled_case(args, work, frames_video=args.video, untiled_fps=e2e["fps"])
+        res["tiled"] = tiled
+        rows += [
+            (f"tiled daemon ({tiled['grid']}, {tiled['tiles_per_frame']} tiles/frame, same B in frames)",
+             f"{tiled['daemon_fps']:.1f} frames/s ({tiled['frames']} frames)"),
+            ("tiled runner alone (pre-decoded tiles of B frames per run)", f"{tiled['runner_fps_tiled']:.1f} frames/s"),
+            ("tiled daemon / tiled runner alone", f"{tiled['ratio_to_runner_tiled']:.3f}"),
+            ("tiled cost per frame vs untiled daemon (runner-bound ideal = tiles/frame)",
+             f"x{tiled['cost_per_frame']:.2f}"),
+            ("host tiling + stitching alone", f"{tiled['host_ms_per_frame']:.2f} ms/frame"),
+            ("tiled latency capture->publish p50 / p99",
+             f"{tiled['latency_ms_p50']:.1f} / {tiled['latency_ms_p99']:.1f} ms"),
+        ]
     print_rows(rows)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

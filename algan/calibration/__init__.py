@@ -1,7 +1,8 @@
 """Score calibration: alarm thresholds with a stated false-alarm rate, drift checks and INT8 calibration sets.
 
 Modules:
-    threshold: pure threshold estimators (empirical quantile, generalised Pareto tail, F1-max, Youden).
+    (the threshold estimators -- empirical quantile, generalised Pareto tail, F1-max, Youden -- are
+    :mod:`algan.model.threshold`: training's head selection uses them too)
     drift: two-sample KS drift test and the false-alarm rate of the current threshold (Clopper-Pearson).
     scoring: raw scores of image files through a bundle's detector (unreadable images skipped and counted).
     int8: the INT8 calibration set contract (``int8_calibration.safetensors``).

@@ -24,15 +24,6 @@ from algan.calibration.drift import DriftCheck, DriftReport, clopper_pearson, re
 from algan.calibration.int8 import int8_set_bytes, select_indices
 from algan.calibration.scoring import MAX_BAD_FRACTION, score_images
 from algan.calibration.store import commit, load_reference, reference_bytes
-from algan.calibration.threshold import (
-    MIN_SCORES,
-    F1Threshold,
-    TargetFprThreshold,
-    YoudenThreshold,
-    check_scores,
-    expected_alarms_interval,
-    images_needed,
-)
 from algan.contract import (
     CALIBRATION_SCORES_FILE,
     DEFAULT_PIXEL_FPR,
@@ -43,6 +34,16 @@ from algan.contract import (
     utc_now_iso,
 )
 from algan.data.datasets import DatasetError, load_dataset, load_folder
+from algan.model.threshold import (
+    MIN_SCORES,
+    F1Threshold,
+    TargetFprThreshold,
+    YoudenThreshold,
+    check_scores,
+    expected_alarms_interval,
+    images_needed,
+    recall_above,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _row(name: str, thr: float, normals: np.ndarray, anomalies: np.ndarray, cent
     k = int((normals >= thr).sum())
     n = len(normals)
     low, high = clopper_pearson(k, n)
-    recall = float((anomalies >= thr).mean()) if len(anomalies) else None
+    recall = recall_above(anomalies, thr)
     return ThresholdRow(name, float(thr), (thr - center) / (threshold - center), k, n, k / n, low, high, recall, f1)
 
 

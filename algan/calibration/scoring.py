@@ -47,15 +47,16 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
         keep: input positions whose prepared frames are returned in ``kept`` (e.g. the INT8 calibration set).
         what: name of the image group for messages.
         max_bad_fraction: largest share of unreadable images tolerated.
-        with_maps: also return the raw anomaly maps (``out.maps``) when the detector has them (patch heads); the
-            image scores are then the detector's reduction of those maps (the same values as ``raw_scores``).
+        with_maps: also return the raw anomaly maps (``out.maps``) when the detector has them (patch heads, not
+            tiled); the image scores are then the detector's reduction of those maps (the same values as
+            ``raw_scores``).
 
     Raises:
         ValueError: when more than ``max_bad_fraction`` of the images cannot be read.
     """
     import torch
 
-    from algan.runtime.preprocess import current_roi, prepare_frame, read_image
+    from algan.runtime.preprocess import current_roi, prepare_frame, prepare_roi, read_image
 
     keep = set(keep)
     out = ScoredImages()
@@ -63,31 +64,37 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     maps: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     size = detector.input_size
-    with_maps = with_maps and detector.has_maps
+    tiled = getattr(detector, "tiling", None) is not None
+    # a tiled bundle's stitched maps differ in size from frame to frame: no map cells (no pixel threshold) for it
+    with_maps = with_maps and detector.has_maps and not tiled
 
     def flush() -> None:
         if batch:
-            with torch.no_grad():
-                x = torch.from_numpy(np.stack(batch))
-                if with_maps:
-                    m = detector.raw_maps(x)
-                    maps.append(m.float().numpy())
-                    scores.append(detector.postprocess.reduce(m).double().numpy())
-                else:
-                    scores.append(detector.raw_scores(x).double().numpy())
+            if tiled:  # a tiled bundle: each region's tiles, maps stitched (AnomalyDetector.frame_raw_scores)
+                scores.append(detector.frame_raw_scores(batch, batch_size))
+            else:
+                with torch.no_grad():
+                    x = torch.from_numpy(np.stack(batch))
+                    if with_maps:
+                        m = detector.raw_maps(x)
+                        maps.append(m.float().numpy())
+                        scores.append(detector.postprocess.reduce(m).double().numpy())
+                    else:
+                        scores.append(detector.raw_scores(x).double().numpy())
             batch.clear()
 
     for i, p in enumerate(paths):
         try:
-            frame = prepare_frame(read_image(p), size, current_roi())
+            frame = (prepare_roi(read_image(p), current_roi()) if tiled else
+                     prepare_frame(read_image(p), size, current_roi()))
         except (ValueError, OSError) as exc:  # ImageReadError is a ValueError
             out.bad.append((Path(p), str(exc)))
             log.warning("skipped: %s", exc)
             continue
         out.paths.append(Path(p))
         batch.append(frame)
-        if i in keep:
-            out.kept[i] = frame
+        if i in keep:  # the graph's input: a tiled bundle's graph sees tiles, the middle one is kept
+            out.kept[i] = frame if not tiled else _middle_tile(frame, detector.tiling, size)
         if len(batch) >= batch_size:
             flush()
     flush()
@@ -102,3 +109,12 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
                f"{names}; fix or remove them, or raise --max-bad-fraction")
         raise ValueError(msg)
     return out
+
+
+def _middle_tile(region: np.ndarray, tiling, size: tuple[int, int]) -> np.ndarray:  # noqa: ANN001
+    """The middle tile of a region (uint8 (H, W, 3) at the model input size),
+    :func:`algan.runtime.tiling.tile_frame`."""
+    from algan.runtime.tiling import tile_frame
+
+    tiles = tile_frame(region, tiling, size)
+    return tiles[len(tiles) // 2]

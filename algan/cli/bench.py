@@ -1,12 +1,16 @@
 """``algan-bench detection``: every head on the same features in one run -> AUROC and timings.
 
-Rows: ``dataset, variant, head, auroc, train_s, head_ms, backbone_ms, pixel_auroc, aupro, mask_f1, model_mb``
-(head_ms and backbone_ms are per image, batch 32, this machine's CPU, measured in the same run so their ratio is
-meaningful; pixel_auroc, aupro and mask_f1 are null for image-level heads and data sets without masks; mask_f1 is
-the pooled pixel F1 of the predicted defect masks at thresholds calibrated on half the test normals,
+Rows: ``dataset, variant, head, auroc, recall_at_fpr, train_s, head_ms, backbone_ms, pixel_auroc, aupro, mask_f1,
+model_mb`` (recall_at_fpr: the share of test defects flagged at the threshold algan-calibrate would set for
+``--target-fpr`` on the test normals, :func:`algan.model.threshold.recall_at_fpr`; head_ms and backbone_ms are
+per image, batch 32, this machine's CPU, measured in the same run so their ratio is meaningful; pixel_auroc, aupro
+and mask_f1 are null for image-level heads and data sets without masks; mask_f1 is the pooled pixel F1 of the
+predicted defect masks at thresholds calibrated on half the test normals,
 :func:`algan.model.patch_eval.calibrated_mask_f1`; model_mb is the head's stored tensors). ``--variants patch``
-adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch features; for those, backbone_ms
-includes the patch aggregation and projection and head_ms the map postprocess.
+adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch features; for those,
+backbone_ms includes the patch aggregation and projection and head_ms the map postprocess.
+``--variants`` with both feature and patch adds a row ``"head": "auto"`` with ``"chosen": "<variant>:<head>"``: the
+head ``algan-train --head auto`` picks (:mod:`algan.model.select`), with that head's test figures.
 """
 
 from __future__ import annotations
@@ -19,6 +23,19 @@ import time
 import numpy as np
 
 from algan.cli._common import add_version, input_size, run_cli, setup_logging
+
+
+def _recall(y: np.ndarray, scores: np.ndarray, target_fpr: float) -> float | None:
+    """``recall_at_fpr`` of a row: the share of the test split's defect images flagged at the threshold
+    algan-calibrate would set for ``target_fpr`` on its normal test images
+    (:func:`algan.model.threshold.recall_at_fpr`); ``None`` with fewer than 20 normal test images."""
+    from algan.model.threshold import MIN_SCORES, recall_at_fpr
+
+    y = np.asarray(y)
+    if int((y == 0).sum()) < MIN_SCORES:
+        return None
+    r = recall_at_fpr(scores[y == 0], scores[y == 1], target_fpr)
+    return None if r is None else round(r, 4)
 
 
 def _time_per_image(fn, x, repeats: int = 3) -> float:
@@ -106,6 +123,7 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
             "variant": "feature" if spec.name == "efficientnet-lite0" else f"feature:{spec.name}",
             "head": head_name if preset is None else f"algan[{preset}]",
             "auroc": round(auroc(y, scores), 4),
+            "recall_at_fpr": _recall(y, scores, args.target_fpr),
             "train_s": round(train_s, 2),
             "head_ms": round(head_ms, 4),
             "backbone_ms": round(backbone_ms, 2),
@@ -116,7 +134,55 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
         })
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
+    if "patch" in variants:
+        auto = bench_auto(args, ds, rows, all_scores)
+        if auto is not None:
+            rows.append(auto[0])
+            all_scores.append(auto[1])
+            if args.json:
+                print(json.dumps(rows[-1]), flush=True)
     return rows, all_scores, y
+
+
+def auto_templates(args: argparse.Namespace):
+    """The feature and patch :class:`algan.model.fit.FitSettings` that ``algan-train --head auto`` would build from
+    this benchmark's backbone, patch, seed, epochs, kNN, target-FPR and max-train flags."""
+    from algan.cli.train import PATCH_FLAGS, build_parser, fit_settings
+
+    targs = build_parser().parse_args(["--data", ".", "--out", ".", "--head", "auto"])
+    shared = ("backbone", "backbone_weights", "blocks", "pooling", "seed", "epochs", "knn_k", "knn_metric",
+              "target_fpr", "max_train", *PATCH_FLAGS)
+    for name in shared:
+        setattr(targs, name, getattr(args, name))
+    targs.input_size, targs.variant = (args.input_size, args.input_size), "auto"
+    return fit_settings(targs, "feature", "auto"), fit_settings(targs, "patch", "auto")
+
+
+def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.ndarray]):
+    """The ``"head": "auto"`` row: the head ``algan-train --head auto`` picks on this training set
+    (:func:`algan.model.select.select_heads`), with the test figures of that head's row of this run and
+    ``"chosen": "<variant>:<head>"``; ``train_s`` is the selection's time. ``None`` (and a note) when the chosen
+    head has no row here (not among --heads / --patch-heads)."""
+    from algan.model.select import candidates_for, format_table, select_heads
+
+    t = time.perf_counter()
+    feature, patch = auto_templates(args)
+    try:
+        sel = select_heads(ds, candidates_for("auto"), feature, patch, progress=not args.json)
+    except ValueError as e:  # too few held-out normals for a threshold: the other rows still stand
+        print(f"# no auto row: {e}", file=sys.stderr)
+        return None
+    train_s = time.perf_counter() - t
+    variant, head = sel.chosen.name.split(":")
+    want = f"{head}-patch" if variant == "patch" else ("algan[default]" if head == "algan" else head)
+    if not args.json:
+        print(format_table(sel.chosen.name, sel.results, args.target_fpr), flush=True)
+    for row, sc in zip(rows, scores, strict=True):
+        if row["head"] == want and row["variant"].split(":")[0] == variant:
+            return {**row, "head": "auto", "chosen": sel.chosen.name, "train_s": round(train_s, 2)}, sc
+    print(f"# auto chose {sel.chosen.name}, which has no row in this run (add it to --heads / --patch-heads)",
+          file=sys.stderr)
+    return None
 
 
 def _state_mb(module) -> float:
@@ -171,6 +237,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
             "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",
             "head": f"{head_name}-patch",
             "auroc": round(auroc(y, scores), 4),
+            "recall_at_fpr": _recall(y, scores, args.target_fpr),
             "train_s": round(train_s, 2),
             "head_ms": round(head_ms, 4),
             "backbone_ms": round(backbone_ms, 2),
@@ -203,11 +270,13 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dic
     eval_s = 0.0  # time spent on --eval-every evaluations, not counted as training time
 
     def row(head, epochs: int, train_s: float, head_ms: float | None, scores: np.ndarray | None = None) -> dict:
+        s_row = _image_scores(head, x_test) if scores is None else scores
         return {
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": f"image{args.image_size}",
             "head": f"algan-image[{preset},{epochs}ep]",
-            "auroc": round(auroc(y, _image_scores(head, x_test) if scores is None else scores), 4),
+            "auroc": round(auroc(y, s_row), 4),
+            "recall_at_fpr": _recall(y, s_row, args.target_fpr),
             "train_s": round(train_s, 2),
             "head_ms": None if head_ms is None else round(head_ms, 4),
             "backbone_ms": round(pre_ms, 4),
@@ -251,6 +320,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.what != "detection":
         raise ValueError(f"unknown benchmark {args.what!r}; use detection (the edge benchmark is benchmarks/edge.py)")
     args.input_size = input_size(args.input_size)
+    if not 0.0 < args.target_fpr < 0.5:
+        raise ValueError(f"--target-fpr must lie in (0, 0.5), got {args.target_fpr}")
     rows, scores, y = bench_detection(args)
     if not args.json:
         def opt(v) -> str:
@@ -259,13 +330,15 @@ def _main(args: argparse.Namespace) -> int:
         # column widths follow the longest entry (e.g. the variant "patch:efficientnet-lite2")
         wd, wv, wh = (max([len(h)] + [len(str(r[k])) for r in rows])
                       for k, h in (("dataset", "dataset"), ("variant", "variant"), ("head", "head")))
-        print(f"{'dataset':<{wd}} {'variant':<{wv}} {'head':<{wh}} {'AUROC':>7} {'pixAUC':>7} {'AUPRO':>7} "
+        rec = f"rec@{args.target_fpr:g}"
+        print(f"{'dataset':<{wd}} {'variant':<{wv}} {'head':<{wh}} {'AUROC':>7} {rec:>8} {'pixAUC':>7} {'AUPRO':>7} "
               f"{'maskF1':>7} {'train_s':>8} {'head_ms':>9} {'backbone_ms':>11} {'head/backbone':>13} {'MB':>8}")
         for r in rows:
             print(f"{r['dataset']:<{wd}} {r['variant']:<{wv}} {r['head']:<{wh}} {r['auroc']:>7.4f} "
-                  f"{opt(r['pixel_auroc'])} {opt(r['aupro'])} {opt(r.get('mask_f1'))} {r['train_s']:>8.1f} "
-                  f"{r['head_ms']:>9.4f} "
-                  f"{r['backbone_ms']:>11.2f} {r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}")
+                  f"{opt(r['recall_at_fpr']):>8} {opt(r['pixel_auroc'])} {opt(r['aupro'])} {opt(r.get('mask_f1'))} "
+                  f"{r['train_s']:>8.1f} {r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} "
+                  f"{r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}"
+                  + (f"  chosen {r['chosen']}" if "chosen" in r else ""))
         print_comparisons(rows, scores, y)
     return 0
 
@@ -310,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--knn-metric", default="whitened", choices=KNN_METRIC_NAMES,
                    help="kNN distance after a Ledoit-Wolf whitening (default) or on standardised features")
     p.add_argument("--max-train", type=int, default=None, help="subset of training images")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="false-alarm rate of recall_at_fpr: the share of test defects flagged at the threshold "
+                        "algan-calibrate would set for this rate on the test normals (default 0.01)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--log-level", default="WARNING")

@@ -17,6 +17,17 @@ import numpy as np
 from algan.cli._common import add_version, run_cli, setup_logging
 
 
+def _recall(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float | None:
+    """``recall_at_fpr``: the share of defective test images flagged at the threshold algan-calibrate would set for
+    ``target_fpr`` on the normal test images (:func:`algan.model.threshold.recall_at_fpr`); ``None`` with
+    fewer than 20 normal test images."""
+    from algan.model.threshold import MIN_SCORES, recall_at_fpr
+
+    if int((labels == 0).sum()) < MIN_SCORES:
+        return None
+    return recall_at_fpr(scores[labels == 0], scores[labels == 1], target_fpr)
+
+
 def _image_results(dataset, scores: np.ndarray) -> dict:
     """Image AUROC overall and per anomaly class (against all normal test images), from scores in test order;
     the same figures as :func:`algan.model.evaluate.evaluate`, from the pixel pass's scores (no second pass)."""
@@ -43,6 +54,8 @@ def _main(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.fpr_limit <= 1.0:
         raise ValueError(f"--fpr-limit must lie in (0, 1], got {args.fpr_limit}")
+    if not 0.0 < args.target_fpr < 0.5:
+        raise ValueError(f"--target-fpr must lie in (0, 0.5), got {args.target_fpr}")
     det, manifest = load_bundle(args.model_dir)
     ds = load_dataset(args.data, args.layout)
     if not ds.test:
@@ -56,6 +69,9 @@ def _main(args: argparse.Namespace) -> int:
     else:
         pix = {"pixel_auroc": None, "aupro": None, "mask_f1": None, "n_regions": 0, "pixel_note": note}
         res = evaluate(det, ds, progress=progress)
+        pix["scores"] = res["scores"]
+    labels = np.array([s.label for s in ds.test])
+    recall = _recall(np.asarray(pix["scores"], dtype=np.float64), labels, args.target_fpr)
     cal = manifest.calibration
     level_source = ("bundle" if cal.pixel_threshold is not None else
                     "fallback: the bundle has no pixel threshold, level 1.0 (the image threshold's); re-calibrate it")
@@ -64,6 +80,8 @@ def _main(args: argparse.Namespace) -> int:
             "model_id": manifest.model_id,
             "head": manifest.head_kind,
             "auroc": round(res["auroc"], 6),
+            "recall_at_fpr": _r(recall),
+            "target_fpr": args.target_fpr,
             "n_normal": res["n_normal"],
             "n_anomalous": res["n_anomalous"],
             "per_class": {k: round(v, 6) for k, v in res["per_class"].items()},
@@ -79,6 +97,11 @@ def _main(args: argparse.Namespace) -> int:
     else:
         print(f"model {manifest.model_id} ({manifest.head_kind}) on {ds.root}: image AUROC "
               f"{res['auroc']:.4f} ({res['n_normal']} normal, {res['n_anomalous']} anomalous test images)")
+        if recall is not None:
+            print(f"recall at {args.target_fpr:g} FPR: {recall:.4f} (defects flagged at the threshold algan-calibrate "
+                  f"would set on the {res['n_normal']} normal test images)")
+        else:
+            print(f"recall at {args.target_fpr:g} FPR: not available (fewer than 20 normal test images)")
         for cls, v in res["per_class"].items():
             print(f"  {cls:<12} AUROC {v:.4f}")
         if pix["pixel_auroc"] is not None:
@@ -100,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"])
     p.add_argument("--fpr-limit", type=float, default=0.3, metavar="F",
                    help="AUPRO's false-positive-rate integration limit (default: 0.3, the MVTec AD protocol)")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="false-alarm rate of recall_at_fpr: the share of defective images flagged at the threshold "
+                        "algan-calibrate would set for this rate on the normal test images (default 0.01)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--log-level", default="WARNING")

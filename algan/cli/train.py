@@ -17,12 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "earlier bundle with --force (a directory holding anything else is refused)")
     p.add_argument("--force", action="store_true", help="replace the earlier model bundle in --out")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
-    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim"],
+    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim", "auto"],
                    help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
-                        "padim)")
-    p.add_argument("--variant", default="feature", choices=["feature", "image", "patch"],
+                        "padim); auto: fit every head of the variant, score each on synthetic defects drawn on the "
+                        "held-out normals and keep the one with the highest recall at --target-fpr (the table is "
+                        "printed and stored as head.selection)")
+    p.add_argument("--variant", default=None, choices=["feature", "image", "patch", "auto"],
                    help="feature: heads on pooled backbone features (default); patch: heads per location with "
-                        "anomaly maps; image: ALGAN-image on pixels")
+                        "anomaly maps; image: ALGAN-image on pixels; auto (with --head auto, its default there): "
+                        "the feature and the patch heads compete")
     p.add_argument("--preset", default="default", choices=["default", "paper"],
                    help="ALGAN hyper-parameters (both variants): the tuned default or the paper's settings")
     p.add_argument("--epochs", type=int, default=None,
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="crop every image to this region (pixels) before resizing; recorded in the bundle, and the "
                    "edge daemon and algan-predict crop the same by default")
+    add_tiling_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output (default: a bar on a terminal, one "
                    "line at least every 30 s with step, total and ETA in a log)")
     p.add_argument("--log-level", default="WARNING")
@@ -86,6 +90,29 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", default=None, choices=POOLING_NAMES,
                    help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
                         "the EfficientNet-Lite models, avg for the ResNets)")
+
+
+def add_tiling_args(p: argparse.ArgumentParser) -> None:
+    """``--tiles`` and ``--tile-overlap`` (shared with algan-bench)."""
+    p.add_argument("--tiles", default=None, metavar="ROWSxCOLS",
+                   help="tiled inference: cut the region of interest into this grid of overlapping tiles, each resized "
+                        "to the model input (e.g. 2x2, 3x3); train on the tiles, stitch their maps into one frame map "
+                        "(patch heads; feature heads: max over tiles). Recorded in the bundle: algan-predict, the edge "
+                        "daemon and the export tile the same. For small defects on frames much larger than the input")
+    p.add_argument("--tile-overlap", type=float, default=None, metavar="FRACTION",
+                   help="overlap of neighbouring tiles, a fraction of a tile in [0, 0.5] (default 0.25; with --tiles)")
+
+
+def tiling_from_args(args: argparse.Namespace):
+    """The :class:`algan.runtime.tiling.TileSpec` of ``--tiles``/``--tile-overlap``, or ``None``; ValueError (one line)
+    for a malformed grid or overlap, or an overlap without a grid."""
+    from algan.runtime.tiling import parse_tiles
+
+    if getattr(args, "tiles", None) is None:
+        if getattr(args, "tile_overlap", None) is not None:
+            raise ValueError("--tile-overlap applies with --tiles only; add e.g. --tiles 3x3")
+        return None
+    return parse_tiles(args.tiles, args.tile_overlap)
 
 
 def add_patch_args(p: argparse.ArgumentParser) -> None:
@@ -168,8 +195,32 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-bad-fraction must lie in [0, 1), got {args.max_bad_fraction}")
     if not 0 < args.pixel_fpr < 1:
         raise ValueError(f"--pixel-fpr must lie in (0, 1), got {args.pixel_fpr}")
+    if args.variant is None:
+        args.variant = "auto" if args.head == "auto" else "feature"
+    if args.variant == "auto" and args.head != "auto":
+        raise ValueError(f"--variant auto lets the heads of both variants compete: use it with --head auto, not "
+                         f"--head {args.head}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.ensemble is not None and args.ensemble < 1:
+        raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if args.head == "auto":
+        if args.variant == "image":
+            raise ValueError("--variant image has one head (algan): drop --head auto or use --variant feature, patch "
+                             "or auto")
+        if args.checkpoint is not None:
+            raise ValueError("--checkpoint resumes one ALGAN training; --head auto fits several heads: drop it")
+        if getattr(args, "tiles", None) is not None:
+            raise ValueError("--head auto compares heads on whole frames; with --tiles choose the head yourself "
+                             "(e.g. --variant patch --head padim --tiles 3x3) or drop --tiles")
+        if args.knn_metric is not None and args.variant == "patch":
+            raise ValueError("--knn-metric applies to the feature variant's knn head (--variant feature or auto)")
+        given = [f"--{f.replace('_', '-')}" for f in PATCH_FLAGS if getattr(args, f, None) is not None]
+        if given and args.variant == "feature":
+            raise ValueError(f"{', '.join(given)} apply to the patch heads: use --variant patch or auto")
+        if args.pooling is not None and args.variant == "patch":
+            raise ValueError("--pooling applies to the feature variant; the patch variant keeps the feature maps")
+        return
     from algan.model.fit import check_checkpoint_head
 
     check_checkpoint_head(args.checkpoint, args.head)
@@ -196,38 +247,30 @@ def check_args(args: argparse.Namespace) -> None:
                          "or add --head knn")
 
 
-def _main(args: argparse.Namespace) -> int:
-    from algan.bundle import save_bundle
-    from algan.data.datasets import load_dataset
+def fit_settings(args: argparse.Namespace, variant: str, head: str):
+    """The :class:`algan.model.fit.FitSettings` of the command line for one ``variant`` and ``head`` (checks the
+    backbone and the patch sizes before any data is read)."""
     from algan.features.backbone import BackboneSpec
-    from algan.model.fit import FitSettings, fit_detector
+    from algan.model.fit import FitSettings
     from algan.model.image import ImageConfig
     from algan.model.train import AlganConfig
 
-    args.input_size = input_size(args.input_size)
-    check_args(args)
-    from algan.runtime.maps import parse_roi
-    from algan.runtime.preprocess import using_roi
-
-    roi = parse_roi(args.roi)
+    vargs = argparse.Namespace(**{**vars(args), "variant": variant})
     # the backbone is checked before any data is read; the image variant has none
-    spec = backbone_spec_from_args(args, tuple(args.input_size)) if args.variant != "image" else BackboneSpec()
-    patch = patch_spec_from_args(args) if args.variant == "patch" else None
+    spec = backbone_spec_from_args(vargs, tuple(args.input_size)) if variant != "image" else BackboneSpec()
+    patch = patch_spec_from_args(args) if variant == "patch" else None
     if patch is not None:
         patch.grid(tuple(args.input_size))  # sizes that do not fit the strides fail before any data is read
         patch.map_size(tuple(args.input_size))
-    ds = load_dataset(args.data, args.layout)
-    from algan.runtime.preprocess import screen_images
-
-    # the daemon's checked decoder: a truncated or unreadable image is skipped with one line, not trained on
-    ds.train = screen_images(ds.train, "training images", args.max_bad_fraction,
-                             say=(lambda line: None) if args.quiet else None)
     overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs is not None else {})}
     # an explicit --epochs is exactly that many epochs (no step floor from the preset's min_steps)
     feature_overrides = {**overrides, **({"min_steps": 0} if "epochs" in overrides else {})}
     if args.ensemble is not None:
         feature_overrides["ensemble"] = args.ensemble
-    if args.variant == "patch":
+    elif args.head == "auto" and variant == "feature":
+        # --head auto ranks and ships ALGAN-feature with one (G, D) pair: 3x cheaper, within the time budget
+        feature_overrides["ensemble"] = 1
+    if variant == "patch":
         from algan.model.train import PATCH_SCHEDULE
 
         # ALGAN-patch: the patch schedule on either preset; "default" is the patch default (one (G, D) pair)
@@ -237,11 +280,11 @@ def _main(args: argparse.Namespace) -> int:
     else:
         algan_cfg = AlganConfig.preset(args.preset, **feature_overrides)
     image_cfg = None
-    if args.variant == "image":
+    if variant == "image":
         image_cfg = ImageConfig.preset(args.preset, size=args.image_size, channels=args.channels, **overrides)
-    settings = FitSettings(
-        head=args.head,
-        variant=args.variant,
+    return FitSettings(
+        head=head,
+        variant=variant,
         image=image_cfg,
         backbone=spec,
         transform=args.transform,
@@ -255,21 +298,64 @@ def _main(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         seed=args.seed,
         checkpoint=args.checkpoint,
+        tiling=tiling_from_args(args),
         **({"patch": patch} if patch is not None else {}),
         **({"coreset_ratio": args.coreset_ratio} if args.coreset_ratio is not None else {}),
     )
+
+
+def _main(args: argparse.Namespace) -> int:
+    from algan.bundle import save_bundle
+    from algan.data.datasets import load_dataset
+    from algan.model.fit import fit_detector
+    from algan.runtime.maps import parse_roi
+    from algan.runtime.preprocess import using_roi
+
+    args.input_size = input_size(args.input_size)
+    check_args(args)
+    roi = parse_roi(args.roi)
+    tiling = tiling_from_args(args)
+    auto = args.head == "auto"
+    if auto:
+        from algan.model.select import candidates_for
+
+        names = candidates_for(args.variant)
+        variants = {n.split(":")[0] for n in names}
+        templates = {v: fit_settings(args, v, "auto") if v in variants else None for v in ("feature", "patch")}
+    else:
+        settings = fit_settings(args, args.variant, args.head)
+    ds = load_dataset(args.data, args.layout)
+    from algan.runtime.preprocess import screen_images
+
+    # the daemon's checked decoder: a truncated or unreadable image is skipped with one line, not trained on
+    ds.train = screen_images(ds.train, "training images", args.max_bad_fraction,
+                             say=(lambda line: None) if args.quiet else None)
     if not args.quiet:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
         if (line := ds.skipped_line()) is not None:
             print(f"data: {line}", file=sys.stderr)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
+    progress = not args.quiet
     with using_roi(roi):
-        result = fit_detector(ds, settings, progress=not args.quiet)
+        if auto:
+            from algan.model.select import fit_auto, format_table
+
+            def report(r) -> None:
+                if not args.quiet:
+                    print(f"  {r.name:<20} recall@{args.target_fpr:g} {r.recall_at_fpr:.3f}  AUROC {r.auroc:.4f}  "
+                          f"fit {r.fit_s:.1f} s", file=sys.stderr, flush=True)
+
+            auto_result = fit_auto(ds, names, templates["feature"], templates["patch"], progress, report)
+            result = auto_result.fit
+            print(format_table(auto_result.chosen.name, auto_result.results, args.target_fpr))
+        else:
+            result = fit_detector(ds, settings, progress=progress)
     result.manifest.roi = list(roi) if roi is not None else None
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal, training = m.calibration, m.require("training")
-    print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}, "
+    tiled = f", {tiling} tiles per frame" if tiling is not None else ""
+    print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "
           f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals"
           + (f", pixel threshold at {cal.pixel_target_fpr:g} pixel FPR (map level {cal.pixel_level:.3g})"

@@ -103,12 +103,41 @@ class FeaturesSection(_Section):
     n_patches: int | None = None
 
 
+class CandidateFigures(_Section):
+    """One candidate of ``head.selection``: ``name`` (``variant:head``), its ``recall_at_fpr`` and ``auroc`` on the
+    synthetic defects (against the held-out normals), the recall per defect kind and its fit time in seconds."""
+
+    name: str
+    recall_at_fpr: float
+    auroc: float
+    recall_by_kind: dict[str, float] = Field(default_factory=dict)
+    fit_s: float | None = None
+
+
+class HeadSelection(_Section):
+    """``head.selection``: how ``algan-train --head auto`` chose the head (:mod:`algan.model.select`): the
+    ``chosen`` candidate, the ``rule``, the ``seed`` of the synthetic defects, the ``target_fpr`` the recall is
+    measured at, the held-out normals and synthetic defects scored, and every candidate's figures."""
+
+    chosen: str
+    rule: str
+    seed: int
+    target_fpr: float
+    n_normal: int
+    n_defects: int
+    defect_kinds: list[str] = Field(default_factory=list)
+    defects_per_image: int | None = None
+    wall_s: float | None = None
+    candidates: list[CandidateFigures] = Field(default_factory=list)
+
+
 class HeadSection(_Section):
-    """``head``: ``kind`` (``algan``, ``mahalanobis``, ``knn``; patch: ``algan``, ``patchcore``, ``padim``) and the
-    head's ``settings`` (the config it was trained with)."""
+    """``head``: ``kind`` (``algan``, ``mahalanobis``, ``knn``; patch: ``algan``, ``patchcore``, ``padim``), the
+    head's ``settings`` (the config it was trained with) and, for a head chosen by ``--head auto``, ``selection``."""
 
     kind: str
     settings: dict[str, Any] = Field(default_factory=dict)
+    selection: HeadSelection | None = None
 
 
 class CalibrationSection(_Section):
@@ -191,6 +220,24 @@ class AnomalyMapSection(_Section):
     width: int
     reduction: str | None = None
     grid: list[int] | None = None
+
+
+class TilingSection(_Section):
+    """``tiling``: the ROI is scored as a grid of tiles (:mod:`algan.runtime.tiling`): ``grid`` ``[rows, cols]`` and the
+    ``overlap`` of neighbouring tiles (fraction of a tile, 0-0.5). The graph scores single tiles; the host cuts,
+    stitches the maps (overlaps averaged) and reduces the stitched map to the frame score (image-only heads: the
+    maximum over tiles). The calibration of a tiled bundle is on those frame scores."""
+
+    grid: list[int]
+    overlap: float = 0.25
+
+    @model_validator(mode="after")
+    def _check(self) -> TilingSection:
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"grid must be [rows, cols] of positive integers, got {self.grid}")
+        if not 0.0 <= self.overlap <= 0.5:
+            raise ValueError(f"overlap must lie in [0, 0.5], got {self.overlap}")
+        return self
 
 
 class GraphExport(_Section):
@@ -318,7 +365,8 @@ class Manifest(_Section):
     Required: ``format_version``, ``model_id`` and ``calibration`` (``center``, ``threshold``). The sections that
     rebuild the torch detector (``backbone``, ``features``, ``head``) are optional here, so that a bundle that only
     serves its exported graph still reads; :meth:`require` gives them where they are needed. ``exports`` is filled by
-    algan-export (:class:`Exports`).
+    algan-export (:class:`Exports`). ``tiling`` (:class:`TilingSection`) makes every runtime score the ROI as a
+    grid of tiles with stitched maps (:mod:`algan.runtime.tiling`).
     """
 
     format_version: int
@@ -337,6 +385,7 @@ class Manifest(_Section):
     patch: PatchSection | None = None
     anomaly_map: AnomalyMapSection | None = None
     roi: list[int] | None = None
+    tiling: TilingSection | None = None
 
     _path: Path | None = PrivateAttr(default=None)
     _partial: bool = PrivateAttr(default=False)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from algan.contract import utc_iso
+from algan.contract import BundleError, utc_iso
 from algan.edge.alarm import AlarmEvent, AlarmTracker
 from algan.edge.capture.batcher import Batcher, next_batch
 from algan.edge.capture.camera import CameraReader
@@ -60,6 +60,7 @@ from algan.runtime.errors import EdgeError
 from algan.runtime.inference import Prediction, interpret
 from algan.runtime.maps import bundle_roi, draw_overlay, encode_jpeg
 from algan.runtime.runners.base import Runner, load_runner
+from algan.runtime.tiling import FrameTiling, bundle_tiling, untile
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class EdgeApp:
         self._rois: dict[str, tuple[int, int, int, int] | None] = {}
         #: the defect-mask level on the calibrated map scale (algan.runtime.runners.calibration.pixel_level)
         self._pixel_level = 1.0
+        self._tiling: FrameTiling | None = None  # the model's tile grid (algan.json tiling), set at run()
         self._throttles = {cam.name: ScoreThrottle(config.mqtt.score_every_n, config.mqtt.score_min_delta)
                            for cam in config.cameras}
         self._journals: list[FolderJournal] = []  # watched folders' read journals (see _source_factory)
@@ -183,6 +185,7 @@ class EdgeApp:
 
             self._pixel_level, source = pixel_level(Path(self.cfg.model))
             log.info("defect masks of alarm snapshots at map level %.4g (%s)", self._pixel_level, source)
+        self._tiling = self._load_tiling()
         self._apply_bundle_roi()
         broker = self._start_broker()
         try:
@@ -211,6 +214,18 @@ class EdgeApp:
             log.error("no camera could be read; fix the camera sources in the config")
             return 1
         return 0
+
+    def _load_tiling(self) -> FrameTiling | None:
+        """The model bundle's tile grid (``algan.json`` ``tiling``), or ``None``; EdgeError for an unreadable
+        manifest (a tiled model scored untiled would give wrong scores)."""
+        try:
+            tiling = bundle_tiling(self.cfg.model)
+        except BundleError as e:
+            raise EdgeError(str(e)) from None
+        if tiling is not None:
+            log.info("model tiles every frame's roi into %s (maps stitched, score = %s of the stitched map)",
+                     tiling.spec, tiling.reduction)
+        return tiling
 
     def _apply_bundle_roi(self) -> None:
         """Cameras without a ``roi`` take the bundle's (``algan.json`` ``roi``: training and serving see the same
@@ -309,8 +324,10 @@ class EdgeApp:
             self.trackers[cam.name] = AlarmTracker(cam.name, policy=self.cfg.alarm_policy(cam))
             self._set_state(pub, cam.name, STATE_NORMAL)
         for cam in self.cfg.cameras:
+            tiled = self._tiling is not None
             reader = CameraReader(cam, size, self.hub, self.stop, self._on_camera_status, self._source_factory(cam),
-                                  keep_raw=self.snapshots is not None or self._has_maps)
+                                  keep_raw=self.snapshots is not None or self._has_maps or tiled,
+                                  tiling=self._tiling.spec if self._tiling is not None else None)
             self.readers.append(reader)
             reader.start()
 
@@ -462,7 +479,15 @@ class EdgeApp:
     def _process(self, batch: list[Frame], runner: Runner, pub: Publisher) -> None:
         t0 = self.clock()
         try:
-            out = runner.run(self._stack(batch))
+            if self._tiling is None:
+                out = runner.run(self._stack(batch))
+                scores, maps = out.scores, out.maps
+            else:  # every frame's tiles in one run; maps stitched per frame, scores from the stitched maps
+                tiles = runner.run(np.concatenate([f.image for f in batch]))
+                t = self._tiling
+                frames = untile(tiles.scores, tiles.maps, [f.roi_hw or f.image.shape[1:3] for f in batch], t.spec,
+                                t.reduction, t.topk)
+                scores, maps = frames.scores, frames.maps
         except (RuntimeError, ValueError) as e:
             self._failures += 1
             log.error("inference failed on a batch of %d frames (%d in a row): %s", len(batch), self._failures, e)
@@ -472,8 +497,8 @@ class EdgeApp:
         self._failures = 0
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
-        maps = out.maps if out.maps is not None else [None] * len(batch)
-        for frame, score, cells in zip(batch, out.scores.tolist(), maps, strict=True):
+        cells_of = maps if maps is not None else [None] * len(batch)
+        for frame, score, cells in zip(batch, scores.tolist(), cells_of, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
             now = self.clock()

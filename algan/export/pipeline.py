@@ -46,6 +46,7 @@ from algan.export.tensorrt import (
     plan_build,
     tensorrt_status,
 )
+from algan.runtime.tiling import FrameTiling, bundle_tiling, load_tiles, untile
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,43 @@ def _load_calibration_set(model_dir: Path, size: tuple[int, int]) -> np.ndarray:
     return imgs
 
 
-def _labelled(opts: ExportOptions, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+@dataclass
+class _Labelled:
+    """The graph inputs of ``--data``'s test images (uint8 (N, H, W, 3); a tiled bundle's: every image's tiles,
+    (N * T, H, W, 3)), their labels (N,), and for a tiled bundle the grid and each image's ROI ``(h, w)``."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    tiling: FrameTiling | None = None
+    shapes: list[tuple[int, int]] | None = None
+
+    def __getitem__(self, i: int):  # noqa: ANN204
+        return (self.inputs, self.labels)[i]
+
+    def tile_index(self, image_index: np.ndarray) -> np.ndarray:
+        """Rows of :attr:`inputs` for images ``image_index``: the middle tile of each (a tiled bundle)."""
+        if self.tiling is None:
+            return image_index
+        t = self.tiling.spec.n_tiles
+        return np.asarray(image_index) * t + t // 2
+
+    def scores(self, path: Path) -> np.ndarray:
+        """Image scores of the graph at ``path`` (ONNX Runtime): the graph's ``scores``, or for a tiled bundle the
+        reduction of the stitched maps (:func:`algan.runtime.tiling.untile`)."""
+        out = ort_outputs(path, self.inputs)
+        if self.tiling is None:
+            return out[0]
+        t = self.tiling
+        assert self.shapes is not None
+        return untile(out[0], out[1] if len(out) > 1 else None, self.shapes, t.spec, t.reduction, t.topk).scores
+
+
+def _labelled(opts: ExportOptions, size: tuple[int, int], tiling: FrameTiling | None = None) -> _Labelled | None:
     """uint8 test images and labels of ``--data`` (spread subset of ``--max-data`` when > 0), or None."""
     if opts.data is None:
         return None
     from algan.data.datasets import load_dataset
-    from algan.runtime.preprocess import load_batch
+    from algan.runtime.preprocess import current_roi, load_batch, prepare_roi, read_image
 
     ds = load_dataset(opts.data, opts.layout)
     if not ds.test:
@@ -108,7 +140,11 @@ def _labelled(opts: ExportOptions, size: tuple[int, int]) -> tuple[np.ndarray, n
                          "MTD layout, or --images for unlabelled frames")
     labels = np.array([s.label for s in ds.test])
     idx = par.spread_indices(labels, opts.max_data) if opts.max_data > 0 else np.arange(len(labels))
-    return load_batch([ds.test[i].path for i in idx], size), labels[idx]
+    paths = [ds.test[i].path for i in idx]
+    if tiling is None:
+        return _Labelled(load_batch(paths, size), labels[idx])
+    shapes = [prepare_roi(read_image(p), current_roi()).shape[:2] for p in paths]
+    return _Labelled(load_tiles(paths, size, tiling.spec), labels[idx], tiling, shapes)
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -174,9 +210,9 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
     try:
         onnx_path = export_onnx(det, manifest, staging / ONNX_FILE, opset=opts.opset)
         images = par.parity_images(model_dir, opts.images, size)
-        labelled = _labelled(opts, size)
+        labelled = _labelled(opts, size, bundle_tiling(model_dir))
         if labelled is not None:
-            pick = par.spread_indices(labelled[1], par.DATA_PARITY_IMAGES)
+            pick = labelled.tile_index(par.spread_indices(labelled[1], par.DATA_PARITY_IMAGES))
             images = np.concatenate([images, labelled[0][pick]])
         if len(images) == 0:
             raise ValueError(f"{model_dir} stores no sample images; pass --images DIR or --data DIR for parity")
@@ -210,7 +246,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
                     say(f"simplification with {tool} dropped: {worst:.2e} > {par.FP32_TOLERANCE:g} "
                         "against torch; the unsimplified graph is kept")
         fp16_path = None
-        s32 = ort_outputs(onnx_path, labelled[0])[0] if labelled is not None else None
+        s32 = labelled.scores(onnx_path) if labelled is not None else None
         if opts.fp16:
             fp16_path, s16 = _fp16_graph(staging, onnx_path, simplified, ref, images, labelled, s32, report, say)
         if labelled is not None:
@@ -264,7 +300,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
 
 
 def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tuple, images: np.ndarray,
-                labelled: tuple[np.ndarray, np.ndarray] | None, s32: np.ndarray | None, report: ExportReport,
+                labelled: _Labelled | None, s32: np.ndarray | None, report: ExportReport,
                 say: Callable[[str], None]) -> tuple[Path, np.ndarray | None]:
     """Write ``model.fp16.onnx`` with as few float32 backbone blocks as parity allows (:data:`FP16_FP32_BLOCKS`).
 
@@ -284,7 +320,7 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
         checks = _compare("onnx-fp16", ref, ort_outputs(path, images), par.FP16_TOLERANCE, "scaled")
         s16 = None
         if labelled is not None:
-            s16 = ort_outputs(path, labelled[0])[0]
+            s16 = labelled.scores(path)
             checks.append(par.compare("onnx-fp16 vs onnx-fp32, all data", s32, s16, par.FP16_TOLERANCE, "scaled"))
         if all(c.ok for c in checks) or n == FP16_FP32_BLOCKS[-1]:
             break

@@ -158,6 +158,7 @@ class MapPostprocess(nn.Module):
         super().__init__()
         self.map_size = patch.map_size(tuple(input_size))
         self.reduction = patch.reduction
+        self.topk = float(patch.topk)
         h, w = self.map_size
         self.k = max(int(np.ceil(patch.topk * h * w)), 1)
         sigma = patch.smooth_sigma / patch.map_stride

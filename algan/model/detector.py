@@ -63,6 +63,9 @@ class AnomalyDetector(nn.Module):
         self.head = head
         self.calibration = calibration if calibration is not None else Calibration()
         self.postprocess = postprocess
+        #: the tile grid (:class:`algan.runtime.tiling.TileSpec`) of a tiled bundle, else ``None``; the graph (this
+        #: module's ``forward``) scores single tiles, :meth:`frame_raw_scores` scores whole regions of interest
+        self.tiling = None
 
     @property
     def has_maps(self) -> bool:
@@ -98,6 +101,47 @@ class AnomalyDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.calibration(self.raw_scores(images))
+
+    @torch.no_grad()
+    def frame_raw_scores(self, regions: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Uncalibrated frame scores float64 (F,) of full-resolution regions of interest (uint8 BGR ``(h, w, 3)``
+        each, :func:`algan.runtime.preprocess.prepare_roi`), the way every runner scores them: with :attr:`tiling`,
+        each region's tiles in one pass, maps stitched and reduced (image-only heads: the max over tiles,
+        :func:`algan.runtime.tiling.untile`); without, the region resized to the input (``prepare_frame``)."""
+        from algan.runtime.preprocess import prepare_frame
+
+        if not regions:
+            return np.zeros(0)
+        if self.tiling is None:
+            x = np.stack([prepare_frame(r, self.input_size) for r in regions])
+            return run_batched(self.raw_scores, x, batch_size).astype(np.float64)
+        return self.frame_outputs(regions, batch_size).scores.astype(np.float64)
+
+    @torch.no_grad()
+    def frame_outputs(self, regions: list[np.ndarray], batch_size: int = 32):  # noqa: ANN201
+        """A tiled detector's uncalibrated frame scores and stitched maps of full-resolution regions of interest
+        (:class:`algan.runtime.tiling.TiledFrames`; maps ``None`` for an image-only head).
+
+        Raises:
+            ValueError: the detector is not tiled (:attr:`tiling` is ``None``).
+        """
+        from algan.runtime.tiling import tile_frame, untile
+
+        if self.tiling is None:
+            raise ValueError("frame_outputs needs a tiled detector (algan-train --tiles)")
+        tiles = np.concatenate([tile_frame(r, self.tiling, self.input_size) for r in regions])
+        shapes = [(int(r.shape[0]), int(r.shape[1])) for r in regions]
+        if self.postprocess is None:
+            return untile(run_batched(self.raw_scores, tiles, batch_size), None, shapes, self.tiling)
+        maps = run_batched(self.raw_maps, tiles, batch_size)
+        return untile(np.zeros(len(tiles)), maps, shapes, self.tiling, self.postprocess.reduction,
+                      self.postprocess.topk)
+
+    @torch.no_grad()
+    def frame_scores(self, regions: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Calibrated frame scores float32 (F,) of :meth:`frame_raw_scores`."""
+        raw = torch.from_numpy(self.frame_raw_scores(regions, batch_size).astype(np.float32))
+        return self.calibration(raw).numpy()
 
 
 class ScoresAndMaps(nn.Module):

@@ -83,6 +83,11 @@ def per_class_auroc(labels: np.ndarray, classes, scores: np.ndarray) -> dict[str
 def score_dataset(detector, dataset: Dataset, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """Calibrated scores float32 (N,) of the test split, in ``dataset.test`` order."""
     paths = [s.path for s in dataset.test]
+    if getattr(detector, "tiling", None) is not None:  # a tiled bundle: frames tiled, maps stitched
+        from algan.model.fit import frame_raw_scores
+
+        raw = frame_raw_scores(detector, paths, batch_size)
+        return detector.calibration(torch.from_numpy(raw.astype(np.float32))).numpy()
     if detector.has_maps:  # patch heads: the image score is a reduction of the map
         from algan.model.detector import run_batched
         from algan.runtime.preprocess import load_batch

@@ -36,7 +36,8 @@ from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone,
 from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
 from algan.model.train import PATCH_SCHEDULE, AlganConfig, train_algan
 from algan.progress import track
-from algan.runtime.preprocess import load_batch
+from algan.runtime.preprocess import current_roi, load_batch, prepare_roi, read_image
+from algan.runtime.tiling import TileSpec, load_tiles
 
 log = logging.getLogger(__name__)
 HEADS = ("algan", "mahalanobis", "knn")
@@ -76,6 +77,8 @@ class FitSettings:
         patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
         coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),
             capped by the sampled patches.
+        tiling: tile grid (:class:`algan.runtime.tiling.TileSpec`): the head is fitted on the tiles of the normal images
+            (each tile resized to the input) and calibrated on stitched frame scores; ``None`` = whole images.
     """
 
     head: str = "algan"
@@ -96,10 +99,26 @@ class FitSettings:
     checkpoint: str | None = None
     patch: PatchSpec = field(default_factory=PatchSpec)
     coreset_ratio: float = 0.01
+    tiling: TileSpec | None = None
 
     def __post_init__(self) -> None:
         if self.algan is None:
             self.algan = AlganConfig.preset("patch") if self.variant == "patch" else AlganConfig()
+
+
+@dataclass
+class FitCache:
+    """What ``--head auto`` already computed on the same training split, so that the chosen head is not
+    extracted or fitted twice.
+
+    Attributes:
+        features: raw training features of the split's fit images: feature variant float32 (N, D) backbone
+            features; patch variant float32 (M, C) sampled patch vectors (before the projection).
+        fitted: the fitted head as :func:`fit_head` / :func:`fit_patch_head` return it, or ``None`` to fit here.
+    """
+
+    features: np.ndarray
+    fitted: tuple | None = None
 
 
 @dataclass
@@ -118,13 +137,15 @@ def extract_features(
     size: tuple[int, int],
     batch_size: int = 32,
     desc: str | None = "features",
+    tiling: TileSpec | None = None,
 ) -> np.ndarray:
-    """Backbone features of image files, float32 (N, D). Reads images in batches (bounded memory)."""
+    """Backbone features of image files, float32 (N, D) (with ``tiling``: of their tiles, (N * rows * cols, D)).
+    Reads images in batches (bounded memory)."""
     out = []
     rng = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in rng:
-        x = torch.from_numpy(load_batch(paths[i : i + batch_size], size))
-        out.append(backbone(preprocess(x)).numpy())
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
+            out.append(backbone(preprocess(torch.from_numpy(x))).numpy())
     dim = getattr(backbone, "out_dim", 0)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
@@ -139,8 +160,10 @@ def extract_patches(
     seed: int,
     batch_size: int = 32,
     desc: str | None = "patches",
+    tiling: TileSpec | None = None,
 ) -> np.ndarray:
-    """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C).
+    """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C); with
+    ``tiling`` every tile counts as an image (N * rows * cols * k vectors).
 
     Only the sampled cells are kept, batch by batch: the full maps of a data set (N x C x gh x gw) are never held.
     """
@@ -148,10 +171,16 @@ def extract_patches(
     out = []
     it = track(range(0, len(paths), batch_size), desc or "", unit="batch", enabled=bool(desc))
     for i in it:
-        maps = feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))
-        cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
-        out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
+        for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
+            maps = feature_maps(preprocess(torch.from_numpy(x)))
+            cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
+            out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, feature_maps.out_dim), np.float32)
+
+
+def _chunks(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """``x`` in consecutive pieces of at most ``n`` rows (a batch of images' tiles is ``rows * cols`` times larger)."""
+    return [x[i : i + n] for i in range(0, len(x), n)]
 
 
 def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool):
@@ -184,6 +213,26 @@ def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress:
     if settings.head == "padim":
         return padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {}
     raise ValueError(f"unknown patch head {settings.head!r}; use one of {', '.join(PATCH_HEADS)}")
+
+
+def training_split(dataset: Dataset, settings: FitSettings) -> tuple[list[Path], list[Path]]:
+    """``(fit, holdout)`` image paths of a training run: the seeded ``max_train`` subset, then the seeded hold-out
+    (:func:`split_holdout`)."""
+    paths = list(dataset.train)
+    if settings.max_train is not None and len(paths) > settings.max_train:
+        keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
+        paths = [paths[i] for i in sorted(keep.tolist())]
+    return split_holdout(paths, settings.holdout, settings.seed)
+
+
+def frame_raw_scores(det: AnomalyDetector, paths: Sequence[Path], batch_size: int = 32) -> np.ndarray:
+    """Uncalibrated frame scores float64 (N,) of image files (crop :func:`~algan.runtime.preprocess.current_roi`), read
+    ``batch_size`` at a time, scored as every runner scores them (:meth:`AnomalyDetector.frame_raw_scores`: tiled
+    bundles tile and stitch)."""
+    roi = current_roi()
+    out = [det.frame_raw_scores([prepare_roi(read_image(p), roi) for p in paths[i : i + batch_size]], batch_size)
+           for i in range(0, len(paths), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -256,23 +305,21 @@ def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
     raise ValueError(f"unknown head {settings.head!r}; use one of {', '.join(HEADS)}")
 
 
-def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True) -> FitResult:
+def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
+                 cache: FitCache | None = None) -> FitResult:
     """Train a detector on the normal training images of ``dataset``.
 
     Returns:
         the detector (eval mode), its manifest, a few uint8 held-out frames (N, H, W, 3) and extra tensors to
-        store (the ALGAN generator).
+        store (the ALGAN generator). ``cache``: training features (and the fitted head) already computed on the
+        same split by :func:`algan.model.select.fit_auto`.
 
     Raises:
         ValueError: bad settings or too few images.
     """
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    paths = list(dataset.train)
-    if settings.max_train is not None and len(paths) > settings.max_train:
-        keep = np.random.default_rng(settings.seed).choice(len(paths), settings.max_train, replace=False)
-        paths = [paths[i] for i in sorted(keep.tolist())]
-    fit_paths, hold_paths = split_holdout(paths, settings.holdout, settings.seed)
+    fit_paths, hold_paths = training_split(dataset, settings)
     if settings.variant not in VARIANTS:
         raise ValueError(f"unknown variant {settings.variant!r}; use one of {', '.join(VARIANTS)}")
     check_checkpoint_settings(settings)
@@ -282,6 +329,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         raise ValueError(f"unknown head {settings.head!r} for the {settings.variant} variant; use one of "
                          f"{', '.join(HEADS)} (patchcore and padim need --variant patch)")
     postprocess = None
+    tiling = settings.tiling
+    n_tiles = tiling.n_tiles if tiling is not None else 1
     if settings.variant == "image":
         if settings.head != "algan":
             raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")
@@ -298,20 +347,22 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
     if settings.variant == "patch":
         pspec = settings.patch
-        patches = extract_patches(preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed,
-                                  settings.batch_size, "patches (train)" if progress else None)
+        patches = cache.features if cache is not None else extract_patches(
+            preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed, settings.batch_size,
+            "patches (train)" if progress else None, tiling)
         transform = PatchProjection.fit(pspec.projection, patches, pspec.dim, settings.seed)
         with torch.no_grad():
             x = transform.vectors(torch.from_numpy(patches)).numpy()
-        n_cells = len(fit_paths) * backbone.grid[0] * backbone.grid[1]
-        head, head_settings, extras, train_info = fit_patch_head(settings, x, n_cells, progress)
+        n_cells = len(fit_paths) * n_tiles * backbone.grid[0] * backbone.grid[1]
+        head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
+                                                   else fit_patch_head(settings, x, n_cells, progress))
         postprocess = MapPostprocess(pspec, size)
         backbone_json = spec.to_json()
         feature_json = {"transform": pspec.projection, "in_dim": int(patches.shape[1]), "dim": int(x.shape[1]),
                         "n_patches": int(len(patches))}
     elif settings.variant == "image":
         feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
-                                 "features (train)" if progress else None)
+                                 "features (train)" if progress else None, tiling)
         transform = torch.nn.Identity()
         result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress, checkpoint=settings.checkpoint)
         head, head_settings = result.head, icfg.to_json()
@@ -319,12 +370,14 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         train_info = {"train_s": result.train_s, "final": result.history[-1]}
         feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
     else:
-        feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
-                                 "features (train)" if progress else None)
+        feats = cache.features if cache is not None else extract_features(
+            preprocess, backbone, fit_paths, size, settings.batch_size, "features (train)" if progress else None,
+            tiling)
         transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()
-        head, head_settings, extras, train_info = fit_head(settings, x, progress)
+        head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
+                                                   else fit_head(settings, x, progress))
         backbone_json = spec.to_json()
         feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
@@ -332,7 +385,11 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     calib_paths = hold_paths or fit_paths
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")
-    if settings.variant == "patch":
+    det.tiling = tiling
+    pixel_rule = None  # the pixel threshold: patch heads on whole frames (a tiled bundle's maps are stitched per frame)
+    if tiling is not None:  # the frame score of a tiled bundle: stitched maps (or tiles' max), calibrated as such
+        hold_raw = frame_raw_scores(det, calib_paths, settings.batch_size)
+    elif settings.variant == "patch":
         from algan.model.detector import run_batched
 
         hold_maps = run_batched(det.raw_maps, load_batch(calib_paths, size), settings.batch_size,
@@ -350,7 +407,9 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
     det.eval()
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
-    samples = load_batch([calib_paths[i] for i in pick], size)
+    samples = load_tiles([calib_paths[i] for i in pick], size, tiling)
+    if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
+        samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
     kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
     model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
@@ -368,7 +427,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
             "threshold": threshold,
             "target_fpr": settings.target_fpr,
             "n_images": len(calib_paths),
-            "source": "held-out training normals" if hold_paths else "training normals (no holdout)",
+            "source": ("held-out training normals" if hold_paths else "training normals (no holdout)") + (
+                f" (frame scores of {tiling.rows}x{tiling.cols} tiles, stitched)" if tiling is not None else ""),
             "method": "empirical quantile",
         },
         "training": {
@@ -383,10 +443,13 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True)
         "exports": {},
         "outputs": list(SCORE_OUTPUTS),
     }
+    if tiling is not None:
+        manifest["tiling"] = tiling.to_json()
     if postprocess is not None:
         mh, mw = postprocess.map_size
-        manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
-                                        "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
+        if pixel_rule is not None:
+            manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
+                                            "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
         manifest["patch"] = settings.patch.to_json()
         manifest["outputs"] = list(MAP_OUTPUTS)
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,

@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -28,7 +29,7 @@ from algan.model.pixel_metrics import (
     PixelScoreCollector,
     upsample_maps,
 )
-from algan.runtime.preprocess import prepare_frame, read_image
+from algan.runtime.preprocess import prepare_frame, prepare_roi, read_image
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,15 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             img = read_image(s.path)
             images[j] = prepare_frame(img, size)
             masks[j] = load_mask(s.mask, size, image_shape=img.shape[:2])
+        if getattr(detector, "tiling", None) is not None:  # a tiled bundle: stitched maps of the whole images
+            frames = detector.frame_outputs([prepare_roi(read_image(s.path)) for s in chunk], batch_size)
+            cal = detector.calibration
+            center, scale = float(cal.center), float(cal.scale)
+            sc = torch.from_numpy((frames.scores - center) / scale)
+            collector.add(np.stack([cv2.resize((m - center) / scale, (size[1], size[0]),
+                                               interpolation=cv2.INTER_LINEAR) for m in frames.maps]), masks)
+            scores.append(sc.float().numpy().reshape(-1))
+            continue
         sc, maps = detector.score_and_maps(torch.from_numpy(images))
         maps = maps.float().cpu().numpy()
         if maps.shape != (len(chunk), *map_size):

@@ -15,6 +15,9 @@ For a patch head the graph's ``anomaly_maps`` output is upsampled back to the RO
 image threshold also gets its defect mask (the upsampled map at or above the pixel threshold,
 :func:`~algan.runtime.maps.mask_from_map`) and a :class:`~algan.runtime.maps.Region` in frame pixels (box, peak, the
 mask's area). A frame below the image threshold gets neither.
+A tiled bundle (manifest ``tiling``) cuts the ROI into its tile grid instead, scores the tiles in one run and
+stitches their maps (:mod:`algan.runtime.tiling`): the frame score is the reduction of the stitched map (image-only
+heads: the maximum over tiles).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from algan.runtime.maps import (
 from algan.runtime.preprocess import prepare_frame
 from algan.runtime.runners.base import BACKENDS, Runner, load_runner
 from algan.runtime.runners.settings import RunnerConfig
+from algan.runtime.tiling import TileSpec, manifest_reduction, manifest_tiling, prepare_tiles, untile
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +201,10 @@ class Inferencer:
                         list(self.bundle_roi) if self.bundle_roi else "full frame")
         self.threshold = float(threshold)
         self.batch_size = max(1, int(batch_size))
+        #: the bundle's tile grid (:mod:`algan.runtime.tiling`), ``None`` for a whole-ROI model
+        self.tiling: TileSpec | None = manifest_tiling(self.manifest) if self.manifest is not None else None
+        self.reduction, self.topk = (manifest_reduction(self.manifest) if self.manifest is not None
+                                     else ("topk_mean", 0.01))
         self.runner = runner if runner is not None else self._load(backend, threads, providers)
         if pixel_threshold is not None:
             self.pixel_threshold, source = float(pixel_threshold), "the caller"
@@ -277,12 +285,25 @@ class Inferencer:
         out: list[Prediction] = []
         for i in range(0, len(frames), self.batch_size):
             chunk = frames[i : i + self.batch_size]
+            if self.tiling is not None:
+                out.extend(self._predict_tiled(chunk))
+                continue
             batch = np.stack([self.prepare(f) for f in chunk])
             res = self.runner.run(batch)
             maps = res.maps if res.maps is not None else [None] * len(chunk)
             out.extend(self.interpret(f, float(s), m) for f, s, m in zip(chunk, res.scores.tolist(), maps,
                                                                           strict=True))
         return out
+
+    def _predict_tiled(self, chunk: list[np.ndarray]) -> list[Prediction]:
+        """A tiled bundle: every frame's tiles in one run, maps stitched, scores from the stitched maps."""
+        assert self.tiling is not None
+        prepared = [prepare_tiles(f, self.input_size, self.roi, self.tiling) for f in chunk]
+        res = self.runner.run(np.concatenate([t for t, _ in prepared]))
+        frames = untile(res.scores, res.maps, [shape for _, shape in prepared], self.tiling, self.reduction,
+                        self.topk)
+        maps = frames.maps if frames.maps is not None else [None] * len(chunk)
+        return [self.interpret(f, float(s), m) for f, s, m in zip(chunk, frames.scores.tolist(), maps, strict=True)]
 
     def interpret(self, frame: np.ndarray, score: float, cells: np.ndarray | None) -> Prediction:
         """A :class:`Prediction` from a frame's score and its ``(h, w)`` map cells (or ``None``): :func:`interpret`

@@ -79,6 +79,26 @@ def crop_roi(frame: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
     return frame[y : y + h, x : x + w]
 
 
+def prepare_roi(frame: np.ndarray, roi: Sequence[int] | None = None) -> np.ndarray:
+    """The region of interest of one frame at full resolution, as uint8 BGR ``(h, w, 3)`` (grayscale and BGRA frames
+    converted): the first half of :func:`prepare_frame`, and what :func:`algan.runtime.tiling.tile_frame` cuts.
+
+    Raises:
+        ValueError: for a frame that is not uint8 or not 2-D/3-channel, or a ROI that does not fit in it.
+    """
+    if frame is None or not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        msg = f"expected a uint8 numpy image, got {type(frame).__name__} {getattr(frame, 'dtype', '')}"
+        raise ValueError(msg)
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        msg = f"expected an image of shape (H, W, 3), got {frame.shape}"
+        raise ValueError(msg)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return crop_roi(frame, roi)
+
+
 def prepare_frame(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] | None = None) -> np.ndarray:
     """Crop and resize one frame to the model input.
 
@@ -93,17 +113,7 @@ def prepare_frame(frame: np.ndarray, size: tuple[int, int], roi: Sequence[int] |
     Raises:
         ValueError: for a frame that is not uint8 or not 2-D/3-channel.
     """
-    if frame is None or not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-        msg = f"expected a uint8 numpy image, got {type(frame).__name__} {getattr(frame, 'dtype', '')}"
-        raise ValueError(msg)
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    elif frame.ndim != 3 or frame.shape[2] not in (3, 4):
-        msg = f"expected an image of shape (H, W, 3), got {frame.shape}"
-        raise ValueError(msg)
-    elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    frame = crop_roi(frame, roi)
+    frame = prepare_roi(frame, roi)
     h, w = size
     if frame.shape[0] != h or frame.shape[1] != w:
         frame = cv2.resize(frame, (w, h), interpolation=RESIZE_INTERPOLATION)

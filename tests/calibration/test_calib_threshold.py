@@ -10,7 +10,7 @@ from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from algan.calibration.threshold import (
+from algan.model.threshold import (
     F1Threshold,
     GPDTailThreshold,
     QuantileThreshold,
@@ -138,3 +138,16 @@ def test_expected_alarms_interval_matches_resampling():
     assert 0.93 <= inside <= 0.99
     blo, bhi = expected_alarms_interval(n_cal, None, n_new, a)  # plain binomial: narrower
     assert bhi - blo < hi - lo
+
+
+def test_recall_at_fpr_is_recall_at_the_calibrate_threshold():
+    from algan.model.threshold import TargetFprThreshold, recall_above, recall_at_fpr
+
+    normals = np.arange(1.0, 201.0)  # 200 scores: the 1 % threshold is the order statistic of rank 199
+    thr = TargetFprThreshold(0.01).fit(normals).threshold_
+    assert thr == 199.0
+    anomalies = np.array([198.5, 199.0, 250.0, 10.0])
+    assert recall_at_fpr(normals, anomalies, 0.01) == recall_above(anomalies, thr) == 0.5
+    assert recall_at_fpr(normals, np.array([]), 0.01) is None
+    with pytest.raises(ValueError, match="at least 20"):
+        recall_at_fpr(normals[:10], anomalies, 0.01)

@@ -2,9 +2,12 @@ import json
 import subprocess
 import sys
 
-#: today's keys plus the patch variant's (pixel_auroc, aupro and mask_f1 null for image-level heads)
-KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms", "pixel_auroc", "aupro", "mask_f1",
-        "model_mb"}
+import pytest
+
+#: today's keys plus the patch variant's (pixel_auroc, aupro and mask_f1 null for image-level heads); recall_at_fpr is
+#: null with fewer than 20 normal test images
+KEYS = {"dataset", "variant", "head", "auroc", "recall_at_fpr", "train_s", "head_ms", "backbone_ms", "pixel_auroc",
+        "aupro", "mask_f1", "model_mb"}
 
 
 def json_rows(data, *flags: str) -> list[dict]:
@@ -72,3 +75,23 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(synth_root):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "padim-patch" in r.stdout
     assert "\r" not in r.stderr and "batch/s" not in r.stderr, r.stderr[-500:]
+
+
+@pytest.mark.slow
+def test_bench_feature_and_patch_add_the_auto_row(tmp_path):
+    """Both variants: a row "head": "auto" whose figures are those of the chosen head's row, and recall_at_fpr on
+    every row (25 normal test images: the 1 % threshold is their maximum)."""
+    from algan.data.synthetic import generate_dataset
+
+    root = tmp_path / "weave"
+    generate_dataset(root, texture="weave", seed=1, n_train=110, n_test_good=25, n_test_defect=10, size=64)
+    rows = json_rows(root, "--input-size", "64", "--epochs", "1", "--variants", "feature,patch", "--presets", "default")
+    auto = rows[-1]
+    assert auto["head"] == "auto" and set(auto) == KEYS | {"chosen"}
+    variant, head = auto["chosen"].split(":")
+    twin = next(r for r in rows[:-1] if r["variant"] == variant and r["head"] in (f"{head}-patch", head,
+                                                                                   f"{head}[default]"))
+    assert {k: auto[k] for k in ("auroc", "recall_at_fpr", "head_ms")} == \
+        {k: twin[k] for k in ("auroc", "recall_at_fpr", "head_ms")}
+    for r in rows:
+        assert set(r) >= KEYS and 0.0 <= r["recall_at_fpr"] <= 1.0

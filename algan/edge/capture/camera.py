@@ -33,6 +33,7 @@ from algan.edge.config import CameraConfig
 from algan.edge.errors import SourceError
 from algan.edge.logs import redact
 from algan.runtime.preprocess import prepare_frame
+from algan.runtime.tiling import TileSpec, prepare_tiles
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class CameraReader(threading.Thread):
         open_fn: source factory (tests inject fakes).
         clock: monotonic clock (seconds).
         keep_raw: also hand over the full frame (``Frame.raw``, for full-frame alarm snapshots).
+        tiling: a tiled model's grid (:class:`algan.runtime.tiling.TileSpec`): frames are handed over as their tiles
+            (:func:`algan.runtime.tiling.prepare_tiles`), else resized whole.
     """
 
     def __init__(
@@ -95,9 +98,11 @@ class CameraReader(threading.Thread):
         open_fn: Callable[[CameraConfig], Source] = open_source,
         clock: Callable[[], float] = time.monotonic,
         keep_raw: bool = False,
+        tiling: TileSpec | None = None,
     ) -> None:
         super().__init__(name=f"camera-{cam.name}", daemon=True)
         self.keep_raw = keep_raw
+        self.tiling = tiling
         self.cam = cam
         self.size = size
         self.hub = hub
@@ -234,8 +239,12 @@ class CameraReader(threading.Thread):
                     log.error("camera %s: roi %s does not fit in the %dx%d frame; fix the camera's roi setting",
                               name, list(roi), raw.shape[1], raw.shape[0])
                     return "failed"
+            roi_hw = None
             try:
-                image = prepare_frame(raw, self.size, roi)
+                if self.tiling is not None:
+                    image, roi_hw = prepare_tiles(raw, self.size, roi, self.tiling)
+                else:
+                    image = prepare_frame(raw, self.size, roi)
             except ValueError as e:
                 self.counters.corrupt += 1
                 log.warning("camera %s: frame %d skipped: %s", name, index, e)
@@ -246,7 +255,7 @@ class CameraReader(threading.Thread):
             self.counters.last_frame = now
             self._backoff = cam.reconnect_interval_s  # frames flow again: the next failure starts a fresh backoff
             frame = Frame(name, index, image, now, t_wall, ack, raw if self.keep_raw else None,
-                          src.last_name)
+                          src.last_name, roi_hw)
             if not self.hub.put(frame, self.stop):
                 return "stopped"
         return "stopped"

@@ -24,7 +24,8 @@ class Frame:
     Attributes:
         camera: camera name.
         index: frame index in the camera's source, from 0 (counts every frame read, including dropped/corrupt).
-        image: uint8 BGR, shape (H, W, 3) = the model input size, C-contiguous.
+        image: uint8 BGR, shape (H, W, 3) = the model input size, C-contiguous; for a tiled model
+            (:mod:`algan.runtime.tiling`) the frame's tiles, (rows * cols, H, W, 3).
         t_mono: capture time, ``time.monotonic()`` seconds (for latency).
         t_wall: capture time, Unix seconds (for message timestamps).
         done: called (main thread) once the frame's score, and its alarm event if any, are handed to the
@@ -32,6 +33,7 @@ class Frame:
         raw: the full camera frame before ROI crop and resize (uint8, (H, W, 3) or (H, W)) when the daemon keeps
             it for full-frame alarm snapshots, else ``None``.
         source_name: file name of a folder source's image (carried in its score messages), else ``None``.
+        roi_hw: ``(height, width)`` of the region the tiles were cut from (tiled models), else ``None``.
     """
 
     camera: str
@@ -42,6 +44,7 @@ class Frame:
     done: Callable[[], None] | None = None
     raw: np.ndarray | None = None
     source_name: str | None = None
+    roi_hw: tuple[int, int] | None = None
 
 
 class FrameHub:

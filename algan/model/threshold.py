@@ -290,6 +290,37 @@ def recall_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float
     return _rates(s, y, threshold)[0]
 
 
+def recall_above(anomaly_scores: np.ndarray, threshold: float) -> float | None:
+    """Share of anomaly scores at or above ``threshold`` (a frame alarms when ``score >= threshold``); ``None`` for
+    no scores. The recall algan-calibrate prints, algan-bench and algan-eval report and ``--head auto`` ranks by."""
+    a = np.asarray(anomaly_scores, dtype=np.float64)
+    return float((a >= threshold).mean()) if a.size else None
+
+
+def recall_at_fpr(normal_scores: np.ndarray, anomaly_scores: np.ndarray, target_fpr: float = 0.01,
+                  method: str = "auto") -> float | None:
+    """Recall at the threshold algan-calibrate would set for ``target_fpr`` on ``normal_scores``.
+
+    The threshold is :class:`TargetFprThreshold` ``(target_fpr, method)`` fitted on the normal scores (the empirical
+    order statistic when ``n * target_fpr >= 1``, else the generalised Pareto tail fit), and the recall is
+    :func:`recall_above` of the anomaly scores at it: the share of defective frames a line calibrated at that
+    false-alarm rate catches.
+
+    Args:
+        normal_scores: float (N,) scores of normal images not trained on (N >= 20, not all equal).
+        anomaly_scores: float (M,) scores of defective images.
+        target_fpr: per-frame false-alarm rate in (0, 0.5).
+
+    Returns:
+        the recall in [0, 1], or ``None`` without anomaly scores.
+
+    Raises:
+        ValueError: fewer than 20 normal scores, NaN/inf, constant scores, ``target_fpr`` outside (0, 0.5).
+    """
+    est = TargetFprThreshold(target_fpr, method).fit(normal_scores)
+    return recall_above(anomaly_scores, est.threshold_)
+
+
 class F1Threshold(_Fitted):
     """The threshold that maximises F1 on labelled scores (``sklearn.metrics.precision_recall_curve``).
 

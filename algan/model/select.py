@@ -1,0 +1,358 @@
+"""``--head auto``: choose the head for a line from its normal images alone, by synthetic defects.
+
+Every candidate head (:data:`CANDIDATES`) is fitted on the training split's features, extracted once per variant;
+each is scored on the held-out normals and on synthetic defects drawn on those held-out normals
+(:mod:`algan.data.defects`). Its figures: ``recall_at_fpr`` (the share of synthetic defects flagged at the
+threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
+:func:`algan.model.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
+synthetic defects) and the recall per defect kind.
+
+The rule (:data:`RULE`, :func:`choose`): the highest ``recall_at_fpr``; candidates within :data:`RECALL_TIE` of it
+are tied and the higher synthetic AUROC wins; AUROCs within :data:`AUROC_TIE` go to the cheaper head (the order of
+:data:`CANDIDATES`, cheapest first: inference cost, then training cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from algan.model.evaluate import auroc
+from algan.model.threshold import recall_above, recall_at_fpr
+
+log = logging.getLogger(__name__)
+
+#: ``variant:head`` candidates, cheapest first (the tie-break order)
+CANDIDATES = ("feature:mahalanobis", "feature:knn", "feature:algan", "patch:padim", "patch:algan", "patch:patchcore")
+#: recall differences up to this are ties (about one synthetic defect in 50)
+RECALL_TIE = 0.02
+#: AUROC differences up to this are ties
+AUROC_TIE = 0.005
+#: the rule, as recorded in the bundle
+RULE = (f"max recall at the target FPR on synthetic defects (threshold from the held-out normals); within "
+        f"{RECALL_TIE} of the best: max synthetic-defect AUROC; within {AUROC_TIE}: the cheaper head (order "
+        f"{', '.join(CANDIDATES)})")
+#: synthetic defects drawn per held-out normal image
+DEFECTS_PER_IMAGE = 2
+
+
+def candidates_for(variant: str) -> tuple[str, ...]:
+    """The candidates of ``--variant`` ``feature``, ``patch`` or ``auto`` (all), cheapest first.
+
+    Raises:
+        ValueError: another variant.
+    """
+    if variant == "auto":
+        return CANDIDATES
+    if variant in ("feature", "patch"):
+        return tuple(c for c in CANDIDATES if c.startswith(variant + ":"))
+    raise ValueError(f"--head auto chooses among the feature and patch heads; --variant {variant} has one head only")
+
+
+@dataclass
+class VariantData:
+    """One variant's cached inputs, extracted once for all of its heads.
+
+    Attributes:
+        variant: ``feature`` or ``patch``.
+        train: training vectors the heads are fitted on, float32: feature (N, K) transformed features; patch (M, K)
+            projected sampled patch vectors.
+        normal, defect: held-out normals and synthetic defects as the heads take them: feature float32 (N, K)
+            tensors; patch float16 (N, K, gh, gw) maps.
+        n_cells: patch: all training cells (the PatchCore bank's reference size); feature: 0.
+        post: patch: the :class:`algan.features.patch.MapPostprocess` (map and image score); feature: ``None``.
+    """
+
+    variant: str
+    train: np.ndarray
+    normal: torch.Tensor
+    defect: torch.Tensor
+    n_cells: int = 0
+    post: object | None = None
+
+
+@dataclass
+class CandidateResult:
+    """One candidate's synthetic-defect figures (and the fitted head, for reuse)."""
+
+    name: str
+    recall_at_fpr: float
+    auroc: float
+    recall_by_kind: dict[str, float]
+    fit_s: float
+    normal_scores: np.ndarray = field(repr=False)
+    defect_scores: np.ndarray = field(repr=False)
+    fitted: tuple | None = field(default=None, repr=False)
+
+    @property
+    def variant(self) -> str:
+        return self.name.split(":")[0]
+
+    @property
+    def head(self) -> str:
+        return self.name.split(":")[1]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "recall_at_fpr": round(self.recall_at_fpr, 4), "auroc": round(self.auroc, 4),
+                "recall_by_kind": {k: round(v, 4) for k, v in self.recall_by_kind.items()},
+                "fit_s": round(self.fit_s, 2)}
+
+
+def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """Raw image scores float32 (N,) of a fitted head on cached inputs ``x`` of ``data``'s variant."""
+    head.eval()
+    with torch.no_grad():
+        if data.variant == "patch":
+            post = data.post
+            return torch.cat([post.reduce(post(head(x[i : i + batch_size].float())))  # type: ignore[attr-defined]
+                              for i in range(0, len(x), batch_size)]).numpy()
+        return torch.cat([head(x[i : i + 1024]) for i in range(0, len(x), 1024)]).numpy()
+
+
+def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: VariantData, kinds: Sequence[str],
+                    target_fpr: float) -> CandidateResult:
+    """Fit one candidate with ``fit(data) -> (head, settings json, extras, train info)`` and measure it."""
+    t = time.perf_counter()
+    fitted = fit(data)
+    fit_s = time.perf_counter() - t
+    head = fitted[0]
+    s_norm, s_def = image_scores(head, data, data.normal), image_scores(head, data, data.defect)
+    kinds_a = np.asarray(kinds)
+    from algan.model.threshold import TargetFprThreshold
+
+    thr = TargetFprThreshold(target_fpr).fit(s_norm).threshold_
+    by_kind = {str(k): float(recall_above(s_def[kinds_a == k], thr)) for k in sorted(set(kinds_a.tolist()))}
+    y = np.r_[np.zeros(len(s_norm)), np.ones(len(s_def))]
+    return CandidateResult(name, float(recall_at_fpr(s_norm, s_def, target_fpr)), auroc(y, np.r_[s_norm, s_def]),
+                           by_kind, fit_s, s_norm, s_def, fitted)
+
+
+def choose(results: Sequence[CandidateResult]) -> CandidateResult:
+    """The rule :data:`RULE` over candidates given cheapest first (the order of :data:`CANDIDATES`).
+
+    Raises:
+        ValueError: no candidates.
+    """
+    if not results:
+        raise ValueError("no candidate heads to choose from")
+    best_recall = max(r.recall_at_fpr for r in results)
+    tied = [r for r in results if r.recall_at_fpr >= best_recall - RECALL_TIE]
+    best_auc = max(r.auroc for r in tied)
+    order = {c: i for i, c in enumerate(CANDIDATES)}
+    return min((r for r in tied if r.auroc >= best_auc - AUROC_TIE), key=lambda r: order.get(r.name, len(order)))
+
+
+def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tuple]], data: dict[str, VariantData],
+           kinds: Sequence[str], target_fpr: float,
+           on_result: Callable[[CandidateResult], None] | None = None) -> tuple[CandidateResult, list[CandidateResult]]:
+    """Score every candidate of ``names`` (``variant:head``) and choose one by :data:`RULE`.
+
+    Args:
+        fitters: ``{name: fit(data) -> (head, settings json, extras, train info)}``.
+        data: ``{variant: VariantData}`` for every variant in ``names``.
+        kinds: the defect kind of each synthetic defect (length = ``len(data[v].defect)``).
+        target_fpr: the per-frame false-alarm rate the recall is measured at.
+        on_result: called with each candidate's result as it is done (a progress line).
+
+    Returns:
+        ``(chosen, all results in the order of names)``.
+    """
+    results = []
+    for name in names:
+        r = score_candidate(name, fitters[name], data[name.split(":")[0]], kinds, target_fpr)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+    ordered = sorted(results, key=lambda r: CANDIDATES.index(r.name) if r.name in CANDIDATES else len(CANDIDATES))
+    return choose(ordered), results
+
+
+def selection_json(chosen: CandidateResult, results: Sequence[CandidateResult], *, seed: int, target_fpr: float,
+                   n_normal: int, kinds: Sequence[str], wall_s: float) -> dict:
+    """The ``head.selection`` record of the manifest (:class:`algan.contract.HeadSelection`)."""
+    return {"chosen": chosen.name, "rule": RULE, "seed": seed, "target_fpr": target_fpr, "n_normal": n_normal,
+            "n_defects": len(kinds), "defect_kinds": sorted(set(kinds)), "defects_per_image": DEFECTS_PER_IMAGE,
+            "wall_s": round(wall_s, 2), "candidates": [r.to_json() for r in results]}
+
+
+def format_table(chosen: str, results: Sequence[CandidateResult], target_fpr: float) -> str:
+    """The printed table: one line per candidate, the chosen one marked."""
+    kinds = sorted({k for r in results for k in r.recall_by_kind})
+    head = f"  {'candidate':<20} {'recall@' + format(target_fpr, 'g'):>11} {'AUROC':>7} {'fit s':>7}  " + \
+        " ".join(f"{k[:8]:>8}" for k in kinds)
+    lines = [f"head selection on synthetic defects ({RULE.split(';')[0]}):", head]
+    for r in results:
+        mark = "*" if r.name == chosen else " "
+        lines.append(f"{mark} {r.name:<20} {r.recall_at_fpr:>11.3f} {r.auroc:>7.4f} {r.fit_s:>7.1f}  " +
+                     " ".join(f"{r.recall_by_kind.get(k, float('nan')):>8.3f}" for k in kinds))
+    lines.append(f"chosen: {chosen}")
+    return "\n".join(lines)
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], u8: np.ndarray, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(torch.from_numpy(u8[i : i + batch_size])) for i in range(0, len(u8), batch_size)])
+
+
+def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, defect_u8: np.ndarray,
+                       progress: bool = False) -> tuple[VariantData, np.ndarray]:
+    """Extract one variant's inputs once: training features of ``fit_paths``, and the held-out normals and
+    synthetic defects (uint8 BGR (N, H, W, 3) at the input size).
+
+    Args:
+        settings: the variant's :class:`algan.model.fit.FitSettings` (backbone, patch spec, transform).
+
+    Returns:
+        ``(VariantData, raw training features)`` (the raw features go to :class:`algan.model.fit.FitCache`).
+    """
+    from algan.features.backbone import Preprocess, build_backbone
+    from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
+    from algan.model.fit import extract_features, extract_patches
+    from algan.model.heads import FeatureTransform
+
+    spec = settings.backbone
+    size = tuple(spec.input_size)
+    pre = Preprocess(spec.mean, spec.std)
+    bs = settings.batch_size
+    if settings.variant == "patch":
+        pspec = settings.patch
+        fm = PatchFeatureMaps(spec, pspec).eval()
+        raw = extract_patches(pre, fm, fit_paths, size, pspec.patches_per_image, settings.seed, bs,
+                              "patches (train)" if progress else None)
+        proj = PatchProjection.fit(pspec.projection, raw, pspec.dim, settings.seed)
+        with torch.no_grad():
+            x = proj.vectors(torch.from_numpy(raw)).numpy()
+
+        def maps(u: torch.Tensor) -> torch.Tensor:
+            return proj(fm(pre(u))).half()
+
+        data = VariantData("patch", x, _batched(maps, normal_u8, bs), _batched(maps, defect_u8, bs),
+                           len(fit_paths) * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size))
+        return data, raw
+    backbone = build_backbone(spec).eval()
+    raw = extract_features(pre, backbone, fit_paths, size, bs, "features (train)" if progress else None)
+    transform = FeatureTransform.fit(raw, settings.transform, settings.pca_dim)
+    with torch.no_grad():
+        x = transform(torch.from_numpy(raw)).numpy()
+
+    def feats(u: torch.Tensor) -> torch.Tensor:
+        return transform(backbone(pre(u)))
+
+    return VariantData("feature", x, _batched(feats, normal_u8, bs), _batched(feats, defect_u8, bs)), raw
+
+
+def candidate_settings(name: str, feature, patch):
+    """The :class:`algan.model.fit.FitSettings` of candidate ``variant:head`` from the two variants' templates."""
+    from dataclasses import replace
+
+    variant, head = name.split(":")
+    return replace(feature if variant == "feature" else patch, head=head, variant=variant)
+
+
+def fitter(settings) -> Callable[[VariantData], tuple]:
+    """``fit(data) -> (head, settings json, extras, train info)`` of one candidate's settings."""
+    from algan.model.fit import fit_head, fit_patch_head
+
+    if settings.variant == "patch":
+        return lambda d: fit_patch_head(settings, d.train, d.n_cells, False)
+    return lambda d: fit_head(settings, d.train, False)
+
+
+@dataclass
+class AutoResult:
+    """:func:`fit_auto`'s result: the bundle's :class:`algan.model.fit.FitResult` (its manifest holds
+    ``head.selection``), the chosen candidate and every candidate's figures (in the order scored)."""
+
+    fit: object
+    chosen: CandidateResult
+    results: list[CandidateResult]
+
+
+@dataclass
+class Selection:
+    """:func:`select_heads`' result: the chosen candidate, every candidate's result (scored order), the training
+    split's raw features per variant (for :class:`algan.model.fit.FitCache`), the synthetic defects' kinds and the
+    number of held-out normals."""
+
+    chosen: CandidateResult
+    results: list[CandidateResult]
+    raw: dict[str, np.ndarray]
+    kinds: list[str]
+    n_normal: int
+
+    def to_json(self, seed: int, target_fpr: float, wall_s: float) -> dict:
+        return selection_json(self.chosen, self.results, seed=seed, target_fpr=target_fpr, n_normal=self.n_normal,
+                              kinds=self.kinds, wall_s=wall_s)
+
+
+def select_heads(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+                 on_result: Callable[[CandidateResult], None] | None = None) -> Selection:
+    """Score every candidate of ``names`` on synthetic defects of ``dataset``'s held-out normals and choose one.
+
+    One extraction per variant (training features, held-out normals, synthetic defects); every candidate is fitted on
+    the same training features of the split :func:`algan.model.fit.training_split` gives.
+
+    Args:
+        dataset: the training data (:func:`algan.data.datasets.load_dataset`).
+        names: candidates ``variant:head`` (:func:`candidates_for`).
+        feature, patch: :class:`algan.model.fit.FitSettings` templates of the two variants (``None`` where no
+            candidate needs it); their seed, holdout, max_train and target_fpr must agree.
+
+    Raises:
+        ValueError: fewer than 20 held-out normals (no threshold at the target rate can be measured), bad settings.
+    """
+    from algan.data.defects import synthesize_defects
+    from algan.model.fit import training_split
+    from algan.runtime.preprocess import load_batch
+
+    base = feature if feature is not None else patch
+    fit_paths, hold_paths = training_split(dataset, base)
+    if len(hold_paths) < 20:
+        raise ValueError(f"--head auto needs >= 20 held-out normal images to measure recall at a false-alarm rate, "
+                         f"got {len(hold_paths)}; add normal images or raise --holdout")
+    size = tuple(base.backbone.input_size)
+    hold_u8 = load_batch(hold_paths, size)
+    defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, base.seed)
+    templates = {"feature": feature, "patch": patch}
+    data, raw = {}, {}
+    for variant in sorted({n.split(":")[0] for n in names}):
+        if templates[variant] is None:
+            raise ValueError(f"candidate variant {variant} has no settings")
+        data[variant], raw[variant] = build_variant_data(templates[variant], fit_paths, hold_u8, defects.images,
+                                                         progress)
+    fitters = {n: fitter(candidate_settings(n, feature, patch)) for n in names}
+    chosen, results = select(names, fitters, data, defects.kinds, base.target_fpr, on_result)
+    return Selection(chosen, results, raw, list(defects.kinds), len(hold_u8))
+
+
+def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+             on_result: Callable[[CandidateResult], None] | None = None) -> AutoResult:
+    """Train the bundle of the candidate that :data:`RULE` picks on synthetic defects (:func:`select_heads`).
+
+    The chosen candidate's training features and fitted head are reused for the bundle
+    (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head, and
+    its manifest records ``head.selection``.
+
+    Raises:
+        ValueError: as :func:`select_heads`.
+    """
+    from algan.contract import HeadSelection
+    from algan.model.fit import fit_detector
+
+    t0 = time.perf_counter()
+    sel = select_heads(dataset, names, feature, patch, progress, on_result)
+    base = feature if feature is not None else patch
+    settings = candidate_settings(sel.chosen.name, feature, patch)
+    from algan.model.fit import FitCache
+
+    result = fit_detector(dataset, settings, progress, cache=FitCache(sel.raw[sel.chosen.variant], sel.chosen.fitted))
+    wall = time.perf_counter() - t0
+    head = result.manifest.require("head")
+    head.selection = HeadSelection.model_validate(sel.to_json(base.seed, base.target_fpr, wall))
+    result.manifest.require("training").wall_s = round(wall, 2)
+    return AutoResult(result, sel.chosen, sel.results)

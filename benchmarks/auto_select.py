@@ -1,0 +1,206 @@
+"""Validate ``--head auto`` (not a test): do synthetic defects rank the heads as real defects do?
+
+Per data set, with the product code (:mod:`algan.model.select`): the training split of ``algan-train`` (seed 0,
+20 % held out), synthetic defects drawn on the held-out normals (:mod:`algan.data.defects`), every candidate head
+fitted once on the shared training features and scored (a) on the held-out normals and synthetic defects (the
+figures ``--head auto`` chooses by) and (b) on the data set's real labelled test split (image AUROC, and
+``recall_at_fpr``: the share of real defects flagged at the threshold algan-calibrate would set for 1 % false alarms
+on the test normals, :func:`algan.model.threshold.recall_at_fpr`).
+
+Printed per data set: a row per head, auto's choice, the best head in hindsight and the shortfall, and the Spearman
+rank correlation (scipy.stats.spearmanr) between each synthetic figure and the real AUROC over the heads; at the end
+the shortfall of every alternative rule and fixed head over all sets.
+
+Data sets: ``mtd``, ``ballscrew``, ``pcb`` (from ``$ALGAN_DATA_DIR`` or ``../shared/data``), ``metal``, ``weave``
+(algan-synth textures) and ``bottle`` (video frames), built as ``benchmarks/patch_defaults.py`` builds them.
+
+Usage::
+
+    python benchmarks/auto_select.py [--sets mtd,ballscrew,pcb,metal,weave,bottle] [--max-train N] [--max-test N]
+        [--json]
+    python benchmarks/auto_select.py --smoke     # seconds: a tiny synthetic set, short ALGAN schedules
+
+Figures: benchmarks/RESULTS.md, "Session 11".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from algan.model.select import CANDIDATES as CANDIDATES_ALL  # noqa: E402
+from benchmarks.patch_defaults import DATA, build_bottle, build_synthetic  # noqa: E402
+
+
+def data_set(name: str, work: Path, smoke: bool) -> tuple[Path, str] | None:
+    if smoke:  # enough normals for 24 held out (a threshold needs >= 20)
+        from algan.data.synthetic import generate_dataset
+
+        generate_dataset(work / name, texture=name, seed=1, overwrite=True, n_train=60, n_test_good=10,
+                         n_test_defect=10, size=96)
+        return work / name, "mvtec"
+    if name in ("metal", "weave"):
+        return build_synthetic(work / name, name, smoke), "mvtec"
+    if name == "bottle":
+        video = DATA / "video" / "bottle-detection.mp4"
+        return (build_bottle(work / name, video), "mvtec") if video.is_file() else None
+    if name == "mtd":
+        return (DATA / "mtd", "mtd") if (DATA / "mtd" / "MT_Free").is_dir() else None
+    if name in ("ballscrew", "pcb"):
+        return (DATA / name, "mvtec") if (DATA / name / "train").is_dir() else None
+    raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle")
+
+
+def templates(seed: int, smoke: bool, size: int):
+    """The feature and patch FitSettings that ``algan-train --head auto`` builds by default."""
+    from algan.cli.train import build_parser, fit_settings
+
+    argv = ["--data", ".", "--out", ".", "--head", "auto", "--seed", str(seed), "--input-size", str(size), str(size)]
+    if smoke:
+        argv += ["--epochs", "1"]
+    args = build_parser().parse_args(argv)
+    args.variant = "auto"
+    return fit_settings(args, "feature", "auto"), fit_settings(args, "patch", "auto")
+
+
+def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
+
+    from algan.data.datasets import load_dataset
+    from algan.data.defects import synthesize_defects
+    from algan.model.evaluate import auroc
+    from algan.model.fit import training_split
+    from algan.model.select import (
+        CANDIDATES,
+        DEFECTS_PER_IMAGE,
+        VariantData,
+        build_variant_data,
+        candidate_settings,
+        choose,
+        fitter,
+        image_scores,
+        score_candidate,
+    )
+    from algan.model.threshold import recall_at_fpr
+    from algan.runtime.preprocess import load_batch
+
+    t0 = time.perf_counter()
+    ds = load_dataset(root, layout)
+    test = list(ds.test)
+    if args.max_test and len(test) > args.max_test:
+        keep = np.random.default_rng(0).choice(len(test), args.max_test, replace=False)
+        test = [test[i] for i in sorted(keep.tolist())]
+    y = np.array([s.label for s in test])
+    feature, patch = templates(args.seed, args.smoke, args.size)
+    from dataclasses import replace
+
+    if args.max_train:
+        feature, patch = replace(feature, max_train=args.max_train), replace(patch, max_train=args.max_train)
+    if args.smoke:
+        feature, patch = replace(feature, holdout=0.4), replace(patch, holdout=0.4)
+    fit_paths, hold_paths = training_split(ds, feature)
+    size = (args.size, args.size)
+    hold_u8 = load_batch(hold_paths, size)
+    defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, args.seed)
+    test_u8 = load_batch([s.path for s in test], size)
+    m = len(defects.images)
+    data, real = {}, {}
+    for variant, tmpl in (("feature", feature), ("patch", patch)):
+        d, _ = build_variant_data(tmpl, fit_paths, hold_u8, np.concatenate([defects.images, test_u8]))
+        data[variant] = VariantData(variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post)
+        real[variant] = d.defect[m:]
+    del test_u8
+    print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
+          f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
+    results, rows = [], []
+    for cand in [c for c in CANDIDATES if c in args.candidates.split(",")]:
+        r = score_candidate(cand, fitter(candidate_settings(cand, feature, patch)), data[cand.split(":")[0]],
+                            defects.kinds, feature.target_fpr)
+        head = r.fitted[0]
+        s_test = image_scores(head, data[r.variant], real[r.variant])
+        results.append(r)
+        row = {"data": name, "head": cand, "synth_recall": round(r.recall_at_fpr, 4), "synth_auroc": round(r.auroc, 4),
+               "synth_by_kind": {k: round(v, 3) for k, v in r.recall_by_kind.items()},
+               "auroc": round(auroc(y, s_test), 4),
+               "recall_at_fpr": round(recall_at_fpr(s_test[y == 0], s_test[y == 1], 0.01), 4)
+               if (y == 0).sum() >= 20 else None,
+               "fit_s": round(r.fit_s, 1)}
+        rows.append(row)
+        print(f"{name:<9} {cand:<20} synth recall@1% {row['synth_recall']:.3f} synth AUROC {row['synth_auroc']:.4f}"
+              f" | real AUROC {row['auroc']:.4f} recall@1% {row['recall_at_fpr']}  fit {row['fit_s']:.1f} s",
+              flush=True)
+        r.fitted = None
+    chosen = choose(results)
+    summary = summarize(name, rows, chosen.name)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(summary), flush=True)
+    return rows + [summary]
+
+
+def summarize(name: str, rows: list[dict], chosen: str) -> dict:
+    from scipy.stats import spearmanr
+
+    real = np.array([r["auroc"] for r in rows])
+    best = rows[int(np.argmax(real))]
+    by = {r["head"]: r for r in rows}
+    rho_r = spearmanr([r["synth_recall"] for r in rows], real).statistic
+    rho_a = spearmanr([r["synth_auroc"] for r in rows], real).statistic
+    return {"data": name, "head": "auto", "chosen": chosen, "auroc": by[chosen]["auroc"],
+            "recall_at_fpr": by[chosen]["recall_at_fpr"], "best": best["head"], "best_auroc": best["auroc"],
+            "shortfall": round(by[chosen]["auroc"] - best["auroc"], 4),
+            "spearman_synth_recall": None if np.isnan(rho_r) else round(float(rho_r), 3),
+            "spearman_synth_auroc": None if np.isnan(rho_a) else round(float(rho_a), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", default="mtd,ballscrew,pcb,metal,weave,bottle")
+    p.add_argument("--work", type=Path, default=Path("/tmp/algan_patch_defaults"), help="where data sets are built")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--max-train", type=int, default=None, help="training images per set (seeded subset)")
+    p.add_argument("--max-test", type=int, default=None, help="test images per set (seeded subset)")
+    p.add_argument("--candidates", default=",".join(CANDIDATES_ALL), help="candidate heads (variant:head, default all)")
+    p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
+    p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sets, args.size = "metal", 96
+        args.work = Path(tempfile.mkdtemp(prefix="algan_auto_smoke_"))
+    rows: list[dict] = []
+    try:
+        for name in args.sets.split(","):
+            found = data_set(name, args.work, args.smoke)
+            if found is None:
+                print(f"# {name}: skipped, not found (set ALGAN_DATA_DIR)", flush=True)
+                continue
+            rows += run_set(name, found[0], found[1], args)
+    finally:
+        if args.smoke:
+            import shutil
+
+            shutil.rmtree(args.work, ignore_errors=True)
+    summaries = [r for r in rows if r.get("head") == "auto"]
+    if summaries:
+        print("\nauto vs best in hindsight:")
+        for s in summaries:
+            print(f"  {s['data']:<9} chose {s['chosen']:<20} AUROC {s['auroc']:.4f}  best {s['best']:<20} "
+                  f"{s['best_auroc']:.4f}  shortfall {s['shortfall']:+.4f}  spearman(synth recall, AUROC) "
+                  f"{s['spearman_synth_recall']}  spearman(synth AUROC, AUROC) {s['spearman_synth_auroc']}")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

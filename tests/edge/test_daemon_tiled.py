@@ -1,0 +1,128 @@
+"""A tiled bundle end to end: algan-train --tiles (trained on tiles, calibrated on stitched frames), the manifest,
+algan-export, then the same frame scored by torch, the Inferencer (algan-predict) and the daemon against a real
+broker: the same score within a tolerance."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgekit import edge_config, run_cli, run_edge, write_config
+
+SIZE = 64
+TILES = "2x2"
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory) -> tuple[Path, Path]:
+    """(exported tiled PaDiM bundle at 64 px, the synthetic data: 160 px frames, 2x2 tiles)."""
+    from algan.cli.export import main as export_main
+    from algan.cli.train import main as train_main
+    from algan.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiled")
+    data = root / "data"
+    generate_dataset(data, texture="metal", n_train=20, n_test_good=20, n_test_defect=2, size=160, seed=3)
+    out = root / "bundle"
+    rc = train_main(["--data", str(data), "--out", str(out), "--variant", "patch", "--head", "padim",
+                     "--input-size", str(SIZE), str(SIZE), "--tiles", TILES, "--tile-overlap", "0.25", "--quiet"])
+    assert rc == 0
+    assert export_main([str(out), "--no-simplify"]) == 0
+    return out, Path(data)
+
+
+def _test_images(data: Path) -> list[Path]:
+    return sorted(p for p in (data / "test").rglob("*.png"))
+
+
+def test_tiled_bundle_manifest_calibration_on_stitched_frames_and_torch_vs_onnx(tiled):
+    from algan.bundle import load_bundle
+    from algan.contract import load_manifest
+    from algan.data.datasets import load_dataset
+    from algan.model.fit import frame_raw_scores, split_holdout
+    from algan.runtime.inference import Inferencer
+    from algan.runtime.preprocess import prepare_roi, read_image
+    from algan.runtime.tiling import TileSpec
+
+    bundle, data = tiled
+    m = load_manifest(bundle)
+    assert m.tiling is not None and m.tiling.grid == [2, 2] and m.tiling.overlap == 0.25
+    assert "2x2 tiles, stitched" in m.calibration.source
+    det, _ = load_bundle(bundle)
+    assert det.tiling == TileSpec(2, 2, 0.25)
+    # the calibration centre is the median of the held-out normals' STITCHED frame scores (not of single tiles)
+    _, hold = split_holdout(list(load_dataset(data).train), 0.2, 0)
+    assert m.calibration.center == pytest.approx(float(np.median(frame_raw_scores(det, hold))), rel=1e-5, abs=1e-6)
+    # the stored samples are tiles: what the per-tile graph sees
+    paths = _test_images(data)
+    frames = [read_image(p) for p in paths]
+    ref = det.frame_scores([prepare_roi(f) for f in frames])
+    inf = Inferencer(bundle)
+    assert inf.tiling == TileSpec(2, 2, 0.25) and inf.has_maps
+    preds = inf.predict(frames)
+    np.testing.assert_allclose([p.score for p in preds], ref, rtol=1e-4, atol=1e-4)
+    # the stitched map covers the whole 160 px frame: 2x2 tiles of 92 px, 16x16 cells each -> 28x28 cells
+    assert preds[0].map_cells.shape == (28, 28) and preds[0].anomaly_map.shape == (160, 160)
+    # the frame score is the head's reduction of the stitched map (PatchSpec default topk_mean 1 %)
+    cells = preds[0].map_cells.ravel()
+    k = int(np.ceil(0.01 * cells.size))
+    assert preds[0].score == pytest.approx(float(np.sort(cells)[-k:].mean()), rel=1e-5)
+    # defects score above normals on the whole (synthetic defects are large): the tiled path ranks them
+    labels = np.array([0 if "good" in p.parts else 1 for p in paths])
+    assert ref[labels == 1].mean() > ref[labels == 0].mean()
+
+
+@pytest.mark.broker
+def test_daemon_and_algan_predict_give_the_same_score_for_a_tiled_bundle(tiled, tmp_path, mqtt_broker,
+                                                                          mqtt_collector):
+    import shutil
+
+    bundle, data = tiled
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for i, p in enumerate(_test_images(data)):
+        shutil.copy(p, folder / f"f{i:03d}.png")
+    col = mqtt_collector()
+    cfg = edge_config(bundle, mqtt_broker, [{"name": "cam1", "source": str(folder)}])
+    res = run_edge(write_config(tmp_path / "edge.yaml", cfg), timeout=90)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "tiles every frame's roi into 2x2" in res.stderr
+    assert col.wait_for(lambda ms: ms and ms[-1].topic.endswith("/status") and ms[-1].payload == "offline")
+    daemon = {json.loads(m.payload)["file"]: json.loads(m.payload)["score"] for m in col.on("cam1/score")}
+    run = run_cli("algan.cli.predict", str(bundle), str(folder), "--out", str(tmp_path / "pred"), timeout=90)
+    assert run.returncode == 0, run.stderr
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+        offline = {r["file"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert set(daemon) == set(offline) and len(offline) == 26
+    for name, score in offline.items():
+        assert daemon[name] == pytest.approx(score, rel=1e-4, abs=1e-4), name
+
+
+def test_algan_calibrate_sets_the_threshold_of_a_tiled_bundle_on_stitched_frame_scores(tiled, tmp_path):
+    import shutil
+
+    from algan.bundle import load_bundle
+    from algan.calibration.int8 import load_int8_set
+    from algan.cli.calibrate import main as calibrate_main
+    from algan.contract import load_manifest
+    from algan.data.datasets import load_dataset
+    from algan.runtime.preprocess import prepare_roi, read_image
+
+    src, data = tiled
+    bundle = tmp_path / "bundle"
+    shutil.copytree(src, bundle)
+    assert calibrate_main([str(bundle), "--data", str(data), "--target-fpr", "0.1", "--method", "quantile",
+                           "--calib-fraction", "1.0", "--json"]) == 0
+    m = load_manifest(bundle)
+    det, _ = load_bundle(bundle)
+    # the new centre is the median of the stitched frame scores of the normals it was calibrated on
+    ds = load_dataset(data)
+    normals = [s.path for s in ds.test if s.label == 0]
+    raw = det.frame_raw_scores([prepare_roi(read_image(p)) for p in normals])
+    assert m.calibration.center == pytest.approx(float(np.median(raw)), rel=1e-5, abs=1e-6)
+    # the INT8 set holds tiles at the model input (what the per-tile graph sees)
+    int8 = load_int8_set(bundle)
+    assert int8 is not None and int8.shape[1:] == (SIZE, SIZE, 3)

@@ -1,0 +1,169 @@
+"""--head auto (algan.model.select): the rule, a constructed case with one clearly better head, the manifest record,
+the CLI and an MTD subset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from algan.contract import Manifest
+from algan.model.fit import FitSettings
+from algan.model.select import (
+    CANDIDATES,
+    RULE,
+    CandidateResult,
+    VariantData,
+    candidates_for,
+    choose,
+    fitter,
+    select,
+    selection_json,
+)
+
+
+def _result(name: str, recall: float, auc: float) -> CandidateResult:
+    return CandidateResult(name, recall, auc, {"spot": recall}, 1.0, np.zeros(3), np.ones(3))
+
+
+def test_rule_recall_first_then_auroc_then_the_cheaper_head():
+    a, b, c = (_result("feature:mahalanobis", 0.60, 0.95), _result("feature:knn", 0.80, 0.90),
+               _result("patch:patchcore", 0.79, 0.97))
+    assert choose([a, b, c]).name == "patch:patchcore"  # recall tie (0.01 <= RECALL_TIE): higher AUROC wins
+    assert choose([a, b, _result("patch:patchcore", 0.70, 0.99)]).name == "feature:knn"  # recall decides
+    # recall and AUROC tied: the cheaper head (earlier in CANDIDATES)
+    assert choose([_result("patch:padim", 0.8, 0.9), _result("feature:knn", 0.8, 0.9)]).name == "feature:knn"
+    with pytest.raises(ValueError):
+        choose([])
+
+
+def test_candidates_per_variant():
+    assert candidates_for("auto") == CANDIDATES
+    assert candidates_for("feature") == ("feature:mahalanobis", "feature:knn", "feature:algan")
+    assert candidates_for("patch") == ("patch:padim", "patch:algan", "patch:patchcore")
+    with pytest.raises(ValueError, match="one head"):
+        candidates_for("image")
+
+
+def test_auto_picks_the_clearly_better_head_on_a_constructed_case():
+    """Normals: 8 loud directions (std 5) and 8 quiet ones (std 1). Defects: +6 along a quiet direction. The
+    Mahalanobis head sees a 6-sigma shift; Euclidean kNN drowns it in the loud directions."""
+    rng = np.random.default_rng(0)
+    scale = np.r_[np.full(8, 5.0), np.full(8, 1.0)].astype(np.float32)
+    train = (rng.standard_normal((400, 16)) * scale).astype(np.float32)
+    normal = (rng.standard_normal((100, 16)) * scale).astype(np.float32)
+    defect = (rng.standard_normal((60, 16)) * scale).astype(np.float32)
+    defect[:, 12] += 6.0
+    data = {"feature": VariantData("feature", train, torch.from_numpy(normal), torch.from_numpy(defect))}
+    fitters = {"feature:mahalanobis": fitter(FitSettings(head="mahalanobis")),
+               "feature:knn": fitter(FitSettings(head="knn", knn_metric="euclidean"))}
+    names = ["feature:knn", "feature:mahalanobis"]
+    chosen, results = select(names, fitters, data, ["shift"] * 60, 0.01)
+    by = {r.name: r for r in results}
+    assert chosen.name == "feature:mahalanobis"
+    assert by["feature:mahalanobis"].recall_at_fpr > 0.6 > 0.1 > by["feature:knn"].recall_at_fpr
+    assert by["feature:mahalanobis"].auroc > 0.97 > 0.8 > by["feature:knn"].auroc
+    assert [r.name for r in results] == names  # reported in the order scored
+
+
+def test_selection_round_trips_through_the_manifest(tmp_path):
+    res = [_result("feature:knn", 0.8, 0.9), _result("patch:padim", 0.7, 0.95)]
+    sel = selection_json(res[0], res, seed=3, target_fpr=0.01, n_normal=40, kinds=["spot", "crack"] * 40,
+                         wall_s=12.5)
+    doc = {"format_version": 1, "model_id": "m", "calibration": {"center": 0.0, "threshold": 1.0},
+           "head": {"kind": "knn", "settings": {"k": 1}, "selection": sel}}
+    m = Manifest.model_validate(doc)
+    assert m.head.selection.chosen == "feature:knn" and m.head.selection.rule == RULE
+    assert m.head.selection.candidates[1].auroc == 0.95 and m.head.selection.seed == 3
+    assert m.head.selection.defect_kinds == ["crack", "spot"] and m.head.selection.n_defects == 80
+    text = json.dumps(m.to_json())
+    assert json.loads(text) == doc
+    assert Manifest.model_validate(json.loads(text)).to_json() == doc
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory) -> Path:
+    from algan.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("auto") / "metal"
+    generate_dataset(root, texture="metal", seed=1, n_train=60, n_test_good=4, n_test_defect=4, size=64)
+    return root
+
+
+@pytest.mark.slow
+def test_algan_train_head_auto_writes_the_selection(tiny_set, tmp_path, capsys):
+    from algan.bundle import load_bundle
+    from algan.cli.train import main
+
+    out = tmp_path / "bundle"
+    rc = main(["--data", str(tiny_set), "--out", str(out), "--head", "auto", "--variant", "feature", "--epochs", "1",
+               "--holdout", "0.4", "--input-size", "64", "64", "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "head selection on synthetic defects" in printed and "chosen: feature:" in printed
+    det, m = load_bundle(out)
+    sel = m.head.selection
+    assert sel is not None and [c.name for c in sel.candidates] == list(candidates_for("feature"))
+    assert sel.chosen == f"feature:{m.head_kind}" and m.variant == "feature"
+    assert sel.n_normal == 24 and sel.n_defects == 48
+    assert all(0.0 <= c.recall_at_fpr <= 1.0 and 0.0 <= c.auroc <= 1.0 for c in sel.candidates)
+    on_disk = json.loads((out / "algan.json").read_text())
+    assert on_disk["head"]["selection"]["chosen"] == sel.chosen
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variant", "auto", "--head", "knn"], "use it with --head auto"),
+    (["--head", "auto", "--variant", "image"], "one head"),
+    (["--head", "auto", "--variant", "feature", "--topk", "0.02"], "apply to the patch heads"),
+])
+def test_bad_auto_flags_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    from algan.cli.train import main
+
+    (tmp_path / "data").mkdir()
+    rc = main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "b"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
+    from algan.cli.train import build_parser, fit_settings
+    from algan.data.datasets import load_dataset
+    from algan.model.evaluate import auroc
+    from algan.model.select import select_heads
+
+    base = Path(os.environ.get("ALGAN_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    if not (base / "mtd" / "MT_Free").is_dir():
+        pytest.skip(f"MTD not found at {base / 'mtd'} (set ALGAN_DATA_DIR to the folder holding mtd/)")
+    ds = load_dataset(base / "mtd", "mtd")
+    args = build_parser().parse_args(["--data", ".", "--out", ".", "--head", "auto", "--max-train", "150"])
+    args.variant = "auto"
+    feature, patch = fit_settings(args, "feature", "auto"), fit_settings(args, "patch", "auto")
+    names = ["feature:mahalanobis", "feature:knn", "patch:padim", "patch:patchcore"]
+    sel = select_heads(ds, names, feature, patch)
+    assert sel.n_normal == 30 and len(sel.kinds) == 60
+    by = {r.name: r for r in sel.results}
+    # MTD's normals are textured tiles: synthetic defects of every kind are found by the classical heads
+    assert max(r.recall_at_fpr for r in sel.results) > 0.4 and min(r.auroc for r in sel.results) > 0.6
+    # the chosen head, as fitted, on 120 real test images (60 normal, 60 defective)
+    from algan.model.select import build_variant_data
+    from algan.runtime.preprocess import load_batch
+
+    rng = np.random.default_rng(0)
+    normal = [s for s in ds.test if s.label == 0]
+    bad = [s for s in ds.test if s.label == 1]
+    pick = [normal[i] for i in rng.choice(len(normal), 60, replace=False)] + \
+        [bad[i] for i in rng.choice(len(bad), 60, replace=False)]
+    from algan.model.fit import training_split
+    from algan.model.select import candidate_settings, image_scores
+
+    fit_paths, _ = training_split(ds, feature)
+    u8 = load_batch([s.path for s in pick], (224, 224))
+    data, _ = build_variant_data(candidate_settings(sel.chosen.name, feature, patch), fit_paths, u8[:2], u8)
+    scores = image_scores(by[sel.chosen.name].fitted[0], data, data.defect)
+    assert auroc(np.array([s.label for s in pick]), scores) > 0.85
