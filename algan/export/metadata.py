@@ -40,7 +40,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         opset: ONNX opset of the graph.
         precision: ``fp32`` or ``fp16`` (compute precision of the graph; its I/O types never change).
         map_size: ``(h, w)`` of the ``anomaly_maps`` output of a patch head, ``None`` for a score-only graph
-            (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps`` and ``algan.map_size`` = ``h,w``).
+            (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps``, ``algan.map_size`` = ``h,w`` and
+            ``algan.map_norm``, the per-location map normalisation inside the graph: none, mean or standardize).
 
     Returns:
         ``{key: value}`` with string values.
@@ -53,7 +54,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
     backbone = manifest.backbone
     h, w = int(input_size[0]), int(input_size[1])
     maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
-                                        "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)"}
+                                        "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)",
+                                        "algan.map_norm": manifest.patch.map_norm if manifest.patch else "none"}
     return {
         KEY_MODEL_ID: manifest.model_id,
         "algan.version": __version__,
