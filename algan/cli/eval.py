@@ -1,5 +1,6 @@
-"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO when the
-model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`)."""
+"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO and the
+localisation figures (border-peak fraction, peak hit rate, region IoU; :mod:`algan.calibration.localisation`) when
+the model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _localisation(dataset, pix: dict) -> dict:
+    """The localisation figures (:func:`algan.calibration.localisation.localisation_metrics`) of the calibrated maps
+    of the pixel pass: flagged = scored at or above the bundle's threshold (1.0), the region box at level 1.0.
+    All None (``n_flagged_defects`` 0) when there are no pixel metrics (no maps or no masks)."""
+    from algan.calibration.localisation import localisation_metrics
+
+    if pix.get("maps") is None:
+        return {"border_peak_fraction": None, "peak_hit_rate": None, "peak_hit_rate_flagged": None,
+                "region_iou": None, "mask_f1": None, "n_flagged_defects": 0}
+    labels = np.array([s.label for s in dataset.test])
+    return localisation_metrics(pix["maps"], labels, pix["masks"], pix["scores"] >= 1.0, pix["frame_sizes"])
+
+
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
@@ -50,6 +72,7 @@ def _main(args: argparse.Namespace) -> int:
     else:
         pix = {"pixel_auroc": None, "aupro": None, "n_regions": 0, "pixel_note": note}
         res = evaluate(det, ds, progress=progress)
+    loc = _localisation(ds, pix)
     if args.json:
         print(json.dumps({
             "model_id": manifest.model_id,
@@ -63,6 +86,7 @@ def _main(args: argparse.Namespace) -> int:
             "aupro_fpr_limit": args.fpr_limit,
             "n_regions": pix["n_regions"],
             "pixel_note": pix["pixel_note"],
+            **{k: _r(v) if isinstance(v, float) else v for k, v in loc.items()},
         }))
     else:
         print(f"model {manifest.model_id} ({manifest.head_kind}) on {ds.root}: image AUROC "
@@ -72,6 +96,11 @@ def _main(args: argparse.Namespace) -> int:
         if pix["pixel_auroc"] is not None:
             print(f"pixel AUROC {pix['pixel_auroc']:.4f}, AUPRO (FPR <= {args.fpr_limit:g}) {pix['aupro']:.4f} "
                   f"over {pix['n_regions']} ground-truth defect regions")
+            hit = loc["peak_hit_rate_flagged"]
+            print(f"localisation: map peak within 8 px of the edge on {_pct(loc['border_peak_fraction'])} of the "
+                  f"normal images; peak on the defect for {_pct(loc['peak_hit_rate'])} of the defect images "
+                  f"({_pct(hit)} of the {loc['n_flagged_defects']} flagged); median region-box IoU with the "
+                  f"defect {_f(loc['region_iou'])} (flagged)")
         else:
             print(f"pixel AUROC / AUPRO: not available ({pix['pixel_note']})")
     return 0

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def _no_pixel_metrics(reason: str) -> dict:
-    return {"pixel_auroc": None, "aupro": None, "scores": None, "n_regions": 0, "pixel_note": reason}
+    return {"pixel_auroc": None, "aupro": None, "scores": None, "n_regions": 0, "pixel_note": reason, "maps": None,
+            "masks": None, "frame_sizes": None}
 
 
 def pixel_metrics_unavailable(detector, samples: Sequence[Sample]) -> str | None:
@@ -63,7 +64,10 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     Returns:
         ``{"pixel_auroc": float | None, "aupro": float | None, "scores": float32 (N,) calibrated image scores of the
         samples in order (or None), "n_regions": int (ground-truth defect regions), "pixel_note": None or the
-        reason the metrics are None}``. The metrics are ``None`` (nothing is run) when the detector has no maps or
+        reason the metrics are None, "maps": float32 (N, h, w) calibrated maps, "masks": bool (N, H, W) at the
+        input size, "frame_sizes": int (N, 2) (height, width) of each image file}`` (the last three for the
+        localisation figures, :mod:`algan.calibration.localisation`; None with the metrics).
+        The metrics are ``None`` (nothing is run) when the detector has no maps or
         an anomalous sample has no mask; the image scores come from the same pass, so a caller needs no second one.
 
     Raises:
@@ -79,7 +83,9 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     size = tuple(int(v) for v in detector.input_size)
     map_size = tuple(int(v) for v in detector.map_size)
     collector = PixelScoreCollector(len(samples) * size[0] * size[1], max_normal_pixels)
-    scores = []
+    scores, all_maps = [], []
+    all_masks = np.zeros((len(samples), *size), bool)
+    frame_sizes = np.zeros((len(samples), 2), np.int64)
     starts = range(0, len(samples), batch_size)
     if progress:
         from tqdm import tqdm
@@ -94,6 +100,7 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             img = read_image(s.path)
             images[j] = prepare_frame(img, size)
             masks[j] = load_mask(s.mask, size, image_shape=img.shape[:2])
+            frame_sizes[i + j] = img.shape[:2]
         sc, maps = detector.score_and_maps(torch.from_numpy(images))
         maps = maps.float().cpu().numpy()
         if maps.shape != (len(chunk), *map_size):
@@ -102,12 +109,17 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             raise ValueError(msg)
         collector.add(upsample_maps(maps, size), masks)
         scores.append(sc.float().cpu().numpy().reshape(-1))
+        all_maps.append(maps.astype(np.float32, copy=False))
+        all_masks[i : i + len(chunk)] = masks
     return {
         "pixel_auroc": collector.pixel_auroc(),
         "aupro": collector.aupro(fpr_limit),
         "scores": np.concatenate(scores).astype(np.float32),
         "n_regions": collector.n_regions,
         "pixel_note": None,
+        "maps": np.concatenate(all_maps),
+        "masks": all_masks,
+        "frame_sizes": frame_sizes,
     }
 
 

@@ -4,6 +4,8 @@ import sys
 
 #: today's keys plus the patch variant's (pixel_auroc and aupro null for image-level heads)
 KEYS = {"dataset", "variant", "head", "auroc", "train_s", "head_ms", "backbone_ms", "pixel_auroc", "aupro", "model_mb"}
+#: the patch rows' localisation figures (algan.calibration.localisation)
+LOC_KEYS = {"border_peak_fraction", "peak_hit_rate", "peak_hit_rate_flagged", "region_iou", "mask_f1"}
 
 
 def json_rows(data, *flags: str) -> list[dict]:
@@ -32,8 +34,10 @@ def test_bench_patch_rows_have_pixel_metrics(synth_root):
     rows = json_rows(synth_root, "--input-size", "96", "--variants", "patch")
     assert [row["head"] for row in rows] == ["algan-patch", "patchcore-patch", "padim-patch"]
     for row in rows:
-        assert set(row) == KEYS and row["variant"] == "patch"
+        assert set(row) == KEYS | LOC_KEYS and row["variant"] == "patch"
         assert 0.5 < row["pixel_auroc"] <= 1.0 and 0.0 < row["aupro"] <= 1.0 and row["model_mb"] > 0
+        assert 0.0 <= row["border_peak_fraction"] <= 1.0 and 0.0 <= row["peak_hit_rate"] <= 1.0
+        assert row["mask_f1"] is None  # no calibrated pixel threshold here
     padim = next(row for row in rows if row["head"] == "padim-patch")
     assert padim["auroc"] > 0.9 and padim["pixel_auroc"] > 0.7  # measured 0.99 / 0.78 on this set at 96 px
     algan = rows[0]
