@@ -138,3 +138,25 @@ def test_bundle_round_trip_keeps_the_statistics_and_reads_bundles_without_them(t
     (out / "algan.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="does not match its manifest"):
         load_bundle(out)
+
+
+def test_fp16_export_of_a_corrected_patch_bundle_passes_its_ladder(tmp_path, monkeypatch):
+    """algan-export --fp16 on a patch bundle with map statistics: both graphs written, parity checked on the maps."""
+    monkeypatch.setattr("algan.export.pipeline.tensorrt_status", lambda: (False, "disabled in this test"))
+    from algan.bundle import read_manifest, save_bundle
+    from algan.cli.export import main
+
+    det, manifest, frames = _tiny_patch_detector("mean")
+    out = save_bundle(tmp_path / "m", det, manifest, samples=frames)
+    assert main([str(out), "--fp16"]) == 0
+    assert (out / "model.onnx").is_file() and (out / "model.fp16.onnx").is_file()
+    exports = read_manifest(out).exports
+    assert exports["onnx_fp16"]
+    assert any("map" in json.dumps(p) for p in exports["parity"])
+
+
+def test_torch_free_names_match():
+    from algan.cli.train import MAP_NORM_NAMES
+    from algan.features.patch import MAP_NORMS
+
+    assert MAP_NORM_NAMES == MAP_NORMS
