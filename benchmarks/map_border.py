@@ -21,7 +21,7 @@ Data sets: ``mtd`` (``$ALGAN_DATA_DIR/mtd``), ``ballscrew`` and ``pcb`` (``$ALGA
 Usage::
 
     python benchmarks/map_border.py [--sets mtd,ballscrew,pcb,metal,weave,bottle] [--heads algan,patchcore,padim]
-        [--norms none,mean,standardize] [--max-test N] [--pad 32] [--cache DIR] [--json]
+        [--norms none,mean,standardize] [--max-train N] [--max-test N] [--pad 32] [--cache DIR] [--json]
     python benchmarks/map_border.py --smoke     # seconds: a tiny synthetic set
 
 Figures: benchmarks/RESULTS.md, "Session 11: border bias of the maps".
@@ -87,7 +87,7 @@ class PaddedFeatureMaps:
 
 
 def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Path | None, max_test: int,
-             smoke: bool):
+             max_train: int, smoke: bool):
     import torch
 
     from algan.data.datasets import load_dataset
@@ -96,11 +96,14 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
     from algan.model.patch_eval import build_eval_set
 
     ds = load_dataset(root, layout)
-    test = list(ds.test)
+    test, train = list(ds.test), list(ds.train)
     if max_test and len(test) > max_test:
         keep = np.random.default_rng(0).choice(len(test), max_test, replace=False)
         test = [test[i] for i in sorted(keep.tolist())]
-    key = cache / f"{name}-{size}-pad{pad}-test{len(test)}.pt" if cache else None
+    if max_train and len(train) > max_train:
+        keep = np.random.default_rng(0).choice(len(train), max_train, replace=False)
+        train = [train[i] for i in sorted(keep.tolist())]
+    key = cache / f"{name}-{size}-pad{pad}-train{len(train)}-test{len(test)}.pt" if cache else None
     if key is not None and key.is_file():
         ev = torch.load(key, weights_only=False)
         return ds, test, ev
@@ -112,9 +115,9 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
         fm = PaddedFeatureMaps(fm, pad, pspec.stride)
     pre = Preprocess(spec.mean, spec.std)
     t = time.perf_counter()
-    ev = build_eval_set(pre, fm, pspec, ds.train, test, (size, size), seed=0, with_masks=True,
+    ev = build_eval_set(pre, fm, pspec, train, test, (size, size), seed=0, with_masks=True,
                         n_stats=16 if smoke else 200)
-    print(f"# {name}: {len(ds.train)} train, {len(test)} test, features in {time.perf_counter() - t:.0f} s",
+    print(f"# {name}: {len(train)} train, {len(test)} test, features in {time.perf_counter() - t:.0f} s",
           flush=True)
     if key is not None:
         key.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,7 @@ def smoothed_maps(head, post, feats, batch_size: int = 32):
 
 
 def run_set(name: str, root: Path, layout: str, heads: list[str], norms: list[str], size: int, pad: int,
-            cache: Path | None, max_test: int, smoke: bool) -> list[dict]:
+            cache: Path | None, max_test: int, max_train: int, smoke: bool) -> list[dict]:
     from algan.calibration.localisation import localisation_metrics
     from algan.features.patch import MapNormalization, MapPostprocess, PatchSpec
     from algan.model.evaluate import auroc, paired_auroc_difference
@@ -140,7 +143,7 @@ def run_set(name: str, root: Path, layout: str, heads: list[str], norms: list[st
     from algan.model.patch_eval import pixel_metrics
     from algan.model.train import AlganConfig
 
-    ds, test, ev = eval_set(name, root, layout, size, pad, cache, max_test, smoke)
+    ds, test, ev = eval_set(name, root, layout, size, pad, cache, max_test, max_train, smoke)
     y = np.array([s.label for s in test])
     post = MapPostprocess(PatchSpec(map_norm="none"), (size, size))
     post_top = MapPostprocess(PatchSpec(map_norm="none"), (size, size))
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad", type=int, default=0, help="reflect-pad the input by this many pixels (multiple of 8)")
     p.add_argument("--size", type=int, default=224, help="square input size in pixels (default 224)")
     p.add_argument("--max-test", type=int, default=0, help="score a seeded subset of this many test images (0 = all)")
+    p.add_argument("--max-train", type=int, default=0, help="train on a seeded subset of this many images (0 = all)")
     p.add_argument("--work", type=Path, default=Path("/tmp/algan_patch_defaults"), help="where data sets are built")
     p.add_argument("--cache", type=Path, default=None, help="cache the extracted features here")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, heads, norms, size, args.pad, args.cache, args.max_test, args.smoke)
+            rows += run_set(name, root, layout, heads, norms, size, args.pad, args.cache, args.max_test,
+                            args.max_train, args.smoke)
     finally:
         if args.smoke:
             import shutil
