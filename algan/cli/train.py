@@ -99,7 +99,8 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of map cells averaged by --reduction topk_mean (default 0.01)")
     g.add_argument("--map-norm", default=None, choices=MAP_NORM_NAMES,
                    help="per-location normalisation of the map by its statistics on training normals, inside the "
-                   "exported graph: mean (default: removes the border bias), standardize (also / std) or none")
+                   "exported graph: standardize (default: minus the per-location mean, over the per-location standard "
+                   "deviation; removes the border bias), mean (minus the mean only) or none")
     g.add_argument("--coreset-ratio", type=float, default=None,
                    help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
 

@@ -73,10 +73,11 @@ class PatchSpec:
         patches_per_image: training patches sampled per image for the heads (memory bound: all cells are never
             materialised for training; 0 = all cells).
         map_norm: per-location normalisation of the smoothed map by its statistics on training normals
-            (:class:`MapNormalization`): ``mean`` (default: the map a normal image gets at each location is
-            subtracted; removes the border bias of the backbone's padded feature maps), ``standardize`` (also
-            divided by the per-location standard deviation) or ``none``. Measured in benchmarks/RESULTS.md
-            (Session 11, border bias).
+            (:class:`MapNormalization`): ``standardize`` (default: the map a normal image gets at each location is
+            subtracted and the result divided by the location's standard deviation; removes the border bias of
+            the backbone's zero-padded feature maps, whose border cells are both higher and noisier on normals),
+            ``mean`` (subtracted only) or ``none``. Measured on six data sets in benchmarks/RESULTS.md (Session 11,
+            border bias of the maps): the mean alone leaves the noisier border on top.
     """
 
     stride: int = 8
@@ -88,7 +89,7 @@ class PatchSpec:
     reduction: str = "topk_mean"
     topk: float = 0.01
     patches_per_image: int = 128
-    map_norm: str = "mean"
+    map_norm: str = "standardize"
 
     def __post_init__(self) -> None:
         if self.map_norm not in MAP_NORMS:

@@ -146,7 +146,7 @@ def test_fp16_export_of_a_corrected_patch_bundle_passes_its_ladder(tmp_path, mon
     from algan.bundle import read_manifest, save_bundle
     from algan.cli.export import main
 
-    det, manifest, frames = _tiny_patch_detector("mean")
+    det, manifest, frames = _tiny_patch_detector(PatchSpec().map_norm)  # the default
     out = save_bundle(tmp_path / "m", det, manifest, samples=frames)
     assert main([str(out), "--fp16"]) == 0
     assert (out / "model.onnx").is_file() and (out / "model.fp16.onnx").is_file()
