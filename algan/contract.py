@@ -622,15 +622,22 @@ class PatchSection(_Section):
     reduction: str = "topk_mean"
     topk: float = 0.01
     patches_per_image: int = 128
+    #: per-location map normalisation (``PatchSpec.map_norm``); absent in bundles written before it existed, whose
+    #: maps have none (their weights hold no ``postprocess.norm.*`` statistics), so the default here is ``none``
+    map_norm: str = "none"
 
 
 class AnomalyMapSection(_Section):
-    """``anomaly_map``: size of the ``anomaly_maps`` output in cells, the image-score reduction and the patch grid."""
+    """``anomaly_map``: size of the ``anomaly_maps`` output in cells, the image-score reduction, the patch grid, and
+    the per-location normalisation of the map (``none``, ``mean``, ``standardize``) with the number of training
+    images its statistics came from."""
 
     height: int
     width: int
     reduction: str | None = None
     grid: list[int] | None = None
+    normalization: str | None = None
+    normalization_images: int | None = None
 
 
 class TilingSection(_Section):
