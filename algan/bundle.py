@@ -8,8 +8,11 @@ Manifest (format version 1; typed as :class:`algan.contract.Manifest`, one pydan
     variant:     feature | image | patch
     features:    {transform: standardize|pca (patch: none|random|pca), in_dim, dim}
     head:        {kind: algan|mahalanobis|knn (patch: algan|patchcore|padim), settings: {...}}
-    patch:       PatchSpec of the patch variant (stride, aggregate, projection, map_stride, smoothing, reduction)
-    outputs:     ["scores"] or ["scores", "anomaly_maps"] (patch heads); anomaly_map: {height, width, reduction}
+    patch:       PatchSpec of the patch variant (stride, aggregate, projection, map_stride, smoothing, reduction,
+                 map_norm: the per-location map normalisation, none when absent (bundles written before it))
+    outputs:     ["scores"] or ["scores", "anomaly_maps"] (patch heads); anomaly_map: {height, width, reduction,
+                 grid, normalization, normalization_images}; the normalisation's statistics are the weights'
+                 ``postprocess.norm.mean`` / ``postprocess.norm.scale`` (h, w)
     calibration: {center, threshold, target_fpr, n_images, source}
     training:    {data: dataset summary, n_train, n_holdout, seed, train_s, final losses}
     exports:     filled by algan-export
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from algan.features.base import BackboneSpec
 
 #: state-dict prefixes that are stored; the backbone and preprocessing are rebuilt from the manifest.
-STORED_PREFIXES = ("transform.", "head.", "calibration.")
+STORED_PREFIXES = ("transform.", "head.", "calibration.", "postprocess.norm.")
 
 __all__ = ["FORMAT_VERSION", "BundleError", "Manifest", "load_bundle", "load_samples",
            "save_bundle", "update_calibration", "write_manifest"]
@@ -180,7 +183,9 @@ def load_bundle(model_dir: str | Path):
         from algan.model.patch_heads import PatchwiseHead
 
         spec = BackboneSpec.from_json(bb.to_json())
-        pspec = PatchSpec.from_json(manifest.patch.to_json() if manifest.patch is not None else {})
+        # a manifest without patch.map_norm predates the map normalisation: its maps have none
+        patch_json = manifest.patch.to_json() if manifest.patch is not None else {}
+        pspec = PatchSpec.from_json({**patch_json, "map_norm": manifest.patch.map_norm if manifest.patch else "none"})
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), PatchFeatureMaps(spec, pspec)
         _check_in_dim(model_dir, spec, backbone.out_dim, feat.in_dim)

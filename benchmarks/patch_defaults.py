@@ -141,7 +141,7 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
     from algan.model.evaluate import auroc, per_class_auroc
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import build_eval_set, head_maps, pixel_metrics
+    from algan.model.patch_eval import build_eval_set, fit_map_norm, head_maps, pixel_metrics
     from algan.model.train import AlganConfig
 
     ds = load_dataset(root, layout)
@@ -165,6 +165,7 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
         settings = FitSettings(head=head_name, variant="patch", patch=pspec, algan=AlganConfig.preset("patch", **over))
         t = time.perf_counter()
         head, *_ = fit_patch_head(settings, ev.train, ev.n_cells, False)
+        fit_map_norm(head, post_max, ev.stats)  # the per-location map statistics (PatchSpec.map_norm), as in training
         fit_s = time.perf_counter() - t
         maps = head_maps(head, post_max, ev.test)  # the reductions differ, the smoothed maps do not
         m = pixel_metrics(maps, ev.masks)

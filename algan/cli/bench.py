@@ -8,7 +8,10 @@ and mask_f1 are null for image-level heads and data sets without masks; mask_f1 
 predicted defect masks at thresholds calibrated on half the test normals,
 :func:`algan.model.patch_eval.calibrated_mask_f1`; model_mb is the head's stored tensors). ``--variants patch``
 adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch features; for those,
-backbone_ms includes the patch aggregation and projection and head_ms the map postprocess.
+backbone_ms includes the patch aggregation and projection and head_ms the map postprocess, and the rows add the
+localisation figures ``border_peak_fraction, peak_hit_rate, peak_hit_rate_flagged, region_iou``
+(:mod:`algan.calibration.localisation`; null without masks; flagged = above the threshold at 1 % false alarms on the
+test normals).
 ``--variants`` with both feature and patch adds a row ``"head": "auto"`` with ``"chosen": "<variant>:<head>"``: the
 head ``algan-train --head auto`` picks (:mod:`algan.model.select`), with that head's test figures.
 """
@@ -201,7 +204,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.features.patch import MapPostprocess, PatchFeatureMaps
     from algan.model.evaluate import auroc
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import build_eval_set, calibrated_mask_f1, head_maps, pixel_metrics
+    from algan.model.patch_eval import build_eval_set, calibrated_mask_f1, fit_map_norm, head_maps, pixel_metrics
     from algan.model.train import PATCH_SCHEDULE, AlganConfig
     from algan.runtime.preprocess import load_batch
 
@@ -225,9 +228,11 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
                                coreset_ratio=args.coreset_ratio if args.coreset_ratio is not None else 0.01)
         t = time.perf_counter()
         head, *_ = fit_patch_head(settings, ev.train, ev.n_cells, progress)
+        fit_map_norm(head, post, ev.stats)  # the per-location map statistics, as algan-train fits them
         train_s = time.perf_counter() - t
         maps = head_maps(head, post, ev.test)
         scores = post.reduce(maps).numpy()
+        loc = localisation(maps.numpy(), scores, y, ev.masks, ev.sizes)
         with torch.no_grad():
             head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), ev.test[:32].float())
         pixel = pixel_metrics(maps, ev.masks)
@@ -242,9 +247,28 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
             "head_ms": round(head_ms, 4),
             "backbone_ms": round(backbone_ms, 2),
             **pixel,
+            **loc,
             "model_mb": round(_state_mb(head) + _state_mb(proj), 3),
         }, scores))
     return out
+
+
+def localisation(maps: np.ndarray, scores: np.ndarray, y: np.ndarray, masks: np.ndarray | None,
+                 frame_sizes: np.ndarray | None) -> dict:
+    """The localisation figures (:func:`algan.calibration.localisation.localisation_metrics`) of raw maps (N, h, w),
+    calibrated as a bundle is but on the test normals: 0 = their median image score, 1 = the threshold at 1 %
+    false alarms among them (the flagged images are those above it). All ``None`` without masks."""
+    from algan.calibration.localisation import localisation_metrics
+
+    keys = ("border_peak_fraction", "peak_hit_rate", "peak_hit_rate_flagged", "region_iou")
+    if masks is None or not (y == 0).any():
+        return dict.fromkeys(keys)
+    normal = scores[y == 0]
+    thr = float(np.quantile(normal, 0.99, method="higher"))
+    center = float(np.median(normal))
+    cal = (maps - center) / max(thr - center, 1e-12)
+    loc = localisation_metrics(cal, y, masks, scores > thr, frame_sizes)
+    return {k: None if loc[k] is None else round(loc[k], 4) for k in keys}
 
 
 def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -339,6 +363,14 @@ def _main(args: argparse.Namespace) -> int:
                   f"{r['train_s']:>8.1f} {r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} "
                   f"{r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}"
                   + (f"  chosen {r['chosen']}" if "chosen" in r else ""))
+        loc = [r for r in rows if "border_peak_fraction" in r]
+        if loc:
+            print(f"\nlocalisation (patch heads; flagged = above the threshold at 1 % false alarms on the test "
+                  f"normals; - = no masks):\n{'head':<{wh}} {'border peaks':>12} {'peak hit':>8} "
+                  f"{'hit flagged':>11} {'region IoU':>10}")
+            for r in loc:
+                print(f"{r['head']:<{wh}} {opt(r['border_peak_fraction']):>12} {opt(r['peak_hit_rate']):>8} "
+                      f"{opt(r['peak_hit_rate_flagged']):>11} {opt(r['region_iou']):>10}")
         print_comparisons(rows, scores, y)
     return 0
 

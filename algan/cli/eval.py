@@ -1,5 +1,7 @@
-"""``algan-eval``: image-level AUROC of a model bundle on a labelled test split, and pixel AUROC / AUPRO / mask F1
-when the model outputs anomaly maps and the data set has ground-truth masks (:mod:`algan.model.pixel_eval`).
+"""``algan-eval``: image-level AUROC and ``recall_at_fpr`` of a model bundle on a labelled test split, and pixel
+AUROC / AUPRO / mask F1 and the localisation figures (border-peak fraction, peak hit rate, region IoU;
+:mod:`algan.calibration.localisation`) when the model outputs anomaly maps and the data set has ground-truth masks
+(:mod:`algan.model.pixel_eval`).
 
 ``mask_f1`` is the pooled pixel F1 of the defect masks the model predicts at its calibrated thresholds (map at or
 above the bundle's pixel threshold, on images at or above the image threshold;
@@ -46,6 +48,27 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 6)
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _localisation(dataset, pix: dict) -> dict:
+    """The localisation figures (:func:`algan.calibration.localisation.localisation_metrics`) of the calibrated maps
+    of the pixel pass: flagged = scored at or above the bundle's threshold (1.0), the region box at level 1.0.
+    All None (``n_flagged_defects`` 0) when there are no pixel metrics (no maps or no masks)."""
+    from algan.calibration.localisation import localisation_metrics
+
+    if pix.get("maps") is None:
+        return {"border_peak_fraction": None, "peak_hit_rate": None, "peak_hit_rate_flagged": None,
+                "region_iou": None, "n_flagged_defects": 0}
+    labels = np.array([s.label for s in dataset.test])
+    return localisation_metrics(pix["maps"], labels, pix["masks"], pix["scores"] >= 1.0, pix["frame_sizes"])
+
+
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
@@ -75,6 +98,7 @@ def _main(args: argparse.Namespace) -> int:
     cal = manifest.calibration
     level_source = ("bundle" if cal.pixel_threshold is not None else
                     "fallback: the bundle has no pixel threshold, level 1.0 (the image threshold's); re-calibrate it")
+    loc = _localisation(ds, pix)
     if args.json:
         print(json.dumps({
             "model_id": manifest.model_id,
@@ -93,6 +117,7 @@ def _main(args: argparse.Namespace) -> int:
             "pixel_threshold_source": level_source if note is None else None,
             "n_regions": pix["n_regions"],
             "pixel_note": pix["pixel_note"],
+            **{k: _r(v) if isinstance(v, float) else v for k, v in loc.items()},
         }))
     else:
         print(f"model {manifest.model_id} ({manifest.head_kind}) on {ds.root}: image AUROC "
@@ -110,6 +135,11 @@ def _main(args: argparse.Namespace) -> int:
             f1 = pix["mask_f1"]
             print(f"mask F1 {f1:.4f}" if f1 is not None else "mask F1 undefined (no defect pixel, none predicted)",
                   f"at the calibrated thresholds (pixel threshold {cal.pixel_level:.4g} on the map, {level_source})")
+            hit = loc["peak_hit_rate_flagged"]
+            print(f"localisation: map peak within 8 px of the edge on {_pct(loc['border_peak_fraction'])} of the "
+                  f"normal images; peak on the defect for {_pct(loc['peak_hit_rate'])} of the defect images "
+                  f"({_pct(hit)} of the {loc['n_flagged_defects']} flagged); median region-box IoU with the "
+                  f"defect {_f(loc['region_iou'])} (flagged)")
         else:
             print(f"pixel AUROC / AUPRO: not available ({pix['pixel_note']})")
     return 0

@@ -134,6 +134,10 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
                    "cells) or max")
     g.add_argument("--topk", type=float, default=None,
                    help="fraction of map cells averaged by --reduction topk_mean (default 0.01)")
+    g.add_argument("--map-norm", default=None, choices=MAP_NORM_NAMES,
+                   help="per-location normalisation of the map by its statistics on training normals, inside the "
+                   "exported graph: standardize (default: minus the per-location mean, over the per-location standard "
+                   "deviation; removes the border bias), mean (minus the mean only) or none")
     g.add_argument("--coreset-ratio", type=float, default=None,
                    help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
 
@@ -141,8 +145,10 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
 #: algan.features.patch.PROJECTIONS / REDUCTIONS, torch-free for --help
 PATCH_PROJECTION_NAMES = ("none", "random", "pca")
 REDUCTION_NAMES = ("max", "topk_mean")
+#: algan.features.patch.MAP_NORMS, torch-free for --help
+MAP_NORM_NAMES = ("none", "mean", "standardize")
 PATCH_FLAGS = ("patch_stride", "patch_aggregate", "patch_projection", "patch_dim", "patches_per_image", "map_stride",
-               "smooth_sigma", "reduction", "topk", "coreset_ratio")
+               "smooth_sigma", "reduction", "topk", "map_norm", "coreset_ratio")
 
 
 def patch_spec_from_args(args: argparse.Namespace):
@@ -151,7 +157,7 @@ def patch_spec_from_args(args: argparse.Namespace):
 
     names = {"patch_stride": "stride", "patch_aggregate": "aggregate", "patch_projection": "projection",
              "patch_dim": "dim", "patches_per_image": "patches_per_image", "map_stride": "map_stride",
-             "smooth_sigma": "smooth_sigma", "reduction": "reduction", "topk": "topk"}
+             "smooth_sigma": "smooth_sigma", "reduction": "reduction", "topk": "topk", "map_norm": "map_norm"}
     return PatchSpec(**{field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None})
 
 

@@ -197,10 +197,12 @@ class TrainingSection(_Section):
     epochs_run: int | None = None
 
 
-def _section_of(spec: type, name: str, doc: str) -> type[_Section]:
-    """A manifest section with the fields, types and defaults of the dataclass ``spec`` (one definition)."""
+def _section_of(spec: type, name: str, doc: str, absent: dict[str, Any] | None = None) -> type[_Section]:
+    """A manifest section with the fields, types and defaults of the dataclass ``spec`` (one definition); ``absent``
+    overrides the default of a field that bundles written before it existed lack (they read as that value)."""
     hints = get_type_hints(spec)
-    defs: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclass_fields(spec)}
+    defs: dict[str, Any] = {f.name: (hints[f.name], (absent or {}).get(f.name, f.default))
+                            for f in dataclass_fields(spec)}
     return create_model(name, __base__=_Section, __doc__=doc, __module__=__name__, **defs)
 
 
@@ -209,17 +211,23 @@ if TYPE_CHECKING:  # for type checkers: a section (its fields are PatchSpec's, m
         pass
 else:
     #: ``patch``: the patch variant's :class:`algan.contract.patch.PatchSpec` (its fields and defaults)
+    #: a manifest without ``map_norm`` was written before the map normalisation existed: its maps have none
     PatchSection = _section_of(PatchSpec, "PatchSection", "``patch``: the patch variant's PatchSpec (fields and "
-                               "defaults of :class:`algan.contract.patch.PatchSpec`).")
+                               "defaults of :class:`algan.contract.patch.PatchSpec`; ``map_norm`` absent = none).",
+                               absent={"map_norm": "none"})
 
 
 class AnomalyMapSection(_Section):
-    """``anomaly_map``: size of the ``anomaly_maps`` output in cells, the image-score reduction and the patch grid."""
+    """``anomaly_map``: size of the ``anomaly_maps`` output in cells, the image-score reduction, the patch grid, and
+    the per-location normalisation of the map (``none``, ``mean``, ``standardize``) with the number of training
+    images its statistics came from."""
 
     height: int
     width: int
     reduction: str | None = None
     grid: list[int] | None = None
+    normalization: str | None = None
+    normalization_images: int | None = None
 
 
 class TilingSection(_Section):

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 PROJECTIONS = ("none", "random", "pca")
 #: reductions of an anomaly map to an image score
 REDUCTIONS = ("max", "topk_mean")
+#: per-location normalisation of the anomaly map (``algan.features.patch.MapNormalization``)
+MAP_NORMS = ("none", "mean", "standardize")
 
 
 @dataclass
@@ -29,6 +31,12 @@ class PatchSpec:
         topk: fraction of map cells averaged by ``topk_mean`` (default 0.01: 31 of the 56 x 56 cells at 224 px).
         patches_per_image: training patches sampled per image for the heads (memory bound: all cells are never
             materialised for training; 0 = all cells).
+        map_norm: per-location normalisation of the smoothed map by its statistics on training normals
+            (``algan.features.patch.MapNormalization``): ``standardize`` (default: the map a normal image gets at
+            each location is subtracted and the result divided by the location's standard deviation; removes the
+            border bias of the backbone's zero-padded feature maps, whose border cells are both higher and noisier
+            on normals), ``mean`` (subtracted only) or ``none``. Measured on six data sets in benchmarks/RESULTS.md
+            (Session 11, border bias of the maps): the mean alone leaves the noisier border on top.
     """
 
     stride: int = 8
@@ -40,8 +48,11 @@ class PatchSpec:
     reduction: str = "topk_mean"
     topk: float = 0.01
     patches_per_image: int = 128
+    map_norm: str = "standardize"
 
     def __post_init__(self) -> None:
+        if self.map_norm not in MAP_NORMS:
+            raise ValueError(f"unknown map normalisation {self.map_norm!r}; use one of {', '.join(MAP_NORMS)}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"unknown patch projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}")
         if self.reduction not in REDUCTIONS:

@@ -41,7 +41,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         opset: ONNX opset of the graph.
         precision: ``fp32`` or ``fp16`` (compute precision of the graph; its I/O types never change).
         map_size: ``(h, w)`` of the ``anomaly_maps`` output of a patch head, ``None`` for a score-only graph
-            (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps`` and ``algan.map_size`` = ``h,w``).
+            (``algan.outputs`` = ``scores``; with maps ``scores,anomaly_maps``, ``algan.map_size`` = ``h,w`` and
+            ``algan.map_norm``, the per-location map normalisation inside the graph: none, mean or standardize).
         pixel_threshold: the bundle's raw pixel threshold (``calibration.pixel_threshold``) or ``None``; with maps
             it is written as ``algan.pixel_threshold`` = ``(pixel_threshold - center) / scale`` (calibrated map
             units, ``repr``), absent otherwise.
@@ -57,7 +58,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
     backbone = manifest.backbone
     h, w = int(input_size[0]), int(input_size[1])
     maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
-                                        "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)"}
+                                        "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)",
+                                        "algan.map_norm": manifest.patch.map_norm if manifest.patch else "none"}
     if map_size is not None and pixel_threshold is not None:
         maps[KEY_PIXEL_THRESHOLD] = repr((float(pixel_threshold) - float(center)) / float(scale))
     return {

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algan.contract.patch import PROJECTIONS, REDUCTIONS, PatchSpec  # noqa: F401 - the features' spec
+from algan.contract.patch import MAP_NORMS, PROJECTIONS, REDUCTIONS, PatchSpec  # noqa: F401 - the features' spec
 from algan.features.backbone import LITE_VARIANTS, BackboneError, BackboneSpec, build_backbone, lite_stage_blocks
 
 
@@ -145,13 +145,61 @@ def gaussian_kernel1d(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+#: ``standardize``: the per-location standard deviation is floored at this fraction of its median over the map
+STD_FLOOR = 0.25
+
+
+class MapNormalization(nn.Module):
+    """Per-location normalisation of anomaly maps: ``(map - mean) * scale``, float32 (N, h, w) -> (N, h, w).
+
+    ``mean`` (h, w) is the map a normal image gets at each location (the average of smoothed training-normal maps)
+    and ``scale`` (h, w) is 1 (``kind = "mean"``) or the inverse per-location standard deviation
+    (``standardize``, floored at a quarter of the median standard deviation so that a location that never varies
+    is not amplified). A location where normal images score high (the map's border, where the backbone's zero
+    padding changes the features) is brought to the level of the others, so the map's peak and the image score
+    follow the defect rather than the edge. PaDiM (Defard et al., ICPR 2021) models every location separately for
+    the same reason; here only the map's first (and second) moment is per location, the patch model stays shared.
+    """
+
+    def __init__(self, kind: str, map_size: tuple[int, int]) -> None:
+        super().__init__()
+        if kind not in MAP_NORMS or kind == "none":
+            raise ValueError(f"map normalisation must be mean or standardize, got {kind!r}")
+        self.kind = kind
+        self.register_buffer("mean", torch.zeros(map_size))
+        self.register_buffer("scale", torch.ones(map_size))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return (maps - self.mean) * self.scale
+
+    @torch.no_grad()
+    def fit(self, maps: torch.Tensor) -> MapNormalization:
+        """Set the statistics from smoothed, unnormalised maps of normal images, float (N, h, w), N >= 2.
+
+        Raises:
+            ValueError: fewer than 2 maps, or maps of another size than the buffers.
+        """
+        m = maps.detach().double()
+        if m.ndim != 3 or tuple(m.shape[1:]) != tuple(self.mean.shape) or len(m) < 2:
+            raise ValueError(f"map statistics need >= 2 maps of size {tuple(self.mean.shape)}, got {tuple(m.shape)}")
+        self.mean.copy_(m.mean(0).float())
+        if self.kind == "standardize":
+            std = m.std(0)
+            floor = max(float(std.median()) * STD_FLOOR, 1e-12)
+            self.scale.copy_((1.0 / std.clamp(min=floor)).float())
+        else:
+            self.scale.fill_(1.0)
+        return self
+
+
 class MapPostprocess(nn.Module):
     """Raw patch scores (N, gh, gw) -> anomaly map (N, h, w) and image score (N,).
 
     The grid is resized (bilinear) to the map size, then smoothed with a separable Gaussian of
     ``smooth_sigma / map_stride`` cells (edge-replicated borders), as PatchCore smooths its upsampled map
-    (sigma 4 px). Image score = the map's ``max``, or the mean of its ``ceil(topk * h * w)`` largest cells
-    (``topk_mean``); see :class:`PatchSpec`.
+    (sigma 4 px), then normalised per location (:class:`MapNormalization`, ``PatchSpec.map_norm``; its statistics
+    are fitted after the head, :meth:`fit_norm`). Image score = the map's ``max``, or the mean of its
+    ``ceil(topk * h * w)`` largest cells (``topk_mean``); see :class:`PatchSpec`.
     """
 
     def __init__(self, patch: PatchSpec, input_size: tuple[int, int]) -> None:
@@ -166,8 +214,10 @@ class MapPostprocess(nn.Module):
         self.pad = len(kernel) // 2
         self.register_buffer("kernel_h", torch.from_numpy(kernel).view(1, 1, -1, 1))
         self.register_buffer("kernel_w", torch.from_numpy(kernel).view(1, 1, 1, -1))
+        self.norm = MapNormalization(patch.map_norm, self.map_size) if patch.map_norm != "none" else None
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def smooth(self, raw: torch.Tensor) -> torch.Tensor:
+        """The map before the per-location normalisation: resized and smoothed, float32 (N, h, w)."""
         x = raw.unsqueeze(1)
         if tuple(x.shape[-2:]) != self.map_size:
             x = F.interpolate(x, size=self.map_size, mode="bilinear", align_corners=False)
@@ -177,6 +227,16 @@ class MapPostprocess(nn.Module):
             x = F.pad(x, (self.pad, self.pad, 0, 0), mode="replicate")
             x = F.conv2d(x, self.kernel_w)
         return x.squeeze(1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        x = self.smooth(raw)
+        return self.norm(x) if self.norm is not None else x
+
+    def fit_norm(self, smoothed: torch.Tensor) -> None:
+        """Fit the per-location normalisation on :meth:`smooth` maps of normal images (N, h, w); nothing to fit
+        with ``map_norm = "none"``. Raises ValueError as :meth:`MapNormalization.fit`."""
+        if self.norm is not None:
+            self.norm.fit(smoothed)
 
     def reduce(self, maps: torch.Tensor) -> torch.Tensor:
         """Image scores float32 (N,) of maps (N, h, w)."""

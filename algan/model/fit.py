@@ -47,6 +47,8 @@ VARIANTS = ("feature", "image", "patch")
 MIN_PATCH_STEPS = 500
 #: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
 N_STORED_SAMPLES = 16
+#: training images (at most; a seeded subset) whose maps give the per-location map statistics of the patch variant
+MAP_STATS_IMAGES = 200
 
 
 @dataclass
@@ -235,6 +237,38 @@ def frame_raw_scores(det: AnomalyDetector, paths: Sequence[Path], batch_size: in
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def map_stats_paths(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
+    """The training images whose smoothed maps give the per-location map statistics: all of ``paths`` when there
+    are at most ``n``, else a seeded subset of ``n`` in their order (bounds the extra pass over the training set)."""
+    paths = list(paths)
+    if len(paths) <= n:
+        return paths
+    keep = np.random.default_rng(seed + 1).choice(len(paths), n, replace=False)
+    return [paths[i] for i in sorted(keep.tolist())]
+
+
+@torch.no_grad()
+def fit_map_statistics(det: AnomalyDetector, paths: Sequence[Path], size: tuple[int, int], batch_size: int,
+                       progress: bool) -> int:
+    """Fit the patch detector's per-location map normalisation (:class:`algan.features.patch.MapNormalization`)
+    on the smoothed maps of training normals; returns the number of images used (0 when ``map_norm`` is none).
+
+    The maps come from the fitted head on the training images (a subset of :data:`MAP_STATS_IMAGES`,
+    :func:`map_stats_paths`), not the held-out images: those stay unseen for the threshold.
+    """
+    post = det.postprocess
+    if post is None or post.norm is None:
+        return 0
+    from algan.model.detector import run_batched
+
+    def smoothed(x: torch.Tensor) -> torch.Tensor:
+        return post.smooth(det.head(det.transform(det.features(x))))
+
+    maps = run_batched(smoothed, load_batch(list(paths), size), batch_size, "maps (train)" if progress else None)
+    post.fit_norm(torch.from_numpy(maps))
+    return len(paths)
+
+
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Seeded split of normal images into (fit, holdout)."""
     if not 0.0 <= fraction < 1.0:
@@ -382,6 +416,10 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
     det = AnomalyDetector(preprocess, backbone, transform, head, input_size=size, postprocess=postprocess)
+    n_stats = 0
+    if postprocess is not None:
+        n_stats = fit_map_statistics(det, map_stats_paths(fit_paths, MAP_STATS_IMAGES, settings.seed), size,
+                                     settings.batch_size, progress)
     calib_paths = hold_paths or fit_paths
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")
@@ -453,5 +491,6 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         manifest["patch"] = settings.patch.to_json()
         manifest["outputs"] = list(MAP_OUTPUTS)
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,
-                                   "grid": list(backbone.grid)}
+                                   "grid": list(backbone.grid), "normalization": settings.patch.map_norm,
+                                   "normalization_images": n_stats}
     return FitResult(det, Manifest.model_validate(manifest), samples, extras)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
-from algan.model.fit import extract_patches
+from algan.model.fit import MAP_STATS_IMAGES, extract_patches, map_stats_paths
 from algan.runtime.preprocess import load_batch
 
 
@@ -29,6 +29,9 @@ class PatchEvalSet:
         test: projected test feature maps, float16 (N, K, gh, gw), in the order of the test samples.
         masks: ground-truth masks at the input size, bool (N, H, W); ``None`` when not asked for.
         projection: the fitted :class:`PatchProjection` (identity for ``projection="none"``).
+        stats: projected feature maps of training images, float16 (S, K, gh, gw), for the per-location map
+            statistics (:meth:`algan.features.patch.MapPostprocess.fit_norm`); (0, K, gh, gw) when not asked for.
+        sizes: ``(height, width)`` of each test image file, int (N, 2) (the frame a map is drawn on).
     """
 
     train: np.ndarray
@@ -36,11 +39,14 @@ class PatchEvalSet:
     test: torch.Tensor
     masks: np.ndarray | None
     projection: PatchProjection
+    stats: torch.Tensor | None = None
+    sizes: np.ndarray | None = None
 
 
 def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, patch: PatchSpec,
                    train: Sequence[Path], test: Sequence, size: tuple[int, int], seed: int = 0,
-                   with_masks: bool = False, batch_size: int = 32, desc: str | None = None) -> PatchEvalSet:
+                   with_masks: bool = False, batch_size: int = 32, desc: str | None = None,
+                   n_stats: int = MAP_STATS_IMAGES) -> PatchEvalSet:
     """Extract a data set's patch features once.
 
     Args:
@@ -52,6 +58,8 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
         seed: seed of the cell sample and of a random projection.
         with_masks: also load the test masks (:func:`algan.model.pixel_eval.load_masks`).
         desc: progress-bar label of the training extraction (``None``: no bar).
+        n_stats: training images (a seeded subset, :func:`algan.model.fit.map_stats_paths`) whose full feature
+            maps are kept for the per-location map statistics; 0 = none.
 
     Raises:
         DatasetError: an image or mask cannot be read; ValueError: a projection that cannot be fitted.
@@ -64,12 +72,49 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
         paths = [s.path for s in test]
         feats = [proj(feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size], size))))).half()
                  for i in range(0, len(paths), batch_size)]
+        spaths = map_stats_paths(list(train), n_stats, seed) if n_stats else []
+        stats = [proj(feature_maps(preprocess(torch.from_numpy(load_batch(spaths[i : i + batch_size], size))))).half()
+                 for i in range(0, len(spaths), batch_size)]
     masks = None
     if with_masks:
         from algan.model.pixel_eval import load_masks
 
         masks = load_masks(test, size)
-    return PatchEvalSet(x, len(train) * feature_maps.grid[0] * feature_maps.grid[1], torch.cat(feats), masks, proj)
+    gh, gw = feature_maps.grid
+    stats_t = torch.cat(stats) if stats else torch.zeros((0, proj.out_dim, gh, gw), dtype=torch.float16)
+    return PatchEvalSet(x, len(train) * gh * gw, torch.cat(feats), masks, proj, stats_t, image_sizes(paths))
+
+
+def image_sizes(paths: Sequence[Path]) -> np.ndarray:
+    """``(height, width)`` of image files from their headers (nothing decoded), int (N, 2).
+
+    Raises:
+        DatasetError: a file that is not a readable image.
+    """
+    from PIL import Image
+
+    from algan.data.datasets import DatasetError
+
+    out = np.zeros((len(paths), 2), np.int64)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                out[i] = (im.height, im.width)
+        except OSError as exc:
+            raise DatasetError(f"cannot read the size of {p}: {exc}") from exc
+    return out
+
+
+def fit_map_norm(head: torch.nn.Module, post: MapPostprocess, stats: torch.Tensor, batch_size: int = 32) -> None:
+    """Fit ``post``'s per-location normalisation on the smoothed maps of cached training feature maps ``stats``
+    (S, K, gh, gw) (:meth:`MapPostprocess.fit_norm`; nothing with ``map_norm = "none"``)."""
+    if post.norm is None:
+        return
+    head.eval()
+    with torch.no_grad():
+        maps = torch.cat([post.smooth(head(stats[i : i + batch_size].float()))
+                          for i in range(0, len(stats), batch_size)])
+    post.fit_norm(maps)
 
 
 def head_maps(head: torch.nn.Module, post: MapPostprocess, feats: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

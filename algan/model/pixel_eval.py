@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def _no_pixel_metrics(reason: str) -> dict:
     return {"pixel_auroc": None, "aupro": None, "mask_f1": None, "scores": None, "n_regions": 0,
-            "pixel_note": reason}
+            "pixel_note": reason, "maps": None, "masks": None, "frame_sizes": None}
 
 
 def pixel_metrics_unavailable(detector, samples: Sequence[Sample]) -> str | None:
@@ -75,9 +75,12 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     Returns:
         ``{"pixel_auroc": float | None, "aupro": float | None, "mask_f1": float | None, "scores": float32 (N,)
         calibrated image scores of the samples in order (or None), "n_regions": int (ground-truth defect
-        regions), "pixel_note": None or the reason the metrics are None}``. The metrics are ``None`` (nothing is
-        run) when the detector has no maps or an anomalous sample has no mask; the image scores come from the
-        same pass, so a caller needs no second one.
+        regions), "pixel_note": None or the reason the metrics are None, "maps": float32 (N, h, w) calibrated maps,
+        "masks": bool (N, H, W) at the input size, "frame_sizes": int (N, 2) (height, width) of each image file}``
+        (the last three for the localisation figures, :mod:`algan.calibration.localisation`; None with the metrics,
+        and for a tiled bundle, whose stitched maps differ in size). The metrics are ``None`` (nothing is run) when
+        the detector has no maps or an anomalous sample has no mask; the image scores come from the same pass, so a
+        caller needs no second one.
 
     Raises:
         ValueError: the detector's maps do not have shape (N, *map_size), a mask does not match its image's size,
@@ -93,7 +96,10 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     map_size = tuple(int(v) for v in detector.map_size)
     collector = PixelScoreCollector(len(samples) * size[0] * size[1], max_normal_pixels)
     f1 = MaskF1(pixel_level, 1.0) if pixel_level is not None else None
-    scores = []
+    tiled = getattr(detector, "tiling", None) is not None
+    scores, all_maps = [], []
+    all_masks = np.zeros((len(samples), *size), bool)
+    frame_sizes = np.zeros((len(samples), 2), np.int64)
     starts = range(0, len(samples), batch_size)
     if progress:
         from tqdm import tqdm
@@ -108,7 +114,8 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             img = read_image(s.path)
             images[j] = prepare_frame(img, size)
             masks[j] = load_mask(s.mask, size, image_shape=img.shape[:2])
-        if getattr(detector, "tiling", None) is not None:  # a tiled bundle: stitched maps of the whole images
+            frame_sizes[i + j] = img.shape[:2]
+        if tiled:  # a tiled bundle: stitched maps of the whole images
             frames = detector.frame_outputs([prepare_roi(read_image(s.path)) for s in chunk], batch_size)
             cal = detector.calibration
             center, scale = float(cal.center), float(cal.scale)
@@ -128,6 +135,8 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         scores.append(sc.float().cpu().numpy().reshape(-1))
         if f1 is not None:
             f1.add(up, masks, scores[-1])
+        all_maps.append(maps.astype(np.float32, copy=False))
+        all_masks[i : i + len(chunk)] = masks
     return {
         "pixel_auroc": collector.pixel_auroc(),
         "aupro": collector.aupro(fpr_limit),
@@ -135,6 +144,9 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         "scores": np.concatenate(scores).astype(np.float32),
         "n_regions": collector.n_regions,
         "pixel_note": None,
+        "maps": None if tiled else np.concatenate(all_maps),
+        "masks": None if tiled else all_masks,
+        "frame_sizes": None if tiled else frame_sizes,
     }
 
 

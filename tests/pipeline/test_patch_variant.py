@@ -207,7 +207,9 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         assert det.has_maps and det.map_size == (24, 24)
         assert manifest.outputs == ["scores", "anomaly_maps"]
         assert manifest.anomaly_map.to_json() == {"height": 24, "width": 24, "reduction": "topk_mean",
-                                                  "grid": [12, 12]}
+                                                  "grid": [12, 12], "normalization": "standardize",
+                                                  "normalization_images": 32}
+        assert manifest.patch.map_norm == "standardize" and det.postprocess.norm is not None
         with torch.no_grad():
             scores, maps = det.score_and_maps(images)
             assert torch.allclose(det(images), scores)
@@ -261,6 +263,9 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
     assert outs[1].type == "tensor(float)" and outs[1].shape[1:] == [24, 24]  # static map size, dynamic N
     meta = read_graph_metadata(path)
     assert meta["algan.outputs"] == "scores,anomaly_maps" and meta["algan.map_size"] == "24,24"
+    assert meta["algan.map_norm"] == "standardize"
+    # the per-location statistics are fitted (not the zeros they start from), so the graph's maps are corrected
+    assert float(det.postprocess.norm.mean.abs().max()) > 0
     images = load_samples(patch_bundles["padim"])
     s_t, m_t = torch_outputs(det, images)
     s_o, m_o = ort_outputs(path, images)

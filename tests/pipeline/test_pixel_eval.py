@@ -170,9 +170,17 @@ def test_algan_eval_reports_pixel_metrics_beside_image_auroc(stand_in_bundle, sy
 
     assert row["auroc"] == round(roc_auc_score(labels, ref["scores"]), 6)
     assert set(row["per_class"]) == {"scratch", "spot", "crack"} and row["aupro_fpr_limit"] == 0.3
+    # the localisation figures, from the same pass's calibrated maps (flagged = score >= 1.0)
+    from algan.calibration.localisation import localisation_metrics
+
+    loc = localisation_metrics(ref["maps"], np.array(labels), ref["masks"], ref["scores"] >= 1.0, ref["frame_sizes"])
+    for k in ("border_peak_fraction", "peak_hit_rate", "peak_hit_rate_flagged", "region_iou"):
+        assert row[k] == (None if loc[k] is None else round(loc[k], 6)), k
+    assert row["peak_hit_rate"] is not None and 0.0 <= row["mask_f1"] <= 1.0
     assert main(["unused", "--data", str(synth_root), "--fpr-limit", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "pixel AUROC 0." in out and "AUPRO (FPR <= 0.1)" in out and "image AUROC" in out
+    assert "localisation: map peak within 8 px of the edge on" in out
     assert main(["unused", "--data", str(synth_root), "--fpr-limit", "2"]) == 2
     assert "--fpr-limit must lie in (0, 1]" in capsys.readouterr().err
     # image AUROC from the pixel pass equals the image-only path's (evaluate()), where pixel metrics are null
@@ -181,6 +189,7 @@ def test_algan_eval_reports_pixel_metrics_beside_image_auroc(stand_in_bundle, sy
     row2 = json.loads(capsys.readouterr().out)
     assert row2["auroc"] == row["auroc"] and row2["per_class"] == row["per_class"]
     assert row2["pixel_auroc"] is None and row2["aupro"] is None and "no anomaly maps" in row2["pixel_note"]
+    assert row2["border_peak_fraction"] is None and row2["region_iou"] is None
     # an anomalous image without its mask: pixel metrics null with the reason, image AUROC still reported
     stand_in_bundle.has_maps = True
     assert main(["unused", "--data", str(_write_mtd(tmp_path / "mtd", with_masks=False)), "--json"]) == 0
@@ -242,9 +251,11 @@ def test_padim_patch_model_on_an_mtd_subset(data_dir, tmp_path):
         pytest.skip(f"MTD data not found at {root} (set ALGAN_DATA_DIR)")
     from algan.bundle import load_bundle
 
-    det, _ = load_bundle(_train_patch(root, tmp_path / "mtd", size=160, extra=("--max-train", "30")))
+    # 100 images: the per-location map statistics (patch.map_norm standardize) need more than a few dozen normals
+    det, _ = load_bundle(_train_patch(root, tmp_path / "mtd", size=160, extra=("--max-train", "100")))
     ds = load_dataset(root)
     subset = [s for s in ds.test if s.label == 0][::20] + [s for s in ds.test if s.label == 1][::16]
     res = evaluate_maps(det, subset)
-    # measured (30 training images, 160 px, 17 normal + 25 defect test images): pixel AUROC 0.808, AUPRO 0.540
-    assert res["pixel_auroc"] > 0.72 and res["aupro"] > 0.4 and res["n_regions"] >= 25
+    # measured (100 training images, 160 px, 17 normal + 25 defect test images): pixel AUROC 0.760, AUPRO 0.429
+    # (map_norm none: 0.826, 0.574; standardize trades MTD pixel figures for peaks off the border, RESULTS session 11)
+    assert res["pixel_auroc"] > 0.72 and res["aupro"] > 0.38 and res["n_regions"] >= 25
