@@ -244,7 +244,7 @@ def test_cli_without_tensorrt_says_so_in_one_line_and_imports_no_torch(tmp_path)
     except ImportError:
         pass
     bundle = write_bundle(tmp_path / "b")
-    p = _cli("build-engine", str(bundle), "--fp16", "--batch", "1:4:8")
+    p = _cli("build-engine", str(bundle), "--fp16", "--batch-profile", "1:4:8")
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stderr
     assert err[0].startswith("algan-edge: TensorRT is not installed (No module named 'tensorrt'); on a Jetson")
