@@ -62,6 +62,11 @@ def test_batch_flags_have_one_meaning(capsys):
     assert e.batch == old.batch and "use --batch-profile" in capsys.readouterr().err
     b = edge_parser().parse_args(["build-engine", "m", "--batch-profile", "1:4:8"])
     assert b.batch == "1:4:8"
+    # without either spelling the new flag's default holds (the deprecated one declares none)
+    assert edge_parser().parse_args(["build-engine", "m"]).batch == "1:8:16"
+    assert predict_parser().parse_args(["m", "x"]).batch_size == 8
+    assert export_parser().parse_args(["m"]).batch == export_parser().parse_args(["m", "--batch-profile",
+                                                                                 "1:8:16"]).batch
 
 
 def test_input_size_takes_h_w_or_one_n():

@@ -90,6 +90,8 @@ class DeprecatedFlag(argparse.Action):
     def __init__(self, option_strings: list[str], dest: str, new: str = "", **kw: Any) -> None:
         self.new = new
         kw.setdefault("help", argparse.SUPPRESS)
+        # no default of its own: the new spelling's default stands whichever of the two is declared first
+        kw["default"] = argparse.SUPPRESS
         super().__init__(option_strings, dest, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
