@@ -157,7 +157,7 @@ def auto_templates(args: argparse.Namespace):
               "target_fpr", "max_train", *PATCH_FLAGS)
     for name in shared:
         setattr(targs, name, getattr(args, name))
-    targs.input_size, targs.variant = (args.input_size, args.input_size), "auto"
+    targs.input_size, targs.variant = tuple(args.input_size), "auto"  # (H, W), normalised by _main
     return fit_settings(targs, "feature", "auto"), fit_settings(targs, "patch", "auto")
 
 
