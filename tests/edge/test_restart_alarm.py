@@ -14,6 +14,16 @@ from edgekit import BRIGHT, edge_config, make_folder, write_config
 pytestmark = pytest.mark.broker
 
 
+def _events(col) -> list[dict]:
+    """cam1's alarm events, once per (id, state): QoS 1 is at-least-once, and a SIGKILL between the broker's delivery
+    and its PUBACK replays the raised event from the outbox at the next start."""
+    seen: dict[tuple[str, str], dict] = {}
+    for m in col.on("cam1/alarm"):
+        e = json.loads(m.payload)
+        seen.setdefault((e["id"], e["state"]), e)
+    return list(seen.values())
+
+
 def _daemon(config) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "algan.cli.edge", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -27,13 +37,7 @@ def test_alarm_open_at_sigkill_is_cleared_with_reason_restart(tmp_path, tiny_mod
     path = write_config(tmp_path / "edge.yaml", cfg)
 
     def alarms():
-        # QoS 1 is at-least-once: a SIGKILL between the broker's delivery and its PUBACK replays the raised event from
-        # the outbox at the next start, so events are counted once per (id, state)
-        seen: dict[tuple[str, str], dict] = {}
-        for m in col.on("cam1/alarm"):
-            e = json.loads(m.payload)
-            seen.setdefault((e["id"], e["state"]), e)
-        return list(seen.values())
+        return _events(col)
 
     first = _daemon(path)
     try:
@@ -84,6 +88,6 @@ def test_alarm_of_a_camera_removed_from_the_config_is_cleared_with_reason_camera
     second = _daemon(write_config(tmp_path / "b.yaml", edge_config(tiny_model, mqtt_broker, cams, mqtt=outbox)))
     _, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
-    assert col.wait_for(lambda ms: len(col.on("cam1/alarm")) == 2, timeout=10)
-    cleared = json.loads(col.on("cam1/alarm")[1].payload)
+    assert col.wait_for(lambda ms: len(_events(col)) == 2, timeout=10)
+    cleared = _events(col)[1]
     assert cleared["state"] == "cleared" and cleared["reason"] == "camera_removed"
