@@ -92,13 +92,13 @@ def _tiny_patch_detector(map_norm: str):
 
 @pytest.mark.parametrize("kind", ["mean", "standardize"])
 def test_exported_graph_and_torch_agree_on_corrected_maps(kind, tmp_path):
-    from algan.export.metadata import read_metadata
+    from algan.runtime.runners.calibration import read_graph_metadata
     from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
 
     det, manifest, frames = _tiny_patch_detector(kind)
     assert float(det.postprocess.norm.mean.std()) > 0  # a real per-location correction, not a constant
     path = export_onnx(det, manifest, tmp_path / "model.onnx")
-    assert read_metadata(path)["algan.map_norm"] == kind
+    assert read_graph_metadata(path)["algan.map_norm"] == kind
     s_t, m_t = torch_outputs(det, frames)
     s_o, m_o = ort_outputs(path, frames)
     np.testing.assert_allclose(m_o, m_t, atol=1e-4)
@@ -143,16 +143,17 @@ def test_bundle_round_trip_keeps_the_statistics_and_reads_bundles_without_them(t
 def test_fp16_export_of_a_corrected_patch_bundle_passes_its_ladder(tmp_path, monkeypatch):
     """algan-export --fp16 on a patch bundle with map statistics: both graphs written, parity checked on the maps."""
     monkeypatch.setattr("algan.export.pipeline.tensorrt_status", lambda: (False, "disabled in this test"))
-    from algan.bundle import read_manifest, save_bundle
+    from algan.bundle import save_bundle
+    from algan.contract import load_manifest
     from algan.cli.export import main
 
     det, manifest, frames = _tiny_patch_detector(PatchSpec().map_norm)  # the default
     out = save_bundle(tmp_path / "m", det, manifest, samples=frames)
     assert main([str(out), "--fp16"]) == 0
     assert (out / "model.onnx").is_file() and (out / "model.fp16.onnx").is_file()
-    exports = read_manifest(out).exports
-    assert exports["onnx_fp16"]
-    assert any("map" in json.dumps(p) for p in exports["parity"])
+    exports = load_manifest(out).exports
+    assert exports.onnx_fp16 is not None
+    assert any("map" in json.dumps(p) for p in exports.parity or [])
 
 
 def test_torch_free_names_match():
