@@ -92,8 +92,8 @@ def _tiny_patch_detector(map_norm: str):
 
 @pytest.mark.parametrize("kind", ["mean", "standardize"])
 def test_exported_graph_and_torch_agree_on_corrected_maps(kind, tmp_path):
-    from algan.runtime.runners.calibration import read_graph_metadata
     from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+    from algan.runtime.runners.calibration import read_graph_metadata
 
     det, manifest, frames = _tiny_patch_detector(kind)
     assert float(det.postprocess.norm.mean.std()) > 0  # a real per-location correction, not a constant
@@ -144,8 +144,8 @@ def test_fp16_export_of_a_corrected_patch_bundle_passes_its_ladder(tmp_path, mon
     """algan-export --fp16 on a patch bundle with map statistics: both graphs written, parity checked on the maps."""
     monkeypatch.setattr("algan.export.pipeline.tensorrt_status", lambda: (False, "disabled in this test"))
     from algan.bundle import save_bundle
-    from algan.contract import load_manifest
     from algan.cli.export import main
+    from algan.contract import load_manifest
 
     det, manifest, frames = _tiny_patch_detector(PatchSpec().map_norm)  # the default
     out = save_bundle(tmp_path / "m", det, manifest, samples=frames)
