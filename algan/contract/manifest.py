@@ -208,7 +208,7 @@ def _section_of(spec: type, name: str, doc: str, absent: dict[str, Any] | None =
 
 if TYPE_CHECKING:  # for type checkers: a section (its fields are PatchSpec's, made at import time below)
     class PatchSection(_Section):
-        pass
+        def __getattr__(self, name: str) -> Any: ...
 else:
     #: ``patch``: the patch variant's :class:`algan.contract.patch.PatchSpec` (its fields and defaults)
     #: a manifest without ``map_norm`` was written before the map normalisation existed: its maps have none
