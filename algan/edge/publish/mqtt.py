@@ -458,7 +458,8 @@ class MqttPublisher:
                 self._lock.wait(min(0.1, max(0.0, end - time.monotonic())))
 
     def close(self, timeout: float) -> int:
-        """Publish retained ``offline`` status, flush, disconnect and stop the network and sender threads.
+        """Flush the queued messages, publish the retained ``offline`` status (the last message of the run), flush,
+        disconnect and stop the network and sender threads.
 
         When the broker is not connected at that moment the flush waits at most 1 s: durable messages are safe in
         the outbox (:attr:`kept`) and are delivered by the next run.
@@ -466,8 +467,11 @@ class MqttPublisher:
         Returns:
             Messages not delivered within ``timeout`` seconds (lost, or kept in the outbox for the next run).
         """
+        end = time.monotonic() + (timeout if self._connected.is_set() else min(timeout, 1.0))
+        # the queued alarm/state messages first, so that the device's retained "offline" is the last one out
+        self.flush(max(0.0, end - time.monotonic()))
         self.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
-        left = self.flush(timeout if self._connected.is_set() else min(timeout, 1.0))
+        left = self.flush(max(0.0, end - time.monotonic()))
         self._stop_loop()
         if self.outbox is not None:
             self.kept = len(self.outbox)
