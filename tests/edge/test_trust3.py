@@ -104,7 +104,7 @@ def test_message_the_broker_keeps_closing_the_connection_on_goes_to_the_dead_let
     try:
         with caplog.at_level(logging.ERROR, logger="algan.edge.mqtt"):
             pub.connect(5)
-            assert col.wait_for(lambda ms: len(col.on("/alarm")) == 3, timeout=30), col.messages
+            assert col.wait_for(lambda ms: len(col.on("/alarm")) == 3, timeout=90), col.messages
         assert [e["n"] for e in col.events()] == [0, 1, 2]
         (dead,) = ob.dead_letters()
         assert dead.seq == big and dead.tries == 3 and "closed the connection each time it was sent" in dead.reason
