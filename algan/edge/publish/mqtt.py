@@ -186,6 +186,7 @@ class MqttPublisher:
         self._refused: str | None = None
         self._closing = False
         self._kick = False  # something changed that may let the sender hand more rows
+        self._forget_mids: set[int] = set()  # dead letters' mids: out of paho's re-send queue at the next connect
         self._errors = RepeatedErrors(log)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         c.will_set(status_topic, STATUS_OFFLINE, qos=1, retain=True)
@@ -234,6 +235,7 @@ class MqttPublisher:
             self._refused = str(reason_code)
             return
         self._refused = None
+        self._forget_in_client()
         log.info("connected to MQTT broker %s", self.where)
         self.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before connect() returns: first message
         for topic, payload, qos, retain in self.birth:
@@ -266,21 +268,30 @@ class MqttPublisher:
             return
         with self._lock:
             mid = self._ledger.forget(seq)
-        if mid is not None:
-            self._forget_in_client(mid)
+            if mid is not None:
+                self._forget_mids.add(mid)
         self._dead_letter(seq, f"the broker closed the connection each time it was sent ({tries} tries, last: "
                                f"{reason})")
 
-    def _forget_in_client(self, mid: int) -> None:
-        """Take message ``mid`` out of paho's queue of messages to re-send after a reconnect."""
+    def _forget_in_client(self) -> None:
+        """Take the dead-lettered messages out of paho's queue of messages to re-send after a reconnect.
+
+        Runs in :meth:`_on_connect`, which paho calls before it walks that queue to re-send it. Not in
+        :meth:`_on_disconnect`: paho also calls that from inside its re-send walk (a write fails mid-walk), where
+        removing an entry would end paho's network thread with "OrderedDict mutated during iteration"."""
+        with self._lock:
+            mids, self._forget_mids = self._forget_mids, set()
+        if not mids:
+            return
         lock = getattr(self._client, "_out_message_mutex", None)
         queued = getattr(self._client, "_out_messages", None)
         if lock is None or queued is None:
-            log.warning("cannot take message %d out of the MQTT client's queue (paho changed); it may be sent "
-                        "once more", mid)
+            log.warning("cannot take %d dead-lettered message(s) out of the MQTT client's queue (paho changed); they "
+                        "may be sent once more", len(mids))
             return
         with lock:
-            queued.pop(mid, None)
+            for mid in mids:
+                queued.pop(mid, None)
 
     def _dead_letter(self, seq: int, reason: str) -> None:
         """Move outbox row ``seq`` to the dead letters with one ERROR line naming its topic and ``reason``."""
