@@ -149,6 +149,22 @@ def test_dead_letter_during_paho_resend_walk_leaves_its_queue_alone_until_the_ne
     ob.close()
 
 
+def test_a_failing_callback_is_logged_and_leaves_the_network_thread_running(caplog):
+    from algan.edge.publish.mqtt import guarded
+
+    calls = []
+
+    def _on_publish(*args):
+        calls.append(args)
+        raise OSError("disk full")
+
+    with caplog.at_level(logging.ERROR, logger="algan.edge.mqtt"):
+        guarded(_on_publish)(None, None, 7)
+    assert calls == [(None, None, 7)]
+    (rec,) = [r for r in caplog.records if "callback" in r.getMessage()]
+    assert rec.getMessage() == "MQTT callback _on_publish failed; the connection goes on" and rec.exc_info[0] is OSError
+
+
 def test_outbox_cli_lists_retries_and_drops_dead_letters(tmp_path):
     path = tmp_path / "state" / "ob.sqlite"
     cfg = write_config(tmp_path / "edge.yaml", edge_config(tmp_path / "model", ("127.0.0.1", 1883),

@@ -27,13 +27,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
@@ -151,6 +152,22 @@ def probe_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 2.0) -
         return e.strerror or str(e) or type(e).__name__
 
 
+def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` for paho that logs its exception (with the traceback) instead of raising it.
+
+    paho ends its network thread on the first exception a callback raises (``suppress_exceptions`` is off), after
+    which the daemon would neither publish nor reconnect again; a guarded callback leaves the connection running."""
+
+    @functools.wraps(callback)
+    def run(*args: object) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("MQTT callback %s failed; the connection goes on", callback.__name__)
+
+    return run
+
+
 class MqttPublisher:
     """Publishes the daemon's messages to one broker.
 
@@ -200,9 +217,9 @@ class MqttPublisher:
                 c.tls_insecure_set(True)
         c.max_queued_messages_set(cfg.max_queued_messages)
         c.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
+        c.on_connect = guarded(self._on_connect)
+        c.on_disconnect = guarded(self._on_disconnect)
+        c.on_publish = guarded(self._on_publish)
         self._client = c
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
 
