@@ -47,9 +47,10 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
         keep: input positions whose prepared frames are returned in ``kept`` (e.g. the INT8 calibration set).
         what: name of the image group for messages.
         max_bad_fraction: largest share of unreadable images tolerated.
-        with_maps: also return the raw anomaly maps (``out.maps``) when the detector has them (patch heads, not
-            tiled); the image scores are then the detector's reduction of those maps (the same values as
-            ``raw_scores``).
+        with_maps: also return the raw anomaly maps (``out.maps``) when the detector has them (patch heads); the
+            image scores are then the detector's reduction of those maps (the same values as ``raw_scores``).
+            Untiled: float32 ``(N, h, w)``; tiled: every cell of the stitched frame maps (their sizes follow the
+            frames'), flattened to float32 ``(C,)``.
 
     Raises:
         ValueError: when more than ``max_bad_fraction`` of the images cannot be read.
@@ -65,12 +66,15 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     batch: list[np.ndarray] = []
     size = detector.input_size
     tiled = getattr(detector, "tiling", None) is not None
-    # a tiled bundle's stitched maps differ in size from frame to frame: no map cells (no pixel threshold) for it
-    with_maps = with_maps and detector.has_maps and not tiled
+    with_maps = with_maps and detector.has_maps
 
     def flush() -> None:
         if batch:
-            if tiled:  # a tiled bundle: each region's tiles, maps stitched (AnomalyDetector.frame_raw_scores)
+            if tiled and with_maps:  # each region's tiles, maps stitched (AnomalyDetector.frame_outputs)
+                done = detector.frame_outputs(batch, batch_size)
+                scores.append(done.scores.astype(np.float64))
+                maps.append(np.concatenate([m.ravel() for m in done.maps]).astype(np.float32))
+            elif tiled:  # image-only head: the max over each region's tiles (AnomalyDetector.frame_raw_scores)
                 scores.append(detector.frame_raw_scores(batch, batch_size))
             else:
                 with torch.no_grad():
@@ -100,7 +104,8 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
     flush()
     out.scores = np.concatenate(scores) if scores else np.zeros(0)
     if with_maps:
-        out.maps = np.concatenate(maps) if maps else np.zeros((0, *detector.map_size), np.float32)
+        empty = np.zeros((0,) if tiled else (0, *detector.map_size), np.float32)
+        out.maps = np.concatenate(maps) if maps else empty
     n = len(paths)
     if n and len(out.bad) > max_bad_fraction * n:
         names = ", ".join(str(b[0]) for b in out.bad[:10]) + (f" and {len(out.bad) - 10} more"

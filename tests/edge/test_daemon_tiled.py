@@ -126,3 +126,42 @@ def test_algan_calibrate_sets_the_threshold_of_a_tiled_bundle_on_stitched_frame_
     # the INT8 set holds tiles at the model input (what the per-tile graph sees)
     int8 = load_int8_set(bundle)
     assert int8 is not None and int8.shape[1:] == (SIZE, SIZE, 3)
+
+
+def test_calibrating_a_tiled_bundle_fits_the_pixel_threshold_on_stitched_maps(tiled, tmp_path):
+    """algan-calibrate on a tiled patch bundle: the pixel threshold is the one rule over every cell of the stitched
+    frame maps of the calibration normals, and algan-predict's Prediction carries its level and a mask of the ROI's
+    size."""
+    import shutil
+
+    from algan.bundle import load_bundle
+    from algan.calibration.scoring import score_images
+    from algan.cli.calibrate import main as calibrate_main
+    from algan.contract import load_manifest
+    from algan.runtime.inference import Inferencer
+    from algan.runtime.preprocess import read_image
+
+    src, data = tiled
+    bundle = tmp_path / "bundle"
+    shutil.copytree(src, bundle)
+    normals = tmp_path / "normals"  # 40 normal frames (a folder of images): 20 calibrate, 20 validate
+    normals.mkdir()
+    for i, p in enumerate(sorted((data / "train").rglob("*.png")) + sorted((data / "test" / "good").glob("*.png"))):
+        shutil.copy(p, normals / f"{i:03d}.png")
+    assert calibrate_main([str(bundle), "--data", str(normals), "--target-fpr", "0.1", "--pixel-fpr", "0.01"]) == 0
+    cal = load_manifest(bundle).calibration
+    info = cal.to_json()
+    assert cal.pixel_threshold is not None and info["pixel_target_fpr"] == 0.01
+    # cells of the stitched maps: 160 px frames in 2x2 tiles of 64 px input -> more cells per frame than one tile's map
+    det, _ = load_bundle(bundle)
+    cells = score_images(det, sorted(normals.glob("*.png")), with_maps=True).maps
+    per_frame = cells.size // 40
+    assert cells.ndim == 1 and cells.size == 40 * per_frame and per_frame > int(np.prod(det.map_size))
+    assert info["n_pixels"] == info["n_images"] * per_frame
+    assert info["n_images"] == 40  # a folder of normals: all calibrate, in-sample
+    assert 0 < (cells >= cal.pixel_threshold).mean() <= 0.01  # at most the asked share of their cells reaches it
+    inf = Inferencer(str(bundle))
+    assert inf.pixel_threshold == pytest.approx(cal.pixel_level, rel=1e-5)
+    frame = read_image(sorted((data / "test").rglob("*.png"))[0])
+    p = inf.predict(frame)
+    assert p.mask is None or p.mask.shape == frame.shape[:2]
