@@ -152,8 +152,8 @@ def load_bundle(model_dir: str | Path):
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.detector import AnomalyDetector, Calibration
-    from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.heads.vector import FeatureTransform, KnnHead, MahalanobisHead
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
@@ -172,7 +172,7 @@ def load_bundle(model_dir: str | Path):
         return settings[key]
 
     if variant == "image":
-        from algan.model.image import ImageConfig, PixelBackbone
+        from algan.model.gan.image import ImageConfig, PixelBackbone
 
         icfg = ImageConfig.from_json(settings)
         input_size = (icfg.size, icfg.size)
@@ -180,7 +180,7 @@ def load_bundle(model_dir: str | Path):
         transform, head = torch.nn.Identity(), icfg.build_head()
     elif variant == "patch":
         from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
-        from algan.model.patch_heads import PatchwiseHead
+        from algan.model.heads.patch import PatchwiseHead
 
         spec = BackboneSpec.from_json(bb.to_json())
         # a manifest without patch.map_norm predates the map normalisation: its maps have none

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
 BACKBONE_NAMES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2",
                   "wide_resnet101_2", "resnet18")
-#: algan.features.backbone.POOLINGS and algan.model.heads.KNN_METRICS, torch-free for the same reason
+#: algan.features.backbone.POOLINGS and algan.model.heads.vector.KNN_METRICS, torch-free for the same reason
 POOLING_NAMES = ("avg", "max", "avgmax", "avgstd")
 KNN_METRIC_NAMES = ("whitened", "euclidean")
 
@@ -258,8 +258,8 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
     backbone and the patch sizes before any data is read)."""
     from algan.features.backbone import BackboneSpec
     from algan.model.fit import FitSettings
-    from algan.model.image import ImageConfig
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.gan.image import ImageConfig
 
     vargs = argparse.Namespace(**{**vars(args), "variant": variant})
     # the backbone is checked before any data is read; the image variant has none
@@ -277,7 +277,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         # --head auto ranks and ships ALGAN-feature with one (G, D) pair: 3x cheaper, within the time budget
         feature_overrides["ensemble"] = 1
     if variant == "patch":
-        from algan.model.train import PATCH_SCHEDULE
+        from algan.model.gan.feature import PATCH_SCHEDULE
 
         # ALGAN-patch: the patch schedule on either preset; "default" is the patch default (one (G, D) pair)
         preset = "patch" if args.preset == "default" else args.preset

@@ -1,7 +1,7 @@
 """Fit a complete detector on a data set: features -> transform -> head -> calibration -> manifest.
 
 This is the training pipeline behind ``algan-train``; it holds no CLI code. The ALGAN training loop itself is
-:mod:`algan.model.train`.
+:mod:`algan.model.gan.feature`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from algan.contract import (
 from algan.data.datasets import Dataset
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
-from algan.model.algan_heads import fold_whitening
 from algan.model.detector import AnomalyDetector, Calibration
-from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
-from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
-from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
-from algan.model.train import PATCH_SCHEDULE, AlganConfig, train_algan
+from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig, train_algan
+from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
+from algan.model.heads.patch import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
+from algan.model.heads.vector import FeatureTransform, KnnHead, MahalanobisHead
+from algan.model.nets.algan_head import fold_whitening
 from algan.progress import track
 from algan.runtime.preprocess import current_roi, load_batch, prepare_roi, read_image
 from algan.runtime.tiling import TileSpec, load_tiles
@@ -74,7 +74,7 @@ class FitSettings:
         seed: seed of the split, the subset and the training.
         batch_size: images per backbone batch.
         checkpoint: ALGAN training checkpoint directory, any variant (resumable training, bit-identical to an
-            uninterrupted run; see :func:`algan.model.gan_loop.train_gan`); ``None`` = no checkpoint. Not part of
+            uninterrupted run; see :func:`algan.model.gan.loop.train_gan`); ``None`` = no checkpoint. Not part of
             the model.
         patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
         coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),

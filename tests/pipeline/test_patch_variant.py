@@ -17,8 +17,8 @@ from algan.features.patch import (
     gaussian_kernel1d,
     sample_cells,
 )
-from algan.model.heads import KnnHead, MahalanobisHead
-from algan.model.patch_heads import PatchwiseHead, greedy_coreset, nearest_distances, padim_head, patchcore_head
+from algan.model.heads.patch import PatchwiseHead, greedy_coreset, nearest_distances, padim_head, patchcore_head
+from algan.model.heads.vector import KnnHead, MahalanobisHead
 
 
 def test_patch_feature_maps_shapes_and_strides():
@@ -194,7 +194,7 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
 
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
-    from algan.model.evaluate import evaluate
+    from algan.model.evaluation.image_eval import evaluate
     from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(synth_root)
@@ -300,8 +300,8 @@ def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
 
 
 def test_fold_whitening_gives_the_same_scores():
-    from algan.model.algan_heads import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
-    from algan.model.networks import MLPDiscriminator
+    from algan.model.nets.algan_head import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
+    from algan.model.nets.networks import MLPDiscriminator
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((400, 12)) * np.linspace(0.2, 4, 12)).astype(np.float32)
@@ -321,7 +321,7 @@ def test_fold_whitening_gives_the_same_scores():
 def test_fit_settings_default_algan_config_follows_the_variant():
     """A library user's ``FitSettings(variant="patch")`` trains the ALGAN-patch default, as ``algan-train`` does."""
     from algan.model.fit import FitSettings
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     patch = FitSettings(head="algan", variant="patch").algan
     assert patch == AlganConfig.preset("patch")
@@ -336,7 +336,7 @@ def test_too_few_alganpatch_steps_warn(caplog):
     import logging
 
     from algan.model.fit import MIN_PATCH_STEPS, FitSettings, fit_patch_head
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     x = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
     short = FitSettings(head="algan", variant="patch",
