@@ -256,11 +256,10 @@ def candidate_settings(name: str, feature, patch):
 
 def fitter(settings) -> Callable[[VariantData], tuple]:
     """``fit(data) -> (head, settings json, extras, train info)`` of one candidate's settings."""
-    from algan.model.fit import fit_head, fit_patch_head
+    from algan.model.heads.registry import head_kind
 
-    if settings.variant == "patch":
-        return lambda d: fit_patch_head(settings, d.train, d.n_cells, False)
-    return lambda d: fit_head(settings, d.train, False)
+    kind = head_kind(settings.variant, settings.head)
+    return lambda d: kind.fit(settings, d.train, n_cells=d.n_cells, progress=False)
 
 
 @dataclass

@@ -335,20 +335,21 @@ def test_too_few_alganpatch_steps_warn(caplog):
     """An explicit short schedule (e.g. ``--epochs 2``) is warned about: early D inverts the maps."""
     import logging
 
-    from algan.model.fit import MIN_PATCH_STEPS, FitSettings, fit_patch_head
+    from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.gan.feature import AlganConfig
+    from algan.model.heads.registry import MIN_PATCH_STEPS
 
     x = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
     short = FitSettings(head="algan", variant="patch",
                         algan=AlganConfig.preset("patch", epochs=2, min_steps=0, d_hidden=[8]))
-    with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
+    with caplog.at_level(logging.WARNING, logger="algan.model.heads.registry"):
         fit_patch_head(short, x, 512, False)
     assert any("trains only 4 steps" in r.getMessage() and str(MIN_PATCH_STEPS) in r.getMessage()
                for r in caplog.records), caplog.text
     caplog.clear()
     enough = FitSettings(head="algan", variant="patch",
                          algan=AlganConfig.preset("patch", epochs=1, min_steps=MIN_PATCH_STEPS, d_hidden=[8]))
-    with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
+    with caplog.at_level(logging.WARNING, logger="algan.model.heads.registry"):
         fit_patch_head(enough, x, 512, False)
     assert not [r for r in caplog.records if "trains only" in r.getMessage()], caplog.text
 
