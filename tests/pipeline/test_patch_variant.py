@@ -274,11 +274,10 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
 
 
 def test_image_level_graph_keeps_one_output_key():
-    from algan.contract import parse_manifest
-    from algan.export.metadata import graph_metadata
+    from algan.contract import graph_metadata, parse_manifest
 
     manifest = parse_manifest({"format_version": 1, "model_id": "m", "calibration": {"center": 0.0, "threshold": 1.0}})
-    meta = graph_metadata(manifest, (64, 64), 0.0, 1.0, 17)
+    meta = graph_metadata(manifest, (64, 64), 0.0, 1.0, 17, version="0.1.0")
     assert meta["algan.outputs"] == "scores" and "algan.map_size" not in meta
 
 

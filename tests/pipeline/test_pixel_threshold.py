@@ -161,12 +161,13 @@ def test_bench_mask_f1_is_null_without_masks_and_calibrated_on_half_the_normals(
 
 
 def test_graph_metadata_records_the_pixel_threshold_for_graphs_with_maps_only():
-    from algan.contract import parse_manifest
-    from algan.export.metadata import graph_metadata
+    from algan.contract import graph_metadata, parse_manifest
 
     manifest = parse_manifest({"format_version": 1, "model_id": "m",
                                "calibration": {"center": 2.0, "threshold": 6.0, "pixel_threshold": 4.0}})
-    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, pixel_threshold=4.0)
-    meta = graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16), pixel_threshold=4.0)
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, pixel_threshold=4.0,
+                                                     version="0.1.0")
+    meta = graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16), pixel_threshold=4.0, version="0.1.0")
     assert float(meta[KEY_PIXEL_THRESHOLD]) == 0.5 == manifest.calibration.pixel_level
-    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16))
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16),
+                                                     version="0.1.0")
