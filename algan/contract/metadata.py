@@ -13,7 +13,7 @@ round-trip exactly.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from algan.contract import names as n
 
@@ -84,8 +84,8 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
     }
 
 
-def set_metadata(model, meta: dict[str, str]) -> None:
-    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` in place."""
+def set_metadata(model: Any, meta: dict[str, str]) -> None:
+    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` in place (the contract does not import onnx)."""
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
