@@ -25,7 +25,6 @@ against ``weights_sha256``. ``samples.safetensors`` optionally holds a few uint8
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -152,8 +151,8 @@ def load_bundle(model_dir: str | Path):
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.detector import AnomalyDetector, Calibration
-    from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
-    from algan.model.train import AlganConfig
+    from algan.model.heads.registry import MissingSetting, head_kind
+    from algan.model.heads.vector import FeatureTransform
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
@@ -164,23 +163,22 @@ def load_bundle(model_dir: str | Path):
     head_cfg = manifest.require("head")
     bb = manifest.require("backbone")
     cal = manifest.calibration
-    variant, kind, settings = manifest.variant, head_cfg.kind, head_cfg.settings
-
-    def setting(key: str):
-        if key not in settings:
-            raise manifest.field_error(f"head.settings.{key}")
-        return settings[key]
-
+    variant, settings = manifest.variant, head_cfg.settings
+    try:
+        kind = head_kind(variant, head_cfg.kind)
+    except ValueError as exc:
+        raise BundleError(f"{model_dir / MANIFEST_FILE}: {exc}; re-train the bundle or use the algan-edge version "
+                          "that wrote it") from None
+    postprocess = None
     if variant == "image":
-        from algan.model.image import ImageConfig, PixelBackbone
+        from algan.model.gan.image import ImageConfig, PixelBackbone
 
         icfg = ImageConfig.from_json(settings)
         input_size = (icfg.size, icfg.size)
         preprocess, backbone = Preprocess(bb.mean, bb.std), PixelBackbone(icfg.channels)
-        transform, head = torch.nn.Identity(), icfg.build_head()
+        transform = torch.nn.Identity()
     elif variant == "patch":
         from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
-        from algan.model.patch_heads import PatchwiseHead
 
         spec = BackboneSpec.from_json(bb.to_json())
         # a manifest without patch.map_norm predates the map normalisation: its maps have none
@@ -191,41 +189,18 @@ def load_bundle(model_dir: str | Path):
         _check_in_dim(model_dir, spec, backbone.out_dim, feat.in_dim)
         transform = PatchProjection(feat.transform, feat.in_dim, feat.dim)
         postprocess = MapPostprocess(pspec, input_size)
-        if kind == "algan":
-            cfg = AlganConfig.from_json(settings)
-            if settings.get("folded_whitening"):  # the whitening lives in D's first layer
-                cfg = dataclasses.replace(cfg, whiten="none")
-            inner = cfg.build_head(feat.dim)
-        elif kind == "patchcore":
-            inner = KnnHead.empty(setting("n_bank"), feat.dim, 1, "euclidean", settings.get("centered") is True)
-        elif kind == "padim":
-            inner = MahalanobisHead.empty(feat.dim)
-        else:
-            msg = f"unknown patch head kind {kind!r} in {model_dir / MANIFEST_FILE}; expected algan, patchcore or padim"
-            raise BundleError(msg)
-        head = PatchwiseHead(inner)
-    elif variant == "feature":
+    else:
         spec = BackboneSpec.from_json(bb.to_json())
         input_size = spec.input_size
         preprocess, backbone = Preprocess(spec.mean, spec.std), build_backbone(spec)
         _check_in_dim(model_dir, spec, backbone.out_dim, feat.in_dim)
         transform = FeatureTransform.empty(feat.transform, feat.in_dim, feat.dim)
-        if kind == "algan":
-            head = AlganConfig.from_json(settings).build_head(feat.dim)
-        elif kind == "mahalanobis":
-            head = MahalanobisHead.empty(feat.dim)
-        elif kind == "knn":
-            # manifests written before the metric existed hold euclidean banks
-            head = KnnHead.empty(setting("n_bank"), feat.dim, setting("k"), settings.get("metric", "euclidean"))
-        else:
-            msg = f"unknown head kind {kind!r} in {model_dir / MANIFEST_FILE}; expected algan, mahalanobis or knn"
-            raise BundleError(msg)
-    else:
-        raise BundleError(f"unknown variant {variant!r} in {model_dir / MANIFEST_FILE}; expected feature, image or "
-                          "patch")
+    try:
+        head = kind.load(settings, feat.dim)
+    except MissingSetting as exc:
+        raise manifest.field_error(f"head.settings.{exc.args[0]}") from None
     det = AnomalyDetector(preprocess, backbone, transform, head,
-                          Calibration(cal.center, cal.threshold), input_size=input_size,
-                          postprocess=postprocess if variant == "patch" else None)
+                          Calibration(cal.center, cal.threshold), input_size=input_size, postprocess=postprocess)
     if manifest.tiling is not None:
         from algan.runtime.tiling import manifest_tiling
 

@@ -5,7 +5,7 @@ Per data set, with the product code (:mod:`algan.model.select`): the training sp
 fitted once on the shared training features and scored (a) on the held-out normals and synthetic defects (the
 figures ``--head auto`` chooses by) and (b) on the data set's real labelled test split (image AUROC, and
 ``recall_at_fpr``: the share of real defects flagged at the threshold algan-calibrate would set for 1 % false alarms
-on the test normals, :func:`algan.model.threshold.recall_at_fpr`).
+on the test normals, :func:`algan.model.evaluation.threshold.recall_at_fpr`).
 
 Printed per data set: a row per head, auto's choice, the best head in hindsight and the shortfall, and the Spearman
 rank correlation (scipy.stats.spearmanr) between each synthetic figure and the real AUROC over the heads; at the end
@@ -77,7 +77,8 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
 
     from algan.data.datasets import load_dataset
     from algan.data.defects import synthesize_defects
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
+    from algan.model.evaluation.threshold import recall_at_fpr
     from algan.model.fit import training_split
     from algan.model.select import (
         CANDIDATES,
@@ -90,7 +91,6 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         image_scores,
         score_candidate,
     )
-    from algan.model.threshold import recall_at_fpr
     from algan.runtime.preprocess import load_batch
 
     t0 = time.perf_counter()

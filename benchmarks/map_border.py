@@ -1,7 +1,8 @@
 """Border bias of the anomaly maps (not a test): per-location map normalisations against none, every patch head.
 
 How ``PatchSpec.map_norm`` (the default per-location normalisation of the patch variant's maps) was chosen,
-reproducibly. Per data set the patch features are extracted once (:func:`algan.model.patch_eval.build_eval_set`,
+reproducibly. Per data set the patch features are extracted once
+(:func:`algan.model.evaluation.patch_eval.build_eval_set`,
 with the full maps of up to 200 training images for the statistics) and cached under ``--cache``; every patch head
 (ALGAN-patch, PatchCore, PaDiM-style) is fitted once with the product code, its smoothed maps are computed once,
 and every normalisation (``none``, ``mean``, ``standardize``; :class:`algan.features.patch.MapNormalization`,
@@ -93,7 +94,7 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.patch_eval import build_eval_set
+    from algan.model.evaluation.patch_eval import build_eval_set
 
     ds = load_dataset(root, layout)
     test, train = list(ds.test), list(ds.train)
@@ -138,10 +139,10 @@ def run_set(name: str, root: Path, layout: str, heads: list[str], norms: list[st
             cache: Path | None, max_test: int, max_train: int, smoke: bool) -> list[dict]:
     from algan.calibration.localisation import localisation_metrics
     from algan.features.patch import MapNormalization, MapPostprocess, PatchSpec
-    from algan.model.evaluate import auroc, paired_auroc_difference
+    from algan.model.evaluation.image_eval import auroc, paired_auroc_difference
+    from algan.model.evaluation.patch_eval import pixel_metrics
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import pixel_metrics
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     ds, test, ev = eval_set(name, root, layout, size, pad, cache, max_test, max_train, smoke)
     y = np.array([s.label for s in test])

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.algan_heads import fold_whitening
-    from algan.model.heads import KnnHead
-    from algan.model.patch_heads import PatchwiseHead, padim_head
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.heads.patch import PatchwiseHead, padim_head
+    from algan.model.heads.vector import KnnHead
+    from algan.model.nets.algan_head import fold_whitening
 
     torch.set_num_threads(args.threads)
     size = (64, 64) if args.smoke else (224, 224)

@@ -5,7 +5,7 @@ chosen, reproducibly: every data set's patch features (the shipped default, Effi
 224 px, 3x3 aggregation, 28 x 28 grid) are extracted once, then every configuration is fitted with the product code
 (:func:`algan.model.fit.fit_patch_head`) on the same sampled training patches and scored on the same test maps.
 Per data set and configuration it prints image AUROC with the map's max and with the top-1 % mean, pixel AUROC and
-AUPRO (:mod:`algan.model.pixel_eval`) and the fit time.
+AUPRO (:mod:`algan.model.evaluation.pixel_eval`) and the fit time.
 
 Data sets (built once under ``--work``):
 
@@ -139,10 +139,10 @@ def run_set(name: str, root: Path, layout: str, configs: list[str], size: tuple[
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.evaluate import auroc, per_class_auroc
+    from algan.model.evaluation.image_eval import auroc, per_class_auroc
+    from algan.model.evaluation.patch_eval import build_eval_set, fit_map_norm, head_maps, pixel_metrics
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import build_eval_set, fit_map_norm, head_maps, pixel_metrics
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     ds = load_dataset(root, layout)
     spec = make_spec(backbone, default_patch_blocks(backbone), "avg", size)

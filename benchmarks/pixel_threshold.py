@@ -3,9 +3,11 @@ false-positive rates, on every dev set.
 
 How ``algan.contract.DEFAULT_PIXEL_FPR`` (the defect mask's level, ``algan-train`` / ``algan-calibrate
 --pixel-fpr``) was chosen, reproducibly: each data set's patch features (the shipped default, EfficientNet-Lite0
-blocks 10 + 14 at 224 px) are extracted once (:func:`algan.model.patch_eval.build_eval_set`), every head is fitted
+blocks 10 + 14 at 224 px) are extracted once (:func:`algan.model.evaluation.patch_eval.build_eval_set`), every head is
+fitted
 with the product code, and for every rate the thresholds are set with algan-calibrate's protocol on an mvtec/mtd test
-split (:func:`algan.model.patch_eval.calibrated_mask_f1`: the image threshold at 1 % and the pixel threshold at the
+split (:func:`algan.model.evaluation.patch_eval.calibrated_mask_f1`: the image threshold at 1 % and the pixel
+threshold at the
 rate, on a seeded half of the test normals). Printed per data set, head and rate: the mask F1 (pooled pixels, masks
 only on images at or above the image threshold, as an operator sees them), the per-pixel FPR achieved on the other
 half of the normals (all their pixels, flagged or not: what the stated rate promises) and the median mask area of the
@@ -76,7 +78,7 @@ def subset(items: list, n: int | None, seed: int) -> list:
 def mask_area_ratio(maps: np.ndarray, scores: np.ndarray, masks: np.ndarray, labels: np.ndarray, rest: np.ndarray,
                     level: float, thr: float) -> float | None:
     """Median over the flagged defect images of ``rest`` of (predicted mask pixels / ground-truth pixels)."""
-    from algan.model.pixel_metrics import upsample_maps
+    from algan.model.evaluation.pixel_metrics import upsample_maps
 
     idx = [i for i in rest if labels[i] == 1 and scores[i] >= thr and masks[i].any()]
     if not idx:
@@ -91,10 +93,10 @@ def run_set(name: str, root: Path, layout: str, heads: list[str], rates: list[fl
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
+    from algan.model.evaluation.patch_eval import BENCH_TARGET_FPR, build_eval_set, calibrated_mask_f1, head_maps
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import BENCH_TARGET_FPR, build_eval_set, calibrated_mask_f1, head_maps
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     ds = load_dataset(root, layout)
     train = subset(ds.train, max_train, seed)

@@ -78,7 +78,7 @@ def _other_reductions(det, paths, labels) -> dict:  # noqa: ANN001
     the untiled head averages) instead of ``topk`` of the stitched map's cells."""
     import math
 
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
     from algan.runtime.preprocess import prepare_roi, read_image
     from algan.runtime.tiling import TileSpec
 
@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     from algan.data.datasets import load_dataset
     from algan.features.backbone import make_spec
     from algan.features.patch import PatchSpec, default_patch_blocks
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
     from algan.model.fit import FitSettings, fit_detector, frame_raw_scores
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
     from algan.runtime.tiling import parse_tiles
 
     torch.set_num_threads(max(1, args.threads))

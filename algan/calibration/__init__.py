@@ -2,7 +2,7 @@
 
 Modules:
     (the threshold estimators -- empirical quantile, generalised Pareto tail, F1-max, Youden -- are
-    :mod:`algan.model.threshold`: training's head selection uses them too)
+    :mod:`algan.model.evaluation.threshold`: training's head selection uses them too)
     drift: two-sample KS drift test and the false-alarm rate of the current threshold (Clopper-Pearson).
     scoring: raw scores of image files through a bundle's detector (unreadable images skipped and counted).
     int8: the INT8 calibration set contract (``int8_calibration.safetensors``).

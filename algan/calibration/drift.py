@@ -9,7 +9,7 @@ Two questions on recent normal frames, answered against the raw scores stored at
    ``[Beta.ppf(a/2; k, n-k+1), Beta.ppf(1-a/2; k+1, n-k)]``. Drift also when ``k`` exceeds the ``1 - alpha``
    quantile of the count expected on an unchanged line: beta-binomial when the threshold is the empirical order
    statistic ``rank`` of ``n_calib`` scores (this includes the threshold's own sampling error), else binomial at
-   the target rate (:func:`algan.model.threshold.expected_alarms_interval`).
+   the target rate (:func:`algan.model.evaluation.threshold.expected_alarms_interval`).
 
 Either finding means: re-run ``algan-calibrate`` on recent normal frames (``algan-calibrate --check`` exits 3).
 """
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from algan.model.threshold import check_scores, expected_alarms_interval
+from algan.model.evaluation.threshold import check_scores, expected_alarms_interval
 
 #: most raw scores kept as the drift reference in the bundle (more are reduced to this many quantiles)
 MAX_REFERENCE_SCORES = 1000

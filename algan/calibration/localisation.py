@@ -14,7 +14,8 @@ runtime's function, used here so the figures match the overlays). Three figures 
   calibrated scale) with the box of the ground-truth defect it overlaps best (8-connected components of the mask;
   several defects in one image are several boxes), over the flagged defect images.
 
-The predicted defect mask's figure, ``mask_f1``, is :class:`algan.model.pixel_metrics.MaskF1` (pooled pixel F1 at the
+The predicted defect mask's figure, ``mask_f1``, is :class:`algan.model.evaluation.pixel_metrics.MaskF1` (pooled pixel
+F1 at the
 calibrated pixel threshold).
 
 All figures are ``None`` when they have nothing to count (no normal images, no masks, no flagged defect).

@@ -34,7 +34,7 @@ from algan.contract import (
     utc_now_iso,
 )
 from algan.data.datasets import DatasetError, load_dataset, load_folder
-from algan.model.threshold import (
+from algan.model.evaluation.threshold import (
     MIN_SCORES,
     F1Threshold,
     TargetFprThreshold,

@@ -2,11 +2,13 @@
 
 Rows: ``dataset, variant, head, auroc, recall_at_fpr, train_s, head_ms, backbone_ms, pixel_auroc, aupro, mask_f1,
 model_mb`` (recall_at_fpr: the share of test defects flagged at the threshold algan-calibrate would set for
-``--target-fpr`` on the test normals, :func:`algan.model.threshold.recall_at_fpr`; head_ms and backbone_ms are
+``--target-fpr`` on the test normals, :func:`algan.model.evaluation.threshold.recall_at_fpr`; head_ms and backbone_ms
+are
 per image, batch 32, this machine's CPU, measured in the same run so their ratio is meaningful; pixel_auroc, aupro
 and mask_f1 are null for image-level heads and data sets without masks; mask_f1 is the pooled pixel F1 of the
 predicted defect masks at thresholds calibrated on half the test normals,
-:func:`algan.model.patch_eval.calibrated_mask_f1`; model_mb is the head's stored tensors). ``--variants patch``
+:func:`algan.model.evaluation.patch_eval.calibrated_mask_f1`; model_mb is the head's stored tensors). ``--variants
+patch``
 adds a row per patch head (ALGAN-patch, PatchCore, PaDiM-style) on the same patch features; for those,
 backbone_ms includes the patch aggregation and projection and head_ms the map postprocess, and the rows add the
 localisation figures ``border_peak_fraction, peak_hit_rate, peak_hit_rate_flagged, region_iou``
@@ -31,8 +33,8 @@ from algan.cli._common import add_version, input_size, run_cli, setup_logging
 def _recall(y: np.ndarray, scores: np.ndarray, target_fpr: float) -> float | None:
     """``recall_at_fpr`` of a row: the share of the test split's defect images flagged at the threshold
     algan-calibrate would set for ``target_fpr`` on its normal test images
-    (:func:`algan.model.threshold.recall_at_fpr`); ``None`` with fewer than 20 normal test images."""
-    from algan.model.threshold import MIN_SCORES, recall_at_fpr
+    (:func:`algan.model.evaluation.threshold.recall_at_fpr`); ``None`` with fewer than 20 normal test images."""
+    from algan.model.evaluation.threshold import MIN_SCORES, recall_at_fpr
 
     y = np.asarray(y)
     if int((y == 0).sum()) < MIN_SCORES:
@@ -58,10 +60,10 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
     from algan.cli.train import backbone_spec_from_args
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, build_backbone
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
     from algan.model.fit import FitSettings, extract_features, fit_head
-    from algan.model.heads import FeatureTransform
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.heads.vector import FeatureTransform
     from algan.runtime.preprocess import load_batch
 
     torch.manual_seed(args.seed)
@@ -202,10 +204,16 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
     from algan.features.backbone import Preprocess
     from algan.features.patch import MapPostprocess, PatchFeatureMaps
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
+    from algan.model.evaluation.patch_eval import (
+        build_eval_set,
+        calibrated_mask_f1,
+        fit_map_norm,
+        head_maps,
+        pixel_metrics,
+    )
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_eval import build_eval_set, calibrated_mask_f1, fit_map_norm, head_maps, pixel_metrics
-    from algan.model.train import PATCH_SCHEDULE, AlganConfig
+    from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig
     from algan.runtime.preprocess import load_batch
 
     size = args.input_size
@@ -277,8 +285,8 @@ def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dic
     import torch
 
     from algan.features.backbone import Preprocess
-    from algan.model.evaluate import auroc
-    from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, pixels, train_algan_image
+    from algan.model.evaluation.image_eval import auroc
+    from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, pixels, train_algan_image
     from algan.runtime.preprocess import load_batch
 
     size = (args.image_size, args.image_size)
@@ -378,7 +386,7 @@ def _main(args: argparse.Namespace) -> int:
 def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray) -> None:
     """Each head's AUROC difference to the best head, with a paired bootstrap 95 % interval: a difference whose
     interval contains 0 is not one that this test set can resolve."""
-    from algan.model.evaluate import paired_auroc_difference
+    from algan.model.evaluation.image_eval import paired_auroc_difference
 
     if len(rows) < 2:
         return

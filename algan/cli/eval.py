@@ -1,11 +1,12 @@
 """``algan-eval``: image-level AUROC and ``recall_at_fpr`` of a model bundle on a labelled test split, and pixel
 AUROC / AUPRO / mask F1 and the localisation figures (border-peak fraction, peak hit rate, region IoU;
 :mod:`algan.calibration.localisation`) when the model outputs anomaly maps and the data set has ground-truth masks
-(:mod:`algan.model.pixel_eval`).
+(:mod:`algan.model.evaluation.pixel_eval`).
 
 ``mask_f1`` is the pooled pixel F1 of the defect masks the model predicts at its calibrated thresholds (map at or
 above the bundle's pixel threshold, on images at or above the image threshold;
-:class:`algan.model.pixel_metrics.MaskF1`); a bundle without a pixel threshold uses the fallback level 1.0 and says
+:class:`algan.model.evaluation.pixel_metrics.MaskF1`); a bundle without a pixel threshold uses the fallback level 1.0
+and says
 so in ``pixel_threshold_source``."""
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from algan.cli._common import add_version, run_cli, setup_logging
 
 def _recall(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float | None:
     """``recall_at_fpr``: the share of defective test images flagged at the threshold algan-calibrate would set for
-    ``target_fpr`` on the normal test images (:func:`algan.model.threshold.recall_at_fpr`); ``None`` with
+    ``target_fpr`` on the normal test images (:func:`algan.model.evaluation.threshold.recall_at_fpr`); ``None`` with
     fewer than 20 normal test images."""
-    from algan.model.threshold import MIN_SCORES, recall_at_fpr
+    from algan.model.evaluation.threshold import MIN_SCORES, recall_at_fpr
 
     if int((labels == 0).sum()) < MIN_SCORES:
         return None
@@ -32,8 +33,9 @@ def _recall(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float 
 
 def _image_results(dataset, scores: np.ndarray) -> dict:
     """Image AUROC overall and per anomaly class (against all normal test images), from scores in test order;
-    the same figures as :func:`algan.model.evaluate.evaluate`, from the pixel pass's scores (no second pass)."""
-    from algan.model.evaluate import auroc
+    the same figures as :func:`algan.model.evaluation.image_eval.evaluate`, from the pixel pass's scores (no second
+    pass)."""
+    from algan.model.evaluation.image_eval import auroc
 
     labels = np.array([s.label for s in dataset.test])
     classes = np.array([s.cls for s in dataset.test])
@@ -72,8 +74,8 @@ def _localisation(dataset, pix: dict) -> dict:
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
-    from algan.model.evaluate import evaluate
-    from algan.model.pixel_eval import evaluate_maps, pixel_metrics_unavailable
+    from algan.model.evaluation.image_eval import evaluate
+    from algan.model.evaluation.pixel_eval import evaluate_maps, pixel_metrics_unavailable
 
     if not 0.0 < args.fpr_limit <= 1.0:
         raise ValueError(f"--fpr-limit must lie in (0, 1], got {args.fpr_limit}")

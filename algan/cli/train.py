@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "earlier bundle with --force (a directory holding anything else is refused)")
     p.add_argument("--force", action="store_true", help="replace the earlier model bundle in --out")
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mtd", "folder"], help="data layout")
-    p.add_argument("--head", default="algan", choices=["algan", "mahalanobis", "knn", "patchcore", "padim", "auto"],
+    p.add_argument("--head", default="algan", choices=[*HEAD_NAMES, "auto"],
                    help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
                         "padim); auto: fit every head of the variant, score each on synthetic defects drawn on the "
                         "held-out normals and keep the one with the highest recall at --target-fpr (the table is "
@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: the names of algan.features.backbone.BACKBONES (kept here so that --help imports no torch)
 BACKBONE_NAMES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2",
                   "wide_resnet101_2", "resnet18")
-#: algan.features.backbone.POOLINGS and algan.model.heads.KNN_METRICS, torch-free for the same reason
+#: the head names of algan.model.heads.registry (every variant), torch-free for the same reason
+HEAD_NAMES = ("algan", "mahalanobis", "knn", "patchcore", "padim")
+#: algan.features.backbone.POOLINGS and algan.model.heads.vector.KNN_METRICS, torch-free for the same reason
 POOLING_NAMES = ("avg", "max", "avgmax", "avgstd")
 KNN_METRIC_NAMES = ("whitened", "euclidean")
 
@@ -228,6 +230,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError("--pooling applies to the feature variant; the patch variant keeps the feature maps")
         return
     from algan.model.fit import check_checkpoint_head
+    from algan.model.heads.registry import head_kinds, head_names
 
     check_checkpoint_head(args.checkpoint, args.head)
     if args.ensemble is not None:
@@ -235,7 +238,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
         if args.head != "algan" or args.variant == "image":
             raise ValueError("--ensemble applies to the ALGAN-feature and ALGAN-patch heads (--head algan) only")
-    patch_heads, feature_heads = ("algan", "patchcore", "padim"), ("algan", "mahalanobis", "knn")
+    patch_heads, feature_heads = head_names("patch"), head_names("feature")
     if args.variant == "patch" and args.head not in patch_heads:
         raise ValueError(f"--variant patch has the heads {', '.join(patch_heads)}, not --head {args.head}")
     if args.variant != "patch":
@@ -244,13 +247,14 @@ def check_args(args: argparse.Namespace) -> None:
         given = [f"--{f.replace('_', '-')}" for f in PATCH_FLAGS if getattr(args, f, None) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} apply to --variant patch only (this run is --variant {args.variant})")
-    if args.coreset_ratio is not None and args.head != "patchcore":
-        raise ValueError("--coreset-ratio applies to --head patchcore only")
+    for option in ("coreset_ratio", "knn_metric"):  # a head's own settings (HeadKind.options)
+        readers = sorted({k.name for k in head_kinds() if option in k.options})
+        if getattr(args, option) is not None and args.head not in readers:
+            flag, heads = f"--{option.replace('_', '-')}", " or ".join(readers)
+            raise ValueError(f"{flag} applies to --head {heads} only (this run trains --head {args.head}); drop it "
+                             f"or add --head {heads}")
     if args.variant == "patch" and args.pooling is not None:
         raise ValueError("--pooling applies to the feature variant; the patch variant keeps the feature maps")
-    if args.knn_metric is not None and args.head != "knn":
-        raise ValueError(f"--knn-metric applies to --head knn only (this run trains --head {args.head}); drop it "
-                         "or add --head knn")
 
 
 def fit_settings(args: argparse.Namespace, variant: str, head: str):
@@ -258,8 +262,8 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
     backbone and the patch sizes before any data is read)."""
     from algan.features.backbone import BackboneSpec
     from algan.model.fit import FitSettings
-    from algan.model.image import ImageConfig
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.gan.image import ImageConfig
 
     vargs = argparse.Namespace(**{**vars(args), "variant": variant})
     # the backbone is checked before any data is read; the image variant has none
@@ -277,7 +281,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         # --head auto ranks and ships ALGAN-feature with one (G, D) pair: 3x cheaper, within the time budget
         feature_overrides["ensemble"] = 1
     if variant == "patch":
-        from algan.model.train import PATCH_SCHEDULE
+        from algan.model.gan.feature import PATCH_SCHEDULE
 
         # ALGAN-patch: the patch schedule on either preset; "default" is the patch default (one (G, D) pair)
         preset = "patch" if args.preset == "default" else args.preset

@@ -64,6 +64,7 @@ from algan.contract.manifest import (
     parse_manifest,
     write_manifest,
 )
+from algan.contract.metadata import graph_metadata, set_metadata
 from algan.contract.names import (
     CALIBRATION_SCORES_FILE,
     ENGINE_FILE,
@@ -78,10 +79,12 @@ from algan.contract.names import (
     INT8_SET_FILE,
     KEY_CAL_CENTER,
     KEY_CAL_SCALE,
+    KEY_MAP_NORM,
     KEY_MAP_SIZE,
     KEY_MODEL_ID,
     KEY_OUTPUTS,
     KEY_PIXEL_THRESHOLD,
+    KEY_PRECISION,
     MANIFEST_FILE,
     MAP_OUTPUTS,
     MAPS_OUTPUT_NAME,
@@ -109,7 +112,8 @@ __all__ = [
     "list_images", "CALIBRATION_SCORES_FILE", "ENGINE_FILE", "ENGINE_INT8_CACHE_FILE",
     "ENGINE_SIDECAR_FILE", "ENGINE_TIMING_CACHE_FILE", "EXPORT_KEYS", "FORMAT_VERSION", "FP16_ONNX_FILE",
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
-    "KEY_MODEL_ID", "KEY_OUTPUTS", "KEY_PIXEL_THRESHOLD",
+    "KEY_MODEL_ID", "KEY_OUTPUTS", "KEY_PIXEL_THRESHOLD", "KEY_MAP_NORM", "KEY_PRECISION", "graph_metadata",
+    "set_metadata",
     "DEFAULT_PIXEL_FPR", "pixel_threshold", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE",
     "OUTPUT_NAME",
     "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "SIGNATURE_FILE", "TRAINING_SECTIONS", "WEIGHTS_FILE",

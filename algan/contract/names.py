@@ -35,6 +35,10 @@ KEY_CAL_SCALE = "algan.calibration_scale"
 #: graphs with maps of a bundle with a pixel threshold: the map level of a defect pixel on the graph's calibrated map
 #: scale (:attr:`algan.contract.manifest.CalibrationSection.pixel_level`)
 KEY_PIXEL_THRESHOLD = "algan.pixel_threshold"
+#: the graph's compute precision, ``fp32`` or ``fp16`` (its I/O types never change)
+KEY_PRECISION = "algan.precision"
+#: graphs with maps: the per-location map normalisation inside the graph (none, mean or standardize)
+KEY_MAP_NORM = "algan.map_norm"
 
 # -- bundle files -------------------------------------------------------------------------------------------
 MANIFEST_FILE = "algan.json"

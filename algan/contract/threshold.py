@@ -1,5 +1,5 @@
 """The threshold rule: the one order statistic that training (``algan.model.fit``), re-calibration
-(``algan.model.threshold``) and every other "threshold at a target false-alarm rate" use;
+(``algan.model.evaluation.threshold``) and every other "threshold at a target false-alarm rate" use;
 :func:`pixel_threshold` applies it to the anomaly-map cells of normal images."""
 
 from __future__ import annotations

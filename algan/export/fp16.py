@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from algan.export.metadata import set_metadata
+from algan.contract import KEY_PRECISION, set_metadata
 
 #: how many leading backbone blocks stay float32, tried in this order until the FP16 graph passes parity
 FP16_FP32_BLOCKS = (4, 8, 12)
@@ -108,7 +108,7 @@ def convert_fp16(src: str | Path, dst: str | Path, scopes: Iterable[str] = FP32_
             out = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops,
                                                    node_block_list=keep)
         _restore_output_types(model_types, out)
-        set_metadata(out, {**meta, "algan.precision": "fp16"})
+        set_metadata(out, {**meta, KEY_PRECISION: "fp16"})
         onnx.checker.check_model(out)
         onnx.save(out, tmp)
         os.chmod(tmp, 0o644)  # mkstemp gives 0600; a bundle is read by the service user

@@ -4,7 +4,7 @@ Graph contract: input ``images`` uint8 [N, H, W, 3] (BGR, NHWC, N dynamic, H and
 float32 [N], calibrated so 1.0 = alarm threshold. Colour conversion, normalisation, backbone, feature transform,
 head and calibration are all inside the graph; resizing/cropping stays on the host. The opset and the dynamic axis
 are set here, in one place; the I/O contract goes into ``metadata_props``
-(:mod:`algan.export.metadata`).
+(:mod:`algan.contract.metadata`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from algan import __version__
-from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME, Manifest
-from algan.export.metadata import graph_metadata, set_metadata
+from algan.contract import INPUT_NAME, MAPS_OUTPUT_NAME, OUTPUT_NAME, Manifest, graph_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def export_onnx(detector, manifest: Manifest, path: str | Path, opset: int = DEF
         cal = detector.calibration
         set_metadata(model, graph_metadata(manifest, (h, w), float(cal.center), float(cal.scale), opset,
                                            map_size=detector.map_size if has_maps else None,
-                                           pixel_threshold=manifest.calibration.pixel_threshold))
+                                           pixel_threshold=manifest.calibration.pixel_threshold, version=__version__))
         model.producer_name = "algan-edge"
         model.producer_version = __version__
         onnx.checker.check_model(model, full_check=True)

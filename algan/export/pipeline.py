@@ -148,7 +148,7 @@ def _labelled(opts: ExportOptions, size: tuple[int, int], tiling: FrameTiling | 
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
 
     try:
         return auroc(labels, scores)

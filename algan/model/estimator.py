@@ -4,8 +4,8 @@
 >>> det.score_samples(X_test)                              # LOWER = more abnormal (sklearn convention)
 >>> det.predict(X_test)                                    # +1 inlier, -1 outlier
 
-The model is :func:`algan.model.train.train_algan` (Murase & Fukumizu 2022, arXiv:2202.10281) behind a feature
-transform (:class:`algan.model.heads.FeatureTransform`). Conventions follow sklearn's outlier detectors
+The model is :func:`algan.model.gan.feature.train_algan` (Murase & Fukumizu 2022, arXiv:2202.10281) behind a feature
+transform (:class:`algan.model.heads.vector.FeatureTransform`). Conventions follow sklearn's outlier detectors
 (``IsolationForest``, ``LocalOutlierFactor(novelty=True)``): ``score_samples`` is the *negated* ALGAN anomaly score,
 i.e. the discriminator's logit of "normal data", averaged over the head's discriminators; ``decision_function`` is
 ``score_samples - offset_`` (negative = outlier); ``offset_`` is the ``contamination`` quantile of the training
@@ -19,8 +19,8 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from algan.model.heads import FeatureTransform
-from algan.model.train import DEFAULT, AlganConfig, train_algan
+from algan.model.gan.feature import DEFAULT, AlganConfig, train_algan
+from algan.model.heads.vector import FeatureTransform
 
 _CFG_FIELDS = tuple(AlganConfig.__dataclass_fields__)
 
@@ -28,7 +28,7 @@ _CFG_FIELDS = tuple(AlganConfig.__dataclass_fields__)
 class ALGANDetector(OutlierMixin, BaseEstimator):
     """ALGAN outlier detector for vector data, sklearn API.
 
-    Parameters: every :class:`algan.model.train.AlganConfig` field (defaults: the ``default`` preset), plus
+    Parameters: every :class:`algan.model.gan.feature.AlganConfig` field (defaults: the ``default`` preset), plus
 
     Args:
         transform: ``standardize`` (per-feature z-score), ``pca`` (PCA whitening to ``pca_dim`` components) or

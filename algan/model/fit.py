@@ -1,7 +1,7 @@
 """Fit a complete detector on a data set: features -> transform -> head -> calibration -> manifest.
 
 This is the training pipeline behind ``algan-train``; it holds no CLI code. The ALGAN training loop itself is
-:mod:`algan.model.train`.
+:mod:`algan.model.gan.feature`.
 """
 
 from __future__ import annotations
@@ -29,22 +29,16 @@ from algan.contract import (
 from algan.data.datasets import Dataset
 from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec, sample_cells
-from algan.model.algan_heads import fold_whitening
 from algan.model.detector import AnomalyDetector, Calibration
-from algan.model.heads import FeatureTransform, KnnHead, MahalanobisHead
-from algan.model.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone, train_algan_image
-from algan.model.patch_heads import PATCH_HEADS, PatchwiseHead, padim_head, patchcore_head
-from algan.model.train import PATCH_SCHEDULE, AlganConfig, train_algan
+from algan.model.gan.feature import AlganConfig
+from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone
+from algan.model.heads.registry import FittedHead, head_kind, head_kinds
+from algan.model.heads.vector import FeatureTransform
 from algan.progress import track
 from algan.runtime.preprocess import current_roi, load_batch, prepare_roi, read_image
 from algan.runtime.tiling import TileSpec, load_tiles
 
 log = logging.getLogger(__name__)
-HEADS = ("algan", "mahalanobis", "knn")
-VARIANTS = ("feature", "image", "patch")
-#: fewest ALGAN-patch training steps without a warning: below ~500 the maps of a synthetic set came out inverted
-#: (pixel AUROC 0.30 after 32 steps, 0.55 after 96, 0.78 with the default 1500; tests/pipeline/test_bench_cli.py)
-MIN_PATCH_STEPS = 500
 #: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
 N_STORED_SAMPLES = 16
 #: training images (at most; a seeded subset) whose maps give the per-location map statistics of the patch variant
@@ -74,7 +68,7 @@ class FitSettings:
         seed: seed of the split, the subset and the training.
         batch_size: images per backbone batch.
         checkpoint: ALGAN training checkpoint directory, any variant (resumable training, bit-identical to an
-            uninterrupted run; see :func:`algan.model.gan_loop.train_gan`); ``None`` = no checkpoint. Not part of
+            uninterrupted run; see :func:`algan.model.gan.loop.train_gan`); ``None`` = no checkpoint. Not part of
             the model.
         patch: patch features and maps (``variant == "patch"``; heads ``algan``, ``patchcore``, ``padim``).
         coreset_ratio: PatchCore memory bank size as a fraction of all training patch cells (PatchCore: 0.01-0.1),
@@ -116,11 +110,11 @@ class FitCache:
     Attributes:
         features: raw training features of the split's fit images: feature variant float32 (N, D) backbone
             features; patch variant float32 (M, C) sampled patch vectors (before the projection).
-        fitted: the fitted head as :func:`fit_head` / :func:`fit_patch_head` return it, or ``None`` to fit here.
+        fitted: the fitted head (:class:`~algan.model.heads.registry.FittedHead`), or ``None`` to fit here.
     """
 
     features: np.ndarray
-    fitted: tuple | None = None
+    fitted: FittedHead | None = None
 
 
 @dataclass
@@ -185,36 +179,16 @@ def _chunks(x: np.ndarray, n: int) -> list[np.ndarray]:
     return [x[i : i + n] for i in range(0, len(x), n)]
 
 
-def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool):
-    """Fit a patch head on projected training patch vectors x (M, K); ``n_cells`` = all training cells (images x
-    grid), for the PatchCore bank size. Returns (head module, settings json, extras, train info)."""
-    if settings.head == "algan":
-        cfg = settings.algan
-        steps = cfg.steps_for(len(x))
-        if steps < MIN_PATCH_STEPS:
-            log.warning("ALGAN-patch trains only %d steps here (at least %d recommended): early in training D scores "
-                        "the data's centre as fake and the maps come out inverted; drop --epochs to use the default "
-                        "schedule (>= %d steps) or raise it", steps, MIN_PATCH_STEPS, PATCH_SCHEDULE["min_steps"])
-        result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
-        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        # the whitening is folded into D's first layer: one K x K product less per cell at inference (not with
-        # d_quadratic, whose radial term needs the whitened input)
-        fold = result.whitening is not None and not cfg.d_quadratic
-        head = PatchwiseHead(fold_whitening(result.head) if fold else result.head)
-        head_json = {**cfg.to_json(), "folded_whitening": fold}
-        return (head, head_json, extras,
-                {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)})
-    if settings.head == "patchcore":
-        if not 0.0 < settings.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset ratio must lie in (0, 1], got {settings.coreset_ratio}")
-        n_bank = min(max(int(round(settings.coreset_ratio * n_cells)), 1), len(x))
-        t = time.perf_counter()
-        head = patchcore_head(x, n_bank, settings.seed)
-        return head, {"n_bank": n_bank, "coreset_ratio": settings.coreset_ratio, "k": 1, "centered": True}, {}, \
-            {"train_s": round(time.perf_counter() - t, 2)}
-    if settings.head == "padim":
-        return padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {}
-    raise ValueError(f"unknown patch head {settings.head!r}; use one of {', '.join(PATCH_HEADS)}")
+def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool) -> FittedHead:
+    """Fit the patch head ``settings.head`` (:func:`algan.model.heads.registry.head_kind` ``("patch", head)``) on
+    projected training patch vectors x float32 (M, K); ``n_cells`` = all training cells (images x grid), for the
+    PatchCore bank size.
+
+    Raises:
+        ValueError: not a patch head, a checkpoint with a head that does not train, or settings the head refuses.
+    """
+    check_checkpoint_settings(settings)
+    return head_kind("patch", settings.head).fit(settings, x, n_cells=n_cells, progress=progress)
 
 
 def training_split(dataset: Dataset, settings: FitSettings) -> tuple[list[Path], list[Path]]:
@@ -315,28 +289,23 @@ def check_checkpoint_settings(settings: FitSettings) -> None:
 
 
 def check_checkpoint_head(checkpoint: str | None, head: str) -> None:
-    """The one rule for ``--checkpoint``: the ALGAN head of every variant trains a GAN and checkpoints; the
-    classical heads fit in seconds and have no training state. Raises ValueError for another head."""
-    if checkpoint is not None and head != "algan":
+    """The one rule for ``--checkpoint``: the heads that train (:attr:`HeadKind.trains
+    <algan.model.heads.registry.HeadKind.trains>`: ALGAN, every variant) checkpoint; the classical heads fit in
+    seconds and have no training state. Raises ValueError for another head."""
+    if checkpoint is not None and not any(k.trains for k in head_kinds() if k.name == head):
         raise ValueError(f"--checkpoint works with the ALGAN head only (--head algan, any --variant), not with "
                          f"--head {head}: it fits in seconds and has no training state to resume")
 
 
-def fit_head(settings: FitSettings, x: np.ndarray, progress: bool):
-    """Fit the configured head on transformed features x (N, K); returns (head module, settings json, extras)."""
+def fit_head(settings: FitSettings, x: np.ndarray, progress: bool) -> FittedHead:
+    """Fit the feature head ``settings.head`` (:func:`algan.model.heads.registry.head_kind` ``("feature", head)``)
+    on transformed features x float32 (N, K).
+
+    Raises:
+        ValueError: not a feature head, a checkpoint with a head that does not train, or settings the head refuses.
+    """
     check_checkpoint_settings(settings)
-    if settings.head == "algan":
-        cfg = settings.algan
-        result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
-        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        return result.head, cfg.to_json(), extras, {"train_s": result.train_s, "final": result.history[-1],
-                                                    "epochs_run": len(result.history)}
-    if settings.head == "mahalanobis":
-        return MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {}
-    if settings.head == "knn":
-        head = KnnHead.fit(x, settings.knn_k, settings.knn_metric)
-        return head, {"k": settings.knn_k, "n_bank": len(x), "metric": head.metric}, {}, {}
-    raise ValueError(f"unknown head {settings.head!r}; use one of {', '.join(HEADS)}")
+    return head_kind("feature", settings.head).fit(settings, x, progress=progress)
 
 
 def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
@@ -354,20 +323,12 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
     fit_paths, hold_paths = training_split(dataset, settings)
-    if settings.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {settings.variant!r}; use one of {', '.join(VARIANTS)}")
+    kind = head_kind(settings.variant, settings.head)  # ValueError: unknown variant, or the variant's heads
     check_checkpoint_settings(settings)
-    if settings.variant == "patch" and settings.head not in PATCH_HEADS:
-        raise ValueError(f"the patch variant has the heads {', '.join(PATCH_HEADS)}; got --head {settings.head}")
-    if settings.variant != "patch" and settings.head not in HEADS:
-        raise ValueError(f"unknown head {settings.head!r} for the {settings.variant} variant; use one of "
-                         f"{', '.join(HEADS)} (patchcore and padim need --variant patch)")
     postprocess = None
     tiling = settings.tiling
     n_tiles = tiling.n_tiles if tiling is not None else 1
     if settings.variant == "image":
-        if settings.head != "algan":
-            raise ValueError("the image variant has only the algan head; use --variant feature for mahalanobis/knn")
         icfg = settings.image or ImageConfig(seed=settings.seed)
         size = (icfg.size, icfg.size)
         preprocess, backbone = Preprocess(PIXEL_MEAN, PIXEL_STD), PixelBackbone(icfg.channels)
@@ -389,7 +350,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
             x = transform.vectors(torch.from_numpy(patches)).numpy()
         n_cells = len(fit_paths) * n_tiles * backbone.grid[0] * backbone.grid[1]
         head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
-                                                   else fit_patch_head(settings, x, n_cells, progress))
+                                                   else kind.fit(settings, x, n_cells=n_cells, progress=progress))
         postprocess = MapPostprocess(pspec, size)
         backbone_json = spec.to_json()
         feature_json = {"transform": pspec.projection, "in_dim": int(patches.shape[1]), "dim": int(x.shape[1]),
@@ -398,10 +359,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         feats = extract_features(preprocess, backbone, fit_paths, size, settings.batch_size,
                                  "features (train)" if progress else None, tiling)
         transform = torch.nn.Identity()
-        result = train_algan_image(torch.from_numpy(feats), icfg, progress=progress, checkpoint=settings.checkpoint)
-        head, head_settings = result.head, icfg.to_json()
-        extras = {f"generator.{k}": v for k, v in result.generator.state_dict().items()}
-        train_info = {"train_s": result.train_s, "final": result.history[-1]}
+        head, head_settings, extras, train_info = kind.fit(settings, feats, progress=progress)
         feature_json = {"transform": "none", "in_dim": 0, "dim": 0}
     else:
         feats = cache.features if cache is not None else extract_features(
@@ -411,7 +369,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()
         head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
-                                                   else fit_head(settings, x, progress))
+                                                   else kind.fit(settings, x, progress=progress))
         backbone_json = spec.to_json()
         feature_json = {"transform": settings.transform, "in_dim": int(feats.shape[1]), "dim": int(x.shape[1])}
     head.eval()
@@ -448,8 +406,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     samples = load_tiles([calib_paths[i] for i in pick], size, tiling)
     if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
         samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
-    kind = {"feature": settings.head, "image": "algan-image", "patch": f"{settings.head}-patch"}[settings.variant]
-    model_id = f"{dataset.root.name or 'model'}-{kind}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
+    model_id = f"{dataset.root.name or 'model'}-{kind.label}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,

@@ -4,7 +4,7 @@ Every candidate head (:data:`CANDIDATES`) is fitted on the training split's feat
 each is scored on the held-out normals and on synthetic defects drawn on those held-out normals
 (:mod:`algan.data.defects`). Its figures: ``recall_at_fpr`` (the share of synthetic defects flagged at the
 threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
-:func:`algan.model.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
+:func:`algan.model.evaluation.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
 synthetic defects) and the recall per defect kind.
 
 The rule (:data:`RULE`, :func:`choose`): the highest ``recall_at_fpr``; candidates within :data:`RECALL_TIE` of it
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from algan.model.evaluate import auroc
-from algan.model.threshold import recall_above, recall_at_fpr
+from algan.model.evaluation.image_eval import auroc
+from algan.model.evaluation.threshold import recall_above, recall_at_fpr
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
     head = fitted[0]
     s_norm, s_def = image_scores(head, data, data.normal), image_scores(head, data, data.defect)
     kinds_a = np.asarray(kinds)
-    from algan.model.threshold import TargetFprThreshold
+    from algan.model.evaluation.threshold import TargetFprThreshold
 
     thr = TargetFprThreshold(target_fpr).fit(s_norm).threshold_
     by_kind = {str(k): float(recall_above(s_def[kinds_a == k], thr)) for k in sorted(set(kinds_a.tolist()))}
@@ -213,7 +213,7 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     from algan.features.backbone import Preprocess, build_backbone
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
     from algan.model.fit import extract_features, extract_patches
-    from algan.model.heads import FeatureTransform
+    from algan.model.heads.vector import FeatureTransform
 
     spec = settings.backbone
     size = tuple(spec.input_size)
@@ -256,11 +256,10 @@ def candidate_settings(name: str, feature, patch):
 
 def fitter(settings) -> Callable[[VariantData], tuple]:
     """``fit(data) -> (head, settings json, extras, train info)`` of one candidate's settings."""
-    from algan.model.fit import fit_head, fit_patch_head
+    from algan.model.heads.registry import head_kind
 
-    if settings.variant == "patch":
-        return lambda d: fit_patch_head(settings, d.train, d.n_cells, False)
-    return lambda d: fit_head(settings, d.train, False)
+    kind = head_kind(settings.variant, settings.head)
+    return lambda d: kind.fit(settings, d.train, n_cells=d.n_cells, progress=False)
 
 
 @dataclass

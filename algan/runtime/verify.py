@@ -3,7 +3,7 @@
 A model bundle records its own integrity: ``algan.json`` holds the ``format_version``, the ``model_id`` and, once
 exported, ``exports.onnx.sha256`` / ``exports.onnx_fp16.sha256`` (written by ``algan-export``, see
 :mod:`algan.export.pipeline`); every exported graph carries ``algan.model_id`` in its ONNX ``metadata_props``
-(:mod:`algan.export.metadata`). :func:`verify_model` checks, before the daemon loads a runner:
+(:mod:`algan.contract.metadata`). :func:`verify_model` checks, before the daemon loads a runner:
 
 1. ``algan.json`` is readable JSON of a supported ``format_version`` (a corrupt manifest is refused: the daemon
    cannot know the bundle's calibration, so it would score "as exported" with a threshold nobody chose);

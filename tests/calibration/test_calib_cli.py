@@ -90,7 +90,7 @@ def test_check_detects_drift_exit_3(bundle_copy, calib_data, tmp_path, capsys):
 
 def test_roi_is_recorded_and_sets_the_threshold_on_the_crop(bundle_copy, calib_data, capsys):
     from algan.calibration.pipeline import select_data
-    from algan.model.threshold import TargetFprThreshold
+    from algan.model.evaluation.threshold import TargetFprThreshold
     from algan.runtime.preprocess import prepare_frame, read_image
 
     det, m0 = load_bundle(bundle_copy)

@@ -14,7 +14,7 @@ from calibkit import shared_data_dir
 from algan.calibration.drift import clopper_pearson
 from algan.contract import load_manifest
 from algan.data.datasets import load_dataset
-from algan.model.threshold import TargetFprThreshold, expected_alarms_interval
+from algan.model.evaluation.threshold import TargetFprThreshold, expected_alarms_interval
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 TARGET = 0.05  # resolvable by ~166 calibration images (about 8 expected exceedances)

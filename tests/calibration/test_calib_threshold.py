@@ -10,7 +10,7 @@ from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from algan.model.threshold import (
+from algan.model.evaluation.threshold import (
     F1Threshold,
     GPDTailThreshold,
     QuantileThreshold,
@@ -141,7 +141,7 @@ def test_expected_alarms_interval_matches_resampling():
 
 
 def test_recall_at_fpr_is_recall_at_the_calibrate_threshold():
-    from algan.model.threshold import TargetFprThreshold, recall_above, recall_at_fpr
+    from algan.model.evaluation.threshold import TargetFprThreshold, recall_above, recall_at_fpr
 
     normals = np.arange(1.0, 201.0)  # 200 scores: the 1 % threshold is the order statistic of rank 199
     thr = TargetFprThreshold(0.01).fit(normals).threshold_

@@ -81,7 +81,7 @@ def test_localisation_metrics_counts_normals_defects_and_flags():
     assert out["n_flagged_defects"] == 3
     # IoUs of the flagged: 1, 1 and 0 (a one-cell box far from the defect): median 1
     assert out["region_iou"] == pytest.approx(1.0)
-    assert "mask_f1" not in out  # the mask's F1 is algan.model.pixel_metrics.MaskF1
+    assert "mask_f1" not in out  # the mask's F1 is algan.model.evaluation.pixel_metrics.MaskF1
     # without masks: only the border fraction
     no_masks = localisation_metrics(np.stack(maps), np.array(labels))
     assert no_masks["border_peak_fraction"] == pytest.approx(3 / 8) and no_masks["peak_hit_rate"] is None

@@ -27,8 +27,8 @@ def test_order_statistic_rank(n, fpr, rank):
 
 
 def test_training_and_calibration_use_the_same_threshold():
+    from algan.model.evaluation.threshold import QuantileThreshold
     from algan.model.fit import quantile_threshold
-    from algan.model.threshold import QuantileThreshold
 
     s = np.random.default_rng(0).normal(size=300)
     for fpr in (0.01, 0.05, 0.2):
@@ -40,8 +40,8 @@ def test_training_and_calibration_use_the_same_threshold():
 
 
 def test_too_few_scores_training_says_so_calibration_refuses(caplog):
+    from algan.model.evaluation.threshold import QuantileThreshold
     from algan.model.fit import quantile_threshold
-    from algan.model.threshold import QuantileThreshold
 
     s = np.arange(48, dtype=np.float64)  # 48 held-out normals cannot resolve 1 % (needs 99)
     with caplog.at_level(logging.WARNING, logger="algan.model.fit"):

@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from algan.model.estimator import ALGANDetector
-from algan.model.train import AlganConfig
+from algan.model.gan.feature import AlganConfig
 
 torch.set_num_threads(1)
 

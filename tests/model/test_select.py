@@ -134,7 +134,7 @@ def test_bad_auto_flags_exit_2_with_one_line(argv, message, tmp_path, capsys):
 def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     from algan.cli.train import build_parser, fit_settings
     from algan.data.datasets import load_dataset
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
     from algan.model.select import select_heads
 
     base = Path(os.environ.get("ALGAN_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))

@@ -11,7 +11,7 @@ from algan.bundle import BundleError, load_bundle, load_samples
 from algan.contract import load_manifest
 from algan.data.datasets import load_dataset
 from algan.export.onnx_export import export_onnx, ort_scores, torch_scores
-from algan.model.evaluate import evaluate
+from algan.model.evaluation.image_eval import evaluate
 
 HEADS = ("algan", "mahalanobis", "knn")
 SMALL = (64, 64)  # input size the bundles fixture trains at
@@ -112,7 +112,7 @@ def test_saved_bundle_scores_like_the_trained_detector(synth_root, head, tmp_pat
     from algan.bundle import save_bundle
     from algan.features.backbone import BackboneSpec
     from algan.model.fit import FitSettings, fit_detector
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     # the default ALGAN head (ensemble of 3 Ds behind the whitening), few steps
     algan = AlganConfig.preset(epochs=2, min_steps=0)

@@ -22,7 +22,7 @@ from algan.data.datasets import load_dataset
 from algan.data.video import write_video
 from algan.edge.alarm import AlarmTracker
 from algan.edge.config import parse_config
-from algan.model.evaluate import auroc
+from algan.model.evaluation.image_eval import auroc
 from algan.runtime.preprocess import prepare_frame, read_image
 
 pytestmark = [pytest.mark.realdata, pytest.mark.broker, pytest.mark.slow]

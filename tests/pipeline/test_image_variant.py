@@ -12,8 +12,8 @@ from algan.bundle import load_bundle, save_bundle
 from algan.data.datasets import load_dataset
 from algan.export.onnx_export import export_onnx, ort_scores, torch_scores
 from algan.model.fit import FitSettings, fit_detector
-from algan.model.image import PAPER, ImageConfig, train_algan_image
-from algan.model.networks import DCGANDiscriminator, DCGANGenerator, check_size
+from algan.model.gan.image import PAPER, ImageConfig, train_algan_image
+from algan.model.nets.networks import DCGANDiscriminator, DCGANGenerator, check_size
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -92,7 +92,7 @@ def test_image_variant_bundle_and_onnx_parity(synth_root, tmp_path):
     ck = tmp_path / "ck"
     fitted = fit_detector(load_dataset(synth_root), FitSettings(variant="image", image=cfg, checkpoint=str(ck)),
                           progress=False)
-    from algan.model.checkpoint import state_name
+    from algan.model.gan.checkpoint import state_name
 
     assert [p.name for p in ck.iterdir()] == [state_name(0, 2)]  # a complete, resumable training state
     assert fitted.manifest.variant == "image" and fitted.manifest.features.transform == "none"
@@ -124,7 +124,7 @@ def test_default_preset_does_not_collapse_on_mtd_subset():
     if not (root / "MT_Free").is_dir():
         pytest.skip(f"MTD not found at {root} (set ALGAN_DATA_DIR to the folder holding mtd/)")
     from algan.features.backbone import Preprocess
-    from algan.model.image import PIXEL_MEAN, PIXEL_STD, PixelBackbone, pixels
+    from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, PixelBackbone, pixels
     from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(root)

@@ -68,7 +68,7 @@ def _tiny_patch_detector(map_norm: str):
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import PatchFeatureMaps, PatchProjection, default_patch_blocks
     from algan.model.detector import AnomalyDetector, Calibration
-    from algan.model.patch_heads import padim_head
+    from algan.model.heads.patch import padim_head
 
     size = (64, 64)
     spec = make_spec("efficientnet-lite0", default_patch_blocks("efficientnet-lite0"), "avg", size)

@@ -166,7 +166,7 @@ def test_demo_out_with_a_users_files_is_refused(tmp_path, capsys):
 def test_checkpoint_cleanup_keeps_a_users_folder(tmp_path):
     import torch
 
-    from algan.model.checkpoint import save_state
+    from algan.model.gan.checkpoint import save_state
 
     (tmp_path / "state-notes").mkdir()
     (tmp_path / "state-notes" / "a.txt").write_text("mine")

@@ -33,9 +33,9 @@ def mtd_subset(data_dir):
 def test_patch_heads_on_mtd_subset(mtd_subset):
     from algan.features.backbone import Preprocess, make_spec
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchSpec, default_patch_blocks
-    from algan.model.evaluate import auroc
+    from algan.model.evaluation.image_eval import auroc
+    from algan.model.evaluation.pixel_eval import load_masks, metrics_from_maps
     from algan.model.fit import FitSettings, extract_patches, fit_patch_head
-    from algan.model.pixel_eval import load_masks, metrics_from_maps
     from algan.runtime.preprocess import load_batch
 
     ds, train, test = mtd_subset

@@ -17,8 +17,8 @@ from algan.features.patch import (
     gaussian_kernel1d,
     sample_cells,
 )
-from algan.model.heads import KnnHead, MahalanobisHead
-from algan.model.patch_heads import PatchwiseHead, greedy_coreset, nearest_distances, padim_head, patchcore_head
+from algan.model.heads.patch import PatchwiseHead, greedy_coreset, nearest_distances, padim_head, patchcore_head
+from algan.model.heads.vector import KnnHead, MahalanobisHead
 
 
 def test_patch_feature_maps_shapes_and_strides():
@@ -194,7 +194,7 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
 
     from algan.bundle import load_bundle
     from algan.data.datasets import load_dataset
-    from algan.model.evaluate import evaluate
+    from algan.model.evaluation.image_eval import evaluate
     from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(synth_root)
@@ -274,11 +274,10 @@ def test_patch_export_has_two_outputs_with_parity(patch_bundles, tmp_path):
 
 
 def test_image_level_graph_keeps_one_output_key():
-    from algan.contract import parse_manifest
-    from algan.export.metadata import graph_metadata
+    from algan.contract import graph_metadata, parse_manifest
 
     manifest = parse_manifest({"format_version": 1, "model_id": "m", "calibration": {"center": 0.0, "threshold": 1.0}})
-    meta = graph_metadata(manifest, (64, 64), 0.0, 1.0, 17)
+    meta = graph_metadata(manifest, (64, 64), 0.0, 1.0, 17, version="0.1.0")
     assert meta["algan.outputs"] == "scores" and "algan.map_size" not in meta
 
 
@@ -300,8 +299,8 @@ def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
 
 
 def test_fold_whitening_gives_the_same_scores():
-    from algan.model.algan_heads import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
-    from algan.model.networks import MLPDiscriminator
+    from algan.model.nets.algan_head import AlganEnsembleHead, Whitening, fold_whitening, shrunk_whitening
+    from algan.model.nets.networks import MLPDiscriminator
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((400, 12)) * np.linspace(0.2, 4, 12)).astype(np.float32)
@@ -321,7 +320,7 @@ def test_fold_whitening_gives_the_same_scores():
 def test_fit_settings_default_algan_config_follows_the_variant():
     """A library user's ``FitSettings(variant="patch")`` trains the ALGAN-patch default, as ``algan-train`` does."""
     from algan.model.fit import FitSettings
-    from algan.model.train import AlganConfig
+    from algan.model.gan.feature import AlganConfig
 
     patch = FitSettings(head="algan", variant="patch").algan
     assert patch == AlganConfig.preset("patch")
@@ -335,20 +334,21 @@ def test_too_few_alganpatch_steps_warn(caplog):
     """An explicit short schedule (e.g. ``--epochs 2``) is warned about: early D inverts the maps."""
     import logging
 
-    from algan.model.fit import MIN_PATCH_STEPS, FitSettings, fit_patch_head
-    from algan.model.train import AlganConfig
+    from algan.model.fit import FitSettings, fit_patch_head
+    from algan.model.gan.feature import AlganConfig
+    from algan.model.heads.registry import MIN_PATCH_STEPS
 
     x = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
     short = FitSettings(head="algan", variant="patch",
                         algan=AlganConfig.preset("patch", epochs=2, min_steps=0, d_hidden=[8]))
-    with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
+    with caplog.at_level(logging.WARNING, logger="algan.model.heads.registry"):
         fit_patch_head(short, x, 512, False)
     assert any("trains only 4 steps" in r.getMessage() and str(MIN_PATCH_STEPS) in r.getMessage()
                for r in caplog.records), caplog.text
     caplog.clear()
     enough = FitSettings(head="algan", variant="patch",
                          algan=AlganConfig.preset("patch", epochs=1, min_steps=MIN_PATCH_STEPS, d_hidden=[8]))
-    with caplog.at_level(logging.WARNING, logger="algan.model.fit"):
+    with caplog.at_level(logging.WARNING, logger="algan.model.heads.registry"):
         fit_patch_head(enough, x, 512, False)
     assert not [r for r in caplog.records if "trains only" in r.getMessage()], caplog.text
 

@@ -1,5 +1,6 @@
 """Ground-truth masks in the data layer, their alignment with the prepared images, and pixel-level evaluation
-(algan.model.pixel_eval, algan-eval's pixel_auroc/aupro) with a stand-in detector that follows the map contract."""
+(algan.model.evaluation.pixel_eval, algan-eval's pixel_auroc/aupro) with a stand-in detector that follows the map
+contract."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from algan.data.datasets import load_dataset, load_mask
-from algan.model.pixel_eval import evaluate_maps
-from algan.model.pixel_metrics import aupro, pixel_auroc, upsample_maps
+from algan.model.evaluation.pixel_eval import evaluate_maps
+from algan.model.evaluation.pixel_metrics import aupro, pixel_auroc, upsample_maps
 from algan.runtime.preprocess import load_batch, prepare_frame
 
 
@@ -29,7 +30,8 @@ class _Lambda(torch.nn.Module):
 class StandInMapDetector(torch.nn.Module):
     """The anomaly-map contract's torch side with a fixed rule: map cell = mean |gray - local 9x9 mean| / 8 over the
     cell's pixels, score = map max (a crude local-contrast detector, no training). It also has the parts that
-    :func:`algan.model.evaluate.evaluate` calls (preprocess, backbone, transform, head, calibration), so the
+    :func:`algan.model.evaluation.image_eval.evaluate` calls (preprocess, backbone, transform, head, calibration), so
+    the
     image-only path gives the same scores."""
 
     has_maps = True
@@ -124,7 +126,7 @@ def test_evaluate_maps_with_a_stand_in_equals_the_metrics_on_the_whole_arrays(sy
     assert res["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
     np.testing.assert_allclose(res["scores"], scores.numpy(), rtol=1e-6)
     # the path for maps already computed (several heads on the same features) gives the same figures
-    from algan.model.pixel_eval import load_masks, metrics_from_maps
+    from algan.model.evaluation.pixel_eval import load_masks, metrics_from_maps
 
     assert np.array_equal(load_masks(ds.test, det.input_size), masks)
     again = metrics_from_maps(det.score_and_maps(torch.from_numpy(images))[1].numpy(), masks, chunk=5)

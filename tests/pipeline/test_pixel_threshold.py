@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from algan.contract import DEFAULT_PIXEL_FPR, KEY_PIXEL_THRESHOLD, load_manifest
-from algan.model.pixel_metrics import MaskF1
+from algan.model.evaluation.pixel_metrics import MaskF1
 
 SIZE = 64
 
@@ -135,7 +135,7 @@ def test_eval_reports_mask_f1_at_the_calibrated_thresholds_and_says_when_it_fall
 def test_bench_mask_f1_is_null_without_masks_and_calibrated_on_half_the_normals():
     import torch
 
-    from algan.model.patch_eval import calibrated_mask_f1
+    from algan.model.evaluation.patch_eval import calibrated_mask_f1
 
     rng = np.random.default_rng(0)
     n_normal, n_defect = 40, 10
@@ -149,7 +149,7 @@ def test_bench_mask_f1_is_null_without_masks_and_calibrated_on_half_the_normals(
     f1 = calibrated_mask_f1(torch.from_numpy(maps), scores, masks, labels, seed=3, pixel_fpr=0.01)
     # by hand: the thresholds from the seeded first half of the normals, F1 on everything else
     from algan.contract import empirical_threshold, pixel_threshold
-    from algan.model.pixel_metrics import upsample_maps
+    from algan.model.evaluation.pixel_metrics import upsample_maps
 
     calib = np.sort(np.random.default_rng(3).permutation(np.arange(n_normal))[: n_normal // 2])
     rest = np.setdiff1d(np.arange(len(maps)), calib)
@@ -161,12 +161,13 @@ def test_bench_mask_f1_is_null_without_masks_and_calibrated_on_half_the_normals(
 
 
 def test_graph_metadata_records_the_pixel_threshold_for_graphs_with_maps_only():
-    from algan.contract import parse_manifest
-    from algan.export.metadata import graph_metadata
+    from algan.contract import graph_metadata, parse_manifest
 
     manifest = parse_manifest({"format_version": 1, "model_id": "m",
                                "calibration": {"center": 2.0, "threshold": 6.0, "pixel_threshold": 4.0}})
-    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, pixel_threshold=4.0)
-    meta = graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16), pixel_threshold=4.0)
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, pixel_threshold=4.0,
+                                                     version="0.1.0")
+    meta = graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16), pixel_threshold=4.0, version="0.1.0")
     assert float(meta[KEY_PIXEL_THRESHOLD]) == 0.5 == manifest.calibration.pixel_level
-    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16))
+    assert KEY_PIXEL_THRESHOLD not in graph_metadata(manifest, (64, 64), 2.0, 4.0, 17, map_size=(16, 16),
+                                                     version="0.1.0")

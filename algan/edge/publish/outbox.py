@@ -63,6 +63,10 @@ _OPEN_ALARMS = ("CREATE TABLE IF NOT EXISTS open_alarms (device TEXT NOT NULL, c
                 "payload BLOB NOT NULL, PRIMARY KEY (device, camera))")
 
 
+#: the columns of a queued message, in :class:`OutboxRow`'s field order (the outbox and dead-letter tables share them)
+_ROW_COLUMNS = "seq, topic, payload, qos, retain, created, tries"
+
+
 class OutboxError(EdgeError):
     """The outbox file cannot be opened or written."""
 
@@ -88,9 +92,15 @@ class OutboxRow:
     created: float
     tries: int = 0
 
+    @staticmethod
+    def sql_fields(r: tuple) -> tuple:
+        """The fields of a row selected as :data:`_ROW_COLUMNS` (SQLite gives the payload as bytes or memoryview,
+        retain as 0/1)."""
+        return r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6]
 
-@dataclass(frozen=True)
-class DeadLetter:
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter(OutboxRow):
     """A message moved out of the delivery queue because the broker kept rejecting it.
 
     Attributes:
@@ -100,13 +110,6 @@ class DeadLetter:
         failed: time it was moved (Unix seconds).
     """
 
-    seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    created: float
-    tries: int
     reason: str
     failed: float
 
@@ -187,10 +190,9 @@ class Outbox:
         """Up to ``limit`` rows with a sequence number greater than ``seq``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, topic, payload, qos, retain, created, tries FROM outbox WHERE seq > ? ORDER BY seq "
-                "LIMIT ?", (int(seq), int(limit)),
+                f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (int(seq), int(limit)),
             ).fetchall()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in rows]
+        return [OutboxRow(*OutboxRow.sql_fields(r)) for r in rows]
 
     def ack(self, seq: int) -> bool:
         """Delete an acknowledged row; ``False`` when it was not there (already acknowledged or dropped)."""
@@ -230,8 +232,8 @@ class Outbox:
                 self._db.execute("BEGIN IMMEDIATE")
                 row = self._db.execute("SELECT topic FROM outbox WHERE seq = ?", (int(seq),)).fetchone()
                 self._db.execute(
-                    "INSERT OR REPLACE INTO dead_letter (seq, topic, payload, qos, retain, created, tries, reason, "
-                    "failed) SELECT seq, topic, payload, qos, retain, created, tries, ?, ? FROM outbox WHERE seq = ?",
+                    f"INSERT OR REPLACE INTO dead_letter ({_ROW_COLUMNS}, reason, failed) SELECT {_ROW_COLUMNS}, ?, ? "
+                    "FROM outbox WHERE seq = ?",
                     (reason, failed, int(seq)))
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (int(seq),))
                 self._db.execute("COMMIT")
@@ -245,9 +247,8 @@ class Outbox:
     def dead_letters(self) -> list[DeadLetter]:
         """The dead-letter table, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, topic, payload, qos, retain, created, tries, reason, failed FROM "
-                                    "dead_letter ORDER BY seq").fetchall()
-        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+            rows = self._db.execute(f"SELECT {_ROW_COLUMNS}, reason, failed FROM dead_letter ORDER BY seq").fetchall()
+        return [DeadLetter(*OutboxRow.sql_fields(r), reason=r[7], failed=r[8]) for r in rows]
 
     def retry(self, seqs: list[int] | None = None) -> int:
         """Queue dead letters again (all, or those in ``seqs``), as new rows after the queued ones, tries reset.

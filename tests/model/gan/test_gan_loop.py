@@ -1,4 +1,4 @@
-"""The one GAN training loop (algan.model.gan_loop): the properties every variant gets from it, tested once per
+"""The one GAN training loop (algan.model.gan.loop): the properties every variant gets from it, tested once per
 variant (feature vectors and images): determinism, resumable checkpoints, the buffer switch, the EMA of D, the
 schedule, the per-epoch callback, and a baked spectral norm."""
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from algan.model import checkpoint as ckpt
-from algan.model.gan_loop import GanConfig, Reservoir, ema_update, train_gan
-from algan.model.image import ImageConfig, train_algan_image
-from algan.model.train import AlganConfig, train_algan
+from algan.model.gan import checkpoint as ckpt
+from algan.model.gan.feature import AlganConfig, train_algan
+from algan.model.gan.image import ImageConfig, train_algan_image
+from algan.model.gan.loop import GanConfig, Reservoir, ema_update, train_gan
 
 torch.set_num_threads(1)
 
@@ -155,7 +155,7 @@ def test_spectral_norm_is_baked_into_the_returned_d() -> None:
 
 def test_train_gan_refuses_bad_arguments() -> None:
     v = VARIANTS["feature"]
-    from algan.model.train import FeatureStrategy
+    from algan.model.gan.feature import FeatureStrategy
 
     cfg = v.config()
     data = torch.from_numpy(v.data)
@@ -197,7 +197,7 @@ def test_the_patch_head_keeps_the_whitening_for_a_quadratic_discriminator() -> N
     layer: fit_patch_head keeps it in front of D (it used to raise from fold_whitening), records
     ``folded_whitening: False`` for the bundle loader, and the head scores like the trained one."""
     from algan.model.fit import FitSettings, fit_patch_head
-    from algan.model.patch_heads import PatchwiseHead
+    from algan.model.heads.patch import PatchwiseHead
 
     v = VARIANTS["feature"]
     x = v.data

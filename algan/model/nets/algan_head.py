@@ -81,7 +81,7 @@ class AlganEnsembleHead(nn.Module):
     """Raw score = mean over discriminators of ``-logit D_i(whiten(x))``. Input (N, K), output (N,).
 
     ``whitening`` is ``None`` when ALGAN trains on the pipeline's features directly (the paper's setting); with a
-    single discriminator and no whitening the score equals :class:`algan.model.heads.AlganHead`'s.
+    single discriminator and no whitening the score equals :class:`algan.model.heads.vector.AlganHead`'s.
     """
 
     def __init__(self, discriminators: list[nn.Module], whitening: Whitening | None = None) -> None:

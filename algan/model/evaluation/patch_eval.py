@@ -56,7 +56,7 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
             :func:`algan.data.datasets.load_dataset`.
         size: input (H, W) in pixels.
         seed: seed of the cell sample and of a random projection.
-        with_masks: also load the test masks (:func:`algan.model.pixel_eval.load_masks`).
+        with_masks: also load the test masks (:func:`algan.model.evaluation.pixel_eval.load_masks`).
         desc: progress-bar label of the training extraction (``None``: no bar).
         n_stats: training images (a seeded subset, :func:`algan.model.fit.map_stats_paths`) whose full feature
             maps are kept for the per-location map statistics; 0 = none.
@@ -77,7 +77,7 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
                  for i in range(0, len(spaths), batch_size)]
     masks = None
     if with_masks:
-        from algan.model.pixel_eval import load_masks
+        from algan.model.evaluation.pixel_eval import load_masks
 
         masks = load_masks(test, size)
     gh, gw = feature_maps.grid
@@ -126,11 +126,12 @@ def head_maps(head: torch.nn.Module, post: MapPostprocess, feats: torch.Tensor, 
 
 
 def pixel_metrics(maps: torch.Tensor, masks: np.ndarray | None) -> dict:
-    """``{"pixel_auroc", "aupro"}`` of maps against masks (:func:`algan.model.pixel_eval.metrics_from_maps`), rounded
+    """``{"pixel_auroc", "aupro"}`` of maps against masks
+    (:func:`algan.model.evaluation.pixel_eval.metrics_from_maps`), rounded
     to 4 places; both ``None`` without masks."""
     if masks is None:
         return {"pixel_auroc": None, "aupro": None}
-    from algan.model.pixel_eval import metrics_from_maps
+    from algan.model.evaluation.pixel_eval import metrics_from_maps
 
     m = metrics_from_maps(maps.numpy(), masks)
     return {"pixel_auroc": round(m["pixel_auroc"], 4), "aupro": round(m["aupro"], 4)}
@@ -148,7 +149,8 @@ def calibrated_mask_f1(maps: torch.Tensor, scores: np.ndarray, masks: np.ndarray
     The normal test images are split by a seeded permutation into halves: the first sets the image threshold
     (:func:`algan.contract.empirical_threshold` at ``target_fpr`` over their scores) and the pixel threshold
     (:func:`algan.contract.pixel_threshold` at ``pixel_fpr`` over their map cells); the mask F1
-    (:class:`algan.model.pixel_metrics.MaskF1`, pooled pixels, maps upsampled to the mask size) is measured on the
+    (:class:`algan.model.evaluation.pixel_metrics.MaskF1`, pooled pixels, maps upsampled to the mask size) is measured
+    on the
     other images (the second half of the normals and every anomalous image).
 
     Args:
@@ -164,7 +166,7 @@ def calibrated_mask_f1(maps: torch.Tensor, scores: np.ndarray, masks: np.ndarray
     if masks is None:
         return None
     from algan.contract import DEFAULT_PIXEL_FPR, empirical_threshold, pixel_threshold
-    from algan.model.pixel_metrics import MaskF1, upsample_maps
+    from algan.model.evaluation.pixel_metrics import MaskF1, upsample_maps
 
     m = maps.float().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
     s = np.asarray(scores, np.float64).reshape(-1)

@@ -1,4 +1,5 @@
-"""Pixel AUROC and AUPRO (algan.model.pixel_metrics) on hand-computed, perfect, random and sklearn-checked cases."""
+"""Pixel AUROC and AUPRO (algan.model.evaluation.pixel_metrics) on hand-computed, perfect, random and sklearn-checked
+cases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from algan.model.pixel_metrics import PixelScoreCollector, aupro, pixel_auroc, upsample_maps
+from algan.model.evaluation.pixel_metrics import PixelScoreCollector, aupro, pixel_auroc, upsample_maps
 
 # Two 1x4 images. Image A: defect region {A0, A1} (one component, 2 px); image B: defect region {B3} (1 px).
 # 2 regions, 5 defect-free pixels (A2, A3, B0, B1, B2).
@@ -170,7 +171,7 @@ def test_pixel_metrics_and_masks_need_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, algan.model.pixel_metrics, algan.data.datasets\n"
+    code = ("import sys, algan.model.evaluation.pixel_metrics, algan.data.datasets\n"
             "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\nprint('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

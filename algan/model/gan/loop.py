@@ -2,10 +2,10 @@
 
 Algorithm (Murase & Fukumizu 2022, IEEE Access; arXiv:2202.10281, Sec. III), per mini-batch of real normal data x:
 
-1. D step on :func:`algan.model.losses.discriminator_loss` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a),
+1. D step on :func:`algan.model.nets.losses.discriminator_loss` with fresh G(z_n), z_n ~ N(0, I), fresh G(z_a),
    z_a ~ N(0, sigma^2 I), and samples of both kinds drawn from the buffer of early-training samples (plus, when
    ``r1_gamma > 0``, the R1 penalty of Mescheder et al. 2018 on the real batch);
-2. G step on the non-saturating :func:`algan.model.losses.generator_loss` of fresh G(z_n) only.
+2. G step on the non-saturating :func:`algan.model.nets.losses.generator_loss` of fresh G(z_n) only.
 
 Buffer policy (explicit, configurable): during epochs ``[0, buffer_epochs)`` every generated batch of both kinds
 is offered to a per-kind reservoir of at most ``buffer_size`` samples (reservoir sampling, Vitter's algorithm R: a
@@ -17,9 +17,9 @@ identical training.
 What differs between variants is small and lives in a :class:`Strategy`: how G and D are built, how a real batch
 is drawn (augmentation), how the two latent kinds are generated (G's batch-norm mode), how D runs over the batch
 parts (one pass or one per part) and whether inputs are perturbed (instance noise). Everything else holds for
-every variant and is tested once (tests/model/test_gan_loop.py): the schedule (:meth:`GanConfig.epochs_for`), the
+every variant and is tested once (tests/model/gan/test_gan_loop.py): the schedule (:meth:`GanConfig.epochs_for`), the
 buffer, the EMA of D, the ensemble of independently seeded (G, D) pairs, determinism for a seed, and resumable
-checkpoints (:mod:`algan.model.checkpoint`) that give bit-identical results to an uninterrupted run.
+checkpoints (:mod:`algan.model.gan.checkpoint`) that give bit-identical results to an uninterrupted run.
 
 Random numbers: batches, latents, augmentation, buffer and noise are drawn from one CPU ``torch.Generator`` seeded
 per member (``seed + member``); initialisation and dropout use the global torch RNG, seeded the same way.
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from algan.model import checkpoint as ckpt
-from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
-from algan.model.networks import bake_spectral_norm
-from algan.model.presets import PresetConfig
+from algan.model.gan import checkpoint as ckpt
+from algan.model.gan.presets import PresetConfig
+from algan.model.nets.losses import discriminator_loss, generator_loss, r1_penalty
+from algan.model.nets.networks import bake_spectral_norm
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 class GanConfig(PresetConfig):
     """The hyper-parameters every ALGAN variant shares (the loop reads only these).
 
-    Variant configs (:class:`algan.model.train.AlganConfig`, :class:`algan.model.image.ImageConfig`) subclass it,
+    Variant configs (:class:`algan.model.gan.feature.AlganConfig`, :class:`algan.model.gan.image.ImageConfig`)
+    subclass it,
     add their own fields and re-declare a field only where their default differs.
 
     Attributes:

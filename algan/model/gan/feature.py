@@ -1,6 +1,6 @@
 """ALGAN-feature: the fully connected variant on backbone feature vectors, and its presets.
 
-Training runs in the one loop of :mod:`algan.model.gan_loop` (algorithm, buffer policy, EMA, checkpoints) with
+Training runs in the one loop of :mod:`algan.model.gan.loop` (algorithm, buffer policy, EMA, checkpoints) with
 :class:`FeatureStrategy`; this module adds what is particular to feature vectors: the shrunk whitening in front of
 G and D, the ensemble head and the presets.
 
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
-from algan.model.gan_loop import GanConfig, Reservoir, Strategy, train_gan
-from algan.model.networks import MLPDiscriminator, MLPGenerator
+from algan.model.gan.loop import GanConfig, Reservoir, Strategy, train_gan
+from algan.model.nets.algan_head import AlganEnsembleHead, Whitening, shrunk_whitening
+from algan.model.nets.networks import MLPDiscriminator, MLPGenerator
 
 #: the paper's settings (Murase & Fukumizu 2022): FC G/D with batch norm in G, no whitening, 192 epochs
 PAPER = {
@@ -111,7 +111,7 @@ class AlganConfig(GanConfig):
             then represent any Gaussian, and G(z_a) is the normal data's Gaussian widened by sigma).
         sigma, alpha, beta, epochs, batch_size, lr_g, lr_d, adam_betas, buffer_epochs, buffer_size, d_dropout,
             d_weight_decay, r1_gamma, d_ema, min_steps, seed: shared by every variant, see
-            :class:`algan.model.gan_loop.GanConfig` (paper: 4, 0.5, 0.5, 192 epochs, 16, 2e-4, 1e-4, (0, 0.9)).
+            :class:`algan.model.gan.loop.GanConfig` (paper: 4, 0.5, 0.5, 192 epochs, 16, 2e-4, 1e-4, (0, 0.9)).
         g_hidden, d_hidden: hidden widths of the MLPs.
         g_batch_norm: batch norm after G's hidden layers.
         spectral_norm: spectral norm on D's layers (Miyato et al. 2018).
@@ -216,7 +216,7 @@ class TrainResult:
     @property
     def head(self) -> nn.Module:
         """Features float32 (N, K) -> raw scores (N,); same structure as ``cfg.build_head(K)`` (the Ds' spectral
-        norm is baked in at the end of training, see :func:`algan.model.networks.bake_spectral_norm`)."""
+        norm is baked in at the end of training, see :func:`algan.model.nets.networks.bake_spectral_norm`)."""
         return AlganEnsembleHead(list(self.discriminators), self.whitening)
 
 
@@ -228,7 +228,7 @@ def train_algan(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
 ) -> TrainResult:
-    """Train ALGAN on normal feature vectors (the loop of :func:`algan.model.gan_loop.train_gan`).
+    """Train ALGAN on normal feature vectors (the loop of :func:`algan.model.gan.loop.train_gan`).
 
     Args:
         x: float32 (N, K) transformed normal training features, N >= 2.
@@ -237,7 +237,7 @@ def train_algan(
         on_epoch: optional ``f(epoch, head)`` called after every epoch with the current inference head (eval
             mode; do not keep it, it changes as training goes on; with ``ensemble > 1`` only once, at the end).
             For experiments.
-        checkpoint: optional checkpoint directory (:mod:`algan.model.checkpoint`). The complete training state is
+        checkpoint: optional checkpoint directory (:mod:`algan.model.gan.checkpoint`). The complete training state is
             saved there after every ``checkpoint_every`` epochs and at the end of every ensemble member; when the
             directory holds a state, training resumes from it, and the result is bit-identical to an uninterrupted
             run (same machine, torch build and thread count). A completed checkpoint is kept: a rerun returns the

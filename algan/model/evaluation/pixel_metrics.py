@@ -54,7 +54,7 @@ def check_maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"anomaly maps and masks must have shape (N, H, W), got {maps.shape} and {masks.shape}")
     if maps.shape != masks.shape:
         msg = (f"anomaly maps {maps.shape} and masks {masks.shape} differ in shape; bring the maps to the mask size "
-               "with algan.model.pixel_metrics.upsample_maps")
+               "with algan.model.evaluation.pixel_metrics.upsample_maps")
         raise ValueError(msg)
     if not np.issubdtype(maps.dtype, np.number) or np.issubdtype(maps.dtype, np.complexfloating):
         raise ValueError(f"anomaly maps must be real numbers, got dtype {maps.dtype}")

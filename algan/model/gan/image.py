@@ -1,7 +1,7 @@
 """ALGAN-image: the pixel variant of ALGAN with DCGAN-like convolutional G and D (Murase & Fukumizu 2022, Sec. IV;
 architecture after Radford et al. 2016, "Unsupervised representation learning with deep convolutional GANs").
 
-The same objective as the feature variant (:mod:`algan.model.losses`): D separates real normal images from fresh
+The same objective as the feature variant (:mod:`algan.model.nets.losses`): D separates real normal images from fresh
 fake-normal G(z_n), fresh pseudo-anomalous G(z_a) (z_a ~ N(0, sigma^2 I)) and buffered early-training samples of
 both kinds. At inference only D runs: score = -logit D(x).
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from algan.model.gan_loop import GanConfig, Strategy, resolve_device, train_gan
-from algan.model.networks import D_NORMS, DCGANDiscriminator, DCGANGenerator, check_size
+from algan.model.gan.loop import GanConfig, Strategy, resolve_device, train_gan
+from algan.model.nets.networks import D_NORMS, DCGANDiscriminator, DCGANGenerator, check_size
 
 #: pixels are scaled to [-1, 1] (G ends in tanh): mean 0.5, std 0.5 on [0, 1] values
 PIXEL_MEAN = (0.5, 0.5, 0.5)
@@ -77,7 +77,7 @@ class ImageConfig(GanConfig):
         z_dim: latent dimension of G (paper: 100).
         sigma, alpha, beta, epochs, batch_size, lr_g, lr_d, adam_betas, buffer_epochs, buffer_size, d_dropout,
             d_weight_decay, r1_gamma, d_ema, min_steps, seed: shared by every variant, see
-            :class:`algan.model.gan_loop.GanConfig` (paper: 4, 0.5, 0.5, 512 epochs, 16, 2e-4, 1e-4, (0, 0.9),
+            :class:`algan.model.gan.loop.GanConfig` (paper: 4, 0.5, 0.5, 512 epochs, 16, 2e-4, 1e-4, (0, 0.9),
             a buffer of 512 images per latent kind filled in epochs ``[0, 10)``).
         ngf, ndf: base widths of G and D (doubled per resolution halving, capped at 512).
         d_norm: normalisation in D: ``batch`` (DCGAN), ``spectral`` (spectral norm, Miyato et al. 2018),
@@ -238,7 +238,7 @@ def train_algan_image(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
 ) -> ImageTrainResult:
-    """Train ALGAN-image on normal images (the loop of :func:`algan.model.gan_loop.train_gan`).
+    """Train ALGAN-image on normal images (the loop of :func:`algan.model.gan.loop.train_gan`).
 
     Args:
         x: float32 (N, C, S, S) in [-1, 1] (what :class:`PixelBackbone` outputs), N >= 2.
@@ -248,7 +248,7 @@ def train_algan_image(
             mode; do not keep it, training continues to change it).
         device: where G and D train; ``None`` = ``cuda`` when available, else ``cpu``. Random numbers are drawn
             on the CPU either way; the returned networks are on the CPU.
-        checkpoint, checkpoint_every: resumable training, as in :func:`algan.model.gan_loop.train_gan`.
+        checkpoint, checkpoint_every: resumable training, as in :func:`algan.model.gan.loop.train_gan`.
 
     Returns:
         trained G and D (eval mode; D is the EMA copy when ``cfg.d_ema > 0``, its spectral norm baked in),

@@ -1,4 +1,4 @@
-"""ALGAN loss terms against hand-computed values (algan.model.losses; Murase & Fukumizu 2022)."""
+"""ALGAN loss terms against hand-computed values (algan.model.nets.losses; Murase & Fukumizu 2022)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from algan.model.losses import discriminator_loss, generator_loss, r1_penalty
+from algan.model.nets.losses import discriminator_loss, generator_loss, r1_penalty
 
 LOG2 = math.log(2.0)
 

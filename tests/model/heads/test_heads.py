@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from algan.model.algan_heads import shrunk_whitening
-from algan.model.heads import KnnHead
+from algan.model.heads.vector import KnnHead
+from algan.model.nets.algan_head import shrunk_whitening
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
 """Patch-level heads: a score per grid cell from patch feature maps, for anomaly maps.
 
 Every head maps float32 patch features (N, K, gh, gw) to raw per-cell anomaly scores (N, gh, gw), higher = more
-anomalous, by applying a vector head of :mod:`algan.model.heads` / :mod:`algan.model.algan_heads` to each cell
+anomalous, by applying a vector head of :mod:`algan.model.heads.vector` / :mod:`algan.model.nets.algan_head` to each
+cell
 (:class:`PatchwiseHead`, a 1x1 convolution in effect). All are traceable to ONNX (reshape, matrix products, TopK).
 
-- ALGAN-patch: the ALGAN discriminator (ensemble) applied per cell, trained by :func:`algan.model.train.train_algan`
+- ALGAN-patch: the ALGAN discriminator (ensemble) applied per cell, trained by
+:func:`algan.model.gan.feature.train_algan`
   on sampled training patch vectors (real) against G's fake-normal and pseudo-anomalous patch vectors (Murase &
   Fukumizu 2022, applied per location).
 - PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022): distance to the
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from algan.model.heads import KnnHead, MahalanobisHead
+from algan.model.heads.vector import KnnHead, MahalanobisHead
 
 #: patch heads of ``algan-train --variant patch --head ...``
 PATCH_HEADS = ("algan", "patchcore", "padim")

@@ -1,5 +1,5 @@
-"""Resumable ALGAN training checkpoints (algan.model.checkpoint), in depth on the feature variant; the properties
-that hold for every variant (the image variant too) are tested in tests/model/test_gan_loop.py."""
+"""Resumable ALGAN training checkpoints (algan.model.gan.checkpoint), in depth on the feature variant; the properties
+that hold for every variant (the image variant too) are tested in tests/model/gan/test_gan_loop.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from algan.model import checkpoint as ckpt
 from algan.model.fit import FitSettings, fit_head
-from algan.model.train import AlganConfig, train_algan
+from algan.model.gan import checkpoint as ckpt
+from algan.model.gan.feature import AlganConfig, train_algan
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,5 @@
-"""The exported graph's I/O contract, written into ONNX ``metadata_props`` (names and keys: :mod:`algan.contract`).
+"""The exported graph's I/O contract, written into ONNX ``metadata_props`` (the keys the runtime reads are the
+``KEY_*`` names of :mod:`algan.contract.names`; the others are written here only, for people and tools).
 
 A runner (``algan.edge``) reads these keys instead of guessing: input layout, colour order, dtype and value range,
 normalisation, output name and score direction, and the calibration constants baked into the graph. The edge runner
@@ -12,25 +13,17 @@ round-trip exactly.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
-from algan import __version__
-from algan.contract import (
-    INPUT_NAME,
-    KEY_CAL_CENTER,
-    KEY_CAL_SCALE,
-    KEY_MAP_SIZE,
-    KEY_MODEL_ID,
-    KEY_OUTPUTS,
-    KEY_PIXEL_THRESHOLD,
-    MAPS_OUTPUT_NAME,
-    OUTPUT_NAME,
-    Manifest,
-)
+from algan.contract import names as n
+
+if TYPE_CHECKING:
+    from algan.contract.manifest import Manifest
 
 
 def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: float, scale: float, opset: int,
                    precision: str = "fp32", map_size: tuple[int, int] | None = None,
-                   pixel_threshold: float | None = None) -> dict[str, str]:
+                   pixel_threshold: float | None = None, *, version: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph.
 
     Args:
@@ -46,6 +39,7 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         pixel_threshold: the bundle's raw pixel threshold (``calibration.pixel_threshold``) or ``None``; with maps
             it is written as ``algan.pixel_threshold`` = ``(pixel_threshold - center) / scale`` (calibrated map
             units, ``repr``), absent otherwise.
+        version: the exporting algan-edge version (``algan.__version__``), written as ``algan.version``.
 
     Returns:
         ``{key: value}`` with string values.
@@ -57,17 +51,17 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         raise ValueError(f"calibration scale must be > 0 (threshold above center), got {scale}")
     backbone = manifest.backbone
     h, w = int(input_size[0]), int(input_size[1])
-    maps = {} if map_size is None else {KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
+    maps = {} if map_size is None else {n.KEY_MAP_SIZE: f"{int(map_size[0])},{int(map_size[1])}",
                                         "algan.map_scale": "same calibrated scale as scores (1.0 = threshold)",
-                                        "algan.map_norm": manifest.patch.map_norm if manifest.patch else "none"}
+                                        n.KEY_MAP_NORM: manifest.patch.map_norm if manifest.patch else "none"}
     if map_size is not None and pixel_threshold is not None:
-        maps[KEY_PIXEL_THRESHOLD] = repr((float(pixel_threshold) - float(center)) / float(scale))
+        maps[n.KEY_PIXEL_THRESHOLD] = repr((float(pixel_threshold) - float(center)) / float(scale))
     return {
-        KEY_MODEL_ID: manifest.model_id,
-        "algan.version": __version__,
+        n.KEY_MODEL_ID: manifest.model_id,
+        "algan.version": version,
         "algan.format_version": str(manifest.format_version),
-        "algan.input_name": INPUT_NAME,
-        "algan.output_name": OUTPUT_NAME,
+        "algan.input_name": n.INPUT_NAME,
+        "algan.output_name": n.OUTPUT_NAME,
         "algan.input_height": str(h),
         "algan.input_width": str(w),
         "algan.input_shape": json.dumps(["N", h, w, 3]),
@@ -81,17 +75,17 @@ def graph_metadata(manifest: Manifest, input_size: tuple[int, int], center: floa
         "algan.head": manifest.head_kind,
         "algan.score_direction": "higher is more anomalous",
         "algan.threshold": "1.0",
-        KEY_CAL_CENTER: repr(float(center)),
-        KEY_CAL_SCALE: repr(float(scale)),
+        n.KEY_CAL_CENTER: repr(float(center)),
+        n.KEY_CAL_SCALE: repr(float(scale)),
         "algan.opset": str(int(opset)),
-        "algan.precision": precision,
-        KEY_OUTPUTS: OUTPUT_NAME if map_size is None else f"{OUTPUT_NAME},{MAPS_OUTPUT_NAME}",
+        n.KEY_PRECISION: precision,
+        n.KEY_OUTPUTS: n.OUTPUT_NAME if map_size is None else f"{n.OUTPUT_NAME},{n.MAPS_OUTPUT_NAME}",
         **maps,
     }
 
 
-def set_metadata(model, meta: dict[str, str]) -> None:
-    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` in place."""
+def set_metadata(model: Any, meta: dict[str, str]) -> None:
+    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` in place (the contract does not import onnx)."""
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

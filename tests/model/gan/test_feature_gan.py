@@ -1,4 +1,4 @@
-"""ALGAN training loop, presets, buffer and heads (algan.model.train, algan.model.algan_heads)."""
+"""ALGAN training loop, presets, buffer and heads (algan.model.gan.feature, algan.model.nets.algan_head)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from algan.model.algan_heads import AlganEnsembleHead, Whitening, shrunk_whitening
-from algan.model.train import PAPER, AlganConfig, Reservoir, train_algan
+from algan.model.gan.feature import PAPER, AlganConfig, Reservoir, train_algan
+from algan.model.nets.algan_head import AlganEnsembleHead, Whitening, shrunk_whitening
 
 torch.set_num_threads(1)
 
@@ -228,7 +228,7 @@ def test_default_preset_detects_mtd_defects_on_a_subset() -> None:
 
     from algan.data.datasets import load_dataset
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
-    from algan.model.heads import FeatureTransform
+    from algan.model.heads.vector import FeatureTransform
     from algan.runtime.preprocess import load_batch
 
     ds = load_dataset(root)

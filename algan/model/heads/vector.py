@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from algan.model.algan_heads import Whitening, shrunk_whitening
-from algan.model.networks import MLPDiscriminator
+from algan.model.nets.algan_head import Whitening, shrunk_whitening
+from algan.model.nets.networks import MLPDiscriminator
 
 #: kNN distance metrics: ``whitened`` (Ledoit-Wolf shrunk ZCA whitening first) or ``euclidean``
 KNN_METRICS = ("whitened", "euclidean")

@@ -1,4 +1,4 @@
-"""ALGAN networks (no optimiser here; training is :mod:`algan.model.gan_loop`).
+"""ALGAN networks (no optimiser here; training is :mod:`algan.model.gan.loop`).
 
 Murase & Fukumizu, "ALGAN: Anomaly Detection by Generating Pseudo Anomalous Data via Latent Variables",
 IEEE Access 2022 (arXiv:2202.10281): the feature variant uses fully connected G and D on ImageNet features
@@ -134,7 +134,7 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """D: images (N, C, S, S) in [-1, 1] -> logits (N,). Stride-2 convs down to 4x4, then a 4x4 conv to 1.
 
-    ``norm``: ``batch``, ``spectral``, ``instance`` or ``none`` (see :class:`algan.model.image.ImageConfig`);
+    ``norm``: ``batch``, ``spectral``, ``instance`` or ``none`` (see :class:`algan.model.gan.image.ImageConfig`);
     ``dropout``: dropout probability after each hidden activation.
     """
 

@@ -2,9 +2,10 @@
 
 :func:`evaluate_maps` runs ``detector.score_and_maps`` over the test images in batches (the anomaly-map contract:
 ``has_maps``, ``map_size``, calibrated ``(scores (N,), maps (N, h, w))``), brings every map to the model input size
-(:func:`algan.model.pixel_metrics.upsample_maps`), reads the masks aligned with the prepared images
+(:func:`algan.model.evaluation.pixel_metrics.upsample_maps`), reads the masks aligned with the prepared images
 (:func:`algan.data.datasets.load_mask`) and streams both into a
-:class:`~algan.model.pixel_metrics.PixelScoreCollector`, so memory stays bounded (MTD's 725 test images at 224x224
+:class:`~algan.model.evaluation.pixel_metrics.PixelScoreCollector`, so memory stays bounded (MTD's 725 test images at
+224x224
 are 36 M pixels; the collector keeps the defect pixels and a fixed-size subsample of the others).
 
 Metrics are computed at the model input resolution (the resized frame, as anomalib does), not at each file's
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from algan.data.datasets import Dataset, Sample, load_mask
-from algan.model.pixel_metrics import (
+from algan.model.evaluation.pixel_metrics import (
     DEFAULT_FPR_LIMIT,
     DEFAULT_MAX_NORMAL_PIXELS,
     MaskF1,
@@ -65,11 +66,12 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         dataset: a :class:`~algan.data.datasets.Dataset` (its ``test`` split is used) or a list of test samples.
         batch_size: images per forward pass.
         fpr_limit: AUPRO's FPR integration limit (MVTec AD: 0.3).
-        max_normal_pixels: defect-free pixels kept for the metrics (see :mod:`algan.model.pixel_metrics`).
+        max_normal_pixels: defect-free pixels kept for the metrics (see :mod:`algan.model.evaluation.pixel_metrics`).
         progress: a progress-bar label (shown only when stderr is a terminal), or ``None``.
         pixel_level: the pixel threshold on the detector's calibrated map scale
             (:attr:`algan.contract.CalibrationSection.pixel_level`); with it ``mask_f1`` is the pooled pixel F1
-            (:class:`~algan.model.pixel_metrics.MaskF1`) of the predicted masks (map >= level on images scored >= 1.0,
+            (:class:`~algan.model.evaluation.pixel_metrics.MaskF1`) of the predicted masks (map >= level on images
+            scored >= 1.0,
             the calibrated image threshold), else ``None``.
 
     Returns:
@@ -180,7 +182,7 @@ def metrics_from_maps(maps, masks: np.ndarray, fpr_limit: float = DEFAULT_FPR_LI
         ``{"pixel_auroc": float, "aupro": float, "n_regions": int}``.
 
     Raises:
-        ValueError: N differs between maps and masks, or see :mod:`algan.model.pixel_metrics`.
+        ValueError: N differs between maps and masks, or see :mod:`algan.model.evaluation.pixel_metrics`.
     """
     maps = np.asarray(maps)
     if maps.ndim != 3 or masks.ndim != 3 or len(maps) != len(masks):

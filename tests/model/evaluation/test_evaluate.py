@@ -1,4 +1,5 @@
-"""Paired AUROC comparison of two heads (algan.model.evaluate.paired_auroc_difference) and the bench's use of it."""
+"""Paired AUROC comparison of two heads (algan.model.evaluation.image_eval.paired_auroc_difference) and the bench's
+use of it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from algan.model.evaluate import paired_auroc_difference
+from algan.model.evaluation.image_eval import paired_auroc_difference
 
 
 def _data(seed: int = 0, n: int = 300):
@@ -64,7 +65,7 @@ def test_bench_prints_each_head_against_the_best(capsys):
 
 
 def test_per_class_auroc_against_hand_counted_pairs():
-    from algan.model.evaluate import per_class_auroc
+    from algan.model.evaluation.image_eval import per_class_auroc
 
     y = np.array([0, 0, 0, 1, 1, 1, 1])
     classes = np.array(["good", "good", "good", "crack", "crack", "spot", "spot"])

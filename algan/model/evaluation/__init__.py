@@ -1,0 +1,1 @@
+"""Evaluation of a fitted detector: image-level and pixel-level metrics, patch-head comparison, thresholds."""
