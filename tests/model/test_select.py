@@ -25,6 +25,8 @@ from algan.model.select import (
     selection_json,
 )
 
+_REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
 
 def _result(name: str, recall: float, auc: float) -> CandidateResult:
     return CandidateResult(name, recall, auc, {"spot": recall}, 1.0, np.zeros(3), np.ones(3))
@@ -137,7 +139,7 @@ def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     from algan.model.evaluation.image_eval import auroc
     from algan.model.select import select_heads
 
-    base = Path(os.environ.get("ALGAN_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    base = Path(os.environ.get("ALGAN_DATA_DIR", _REPO.parent / "shared" / "data"))
     if not (base / "mtd" / "MT_Free").is_dir():
         pytest.skip(f"MTD not found at {base / 'mtd'} (set ALGAN_DATA_DIR to the folder holding mtd/)")
     ds = load_dataset(base / "mtd", "mtd")

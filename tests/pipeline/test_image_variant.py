@@ -15,6 +15,8 @@ from algan.model.fit import FitSettings, fit_detector
 from algan.model.gan.image import PAPER, ImageConfig, train_algan_image
 from algan.model.nets.networks import DCGANDiscriminator, DCGANGenerator, check_size
 
+_REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
 
 @pytest.mark.parametrize("size", [64, 128])
 @pytest.mark.parametrize("channels", [1, 3])
@@ -113,7 +115,7 @@ def test_image_variant_bundle_and_onnx_parity(synth_root, tmp_path):
 
 
 def mtd_root() -> Path:
-    base = Path(os.environ.get("ALGAN_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    base = Path(os.environ.get("ALGAN_DATA_DIR", _REPO.parent / "shared" / "data"))
     return base / "mtd"
 
 

@@ -14,6 +14,8 @@ import torch
 from algan.model.gan.feature import PAPER, AlganConfig, Reservoir, train_algan
 from algan.model.nets.algan_head import AlganEnsembleHead, Whitening, shrunk_whitening
 
+_REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+
 torch.set_num_threads(1)
 
 
@@ -214,7 +216,7 @@ def test_ensemble_head_averages_and_exports_to_onnx(tmp_path: Path) -> None:
 
 
 def mtd_root() -> Path:
-    base = Path(os.environ.get("ALGAN_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    base = Path(os.environ.get("ALGAN_DATA_DIR", _REPO.parent / "shared" / "data"))
     return base / "mtd"
 
 
