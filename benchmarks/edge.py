@@ -7,6 +7,11 @@ One run measures, with the ONNX Runtime CPU runner, a REAL model and the real vi
 2. the daemon end to end (in-process :class:`algan.edge.app.EdgeApp`, the video looped as a camera, a real
    mosquitto on a free port, every score message received by a subscriber): frames/s at the same batch size,
    capture-to-publish latency p50/p99 (from the score messages), and the ratio to (1) (target >= 0.85);
+2b. where the CPU goes, load-independent: CPU milliseconds per frame of each group of the daemon's threads after the
+   warm-up (the loop thread, ONNX Runtime's pool, the camera reader with its decoder threads, paho's network thread,
+   the rest; the benchmark's subscriber and broker apart), against the runner alone's CPU per frame; their quotient
+   (the CPU ratio) is the frames/s ratio a box would show where both keep every core busy. On a shared box the
+   frames/s figures move with the other jobs, the CPU figures much less;
 3. resident memory (RSS) of the process after a warm-up and after ``--frames`` frames (target growth <= 5 %);
 4. with ``--tiles ROWSxCOLS`` (on by default at the smoke size, 2x2): the same model as a tiled bundle (the manifest's
    ``tiling``, :mod:`algan.runtime.tiling`), the daemon end to end for ``--tiled-frames`` frames: frames/s, the cost per
@@ -50,8 +55,9 @@ import numpy as np
 
 from algan.edge.app import EdgeApp
 from algan.edge.capture.camera import CameraReader
-from algan.edge.config import parse_config
+from algan.edge.config import EdgeConfig, parse_config
 from algan.runtime.preprocess import prepare_frame
+from algan.runtime.runners.base import Runner, load_runner
 from algan.runtime.runners.onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, standin_model, synthetic_video
 
@@ -104,8 +110,8 @@ def process_cpu_s(pid: int) -> float | None:
 #: the daemon's threads by the name the daemon gives them (``threading.Thread(name=...)``), then the rest
 CPU_GROUPS = (
     ("loop", "daemon loop thread (its Python + ONNX Runtime's calling thread)"),
-    ("ort_pool", "ONNX Runtime intra-op pool (native threads)"),
-    ("reader", "camera reader thread (decode + resize)"),
+    ("ort_pool", "ONNX Runtime intra-op pool (the threads the runner started)"),
+    ("reader", "camera reader thread + the decoder's threads (decode + resize)"),
     ("mqtt", "paho-mqtt network thread (daemon)"),
     ("other", "other daemon threads (outbox sender, metrics)"),
     ("collector", "benchmark: subscriber + main thread"),
@@ -123,12 +129,14 @@ class CpuSplit:
         broker_pid: the broker process (mosquitto), or ``None`` (embedded amqtt: its threads count as ``other``).
         known_native: native ids of threads that existed before the daemon started (the runner-alone session's
             ONNX Runtime pool, idle meanwhile): left out.
+        ort_native: native ids of the threads the daemon's runner started (its ONNX Runtime pool); the other native
+            threads started meanwhile are the video decoder's (FFmpeg's ``av:*`` threads) and count as the reader's.
     """
 
     def __init__(self, loop_thread: threading.Thread, collector: set[int], broker_pid: int | None,
-                 known_native: set[int]) -> None:
+                 known_native: set[int], ort_native: set[int]) -> None:
         self.loop_thread, self.collector, self.broker_pid = loop_thread, collector, broker_pid
-        self.known = known_native
+        self.known, self.ort = known_native, ort_native
         self._t0: dict[int, float] = {}
         self._b0: float | None = None
         self.seconds: dict[str, float] = {}
@@ -138,9 +146,11 @@ class CpuSplit:
             return "loop"
         if tid in self.collector:
             return "collector"
+        if tid in self.ort:
+            return "ort_pool"
         name = names.get(tid)
         if name is None:
-            return None if tid in self.known else "ort_pool"
+            return None if tid in self.known else "reader"
         if name.startswith("camera-"):
             return "reader"
         if name.startswith("paho-mqtt-client-"):
@@ -246,10 +256,18 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
     known = set(thread_cpu_s())
     col = Subscriber(*broker, topic="algan/bench/bottle/score")
     collector = {threading.main_thread().native_id, *col.native_ids}
-    app = EdgeApp(cfg)
+    ort_native: set[int] = set()
+
+    def runner_factory(c: EdgeConfig) -> Runner:  # the daemon's own factory, noting the threads its runner starts
+        before = set(thread_cpu_s())
+        runner = load_runner(c.model, c.runner, trusted_keys=c.model_trusted_keys)
+        ort_native.update(set(thread_cpu_s()) - before)
+        return runner
+
+    app = EdgeApp(cfg, runner_factory=runner_factory)
     thread = threading.Thread(target=app.run, name="edge-app", daemon=True)
     thread.start()
-    split = CpuSplit(thread, {t for t in collector if t is not None}, broker_pid, known)
+    split = CpuSplit(thread, {t for t in collector if t is not None}, broker_pid, known, ort_native)
     rss_start = None
     done_start = done = 0
     while thread.is_alive():
