@@ -238,7 +238,8 @@ class ThreadProfiles:
 
 
 def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int],
-           work: Path, warmup: int = WARMUP_FRAMES, snapshots: bool = False, broker_pid: int | None = None) -> dict:
+           work: Path, warmup: int = WARMUP_FRAMES, snapshots: bool = False, broker_pid: int | None = None,
+           reader_nice: int | None = None) -> dict:
     """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures, with the
     CPU milliseconds per frame of each group of threads (:class:`CpuSplit`) after the warm-up."""
     alarm = {"snapshots": {"dir": str(work / "snapshots"), "mqtt": True}} if snapshots else {}
@@ -251,7 +252,8 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
                  "outbox": {"path": str(work / "outbox.sqlite")}},
         "stats_interval_s": 5,
         "alarm": alarm,
-        "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
+        "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch,
+                     **({"reader_nice": reader_nice} if reader_nice is not None else {})}],
     })
     known = set(thread_cpu_s())
     col = Subscriber(*broker, topic="algan/bench/bottle/score")
@@ -419,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--snapshots", action="store_true", help="alarm snapshots on (peak frames with their maps)")
     p.add_argument("--profile", type=Path, help="write cProfile's top entries of the daemon threads here")
+    p.add_argument("--reader-nice", type=int, default=None, metavar="N",
+                   help="the camera's reader_nice (default: the config default)")
     p.add_argument("--smoke", action="store_true",
                    help=f"seconds: a stand-in model, a synthetic video, {SMOKE_FRAMES} frames (checks that it runs)")
     args = p.parse_args(argv)
@@ -456,11 +460,11 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         if args.profile is not None:
             with profiles:
                 e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames,
-                             (broker.host, broker.port), work, warmup, args.snapshots, broker.pid)
+                             (broker.host, broker.port), work, warmup, args.snapshots, broker.pid, args.reader_nice)
             args.profile.write_text(profiles.report())
         else:
             e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
-                         work, warmup, args.snapshots, broker.pid)
+                         work, warmup, args.snapshots, broker.pid, args.reader_nice)
     # measured again after the daemon: on a shared machine the load changes; the ratio uses the better (higher)
     # runner figure, so it errs against the daemon
     alone_after, cpu_after = runner_alone(runner, frames, args.batch)

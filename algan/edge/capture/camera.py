@@ -15,8 +15,9 @@
 * status changes (``online``, ``offline``, ``finished``, ``failed``) go to a callback; the daemon publishes them.
 * target fps (:class:`~algan.edge.capture.sources.FrameGate`) and replay pacing
   (:class:`~algan.edge.capture.sources.Pacer`).
-* the reader thread runs ``reader_nice`` steps nicer than the daemon (:func:`lower_thread_priority`): it decodes in
-  the gaps of the inference threads instead of delaying them.
+* with ``reader_nice`` > 0 the reader thread runs that many steps nicer than the daemon
+  (:func:`lower_thread_priority`): on a box that runs nothing else it decodes in the gaps of the inference threads
+  instead of delaying them (any other busy process starves it, hence off by default).
 
 A dead camera only ends its own thread: the other cameras never notice.
 """
@@ -153,8 +154,8 @@ class CameraReader(threading.Thread):
 
     def run(self) -> None:
         name = self.cam.name
-        # decoding and resizing give way to the inference threads: on a CPU shared with ONNX Runtime's intra-op pool
-        # (which sleeps between its parallel sections) a reader at the same priority delays the pool's wake-ups
+        # reader_nice > 0: decoding and resizing give way to the inference threads (ONNX Runtime's intra-op pool
+        # sleeps between its parallel sections; a reader at the same priority can delay its wake-ups)
         lower_thread_priority(self.cam.reader_nice)
         try:
             while not self.stop.is_set():
