@@ -57,6 +57,7 @@ class Broker:
         self.host, self.port = "127.0.0.1", free_port()
         self._proc: subprocess.Popen | None = None
         self._embedded = None
+        self.pid: int | None = None  # the mosquitto process
         binary = mosquitto_path() if prefer == "mosquitto" else None
         if binary is not None:
             conf = workdir / f"mosquitto-{self.port}.conf"
@@ -64,6 +65,7 @@ class Broker:
             self._log = (workdir / f"mosquitto-{self.port}.log").open("a")
             self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT)
             self.kind = "mosquitto"
+            self.pid = self._proc.pid
         else:
             from algan.edge.publish.broker import EmbeddedBroker
 
@@ -114,6 +116,12 @@ class Subscriber:
             c.loop_stop()
             raise RuntimeError(f"could not subscribe to {topic} on {host}:{port}")
         self._client = c
+
+    @property
+    def native_ids(self) -> set[int]:
+        """Native thread ids of the subscriber's network thread (for CPU accounting)."""
+        t = getattr(self._client, "_thread", None)
+        return {t.native_id} if t is not None and t.native_id is not None else set()
 
     def _on_message(self, client: object, userdata: object, msg: object) -> None:
         with self._cond:

@@ -3,10 +3,16 @@
 One run measures, with the ONNX Runtime CPU runner, a REAL model and the real video:
 
 1. runner alone: frames/s at batch size B on the video's frames, decoded and resized beforehand (measured before
-   and after the daemon; the ratio uses the higher figure);
+   and after the daemon; the ratio uses the higher figure), and the least pipeline without the daemon: decode,
+   prepare and run in one thread (:func:`pipeline_alone`);
 2. the daemon end to end (in-process :class:`algan.edge.app.EdgeApp`, the video looped as a camera, a real
    mosquitto on a free port, every score message received by a subscriber): frames/s at the same batch size,
    capture-to-publish latency p50/p99 (from the score messages), and the ratio to (1) (target >= 0.85);
+2b. where the CPU goes, load-independent: CPU milliseconds per frame of each group of the daemon's threads after the
+   warm-up (the loop thread, ONNX Runtime's pool, the camera reader with its decoder threads, paho's network thread,
+   the rest; the benchmark's subscriber and broker apart), against the runner alone's CPU per frame; their quotient
+   (the CPU ratio) is the frames/s ratio a box would show where both keep every core busy. On a shared box the
+   frames/s figures move with the other jobs, the CPU figures much less;
 3. resident memory (RSS) of the process after a warm-up and after ``--frames`` frames (target growth <= 5 %);
 4. with ``--tiles ROWSxCOLS`` (on by default at the smoke size, 2x2): the same model as a tiled bundle (the manifest's
    ``tiling``, :mod:`algan.runtime.tiling`), the daemon end to end for ``--tiled-frames`` frames: frames/s, the cost per
@@ -50,8 +56,9 @@ import numpy as np
 
 from algan.edge.app import EdgeApp
 from algan.edge.capture.camera import CameraReader
-from algan.edge.config import parse_config
+from algan.edge.config import EdgeConfig, parse_config
 from algan.runtime.preprocess import prepare_frame
+from algan.runtime.runners.base import Runner, load_runner
 from algan.runtime.runners.onnx import OnnxRuntimeRunner
 from benchmarks._kit import REPO, Broker, Subscriber, print_rows, standin_model, synthetic_video
 
@@ -70,6 +77,105 @@ def rss_mib() -> float:
     return float("nan")
 
 
+def thread_cpu_s() -> dict[int, float]:
+    """CPU seconds each thread of this process has run so far, by native thread id (Linux: the first field of
+    ``/proc/self/task/TID/schedstat``, nanoseconds on a CPU; ``utime + stime`` of ``stat`` where schedstat is
+    missing). Threads that end between the listing and the read are left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc/self/task"):
+        tid = int(entry.name)
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[tid] = (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) another process has run so far (``/proc/PID/stat``), ``None`` when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: the daemon's threads by the name the daemon gives them (``threading.Thread(name=...)``), then the rest
+CPU_GROUPS = (
+    ("loop", "daemon loop thread (its Python + ONNX Runtime's calling thread)"),
+    ("ort_pool", "ONNX Runtime intra-op pool (the threads the runner started)"),
+    ("reader", "camera reader thread + the decoder's threads (decode + resize)"),
+    ("mqtt", "paho-mqtt network thread (daemon)"),
+    ("other", "other daemon threads (outbox sender, metrics)"),
+    ("collector", "benchmark: subscriber + main thread"),
+    ("broker", "benchmark: broker process"),
+)
+
+
+class CpuSplit:
+    """CPU seconds per group of threads (:data:`CPU_GROUPS`) between :meth:`start` and :meth:`stop`: a
+    load-independent account of where the daemon's CPU goes (a loaded box stretches wall times, not CPU times).
+
+    Args:
+        loop_thread: the thread running the daemon (``EdgeApp.run``).
+        collector: native ids of the benchmark's own threads (main thread, the subscriber's network thread).
+        broker_pid: the broker process (mosquitto), or ``None`` (embedded amqtt: its threads count as ``other``).
+        known_native: native ids of threads that existed before the daemon started (the runner-alone session's
+            ONNX Runtime pool, idle meanwhile): left out.
+        ort_native: native ids of the threads the daemon's runner started (its ONNX Runtime pool); the other native
+            threads started meanwhile are the video decoder's (FFmpeg's ``av:*`` threads) and count as the reader's.
+    """
+
+    def __init__(self, loop_thread: threading.Thread, collector: set[int], broker_pid: int | None,
+                 known_native: set[int], ort_native: set[int]) -> None:
+        self.loop_thread, self.collector, self.broker_pid = loop_thread, collector, broker_pid
+        self.known, self.ort = known_native, ort_native
+        self._t0: dict[int, float] = {}
+        self._b0: float | None = None
+        self.seconds: dict[str, float] = {}
+
+    def _group(self, tid: int, names: dict[int, str]) -> str | None:
+        if tid == self.loop_thread.native_id:
+            return "loop"
+        if tid in self.collector:
+            return "collector"
+        if tid in self.ort:
+            return "ort_pool"
+        name = names.get(tid)
+        if name is None:
+            return None if tid in self.known else "reader"
+        if name.startswith("camera-"):
+            return "reader"
+        if name.startswith("paho-mqtt-client-"):
+            return "mqtt"
+        return "other"
+
+    def start(self) -> None:
+        self._t0 = thread_cpu_s()
+        self._b0 = process_cpu_s(self.broker_pid) if self.broker_pid else None
+
+    def stop(self) -> dict[str, float]:
+        t1 = thread_cpu_s()
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        sec = dict.fromkeys((g for g, _ in CPU_GROUPS), 0.0)
+        for tid, s in t1.items():
+            group = self._group(tid, names)
+            if group is not None:
+                sec[group] += s - self._t0.get(tid, 0.0)
+        b1 = process_cpu_s(self.broker_pid) if self.broker_pid else None
+        sec["broker"] = (b1 - self._b0) if (b1 is not None and self._b0 is not None) else 0.0
+        self.seconds = sec
+        return sec
+
+
 def decode(video: Path, size: tuple[int, int], limit: int) -> np.ndarray:
     """All frames (up to ``limit``) of a video, prepared like the daemon does: uint8 BGR (N, H, W, 3)."""
     cap = cv2.VideoCapture(str(video))
@@ -83,14 +189,43 @@ def decode(video: Path, size: tuple[int, int], limit: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> float:
-    """Frames/s of the runner on pre-decoded frames at batch size ``batch`` (one warm-up pass over 2 batches)."""
+def runner_alone(runner: OnnxRuntimeRunner, frames: np.ndarray, batch: int) -> tuple[float, float]:
+    """Frames/s and CPU milliseconds per frame (all threads of this process) of the runner on pre-decoded frames at
+    batch size ``batch`` (one warm-up pass over 2 batches). ``runner.run``, the call the daemon makes: a model with
+    ``anomaly_maps`` returns them (calibrated), as for the daemon."""
     for i in range(0, 2 * batch, batch):
-        runner(frames[i : i + batch])
-    t0 = time.perf_counter()
+        runner.run(frames[i : i + batch])
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, len(frames), batch):
-        runner(frames[i : i + batch])
-    return len(frames) / (time.perf_counter() - t0)
+        runner.run(frames[i : i + batch])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(frames) / wall, 1000.0 * cpu / len(frames)
+
+
+def pipeline_alone(runner: OnnxRuntimeRunner, video: Path, batch: int, n_frames: int) -> tuple[float, float]:
+    """Frames/s and CPU milliseconds per frame of the least pipeline without the daemon, in one thread: read a
+    frame, prepare it (:func:`~algan.runtime.preprocess.prepare_frame`, as the camera reader does), and every
+    ``batch`` frames ``runner.run`` (the video looped until ``n_frames``). What the runner alone costs once the frames
+    must be decoded; the daemon overlaps decoding with inference, so it may beat it."""
+    size = runner.input_size
+    cap = cv2.VideoCapture(str(video))
+    buf = np.empty((batch, *size, 3), np.uint8)
+    c0, t0 = time.process_time(), time.perf_counter()
+    done = k = 0
+    while done < n_frames:
+        ok, frame = cap.read()
+        if not ok:
+            cap.release()
+            cap = cv2.VideoCapture(str(video))
+            continue
+        buf[k] = prepare_frame(frame, size)
+        k += 1
+        if k == batch:
+            runner.run(buf)
+            done, k = done + batch, 0
+    cap.release()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return done / wall, 1000.0 * cpu / done
 
 
 class ThreadProfiles:
@@ -130,8 +265,10 @@ class ThreadProfiles:
 
 
 def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, broker: tuple[str, int],
-           work: Path, warmup: int = WARMUP_FRAMES, snapshots: bool = False) -> dict:
-    """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures."""
+           work: Path, warmup: int = WARMUP_FRAMES, snapshots: bool = False, broker_pid: int | None = None,
+           reader_nice: int | None = None) -> dict:
+    """Run the daemon in-process on the looped video until ``n_frames`` are scored; return its figures, with the
+    CPU milliseconds per frame of each group of threads (:class:`CpuSplit`) after the warm-up."""
     alarm = {"snapshots": {"dir": str(work / "snapshots"), "mqtt": True}} if snapshots else {}
     cfg = parse_config({
         "device_id": "bench",
@@ -142,20 +279,37 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
                  "outbox": {"path": str(work / "outbox.sqlite")}},
         "stats_interval_s": 5,
         "alarm": alarm,
-        "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch}],
+        "cameras": [{"name": "bottle", "source": str(video), "loop": True, "queue_size": 2 * batch,
+                     **({"reader_nice": reader_nice} if reader_nice is not None else {})}],
     })
+    known = set(thread_cpu_s())
     col = Subscriber(*broker, topic="algan/bench/bottle/score")
-    app = EdgeApp(cfg)
+    collector = {threading.main_thread().native_id, *col.native_ids}
+    ort_native: set[int] = set()
+
+    def runner_factory(c: EdgeConfig) -> Runner:  # the daemon's own factory, noting the threads its runner starts
+        before = set(thread_cpu_s())
+        runner = load_runner(c.model, c.runner, trusted_keys=c.model_trusted_keys)
+        ort_native.update(set(thread_cpu_s()) - before)
+        return runner
+
+    app = EdgeApp(cfg, runner_factory=runner_factory)
     thread = threading.Thread(target=app.run, name="edge-app", daemon=True)
     thread.start()
+    split = CpuSplit(thread, {t for t in collector if t is not None}, broker_pid, known, ort_native)
     rss_start = None
+    done_start = done = 0
     while thread.is_alive():
         done = app.scored.get("bottle", 0)
         if rss_start is None and done >= warmup:
             rss_start = rss_mib()
+            split.start()
+            done_start = done
         if done >= n_frames:
             break
         time.sleep(0.05)
+    cpu = split.stop() if rss_start is not None else {}
+    measured = done - done_start
     rss_end = rss_mib()
     if rss_start is None:  # fewer frames than the warm-up: growth measured from the first frames
         rss_start = rss_end
@@ -177,6 +331,7 @@ def daemon(model: Path, video: Path, batch: int, threads: int, n_frames: int, br
         "rss_end_mib": rss_end,
         "rss_growth_pct": 100.0 * (rss_end - rss_start) / rss_start if rss_start else None,
         "snapshots": len(list((work / "snapshots").glob("*.jpg"))) if snapshots else None,
+        "cpu_ms_per_frame": {g: 1000.0 * s / measured for g, s in cpu.items()} if measured > 0 else {},
     }
 
 
@@ -250,7 +405,7 @@ def tiled_case(args: argparse.Namespace, work: Path, frames_video: Path, untiled
         tiles.append(prepare_tiles(frame, size, None, spec)[0])
     cap.release()
     flat = np.concatenate(tiles)
-    alone_tiles_fps = runner_alone(runner, flat, args.batch * spec.n_tiles) / spec.n_tiles
+    alone_tiles_fps = runner_alone(runner, flat, args.batch * spec.n_tiles)[0] / spec.n_tiles
     del runner
     with Broker(work) as broker:
         e2e = daemon(bundle, frames_video, args.batch, args.threads, args.tiled_frames, (broker.host, broker.port),
@@ -293,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--snapshots", action="store_true", help="alarm snapshots on (peak frames with their maps)")
     p.add_argument("--profile", type=Path, help="write cProfile's top entries of the daemon threads here")
+    p.add_argument("--reader-nice", type=int, default=None, metavar="N",
+                   help="the camera's reader_nice (default: the config default)")
     p.add_argument("--smoke", action="store_true",
                    help=f"seconds: a stand-in model, a synthetic video, {SMOKE_FRAMES} frames (checks that it runs)")
     args = p.parse_args(argv)
@@ -322,23 +479,27 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
     runner = OnnxRuntimeRunner(args.model, threads=args.threads)
     frames = decode(args.video, runner.input_size, limit=100_000)
-    alone_before = runner_alone(runner, frames, args.batch)
+    alone_before, cpu_before = runner_alone(runner, frames, args.batch)
     n_video = len(frames)
+    pipe_fps, pipe_cpu = pipeline_alone(runner, args.video, args.batch, n_video)
 
     profiles = ThreadProfiles()
     with Broker(work) as broker:
         if args.profile is not None:
             with profiles:
                 e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames,
-                             (broker.host, broker.port), work, warmup, args.snapshots)
+                             (broker.host, broker.port), work, warmup, args.snapshots, broker.pid, args.reader_nice)
             args.profile.write_text(profiles.report())
         else:
             e2e = daemon(args.model, args.video, args.batch, args.threads, args.frames, (broker.host, broker.port),
-                         work, warmup, args.snapshots)
+                         work, warmup, args.snapshots, broker.pid, args.reader_nice)
     # measured again after the daemon: on a shared machine the load changes; the ratio uses the better (higher)
     # runner figure, so it errs against the daemon
-    alone_after = runner_alone(runner, frames, args.batch)
+    alone_after, cpu_after = runner_alone(runner, frames, args.batch)
     alone = max(alone_before, alone_after)
+    runner_cpu = min(cpu_before, cpu_after)
+    split = e2e["cpu_ms_per_frame"]
+    daemon_cpu = sum(v for g, v in split.items() if g not in ("collector", "broker"))
     del runner, frames
 
     res = {
@@ -354,13 +515,31 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         "runner_fps_before_after": [round(alone_before, 2), round(alone_after, 2)],
         "daemon_fps": round(e2e["fps"], 2),
         "ratio": round(e2e["fps"] / alone, 3),
-        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in e2e.items() if k != "fps"},
+        "runner_cpu_ms_per_frame": round(runner_cpu, 3),
+        "daemon_cpu_ms_per_frame": round(daemon_cpu, 3),
+        "cpu_ratio": round(runner_cpu / daemon_cpu, 3) if daemon_cpu else None,
+        "pipeline_fps": round(pipe_fps, 2),
+        "pipeline_cpu_ms_per_frame": round(pipe_cpu, 3),
+        "ratio_to_pipeline": round(e2e["fps"] / pipe_fps, 3),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in e2e.items()
+           if k not in ("fps", "cpu_ms_per_frame")},
+        "cpu_ms_per_frame": {g: round(v, 3) for g, v in split.items()},
     }
     rows = [
         (f"runner alone (pre-decoded, B={args.batch}), before/after",
          f"{alone_before:.1f} / {alone_after:.1f} frames/s"),
+        ("decode + prepare + runner in one thread, no daemon (same B)",
+         f"{pipe_fps:.1f} frames/s, {pipe_cpu:.2f} ms CPU/frame"),
         ("daemon end to end (same B)", f"{res['daemon_fps']:.1f} frames/s"),
-        ("ratio to the better runner figure (target >= 0.85)", f"{res['ratio']:.3f}"),
+        ("ratio to the better runner figure (target >= 0.90)", f"{res['ratio']:.3f}"),
+        ("ratio to decode + prepare + runner in one thread", f"{res['ratio_to_pipeline']:.3f}"),
+        ("CPU per frame: runner alone / daemon (its own threads)",
+         f"{runner_cpu:.2f} / {daemon_cpu:.2f} ms"),
+        ("CPU ratio runner / daemon (load-independent; = the frames/s ratio when both keep every core busy)",
+         f"{res['cpu_ratio']:.3f}" if res["cpu_ratio"] is not None else "-"),
+        *((f"  CPU ms/frame, {label}", f"{split[g]:.3f}") for g, label in CPU_GROUPS if g in split),
+        ("load average (1, 5, 15 min) at the end", " ".join(f"{v:.2f}" for v in res["load_average"])),
         ("latency capture->publish p50 / p99", f"{res['latency_ms_p50']:.1f} / {res['latency_ms_p99']:.1f} ms"),
         (f"RSS after {warmup} / {res['frames']} frames",
          f"{res['rss_start_mib']:.1f} / {res['rss_end_mib']:.1f} MiB"),

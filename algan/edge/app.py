@@ -498,6 +498,11 @@ class EdgeApp:
         self.metrics.observe_batch(self.clock() - t0)
         self.window.record_batch(len(batch), (self.clock() - t0) * 1000.0)
         cells_of = maps if maps is not None else [None] * len(batch)
+        # the batch's score messages are handed to the publisher together after the batch (before an alarm event
+        # that follows them): the MQTT network thread wakes once for them instead of once per frame in between the
+        # loop's own work; a frame's done() follows its score
+        outgoing: list[tuple[str, str]] = []
+        finished: list[Callable[[], None]] = []
         for frame, score, cells in zip(batch, scores.tolist(), cells_of, strict=True):
             cam = frame.camera
             threshold = self.thresholds[cam][0]
@@ -506,16 +511,30 @@ class EdgeApp:
             if self._throttles[cam].keep(score, threshold):
                 payload = score_payload(frame.t_wall, frame.index, score, threshold, latency_ms, runner.model_id,
                                         frame.source_name)
-                pub.publish(self.topics.score(cam), payload, qos=self.cfg.mqtt.score_qos)
+                outgoing.append((self.topics.score(cam), payload))
             self.scored[cam] += 1
             self.window.record(latency_ms, now)
             self.metrics.observe_frame(latency_ms / 1000.0)
             self._last_scored = now
             event = self.trackers[cam].update(frame.index, score, frame.t_wall)
             if event is not None:
+                self._publish_scores(pub, outgoing, finished)
                 self._emit(pub, self._describe(frame, event, score, cells, threshold, pub))
             if frame.done is not None:
-                frame.done()  # a watched folder's journal: this file is not scored again after a restart
+                finished.append(frame.done)  # a watched folder's journal: this file is not scored again after a restart
+        self._publish_scores(pub, outgoing, finished)
+
+    def _publish_scores(self, pub: Publisher, outgoing: list[tuple[str, str]],
+                        finished: list[Callable[[], None]]) -> None:
+        """Hand the pending score messages to the publisher in frame order, then call the ``done`` of their frames
+        (both lists are emptied)."""
+        qos = self.cfg.mqtt.score_qos
+        for topic, payload in outgoing:
+            pub.publish(topic, payload, qos=qos)
+        for done in finished:
+            done()
+        outgoing.clear()
+        finished.clear()
 
     def _emit(self, pub: Publisher, event: AlarmEvent) -> None:
         """Publish an alarm event and the camera's state; the outbox remembers the open alarm first (after a crash

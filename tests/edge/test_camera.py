@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 from edgekit import DARK, make_folder, make_video
 
 from algan.edge.capture.camera import CameraReader
@@ -139,3 +142,32 @@ def test_reopen_backoff_doubles_up_to_max_and_resets_after_frames():
 def test_missing_file_fails_only_that_camera(tmp_path):
     hub, reader, statuses = run_reader(CameraConfig(name="c", source=str(tmp_path / "gone.mp4")))
     assert statuses == ["failed"] and hub.exhausted()
+
+
+def _nice_of_this_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("steps", [0, 3, 10])
+def test_reader_thread_runs_reader_nice_steps_nicer(tmp_path, steps):
+    # the source is opened in the reader thread after its priority was lowered: what it sees is the reader's nice
+    base = _nice_of_this_thread()
+    seen = []
+    video = make_video(tmp_path / "v.mp4", [DARK] * 2)
+
+    def open_fn(cam):
+        seen.append(_nice_of_this_thread())
+        return open_source(cam)
+
+    hub, reader, statuses = run_reader(CameraConfig(name="c", source=str(video), reader_nice=steps), open_fn=open_fn)
+    assert seen == [min(19, base + steps)] and statuses == ["online", "finished"]
+    assert _nice_of_this_thread() == base  # the daemon's own threads keep their priority
+    assert len(drain(hub)) == 2
+
+
+def test_reader_nice_outside_0_to_19_is_refused():
+    with pytest.raises(ValueError, match="reader_nice"):
+        CameraConfig(name="c", source="v.mp4", reader_nice=20)
+    with pytest.raises(ValueError, match="reader_nice"):
+        CameraConfig(name="c", source="v.mp4", reader_nice=-1)

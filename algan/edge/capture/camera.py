@@ -15,6 +15,9 @@
 * status changes (``online``, ``offline``, ``finished``, ``failed``) go to a callback; the daemon publishes them.
 * target fps (:class:`~algan.edge.capture.sources.FrameGate`) and replay pacing
   (:class:`~algan.edge.capture.sources.Pacer`).
+* with ``reader_nice`` > 0 the reader thread runs that many steps nicer than the daemon
+  (:func:`lower_thread_priority`): on a box that runs nothing else it decodes in the gaps of the inference threads
+  instead of delaying them (any other busy process starves it, hence off by default).
 
 A dead camera only ends its own thread: the other cameras never notice.
 """
@@ -22,6 +25,8 @@ A dead camera only ends its own thread: the other cameras never notice.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +48,26 @@ RETRY_S = 0.02
 IDLE_S = 0.1
 #: Native frame rate assumed for a realtime replay whose source does not say (frames/s).
 DEFAULT_REPLAY_FPS = 25.0
+
+
+def lower_thread_priority(steps: int) -> int | None:
+    """Make the calling thread ``steps`` nice steps nicer (at most 19). On Linux the nice value is per thread, and the
+    threads it starts afterwards (FFmpeg's decoder threads) inherit it; raising it needs no privilege.
+
+    Returns:
+        The thread's nice value now, or ``None`` when unchanged (``steps`` <= 0, not Linux, or refused: logged at
+        debug level, the reader runs on at the daemon's priority).
+    """
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(steps))
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as e:
+        log.debug("cannot lower the priority of thread %d: %s", tid, e)
+        return None
+    return nice
 
 
 @dataclass
@@ -129,6 +154,9 @@ class CameraReader(threading.Thread):
 
     def run(self) -> None:
         name = self.cam.name
+        # reader_nice > 0: decoding and resizing give way to the inference threads (ONNX Runtime's intra-op pool
+        # sleeps between its parallel sections; a reader at the same priority can delay its wake-ups)
+        lower_thread_priority(self.cam.reader_nice)
         try:
             while not self.stop.is_set():
                 try:

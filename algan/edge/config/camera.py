@@ -102,6 +102,15 @@ class CameraConfig(Section):
     reconnect_max_s: float = Field(
         60.0, gt=0, le=86_400, description="longest wait between reopen attempts; waits double up to it (seconds)"
     )
+    reader_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="the camera reader thread (and its decoder's threads) runs this many nice steps below the daemon "
+        "(Linux, 0-19): inference threads woken while it decodes take the CPU first; only for a box that runs "
+        "nothing else, since any other busy process then starves the reader (frames late or dropped); 0 = the "
+        "daemon's priority",
+    )
     rtsp_transport: Literal["tcp", "udp"] = Field(
         "tcp", description="stream: RTSP transport given to FFmpeg (tcp avoids smeared frames on lossy links)"
     )

@@ -204,6 +204,7 @@ class MqttPublisher:
         self._closing = False
         self._kick = False  # something changed that may let the sender hand more rows
         self._forget_mids: set[int] = set()  # dead letters' mids: out of paho's re-send queue at the next connect
+        self._flushing = 0  # threads waiting in flush(): every confirmation wakes them
         self._errors = RepeatedErrors(log)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         c.will_set(status_topic, STATUS_OFFLINE, qos=1, retain=True)
@@ -325,11 +326,15 @@ class MqttPublisher:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:
             done = self._ledger.confirmed(mid)
+            if done.known and done.seq is None:  # a non-durable message (a score): only a flush() waits for it
+                if self._flushing:
+                    self._lock.notify_all()
+                return
         if not done.known:
             return
         if done.seq is not None and self.outbox is not None:
             self.outbox.ack(done.seq)
-        with self._lock:
+        with self._lock:  # an acknowledged outbox row frees room in the send window
             self._kick = True
             self._lock.notify_all()
 
@@ -338,8 +343,7 @@ class MqttPublisher:
         assert self.outbox is not None
         while True:
             with self._lock:
-                if not self._kick:
-                    self._lock.wait(0.5)
+                self._lock.wait_for(lambda: self._kick, 0.5)  # also polls: the resync wait ends by the clock
                 self._kick = False
                 if self._closing and not self._connected.is_set():
                     return
@@ -478,12 +482,18 @@ class MqttPublisher:
             The number of messages still unconfirmed after ``timeout`` seconds (0 = all delivered).
         """
         end = time.monotonic() + timeout
-        while True:
-            left = self.pending()
-            if left == 0 or time.monotonic() >= end:
-                return left
+        with self._lock:
+            self._flushing += 1
+        try:
+            while True:
+                left = self.pending()
+                if left == 0 or time.monotonic() >= end:
+                    return left
+                with self._lock:
+                    self._lock.wait(min(0.1, max(0.0, end - time.monotonic())))
+        finally:
             with self._lock:
-                self._lock.wait(min(0.1, max(0.0, end - time.monotonic())))
+                self._flushing -= 1
 
     def close(self, timeout: float) -> int:
         """Flush the queued messages, publish the retained ``offline`` status (the last message of the run), flush,
