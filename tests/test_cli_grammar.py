@@ -83,6 +83,14 @@ def test_quiet_has_a_short_form():
     assert build_parser().parse_args(["--data", "d", "--out", "o", "-q"]).quiet
 
 
+@pytest.mark.parametrize("module, argv", [("calibrate", ["m", "--data", "d"]), ("export", ["m"]),
+                                          ("predict", ["m", "x"])])
+def test_every_command_with_a_summary_takes_quiet(module, argv):
+    parser = importlib.import_module(f"algan.cli.{module}").build_parser()
+    assert parser.parse_args([*argv, "-q"]).quiet and parser.parse_args([*argv, "--quiet"]).quiet
+    assert not parser.parse_args(argv).quiet
+
+
 def test_overlay_files_are_named_after_their_image():
     from algan.cli.predict import overlay_name
 

@@ -78,6 +78,12 @@ def add_version(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def add_quiet(p: argparse.ArgumentParser, what: str = "no progress output") -> argparse.ArgumentParser:
+    """Add ``-q``/``--quiet`` (``args.quiet``) with help text ``what``; returns ``p``."""
+    p.add_argument("-q", "--quiet", action="store_true", help=what)
+    return p
+
+
 def deprecated(prog: str, old: str, new: str) -> None:
     """One line on stderr: an old spelling still works for this release."""
     print(f"{prog}: warning: {old} is deprecated and goes away in the next release; use {new}", file=sys.stderr)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from algan.cli._common import add_version, run_cli, setup_logging
+from algan.cli._common import add_quiet, add_version, run_cli, setup_logging
 from algan.contract import DEFAULT_PIXEL_FPR
 from algan.runtime.preprocess import using_roi
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     p.add_argument("--log-level", default="WARNING")
+    add_quiet(p, "print only the first line of the summary (what was calibrated), warnings and errors")
     return add_version(p)
 
 
@@ -146,6 +147,8 @@ def _calibrate(args: argparse.Namespace) -> int:
            f"{est.estimator_.n_exceedances_} scores")
     print(f"{'would calibrate (dry run)' if args.dry_run else 'calibrated'} {model_dir} "
           f"(model {manifest.model_id}, head {manifest.head_kind})")
+    if args.quiet:
+        return 0
     print(f"  data: {split.source}: {len(res.calib_scores)} calibration normals, {len(res.valid_scores)} validation "
           f"normals, {len(res.anomaly_scores)} anomalies; {res.n_bad} unreadable skipped")
     print(f"  threshold: raw {res.threshold:.6g} (median normal {res.center:.6g}) = calibrated 1.0, by "

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from algan.cli._common import DeprecatedFlag, add_version, run_cli, setup_logging
+from algan.cli._common import DeprecatedFlag, add_quiet, add_version, run_cli, setup_logging
 
 
 def _batch(text: str):
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign the bundle (algan.sig: Ed25519 over algan.json, the graphs and the weights) with the "
                    "private key KEY from algan-edge keygen; a daemon with model.trusted_keys refuses unsigned bundles")
     p.add_argument("--log-level", default="WARNING")
+    add_quiet(p, "print only the last line (what was written, in how long), warnings and errors")
     return add_version(p)
 
 
@@ -84,7 +85,10 @@ def _main(args: argparse.Namespace) -> int:
                          layout=args.layout, max_data=args.max_data, simplify=not args.no_simplify,
                          triton_repo=args.triton_repo, triton_name=args.triton_name,
                          triton_queue_delay_us=args.triton_queue_delay_us)
-    export_bundle(opts, say=lambda line: print(line, flush=True))
+    lines: list[str] = []
+    export_bundle(opts, say=lines.append if args.quiet else (lambda line: print(line, flush=True)))
+    if args.quiet and lines:
+        print(lines[-1], flush=True)
     if args.sign is not None:
         try:
             sig = sign_bundle(Path(args.model_dir), args.sign)

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from algan.cli._common import DeprecatedFlag, add_version, run_cli, setup_logging
+from algan.cli._common import DeprecatedFlag, add_quiet, add_version, run_cli, setup_logging
 from algan.contract import IMAGE_SUFFIXES, ImageListing
 from algan.contract import list_images as contract_list_images
 
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each image's predicted defect mask to DIR/masks/<name>.png (frame-sized, 255 = defect; "
                    "all zero below the threshold); needs a model with anomaly maps")
     p.add_argument("--log-level", default="WARNING")
+    add_quiet(p, "no summary line (the files under --out are the output); warnings and errors still print")
     return add_version(p)
 
 
@@ -355,6 +356,8 @@ def _main(args: argparse.Namespace) -> int:
     except EdgeError as e:
         print(f"algan-predict: error: {e}", file=sys.stderr)
         return 2
+    if args.quiet:
+        return 0
     print(f"scored {res['n']} images: {res['anomalous']} anomalous; {res['csv']}; report {res['report']}"
           + (f"; masks in {res['masks']}" if res["masks"] else ""))
     return 0

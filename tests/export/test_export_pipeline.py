@@ -168,6 +168,14 @@ def test_cli_without_tensorrt_writes_the_onnx_and_says_why(bundle):
     assert "parity (onnx-fp32)" in r.stdout and (bundle / "model.onnx").is_file()
 
 
+def test_cli_quiet_prints_only_the_last_line(bundle):
+    r = _cli(bundle, "-q", "--no-simplify")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("export finished in "), r.stdout
+    assert (bundle / "model.onnx").is_file()
+
+
 def test_cli_user_errors_are_one_line(bundle, tmp_path):
     r = _cli(tmp_path / "missing")
     assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.strip().count("\n") == 0
