@@ -211,6 +211,22 @@ def frame_raw_scores(det: AnomalyDetector, paths: Sequence[Path], batch_size: in
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def frame_outputs_of(det: AnomalyDetector, paths: Sequence[Path], batch_size: int = 32) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """A tiled patch detector's uncalibrated frame scores float64 (N,) and every cell of the stitched frame maps,
+    float32 (sum of the N maps' sizes,), of image files (crop :func:`~algan.runtime.preprocess.current_roi`), read
+    ``batch_size`` at a time (:meth:`AnomalyDetector.frame_outputs`)."""
+    roi = current_roi()
+    scores: list[np.ndarray] = []
+    cells: list[np.ndarray] = []
+    for i in range(0, len(paths), batch_size):
+        done = det.frame_outputs([prepare_roi(read_image(p), roi) for p in paths[i : i + batch_size]], batch_size)
+        scores.append(np.asarray(done.scores, np.float64))
+        cells.extend(np.asarray(m, np.float32).ravel() for m in done.maps or [])
+    return (np.concatenate(scores) if scores else np.zeros(0),
+            np.concatenate(cells) if cells else np.zeros(0, np.float32))
+
+
 def map_stats_paths(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
     """The training images whose smoothed maps give the per-location map statistics: all of ``paths`` when there
     are at most ``n``, else a seeded subset of ``n`` in their order (bounds the extra pass over the training set)."""
@@ -382,8 +398,14 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")
     det.tiling = tiling
-    pixel_rule = None  # the pixel threshold: patch heads on whole frames (a tiled bundle's maps are stitched per frame)
-    if tiling is not None:  # the frame score of a tiled bundle: stitched maps (or tiles' max), calibrated as such
+    pixel_rule = None  # the pixel threshold of the defect mask: patch heads, over the held-out normals' map cells
+    n_pixels = 0
+    if tiling is not None and postprocess is not None:
+        # a tiled patch bundle: frame scores from the stitched maps, the pixel threshold over every stitched cell
+        # (the rule algan-calibrate applies to tiled bundles, algan.calibration.scoring.score_images)
+        hold_raw, stitched = frame_outputs_of(det, calib_paths, settings.batch_size)
+        pixel_rule, n_pixels = pixel_threshold(stitched, settings.pixel_fpr), int(stitched.size)
+    elif tiling is not None:  # an image-only head on tiles: the max over each frame's tiles
         hold_raw = frame_raw_scores(det, calib_paths, settings.batch_size)
     elif settings.variant == "patch":
         from algan.model.detector import run_batched
@@ -392,7 +414,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
                                 "maps (holdout)" if progress else None)
         with torch.no_grad():
             hold_raw = det.postprocess.reduce(torch.from_numpy(hold_maps)).numpy()
-        pixel_rule = pixel_threshold(hold_maps, settings.pixel_fpr)
+        pixel_rule, n_pixels = pixel_threshold(hold_maps, settings.pixel_fpr), int(hold_maps.size)
     else:
         hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,
                                       "features (holdout)" if progress else None)
@@ -444,7 +466,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         mh, mw = postprocess.map_size
         if pixel_rule is not None:
             manifest["calibration"].update({"pixel_threshold": pixel_rule.threshold,
-                                            "pixel_target_fpr": settings.pixel_fpr, "n_pixels": int(hold_maps.size)})
+                                            "pixel_target_fpr": settings.pixel_fpr, "n_pixels": n_pixels})
         manifest["patch"] = settings.patch.to_json()
         manifest["outputs"] = list(MAP_OUTPUTS)
         manifest["anomaly_map"] = {"height": mh, "width": mw, "reduction": settings.patch.reduction,

@@ -56,6 +56,16 @@ def test_tiled_bundle_manifest_calibration_on_stitched_frames_and_torch_vs_onnx(
     # the calibration centre is the median of the held-out normals' STITCHED frame scores (not of single tiles)
     _, hold = split_holdout(list(load_dataset(data).train), 0.2, 0)
     assert m.calibration.center == pytest.approx(float(np.median(frame_raw_scores(det, hold))), rel=1e-5, abs=1e-6)
+    # the pixel threshold of the defect mask: the empirical rule over every cell of the held-out normals' stitched maps
+    from algan.contract import pixel_threshold
+    from algan.model.fit import frame_outputs_of
+
+    hold_scores, cells = frame_outputs_of(det, hold)
+    np.testing.assert_allclose(hold_scores, frame_raw_scores(det, hold), rtol=1e-6)
+    assert cells.size == len(hold) * 28 * 28  # 160 px frames, 2x2 tiles of 16x16 cells stitched into 28x28
+    assert m.calibration.pixel_threshold == pytest.approx(pixel_threshold(cells).threshold, rel=1e-5)
+    assert (cells >= m.calibration.pixel_threshold).mean() <= 0.001 + 1.0 / cells.size
+    assert Inferencer(bundle).pixel_threshold == pytest.approx(m.calibration.pixel_level, rel=1e-5)
     # the stored samples are tiles: what the per-tile graph sees
     paths = _test_images(data)
     frames = [read_image(p) for p in paths]
