@@ -175,3 +175,29 @@ def test_calibrating_a_tiled_bundle_fits_the_pixel_threshold_on_stitched_maps(ti
     frame = read_image(sorted((data / "test").rglob("*.png"))[0])
     p = inf.predict(frame)
     assert p.mask is None or p.mask.shape == frame.shape[:2]
+
+
+def test_algan_eval_gives_the_localisation_figures_of_a_tiled_bundle_from_its_stitched_maps(tiled, capsys):
+    from algan.bundle import load_bundle
+    from algan.calibration.localisation import localisation_metrics
+    from algan.cli.eval import main as eval_main
+    from algan.data.datasets import load_dataset
+    from algan.runtime.preprocess import prepare_roi, read_image
+
+    bundle, data = tiled
+    assert eval_main([str(bundle), "--data", str(data), "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["pixel_auroc"] is not None and out["mask_f1"] is not None
+    assert out["pixel_threshold_source"] == "bundle"  # the trained tiled bundle carries its own pixel threshold
+    # the same figures from the stitched, calibrated frame maps (160 px frames -> 28x28 cells)
+    det, _ = load_bundle(bundle)
+    test = list(load_dataset(data).test)
+    frames = det.frame_outputs([prepare_roi(read_image(s.path)) for s in test])
+    center, scale = float(det.calibration.center), float(det.calibration.scale)
+    maps = np.stack([(m - center) / scale for m in frames.maps]).astype(np.float32)
+    assert maps.shape == (len(test), 28, 28)
+    labels = np.array([s.label for s in test])
+    ref = localisation_metrics(maps, labels, None, (frames.scores - center) / scale >= 1.0,
+                               np.array([read_image(s.path).shape[:2] for s in test]))
+    assert out["border_peak_fraction"] == pytest.approx(ref["border_peak_fraction"])
+    assert out["peak_hit_rate"] is not None and 0.0 <= out["peak_hit_rate"] <= 1.0

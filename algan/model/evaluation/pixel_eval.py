@@ -79,10 +79,10 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         calibrated image scores of the samples in order (or None), "n_regions": int (ground-truth defect
         regions), "pixel_note": None or the reason the metrics are None, "maps": float32 (N, h, w) calibrated maps,
         "masks": bool (N, H, W) at the input size, "frame_sizes": int (N, 2) (height, width) of each image file}``
-        (the last three for the localisation figures, :mod:`algan.calibration.localisation`; None with the metrics,
-        and for a tiled bundle, whose stitched maps differ in size). The metrics are ``None`` (nothing is run) when
-        the detector has no maps or an anomalous sample has no mask; the image scores come from the same pass, so a
-        caller needs no second one.
+        (the last three for the localisation figures, :mod:`algan.calibration.localisation`; None with the metrics;
+        a tiled bundle's maps are its stitched frame maps, all on the first one's grid). The metrics are ``None``
+        (nothing is run) when the detector has no maps or an anomalous sample has no mask; the image scores come from
+        the same pass, so a caller needs no second one.
 
     Raises:
         ValueError: the detector's maps do not have shape (N, *map_size), a mask does not match its image's size,
@@ -99,6 +99,7 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
     collector = PixelScoreCollector(len(samples) * size[0] * size[1], max_normal_pixels)
     f1 = MaskF1(pixel_level, 1.0) if pixel_level is not None else None
     tiled = getattr(detector, "tiling", None) is not None
+    stitched_grid: tuple[int, ...] | None = None
     scores, all_maps = [], []
     all_masks = np.zeros((len(samples), *size), bool)
     frame_sizes = np.zeros((len(samples), 2), np.int64)
@@ -122,9 +123,20 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
             cal = detector.calibration
             center, scale = float(cal.center), float(cal.scale)
             sc = torch.from_numpy((frames.scores - center) / scale)
-            collector.add(np.stack([cv2.resize((m - center) / scale, (size[1], size[0]),
-                                               interpolation=cv2.INTER_LINEAR) for m in frames.maps]), masks)
+            calibrated = [((m - center) / scale).astype(np.float32) for m in frames.maps]
+            up = np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in calibrated])
+            collector.add(up, masks)
             scores.append(sc.float().numpy().reshape(-1))
+            if f1 is not None:
+                f1.add(up, masks, scores[-1])
+            # the localisation figures take one map grid: every stitched map on the first one's (same-sized images
+            # give same-sized stitched maps; others are resized bilinearly)
+            grid = stitched_grid or calibrated[0].shape
+            stitched_grid = grid
+            all_maps.append(np.stack([m if m.shape == grid else cv2.resize(m, (grid[1], grid[0]),
+                                                                             interpolation=cv2.INTER_LINEAR)
+                                      for m in calibrated]))
+            all_masks[i : i + len(chunk)] = masks
             continue
         sc, maps = detector.score_and_maps(torch.from_numpy(images))
         maps = maps.float().cpu().numpy()
@@ -146,9 +158,9 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
         "scores": np.concatenate(scores).astype(np.float32),
         "n_regions": collector.n_regions,
         "pixel_note": None,
-        "maps": None if tiled else np.concatenate(all_maps),
-        "masks": None if tiled else all_masks,
-        "frame_sizes": None if tiled else frame_sizes,
+        "maps": np.concatenate(all_maps),
+        "masks": all_masks,
+        "frame_sizes": frame_sizes,
     }
 
 
