@@ -126,7 +126,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         r = score_candidate(cand, fitter(candidate_settings(cand, feature, patch)), data[cand.split(":")[0]],
                             defects.kinds, feature.target_fpr)
         head = r.fitted[0]
-        s_test = image_scores(head, data[r.variant], real[r.variant])
+        s_test = image_scores(head, data[r.variant], real[r.variant], post=r.post)
         results.append(r)
         row = {"data": name, "head": cand, "synth_recall": round(r.recall_at_fpr, 4), "synth_auroc": round(r.auroc, 4),
                "synth_by_kind": {k: round(v, 3) for k, v in r.recall_by_kind.items()},

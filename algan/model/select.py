@@ -5,7 +5,9 @@ each is scored on the held-out normals and on synthetic defects drawn on those h
 (:mod:`algan.data.defects`). Its figures: ``recall_at_fpr`` (the share of synthetic defects flagged at the
 threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
 :func:`algan.model.evaluation.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
-synthetic defects) and the recall per defect kind.
+synthetic defects) and the recall per defect kind. A patch candidate is judged on the maps its bundle would ship:
+the per-location map normalisation (``PatchSpec.map_norm``) is fitted, per candidate, on the smoothed maps of the
+same training images ``algan-train`` uses for it (:func:`algan.model.fit.map_stats_paths`), before any score.
 
 The rule (:data:`RULE`, :func:`choose`): the highest ``recall_at_fpr``; candidates within :data:`RECALL_TIE` of it
 are tied and the higher synthetic AUROC wins; AUROCs within :data:`AUROC_TIE` go to the cheaper head (the order of
@@ -65,7 +67,10 @@ class VariantData:
         normal, defect: held-out normals and synthetic defects as the heads take them: feature float32 (N, K)
             tensors; patch float16 (N, K, gh, gw) maps.
         n_cells: patch: all training cells (the PatchCore bank's reference size); feature: 0.
-        post: patch: the :class:`algan.features.patch.MapPostprocess` (map and image score); feature: ``None``.
+        post: patch: the :class:`algan.features.patch.MapPostprocess` (map and image score; its normalisation
+            unfitted: :func:`fitted_post` fits a copy per head); feature: ``None``.
+        stats: patch with a map normalisation: float16 (S, K, gh, gw) maps of the training images whose smoothed
+            head maps give the per-location statistics (:func:`algan.model.fit.map_stats_paths`); else ``None``.
     """
 
     variant: str
@@ -74,6 +79,7 @@ class VariantData:
     defect: torch.Tensor
     n_cells: int = 0
     post: object | None = None
+    stats: torch.Tensor | None = None
 
 
 @dataclass
@@ -88,6 +94,8 @@ class CandidateResult:
     normal_scores: np.ndarray = field(repr=False)
     defect_scores: np.ndarray = field(repr=False)
     fitted: tuple | None = field(default=None, repr=False)
+    #: patch: the map postprocess with this head's fitted normalisation (:func:`fitted_post`); feature: ``None``
+    post: object | None = field(default=None, repr=False)
 
     @property
     def variant(self) -> str:
@@ -103,12 +111,33 @@ class CandidateResult:
                 "fit_s": round(self.fit_s, 2)}
 
 
-def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    """Raw image scores float32 (N,) of a fitted head on cached inputs ``x`` of ``data``'s variant."""
+def fitted_post(head: torch.nn.Module, data: VariantData, batch_size: int = 32):  # noqa: ANN201
+    """The patch variant's map postprocess for one fitted head: a copy of ``data.post`` whose per-location
+    normalisation is fitted on the head's smoothed maps of ``data.stats`` (what ``algan-train`` ships,
+    :func:`algan.model.fit.fit_map_statistics`); ``data.post`` itself for the feature variant or without statistics."""
+    import copy
+
+    post = data.post
+    if data.variant != "patch" or data.stats is None or getattr(post, "norm", None) is None:
+        return post
+    post = copy.deepcopy(post)
+    head.eval()
+    with torch.no_grad():
+        smoothed = torch.cat([post.smooth(head(data.stats[i : i + batch_size].float()))  # type: ignore[attr-defined]
+                              for i in range(0, len(data.stats), batch_size)])
+    post.fit_norm(smoothed)  # type: ignore[attr-defined]
+    return post
+
+
+def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batch_size: int = 32,
+                 post: object | None = None) -> np.ndarray:
+    """Raw image scores float32 (N,) of a fitted head on cached inputs ``x`` of ``data``'s variant (patch: maps
+    through ``post``, default ``data.post``; pass the candidate's :attr:`CandidateResult.post` to score as its bundle
+    does)."""
     head.eval()
     with torch.no_grad():
         if data.variant == "patch":
-            post = data.post
+            post = post if post is not None else data.post
             return torch.cat([post.reduce(post(head(x[i : i + batch_size].float())))  # type: ignore[attr-defined]
                               for i in range(0, len(x), batch_size)]).numpy()
         return torch.cat([head(x[i : i + 1024]) for i in range(0, len(x), 1024)]).numpy()
@@ -121,7 +150,8 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
     fitted = fit(data)
     fit_s = time.perf_counter() - t
     head = fitted[0]
-    s_norm, s_def = image_scores(head, data, data.normal), image_scores(head, data, data.defect)
+    post = fitted_post(head, data)
+    s_norm, s_def = image_scores(head, data, data.normal, post=post), image_scores(head, data, data.defect, post=post)
     kinds_a = np.asarray(kinds)
     from algan.model.evaluation.threshold import TargetFprThreshold
 
@@ -129,7 +159,7 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
     by_kind = {str(k): float(recall_above(s_def[kinds_a == k], thr)) for k in sorted(set(kinds_a.tolist()))}
     y = np.r_[np.zeros(len(s_norm)), np.ones(len(s_def))]
     return CandidateResult(name, float(recall_at_fpr(s_norm, s_def, target_fpr)), auroc(y, np.r_[s_norm, s_def]),
-                           by_kind, fit_s, s_norm, s_def, fitted)
+                           by_kind, fit_s, s_norm, s_def, fitted, post if data.variant == "patch" else None)
 
 
 def choose(results: Sequence[CandidateResult]) -> CandidateResult:
@@ -212,8 +242,9 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     """
     from algan.features.backbone import Preprocess, build_backbone
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
-    from algan.model.fit import extract_features, extract_patches
+    from algan.model.fit import MAP_STATS_IMAGES, extract_features, extract_patches, map_stats_paths
     from algan.model.heads.vector import FeatureTransform
+    from algan.runtime.preprocess import load_batch
 
     spec = settings.backbone
     size = tuple(spec.input_size)
@@ -231,8 +262,11 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
         def maps(u: torch.Tensor) -> torch.Tensor:
             return proj(fm(pre(u))).half()
 
+        stats = None
+        if pspec.map_norm != "none":  # the training images algan-train fits the map statistics on
+            stats = _batched(maps, load_batch(map_stats_paths(fit_paths, MAP_STATS_IMAGES, settings.seed), size), bs)
         data = VariantData("patch", x, _batched(maps, normal_u8, bs), _batched(maps, defect_u8, bs),
-                           len(fit_paths) * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size))
+                           len(fit_paths) * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size), stats)
         return data, raw
     backbone = build_backbone(spec).eval()
     raw = extract_features(pre, backbone, fit_paths, size, bs, "features (train)" if progress else None)

@@ -117,6 +117,40 @@ def test_algan_train_head_auto_writes_the_selection(tiny_set, tmp_path, capsys):
     assert on_disk["head"]["selection"]["chosen"] == sel.chosen
 
 
+@pytest.mark.slow
+def test_auto_judges_a_patch_head_on_the_maps_its_bundle_ships(tiny_set):
+    """The candidate's held-out scores are the shipped bundle's: the per-location map normalisation is fitted before
+    scoring, on the training images algan-train fits it on (not the unnormalised maps)."""
+    from algan.cli.train import build_parser, fit_settings
+    from algan.data.datasets import load_dataset
+    from algan.model.fit import training_split
+    from algan.model.select import fit_auto, image_scores
+    from algan.runtime.preprocess import load_batch
+
+    args = build_parser().parse_args(["--data", str(tiny_set), "--out", "x", "--head", "auto", "--variant", "patch",
+                                      "--holdout", "0.4", "--input-size", "64", "64"])
+    patch = fit_settings(args, "patch", "auto")
+    assert patch.patch.map_norm == "standardize"
+    ds = load_dataset(tiny_set)
+    res = fit_auto(ds, ["patch:padim"], None, patch)
+    r = res.results[0]
+    assert r.post is not None and not torch.equal(r.post.norm.scale, torch.ones_like(r.post.norm.scale))
+    # the detector that fit_auto trained for the bundle scores the held-out normals as the selection did
+    det = res.fit.detector.eval()
+    _, hold = training_split(ds, patch)
+    with torch.no_grad():
+        shipped = det.raw_scores(torch.from_numpy(load_batch(hold, (64, 64)))).numpy()
+    np.testing.assert_allclose(r.normal_scores, shipped, rtol=1e-3, atol=1e-4)
+    # without the fitted normalisation the scores differ: the check above is not vacuous
+    head = r.fitted[0] if r.fitted is not None else det.head
+    from algan.model.select import build_variant_data
+
+    fit_paths, _ = training_split(ds, patch)
+    data, _ = build_variant_data(patch, fit_paths, load_batch(hold, (64, 64)), load_batch(hold[:2], (64, 64)))
+    plain = image_scores(head, data, data.normal)
+    assert not np.allclose(plain, shipped, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--variant", "auto", "--head", "knn"], "use it with --head auto"),
     (["--head", "auto", "--variant", "image"], "one head"),
@@ -167,5 +201,5 @@ def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     fit_paths, _ = training_split(ds, feature)
     u8 = load_batch([s.path for s in pick], (224, 224))
     data, _ = build_variant_data(candidate_settings(sel.chosen.name, feature, patch), fit_paths, u8[:2], u8)
-    scores = image_scores(by[sel.chosen.name].fitted[0], data, data.defect)
+    scores = image_scores(by[sel.chosen.name].fitted[0], data, data.defect, post=by[sel.chosen.name].post)
     assert auroc(np.array([s.label for s in pick]), scores) > 0.85
