@@ -344,6 +344,18 @@ def _main(args: argparse.Namespace) -> int:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
         if (line := ds.skipped_line()) is not None:
             print(f"data: {line}", file=sys.stderr)
+    if tiling is None and not args.quiet and (args.variant in ("patch", "auto")) and ds.train:
+        from statistics import median
+
+        from algan.runtime.preprocess import current_roi, prepare_roi, read_image
+        from algan.runtime.tiling import large_frame_note
+
+        with using_roi(roi):  # the median ROI size of up to 16 training images
+            sizes = [prepare_roi(read_image(p), current_roi()).shape[:2]
+                     for p in ds.train[:: max(1, len(ds.train) // 16)]]
+        median_hw = (int(median(h for h, _ in sizes)), int(median(w for _, w in sizes)))
+        if (note := large_frame_note(median_hw, tuple(args.input_size))) is not None:
+            print(f"note: {note}", file=sys.stderr)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     progress = not args.quiet
     with using_roi(roi):

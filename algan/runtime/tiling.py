@@ -294,6 +294,22 @@ def candidate_grids(roi_hw: tuple[int, int], input_hw: tuple[int, int],
     return out
 
 
+def large_frame_note(roi_hw: tuple[int, int], input_hw: tuple[int, int]) -> str | None:
+    """One line for a user training on whole frames much larger than the model input (the grids of
+    :func:`candidate_grids`), or ``None`` when the frames are not much larger: defects a few pixels wide shrink below
+    one feature cell when the frame is resized to the input, and tiled training keeps them (measured on pcb in
+    benchmarks/RESULTS.md, "Session 13")."""
+    grids = candidate_grids(roi_hw, input_hw)
+    if not grids:
+        return None
+    ratio = max(roi_hw[0] / input_hw[0], roi_hw[1] / input_hw[1])
+    names = [f"{g.rows}x{g.cols}" for g in grids[:3]]
+    return (f"the frames ({roi_hw[1]} x {roi_hw[0]} px) are {ratio:.1f}x the model input ({input_hw[1]} x "
+            f"{input_hw[0]} px): a defect a few pixels wide shrinks below one feature cell; for such defects also "
+            f"train with --tiles {names[-1] if len(names) > 1 else names[0]} (grids that keep the resolution: "
+            f"{', '.join(names)}) and compare the two with algan-eval")
+
+
 def load_tiles(paths: Sequence, size: tuple[int, int], spec: TileSpec | None,
                roi: Sequence[int] | None = None) -> np.ndarray:
     """:func:`algan.runtime.preprocess.load_batch` with tiles: every image's ``rows * cols`` tiles, image by image

@@ -182,3 +182,14 @@ def test_candidate_grids_keep_tiles_no_smaller_than_the_input_and_its_aspect():
             _, _, tw, th = tile_boxes(*roi, g)[0]
             assert tw >= 224 or th >= 224  # the axis that sets the resolution is never up-sampled
             assert g.n_tiles > 1
+
+
+def test_large_frame_note_names_the_grids_only_for_frames_much_larger_than_the_input():
+    from algan.runtime.tiling import large_frame_note
+
+    pcb = large_frame_note((640, 640), (224, 224))
+    assert pcb is not None and "2.9x the model input" in pcb and "--tiles 3x3" in pcb and "2x2, 3x3" in pcb
+    wide = large_frame_note((460, 1130), (224, 224))
+    assert wide is not None and "1130 x 460 px" in wide and "1x2, 1x3" in wide
+    assert large_frame_note((300, 300), (224, 224)) is None  # MTD-sized tiles: tiling would up-sample
+    assert large_frame_note((224, 224), (224, 224)) is None
