@@ -116,7 +116,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     data, real = {}, {}
     for variant, tmpl in (("feature", feature), ("patch", patch)):
         d, _ = build_variant_data(tmpl, fit_paths, hold_u8, np.concatenate([defects.images, test_u8]))
-        data[variant] = VariantData(variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post)
+        data[variant] = VariantData(variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats)
         real[variant] = d.defect[m:]
     del test_u8
     print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
