@@ -61,8 +61,9 @@ def data_set(name: str, work: Path, smoke: bool) -> tuple[Path, str] | None:
     raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle")
 
 
-def templates(seed: int, smoke: bool, size: int):
-    """The feature and patch FitSettings that ``algan-train --head auto`` builds by default."""
+def templates(seed: int, smoke: bool, size: int, patch_blocks: str | None = None):
+    """The feature and patch FitSettings that ``algan-train --head auto`` builds by default (the patch variant with
+    ``--blocks patch_blocks`` when given)."""
     from algan.cli.train import build_parser, fit_settings
 
     argv = ["--data", ".", "--out", ".", "--head", "auto", "--seed", str(seed), "--input-size", str(size), str(size)]
@@ -70,7 +71,11 @@ def templates(seed: int, smoke: bool, size: int):
         argv += ["--epochs", "1"]
     args = build_parser().parse_args(argv)
     args.variant = "auto"
-    return fit_settings(args, "feature", "auto"), fit_settings(args, "patch", "auto")
+    feature = fit_settings(args, "feature", "auto")
+    if patch_blocks is not None:
+        args = build_parser().parse_args([*argv, "--blocks", patch_blocks])
+        args.variant = "auto"
+    return feature, fit_settings(args, "patch", "auto")
 
 
 def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
@@ -100,7 +105,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         keep = np.random.default_rng(0).choice(len(test), args.max_test, replace=False)
         test = [test[i] for i in sorted(keep.tolist())]
     y = np.array([s.label for s in test])
-    feature, patch = templates(args.seed, args.smoke, args.size)
+    feature, patch = templates(args.seed, args.smoke, args.size, args.patch_blocks)
     from dataclasses import replace
 
     if args.max_train:
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train", type=int, default=None, help="training images per set (seeded subset)")
     p.add_argument("--max-test", type=int, default=None, help="test images per set (seeded subset)")
     p.add_argument("--candidates", default=",".join(CANDIDATES_ALL), help="candidate heads (variant:head, default all)")
+    p.add_argument("--patch-blocks", default=None, metavar="B",
+                   help="backbone blocks of the patch candidates, e.g. 4,10 (default: the product's patch default)")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)
