@@ -177,3 +177,27 @@ def print_rows(rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}", flush=True)
+
+
+def sweep_sets(names: str, work: Path, smoke: bool, data_sets: Callable[[list[str], Path, bool], dict],
+               run_one: Callable[[str, Path, str], list[dict]]) -> list[dict]:
+    """The rows of ``run_one(name, root, layout)`` for every data set ``data_sets(names.split(","), work, smoke)``
+    builds; a smoke run's ``work`` (a temporary folder the benchmark made for it) is removed afterwards."""
+    rows: list[dict] = []
+    try:
+        for name, (root, layout) in data_sets(names.split(","), work, smoke).items():
+            rows += run_one(name, root, layout)
+    finally:
+        if smoke:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def finish(rows: list[dict], as_json: bool) -> int:
+    """Print the rows as JSON lines when asked; exit status 0 when there are rows, else 1."""
+    if as_json:
+        import json
+
+        for r in rows:
+            print(json.dumps(r))
+    return 0 if rows else 1

@@ -31,7 +31,6 @@ Figures: benchmarks/RESULTS.md, "Session 11: border bias of the maps".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._kit import finish, sweep_sets  # noqa: E402
 from benchmarks.patch_defaults import build_bottle, build_synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,6 @@ class PaddedFeatureMaps:
 
 def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Path | None, max_test: int,
              max_train: int, smoke: bool):
-    import torch
 
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
@@ -104,10 +103,9 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
     if max_train and len(train) > max_train:
         keep = np.random.default_rng(0).choice(len(train), max_train, replace=False)
         train = [train[i] for i in sorted(keep.tolist())]
-    key = cache / f"{name}-{size}-pad{pad}-train{len(train)}-test{len(test)}.pt" if cache else None
+    key = cache / f"{name}-{size}-pad{pad}-train{len(train)}-test{len(test)}.safetensors" if cache else None
     if key is not None and key.is_file():
-        ev = torch.load(key, weights_only=False)
-        return ds, test, ev
+        return ds, test, load_cached_set(key)
     pspec = PatchSpec()
     spec = make_spec("efficientnet-lite0", default_patch_blocks("efficientnet-lite0"), "avg",
                      (size + 2 * pad, size + 2 * pad))
@@ -121,9 +119,38 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
     print(f"# {name}: {len(train)} train, {len(test)} test, features in {time.perf_counter() - t:.0f} s",
           flush=True)
     if key is not None:
-        key.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ev, key)
+        save_cached_set(ev, key)
     return ds, test, ev
+
+
+def save_cached_set(ev, path: Path) -> None:
+    """The tensors of a :class:`algan.model.evaluation.patch_eval.PatchEvalSet` the benchmarks read, as safetensors
+    (no pickle; the fitted projection is not stored: the benchmarks use the projected vectors only)."""
+    import torch
+    from safetensors.torch import save_file
+
+    arrays = {"train": torch.from_numpy(np.ascontiguousarray(ev.train)), "test": ev.test.contiguous(),
+              "n_cells": torch.tensor([int(ev.n_cells)])}
+    if ev.masks is not None:
+        arrays["masks"] = torch.from_numpy(np.ascontiguousarray(ev.masks))
+    if ev.stats is not None:
+        arrays["stats"] = ev.stats.contiguous()
+    if ev.sizes is not None:
+        arrays["sizes"] = torch.from_numpy(np.ascontiguousarray(ev.sizes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, str(path))
+
+
+def load_cached_set(path: Path):
+    """:func:`save_cached_set`'s file back as a ``PatchEvalSet`` (``projection`` None)."""
+    from safetensors.torch import load_file
+
+    from algan.model.evaluation.patch_eval import PatchEvalSet
+
+    t = load_file(str(path))
+    return PatchEvalSet(train=t["train"].numpy(), n_cells=int(t["n_cells"][0]), test=t["test"],
+                        masks=t["masks"].numpy() if "masks" in t else None, projection=None,  # type: ignore[arg-type]
+                        stats=t.get("stats"), sizes=t["sizes"].numpy() if "sizes" in t else None)
 
 
 def smoothed_maps(head, post, feats, batch_size: int = 32):
@@ -230,20 +257,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sets, size, args.cache = "metal", 96, None
         args.work = Path(tempfile.mkdtemp(prefix="algan_border_smoke_"))
-    rows = []
-    try:
-        for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, heads, norms, size, args.pad, args.cache, args.max_test,
-                            args.max_train, args.smoke)
-    finally:
-        if args.smoke:
-            import shutil
-
-            shutil.rmtree(args.work, ignore_errors=True)
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-    return 0 if rows else 1
+    rows = sweep_sets(args.sets, args.work, args.smoke, data_sets,
+                      lambda name, root, layout: run_set(name, root, layout, heads, norms, size, args.pad, args.cache,
+                                                         args.max_test, args.max_train, args.smoke))
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Figures: benchmarks/RESULTS.md, "Session 13: the region box and the peak marker"
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._kit import finish, sweep_sets  # noqa: E402
 from benchmarks.map_border import data_sets, eval_set, smoothed_maps  # noqa: E402
 
 BOX_RULES = ("cells-half-largest", "cells-half-peak", "mask-peak", "mask-half-peak", "up-half-peak")
@@ -193,19 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sets, size, args.cache, heads = "metal", 96, None, ["padim"]
         args.work = Path(tempfile.mkdtemp(prefix="algan_region_smoke_"))
-    rows = []
-    try:
-        for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, heads, size, args.cache, args.max_test, args.max_train, args.smoke)
-    finally:
-        if args.smoke:
-            import shutil
-
-            shutil.rmtree(args.work, ignore_errors=True)
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-    return 0 if rows else 1
+    rows = sweep_sets(args.sets, args.work, args.smoke, data_sets,
+                      lambda name, root, layout: run_set(name, root, layout, heads, size, args.cache, args.max_test,
+                                                         args.max_train, args.smoke))
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Figures: benchmarks/RESULTS.md, "Patch variant".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._kit import finish, sweep_sets  # noqa: E402
+
 DATA = Path(os.environ.get("ALGAN_DATA_DIR", REPO.parent / "shared" / "data"))
 SIZE = (224, 224)
 
@@ -213,20 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sets, configs, size = "metal", ["patchcore", "padim", "default"], (96, 96)
         args.work = Path(tempfile.mkdtemp(prefix="algan_patch_smoke_"))
-    rows = []
-    try:
-        for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, configs, size, args.smoke, args.seed, args.stride,
-                            args.patches_per_image, args.backbone)
-    finally:
-        if args.smoke:
-            import shutil
-
-            shutil.rmtree(args.work, ignore_errors=True)
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-    return 0 if rows else 1
+    rows = sweep_sets(args.sets, args.work, args.smoke, data_sets,
+                      lambda name, root, layout: run_set(name, root, layout, configs, size, args.smoke, args.seed,
+                                                         args.stride, args.patches_per_image, args.backbone))
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

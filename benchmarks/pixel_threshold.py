@@ -29,7 +29,6 @@ Figures: benchmarks/RESULTS.md, "Session 11".
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._kit import finish, sweep_sets  # noqa: E402
 from benchmarks.patch_defaults import DATA, build_bottle, build_synthetic  # noqa: E402
 
 DEFAULT_RATES = "0.001,0.002,0.005,0.01,0.02"
@@ -162,20 +162,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sets, heads, size, rates = "metal", ["padim"], (96, 96), [0.005, 0.02]
         args.work = Path(tempfile.mkdtemp(prefix="algan_pixel_smoke_"))
-    rows = []
-    try:
-        for name, (root, layout) in data_sets(args.sets.split(","), args.work, args.smoke).items():
-            rows += run_set(name, root, layout, heads, rates, size, args.max_train, args.max_test, args.seed,
-                            args.smoke)
-    finally:
-        if args.smoke:
-            import shutil
-
-            shutil.rmtree(args.work, ignore_errors=True)
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-    return 0 if rows else 1
+    rows = sweep_sets(args.sets, args.work, args.smoke, data_sets,
+                      lambda name, root, layout: run_set(name, root, layout, heads, rates, size, args.max_train,
+                                                         args.max_test, args.seed, args.smoke))
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":
