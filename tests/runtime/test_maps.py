@@ -94,6 +94,19 @@ def test_region_box_and_peak_in_frame_pixels():
     assert r.overlap(mask) == 1.0
 
 
+def test_region_box_holds_the_peak_when_a_larger_weaker_blob_lies_elsewhere():
+    """The box and the marker of one event name one place: a 3x3 blob just above the level at the left edge and a
+    strong 1-cell peak inside; the box is the peak's cell, not the larger blob."""
+    amap = np.zeros((8, 8), np.float32)
+    amap[0:3, 0:3] = 2.1  # 9 cells, above max(1, peak / 2) = 2.0
+    amap[5, 5] = 4.0
+    r = region_from_map(amap, (0, 0, 80, 80), level=1.0)
+    assert r.level == 2.0 and r.peak == (55, 55)
+    assert r.box == (50, 50, 10, 10)
+    x, y, w, h = r.box
+    assert x <= r.peak[0] < x + w and y <= r.peak[1] < y + h
+
+
 def test_overlay_blends_only_the_roi_and_outlines_the_region():
     frame = grey_frame((120, 160))
     amap = np.zeros((4, 4), np.float32)
