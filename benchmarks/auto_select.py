@@ -61,9 +61,9 @@ def data_set(name: str, work: Path, smoke: bool) -> tuple[Path, str] | None:
     raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle")
 
 
-def templates(seed: int, smoke: bool, size: int, patch_blocks: str | None = None):
-    """The feature and patch FitSettings that ``algan-train --head auto`` builds by default (the patch variant with
-    ``--blocks patch_blocks`` when given)."""
+def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: str | None = None) -> dict:
+    """``{"variant:head": FitSettings}`` that ``algan-train --head auto`` builds by default for ``names`` (each head
+    with its default blocks; the patch candidates with ``--blocks patch_blocks`` when given)."""
     from algan.cli.train import build_parser, fit_settings
 
     argv = ["--data", ".", "--out", ".", "--head", "auto", "--seed", str(seed), "--input-size", str(size), str(size)]
@@ -71,11 +71,11 @@ def templates(seed: int, smoke: bool, size: int, patch_blocks: str | None = None
         argv += ["--epochs", "1"]
     args = build_parser().parse_args(argv)
     args.variant = "auto"
-    feature = fit_settings(args, "feature", "auto")
+    patch_args = args
     if patch_blocks is not None:
-        args = build_parser().parse_args([*argv, "--blocks", patch_blocks])
-        args.variant = "auto"
-    return feature, fit_settings(args, "patch", "auto")
+        patch_args = build_parser().parse_args([*argv, "--blocks", patch_blocks])
+        patch_args.variant = "auto"
+    return {n: fit_settings(patch_args if n.startswith("patch:") else args, *n.split(":")) for n in names}
 
 
 def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
@@ -90,8 +90,8 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         DEFECTS_PER_IMAGE,
         VariantData,
         build_variant_data,
-        candidate_settings,
         choose,
+        data_key,
         fitter,
         image_scores,
         score_candidate,
@@ -105,40 +105,45 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         keep = np.random.default_rng(0).choice(len(test), args.max_test, replace=False)
         test = [test[i] for i in sorted(keep.tolist())]
     y = np.array([s.label for s in test])
-    feature, patch = templates(args.seed, args.smoke, args.size, args.patch_blocks)
     from dataclasses import replace
 
+    names = [c for c in CANDIDATES if c in args.candidates.split(",")]
+    settings = candidate_settings(args.seed, args.smoke, args.size, names, args.patch_blocks)
     if args.max_train:
-        feature, patch = replace(feature, max_train=args.max_train), replace(patch, max_train=args.max_train)
+        settings = {n: replace(s, max_train=args.max_train) for n, s in settings.items()}
     if args.smoke:
-        feature, patch = replace(feature, holdout=0.4), replace(patch, holdout=0.4)
-    fit_paths, hold_paths = training_split(ds, feature)
+        settings = {n: replace(s, holdout=0.4) for n, s in settings.items()}
+    first = settings[names[0]]
+    fit_paths, hold_paths = training_split(ds, first)
     size = (args.size, args.size)
     hold_u8 = load_batch(hold_paths, size)
     defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
     m = len(defects.images)
-    data, real = {}, {}
-    for variant, tmpl in (("feature", feature), ("patch", patch)):
-        d, _ = build_variant_data(tmpl, fit_paths, hold_u8, np.concatenate([defects.images, test_u8]))
-        data[variant] = VariantData(variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats)
-        real[variant] = d.defect[m:]
+    keys = {n: data_key(s) for n, s in settings.items()}
+    by_key: dict[str, tuple] = {}
+    for n, s in settings.items():  # one extraction per distinct feature setting, as select_heads does
+        if keys[n] not in by_key:
+            d, _ = build_variant_data(s, fit_paths, hold_u8, np.concatenate([defects.images, test_u8]))
+            by_key[keys[n]] = (VariantData(s.variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats),
+                               d.defect[m:])
+    data = {n: by_key[keys[n]][0] for n in names}
+    real = {n: by_key[keys[n]][1] for n in names}
     del test_u8
     print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
     results, rows = [], []
-    for cand in [c for c in CANDIDATES if c in args.candidates.split(",")]:
-        r = score_candidate(cand, fitter(candidate_settings(cand, feature, patch)), data[cand.split(":")[0]],
-                            defects.kinds, feature.target_fpr)
+    for cand in names:
+        r = score_candidate(cand, fitter(settings[cand]), data[cand], defects.kinds, first.target_fpr)
         head = r.fitted[0]
-        s_test = image_scores(head, data[r.variant], real[r.variant], post=r.post)
+        s_test = image_scores(head, data[cand], real[cand], post=r.post)
         results.append(r)
         row = {"data": name, "head": cand, "synth_recall": round(r.recall_at_fpr, 4), "synth_auroc": round(r.auroc, 4),
                "synth_by_kind": {k: round(v, 3) for k, v in r.recall_by_kind.items()},
                "auroc": round(auroc(y, s_test), 4),
                "recall_at_fpr": round(recall_at_fpr(s_test[y == 0], s_test[y == 1], 0.01), 4)
                if (y == 0).sum() >= 20 else None,
-               "fit_s": round(r.fit_s, 1)}
+               "blocks": list(settings[cand].backbone.blocks), "fit_s": round(r.fit_s, 1)}
         rows.append(row)
         print(f"{name:<9} {cand:<20} synth recall@1% {row['synth_recall']:.3f} synth AUROC {row['synth_auroc']:.4f}"
               f" | real AUROC {row['auroc']:.4f} recall@1% {row['recall_at_fpr']}  fit {row['fit_s']:.1f} s",

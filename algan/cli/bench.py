@@ -149,9 +149,9 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
     return rows, all_scores, y
 
 
-def auto_templates(args: argparse.Namespace):
-    """The feature and patch :class:`algan.model.fit.FitSettings` that ``algan-train --head auto`` would build from
-    this benchmark's backbone, patch, seed, epochs, kNN, target-FPR and max-train flags."""
+def auto_candidates(args: argparse.Namespace) -> dict:
+    """``{"variant:head": FitSettings}`` of every candidate that ``algan-train --head auto`` would build from this
+    benchmark's backbone, patch, seed, epochs, kNN, target-FPR and max-train flags."""
     from algan.cli.train import PATCH_FLAGS, build_parser, fit_settings
 
     targs = build_parser().parse_args(["--data", ".", "--out", ".", "--head", "auto"])
@@ -160,7 +160,9 @@ def auto_templates(args: argparse.Namespace):
     for name in shared:
         setattr(targs, name, getattr(args, name))
     targs.input_size, targs.variant = tuple(args.input_size), "auto"  # (H, W), normalised by _main
-    return fit_settings(targs, "feature", "auto"), fit_settings(targs, "patch", "auto")
+    from algan.model.select import candidates_for
+
+    return {n: fit_settings(targs, *n.split(":")) for n in candidates_for("auto")}
 
 
 def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.ndarray]):
@@ -168,12 +170,11 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
     (:func:`algan.model.select.select_heads`), with the test figures of that head's row of this run and
     ``"chosen": "<variant>:<head>"``; ``train_s`` is the selection's time. ``None`` (and a note) when the chosen
     head has no row here (not among --heads / --patch-heads)."""
-    from algan.model.select import candidates_for, format_table, select_heads
+    from algan.model.select import format_table, select_heads
 
     t = time.perf_counter()
-    feature, patch = auto_templates(args)
     try:
-        sel = select_heads(ds, candidates_for("auto"), feature, patch, progress=not args.json)
+        sel = select_heads(ds, auto_candidates(args), progress=not args.json)
     except ValueError as e:  # too few held-out normals for a threshold: the other rows still stand
         print(f"# no auto row: {e}", file=sys.stderr)
         return None
@@ -196,9 +197,10 @@ def _state_mb(module) -> float:
 
 
 def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tuple[dict, np.ndarray]]:
-    """Every patch head (``--patch-heads``) on the same patch features: rows with image AUROC, pixel AUROC and
-    AUPRO (when the data set has masks), train time, head and backbone ms per image (batch 32, same run) and the
-    stored head size; returns ``(row, raw test image scores)`` per head."""
+    """Every patch head (``--patch-heads``) on its patch features (one extraction per block set; without
+    ``--blocks`` each head takes its default, :func:`algan.features.patch.default_patch_blocks`): rows with image
+    AUROC, pixel AUROC and AUPRO (when the data set has masks), the blocks, train time, head and backbone ms per image
+    (batch 32, same run) and the stored head size; returns ``(row, raw test image scores)`` per head."""
     import torch
 
     from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
@@ -217,19 +219,23 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     from algan.runtime.preprocess import load_batch
 
     size = args.input_size
-    spec = backbone_spec_from_args(argparse.Namespace(**{**vars(args), "variant": "patch"}), size)
     pspec = patch_spec_from_args(args)
-    fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
     post = MapPostprocess(pspec, size)
     progress = not args.json
-    ev = build_eval_set(pre, fm, pspec, train, ds.test, size, args.seed, getattr(ds, "has_masks", False),
-                        desc="patches (train)" if progress else None)
-    proj = ev.projection
-    with torch.no_grad():
-        sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
-        backbone_ms = _time_per_image(lambda u: proj(fm(pre(u))), sample)
+    features: dict[str, tuple] = {}  # one extraction per distinct block set (PatchCore's default blocks differ)
     out = []
     for head_name in args.patch_heads.split(","):
+        spec = backbone_spec_from_args(argparse.Namespace(**{**vars(args), "variant": "patch"}), size, head_name)
+        if (key := repr(spec)) not in features:
+            fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
+            ev = build_eval_set(pre, fm, pspec, train, ds.test, size, args.seed, getattr(ds, "has_masks", False),
+                                desc=f"patches (train, blocks {spec.blocks})" if progress else None)
+            with torch.no_grad():
+                sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
+                ms = _time_per_image(lambda u, fm=fm, pre=pre, proj=ev.projection: proj(fm(pre(u))), sample)
+            features[key] = (ev, ms)
+        ev, backbone_ms = features[key]
+        proj = ev.projection
         overrides = {"seed": args.seed, **({"epochs": args.epochs, "min_steps": 0} if args.epochs else {})}
         settings = FitSettings(head=head_name, variant="patch", patch=pspec, seed=args.seed,
                                algan=AlganConfig.preset("patch", **{**PATCH_SCHEDULE, **overrides}),
@@ -249,6 +255,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
             "dataset": f"{ds.root.name}({ds.layout})",
             "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",
             "head": f"{head_name}-patch",
+            "blocks": list(spec.blocks),
             "auroc": round(auroc(y, scores), 4),
             "recall_at_fpr": _recall(y, scores, args.target_fpr),
             "train_s": round(train_s, 2),

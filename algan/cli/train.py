@@ -88,7 +88,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", default=None,
                    help="backbone blocks to pool, e.g. 8-15 or 5,8,11,15 (default: 8-14 for efficientnet-lite0, "
                         "11-19 for Lite1/Lite2, 2-3 = layer2+layer3 for the ResNets; patch variant: 10,14 / 14,19 "
-                        "/ 2,3)")
+                        "/ 2,3, and 4,10 / 6,14 / 2,3 for --head patchcore)")
     p.add_argument("--pooling", default=None, choices=POOLING_NAMES,
                    help="spatial pooling of each block (default: avgstd = spatial mean + standard deviation for "
                         "the EfficientNet-Lite models, avg for the ResNets)")
@@ -163,14 +163,16 @@ def patch_spec_from_args(args: argparse.Namespace):
     return PatchSpec(**{field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None})
 
 
-def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int]):
-    """The :class:`BackboneSpec` of the backbone flags; checks the backbone's package and weights first."""
+def backbone_spec_from_args(args: argparse.Namespace, input_size: tuple[int, int], head: str = "algan"):
+    """The :class:`BackboneSpec` of the backbone flags; checks the backbone's package and weights first. Without
+    ``--blocks`` the patch variant takes ``head``'s default blocks
+    (:func:`algan.features.patch.default_patch_blocks`)."""
     from algan.features.backbone import check_backbone, make_spec
     from algan.features.patch import default_patch_blocks
 
     blocks = parse_blocks(args.blocks) if args.blocks is not None else None
     if blocks is None and getattr(args, "variant", "feature") == "patch":
-        blocks = default_patch_blocks(args.backbone)
+        blocks = default_patch_blocks(args.backbone, head)
     spec = make_spec(args.backbone, blocks, args.pooling, input_size, args.backbone_weights)
     check_backbone(spec)
     return spec
@@ -267,7 +269,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
 
     vargs = argparse.Namespace(**{**vars(args), "variant": variant})
     # the backbone is checked before any data is read; the image variant has none
-    spec = backbone_spec_from_args(vargs, tuple(args.input_size)) if variant != "image" else BackboneSpec()
+    spec = backbone_spec_from_args(vargs, tuple(args.input_size), head) if variant != "image" else BackboneSpec()
     patch = patch_spec_from_args(args) if variant == "patch" else None
     if patch is not None:
         patch.grid(tuple(args.input_size))  # sizes that do not fit the strides fail before any data is read
@@ -329,9 +331,8 @@ def _main(args: argparse.Namespace) -> int:
     if auto:
         from algan.model.select import candidates_for
 
-        names = candidates_for(args.variant)
-        variants = {n.split(":")[0] for n in names}
-        templates = {v: fit_settings(args, v, "auto") if v in variants else None for v in ("feature", "patch")}
+        # one FitSettings per candidate: each head takes its own default blocks (PatchCore's are earlier)
+        candidates = {n: fit_settings(args, *n.split(":")) for n in candidates_for(args.variant)}
     else:
         settings = fit_settings(args, args.variant, args.head)
     ds = load_dataset(args.data, args.layout)
@@ -367,7 +368,7 @@ def _main(args: argparse.Namespace) -> int:
                     print(f"  {r.name:<20} recall@{args.target_fpr:g} {r.recall_at_fpr:.3f}  AUROC {r.auroc:.4f}  "
                           f"fit {r.fit_s:.1f} s", file=sys.stderr, flush=True)
 
-            auto_result = fit_auto(ds, names, templates["feature"], templates["patch"], progress, report)
+            auto_result = fit_auto(ds, candidates, progress, report)
             result = auto_result.fit
             print(format_table(auto_result.chosen.name, auto_result.results, args.target_fpr))
         else:

@@ -1,8 +1,10 @@
 """``--head auto``: choose the head for a line from its normal images alone, by synthetic defects.
 
-Every candidate head (:data:`CANDIDATES`) is fitted on the training split's features, extracted once per variant;
-each is scored on the held-out normals and on synthetic defects drawn on those held-out normals
-(:mod:`algan.data.defects`). Its figures: ``recall_at_fpr`` (the share of synthetic defects flagged at the
+Every candidate head (:data:`CANDIDATES`) is fitted on the training split's features, extracted once per distinct
+feature setting (:func:`data_key`: the variant, its backbone blocks and spec; PatchCore's default blocks differ from
+the other patch heads', :func:`algan.features.patch.default_patch_blocks`); each is scored on the held-out normals
+and on synthetic defects drawn on those held-out normals (:mod:`algan.data.defects`). Its figures:
+``recall_at_fpr`` (the share of synthetic defects flagged at the
 threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
 :func:`algan.model.evaluation.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
 synthetic defects) and the recall per defect kind. A patch candidate is judged on the maps its bundle would ship:
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,6 +179,15 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult:
     return min((r for r in tied if r.auroc >= best_auc - AUROC_TIE), key=lambda r: order.get(r.name, len(order)))
 
 
+def data_key(settings) -> str:
+    """What decides a candidate's extracted inputs (:func:`build_variant_data`), as a key: the variant, backbone,
+    patch spec, feature transform, training batch size and seed of its :class:`algan.model.fit.FitSettings`.
+    Candidates with equal keys share one extraction (PatchCore's default blocks differ from the other patch heads')."""
+    patch = settings.patch if settings.variant == "patch" else None
+    transform = (settings.transform, settings.pca_dim) if settings.variant == "feature" else None
+    return repr((settings.variant, settings.backbone, patch, transform, settings.batch_size, settings.seed))
+
+
 def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tuple]], data: dict[str, VariantData],
            kinds: Sequence[str], target_fpr: float,
            on_result: Callable[[CandidateResult], None] | None = None) -> tuple[CandidateResult, list[CandidateResult]]:
@@ -184,7 +195,7 @@ def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tupl
 
     Args:
         fitters: ``{name: fit(data) -> (head, settings json, extras, train info)}``.
-        data: ``{variant: VariantData}`` for every variant in ``names``.
+        data: ``{name: VariantData}`` for every candidate in ``names`` (candidates of one :func:`data_key` share one).
         kinds: the defect kind of each synthetic defect (length = ``len(data[v].defect)``).
         target_fpr: the per-frame false-alarm rate the recall is measured at.
         on_result: called with each candidate's result as it is done (a progress line).
@@ -194,7 +205,7 @@ def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tupl
     """
     results = []
     for name in names:
-        r = score_candidate(name, fitters[name], data[name.split(":")[0]], kinds, target_fpr)
+        r = score_candidate(name, fitters[name], data[name], kinds, target_fpr)
         results.append(r)
         if on_result is not None:
             on_result(r)
@@ -280,14 +291,6 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     return VariantData("feature", x, _batched(feats, normal_u8, bs), _batched(feats, defect_u8, bs)), raw
 
 
-def candidate_settings(name: str, feature, patch):
-    """The :class:`algan.model.fit.FitSettings` of candidate ``variant:head`` from the two variants' templates."""
-    from dataclasses import replace
-
-    variant, head = name.split(":")
-    return replace(feature if variant == "feature" else patch, head=head, variant=variant)
-
-
 def fitter(settings) -> Callable[[VariantData], tuple]:
     """``fit(data) -> (head, settings json, extras, train info)`` of one candidate's settings."""
     from algan.model.heads.registry import head_kind
@@ -309,8 +312,8 @@ class AutoResult:
 @dataclass
 class Selection:
     """:func:`select_heads`' result: the chosen candidate, every candidate's result (scored order), the training
-    split's raw features per variant (for :class:`algan.model.fit.FitCache`), the synthetic defects' kinds and the
-    number of held-out normals."""
+    split's raw features per candidate name (for :class:`algan.model.fit.FitCache`; candidates of one
+    :func:`data_key` share the array), the synthetic defects' kinds and the number of held-out normals."""
 
     chosen: CandidateResult
     results: list[CandidateResult]
@@ -323,27 +326,34 @@ class Selection:
                               kinds=self.kinds, wall_s=wall_s)
 
 
-def select_heads(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+def select_heads(dataset, settings: Mapping[str, object], progress: bool = False,
                  on_result: Callable[[CandidateResult], None] | None = None) -> Selection:
-    """Score every candidate of ``names`` on synthetic defects of ``dataset``'s held-out normals and choose one.
+    """Score every candidate of ``settings`` on synthetic defects of ``dataset``'s held-out normals and choose one.
 
-    One extraction per variant (training features, held-out normals, synthetic defects); every candidate is fitted on
-    the same training features of the split :func:`algan.model.fit.training_split` gives.
+    One extraction per :func:`data_key` (training features, held-out normals, synthetic defects); every candidate is
+    fitted on the training features of the split :func:`algan.model.fit.training_split` gives.
 
     Args:
         dataset: the training data (:func:`algan.data.datasets.load_dataset`).
-        names: candidates ``variant:head`` (:func:`candidates_for`).
-        feature, patch: :class:`algan.model.fit.FitSettings` templates of the two variants (``None`` where no
-            candidate needs it); their seed, holdout, max_train and target_fpr must agree.
+        settings: ``{"variant:head": FitSettings}`` of the candidates (:func:`candidates_for` names them; each
+            :class:`algan.model.fit.FitSettings` carries its head's backbone blocks); their seed, holdout, max_train
+            and target_fpr must agree.
 
     Raises:
-        ValueError: fewer than 20 held-out normals (no threshold at the target rate can be measured), bad settings.
+        ValueError: no candidates, fewer than 20 held-out normals (no threshold at the target rate can be measured),
+            settings that disagree, bad settings.
     """
     from algan.data.defects import synthesize_defects
     from algan.model.fit import training_split
     from algan.runtime.preprocess import load_batch
 
-    base = feature if feature is not None else patch
+    if not settings:
+        raise ValueError("no candidate heads to choose from")
+    base = next(iter(settings.values()))
+    for name, s in settings.items():
+        for f in ("seed", "holdout", "max_train", "target_fpr"):
+            if getattr(s, f) != getattr(base, f):
+                raise ValueError(f"candidate {name} has {f}={getattr(s, f)!r}, the others {getattr(base, f)!r}")
     fit_paths, hold_paths = training_split(dataset, base)
     if len(hold_paths) < 20:
         raise ValueError(f"--head auto needs >= 20 held-out normal images to measure recall at a false-alarm rate, "
@@ -351,19 +361,19 @@ def select_heads(dataset, names: Sequence[str], feature, patch, progress: bool =
     size = tuple(base.backbone.input_size)
     hold_u8 = load_batch(hold_paths, size)
     defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, base.seed)
-    templates = {"feature": feature, "patch": patch}
-    data, raw = {}, {}
-    for variant in sorted({n.split(":")[0] for n in names}):
-        if templates[variant] is None:
-            raise ValueError(f"candidate variant {variant} has no settings")
-        data[variant], raw[variant] = build_variant_data(templates[variant], fit_paths, hold_u8, defects.images,
-                                                         progress)
-    fitters = {n: fitter(candidate_settings(n, feature, patch)) for n in names}
-    chosen, results = select(names, fitters, data, defects.kinds, base.target_fpr, on_result)
+    keys = {n: data_key(s) for n, s in settings.items()}  # before any build (a build records the weights' hash)
+    by_key: dict[str, tuple[VariantData, np.ndarray]] = {}
+    for n, s in settings.items():
+        if keys[n] not in by_key:
+            by_key[keys[n]] = build_variant_data(s, fit_paths, hold_u8, defects.images, progress)
+    data = {n: by_key[keys[n]][0] for n in settings}
+    raw = {n: by_key[keys[n]][1] for n in settings}
+    fitters = {n: fitter(s) for n, s in settings.items()}
+    chosen, results = select(list(settings), fitters, data, defects.kinds, base.target_fpr, on_result)
     return Selection(chosen, results, raw, list(defects.kinds), len(hold_u8))
 
 
-def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = False,
+def fit_auto(dataset, settings: Mapping[str, object], progress: bool = False,
              on_result: Callable[[CandidateResult], None] | None = None) -> AutoResult:
     """Train the bundle of the candidate that :data:`RULE` picks on synthetic defects (:func:`select_heads`).
 
@@ -371,21 +381,21 @@ def fit_auto(dataset, names: Sequence[str], feature, patch, progress: bool = Fal
     (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head, and
     its manifest records ``head.selection``.
 
+    Args:
+        settings: ``{"variant:head": FitSettings}`` of the candidates, as for :func:`select_heads`.
+
     Raises:
         ValueError: as :func:`select_heads`.
     """
     from algan.contract import HeadSelection
-    from algan.model.fit import fit_detector
+    from algan.model.fit import FitCache, fit_detector
 
     t0 = time.perf_counter()
-    sel = select_heads(dataset, names, feature, patch, progress, on_result)
-    base = feature if feature is not None else patch
-    settings = candidate_settings(sel.chosen.name, feature, patch)
-    from algan.model.fit import FitCache
-
-    result = fit_detector(dataset, settings, progress, cache=FitCache(sel.raw[sel.chosen.variant], sel.chosen.fitted))
+    sel = select_heads(dataset, settings, progress, on_result)
+    chosen = settings[sel.chosen.name]
+    result = fit_detector(dataset, chosen, progress, cache=FitCache(sel.raw[sel.chosen.name], sel.chosen.fitted))
     wall = time.perf_counter() - t0
     head = result.manifest.require("head")
-    head.selection = HeadSelection.model_validate(sel.to_json(base.seed, base.target_fpr, wall))
+    head.selection = HeadSelection.model_validate(sel.to_json(chosen.seed, chosen.target_fpr, wall))
     result.manifest.require("training").wall_s = round(wall, 2)
     return AutoResult(result, sel.chosen, sel.results)

@@ -60,10 +60,11 @@ def test_auto_picks_the_clearly_better_head_on_a_constructed_case():
     normal = (rng.standard_normal((100, 16)) * scale).astype(np.float32)
     defect = (rng.standard_normal((60, 16)) * scale).astype(np.float32)
     defect[:, 12] += 6.0
-    data = {"feature": VariantData("feature", train, torch.from_numpy(normal), torch.from_numpy(defect))}
+    shared = VariantData("feature", train, torch.from_numpy(normal), torch.from_numpy(defect))
     fitters = {"feature:mahalanobis": fitter(FitSettings(head="mahalanobis")),
                "feature:knn": fitter(FitSettings(head="knn", knn_metric="euclidean"))}
     names = ["feature:knn", "feature:mahalanobis"]
+    data = dict.fromkeys(names, shared)
     chosen, results = select(names, fitters, data, ["shift"] * 60, 0.01)
     by = {r.name: r for r in results}
     assert chosen.name == "feature:mahalanobis"
@@ -117,10 +118,26 @@ def test_algan_train_head_auto_writes_the_selection(tiny_set, tmp_path, capsys):
     assert on_disk["head"]["selection"]["chosen"] == sel.chosen
 
 
+def test_each_patch_head_takes_its_default_blocks_and_a_given_blocks_flag_wins():
+    from algan.cli.train import build_parser, fit_settings
+    from algan.model.select import data_key
+
+    args = build_parser().parse_args(["--data", ".", "--out", "x", "--head", "auto", "--variant", "patch"])
+    by = {h: fit_settings(args, "patch", h) for h in ("algan", "padim", "patchcore")}
+    assert by["patchcore"].backbone.blocks == [4, 10] and by["padim"].backbone.blocks == [10, 14]
+    # one extraction for ALGAN-patch and PaDiM, another for PatchCore
+    assert data_key(by["algan"]) == data_key(by["padim"]) != data_key(by["patchcore"])
+    given = build_parser().parse_args(["--data", ".", "--out", "x", "--variant", "patch", "--head", "patchcore",
+                                       "--blocks", "10,14"])
+    assert fit_settings(given, "patch", "patchcore").backbone.blocks == [10, 14]
+
+
 @pytest.mark.slow
-def test_auto_judges_a_patch_head_on_the_maps_its_bundle_ships(tiny_set):
+@pytest.mark.parametrize("head, blocks", [("padim", [10, 14]), ("patchcore", [4, 10])])
+def test_auto_judges_a_patch_head_on_the_maps_its_bundle_ships(tiny_set, head, blocks):
     """The candidate's held-out scores are the shipped bundle's: the per-location map normalisation is fitted before
-    scoring, on the training images algan-train fits it on (not the unnormalised maps)."""
+    scoring, on the training images algan-train fits it on (not the unnormalised maps), with the head's own default
+    blocks."""
     from algan.cli.train import build_parser, fit_settings
     from algan.data.datasets import load_dataset
     from algan.model.fit import training_split
@@ -129,10 +146,11 @@ def test_auto_judges_a_patch_head_on_the_maps_its_bundle_ships(tiny_set):
 
     args = build_parser().parse_args(["--data", str(tiny_set), "--out", "x", "--head", "auto", "--variant", "patch",
                                       "--holdout", "0.4", "--input-size", "64", "64"])
-    patch = fit_settings(args, "patch", "auto")
+    patch = fit_settings(args, "patch", head)
     assert patch.patch.map_norm == "standardize"
     ds = load_dataset(tiny_set)
-    res = fit_auto(ds, ["patch:padim"], None, patch)
+    res = fit_auto(ds, {f"patch:{head}": patch})
+    assert res.fit.manifest.backbone.blocks == blocks
     r = res.results[0]
     assert r.post is not None and not torch.equal(r.post.norm.scale, torch.ones_like(r.post.norm.scale))
     # the detector that fit_auto trained for the bundle scores the held-out normals as the selection did
@@ -179,9 +197,9 @@ def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     ds = load_dataset(base / "mtd", "mtd")
     args = build_parser().parse_args(["--data", ".", "--out", ".", "--head", "auto", "--max-train", "150"])
     args.variant = "auto"
-    feature, patch = fit_settings(args, "feature", "auto"), fit_settings(args, "patch", "auto")
     names = ["feature:mahalanobis", "feature:knn", "patch:padim", "patch:patchcore"]
-    sel = select_heads(ds, names, feature, patch)
+    candidates = {n: fit_settings(args, *n.split(":")) for n in names}
+    sel = select_heads(ds, candidates)
     assert sel.n_normal == 30 and len(sel.kinds) == 60
     by = {r.name: r for r in sel.results}
     # MTD's normals are textured tiles: synthetic defects of every kind are found by the classical heads
@@ -196,10 +214,10 @@ def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     pick = [normal[i] for i in rng.choice(len(normal), 60, replace=False)] + \
         [bad[i] for i in rng.choice(len(bad), 60, replace=False)]
     from algan.model.fit import training_split
-    from algan.model.select import candidate_settings, image_scores
+    from algan.model.select import image_scores
 
-    fit_paths, _ = training_split(ds, feature)
+    fit_paths, _ = training_split(ds, candidates[sel.chosen.name])
     u8 = load_batch([s.path for s in pick], (224, 224))
-    data, _ = build_variant_data(candidate_settings(sel.chosen.name, feature, patch), fit_paths, u8[:2], u8)
+    data, _ = build_variant_data(candidates[sel.chosen.name], fit_paths, u8[:2], u8)
     scores = image_scores(by[sel.chosen.name].fitted[0], data, data.defect, post=by[sel.chosen.name].post)
     assert auroc(np.array([s.label for s in pick]), scores) > 0.85

@@ -43,6 +43,11 @@ def test_stage_defaults_take_the_same_stages_on_every_lite_model():
     assert lite_stage_blocks("efficientnet-lite0", (0, 1)) == [0, 1, 2]
     assert default_patch_blocks("efficientnet-lite0") == [10, 14]
     assert default_patch_blocks("efficientnet-lite1") == default_patch_blocks("efficientnet-lite2") == [14, 19]
+    # PatchCore: the last blocks of stages 2 and 4 (strides 8 and 16), its paper's layer2 + layer3
+    assert default_patch_blocks("efficientnet-lite0", "patchcore") == [4, 10]
+    assert default_patch_blocks("efficientnet-lite1", "patchcore") == [6, 14]
+    assert default_patch_blocks("efficientnet-lite0", "padim") == [10, 14]
+    assert default_patch_blocks("resnet18", "patchcore") == default_patch_blocks("resnet18") == [2, 3]
     for name in LITE_VARIANTS:
         spec = make_spec(name)
         assert spec.pooling == "avgstd" and spec.mean == make_spec().mean
