@@ -120,23 +120,34 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
     m = len(defects.images)
+    from benchmarks.defect_families import families
+
+    extra = {f: d for f, d in families(args.families.split(","), hold_u8, defects, args.seed).items() if f != "base"}
+    synth_u8 = np.concatenate([defects.images, *(d.images for d in extra.values())])
+    cuts = np.cumsum([m, *(len(d.images) for d in extra.values())])
     keys = {n: data_key(s) for n, s in settings.items()}
     by_key: dict[str, tuple] = {}
     for n, s in settings.items():  # one extraction per distinct feature setting, as select_heads does
         if keys[n] not in by_key:
-            d, _ = build_variant_data(s, fit_paths, hold_u8, np.concatenate([defects.images, test_u8]))
+            d, _ = build_variant_data(s, fit_paths, hold_u8, np.concatenate([synth_u8, test_u8]))
+            fam_x = {f: d.defect[a:b] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
             by_key[keys[n]] = (VariantData(s.variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats),
-                               d.defect[m:])
+                               d.defect[cuts[-1]:], fam_x)
     data = {n: by_key[keys[n]][0] for n in names}
     real = {n: by_key[keys[n]][1] for n in names}
+    fam_inputs = {n: by_key[keys[n]][2] for n in names}
     del test_u8
     print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
     results, rows = [], []
+    fam_scores: dict[str, dict[str, np.ndarray]] = {}  # candidate -> family -> defect scores
     for cand in names:
         r = score_candidate(cand, fitter(settings[cand]), data[cand], defects.kinds, first.target_fpr)
         head = r.fitted[0]
         s_test = image_scores(head, data[cand], real[cand], post=r.post)
+        fam_scores[cand] = {"base": r.defect_scores}
+        for f, x in fam_inputs[cand].items():
+            fam_scores[cand][f] = image_scores(head, data[cand], x, post=r.post)
         results.append(r)
         row = {"data": name, "head": cand, "synth_recall": round(r.recall_at_fpr, 4), "synth_auroc": round(r.auroc, 4),
                "synth_by_kind": {k: round(v, 3) for k, v in r.recall_by_kind.items()},
@@ -144,6 +155,12 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
                "recall_at_fpr": round(recall_at_fpr(s_test[y == 0], s_test[y == 1], 0.01), 4)
                if (y == 0).sum() >= 20 else None,
                "blocks": list(settings[cand].backbone.blocks), "fit_s": round(r.fit_s, 1)}
+        for f, sc in fam_scores[cand].items():
+            if f == "base":
+                continue
+            yf = np.r_[np.zeros(len(r.normal_scores)), np.ones(len(sc))]
+            row[f"{f}_recall"] = round(float(recall_at_fpr(r.normal_scores, sc, first.target_fpr)), 4)
+            row[f"{f}_auroc"] = round(auroc(yf, np.r_[r.normal_scores, sc]), 4)
         rows.append(row)
         print(f"{name:<9} {cand:<20} synth recall@1% {row['synth_recall']:.3f} synth AUROC {row['synth_auroc']:.4f}"
               f" | real AUROC {row['auroc']:.4f} recall@1% {row['recall_at_fpr']}  fit {row['fit_s']:.1f} s",
@@ -151,6 +168,23 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         r.fitted = None
     chosen = choose(results)
     summary = summarize(name, rows, chosen.name)
+    if extra:  # the product rule on each family, and on families pooled
+        from dataclasses import replace as dc_replace
+
+        rules = [[f] for f in ["base", *extra]] + [["base", f] for f in extra] + \
+            ([["base", *extra]] if len(extra) > 1 else [])
+        best = max(rw["auroc"] for rw in rows)
+        by_head = {rw["head"]: rw for rw in rows}
+        summary["by_rule"] = {}
+        for fams in rules:
+            pooled = []
+            for r in results:
+                sc = np.concatenate([fam_scores[r.name][f] for f in fams])
+                yf = np.r_[np.zeros(len(r.normal_scores)), np.ones(len(sc))]
+                pooled.append(dc_replace(r, recall_at_fpr=float(recall_at_fpr(r.normal_scores, sc, first.target_fpr)),
+                                         auroc=auroc(yf, np.r_[r.normal_scores, sc])))
+            c = choose(pooled).name
+            summary["by_rule"]["+".join(fams)] = {"chosen": c, "shortfall": round(by_head[c]["auroc"] - best, 4)}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary), flush=True)
     return rows + [summary]
@@ -182,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", default=",".join(CANDIDATES_ALL), help="candidate heads (variant:head, default all)")
     p.add_argument("--patch-blocks", default=None, metavar="B",
                    help="backbone blocks of the patch candidates, e.g. 4,10 (default: the product's patch default)")
+    p.add_argument("--families", default="base",
+                   help="synthetic defect families, comma-separated: base (the product's), weak, texture "
+                        "(benchmarks/defect_families.py); each extra one is scored and the product rule applied to it")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)
@@ -208,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {s['data']:<9} chose {s['chosen']:<20} AUROC {s['auroc']:.4f}  best {s['best']:<20} "
                   f"{s['best_auroc']:.4f}  shortfall {s['shortfall']:+.4f}  spearman(synth recall, AUROC) "
                   f"{s['spearman_synth_recall']}  spearman(synth AUROC, AUROC) {s['spearman_synth_auroc']}")
+    ruled = [s for s in summaries if "by_rule" in s]
+    if ruled:
+        print("\nthe product rule on each family (shortfall per set; worst, mean):")
+        for rule in ruled[0]["by_rule"]:
+            falls = [s["by_rule"][rule]["shortfall"] for s in ruled]
+            cells = "  ".join(f"{s['data']} {s['by_rule'][rule]['chosen'].split(':')[1][:6]} {f:+.3f}"
+                              for s, f in zip(ruled, falls, strict=True))
+            print(f"  {rule:<20} worst {min(falls):+.3f} mean {np.mean(falls):+.3f} | {cells}")
     if args.json:
         for r in rows:
             print(json.dumps(r))

@@ -38,10 +38,12 @@ def test_bench_patch_rows_have_pixel_metrics(synth_root):
     rows = json_rows(synth_root, "--input-size", "96", "--variants", "patch")
     assert [row["head"] for row in rows] == ["algan-patch", "patchcore-patch", "padim-patch"]
     for row in rows:
-        assert set(row) == KEYS | LOC_KEYS and row["variant"] == "patch"
+        assert set(row) == KEYS | LOC_KEYS | {"blocks"} and row["variant"] == "patch"
         assert 0.5 < row["pixel_auroc"] <= 1.0 and 0.0 < row["aupro"] <= 1.0 and row["model_mb"] > 0
         assert 0.0 <= row["mask_f1"] <= 1.0  # at thresholds calibrated on half the test normals
         assert 0.0 <= row["border_peak_fraction"] <= 1.0 and 0.0 <= row["peak_hit_rate"] <= 1.0
+    # each head on its default blocks: PatchCore on Lite0 4 + 10, the others on 10 + 14
+    assert [row["blocks"] for row in rows] == [[10, 14], [4, 10], [10, 14]]
     padim = next(row for row in rows if row["head"] == "padim-patch")
     assert padim["auroc"] > 0.9 and padim["pixel_auroc"] > 0.7  # measured 0.99 / 0.78 on this set at 96 px
     algan = rows[0]
@@ -90,7 +92,7 @@ def test_bench_feature_and_patch_add_the_auto_row(tmp_path):
     generate_dataset(root, texture="weave", seed=1, n_train=110, n_test_good=25, n_test_defect=10, size=64)
     rows = json_rows(root, "--input-size", "64", "--epochs", "1", "--variants", "feature,patch", "--presets", "default")
     auto = rows[-1]
-    assert auto["head"] == "auto" and KEYS | {"chosen"} <= set(auto) <= KEYS | LOC_KEYS | {"chosen"}
+    assert auto["head"] == "auto" and KEYS | {"chosen"} <= set(auto) <= KEYS | LOC_KEYS | {"chosen", "blocks"}
     variant, head = auto["chosen"].split(":")
     twin = next(r for r in rows[:-1] if r["variant"] == variant and r["head"] in (f"{head}-patch", head,
                                                                                    f"{head}[default]"))
