@@ -1,9 +1,9 @@
 """Validate ``--head auto`` (not a test): do synthetic defects rank the heads as real defects do?
 
 Per data set, with the product code (:mod:`algan.model.select`): the training split of ``algan-train`` (seed 0,
-20 % held out), synthetic defects drawn on the held-out normals (:mod:`algan.data.defects`), every candidate head
-fitted once on the shared training features and scored (a) on the held-out normals and synthetic defects (the
-figures ``--head auto`` chooses by) and (b) on the data set's real labelled test split (image AUROC, and
+20 % held out), synthetic defects drawn on the held-out normals (:func:`algan.data.defects.synthesize_families`),
+every candidate head fitted once on its training features and scored (a) on the held-out normals and synthetic
+defects (the figures ``--head auto`` chooses by) and (b) on the data set's real labelled test split (image AUROC, and
 ``recall_at_fpr``: the share of real defects flagged at the threshold algan-calibrate would set for 1 % false alarms
 on the test normals, :func:`algan.model.evaluation.threshold.recall_at_fpr`).
 
@@ -20,7 +20,7 @@ Usage::
         [--json]
     python benchmarks/auto_select.py --smoke     # seconds: a tiny synthetic set, short ALGAN schedules
 
-Figures: benchmarks/RESULTS.md, "Session 11".
+Figures: benchmarks/RESULTS.md, "Session 11", "Session 13" and "Session 14".
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: s
 def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
 
     from algan.data.datasets import load_dataset
-    from algan.data.defects import synthesize_defects
+    from algan.data.defects import synthesize_families
     from algan.model.evaluation.image_eval import auroc
     from algan.model.evaluation.threshold import recall_at_fpr
     from algan.model.fit import training_split
@@ -117,7 +117,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     fit_paths, hold_paths = training_split(ds, first)
     size = (args.size, args.size)
     hold_u8 = load_batch(hold_paths, size)
-    defects = synthesize_defects(hold_u8, DEFECTS_PER_IMAGE, args.seed)
+    defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
     m = len(defects.images)
     from benchmarks.defect_families import families
@@ -217,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch-blocks", default=None, metavar="B",
                    help="backbone blocks of the patch candidates, e.g. 4,10 (default: the product's patch default)")
     p.add_argument("--families", default="base",
-                   help="synthetic defect families, comma-separated: base (the product's), weak, texture "
-                        "(benchmarks/defect_families.py); each extra one is scored and the product rule applied to it")
+                   help="synthetic defect families, comma-separated: base (the product's local marks and texture "
+                        "changes), weak (benchmarks/defect_families.py); each extra one is scored and the product rule "
+                        "applied to it")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)

@@ -7,11 +7,16 @@ import pytest
 
 from algan.data.defects import (
     DEFECT_KINDS,
+    LOCAL_KINDS,
     MAX_AREA_FRACTION,
+    MIN_TEXTURE_FRACTION,
+    TEXTURE_KINDS,
     cutpaste,
     make_defect,
     perlin_noise,
     synthesize_defects,
+    synthesize_families,
+    texture_change,
 )
 
 
@@ -59,8 +64,23 @@ def test_sizes_span_a_few_pixels_to_a_tenth_of_the_image():
     assert areas.min() < 60, areas.min()
     assert areas.max() > 0.03 * 128 * 128
     assert np.median(areas) < MAX_AREA_FRACTION * 128 * 128
-    assert sorted(set(d.kinds)) == sorted(DEFECT_KINDS)
+    assert sorted(set(d.kinds)) == sorted(LOCAL_KINDS)
     assert np.array_equal(d.source, np.tile(np.arange(10), 6))
+
+
+def test_texture_changes_cover_a_large_region_and_both_families_are_drawn():
+    imgs = _normals(n=8, size=96)
+    d = synthesize_families(imgs, 2, seed=0)
+    assert len(d.images) == 32 and d.kinds[:16] == [LOCAL_KINDS[j % 6] for j in range(16)]
+    assert d.kinds[16:] == [TEXTURE_KINDS[j % 4] for j in range(16)]
+    frac = d.masks[16:].reshape(16, -1).mean(1)
+    assert frac.min() >= MIN_TEXTURE_FRACTION and np.median(frac) > 0.1  # a tenth to half of the image
+    for img, mask, src in zip(d.images, d.masks, d.source, strict=True):
+        np.testing.assert_array_equal(img[~mask], imgs[src][~mask])
+    # the texture family is its own stream: the local marks are those of synthesize_defects alone
+    np.testing.assert_array_equal(d.images[:16], synthesize_defects(imgs, 2, seed=0).images)
+    with pytest.raises(ValueError, match="unknown texture kind"):
+        texture_change(imgs[0], "spot", np.random.default_rng(0))
 
 
 def test_deterministic_for_a_seed():
