@@ -120,7 +120,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
     m = len(defects.images)
-    from benchmarks.defect_families import families
+    from benchmarks._defect_families import families
 
     extra = {f: d for f, d in families(args.families.split(","), hold_u8, defects, args.seed).items() if f != "base"}
     synth_u8 = np.concatenate([defects.images, *(d.images for d in extra.values())])
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="backbone blocks of the patch candidates, e.g. 4,10 (default: the product's patch default)")
     p.add_argument("--families", default="base",
                    help="synthetic defect families, comma-separated: base (the product's local marks and texture "
-                        "changes), weak (benchmarks/defect_families.py); each extra one is scored and the product rule "
-                        "applied to it")
+                        "changes), weak (benchmarks/_defect_families.py); each extra one is scored and the product "
+                        "rule applied to it")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)
