@@ -222,11 +222,14 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)  # other batch sizes
         up = F.interpolate(maps[:, None], size=PATCH_SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()
         results[name] = (roc_auc_score(masks.ravel(), up.ravel()), roc_auc_score(y, scores.numpy()))
-    # measured at 96 px on this 40-image set: pixel 0.78 / 0.81 / 0.67 and image 0.99 / 0.99 / 0.96 (padim,
-    # patchcore, algan with 12 short epochs); a random map scores 0.5
+    # measured at 96 px on this 40-image set: pixel 0.84 / 0.84 / 0.76 and image 0.99 / 0.81 / 0.93 (padim,
+    # patchcore, algan with 12 short epochs); a random map scores 0.5. PatchCore's default blocks 4 + 10 (stride 8)
+    # give 12 x 12 cells of 40 + 112 channels here: finer maps, but a weaker image score at this tiny input than
+    # blocks 10 + 14 (0.99); at 224 px with 80 or 240 training images they are better on every dev set
+    # (benchmarks/RESULTS.md, "Session 14")
     for name, (pixel, image) in results.items():
         assert pixel > (0.6 if name == "algan" else 0.7), (name, results)
-        assert image > 0.9, (name, results)
+        assert image > (0.75 if name == "patchcore" else 0.9), (name, results)
 
 
 @pytest.mark.slow
