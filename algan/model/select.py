@@ -4,9 +4,8 @@ Every candidate head (:data:`CANDIDATES`) is fitted on the training split's feat
 feature setting (:func:`data_key`: the variant, its backbone blocks and spec; PatchCore's default blocks differ from
 the other patch heads', :func:`algan.features.patch.default_patch_blocks`); each is scored on the held-out normals
 and on synthetic defects drawn on those held-out normals (:func:`algan.data.defects.synthesize_families`: as many
-local marks as changes of a large region's texture). Its figures:
-``recall_at_fpr`` (the share of synthetic defects flagged at the
-threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
+local marks as changes of a large region's texture). Its figures: ``recall_at_fpr`` (the share of synthetic defects
+flagged at the threshold algan-calibrate would set for ``target_fpr`` on the held-out normals,
 :func:`algan.model.evaluation.threshold.recall_at_fpr`), the synthetic-defect ``auroc`` (held-out normals against
 synthetic defects) and the recall per defect kind. A patch candidate is judged on the maps its bundle would ship:
 the per-location map normalisation (``PatchSpec.map_norm``) is fitted, per candidate, on the smoothed maps of the
