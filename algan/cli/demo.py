@@ -205,7 +205,9 @@ def next_steps(out: Path, model: Path, data: Path, cfg: Path) -> list[str]:
         f"     {shown([_bin('algan-calibrate'), str(mine), '--data', str(data)])}",
         f"     {shown([_bin('algan-export'), str(mine)])}",
         f"     {shown([_bin('algan-edge'), 'run', '--config', str(cfg)])}",
-        "   your own images: the same commands with your folders (see README)",
+        "   your own images: the same commands with your folders; with --head auto --variant auto instead of "
+        "--variant patch --head padim, algan-train picks the head that catches the most synthetic defects on your "
+        "line (see README)",
     ]
     return lines
 
