@@ -88,7 +88,8 @@ class PaddedFeatureMaps:
 
 
 def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Path | None, max_test: int,
-             max_train: int, smoke: bool):
+             max_train: int, smoke: bool, head: str = "algan"):
+    """The patch features of one data set on ``head``'s default blocks (:func:`default_patch_blocks`), cached."""
 
     from algan.data.datasets import load_dataset
     from algan.features.backbone import Preprocess, make_spec
@@ -103,12 +104,13 @@ def eval_set(name: str, root: Path, layout: str, size: int, pad: int, cache: Pat
     if max_train and len(train) > max_train:
         keep = np.random.default_rng(0).choice(len(train), max_train, replace=False)
         train = [train[i] for i in sorted(keep.tolist())]
-    key = cache / f"{name}-{size}-pad{pad}-train{len(train)}-test{len(test)}.safetensors" if cache else None
+    blocks = default_patch_blocks("efficientnet-lite0", head)
+    tag = "" if blocks == default_patch_blocks("efficientnet-lite0") else "-blocks" + "_".join(map(str, blocks))
+    key = cache / f"{name}-{size}-pad{pad}-train{len(train)}-test{len(test)}{tag}.safetensors" if cache else None
     if key is not None and key.is_file():
         return ds, test, load_cached_set(key)
     pspec = PatchSpec()
-    spec = make_spec("efficientnet-lite0", default_patch_blocks("efficientnet-lite0"), "avg",
-                     (size + 2 * pad, size + 2 * pad))
+    spec = make_spec("efficientnet-lite0", blocks, "avg", (size + 2 * pad, size + 2 * pad))
     fm = PatchFeatureMaps(spec, pspec).eval()
     if pad:
         fm = PaddedFeatureMaps(fm, pad, pspec.stride)

@@ -143,14 +143,14 @@ def run_set(name: str, root: Path, layout: str, heads: list[str], size: int, cac
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.gan.feature import AlganConfig
 
-    _, test, ev = eval_set(name, root, layout, size, 0, cache, max_test, max_train, smoke)
-    if ev.masks is None:
-        print(f"# {name}: no masks, skipped", flush=True)
-        return []
-    y = np.array([s.label for s in test])
     post = MapPostprocess(PatchSpec(map_norm="none"), (size, size))
     rows = []
-    for head_name in heads:
+    for head_name in heads:  # each head on its default blocks, as algan-train fits it
+        _, test, ev = eval_set(name, root, layout, size, 0, cache, max_test, max_train, smoke, head_name)
+        if ev.masks is None:
+            print(f"# {name}: no masks, skipped", flush=True)
+            return []
+        y = np.array([s.label for s in test])
         over = {"seed": 0, **({"epochs": 1, "min_steps": 20} if smoke else {})}
         settings = FitSettings(head=head_name, variant="patch", patch=PatchSpec(),
                                algan=AlganConfig.preset("patch", **over))
