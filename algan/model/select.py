@@ -96,6 +96,8 @@ class CandidateResult:
     fitted: tuple | None = field(default=None, repr=False)
     #: patch: the map postprocess with this head's fitted normalisation (:func:`fitted_post`); feature: ``None``
     post: object | None = field(default=None, repr=False)
+    #: recall at the same threshold per defect family (``local marks``, ``texture changes``; those drawn)
+    recall_by_family: dict[str, float] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -157,9 +159,16 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
 
     thr = TargetFprThreshold(target_fpr).fit(s_norm).threshold_
     by_kind = {str(k): float(recall_above(s_def[kinds_a == k], thr)) for k in sorted(set(kinds_a.tolist()))}
+    from algan.data.defects import LOCAL_KINDS, TEXTURE_KINDS
+
+    by_family = {}
+    for family, members in (("local marks", LOCAL_KINDS), ("texture changes", TEXTURE_KINDS)):
+        if (sel := np.isin(kinds_a, members)).any():
+            by_family[family] = float(recall_above(s_def[sel], thr))
     y = np.r_[np.zeros(len(s_norm)), np.ones(len(s_def))]
     return CandidateResult(name, float(recall_at_fpr(s_norm, s_def, target_fpr)), auroc(y, np.r_[s_norm, s_def]),
-                           by_kind, fit_s, s_norm, s_def, fitted, post if data.variant == "patch" else None)
+                           by_kind, fit_s, s_norm, s_def, fitted, post if data.variant == "patch" else None,
+                           by_family)
 
 
 def choose(results: Sequence[CandidateResult]) -> CandidateResult:
@@ -219,7 +228,8 @@ def selection_json(chosen: CandidateResult, results: Sequence[CandidateResult], 
 
 
 def format_table(chosen: str, results: Sequence[CandidateResult], target_fpr: float) -> str:
-    """The printed table: one line per candidate, the chosen one marked."""
+    """The printed table: one line per candidate, the chosen one marked, and a closing line saying what the chosen
+    head catches at the target false-alarm rate (overall and per defect family)."""
     kinds = sorted({k for r in results for k in r.recall_by_kind})
     head = f"  {'candidate':<20} {'recall@' + format(target_fpr, 'g'):>11} {'AUROC':>7} {'fit s':>7}  " + \
         " ".join(f"{k[:8]:>8}" for k in kinds)
@@ -229,6 +239,12 @@ def format_table(chosen: str, results: Sequence[CandidateResult], target_fpr: fl
         lines.append(f"{mark} {r.name:<20} {r.recall_at_fpr:>11.3f} {r.auroc:>7.4f} {r.fit_s:>7.1f}  " +
                      " ".join(f"{r.recall_by_kind.get(k, float('nan')):>8.3f}" for k in kinds))
     lines.append(f"chosen: {chosen}")
+    pick = next((r for r in results if r.name == chosen), None)
+    if pick is not None:
+        families = ", ".join(f"{f} {v:.0%}" for f, v in pick.recall_by_family.items())
+        lines.append(f"  at the threshold for {target_fpr:g} false alarms per frame on the held-out normals it flags "
+                     f"{pick.recall_at_fpr:.0%} of the synthetic defects" + (f" ({families})" if families else "") +
+                     "; real defects differ: measure them with algan-eval once you have labelled ones")
     return "\n".join(lines)
 
 

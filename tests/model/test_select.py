@@ -109,8 +109,13 @@ def test_algan_train_head_auto_writes_the_selection(tiny_set, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "head selection on synthetic defects" in printed and "chosen: feature:" in printed
+    chosen_line = next(line for line in printed.splitlines() if "of the synthetic defects" in line)
+    assert "at the threshold for 0.01 false alarms per frame" in chosen_line
+    assert "local marks" in chosen_line and "texture changes" in chosen_line
     det, m = load_bundle(out)
     sel = m.head.selection
+    figures = next(c for c in sel.candidates if c.name == sel.chosen)
+    assert f"flags {figures.recall_at_fpr:.0%} of the synthetic defects" in chosen_line
     assert sel is not None and [c.name for c in sel.candidates] == list(candidates_for("feature"))
     assert sel.chosen == f"feature:{m.head_kind}" and m.variant == "feature"
     assert sel.n_normal == 24 and sel.n_defects == 96  # 2 local marks and 2 texture changes per held-out image
