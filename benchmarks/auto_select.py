@@ -89,9 +89,8 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         CANDIDATES,
         DEFECTS_PER_IMAGE,
         VariantData,
-        build_variant_data,
+        build_candidate_data,
         choose,
-        data_key,
         fitter,
         image_scores,
         score_candidate,
@@ -125,17 +124,13 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     extra = {f: d for f, d in families(args.families.split(","), hold_u8, defects, args.seed).items() if f != "base"}
     synth_u8 = np.concatenate([defects.images, *(d.images for d in extra.values())])
     cuts = np.cumsum([m, *(len(d.images) for d in extra.values())])
-    keys = {n: data_key(s) for n, s in settings.items()}
-    by_key: dict[str, tuple] = {}
-    for n, s in settings.items():  # one extraction per distinct feature setting, as select_heads does
-        if keys[n] not in by_key:
-            d, _ = build_variant_data(s, fit_paths, hold_u8, np.concatenate([synth_u8, test_u8]))
-            fam_x = {f: d.defect[a:b] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
-            by_key[keys[n]] = (VariantData(s.variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats),
-                               d.defect[cuts[-1]:], fam_x)
-    data = {n: by_key[keys[n]][0] for n in names}
-    real = {n: by_key[keys[n]][1] for n in names}
-    fam_inputs = {n: by_key[keys[n]][2] for n in names}
+    # one extraction per distinct feature setting, as select_heads does; the real test images ride along as defects
+    built = build_candidate_data(settings, fit_paths, hold_u8, np.concatenate([synth_u8, test_u8]))
+    data, real, fam_inputs = {}, {}, {}
+    for n, (d, _) in built.items():
+        data[n] = VariantData(d.variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats)
+        real[n] = d.defect[cuts[-1]:]
+        fam_inputs[n] = {f: d.defect[a:b] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
     del test_u8
     print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)

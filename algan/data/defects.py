@@ -51,6 +51,8 @@ LOCAL_KINDS = ("cutpaste", "perlin", "scratch", "spot", "crack", "shift")
 TEXTURE_KINDS = ("uneven", "contrast", "stretch", "soften")
 #: every kind :func:`make_defect` draws
 DEFECT_KINDS = LOCAL_KINDS + TEXTURE_KINDS
+#: the families :func:`synthesize_families` draws, in order, with the rng stream of each
+DEFECT_FAMILIES = {"local marks": (LOCAL_KINDS, 0), "texture changes": (TEXTURE_KINDS, 100)}
 #: smallest texture change, as a fraction of the image (redrawn below it)
 MIN_TEXTURE_FRACTION = 0.02
 #: smallest defect area in pixels
@@ -405,21 +407,16 @@ def synthesize_defects(normals: np.ndarray, per_image: int = 2, seed: int = 0,
     return DefectSet(np.stack(images), np.stack(masks), out_kinds, np.array(source, np.int64))
 
 
-#: the stream of the texture family in :func:`synthesize_families`
-TEXTURE_STREAM = 100
-
-
 def synthesize_families(normals: np.ndarray, per_image: int = 2, seed: int = 0) -> DefectSet:
-    """Both families on each normal image: ``per_image`` local marks (:data:`LOCAL_KINDS`) and ``per_image`` texture
-    changes (:data:`TEXTURE_KINDS`, stream :data:`TEXTURE_STREAM`), local first; ``2 N per_image`` defects.
+    """Every family of :data:`DEFECT_FAMILIES` on each normal image, ``per_image`` defects each, in that order
+    (local marks first); ``len(DEFECT_FAMILIES) N per_image`` defects.
 
     Raises:
         ValueError: as :func:`synthesize_defects`.
     """
-    local = synthesize_defects(normals, per_image, seed, LOCAL_KINDS)
-    texture = synthesize_defects(normals, per_image, seed, TEXTURE_KINDS, TEXTURE_STREAM)
-    return DefectSet(np.concatenate([local.images, texture.images]), np.concatenate([local.masks, texture.masks]),
-                     local.kinds + texture.kinds, np.concatenate([local.source, texture.source]))
+    sets = [synthesize_defects(normals, per_image, seed, kinds, stream) for kinds, stream in DEFECT_FAMILIES.values()]
+    return DefectSet(np.concatenate([d.images for d in sets]), np.concatenate([d.masks for d in sets]),
+                     [k for d in sets for k in d.kinds], np.concatenate([d.source for d in sets]))
 
 
 def defect_grid(defects: DefectSet, n: int = 24, cols: int = 6) -> np.ndarray:

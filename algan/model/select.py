@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from algan.data.defects import DEFECT_FAMILIES
 from algan.model.evaluation.image_eval import auroc
 from algan.model.evaluation.threshold import recall_above, recall_at_fpr
 
@@ -96,7 +97,7 @@ class CandidateResult:
     fitted: tuple | None = field(default=None, repr=False)
     #: patch: the map postprocess with this head's fitted normalisation (:func:`fitted_post`); feature: ``None``
     post: object | None = field(default=None, repr=False)
-    #: recall at the same threshold per defect family (``local marks``, ``texture changes``; those drawn)
+    #: recall at the same threshold per defect family (:data:`algan.data.defects.DEFECT_FAMILIES`; those drawn)
     recall_by_family: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -159,10 +160,8 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
 
     thr = TargetFprThreshold(target_fpr).fit(s_norm).threshold_
     by_kind = {str(k): float(recall_above(s_def[kinds_a == k], thr)) for k in sorted(set(kinds_a.tolist()))}
-    from algan.data.defects import LOCAL_KINDS, TEXTURE_KINDS
-
     by_family = {}
-    for family, members in (("local marks", LOCAL_KINDS), ("texture changes", TEXTURE_KINDS)):
+    for family, (members, _) in DEFECT_FAMILIES.items():
         if (sel := np.isin(kinds_a, members)).any():
             by_family[family] = float(recall_above(s_def[sel], thr))
     y = np.r_[np.zeros(len(s_norm)), np.ones(len(s_def))]
@@ -186,12 +185,28 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult:
 
 
 def data_key(settings) -> str:
-    """What decides a candidate's extracted inputs (:func:`build_variant_data`), as a key: the variant, backbone,
-    patch spec, feature transform, training batch size and seed of its :class:`algan.model.fit.FitSettings`.
-    Candidates with equal keys share one extraction (PatchCore's default blocks differ from the other patch heads')."""
+    """What decides a candidate's extracted inputs (:func:`build_variant_data`), as a key: the variant, backbone
+    (without the weights' hash, which a build records), patch spec, feature transform, training batch size and seed
+    of its :class:`algan.model.fit.FitSettings`. Candidates with equal keys share one extraction (PatchCore's default
+    blocks differ from the other patch heads')."""
+    from dataclasses import replace
+
     patch = settings.patch if settings.variant == "patch" else None
     transform = (settings.transform, settings.pca_dim) if settings.variant == "feature" else None
-    return repr((settings.variant, settings.backbone, patch, transform, settings.batch_size, settings.seed))
+    backbone = replace(settings.backbone, weights_sha256="")
+    return repr((settings.variant, backbone, patch, transform, settings.batch_size, settings.seed))
+
+
+def build_candidate_data(settings: Mapping[str, object], fit_paths: Sequence, normal_u8: np.ndarray,
+                         defect_u8: np.ndarray, progress: bool = False) -> dict[str, tuple[VariantData, np.ndarray]]:
+    """``{name: (VariantData, raw training features)}`` for every candidate of ``settings``
+    (``{"variant:head": FitSettings}``): one :func:`build_variant_data` per :func:`data_key`, shared by the
+    candidates with that key."""
+    by_key: dict[str, tuple[VariantData, np.ndarray]] = {}
+    for s in settings.values():
+        if (key := data_key(s)) not in by_key:
+            by_key[key] = build_variant_data(s, fit_paths, normal_u8, defect_u8, progress)
+    return {n: by_key[data_key(s)] for n, s in settings.items()}
 
 
 def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tuple]], data: dict[str, VariantData],
@@ -374,13 +389,9 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
     size = tuple(base.backbone.input_size)
     hold_u8 = load_batch(hold_paths, size)
     defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, base.seed)
-    keys = {n: data_key(s) for n, s in settings.items()}  # before any build (a build records the weights' hash)
-    by_key: dict[str, tuple[VariantData, np.ndarray]] = {}
-    for n, s in settings.items():
-        if keys[n] not in by_key:
-            by_key[keys[n]] = build_variant_data(s, fit_paths, hold_u8, defects.images, progress)
-    data = {n: by_key[keys[n]][0] for n in settings}
-    raw = {n: by_key[keys[n]][1] for n in settings}
+    built = build_candidate_data(settings, fit_paths, hold_u8, defects.images, progress)
+    data = {n: d for n, (d, _) in built.items()}
+    raw = {n: r for n, (_, r) in built.items()}
     fitters = {n: fitter(s) for n, s in settings.items()}
     chosen, results = select(list(settings), fitters, data, defects.kinds, base.target_fpr, on_result)
     return Selection(chosen, results, raw, list(defects.kinds), len(hold_u8))

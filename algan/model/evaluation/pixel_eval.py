@@ -131,10 +131,11 @@ def evaluate_maps(detector, dataset: Dataset | Sequence[Sample], batch_size: int
                 f1.add(up, masks, scores[-1])
             # the localisation figures take one map grid: every stitched map on the first one's (same-sized images
             # give same-sized stitched maps; others are resized bilinearly)
-            grid = stitched_grid or calibrated[0].shape
-            stitched_grid = grid
-            all_maps.append(np.stack([m if m.shape == grid else cv2.resize(m, (grid[1], grid[0]),
-                                                                             interpolation=cv2.INTER_LINEAR)
+            if stitched_grid is None:
+                stitched_grid = calibrated[0].shape
+            gh, gw = stitched_grid
+            all_maps.append(np.stack([m if m.shape == stitched_grid
+                                      else cv2.resize(m, (gw, gh), interpolation=cv2.INTER_LINEAR)
                                       for m in calibrated]))
             all_masks[i : i + len(chunk)] = masks
             continue
