@@ -61,10 +61,13 @@ def data_set(name: str, work: Path, smoke: bool) -> tuple[Path, str] | None:
     raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle")
 
 
-def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: str | None = None) -> dict:
-    """``{"variant:head": FitSettings}`` that ``algan-train --head auto`` builds by default for ``names`` (each head
-    with its default blocks; the patch candidates with ``--blocks patch_blocks`` when given)."""
-    from algan.cli.train import build_parser, fit_settings
+def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: str | None = None,
+                       grid=None) -> dict:  # noqa: ANN001
+    """``{"variant:head[@RxC]": FitSettings}`` that ``algan-train --head auto`` builds by default
+    (:func:`algan.cli.train.auto_settings`, tiled candidates on ``grid``) for the candidates whose ``variant:head``
+    is in ``names`` (each head with its default blocks; the patch candidates with ``--blocks patch_blocks`` when
+    given)."""
+    from algan.cli.train import auto_settings, build_parser
 
     argv = ["--data", ".", "--out", ".", "--head", "auto", "--seed", str(seed), "--input-size", str(size), str(size)]
     if smoke:
@@ -75,7 +78,9 @@ def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: s
     if patch_blocks is not None:
         patch_args = build_parser().parse_args([*argv, "--blocks", patch_blocks])
         patch_args.variant = "auto"
-    return {n: fit_settings(patch_args if n.startswith("patch:") else args, *n.split(":")) for n in names}
+    feature = auto_settings(args, grid)
+    patch = auto_settings(patch_args, grid)
+    return {n: (patch if n.startswith("patch:") else feature)[n] for n in feature if n.split("@")[0] in names}
 
 
 def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
@@ -96,6 +101,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         score_candidate,
     )
     from algan.runtime.preprocess import load_batch
+    from algan.runtime.tiling import auto_grid, frame_size
 
     t0 = time.perf_counter()
     ds = load_dataset(root, layout)
@@ -107,14 +113,18 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     from dataclasses import replace
 
     names = [c for c in CANDIDATES if c in args.candidates.split(",")]
-    settings = candidate_settings(args.seed, args.smoke, args.size, names, args.patch_blocks)
+    frame_hw = frame_size(ds.train)
+    grid = auto_grid(frame_hw, (args.size, args.size)) if args.tiles == "auto" else None
+    settings = candidate_settings(args.seed, args.smoke, args.size, names, args.patch_blocks, grid)
+    names = list(settings)
     if args.max_train:
         settings = {n: replace(s, max_train=args.max_train) for n, s in settings.items()}
     if args.smoke:
         settings = {n: replace(s, holdout=0.4) for n, s in settings.items()}
     first = settings[names[0]]
     fit_paths, hold_paths = training_split(ds, first)
-    size = (args.size, args.size)
+    # as select_heads: with a tiled candidate every candidate sees frames (and defects drawn) at the frame size
+    size = frame_size(hold_paths) if grid is not None else (args.size, args.size)
     hold_u8 = load_batch(hold_paths, size)
     defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
@@ -132,7 +142,8 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
         real[n] = d.defect[cuts[-1]:]
         fam_inputs[n] = {f: d.defect[a:b] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
     del test_u8
-    print(f"# {name}: {len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
+    print(f"# {name}: frames {frame_hw[1]} x {frame_hw[0]} px, tiles {grid or 'none'}; "
+          f"{len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
     results, rows = [], []
     fam_scores: dict[str, dict[str, np.ndarray]] = {}  # candidate -> family -> defect scores
@@ -149,7 +160,8 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
                "auroc": round(auroc(y, s_test), 4),
                "recall_at_fpr": round(recall_at_fpr(s_test[y == 0], s_test[y == 1], 0.01), 4)
                if (y == 0).sum() >= 20 else None,
-               "blocks": list(settings[cand].backbone.blocks), "fit_s": round(r.fit_s, 1)}
+               "blocks": list(settings[cand].backbone.blocks), "fit_s": round(r.fit_s, 1),
+               "synth_by_family": {f: round(v, 3) for f, v in r.recall_by_family.items()}}
         for f, sc in fam_scores[cand].items():
             if f == "base":
                 continue
@@ -215,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic defect families, comma-separated: base (the product's local marks and texture "
                         "changes), weak (benchmarks/_defect_families.py); each extra one is scored and the product "
                         "rule applied to it")
+    p.add_argument("--tiles", default="auto", choices=["auto", "none"],
+                   help="auto (the product's): the patch heads also on the tile grid of algan.runtime.tiling.auto_grid "
+                        "where the frames are much larger than the input; none: whole frames only")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)

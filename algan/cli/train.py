@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scoring head (feature variant: algan, mahalanobis, knn; patch variant: algan, patchcore, "
                         "padim); auto: fit every head of the variant, score each on synthetic defects drawn on the "
                         "held-out normals and keep the one with the highest recall at --target-fpr (the table is "
-                        "printed and stored as head.selection)")
+                        "printed and stored as head.selection); on frames much larger than the input the patch heads "
+                        "on tiles compete too")
     p.add_argument("--variant", default=None, choices=["feature", "image", "patch", "auto"],
                    help="feature: heads on pooled backbone features (default); patch: heads per location with "
                         "anomaly maps; image: ALGAN-image on pixels; auto (with --head auto, its default there): "
@@ -316,6 +317,25 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
     )
 
 
+def auto_settings(args: argparse.Namespace, grid=None) -> dict:  # noqa: ANN001
+    """``{candidate: FitSettings}`` of ``--head auto`` (:func:`algan.model.select.candidates_for` of ``--variant``
+    and the tile ``grid``): each head on its own default blocks; a tiled candidate on ``grid``, with PatchCore's
+    finer default blocks unless ``--blocks`` is given (tiles are there for small defects)."""
+    from dataclasses import replace
+
+    from algan.model.select import candidates_for, split_candidate
+
+    out = {}
+    for name in candidates_for(args.variant, grid):
+        variant, head, tiles = split_candidate(name)
+        s = fit_settings(args, variant, head)
+        if tiles is not None:
+            backbone = s.backbone if args.blocks is not None else fit_settings(args, variant, "patchcore").backbone
+            s = replace(s, backbone=backbone, tiling=grid)
+        out[name] = s
+    return out
+
+
 def _main(args: argparse.Namespace) -> int:
     from algan.bundle import save_bundle
     from algan.data.datasets import load_dataset
@@ -328,11 +348,8 @@ def _main(args: argparse.Namespace) -> int:
     roi = parse_roi(args.roi)
     tiling = tiling_from_args(args)
     auto = args.head == "auto"
-    if auto:
-        from algan.model.select import candidates_for
-
-        # one FitSettings per candidate: each head takes its own default blocks (PatchCore's are earlier)
-        candidates = {n: fit_settings(args, *n.split(":")) for n in candidates_for(args.variant)}
+    if auto:  # the checks of every candidate's settings before any data is read
+        auto_settings(args)
     else:
         settings = fit_settings(args, args.variant, args.head)
     ds = load_dataset(args.data, args.layout)
@@ -345,18 +362,21 @@ def _main(args: argparse.Namespace) -> int:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
         if (line := ds.skipped_line()) is not None:
             print(f"data: {line}", file=sys.stderr)
-    if tiling is None and not args.quiet and (args.variant in ("patch", "auto")) and ds.train:
-        from statistics import median
-
-        from algan.runtime.preprocess import current_roi, prepare_roi, read_image
-        from algan.runtime.tiling import large_frame_note
+    grid = None
+    if tiling is None and (args.variant in ("patch", "auto")) and ds.train:
+        from algan.runtime.tiling import auto_grid, frame_size, large_frame_note
 
         with using_roi(roi):  # the median ROI size of up to 16 training images
-            sizes = [prepare_roi(read_image(p), current_roi()).shape[:2]
-                     for p in ds.train[:: max(1, len(ds.train) // 16)]]
-        median_hw = (int(median(h for h, _ in sizes)), int(median(w for _, w in sizes)))
-        if (note := large_frame_note(median_hw, tuple(args.input_size))) is not None:
+            median_hw = frame_size(ds.train)
+        if auto:
+            grid = auto_grid(median_hw, tuple(args.input_size))
+            if grid is not None and not args.quiet:
+                print(f"note: the frames ({median_hw[1]} x {median_hw[0]} px) are much larger than the model input: "
+                      f"--head auto also tries the patch heads on {grid} tiles", file=sys.stderr)
+        elif not args.quiet and (note := large_frame_note(median_hw, tuple(args.input_size))) is not None:
             print(f"note: {note}", file=sys.stderr)
+    if auto:
+        candidates = auto_settings(args, grid)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     progress = not args.quiet
     with using_roi(roi):
@@ -377,6 +397,7 @@ def _main(args: argparse.Namespace) -> int:
     out = save_bundle(args.out, result.detector, result.manifest, result.extra_tensors, result.samples)
     m = result.manifest
     cal, training = m.calibration, m.require("training")
+    tiling = result.detector.tiling  # --tiles, or the grid --head auto chose
     tiled = f", {tiling} tiles per frame" if tiling is not None else ""
     print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "

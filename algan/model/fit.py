@@ -239,12 +239,13 @@ def map_stats_paths(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
 
 @torch.no_grad()
 def fit_map_statistics(det: AnomalyDetector, paths: Sequence[Path], size: tuple[int, int], batch_size: int,
-                       progress: bool) -> int:
+                       progress: bool, tiling: TileSpec | None = None) -> int:
     """Fit the patch detector's per-location map normalisation (:class:`algan.features.patch.MapNormalization`)
     on the smoothed maps of training normals; returns the number of images used (0 when ``map_norm`` is none).
 
     The maps come from the fitted head on the training images (a subset of :data:`MAP_STATS_IMAGES`,
-    :func:`map_stats_paths`), not the held-out images: those stay unseen for the threshold.
+    :func:`map_stats_paths`), not the held-out images: those stay unseen for the threshold. With ``tiling`` the
+    statistics are of the tiles' maps, the maps the normalisation is applied to at inference.
     """
     post = det.postprocess
     if post is None or post.norm is None:
@@ -254,7 +255,8 @@ def fit_map_statistics(det: AnomalyDetector, paths: Sequence[Path], size: tuple[
     def smoothed(x: torch.Tensor) -> torch.Tensor:
         return post.smooth(det.head(det.transform(det.features(x))))
 
-    maps = run_batched(smoothed, load_batch(list(paths), size), batch_size, "maps (train)" if progress else None)
+    maps = run_batched(smoothed, load_tiles(list(paths), size, tiling), batch_size,
+                       "maps (train)" if progress else None)
     post.fit_norm(torch.from_numpy(maps))
     return len(paths)
 
@@ -393,7 +395,7 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     n_stats = 0
     if postprocess is not None:
         n_stats = fit_map_statistics(det, map_stats_paths(fit_paths, MAP_STATS_IMAGES, settings.seed), size,
-                                     settings.batch_size, progress)
+                                     settings.batch_size, progress, tiling)
     calib_paths = hold_paths or fit_paths
     if not hold_paths:
         log.warning("no held-out images: the threshold comes from training images and will be optimistic")

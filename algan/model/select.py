@@ -11,10 +11,18 @@ synthetic defects) and the recall per defect kind. A patch candidate is judged o
 the per-location map normalisation (``PatchSpec.map_norm``) is fitted, per candidate, on the smoothed maps of the
 same training images ``algan-train`` uses for it (:func:`algan.model.fit.map_stats_paths`), before any score.
 
+Frames much larger than the model input (:func:`algan.runtime.tiling.auto_grid`) add the patch heads on tiles
+(``patch:padim@3x3``, ...: trained on the tiles of the normals, maps stitched into the frame map, as ``algan-train
+--tiles`` does; on the earlier, finer blocks of :func:`algan.features.patch.default_patch_blocks` for PatchCore,
+since tiles are for small defects). Then every candidate sees the same synthetic defects drawn on the held-out
+normals at the frames' own size (:func:`algan.runtime.tiling.frame_size`): a whole-frame candidate gets them
+resized to its input, a tiled one cut into its tiles.
+
 The rule (:data:`RULE`, :func:`choose`): the highest ``recall_at_fpr`` over both families; candidates within
 :data:`RECALL_TIE` of it are tied and the cheapest of them wins (the order of :data:`CANDIDATES`, cheapest first:
-inference cost, then training cost). Chosen on six data sets (benchmarks/RESULTS.md, "Session 14"): the local marks
-alone, or a tie broken by the synthetic AUROC, chose heads up to 0.05 AUROC below the best on real defects.
+inference cost, then training cost; the tiled candidates after all whole-frame ones, in the same order). Chosen
+on six data sets (benchmarks/RESULTS.md, "Session 14"): the local marks alone, or a tie broken by the synthetic
+AUROC, chose heads up to 0.05 AUROC below the best on real defects.
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ import torch
 from algan.data.defects import DEFECT_FAMILIES
 from algan.model.evaluation.image_eval import auroc
 from algan.model.evaluation.threshold import recall_above, recall_at_fpr
+from algan.runtime.tiling import TileSpec
 
 log = logging.getLogger(__name__)
 
 #: ``variant:head`` candidates, cheapest first (the tie-break order)
 CANDIDATES = ("feature:mahalanobis", "feature:knn", "feature:algan", "patch:padim", "patch:algan", "patch:patchcore")
+#: the candidates that also run on tiles of large frames (``variant:head@ROWSxCOLS``, :func:`candidate_name`)
+TILED_CANDIDATES = ("patch:padim", "patch:algan", "patch:patchcore")
 #: recall differences up to this are ties (about one synthetic defect in 50)
 RECALL_TIE = 0.02
 #: the rule, as recorded in the bundle
@@ -44,17 +55,52 @@ RULE = (f"max recall at the target FPR on synthetic defects, local marks and tex
 DEFECTS_PER_IMAGE = 2
 
 
-def candidates_for(variant: str) -> tuple[str, ...]:
-    """The candidates of ``--variant`` ``feature``, ``patch`` or ``auto`` (all), cheapest first.
+def candidates_for(variant: str, grid: TileSpec | None = None) -> tuple[str, ...]:
+    """The candidates of ``--variant`` ``feature``, ``patch`` or ``auto`` (all), cheapest first; with a tile
+    ``grid`` (:func:`algan.runtime.tiling.auto_grid`) the patch ones of :data:`TILED_CANDIDATES` on that grid after
+    them.
 
     Raises:
         ValueError: another variant.
     """
     if variant == "auto":
-        return CANDIDATES
-    if variant in ("feature", "patch"):
-        return tuple(c for c in CANDIDATES if c.startswith(variant + ":"))
-    raise ValueError(f"--head auto chooses among the feature and patch heads; --variant {variant} has one head only")
+        names = CANDIDATES
+    elif variant in ("feature", "patch"):
+        names = tuple(c for c in CANDIDATES if c.startswith(variant + ":"))
+    else:
+        raise ValueError(f"--head auto chooses among the feature and patch heads; --variant {variant} has one head "
+                         f"only")
+    if grid is None:
+        return names
+    return names + tuple(candidate_name(c, grid) for c in TILED_CANDIDATES if c in names)
+
+
+def candidate_name(base: str, grid: TileSpec | None) -> str:
+    """``variant:head`` on tiles: ``variant:head@ROWSxCOLS`` (``base`` itself for ``grid=None``)."""
+    return base if grid is None else f"{base}@{grid.rows}x{grid.cols}"
+
+
+def split_candidate(name: str) -> tuple[str, str, str | None]:
+    """``(variant, head, tiles)`` of a candidate name (``tiles`` = ``"ROWSxCOLS"`` or ``None``).
+
+    Raises:
+        ValueError: a name that is not ``variant:head[@ROWSxCOLS]``.
+    """
+    base, _, tiles = name.partition("@")
+    variant, sep, head = base.partition(":")
+    if not sep or not variant or not head:
+        raise ValueError(f"candidate {name!r} is not variant:head[@ROWSxCOLS]")
+    return variant, head, tiles or None
+
+
+def cost_rank(name: str) -> int:
+    """Position of a candidate in the tie-break order (cheapest first): :data:`CANDIDATES`' order, tiled candidates
+    after every whole-frame one; unknown names last."""
+    variant, head, tiles = split_candidate(name)
+    base = f"{variant}:{head}"
+    if base not in CANDIDATES:
+        return 2 * len(CANDIDATES)
+    return CANDIDATES.index(base) + (len(CANDIDATES) if tiles else 0)
 
 
 @dataclass
@@ -72,6 +118,9 @@ class VariantData:
             unfitted: :func:`fitted_post` fits a copy per head); feature: ``None``.
         stats: patch with a map normalisation: float16 (S, K, gh, gw) maps of the training images whose smoothed
             head maps give the per-location statistics (:func:`algan.model.fit.map_stats_paths`); else ``None``.
+        tiling: the tile grid of a tiled candidate (``normal``, ``defect`` and ``stats`` then hold the maps of every
+            image's ``rows * cols`` tiles, image by image); ``None`` = whole frames.
+        frame_hw: ``(height, width)`` of the frames the tiles were cut from (tiled only; the stitched map's frame).
     """
 
     variant: str
@@ -81,6 +130,8 @@ class VariantData:
     n_cells: int = 0
     post: object | None = None
     stats: torch.Tensor | None = None
+    tiling: TileSpec | None = None
+    frame_hw: tuple[int, int] | None = None
 
 
 @dataclass
@@ -102,11 +153,11 @@ class CandidateResult:
 
     @property
     def variant(self) -> str:
-        return self.name.split(":")[0]
+        return split_candidate(self.name)[0]
 
     @property
     def head(self) -> str:
-        return self.name.split(":")[1]
+        return split_candidate(self.name)[1]
 
     def to_json(self) -> dict:
         return {"name": self.name, "recall_at_fpr": round(self.recall_at_fpr, 4), "auroc": round(self.auroc, 4),
@@ -141,6 +192,14 @@ def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batc
     with torch.no_grad():
         if data.variant == "patch":
             post = post if post is not None else data.post
+            if data.tiling is not None:  # every frame's tile maps stitched and reduced, as the runners do
+                from algan.runtime.tiling import untile
+
+                maps = torch.cat([post(head(x[i : i + batch_size].float()))  # type: ignore[operator]
+                                  for i in range(0, len(x), batch_size)]).numpy()
+                n = len(maps) // data.tiling.n_tiles
+                return untile(np.zeros(len(maps)), maps, [data.frame_hw] * n, data.tiling,  # type: ignore[list-item]
+                              post.reduction, post.topk).scores  # type: ignore[attr-defined]
             return torch.cat([post.reduce(post(head(x[i : i + batch_size].float())))  # type: ignore[attr-defined]
                               for i in range(0, len(x), batch_size)]).numpy()
         return torch.cat([head(x[i : i + 1024]) for i in range(0, len(x), 1024)]).numpy()
@@ -179,22 +238,21 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult:
     if not results:
         raise ValueError("no candidate heads to choose from")
     best_recall = max(r.recall_at_fpr for r in results)
-    order = {c: i for i, c in enumerate(CANDIDATES)}
     tied = [r for r in results if r.recall_at_fpr >= best_recall - RECALL_TIE]
-    return min(tied, key=lambda r: order.get(r.name, len(order)))
+    return min(tied, key=lambda r: cost_rank(r.name))
 
 
 def data_key(settings) -> str:
     """What decides a candidate's extracted inputs (:func:`build_variant_data`), as a key: the variant, backbone
-    (without the weights' hash, which a build records), patch spec, feature transform, training batch size and seed
-    of its :class:`algan.model.fit.FitSettings`. Candidates with equal keys share one extraction (PatchCore's default
-    blocks differ from the other patch heads')."""
+    (without the weights' hash, which a build records), patch spec, feature transform, tile grid, training batch size
+    and seed of its :class:`algan.model.fit.FitSettings`. Candidates with equal keys share one extraction
+    (PatchCore's default blocks differ from the other patch heads'; the tiled candidates share one)."""
     from dataclasses import replace
 
     patch = settings.patch if settings.variant == "patch" else None
     transform = (settings.transform, settings.pca_dim) if settings.variant == "feature" else None
     backbone = replace(settings.backbone, weights_sha256="")
-    return repr((settings.variant, backbone, patch, transform, settings.batch_size, settings.seed))
+    return repr((settings.variant, backbone, patch, transform, settings.tiling, settings.batch_size, settings.seed))
 
 
 def build_candidate_data(settings: Mapping[str, object], fit_paths: Sequence, normal_u8: np.ndarray,
@@ -230,8 +288,7 @@ def select(names: Sequence[str], fitters: dict[str, Callable[[VariantData], tupl
         results.append(r)
         if on_result is not None:
             on_result(r)
-    ordered = sorted(results, key=lambda r: CANDIDATES.index(r.name) if r.name in CANDIDATES else len(CANDIDATES))
-    return choose(ordered), results
+    return choose(results), results
 
 
 def selection_json(chosen: CandidateResult, results: Sequence[CandidateResult], *, seed: int, target_fpr: float,
@@ -268,32 +325,53 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], u8: np.ndarray, batch_s
         return torch.cat([fn(torch.from_numpy(u8[i : i + batch_size])) for i in range(0, len(u8), batch_size)])
 
 
+def model_inputs(frames: np.ndarray, size: tuple[int, int], tiling: TileSpec | None) -> np.ndarray:
+    """What a candidate's model takes of frames uint8 BGR ``(N, H, W, 3)``: with ``tiling`` every frame's tiles,
+    frame by frame, ``(N * rows * cols, h, w, 3)`` (:func:`algan.runtime.tiling.tile_frame`); else the frames
+    resized to ``size = (h, w)`` (:func:`algan.runtime.preprocess.prepare_frame`; no copy when they are that size)."""
+    from algan.runtime.preprocess import prepare_frame
+    from algan.runtime.tiling import tile_frame
+
+    h, w = int(size[0]), int(size[1])
+    if tiling is not None:
+        tiles = [tile_frame(f, tiling, (h, w)) for f in frames]
+        return np.concatenate(tiles) if tiles else np.empty((0, h, w, 3), np.uint8)
+    if frames.shape[1:3] == (h, w):
+        return frames
+    return np.stack([prepare_frame(f, (h, w)) for f in frames]) if len(frames) else np.empty((0, h, w, 3), np.uint8)
+
+
 def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, defect_u8: np.ndarray,
                        progress: bool = False) -> tuple[VariantData, np.ndarray]:
-    """Extract one variant's inputs once: training features of ``fit_paths``, and the held-out normals and
-    synthetic defects (uint8 BGR (N, H, W, 3) at the input size).
+    """Extract one variant's inputs once: training features of ``fit_paths`` (of their tiles with
+    ``settings.tiling``), and the held-out normals and synthetic defects (frames uint8 BGR (N, H, W, 3), resized to
+    the input or cut into tiles by :func:`model_inputs`).
 
     Args:
-        settings: the variant's :class:`algan.model.fit.FitSettings` (backbone, patch spec, transform).
+        settings: the variant's :class:`algan.model.fit.FitSettings` (backbone, patch spec, transform, tiling).
 
     Returns:
         ``(VariantData, raw training features)`` (the raw features go to :class:`algan.model.fit.FitCache`).
+
+    Raises:
+        ValueError: a tiled feature-variant candidate (tiles are for the patch heads' maps).
     """
     from algan.features.backbone import Preprocess, build_backbone
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
     from algan.model.fit import MAP_STATS_IMAGES, extract_features, extract_patches, map_stats_paths
     from algan.model.heads.vector import FeatureTransform
-    from algan.runtime.preprocess import load_batch
+    from algan.runtime.tiling import load_tiles
 
     spec = settings.backbone
     size = tuple(spec.input_size)
     pre = Preprocess(spec.mean, spec.std)
     bs = settings.batch_size
+    tiling = settings.tiling
     if settings.variant == "patch":
         pspec = settings.patch
         fm = PatchFeatureMaps(spec, pspec).eval()
         raw = extract_patches(pre, fm, fit_paths, size, pspec.patches_per_image, settings.seed, bs,
-                              "patches (train)" if progress else None)
+                              "patches (train)" if progress else None, tiling)
         proj = PatchProjection.fit(pspec.projection, raw, pspec.dim, settings.seed)
         with torch.no_grad():
             x = proj.vectors(torch.from_numpy(raw)).numpy()
@@ -302,11 +380,17 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
             return proj(fm(pre(u))).half()
 
         stats = None
-        if pspec.map_norm != "none":  # the training images algan-train fits the map statistics on
-            stats = _batched(maps, load_batch(map_stats_paths(fit_paths, MAP_STATS_IMAGES, settings.seed), size), bs)
-        data = VariantData("patch", x, _batched(maps, normal_u8, bs), _batched(maps, defect_u8, bs),
-                           len(fit_paths) * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size), stats)
+        if pspec.map_norm != "none":  # the training images (their tiles) algan-train fits the map statistics on
+            stats = _batched(maps, load_tiles(map_stats_paths(fit_paths, MAP_STATS_IMAGES, settings.seed), size,
+                                              tiling), bs)
+        n_tiles = tiling.n_tiles if tiling is not None else 1
+        data = VariantData("patch", x, _batched(maps, model_inputs(normal_u8, size, tiling), bs),
+                           _batched(maps, model_inputs(defect_u8, size, tiling), bs),
+                           len(fit_paths) * n_tiles * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size), stats,
+                           tiling, (int(normal_u8.shape[1]), int(normal_u8.shape[2])) if tiling is not None else None)
         return data, raw
+    if tiling is not None:
+        raise ValueError("--head auto tiles the patch candidates only; a feature candidate takes whole frames")
     backbone = build_backbone(spec).eval()
     raw = extract_features(pre, backbone, fit_paths, size, bs, "features (train)" if progress else None)
     transform = FeatureTransform.fit(raw, settings.transform, settings.pca_dim)
@@ -316,7 +400,8 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     def feats(u: torch.Tensor) -> torch.Tensor:
         return transform(backbone(pre(u)))
 
-    return VariantData("feature", x, _batched(feats, normal_u8, bs), _batched(feats, defect_u8, bs)), raw
+    return VariantData("feature", x, _batched(feats, model_inputs(normal_u8, size, None), bs),
+                       _batched(feats, model_inputs(defect_u8, size, None), bs)), raw
 
 
 def fitter(settings) -> Callable[[VariantData], tuple]:
@@ -359,7 +444,9 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
     """Score every candidate of ``settings`` on synthetic defects of ``dataset``'s held-out normals and choose one.
 
     One extraction per :func:`data_key` (training features, held-out normals, synthetic defects); every candidate is
-    fitted on the training features of the split :func:`algan.model.fit.training_split` gives.
+    fitted on the training features of the split :func:`algan.model.fit.training_split` gives. With a tiled
+    candidate the synthetic defects are drawn on the held-out normals at the frames' median size
+    (:func:`algan.runtime.tiling.frame_size`), else at the input size.
 
     Args:
         dataset: the training data (:func:`algan.data.datasets.load_dataset`).
@@ -374,6 +461,7 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
     from algan.data.defects import synthesize_families
     from algan.model.fit import training_split
     from algan.runtime.preprocess import load_batch
+    from algan.runtime.tiling import frame_size
 
     if not settings:
         raise ValueError("no candidate heads to choose from")
@@ -387,7 +475,8 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
         raise ValueError(f"--head auto needs >= 20 held-out normal images to measure recall at a false-alarm rate, "
                          f"got {len(hold_paths)}; add normal images or raise --holdout")
     size = tuple(base.backbone.input_size)
-    hold_u8 = load_batch(hold_paths, size)
+    tiled = any(s.tiling is not None for s in settings.values())
+    hold_u8 = load_batch(hold_paths, frame_size(hold_paths) if tiled else size)
     defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, base.seed)
     built = build_candidate_data(settings, fit_paths, hold_u8, defects.images, progress)
     data = {n: d for n, (d, _) in built.items()}

@@ -294,6 +294,38 @@ def candidate_grids(roi_hw: tuple[int, int], input_hw: tuple[int, int],
     return out
 
 
+#: the most tiles per frame of the grid ``--head auto`` tries (:func:`auto_grid`); training and scoring cost grow
+#: with the tiles
+MAX_AUTO_TILES = 9
+
+
+def auto_grid(roi_hw: tuple[int, int], input_hw: tuple[int, int]) -> TileSpec | None:
+    """The one tile grid ``--head auto`` tries beside whole frames: the finest of :func:`candidate_grids` with at most
+    :data:`MAX_AUTO_TILES` tiles (the closest to the frame's own resolution at a bounded cost: pcb 640 x 640 at
+    224 px: 3x3 of 256 px tiles; ballscrew 1130 x 460: 2x4), or ``None`` when the frame is not much larger than the
+    input (:data:`LARGE_FRAME_RATIO`)."""
+    fits = [g for g in candidate_grids(roi_hw, input_hw) if g.n_tiles <= MAX_AUTO_TILES]
+    return fits[-1] if fits else None
+
+
+def frame_size(paths: Sequence, roi: Sequence[int] | None = None, n: int = 16) -> tuple[int, int]:
+    """The median ``(height, width)`` of the regions of interest (crop ``roi``, default
+    :func:`~algan.runtime.preprocess.current_roi`) of up to ``n`` images spread over ``paths``.
+
+    Raises:
+        ValueError: no paths. ImageReadError: an unreadable file.
+    """
+    from statistics import median
+
+    from algan.runtime.preprocess import current_roi, prepare_roi, read_image
+
+    if not paths:
+        raise ValueError("no images to measure the frame size of")
+    roi = roi if roi is not None else current_roi()
+    sizes = [prepare_roi(read_image(p), roi).shape[:2] for p in list(paths)[:: max(1, len(paths) // n)][:n]]
+    return int(median(h for h, _ in sizes)), int(median(w for _, w in sizes))
+
+
 def large_frame_note(roi_hw: tuple[int, int], input_hw: tuple[int, int]) -> str | None:
     """One line for a user training on whole frames much larger than the model input (the grids of
     :func:`candidate_grids`), or ``None`` when the frames are not much larger: defects a few pixels wide shrink below

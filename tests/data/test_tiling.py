@@ -193,3 +193,30 @@ def test_large_frame_note_names_the_grids_only_for_frames_much_larger_than_the_i
     assert wide is not None and "1130 x 460 px" in wide and "1x2, 1x3" in wide
     assert large_frame_note((300, 300), (224, 224)) is None  # MTD-sized tiles: tiling would up-sample
     assert large_frame_note((224, 224), (224, 224)) is None
+
+
+def test_auto_grid_is_the_finest_candidate_of_at_most_nine_tiles():
+    from algan.runtime.tiling import MAX_AUTO_TILES, auto_grid
+
+    assert auto_grid((640, 640), (224, 224)) == TileSpec(3, 3, 0.25)  # pcb: 256 px tiles
+    ball = auto_grid((460, 1130), (224, 224))  # ballscrew: 2x5 and 2x6 have more than nine tiles
+    assert ball is not None and (ball.rows, ball.cols) == (2, 4) and ball.n_tiles <= MAX_AUTO_TILES
+    assert auto_grid((256, 256), (224, 224)) is None
+    assert auto_grid((300, 300), (224, 224)) is None  # under 1.5x the input
+
+
+def test_frame_size_is_the_median_roi_of_a_sample(tmp_path):
+    import cv2
+
+    from algan.runtime.preprocess import using_roi
+    from algan.runtime.tiling import frame_size
+
+    paths = []
+    for i, (h, w) in enumerate([(100, 200), (120, 200), (140, 220)]):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), np.zeros((h, w, 3), np.uint8))
+    assert frame_size(paths) == (120, 200)
+    with using_roi((10, 10, 50, 40)):
+        assert frame_size(paths) == (40, 50)
+    with pytest.raises(ValueError, match="no images"):
+        frame_size([])

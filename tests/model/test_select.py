@@ -52,6 +52,30 @@ def test_candidates_per_variant():
         candidates_for("image")
 
 
+def test_tiled_candidates_follow_every_whole_frame_one_and_lose_ties_to_them():
+    from algan.model.select import candidate_name, cost_rank, split_candidate
+    from algan.runtime.tiling import TileSpec
+
+    grid = TileSpec(3, 3, 0.25)
+    names = candidates_for("auto", grid)
+    assert names[:6] == CANDIDATES
+    assert names[6:] == ("patch:padim@3x3", "patch:algan@3x3", "patch:patchcore@3x3")
+    assert candidates_for("feature", grid) == candidates_for("feature")  # feature heads take whole frames
+    assert candidates_for("patch", grid)[3:] == names[6:]
+    assert split_candidate("patch:algan@2x4") == ("patch", "algan", "2x4")
+    assert split_candidate("feature:knn") == ("feature", "knn", None)
+    assert candidate_name("patch:padim", None) == "patch:padim"
+    with pytest.raises(ValueError, match="variant:head"):
+        split_candidate("padim")
+    assert [cost_rank(n) for n in names] == sorted(cost_rank(n) for n in names)
+    # a tie between a tiled and a whole-frame candidate goes to the whole frame (cheaper per frame)
+    assert choose([_result("patch:padim@3x3", 0.80, 0.9), _result("patch:patchcore", 0.79, 0.9)]).name == \
+        "patch:patchcore"
+    assert choose([_result("patch:padim@3x3", 0.85, 0.9), _result("patch:patchcore", 0.79, 0.9)]).name == \
+        "patch:padim@3x3"
+    assert _result("patch:padim@3x3", 0.8, 0.9).head == "padim"
+
+
 def test_auto_picks_the_clearly_better_head_on_a_constructed_case():
     """Normals: 8 loud directions (std 5) and 8 quiet ones (std 1). Defects: +6 along a quiet direction. The
     Mahalanobis head sees a 6-sigma shift; Euclidean kNN drowns it in the loud directions."""
@@ -174,6 +198,36 @@ def test_auto_judges_a_patch_head_on_the_maps_its_bundle_ships(tiny_set, head, b
     data, _ = build_variant_data(patch, fit_paths, load_batch(hold, (64, 64)), load_batch(hold[:2], (64, 64)))
     plain = image_scores(head, data, data.normal)
     assert not np.allclose(plain, shipped, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_tiled_candidate_is_judged_on_the_stitched_maps_its_bundle_ships(tmp_path):
+    """Frames 2.5x the input: auto adds the patch heads on 3x3 tiles (on the finer blocks); the tiled candidate's
+    held-out scores are the shipped tiled bundle's frame scores (tiles, per-location statistics of the tiles' maps,
+    stitched maps, reduction), and the bundle records the grid."""
+    from algan.cli.train import auto_settings, build_parser
+    from algan.data.datasets import load_dataset
+    from algan.data.synthetic import generate_dataset
+    from algan.model.fit import frame_raw_scores, training_split
+    from algan.model.select import fit_auto
+    from algan.runtime.tiling import auto_grid, frame_size
+
+    root = tmp_path / "large"
+    generate_dataset(root, texture="metal", seed=2, n_train=60, n_test_good=2, n_test_defect=2, size=160)
+    ds = load_dataset(root)
+    grid = auto_grid(frame_size(ds.train), (64, 64))
+    assert grid is not None and (grid.rows, grid.cols) == (3, 3)
+    args = build_parser().parse_args(["--data", str(root), "--out", "x", "--head", "auto", "--variant", "patch",
+                                      "--holdout", "0.4", "--input-size", "64", "64"])
+    settings = auto_settings(args, grid)
+    assert list(settings)[3:] == ["patch:padim@3x3", "patch:algan@3x3", "patch:patchcore@3x3"]
+    tiled = settings["patch:padim@3x3"]
+    assert tiled.tiling == grid and tiled.backbone.blocks == settings["patch:patchcore"].backbone.blocks
+    res = fit_auto(ds, {"patch:padim@3x3": tiled})
+    det = res.fit.detector.eval()
+    assert det.tiling == grid and res.fit.manifest.head.selection.chosen == "patch:padim@3x3"
+    _, hold = training_split(ds, tiled)
+    np.testing.assert_allclose(res.results[0].normal_scores, frame_raw_scores(det, hold), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("argv, message", [
