@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from algan.model.select import CANDIDATES as CANDIDATES_ALL  # noqa: E402
+from algan.model.select import DEFECTS_PER_IMAGE  # noqa: E402
 from benchmarks.patch_defaults import DATA, build_bottle, build_synthetic  # noqa: E402
 
 
@@ -92,8 +93,6 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     from algan.model.fit import training_split
     from algan.model.select import (
         CANDIDATES,
-        DEFECTS_PER_IMAGE,
-        VariantData,
         build_candidate_data,
         choose,
         fitter,
@@ -126,7 +125,7 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     # as select_heads: with a tiled candidate every candidate sees frames (and defects drawn) at the frame size
     size = frame_size(hold_paths) if grid is not None else (args.size, args.size)
     hold_u8 = load_batch(hold_paths, size)
-    defects = synthesize_families(hold_u8, DEFECTS_PER_IMAGE, args.seed)
+    defects = synthesize_families(hold_u8, args.per_image, args.seed)
     test_u8 = load_batch([s.path for s in test], size)
     m = len(defects.images)
     from benchmarks._defect_families import families
@@ -136,21 +135,27 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     cuts = np.cumsum([m, *(len(d.images) for d in extra.values())])
     # one extraction per distinct feature setting, as select_heads does; the real test images ride along as defects
     built = build_candidate_data(settings, fit_paths, hold_u8, np.concatenate([synth_u8, test_u8]))
+    from dataclasses import replace as dc_replace
+
     data, real, fam_inputs = {}, {}, {}
     for n, (d, _) in built.items():
-        data[n] = VariantData(d.variant, d.train, d.normal, d.defect[:m], d.n_cells, d.post, d.stats)
-        real[n] = d.defect[cuts[-1]:]
-        fam_inputs[n] = {f: d.defect[a:b] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
+        t = d.tiling.n_tiles if d.tiling is not None else 1  # a tiled candidate's inputs are t tiles per frame
+        data[n] = dc_replace(d, defect=d.defect[: m * t])
+        real[n] = d.defect[cuts[-1] * t :]
+        fam_inputs[n] = {f: d.defect[a * t : b * t] for f, a, b in zip(extra, cuts[:-1], cuts[1:], strict=True)}
     del test_u8
     print(f"# {name}: frames {frame_hw[1]} x {frame_hw[0]} px, tiles {grid or 'none'}; "
           f"{len(fit_paths)} train, {len(hold_paths)} held out, {m} synthetic defects, {len(test)} test "
           f"({int(y.sum())} defective); features in {time.perf_counter() - t0:.0f} s", flush=True)
     results, rows = [], []
+    dump: dict[str, np.ndarray] = {"y": y, "kinds": np.asarray(defects.kinds), "per_image": np.int64(args.per_image),
+                                   "n_normal": np.int64(len(hold_u8))}
     fam_scores: dict[str, dict[str, np.ndarray]] = {}  # candidate -> family -> defect scores
     for cand in names:
         r = score_candidate(cand, fitter(settings[cand]), data[cand], defects.kinds, first.target_fpr)
         head = r.fitted[0]
         s_test = image_scores(head, data[cand], real[cand], post=r.post)
+        dump[f"{cand}/normal"], dump[f"{cand}/defect"], dump[f"{cand}/test"] = r.normal_scores, r.defect_scores, s_test
         fam_scores[cand] = {"base": r.defect_scores}
         for f, x in fam_inputs[cand].items():
             fam_scores[cand][f] = image_scores(head, data[cand], x, post=r.post)
@@ -176,8 +181,6 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
     chosen = choose(results)
     summary = summarize(name, rows, chosen.name)
     if extra:  # the product rule on each family, and on families pooled
-        from dataclasses import replace as dc_replace
-
         rules = [[f] for f in ["base", *extra]] + [["base", f] for f in extra] + \
             ([["base", *extra]] if len(extra) > 1 else [])
         best = max(rw["auroc"] for rw in rows)
@@ -193,6 +196,9 @@ def run_set(name: str, root: Path, layout: str, args) -> list[dict]:
             c = choose(pooled).name
             summary["by_rule"]["+".join(fams)] = {"chosen": c, "shortfall": round(by_head[c]["auroc"] - best, 4)}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    if args.dump is not None:  # every candidate's scores, for rules studied offline
+        args.dump.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.dump / f"{name}.npz", **dump)
     print(json.dumps(summary), flush=True)
     return rows + [summary]
 
@@ -230,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", default="auto", choices=["auto", "none"],
                    help="auto (the product's): the patch heads also on the tile grid of algan.runtime.tiling.auto_grid "
                         "where the frames are much larger than the input; none: whole frames only")
+    p.add_argument("--per-image", type=int, default=DEFECTS_PER_IMAGE,
+                   help="synthetic defects of each family per held-out normal (default: the product's); defect j is "
+                        "the same for any count, so the product's set is the first 2 N of each family")
+    p.add_argument("--dump", type=Path, default=None, metavar="DIR",
+                   help="write every candidate's held-out, synthetic and test scores to DIR/<set>.npz")
     p.add_argument("--json", action="store_true", help="also print every row as a JSON line at the end")
     p.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic metal set at 96 px")
     args = p.parse_args(argv)

@@ -68,10 +68,18 @@ def test_tiled_candidates_follow_every_whole_frame_one_and_lose_ties_to_them():
     with pytest.raises(ValueError, match="variant:head"):
         split_candidate("padim")
     assert [cost_rank(n) for n in names] == sorted(cost_rank(n) for n in names)
-    # a tie between a tiled and a whole-frame candidate goes to the whole frame (cheaper per frame)
-    assert choose([_result("patch:padim@3x3", 0.80, 0.9), _result("patch:patchcore", 0.79, 0.9)]).name == \
+    # a tiled candidate must beat the whole-frame ones by more than TILED_MARGIN (+ the tie): it costs its tiles
+    from algan.model.select import TILED_MARGIN
+
+    whole = _result("patch:patchcore", 0.70, 0.9)
+    assert choose([_result("patch:padim@3x3", 0.70 + TILED_MARGIN, 0.9), whole]).name == "patch:patchcore"
+    assert choose([_result("patch:padim@3x3", 0.70 + TILED_MARGIN + 0.015, 0.9), whole]).name == "patch:patchcore"
+    assert choose([_result("patch:padim@3x3", 0.70 + TILED_MARGIN + 0.03, 0.9), whole]).name == "patch:padim@3x3"
+    # ballscrew's figures (Session 15): PatchCore on 2x4 tiles 0.854, whole-frame 0.800 -> the whole frame
+    assert choose([_result("patch:patchcore@2x4", 0.854, 0.95), _result("patch:patchcore", 0.800, 0.93)]).name == \
         "patch:patchcore"
-    assert choose([_result("patch:padim@3x3", 0.85, 0.9), _result("patch:patchcore", 0.79, 0.9)]).name == \
+    # among tiled candidates the usual rule: the tie goes to the cheaper head
+    assert choose([_result("patch:padim@3x3", 0.71, 0.9), _result("patch:algan@3x3", 0.72, 0.9)]).name == \
         "patch:padim@3x3"
     assert _result("patch:padim@3x3", 0.8, 0.9).head == "padim"
 
