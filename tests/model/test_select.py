@@ -59,7 +59,7 @@ def test_tiled_candidates_follow_every_whole_frame_one_and_lose_ties_to_them():
     grid = TileSpec(3, 3, 0.25)
     names = candidates_for("auto", grid)
     assert names[:6] == CANDIDATES
-    assert names[6:] == ("patch:padim@3x3", "patch:algan@3x3", "patch:patchcore@3x3")
+    assert names[6:] == ("patch:padim@3x3", "patch:algan@3x3")
     assert candidates_for("feature", grid) == candidates_for("feature")  # feature heads take whole frames
     assert candidates_for("patch", grid)[3:] == names[6:]
     assert split_candidate("patch:algan@2x4") == ("patch", "algan", "2x4")
@@ -228,7 +228,7 @@ def test_a_tiled_candidate_is_judged_on_the_stitched_maps_its_bundle_ships(tmp_p
     args = build_parser().parse_args(["--data", str(root), "--out", "x", "--head", "auto", "--variant", "patch",
                                       "--holdout", "0.4", "--input-size", "64", "64"])
     settings = auto_settings(args, grid)
-    assert list(settings)[3:] == ["patch:padim@3x3", "patch:algan@3x3", "patch:patchcore@3x3"]
+    assert list(settings)[3:] == ["patch:padim@3x3", "patch:algan@3x3"]
     tiled = settings["patch:padim@3x3"]
     assert tiled.tiling == grid and tiled.backbone.blocks == settings["patch:patchcore"].backbone.blocks
     res = fit_auto(ds, {"patch:padim@3x3": tiled})
