@@ -238,6 +238,30 @@ def test_a_tiled_candidate_is_judged_on_the_stitched_maps_its_bundle_ships(tmp_p
     np.testing.assert_allclose(res.results[0].normal_scores, frame_raw_scores(det, hold), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_algan_train_head_auto_on_large_frames_says_it_tries_tiles_and_records_them(tmp_path, capsys):
+    from algan.bundle import load_bundle
+    from algan.cli.train import main
+    from algan.data.synthetic import generate_dataset
+
+    root = tmp_path / "large"
+    generate_dataset(root, texture="weave", seed=3, n_train=50, n_test_good=2, n_test_defect=2, size=160)
+    out = tmp_path / "bundle"
+    rc = main(["--data", str(root), "--out", str(out), "--head", "auto", "--variant", "patch", "--epochs", "1",
+               "--holdout", "0.4", "--input-size", "64", "64"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "note: the frames (160 x 160 px) are much larger than the model input: --head auto also tries the patch " \
+           "heads on 3x3 overlap 0.25 tiles" in captured.err
+    assert "patch:algan@3x3" in captured.out and "patch:padim@3x3" in captured.out
+    det, m = load_bundle(out)
+    sel = m.head.selection
+    assert [c.name for c in sel.candidates] == [*candidates_for("patch"), "patch:padim@3x3", "patch:algan@3x3"]
+    # the bundle is the chosen candidate: tiled exactly when the choice is
+    assert (det.tiling is not None) == ("@" in sel.chosen) and sel.chosen.split("@")[0] == f"patch:{m.head_kind}"
+    assert "tiles per frame" in captured.out if "@" in sel.chosen else "tiles per frame" not in captured.out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--variant", "auto", "--head", "knn"], "use it with --head auto"),
     (["--head", "auto", "--variant", "image"], "one head"),
