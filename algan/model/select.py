@@ -39,16 +39,16 @@ import torch
 from algan.data.defects import DEFECT_FAMILIES
 from algan.model.evaluation.image_eval import auroc
 from algan.model.evaluation.threshold import recall_above, recall_at_fpr
+from algan.model.heads.registry import auto_candidates
 from algan.runtime.tiling import TileSpec
 
 log = logging.getLogger(__name__)
 
-#: ``variant:head`` candidates, cheapest first (the tie-break order)
-CANDIDATES = ("feature:mahalanobis", "feature:knn", "feature:algan", "patch:padim", "patch:algan", "patch:patchcore")
-#: the candidates that also run on tiles of large frames (``variant:head@ROWSxCOLS``, :func:`candidate_name`). Not
-#: PatchCore: on tiles its nearest-neighbour search over all tiles' cells made it the slowest candidate by far (pcb
-#: 3x3: 170 s to fit, minutes to score) and it was never the best tiled head on real defects (Session 15)
-TILED_CANDIDATES = ("patch:padim", "patch:algan")
+#: ``variant:head`` candidates, cheapest first (the tie-break order: the heads registry's ``auto_cost``)
+CANDIDATES = auto_candidates()
+#: the candidates that also run on tiles of large frames (``variant:head@ROWSxCOLS``, :func:`candidate_name`;
+#: the registry's ``auto_tiled``): PaDiM and ALGAN-patch
+TILED_CANDIDATES = auto_candidates(tiled=True)
 #: recall differences up to this are ties (about one synthetic defect in 50)
 RECALL_TIE = 0.02
 #: a tiled candidate's recall counts this much less in the choice: it costs ``rows * cols`` graph runs per frame, so it

@@ -45,6 +45,9 @@ def test_rule_recall_first_then_the_cheaper_head():
 
 
 def test_candidates_per_variant():
+    # the cost order comes from the heads registry (HeadKind.auto_cost): per frame first, then to train
+    assert CANDIDATES == ("feature:mahalanobis", "feature:knn", "feature:algan", "patch:padim", "patch:algan",
+                          "patch:patchcore")
     assert candidates_for("auto") == CANDIDATES
     assert candidates_for("feature") == ("feature:mahalanobis", "feature:knn", "feature:algan")
     assert candidates_for("patch") == ("patch:padim", "patch:algan", "patch:patchcore")

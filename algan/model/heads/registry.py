@@ -85,6 +85,9 @@ class HeadKind:
         trains: ``True`` for heads with a training loop (ALGAN): they take ``--checkpoint`` and ``--ensemble``.
         options: the :class:`~algan.model.fit.FitSettings` fields the kind reads besides the variant's own
             (``knn_k``, ``coreset_ratio``, ...).
+        auto_cost: the kind's place in ``--head auto``'s cost order (:func:`auto_candidates`; lower = cheaper: per
+            frame first, then to train); ``None`` = not a candidate.
+        auto_tiled: ``--head auto`` also tries the kind on tiles of large frames.
     """
 
     variant: ClassVar[str]
@@ -92,6 +95,8 @@ class HeadKind:
     label: ClassVar[str]
     trains: ClassVar[bool] = False
     options: ClassVar[tuple[str, ...]] = ()
+    auto_cost: ClassVar[int | None] = None
+    auto_tiled: ClassVar[bool] = False
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         """Fit the head on training vectors.
@@ -155,6 +160,14 @@ def head_kinds() -> tuple[HeadKind, ...]:
     return tuple(_REGISTRY.values())
 
 
+def auto_candidates(tiled: bool = False) -> tuple[str, ...]:
+    """``variant:head`` of the kinds ``--head auto`` chooses among (:attr:`HeadKind.auto_cost` set), cheapest first;
+    ``tiled=True``: those it also tries on tiles (:attr:`HeadKind.auto_tiled`)."""
+    kinds = sorted((k for k in _REGISTRY.values() if k.auto_cost is not None and (k.auto_tiled or not tiled)),
+                   key=lambda k: k.auto_cost)  # type: ignore[arg-type, return-value]
+    return tuple(f"{k.variant}:{k.name}" for k in kinds)
+
+
 def head_kind(variant: str, name: str) -> HeadKind:
     """The kind registered as ``variant:name``.
 
@@ -184,6 +197,7 @@ class AlganFeatureHead(HeadKind):
     transformed features (settings: the :class:`~algan.model.gan.feature.AlganConfig`)."""
 
     variant, name, label, trains, options = "feature", "algan", "algan", True, ("algan", "checkpoint")
+    auto_cost = 2
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         cfg = settings.algan
@@ -200,6 +214,7 @@ class MahalanobisFeatureHead(HeadKind):
     """Mahalanobis distance to a Ledoit-Wolf Gaussian of the normal features (:class:`MahalanobisHead`)."""
 
     variant, name, label = "feature", "mahalanobis", "mahalanobis"
+    auto_cost = 0
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         return FittedHead(MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {})
@@ -215,6 +230,7 @@ class KnnFeatureHead(HeadKind):
     euclidean)."""
 
     variant, name, label, options = "feature", "knn", "knn", ("knn_k", "knn_metric")
+    auto_cost = 1
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         head = KnnHead.fit(x, settings.knn_k, settings.knn_metric)
@@ -231,6 +247,7 @@ class AlganPatchHead(HeadKind):
     whitening is folded into D's first layer when it can be (settings ``folded_whitening``)."""
 
     variant, name, label, trains, options = "patch", "algan", "algan-patch", True, ("algan", "checkpoint")
+    auto_cost, auto_tiled = 4, True
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         cfg = settings.algan
@@ -261,6 +278,9 @@ class PatchCorePatchHead(HeadKind):
     (absent in bundles written before the centring: uncentred)."""
 
     variant, name, label, options = "patch", "patchcore", "patchcore-patch", ("coreset_ratio",)
+    # not tiled: on tiles its nearest-neighbour search made it the slowest candidate by far (pcb 3x3: 170 s to fit,
+    # minutes to score) and it was the best tiled head on no dev set (benchmarks/RESULTS.md, "Session 15")
+    auto_cost = 5
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         if not 0.0 < settings.coreset_ratio <= 1.0:
@@ -282,6 +302,7 @@ class PadimPatchHead(HeadKind):
     (:func:`~algan.model.heads.patch.padim_head`)."""
 
     variant, name, label = "patch", "padim", "padim-patch"
+    auto_cost, auto_tiled = 3, True
 
     def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
         return FittedHead(padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {})
