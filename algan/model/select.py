@@ -14,9 +14,10 @@ same training images ``algan-train`` uses for it (:func:`algan.model.fit.map_sta
 Frames much larger than the model input (:func:`algan.runtime.tiling.auto_grid`) add the patch heads of
 :data:`TILED_CANDIDATES` on tiles (``patch:padim@3x3``, ``patch:algan@3x3``: trained on the tiles of the normals,
 maps stitched into the frame map, as ``algan-train --tiles`` does; on the earlier, finer blocks
-:func:`algan.features.patch.default_patch_blocks` gives PatchCore, since tiles are for small defects). Then every candidate sees the same synthetic defects drawn on the held-out
-normals at the frames' own size (:func:`algan.runtime.tiling.frame_size`): a whole-frame candidate gets them
-resized to its input, a tiled one cut into its tiles.
+:func:`algan.features.patch.default_patch_blocks` gives PatchCore, since tiles are for small defects). Then every
+candidate sees the same synthetic defects drawn on the held-out normals at the frames' own size
+(:func:`algan.runtime.tiling.frame_size`): a whole-frame candidate gets them resized to its input, a tiled one cut
+into its tiles.
 
 The rule (:data:`RULE`, :func:`choose`): the highest ``recall_at_fpr`` over both families, a tiled candidate's less
 :data:`TILED_MARGIN` (it costs its tiles' graph runs per frame); candidates within :data:`RECALL_TIE` of it are tied
