@@ -2,15 +2,18 @@
 
 Per data set the dump holds every candidate's scores on the held-out normals, on the synthetic defects (``per_image``
 of each family per held-out normal; defect ``j`` is the same for any ``per_image``, so the first ``2 N`` of each
-family are the product's draw, the next ``2 N`` an independent second draw, ...) and on the real test images. For
+family are one draw of two per image (the product's count until Session 15), the next ``2 N`` an independent second
+draw, ...) and on the real test images. For
 each rule this prints the candidate it picks on each set and its shortfall in real image AUROC against the best
 candidate in hindsight, then the worst and mean shortfall over the sets.
 
 Rules (all with ties to the cheaper candidate, :func:`algan.model.select.choose`'s order):
 
-- ``product``: the shipped rule on the product's draw (recall at the target FPR, ties within 0.02).
+- ``draw1``: the shipped rule (recall at the target FPR, ties within 0.02) on the first draw of two per image.
 - ``draw2``, ``draw3``: the same rule on the second and third draws (how stable is the choice?).
-- ``pooled``: the shipped rule on every draw together (more synthetic defects).
+- ``pooled2``, ``pooled``: the same rule on the first two draws, and on every draw, together (4 and ``per_image``
+  defects per image; ``pooled`` of a ``--per-image 6`` dump is what the product draws since Session 15,
+  :data:`algan.model.select.DEFECTS_PER_IMAGE`).
 - ``top5``: the recall averaged over the thresholds set at the 1st..5th highest held-out normal (a threshold that
   does not hang on one normal), ties within 0.02.
 - ``bootstrap``: the shipped figure; candidates whose paired bootstrap interval (normals and defects resampled
@@ -55,8 +58,8 @@ def load(path: Path) -> dict:
 
 
 def draw_index(d: dict) -> np.ndarray:
-    """The draw (0 = the product's, 1, 2, ...) of every synthetic defect: defects come family by family, each family
-    ``per_image * N`` long, and the product's ``2 N`` first."""
+    """The draw (0, 1, 2, ...: two defects per image each) of every synthetic defect: defects come family by family,
+    each family ``per_image * N`` long, draw 0's ``2 N`` first."""
     n, per = d["n_normal"], d["per_image"]
     j = np.concatenate([np.arange(per * n) for _ in DEFECT_FAMILIES])
     return j // (2 * n)
@@ -104,9 +107,11 @@ def rules(d: dict, target_fpr: float) -> dict[str, str]:
     """``{rule: chosen candidate}`` for one data set's dump."""
     draw = draw_index(d)
     shipped = lambda nrm, dfc: float(recall_at_fpr(nrm, dfc, target_fpr))  # noqa: E731
-    out = {"product": pick(d, shipped, draw == 0)}
+    out = {"draw1": pick(d, shipped, draw == 0)}
     for k in range(1, int(draw.max()) + 1):
         out[f"draw{k + 1}"] = pick(d, shipped, draw == k)
+    if draw.max() >= 2:
+        out["pooled2"] = pick(d, shipped, draw <= 1)
     out["pooled"] = pick(d, shipped, np.ones_like(draw, bool))
     out["top5"] = pick(d, top5_recall, draw == 0)
     out["bootstrap"] = pick(d, shipped, draw == 0, bootstrap_tie(d, draw == 0, target_fpr))
@@ -162,7 +167,7 @@ def report(args: argparse.Namespace) -> int:
         v = np.array(list(falls.values()))
         print(f"{r:<10} {v.min():+.3f} {v.mean():+.3f}")
     if args.smoke:
-        assert table["product"]["constructed"] == 0.0, table  # the clearly better head is picked
+        assert table["pooled"]["constructed"] == 0.0, table  # the clearly better head is picked
     return 0
 
 

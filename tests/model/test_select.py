@@ -153,7 +153,7 @@ def test_algan_train_head_auto_writes_the_selection(tiny_set, tmp_path, capsys):
     assert f"flags {figures.recall_at_fpr:.0%} of the synthetic defects" in chosen_line
     assert sel is not None and [c.name for c in sel.candidates] == list(candidates_for("feature"))
     assert sel.chosen == f"feature:{m.head_kind}" and m.variant == "feature"
-    assert sel.n_normal == 24 and sel.n_defects == 96  # 2 local marks and 2 texture changes per held-out image
+    assert sel.n_normal == 24 and sel.n_defects == 288  # 6 local marks and 6 texture changes per held-out image
     assert set(sel.defect_kinds) == set(DEFECT_KINDS)
     assert all(0.0 <= c.recall_at_fpr <= 1.0 and 0.0 <= c.auroc <= 1.0 for c in sel.candidates)
     on_disk = json.loads((out / "algan.json").read_text())
@@ -296,7 +296,7 @@ def test_mtd_subset_auto_chooses_a_head_that_detects_real_defects():
     names = ["feature:mahalanobis", "feature:knn", "patch:padim", "patch:patchcore"]
     candidates = {n: fit_settings(args, *n.split(":")) for n in names}
     sel = select_heads(ds, candidates)
-    assert sel.n_normal == 30 and len(sel.kinds) == 120
+    assert sel.n_normal == 30 and len(sel.kinds) == 360
     by = {r.name: r for r in sel.results}
     # MTD's normals are textured tiles: synthetic defects of every kind are found by the classical heads
     assert max(r.recall_at_fpr for r in sel.results) > 0.4 and min(r.auroc for r in sel.results) > 0.6
