@@ -319,20 +319,28 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
 
 def auto_settings(args: argparse.Namespace, grid=None) -> dict:  # noqa: ANN001
     """``{candidate: FitSettings}`` of ``--head auto`` (:func:`algan.model.select.candidates_for` of ``--variant``
-    and the tile ``grid``): each head on its own default blocks; a tiled candidate on ``grid``, with PatchCore's
-    finer default blocks unless ``--blocks`` is given (tiles are there for small defects)."""
+    and the tile ``grid``): each head on its own default blocks; the tiled candidates by :func:`with_tiled`."""
+    from algan.model.select import candidates_for
+
+    whole = {n: fit_settings(args, *n.split(":")) for n in candidates_for(args.variant)}
+    return with_tiled(whole, grid, args.blocks is not None) if grid is not None else whole
+
+
+def with_tiled(candidates: dict, grid, keep_blocks: bool) -> dict:  # noqa: ANN001
+    """``candidates`` (whole-frame ``{name: FitSettings}`` of ``--head auto``) and their tiled ones on ``grid``
+    (:func:`algan.model.select.candidates_for`), each a copy of its whole-frame settings with the tiling and, unless
+    ``keep_blocks`` (``--blocks`` given), PatchCore's finer default blocks (tiles are there for small defects; the
+    patch candidates always include PatchCore)."""
     from dataclasses import replace
 
-    from algan.model.select import candidates_for, split_candidate
+    from algan.model.select import TILED_CANDIDATES, candidate_name
 
-    out = {}
-    for name in candidates_for(args.variant, grid):
-        variant, head, tiles = split_candidate(name)
-        s = fit_settings(args, variant, head)
-        if tiles is not None:
-            backbone = s.backbone if args.blocks is not None else fit_settings(args, variant, "patchcore").backbone
-            s = replace(s, backbone=backbone, tiling=grid)
-        out[name] = s
+    out = dict(candidates)
+    for name in TILED_CANDIDATES:
+        if name in candidates:
+            base = candidates[name]
+            backbone = base.backbone if keep_blocks else candidates["patch:patchcore"].backbone
+            out[candidate_name(name, grid)] = replace(base, backbone=backbone, tiling=grid)
     return out
 
 
@@ -348,8 +356,8 @@ def _main(args: argparse.Namespace) -> int:
     roi = parse_roi(args.roi)
     tiling = tiling_from_args(args)
     auto = args.head == "auto"
-    if auto:  # the checks of every candidate's settings before any data is read
-        auto_settings(args)
+    if auto:  # every candidate's settings, checked before any data is read
+        candidates = auto_settings(args)
     else:
         settings = fit_settings(args, args.variant, args.head)
     ds = load_dataset(args.data, args.layout)
@@ -375,8 +383,8 @@ def _main(args: argparse.Namespace) -> int:
                       f"--head auto also tries the patch heads on {grid} tiles", file=sys.stderr)
         elif not args.quiet and (note := large_frame_note(median_hw, tuple(args.input_size))) is not None:
             print(f"note: {note}", file=sys.stderr)
-    if auto:
-        candidates = auto_settings(args, grid)
+    if grid is not None:
+        candidates = with_tiled(candidates, grid, args.blocks is not None)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     progress = not args.quiet
     with using_roi(roi):
