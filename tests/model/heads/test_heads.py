@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from algan.model.heads.vector import KnnHead
+from algan.model.heads.vector import KnnHead, MahalanobisHead
 from algan.model.nets.algan_head import shrunk_whitening
 
 
@@ -60,3 +60,21 @@ def test_empty_head_loads_the_fitted_state_and_errors_are_clear():
         KnnHead.fit(bank, 1, "cosine")
     with pytest.raises(ValueError, match=r"k must lie in \[1, 40\]"):
         KnnHead.fit(bank, 41)
+
+
+@pytest.mark.parametrize("n,d", [(30, 80), (120, 40)])
+def test_mahalanobis_precision_is_scikit_learns_ledoit_wolf(n, d):
+    # fewer images than dimensions takes the Woodbury path, more the direct inverse: both equal LedoitWolf's
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 3.0
+    head = MahalanobisHead.fit(x.astype(np.float32))
+    lw = LedoitWolf().fit(x.astype(np.float32).astype(np.float64))
+    ref = lw.precision_
+    np.testing.assert_allclose(head.mu.numpy(), lw.location_, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(head.precision.numpy(), ref, rtol=1e-4, atol=1e-8 * np.abs(ref).max() + 1e-7)
+    z = rng.normal(size=(5, d)).astype(np.float32)
+    d0 = z - lw.location_
+    expect = np.sqrt(np.einsum("ij,jk,ik->i", d0, ref, d0))
+    np.testing.assert_allclose(head(torch.from_numpy(z)).numpy(), expect, rtol=1e-4)
