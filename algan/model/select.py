@@ -506,8 +506,9 @@ def fit_auto(dataset, settings: Mapping[str, object], progress: bool = False,
     """Train the bundle of the candidate that :data:`RULE` picks on synthetic defects (:func:`select_heads`).
 
     The chosen candidate's training features and fitted head are reused for the bundle
-    (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head, and
-    its manifest records ``head.selection``.
+    (:class:`algan.model.fit.FitCache`); the bundle's threshold comes from the held-out normals as for any head (a
+    head that :func:`algan.model.fit.calibration_mode` cross-fits is fitted again on every training normal, its
+    threshold from out-of-fold scores), and its manifest records ``head.selection``.
 
     Args:
         settings: ``{"variant:head": FitSettings}`` of the candidates, as for :func:`select_heads`.
