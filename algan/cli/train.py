@@ -47,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--head knn distance: after a Ledoit-Wolf whitening (default: whitened) or on standardised "
                         "features (euclidean)")
     add_patch_args(p)
-    p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration "
+                   "(and for --head auto's synthetic defects)")
+    p.add_argument("--calibration", default="auto", choices=["auto", "holdout", "crossfit"],
+                   help="where the threshold's normal scores come from: holdout (a head fitted on the rest scores the "
+                        "held-out normals), crossfit (the head is fitted on every training normal; each is scored by "
+                        "a head fitted on the other 9 of 10 folds; feature variant) or auto (default: crossfit "
+                        "for the feature variant's Mahalanobis and kNN heads, which fit in seconds, else holdout)")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="largest share of unreadable training images (truncated, undecodable) skipped, each named in "
@@ -141,6 +147,9 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
                    help="per-location normalisation of the map by its statistics on training normals, inside the "
                    "exported graph: standardize (default: minus the per-location mean, over the per-location standard "
                    "deviation; removes the border bias), mean (minus the mean only) or none")
+    g.add_argument("--patch-context", default=None, choices=PATCH_CONTEXT_NAMES,
+                   help="mean: every patch vector also carries its image's mean patch vector, so a change of the "
+                        "whole image raises every cell (default none)")
     g.add_argument("--coreset-ratio", type=float, default=None,
                    help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
 
@@ -150,8 +159,10 @@ PATCH_PROJECTION_NAMES = ("none", "random", "pca")
 REDUCTION_NAMES = ("max", "topk_mean")
 #: algan.features.patch.MAP_NORMS, torch-free for --help
 MAP_NORM_NAMES = ("none", "mean", "standardize")
+#: algan.contract.patch.CONTEXTS, torch-free for --help
+PATCH_CONTEXT_NAMES = ("none", "mean")
 PATCH_FLAGS = ("patch_stride", "patch_aggregate", "patch_projection", "patch_dim", "patches_per_image", "map_stride",
-               "smooth_sigma", "reduction", "topk", "map_norm", "coreset_ratio")
+               "smooth_sigma", "reduction", "topk", "map_norm", "patch_context", "coreset_ratio")
 
 
 def patch_spec_from_args(args: argparse.Namespace):
@@ -160,7 +171,8 @@ def patch_spec_from_args(args: argparse.Namespace):
 
     names = {"patch_stride": "stride", "patch_aggregate": "aggregate", "patch_projection": "projection",
              "patch_dim": "dim", "patches_per_image": "patches_per_image", "map_stride": "map_stride",
-             "smooth_sigma": "smooth_sigma", "reduction": "reduction", "topk": "topk", "map_norm": "map_norm"}
+             "smooth_sigma": "smooth_sigma", "reduction": "reduction", "topk": "topk", "map_norm": "map_norm",
+             "patch_context": "context"}
     return PatchSpec(**{field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None})
 
 
@@ -211,6 +223,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.variant == "auto" and args.head != "auto":
         raise ValueError(f"--variant auto lets the heads of both variants compete: use it with --head auto, not "
                          f"--head {args.head}")
+    if args.calibration == "crossfit" and (args.variant != "feature" or getattr(args, "tiles", None) is not None
+                                           or not args.holdout > 0):
+        raise ValueError("--calibration crossfit works with --variant feature on whole images and --holdout above 0 "
+                         "(the patch heads' maps and tiled models calibrate on held-out normals): drop it or use "
+                         "--calibration holdout")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.ensemble is not None and args.ensemble < 1:
@@ -306,6 +323,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         knn_k=args.knn_k,
         knn_metric=args.knn_metric or "whitened",
         holdout=args.holdout,
+        calibration=args.calibration,
         target_fpr=args.target_fpr,
         pixel_fpr=args.pixel_fpr,
         max_train=args.max_train,
@@ -409,7 +427,9 @@ def _main(args: argparse.Namespace) -> int:
     tiled = f", {tiling} tiles per frame" if tiling is not None else ""
     print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "
-          f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} held-out normals"
+          f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} "
+          + ("out-of-fold scores of the training normals" if training.n_holdout == 0 and "crossfit_folds" in
+             (training.model_extra or {}) else "held-out normals")
           + (f", pixel threshold at {cal.pixel_target_fpr:g} pixel FPR (map level {cal.pixel_level:.3g})"
              if cal.pixel_threshold is not None else "")
           + f", {training.wall_s:.1f} s)")

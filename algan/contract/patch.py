@@ -12,6 +12,8 @@ PROJECTIONS = ("none", "random", "pca")
 REDUCTIONS = ("max", "topk_mean")
 #: per-location normalisation of the anomaly map (``algan.features.patch.MapNormalization``)
 MAP_NORMS = ("none", "mean", "standardize")
+#: image context appended to every patch vector (``algan.features.patch.PatchFeatureMaps``)
+CONTEXTS = ("none", "mean")
 
 
 @dataclass
@@ -37,6 +39,9 @@ class PatchSpec:
             border bias of the backbone's zero-padded feature maps, whose border cells are both higher and noisier
             on normals), ``mean`` (subtracted only) or ``none``. Measured on six data sets in benchmarks/RESULTS.md
             (Session 11, border bias of the maps): the mean alone leaves the noisier border on top.
+        context: ``none`` (default) or ``mean``: every patch vector also carries its image's mean patch vector (the
+            map averaged over all cells), so a head scores a cell in the context of the whole image and a change of
+            the whole image (uneven brightness, a wrong part) raises every cell (C -> 2C channels).
     """
 
     stride: int = 8
@@ -49,8 +54,11 @@ class PatchSpec:
     topk: float = 0.01
     patches_per_image: int = 128
     map_norm: str = "standardize"
+    context: str = "none"
 
     def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown patch context {self.context!r}; use one of {', '.join(CONTEXTS)}")
         if self.map_norm not in MAP_NORMS:
             raise ValueError(f"unknown map normalisation {self.map_norm!r}; use one of {', '.join(MAP_NORMS)}")
         if self.projection not in PROJECTIONS:

@@ -62,7 +62,8 @@ def block_channels(spec: BackboneSpec) -> list[int]:
 class PatchFeatureMaps(nn.Module):
     """Normalised RGB float32 (N, 3, H, W) -> patch feature maps float32 (N, C, gh, gw).
 
-    ``C`` = sum of the chosen blocks' channels (:func:`block_channels`), ``(gh, gw)`` = :meth:`PatchSpec.grid`.
+    ``C`` = sum of the chosen blocks' channels (:func:`block_channels`), twice that with ``PatchSpec.context ==
+    "mean"`` (the image's mean patch vector appended to every cell); ``(gh, gw)`` = :meth:`PatchSpec.grid`.
     """
 
     def __init__(self, backbone_spec: BackboneSpec, patch: PatchSpec) -> None:
@@ -72,7 +73,9 @@ class PatchFeatureMaps(nn.Module):
             raise BackboneError(f"backbone {backbone_spec.name} has no feature maps for the patch variant")
         self.grid = patch.grid(tuple(backbone_spec.input_size))
         self.aggregate = int(patch.aggregate)
-        self.out_dim = int(sum(block_channels(backbone_spec)))
+        self.context = patch.context
+        channels = int(sum(block_channels(backbone_spec)))
+        self.out_dim = 2 * channels if self.context == "mean" else channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
@@ -82,7 +85,10 @@ class PatchFeatureMaps(nn.Module):
             if tuple(m.shape[-2:]) != self.grid:
                 m = F.interpolate(m, size=self.grid, mode="bilinear", align_corners=False)
             out.append(m)
-        return torch.cat(out, dim=1)
+        maps = torch.cat(out, dim=1)
+        if self.context == "mean":  # the image's mean patch vector beside every cell's own
+            maps = torch.cat([maps, maps.mean(dim=(2, 3), keepdim=True).expand_as(maps)], dim=1)
+        return maps
 
 
 class PatchProjection(nn.Module):

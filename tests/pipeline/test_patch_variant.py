@@ -377,3 +377,33 @@ def test_patchcore_centring_keeps_distances_and_float32_precision():
     np.testing.assert_allclose(got, exact, atol=1e-4)
     # a head without a centre keeps the state dict of bundles written before it (no "center" key)
     assert "center" not in KnnHead(bank, 1).state_dict() and "center" in head.inner.state_dict()
+
+
+def test_patch_context_appends_the_image_mean_to_every_cell():
+    spec = make_spec("efficientnet-lite0", [10, 14], "avg", (64, 64))
+    plain = PatchFeatureMaps(spec, PatchSpec(stride=8)).eval()
+    ctx = PatchFeatureMaps(spec, PatchSpec(stride=8, context="mean")).eval()
+    ctx.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x), ctx(x)
+    assert ctx.out_dim == 2 * plain.out_dim == b.shape[1]
+    torch.testing.assert_close(b[:, : a.shape[1]], a)
+    torch.testing.assert_close(b[:, a.shape[1]:], a.mean(dim=(2, 3), keepdim=True).expand_as(a))
+    with pytest.raises(ValueError, match="unknown patch context"):
+        PatchSpec(context="max")
+
+
+def test_patch_context_bundle_exports_with_parity(synth_root, tmp_path):
+    from algan.bundle import load_bundle, load_samples
+    from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+
+    out = _train_patch(synth_root, tmp_path / "ctx", "algan", "--epochs", "2", "--patch-context", "mean")
+    det, manifest = load_bundle(out)
+    assert manifest.patch.context == "mean" and det.backbone.out_dim == 2 * (112 + 192)
+    path = export_onnx(det, manifest, tmp_path / "model.onnx")
+    images = load_samples(out)
+    s_t, m_t = torch_outputs(det, images)
+    s_o, m_o = ort_outputs(path, images)
+    np.testing.assert_allclose(s_o, s_t, atol=1e-4)
+    np.testing.assert_allclose(m_o, m_t, atol=1e-4)
