@@ -266,7 +266,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--head {args.head} scores patches: add --variant patch")
         given = [f"--{f.replace('_', '-')}" for f in PATCH_FLAGS if getattr(args, f, None) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} apply to --variant patch only (this run is --variant {args.variant})")
+            raise ValueError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --variant patch only "
+                             f"(this run is --variant {args.variant})")
     for option in ("coreset_ratio", "knn_metric"):  # a head's own settings (HeadKind.options)
         readers = sorted({k.name for k in head_kinds() if option in k.options})
         if getattr(args, option) is not None and args.head not in readers:

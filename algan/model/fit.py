@@ -172,7 +172,9 @@ def crossfit_scores(settings: FitSettings, feats: np.ndarray, folds: int, progre
         rest, fold = feats[part != k], feats[part == k]
         transform = FeatureTransform.fit(rest, settings.transform, settings.pca_dim)
         with torch.no_grad():
-            head = kind.fit(settings, transform(torch.from_numpy(rest)).numpy(), progress=False).head.eval()
+            x = transform(torch.from_numpy(rest)).numpy()
+        head = kind.fit(settings, x, progress=False).head.eval()  # ALGAN trains: outside no_grad
+        with torch.no_grad():
             out[part == k] = head(transform(torch.from_numpy(fold))).numpy()
         if progress:
             log.info("cross-fitted calibration: fold %d of %d scored", k + 1, folds)
@@ -351,15 +353,16 @@ def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
     return [paths[i] for i in fit], [paths[i] for i in hold]
 
 
-def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[float, float]:
+def quantile_threshold(normal_scores: np.ndarray, target_fpr: float,
+                       what: str = "held-out normal images") -> tuple[float, float]:
     """``(center, threshold)`` of normal raw scores: their median, and the order statistic ``X_(k)``,
     ``k = ceil((n + 1)(1 - target_fpr))`` (:func:`algan.contract.empirical_threshold`, the rule algan-calibrate
     uses too).
 
     With fewer than ``1 / target_fpr - 1`` scores the rate cannot be resolved: the threshold is then the maximum
     (expected false-alarm rate ``1 / (n + 1)``, above the target) and a warning says so (algan-calibrate refuses
-    instead, and offers an extreme-value fit). A threshold not above the median is widened to keep the calibrated
-    scale valid.
+    instead, and offers an extreme-value fit); ``what`` names the scores in it. A threshold not above the median is
+    widened to keep the calibrated scale valid.
 
     Raises:
         ValueError: no scores, NaN/inf scores, or ``target_fpr`` outside (0, 1).
@@ -367,9 +370,9 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> tuple[fl
     s = np.asarray(normal_scores, dtype=np.float64)
     rule = empirical_threshold(s, target_fpr, clip=True)
     if not rule.resolved:
-        log.warning("%d held-out normal images cannot resolve a per-frame false-alarm rate of %g (needs >= %d): "
+        log.warning("%d %s cannot resolve a per-frame false-alarm rate of %g (needs >= %d): "
                     "the threshold is their maximum score (expected rate about %.2g); re-calibrate with more normal "
-                    "frames (algan-calibrate)", len(s), target_fpr, rule.needed, rule.expected_fpr)
+                    "frames (algan-calibrate)", len(s), what, target_fpr, rule.needed, rule.expected_fpr)
     center = float(np.median(s))
     thr = rule.threshold
     if thr <= center:
@@ -517,7 +520,9 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
                                       "features (holdout)" if progress else None)
         with torch.no_grad():
             hold_raw = head(transform(torch.from_numpy(hold_feats))).numpy()
-    center, threshold = quantile_threshold(hold_raw, settings.target_fpr)
+    center, threshold = quantile_threshold(hold_raw, settings.target_fpr,
+                                           "out-of-fold scores of training normals" if crossfit else
+                                           "held-out normal images")
     det.calibration = Calibration(center, threshold)
     det.eval()
     rng = np.random.default_rng(settings.seed)

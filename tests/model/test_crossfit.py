@@ -106,3 +106,13 @@ def test_algan_train_refuses_crossfit_where_it_does_not_apply(tmp_path: Path, ca
                "padim", "--calibration", "crossfit"])
     assert rc != 0
     assert "--calibration crossfit works with --variant feature" in capsys.readouterr().err
+
+
+def test_crossfit_trains_an_algan_head_per_fold_when_asked(synth_root, tmp_path: Path):
+    from algan.cli.train import main
+
+    rc = main(["--data", str(synth_root), "--out", str(tmp_path / "a"), "--head", "algan", "--epochs", "1",
+               "--ensemble", "1", "--calibration", "crossfit", "--input-size", "64", "64", "--quiet"])
+    assert rc == 0
+    m = json.loads((tmp_path / "a" / "algan.json").read_text())
+    assert (m["training"]["n_train"], m["training"]["crossfit_folds"], m["calibration"]["n_images"]) == (40, 10, 40)

@@ -287,7 +287,7 @@ def test_image_level_graph_keeps_one_output_key():
 @pytest.mark.parametrize("argv, message", [
     (["--head", "patchcore"], "add --variant patch"),
     (["--variant", "patch", "--head", "knn"], "--variant patch has the heads"),
-    (["--patch-stride", "4"], "apply to --variant patch only"),
+    (["--patch-stride", "4"], "applies to --variant patch only"),
     (["--variant", "patch", "--head", "padim", "--coreset-ratio", "0.1"], "--coreset-ratio applies"),
     (["--variant", "patch", "--head", "padim", "--input-size", "100", "100"], "multiple of the patch stride"),
 ])
