@@ -7,7 +7,12 @@ AUROC / AUPRO / mask F1 and the localisation figures (border-peak fraction, peak
 above the bundle's pixel threshold, on images at or above the image threshold;
 :class:`algan.model.evaluation.pixel_metrics.MaskF1`); a bundle without a pixel threshold uses the fallback level 1.0
 and says
-so in ``pixel_threshold_source``."""
+so in ``pixel_threshold_source``.
+
+``fpr_at_threshold`` and ``recall_at_threshold`` are the shares of normal and of defective test images at or above the
+bundle's own calibrated threshold: whether the threshold keeps the false-alarm rate it was calibrated for
+(``threshold_target_fpr``) on these normals, and what it catches there (``recall_at_fpr`` sets its own threshold on
+the test normals instead)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,15 @@ def _recall(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float 
     if int((labels == 0).sum()) < MIN_SCORES:
         return None
     return recall_at_fpr(scores[labels == 0], scores[labels == 1], target_fpr)
+
+
+def _at_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
+    """``(fpr_at_threshold, recall_at_threshold)``: the shares of normal and of defective test images at or above
+    the bundle's own threshold (calibrated score 1.0), what the line gets from the threshold it runs with;
+    ``None`` where the split has no image of that label."""
+    flagged = np.asarray(scores, dtype=np.float64) >= 1.0
+    normal, defect = flagged[labels == 0], flagged[labels == 1]
+    return (float(normal.mean()) if normal.size else None, float(defect.mean()) if defect.size else None)
 
 
 def _image_results(dataset, scores: np.ndarray) -> dict:
@@ -97,6 +111,7 @@ def _main(args: argparse.Namespace) -> int:
         pix["scores"] = res["scores"]
     labels = np.array([s.label for s in ds.test])
     recall = _recall(np.asarray(pix["scores"], dtype=np.float64), labels, args.target_fpr)
+    fpr_own, recall_own = _at_threshold(np.asarray(pix["scores"]), labels)
     cal = manifest.calibration
     level_source = ("bundle" if cal.pixel_threshold is not None else
                     "fallback: the bundle has no pixel threshold, level 1.0 (the image threshold's); re-calibrate it")
@@ -108,6 +123,9 @@ def _main(args: argparse.Namespace) -> int:
             "auroc": round(res["auroc"], 6),
             "recall_at_fpr": _r(recall),
             "target_fpr": args.target_fpr,
+            "threshold_target_fpr": cal.target_fpr,
+            "fpr_at_threshold": _r(fpr_own),
+            "recall_at_threshold": _r(recall_own),
             "n_normal": res["n_normal"],
             "n_anomalous": res["n_anomalous"],
             "per_class": {k: round(v, 6) for k, v in res["per_class"].items()},
@@ -129,6 +147,9 @@ def _main(args: argparse.Namespace) -> int:
                   f"would set on the {res['n_normal']} normal test images)")
         else:
             print(f"recall at {args.target_fpr:g} FPR: not available (fewer than 20 normal test images)")
+        promised = f" (calibrated for {cal.target_fpr:g} FPR)" if cal.target_fpr is not None else ""
+        print(f"at the bundle's own threshold{promised}: {_pct(fpr_own)} false alarms on the {res['n_normal']} normal "
+              f"test images, {_pct(recall_own)} of the {res['n_anomalous']} defective ones flagged")
         for cls, v in res["per_class"].items():
             print(f"  {cls:<12} AUROC {v:.4f}")
         if pix["pixel_auroc"] is not None:

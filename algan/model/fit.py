@@ -39,7 +39,8 @@ from algan.runtime.preprocess import current_roi, load_batch, prepare_roi, read_
 from algan.runtime.tiling import TileSpec, load_tiles
 
 log = logging.getLogger(__name__)
-#: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors)
+#: number of held-out normal frames stored in the bundle for parity checks (samples.safetensors); with cross-fitted
+#: calibration every normal is a training image, and the frames are stored mirrored left-right (unseen by the head)
 N_STORED_SAMPLES = 16
 #: training images (at most; a seeded subset) whose maps give the per-location map statistics of the patch variant
 MAP_STATS_IMAGES = 200
@@ -528,6 +529,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     rng = np.random.default_rng(settings.seed)
     pick = sorted(rng.choice(len(calib_paths), min(N_STORED_SAMPLES, len(calib_paths)), replace=False).tolist())
     samples = load_tiles([calib_paths[i] for i in pick], size, tiling)
+    if crossfit:  # every normal is a training image (a kNN head scores its own 0): parity needs unseen frames
+        samples = np.ascontiguousarray(samples[:, :, ::-1])  # NHWC, mirrored left-right
     if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
         samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
     model_id = f"{dataset.root.name or 'model'}-{kind.label}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"

@@ -96,6 +96,13 @@ def test_algan_train_fits_the_cheap_head_on_every_normal_and_records_the_crossfi
     assert cf["calibration"]["n_images"] == 40 and "10-fold cross-fit" in cf["calibration"]["source"]
     assert (ho["training"]["n_train"], ho["training"]["n_holdout"]) == (32, 8)
     assert "crossfit_folds" not in ho["training"] and ho["calibration"]["source"] == "held-out training normals"
+    # kNN scores its own training images ~0: the export's parity frames are unseen ones, and the graph's distances
+    # of near-duplicates carry no cancellation error (FP32 parity 1e-4, as for any bundle)
+    from algan.contract import load_manifest
+    from algan.export.pipeline import ExportOptions, export_bundle
+
+    export_bundle(ExportOptions(tmp_path / "cf", simplify=False), say=lambda line: None)
+    assert load_manifest(tmp_path / "cf").exports.onnx.parity_max_abs_diff <= 1e-4
 
 
 def test_algan_train_refuses_crossfit_where_it_does_not_apply(tmp_path: Path, capsys):

@@ -99,6 +99,13 @@ def test_cli_eval_json_and_export(bundles, synth_root):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {"auroc", "n_normal", "n_anomalous"} <= set(out) and out["n_anomalous"] == 18
+    # at the bundle's own threshold (calibrated score 1.0): the shares of test normals and defects flagged
+    ds = load_dataset(synth_root)
+    scores = np.asarray(evaluate(load_bundle(bundles["knn"])[0], ds, progress=False)["scores"])
+    y = np.array([s.label for s in ds.test])
+    assert out["fpr_at_threshold"] == pytest.approx(float((scores[y == 0] >= 1.0).mean()), abs=1e-6)
+    assert out["recall_at_threshold"] == pytest.approx(float((scores[y == 1] >= 1.0).mean()), abs=1e-6)
+    assert out["threshold_target_fpr"] == 0.01 and 0.5 < out["recall_at_threshold"] <= 1.0
     r = _cli("algan.cli.export", str(bundles["knn"]), "--int8")  # no engine here; FP16 parity: tests/export
     assert r.returncode == 0, r.stderr
     assert "parity (onnx-fp32)" in r.stdout and "OK" in r.stdout

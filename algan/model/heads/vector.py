@@ -172,10 +172,14 @@ class KnnHead(nn.Module):
             x = self.whitening(x)
         if self.center is not None:
             x = x - self.center
-        # ||x - b||^2 = ||x||^2 - 2 x.b + ||b||^2 (explicit form, exportable; torch.cdist is not)
+        # ||x - b||^2 = ||x||^2 - 2 x.b + ||b||^2 finds the k nearest (one matrix product, exportable; torch.cdist
+        # is not); their distances are then computed from the differences themselves, so that a frame close to a
+        # bank entry (a training image: every one with cross-fitted calibration) gets no cancellation error,
+        # which sqrt would amplify near 0
         d2 = (x * x).sum(dim=1, keepdim=True) - 2.0 * (x @ self.bank.T) + self.bank_sq
-        nearest = torch.topk(d2, self.k, dim=1, largest=False).values
-        return torch.sqrt(torch.clamp(nearest, min=0.0)).mean(dim=1)
+        idx = torch.topk(d2, self.k, dim=1, largest=False).indices  # (N, k)
+        diff = x.unsqueeze(1) - self.bank[idx]  # (N, k, K)
+        return torch.sqrt((diff * diff).sum(dim=2)).mean(dim=1)
 
     @classmethod
     def fit(cls, x: np.ndarray, k: int = 1, metric: str = "whitened") -> KnnHead:
