@@ -75,12 +75,13 @@ def _f(v: float | None) -> str:
 def _localisation(dataset, pix: dict) -> dict:
     """The localisation figures (:func:`algan.calibration.localisation.localisation_metrics`) of the calibrated maps
     of the pixel pass: flagged = scored at or above the bundle's threshold (1.0), the region box at level 1.0.
-    All None (``n_flagged_defects`` 0) when there are no pixel metrics (no maps or no masks)."""
+    All None (``n_flagged_defects`` too: ``recall_at_threshold`` counts the flagged defects of any model) when there
+    are no pixel metrics (no maps or no masks)."""
     from algan.calibration.localisation import localisation_metrics
 
     if pix.get("maps") is None:
         return {"border_peak_fraction": None, "peak_hit_rate": None, "peak_hit_rate_flagged": None,
-                "region_iou": None, "n_flagged_defects": 0}
+                "region_iou": None, "n_flagged_defects": None}
     labels = np.array([s.label for s in dataset.test])
     return localisation_metrics(pix["maps"], labels, pix["masks"], pix["scores"] >= 1.0, pix["frame_sizes"])
 

@@ -214,8 +214,10 @@ def frame_mask(frame_shape: tuple[int, ...], roi: tuple[int, int, int, int] | No
 
 
 def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str | None = None,
-            batch_size: int = 8, threshold: float = 1.0, overlays: bool = True, save_masks: bool = False) -> dict:
-    """Score ``input_path`` with the exported ``model`` and write CSV, overlays, masks and report into ``out``.
+            batch_size: int = 8, threshold: float = 1.0, overlays: bool = True, save_masks: bool = False,
+            progress: bool = True) -> dict:
+    """Score ``input_path`` with the exported ``model`` and write CSV, overlays, masks and report into ``out``
+    (``progress``: a bar or log lines while scoring more than one image; ``-q`` turns it off).
 
     With ``save_masks`` every scored image gets ``out/masks/<name>.png`` (named as its overlay,
     :func:`overlay_name`, with ``.png``): uint8, the frame's size, 255 on the predicted defect mask (frames at or
@@ -259,7 +261,7 @@ def predict(model: str | Path, input_path: str | Path, out: str | Path, roi: str
     mask_dir = out / "masks"
     report_items: list[ReportItem] = []
     rows: list[dict] = []
-    bar = _progress(total, "algan-predict")
+    bar = _progress(total, "algan-predict") if progress else None
     pending: list[tuple[str, np.ndarray, str | None]] = []
 
     def flush() -> None:
@@ -352,7 +354,7 @@ def _main(args: argparse.Namespace) -> int:
 
     try:
         res = predict(args.model, args.input, args.out, args.roi, args.batch_size, args.threshold, not args.no_overlays,
-                      args.save_masks)
+                      args.save_masks, progress=not args.quiet)
     except EdgeError as e:
         print(f"algan-predict: error: {e}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="auto", choices=["auto", "holdout", "crossfit"],
                    help="where the threshold's normal scores come from: holdout (a head fitted on the rest scores the "
                         "held-out normals), crossfit (the head is fitted on every training normal; each is scored by "
-                        "a head fitted on the other 9 of 10 folds; feature variant) or auto (default: crossfit "
+                        "a head fitted on the other 9 of 10 folds; feature variant; needs no hold-out, so also with --holdout 0) or auto (default: crossfit "
                         "for the feature variant's Mahalanobis and kNN heads, which fit in seconds, else holdout)")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
@@ -223,11 +223,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.variant == "auto" and args.head != "auto":
         raise ValueError(f"--variant auto lets the heads of both variants compete: use it with --head auto, not "
                          f"--head {args.head}")
-    if args.calibration == "crossfit" and (args.variant != "feature" or getattr(args, "tiles", None) is not None
-                                           or not args.holdout > 0):
-        raise ValueError("--calibration crossfit works with --variant feature on whole images and --holdout above 0 "
-                         "(the patch heads' maps and tiled models calibrate on held-out normals): drop it or use "
-                         "--calibration holdout")
+    if args.calibration == "crossfit" and (args.variant != "feature" or getattr(args, "tiles", None) is not None):
+        raise ValueError("--calibration crossfit works with --variant feature on whole images (the patch heads' maps "
+                         "and tiled models calibrate on held-out normals): drop it or use --calibration holdout")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.ensemble is not None and args.ensemble < 1:
@@ -429,8 +427,9 @@ def _main(args: argparse.Namespace) -> int:
     print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "
           f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} "
-          + ("out-of-fold scores of the training normals" if training.n_holdout == 0 and "crossfit_folds" in
-             (training.model_extra or {}) else "held-out normals")
+          + ("out-of-fold scores of the training normals" if "crossfit_folds" in (training.model_extra or {}) else
+             "held-out normals" if training.n_holdout else "training images (in-sample, optimistic: re-calibrate "
+             "with algan-calibrate on other normals)")
           + (f", pixel threshold at {cal.pixel_target_fpr:g} pixel FPR (map level {cal.pixel_level:.3g})"
              if cal.pixel_threshold is not None else "")
           + f", {training.wall_s:.1f} s)")

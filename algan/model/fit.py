@@ -130,18 +130,19 @@ def calibration_mode(settings: FitSettings, trains: bool, n_images: int) -> str:
     extra fits, which ALGAN's training loop and the patch heads' per-cell maps would multiply (they keep
     ``holdout``).
 
+    Needs no hold-out: with ``--holdout 0`` it is the only calibration that does not score the head's own training
+    images.
+
     Raises:
-        ValueError: an unknown mode; ``crossfit`` asked for a patch, image or tiled model, without a hold-out
-            fraction, or with too few images.
+        ValueError: an unknown mode; ``crossfit`` asked for a patch, image or tiled model, or with too few images.
     """
     mode = settings.calibration
     if mode not in CALIBRATIONS:
         raise ValueError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {mode!r}")
-    possible = settings.variant == "feature" and settings.tiling is None and settings.holdout > 0
+    possible = settings.variant == "feature" and settings.tiling is None
     if mode == "crossfit" and not possible:
-        raise ValueError("--calibration crossfit works with the feature variant on whole images and a hold-out "
-                         f"fraction above 0 (got --variant {settings.variant}, --holdout {settings.holdout:g}"
-                         + (f", --tiles {settings.tiling}" if settings.tiling is not None else "")
+        raise ValueError("--calibration crossfit works with the feature variant on whole images (got --variant "
+                         f"{settings.variant}" + (f", --tiles {settings.tiling}" if settings.tiling is not None else "")
                          + "); use --calibration holdout")
     if mode == "crossfit" and n_images < 2 * CROSSFIT_FOLDS:
         raise ValueError(f"only {n_images} training images: cross-fitted calibration needs at least "
@@ -167,6 +168,10 @@ def crossfit_scores(settings: FitSettings, feats: np.ndarray, folds: int, progre
         raise ValueError(f"only {n} training images: too few for {folds}-fold cross-fitted calibration; "
                          "use --calibration holdout")
     kind = head_kind("feature", settings.head)
+    smallest = n - int(np.ceil(n / folds))  # images of the smallest fold head
+    if settings.head == "knn" and settings.knn_k > smallest:
+        raise ValueError(f"--knn-k {settings.knn_k} is more than the {smallest} images each cross-fitted head holds "
+                         f"({folds} folds of {n}); use --knn-k <= {smallest} or --calibration holdout")
     part = np.random.default_rng(settings.seed + 2).permutation(n) % folds
     out = np.zeros(n, np.float64)
     for k in range(folds):
@@ -480,9 +485,12 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         if crossfit:  # every training normal: scored out of fold for the threshold, then all fitted on
             hold_feats = extract_features(preprocess, backbone, hold_paths, size, settings.batch_size,
                                           "features (holdout)" if progress else None)
-            feats = np.concatenate([feats, hold_feats])
+            every = fit_paths + hold_paths
+            order = sorted(range(len(every)), key=lambda i: str(every[i]))  # folds independent of the split
+            feats = np.concatenate([feats, hold_feats])[order]
             hold_raw = crossfit_scores(settings, feats, folds, progress)
-            fit_paths, calib_paths, hold_paths = fit_paths + hold_paths, fit_paths + hold_paths, []
+            fit_paths = calib_paths = [every[i] for i in order]
+            hold_paths = []
         transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
         with torch.no_grad():
             x = transform(torch.from_numpy(feats)).numpy()

@@ -72,7 +72,8 @@ def test_calibration_mode_auto_cross_fits_the_cheap_feature_heads_only():
     assert calibration_mode(FitSettings(head="algan"), trains=True, n_images=n) == "holdout"
     assert calibration_mode(FitSettings(head="padim", variant="patch"), trains=False, n_images=n) == "holdout"
     assert calibration_mode(FitSettings(head="knn", tiling=TileSpec(2, 2)), trains=False, n_images=n) == "holdout"
-    assert calibration_mode(FitSettings(head="knn", holdout=0.0), trains=False, n_images=n) == "holdout"
+    # no hold-out: cross-fitting is the calibration that does not score the head's own training images
+    assert calibration_mode(FitSettings(head="knn", holdout=0.0), trains=False, n_images=n) == "crossfit"
     assert calibration_mode(FitSettings(head="knn"), trains=False, n_images=n - 1) == "holdout"
     assert calibration_mode(FitSettings(head="knn", calibration="holdout"), trains=False, n_images=n) == "holdout"
     assert calibration_mode(FitSettings(head="algan", calibration="crossfit"), trains=True, n_images=n) == "crossfit"
@@ -123,3 +124,22 @@ def test_crossfit_trains_an_algan_head_per_fold_when_asked(synth_root, tmp_path:
     assert rc == 0
     m = json.loads((tmp_path / "a" / "algan.json").read_text())
     assert (m["training"]["n_train"], m["training"]["crossfit_folds"], m["calibration"]["n_images"]) == (40, 10, 40)
+
+
+def test_crossfit_without_a_holdout_and_its_folds_do_not_depend_on_the_split(synth_root, tmp_path: Path):
+    from algan.cli.train import main
+
+    common = ["--data", str(synth_root), "--head", "mahalanobis", "--input-size", "64", "64", "--quiet"]
+    for name, extra in (("h0", ["--holdout", "0"]), ("h2", []), ("h5", ["--holdout", "0.5"])):
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
+    cal = {n: json.loads((tmp_path / n / "algan.json").read_text())["calibration"] for n in ("h0", "h2", "h5")}
+    assert cal["h0"]["n_images"] == 40 and "cross-fit" in cal["h0"]["source"]
+    # the same 40 normals in the same folds, whatever --holdout drew: the same threshold
+    assert cal["h0"]["threshold"] == pytest.approx(cal["h2"]["threshold"], rel=1e-6)
+    assert cal["h5"]["threshold"] == pytest.approx(cal["h2"]["threshold"], rel=1e-6)
+
+
+def test_crossfit_names_the_fold_size_for_a_large_knn_k():
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"--knn-k 37 is more than the 36 images each cross-fitted head holds"):
+        crossfit_scores(FitSettings(head="knn", knn_k=37), x, 10)
