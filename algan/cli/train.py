@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="auto", choices=["auto", "holdout", "crossfit"],
                    help="where the threshold's normal scores come from: holdout (a head fitted on the rest scores the "
                         "held-out normals), crossfit (the head is fitted on every training normal; each is scored by "
-                        "a head fitted on the other 9 of 10 folds; feature variant; needs no hold-out, so also with --holdout 0) or auto (default: crossfit "
-                        "for the feature variant's Mahalanobis and kNN heads, which fit in seconds, else holdout)")
+                        "a head fitted on the other 9 of 10 folds; feature variant; needs no hold-out, so also with "
+                        "--holdout 0) or auto (default: crossfit for the feature variant's Mahalanobis and kNN heads, "
+                        "which fit in seconds, else holdout)")
     p.add_argument("--target-fpr", type=float, default=0.01, help="per-frame false-alarm rate of the threshold")
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="largest share of unreadable training images (truncated, undecodable) skipped, each named in "
