@@ -69,13 +69,11 @@ def fit_score(settings, train: np.ndarray, test: np.ndarray) -> np.ndarray:  # n
     """Raw scores float64 of ``test`` rows by the transform and head fitted on ``train`` rows."""
     import torch
 
-    from algan.model.heads.registry import head_kind
-    from algan.model.heads.vector import FeatureTransform
+    from algan.model.fit import fit_feature_head
 
-    t = FeatureTransform.fit(train, settings.transform, settings.pca_dim)
+    transform, head = fit_feature_head(settings, train)
     with torch.no_grad():
-        head = head_kind("feature", settings.head).fit(settings, t(torch.from_numpy(train)).numpy()).head.eval()
-        return head(t(torch.from_numpy(test))).numpy().astype(np.float64)
+        return head(transform(torch.from_numpy(test))).numpy().astype(np.float64)
 
 
 def run_head(head: str, seeds: list[int], f_train: np.ndarray, f_test: np.ndarray, y: np.ndarray,

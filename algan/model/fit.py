@@ -152,6 +152,20 @@ def calibration_mode(settings: FitSettings, trains: bool, n_images: int) -> str:
     return mode
 
 
+def fit_feature_head(settings: FitSettings, feats: np.ndarray) -> tuple[FeatureTransform, torch.nn.Module]:
+    """The feature transform and head ``settings.head`` (eval mode) fitted on raw training features float32 (N, D):
+    one fold of :func:`crossfit_scores`; score new features with ``head(transform(x))``.
+
+    Raises:
+        ValueError: not a feature head, or settings the head refuses.
+    """
+    transform = FeatureTransform.fit(feats, settings.transform, settings.pca_dim)
+    with torch.no_grad():
+        x = transform(torch.from_numpy(feats)).numpy()
+    # ALGAN trains: outside no_grad
+    return transform, head_kind("feature", settings.head).fit(settings, x, progress=False).head.eval()
+
+
 def crossfit_scores(settings: FitSettings, feats: np.ndarray, folds: int, progress: bool = False) -> np.ndarray:
     """Out-of-fold raw scores float64 (N,) of training features ``feats`` float32 (N, D): the N rows in ``folds``
     seeded folds; each fold is scored by the feature transform and head fitted on the other folds (K-fold
@@ -167,7 +181,6 @@ def crossfit_scores(settings: FitSettings, feats: np.ndarray, folds: int, progre
     if n < 2 * folds:
         raise ValueError(f"only {n} training images: too few for {folds}-fold cross-fitted calibration; "
                          "use --calibration holdout")
-    kind = head_kind("feature", settings.head)
     smallest = n - int(np.ceil(n / folds))  # images of the smallest fold head
     if settings.head == "knn" and settings.knn_k > smallest:
         raise ValueError(f"--knn-k {settings.knn_k} is more than the {smallest} images each cross-fitted head holds "
@@ -175,13 +188,9 @@ def crossfit_scores(settings: FitSettings, feats: np.ndarray, folds: int, progre
     part = np.random.default_rng(settings.seed + 2).permutation(n) % folds
     out = np.zeros(n, np.float64)
     for k in range(folds):
-        rest, fold = feats[part != k], feats[part == k]
-        transform = FeatureTransform.fit(rest, settings.transform, settings.pca_dim)
+        transform, head = fit_feature_head(settings, feats[part != k])
         with torch.no_grad():
-            x = transform(torch.from_numpy(rest)).numpy()
-        head = kind.fit(settings, x, progress=False).head.eval()  # ALGAN trains: outside no_grad
-        with torch.no_grad():
-            out[part == k] = head(transform(torch.from_numpy(fold))).numpy()
+            out[part == k] = head(transform(torch.from_numpy(feats[part == k]))).numpy()
         if progress:
             log.info("cross-fitted calibration: fold %d of %d scored", k + 1, folds)
     return out

@@ -24,13 +24,11 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 def _head_scores(settings: FitSettings, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    from algan.model.heads.registry import head_kind
-    from algan.model.heads.vector import FeatureTransform
+    from algan.model.fit import fit_feature_head
 
-    t = FeatureTransform.fit(train, settings.transform, settings.pca_dim)
+    transform, head = fit_feature_head(settings, train)
     with torch.no_grad():
-        head = head_kind("feature", settings.head).fit(settings, t(torch.from_numpy(train)).numpy()).head.eval()
-        return head(t(torch.from_numpy(test))).numpy().astype(np.float64)
+        return head(transform(torch.from_numpy(test))).numpy().astype(np.float64)
 
 
 @pytest.mark.parametrize("head", ["mahalanobis", "knn"])
