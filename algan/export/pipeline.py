@@ -223,8 +223,9 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         say(f"wrote {ONNX_FILE}: uint8 BGR [N,{size[0]},{size[1]},3] -> float32 scores [N]{maps_note} "
             f"(opset {opts.opset}, {n_nodes} nodes)")
         ref = torch_outputs(det, images)
+        narrow = narrow_calibration_hint(manifest.calibration.center, manifest.calibration.threshold)
         for res in _compare("onnx-fp32", ref, ort_outputs(onnx_path, images), par.FP32_TOLERANCE):
-            _check(report, res, say, ONNX_FILE)
+            _check(report, res, say, ONNX_FILE, fix=narrow)
         simplified = None
         if opts.simplify:
             slim = staging / "model.slim.onnx"
@@ -248,7 +249,8 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
         fp16_path = None
         s32 = labelled.scores(onnx_path) if labelled is not None else None
         if opts.fp16:
-            fp16_path, s16 = _fp16_graph(staging, onnx_path, simplified, ref, images, labelled, s32, report, say)
+            fp16_path, s16 = _fp16_graph(staging, onnx_path, simplified, ref, images, labelled, s32, report, say,
+                                         narrow)
         if labelled is not None:
             y = labelled[1]
             report.auroc = {"data": str(opts.data), "n_images": int(len(y)), "n_anomalous": int(y.sum()),
@@ -301,7 +303,7 @@ def export_bundle(opts: ExportOptions, say: Callable[[str], None] = print, trt=N
 
 def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tuple, images: np.ndarray,
                 labelled: _Labelled | None, s32: np.ndarray | None, report: ExportReport,
-                say: Callable[[str], None]) -> tuple[Path, np.ndarray | None]:
+                say: Callable[[str], None], narrow: str = "") -> tuple[Path, np.ndarray | None]:
     """Write ``model.fp16.onnx`` with as few float32 backbone blocks as parity allows (:data:`FP16_FP32_BLOCKS`).
 
     Each rung is checked against torch on the parity images and, with ``--data``, against the FP32 graph on all
@@ -329,11 +331,32 @@ def _fp16_graph(staging: Path, onnx_path: Path, simplified: str | None, ref: tup
     report.fp16_fp32_blocks = n
     for c in checks:
         _check(report, c, say, FP16_ONNX_FILE, f", even with the {_fp32_part(n)} in FP32",
-               ": export without --fp16 (model.onnx alone), or at a larger --input-size (small inputs leave FP16 "
-               "less headroom)")
+               ": export without --fp16 (model.onnx alone), or re-train at a larger algan-train --input-size (small "
+               "inputs leave FP16 less headroom)" + narrow)
     say(f"wrote {FP16_ONNX_FILE}: FP16 backbone ({_fp32_part(n)} FP32), FP32 head and calibration, same "
         "uint8/float32 I/O")
     return path, s16
+
+
+#: raw score magnitude / (threshold - median) above which a calibration is called narrow in a parity failure
+NARROW_CALIBRATION = 100.0
+
+
+def narrow_calibration_hint(center: float, threshold: float) -> str:
+    """A sentence for a parity failure when the bundle's calibration is narrow, else ``""``.
+
+    Parity is measured on the calibrated scale ``(raw - center) / (threshold - center)``: when the threshold lies
+    close to the median normal score compared with the raw scores' size (ratio above :data:`NARROW_CALIBRATION`), a
+    rounding error of the raw score is magnified by that ratio, and a graph that is exact to float32 on the raw scale
+    can miss the tolerance. Such a calibration comes from near-identical normal scores (a constant or tiny
+    calibration set)."""
+    span = float(threshold) - float(center)
+    size = max(abs(float(center)), abs(float(threshold)))
+    if span <= 0 or size / span <= NARROW_CALIBRATION:
+        return ""
+    return (f". The bundle's calibration is narrow: threshold - median = {span:.3g} against raw scores near "
+            f"{size:.3g}, so rounding of the raw score is magnified {size / span:.0f}x on the calibrated scale; "
+            "re-calibrate on more varied normal frames (algan-calibrate) or re-train with more normal images")
 
 
 def _fp32_part(n_blocks: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,7 +551,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         samples = np.ascontiguousarray(samples[:, :, ::-1])  # NHWC, mirrored left-right
     if tiling is not None:  # the graph scores tiles: keep N_STORED_SAMPLES of them, spread over the frames
         samples = samples[np.linspace(0, len(samples) - 1, min(N_STORED_SAMPLES, len(samples))).round().astype(int)]
-    model_id = f"{dataset.root.name or 'model'}-{kind.label}-{utc_now_iso()[:19].replace(':', '').replace('-', '')}"
+    stamp = utc_now_iso()[:19].replace(':', '').replace('-', '')
+    model_id = f"{dataset.root.name or 'model'}-{kind.label}-{stamp}-{uuid.uuid4().hex[:6]}"  # unique within a second
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,

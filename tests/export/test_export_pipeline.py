@@ -214,3 +214,12 @@ def test_exporter_keeps_the_scopes_the_fp16_ladder_needs(bundle, tmp_path):
         assert not missing, f"rung {n}: no graph node in {missing}"
     kept = fp32_node_names(model)
     assert any(k.startswith("/backbone/blocks.3/") for k in kept) and any(k.startswith("/head/") for k in kept)
+
+
+def test_parity_failure_names_a_narrow_calibration():
+    from algan.export.pipeline import narrow_calibration_hint
+
+    assert narrow_calibration_hint(0.0, 1.0) == "" and narrow_calibration_hint(5.0, 6.0) == ""
+    hint = narrow_calibration_hint(40.0, 40.01)  # raw scores near 40, threshold 0.01 above the median
+    assert "threshold - median = 0.01" in hint and "magnified 4001x" in hint and "algan-calibrate" in hint
+    assert narrow_calibration_hint(1.0, 1.0) == ""  # a degenerate span is another error's business

@@ -87,7 +87,8 @@ def test_replacing_a_bundle_needs_force(tmp_path, capsys):
     _one_line_error(capsys, "notes.txt")
     (out / "notes.txt").unlink()
     assert _train(["--data", str(data), "--layout", "folder", "--out", str(out), "--seed", "2", "--force"]) == 0
-    assert load_manifest(out).training.seed == 2  # the new bundle (both may be trained within one second: same id)
+    assert load_manifest(out).training.seed == 2
+    assert load_manifest(out).model_id != first  # a new id even when both are trained within one second
     assert not list(tmp_path.glob(".model*"))  # no temporary or old copy left beside it
 
 
