@@ -80,9 +80,9 @@ def score_images(detector, paths: Sequence[Path], batch_size: int = 32, keep: Co
                 with torch.no_grad():
                     x = torch.from_numpy(np.stack(batch))
                     if with_maps:
-                        m = detector.raw_maps(x)
+                        s, m = detector.raw_scores_and_maps(x)
                         maps.append(m.float().numpy())
-                        scores.append(detector.postprocess.reduce(m).double().numpy())
+                        scores.append(s.double().numpy())
                     else:
                         scores.append(detector.raw_scores(x).double().numpy())
             batch.clear()

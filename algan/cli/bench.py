@@ -200,7 +200,11 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     """Every patch head (``--patch-heads``) on its patch features (one extraction per block set; without
     ``--blocks`` each head takes its default, :func:`algan.features.patch.default_patch_blocks`): rows with image
     AUROC, pixel AUROC and AUPRO (when the data set has masks), the blocks, train time, head and backbone ms per image
-    (batch 32, same run) and the stored head size; returns ``(row, raw test image scores)`` per head."""
+    (batch 32, same run) and the stored head size; returns ``(row, raw test image scores)`` per head.
+
+    ALGAN-patch with its global branch (``--global-weight`` > 0, the default) is fitted as ``algan-train`` fits it:
+    on the training images outside a seeded fifth (:func:`algan.model.evaluation.patch_eval.scale_indices`), whose
+    scores set the branch's scales as the held-out normals do in the product; the other heads see every image."""
     import torch
 
     from algan.cli.train import backbone_spec_from_args, patch_spec_from_args
@@ -213,14 +217,17 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
         fit_map_norm,
         head_maps,
         pixel_metrics,
+        scale_indices,
     )
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig
+    from algan.model.heads.patch import GLOBAL_WEIGHT
     from algan.runtime.preprocess import load_batch
 
     size = args.input_size
     pspec = patch_spec_from_args(args)
     post = MapPostprocess(pspec, size)
+    global_weight = args.global_weight if args.global_weight is not None else GLOBAL_WEIGHT
     progress = not args.json
     features: dict[str, tuple] = {}  # one extraction per distinct block set (PatchCore's default blocks differ)
     out = []
@@ -229,7 +236,8 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
         if (key := repr(spec)) not in features:
             fm, pre = PatchFeatureMaps(spec, pspec), Preprocess(spec.mean, spec.std)
             ev = build_eval_set(pre, fm, pspec, train, ds.test, size, args.seed, getattr(ds, "has_masks", False),
-                                desc=f"patches (train, blocks {spec.blocks})" if progress else None)
+                                desc=f"patches (train, blocks {spec.blocks})" if progress else None,
+                                global_branch=global_weight > 0 and "algan" in args.patch_heads.split(","))
             with torch.no_grad():
                 sample = torch.from_numpy(load_batch([s.path for s in ds.test[:32]], size))
                 ms = _time_per_image(lambda u, fm=fm, pre=pre, proj=ev.projection: proj(fm(pre(u))), sample)
@@ -239,16 +247,40 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
         overrides = {"seed": args.seed, **({"epochs": args.epochs, "min_steps": 0} if args.epochs else {})}
         settings = FitSettings(head=head_name, variant="patch", patch=pspec, seed=args.seed,
                                algan=AlganConfig.preset("patch", **{**PATCH_SCHEDULE, **overrides}),
-                               coreset_ratio=args.coreset_ratio if args.coreset_ratio is not None else 0.01)
+                               coreset_ratio=args.coreset_ratio if args.coreset_ratio is not None else 0.01,
+                               global_weight=global_weight)
         t = time.perf_counter()
-        head, *_ = fit_patch_head(settings, ev.train, ev.n_cells, progress)
+        pooled, x_train, n_cells = None, ev.train, ev.n_cells
+        if ev.pooled is not None and head_name == "algan":
+            # as algan-train: the head and its global branch on the training images outside a seeded fifth, whose
+            # scores (unseen by both) set the branch's scales, as algan-train's held-out normals do
+            n = len(ev.pooled)
+            held = scale_indices(n, args.seed)
+            pooled = np.delete(ev.pooled, held, axis=0)
+            per = len(ev.train) // n  # extract_patches keeps each image's cells together, image by image
+            x_train = np.delete(ev.train.reshape(n, per, -1), held, axis=0).reshape(-1, ev.train.shape[1])
+            n_cells = ev.n_cells * (n - len(held)) // n
+        head, *_ = fit_patch_head(settings, x_train, n_cells, progress, pooled)
         fit_map_norm(head, post, ev.stats)  # the per-location map statistics, as algan-train fits them
+        branch = getattr(head, "global_branch", None)
+        if branch is not None:  # scaled on the training fifth it was not trained on (algan-train: the hold-out)
+            with torch.no_grad():
+                branch.set_scales(post.reduce(head_maps(head, post, ev.scale)).numpy(),
+                                  branch.raw(ev.scale.float()).numpy(), args.target_fpr)
         train_s = time.perf_counter() - t
         maps = head_maps(head, post, ev.test)
         scores = post.reduce(maps).numpy()
+        if branch is not None:
+            with torch.no_grad():
+                g = torch.cat([branch(ev.test[i : i + 64].float()) for i in range(0, len(ev.test), 64)]).numpy()
+            scores = np.maximum(scores, g)
         loc = localisation(maps.numpy(), scores, y, ev.masks, ev.sizes)
         with torch.no_grad():
-            head_ms = _time_per_image(lambda f, h=head: post.reduce(post(h(f))), ev.test[:32].float())
+            def run_head(f, h=head, b=branch):
+                s = post.reduce(post(h(f)))
+                return s if b is None else torch.maximum(s, b(f))
+
+            head_ms = _time_per_image(run_head, ev.test[:32].float())
         pixel = pixel_metrics(maps, ev.masks)
         pixel["mask_f1"] = calibrated_mask_f1(maps, scores, ev.masks, y, args.seed)
         out.append(({

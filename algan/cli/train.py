@@ -153,6 +153,10 @@ def add_patch_args(p: argparse.ArgumentParser) -> None:
                         "whole image raises every cell (default none)")
     g.add_argument("--coreset-ratio", type=float, default=None,
                    help="--head patchcore: memory bank size as a fraction of all training cells (default 0.01)")
+    g.add_argument("--global-weight", type=float, default=None,
+                   help="--head algan: weight in [0, 1] of ALGAN-patch's image-level discriminator on the pooled "
+                        "cells; the image score is the larger of the map's and this weight times the discriminator's "
+                        "calibrated score (default 0.5; 0 = the map alone; whole frames only)")
 
 
 #: algan.features.patch.PROJECTIONS / REDUCTIONS, torch-free for --help
@@ -163,7 +167,7 @@ MAP_NORM_NAMES = ("none", "mean", "standardize")
 #: algan.contract.patch.CONTEXTS, torch-free for --help
 PATCH_CONTEXT_NAMES = ("none", "mean")
 PATCH_FLAGS = ("patch_stride", "patch_aggregate", "patch_projection", "patch_dim", "patches_per_image", "map_stride",
-               "smooth_sigma", "reduction", "topk", "map_norm", "patch_context", "coreset_ratio")
+               "smooth_sigma", "reduction", "topk", "map_norm", "patch_context", "coreset_ratio", "global_weight")
 
 
 def patch_spec_from_args(args: argparse.Namespace):
@@ -231,6 +235,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.ensemble is not None and args.ensemble < 1:
         raise ValueError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if getattr(args, "global_weight", None) is not None and not 0.0 <= args.global_weight <= 1.0:
+        raise ValueError(f"--global-weight must lie in [0, 1], got {args.global_weight}")
     if args.head == "auto":
         if args.variant == "image":
             raise ValueError("--variant image has one head (algan): drop --head auto or use --variant feature, patch "
@@ -267,7 +273,10 @@ def check_args(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --variant patch only "
                              f"(this run is --variant {args.variant})")
-    for option in ("coreset_ratio", "knn_metric"):  # a head's own settings (HeadKind.options)
+    if getattr(args, "global_weight", None) is not None and getattr(args, "tiles", None) is not None:
+        raise ValueError("--global-weight applies to whole frames: a tiled bundle has no global branch; drop it or "
+                         "drop --tiles")
+    for option in ("coreset_ratio", "knn_metric", "global_weight"):  # a head's own settings (HeadKind.options)
         readers = sorted({k.name for k in head_kinds() if option in k.options})
         if getattr(args, option) is not None and args.head not in readers:
             flag, heads = f"--{option.replace('_', '-')}", " or ".join(readers)
@@ -332,6 +341,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         tiling=tiling_from_args(args),
         **({"patch": patch} if patch is not None else {}),
         **({"coreset_ratio": args.coreset_ratio} if args.coreset_ratio is not None else {}),
+        **({"global_weight": args.global_weight} if getattr(args, "global_weight", None) is not None else {}),
     )
 
 
@@ -425,6 +435,8 @@ def _main(args: argparse.Namespace) -> int:
     cal, training = m.calibration, m.require("training")
     tiling = result.detector.tiling  # --tiles, or the grid --head auto chose
     tiled = f", {tiling} tiles per frame" if tiling is not None else ""
+    if (gb := m.require("head").settings.get("global_branch")) is not None:
+        tiled += f" + image-level discriminator (weight {gb['weight']:g})"
     print(f"wrote {out} (model id {m.model_id}, {m.variant} variant, head {m.head_kind}{tiled}, "
           f"{training.n_train} training "
           f"images, threshold at {cal.target_fpr:g} FPR from {cal.n_images} "

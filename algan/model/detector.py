@@ -77,17 +77,43 @@ class AnomalyDetector(nn.Module):
         """Anomaly-map ``(h, w)`` in cells, or ``None`` for image-level heads."""
         return tuple(self.postprocess.map_size) if self.postprocess is not None else None
 
+    @property
+    def global_branch(self) -> nn.Module | None:
+        """ALGAN-patch's image-level discriminator (:class:`algan.model.heads.patch.GlobalBranch`), whose score
+        the image score takes the maximum with; ``None`` for every other head."""
+        from algan.model.heads.patch import PatchwiseHead
+
+        return self.head.global_branch if isinstance(self.head, PatchwiseHead) else None
+
+    def cells(self, images: torch.Tensor) -> torch.Tensor:
+        """A patch head's inputs: projected patch features float32 (N, K, gh, gw)."""
+        return self.transform(self.features(images))
+
     def raw_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Uncalibrated anomaly maps float32 (N, h, w) (patch heads only)."""
         if self.postprocess is None:
             raise ValueError("this detector scores whole images (no anomaly maps); train a patch head "
                              "(algan-train --variant patch)")
-        return self.postprocess(self.head(self.transform(self.features(images))))
+        return self.postprocess(self.head(self.cells(images)))
+
+    def raw_scores_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated ``(image scores (N,), maps (N, h, w))`` of a patch head: the image score is the map's
+        reduction (``postprocess.reduce``), or with a :attr:`global_branch` the larger of that and the branch's."""
+        if self.postprocess is None:
+            raise ValueError("this detector scores whole images (no anomaly maps); train a patch head "
+                             "(algan-train --variant patch)")
+        cells = self.cells(images)
+        maps = self.postprocess(self.head(cells))
+        scores = self.postprocess.reduce(maps)
+        branch = self.global_branch
+        if branch is not None:
+            scores = torch.maximum(scores, branch(cells))
+        return scores, maps
 
     def score_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated ``(scores float32 (N,), anomaly maps float32 (N, h, w))`` (patch heads only)."""
-        maps = self.raw_maps(images)
-        return self.calibration(self.postprocess.reduce(maps)), self.calibration(maps)
+        scores, maps = self.raw_scores_and_maps(images)
+        return self.calibration(scores), self.calibration(maps)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features, float32 (N, D), before the feature transform."""
@@ -96,7 +122,7 @@ class AnomalyDetector(nn.Module):
     def raw_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Uncalibrated head scores, float32 (N,)."""
         if self.postprocess is not None:
-            return self.postprocess.reduce(self.raw_maps(images))
+            return self.raw_scores_and_maps(images)[0]
         return self.head(self.transform(self.features(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjecti
 from algan.model.detector import AnomalyDetector, Calibration
 from algan.model.gan.feature import AlganConfig
 from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone
+from algan.model.heads.patch import GLOBAL_WEIGHT, pool_cells
 from algan.model.heads.registry import FittedHead, head_kind, head_kinds
 from algan.model.heads.vector import FeatureTransform
 from algan.progress import track
@@ -82,6 +83,9 @@ class FitSettings:
             (the head is fitted on all training normals; each normal is scored by a head fitted on the other folds,
             :func:`crossfit_scores`) or ``auto`` (default: ``crossfit`` where it is cheap, see
             :func:`calibration_mode`).
+        global_weight: ALGAN-patch on whole frames: weight of its image-level discriminator in the image score
+            (:class:`algan.model.heads.patch.GlobalBranch`, default :data:`~algan.model.heads.patch.GLOBAL_WEIGHT`);
+            0 = the map's image score alone. Tiled bundles have none.
     """
 
     head: str = "algan"
@@ -104,6 +108,7 @@ class FitSettings:
     coreset_ratio: float = 0.01
     tiling: TileSpec | None = None
     calibration: str = "auto"
+    global_weight: float = GLOBAL_WEIGHT
 
     def __post_init__(self) -> None:
         if self.algan is None:
@@ -252,11 +257,14 @@ def extract_patches(
     batch_size: int = 32,
     desc: str | None = "patches",
     tiling: TileSpec | None = None,
+    pooled: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Patch vectors of ``per_image`` random distinct cells per image (all cells for 0), float32 (N * k, C); with
     ``tiling`` every tile counts as an image (N * rows * cols * k vectors).
 
     Only the sampled cells are kept, batch by batch: the full maps of a data set (N x C x gh x gw) are never held.
+    ``pooled``: a list that receives each batch's pooled maps float32 (n, 2C) (:func:`pool_cells`, one row per image
+    or tile, in order).
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -264,9 +272,32 @@ def extract_patches(
     for i in it:
         for x in _chunks(load_tiles(paths[i : i + batch_size], size, tiling), batch_size):
             maps = feature_maps(preprocess(torch.from_numpy(x)))
+            if pooled is not None:
+                pooled.append(pool_cells(maps).numpy())
             cells = torch.from_numpy(sample_cells(len(maps), feature_maps.grid, per_image, rng))
             out.append(maps.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]].numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, feature_maps.out_dim), np.float32)
+
+
+def wants_global_branch(settings: FitSettings) -> bool:
+    """Whether the fitted head gets ALGAN-patch's image-level discriminator (whole frames, weight > 0)."""
+    return (settings.variant == "patch" and settings.head == "algan" and settings.tiling is None
+            and settings.global_weight > 0)
+
+
+@torch.no_grad()
+def pooled_training_cells(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, projection: PatchProjection,
+                          raw_pooled: list[np.ndarray] | None, paths: Sequence[Path], size: tuple[int, int],
+                          batch_size: int) -> np.ndarray:
+    """The pooled head inputs float32 (N, 2K) of the training images for the global branch: the pooled raw maps
+    :func:`extract_patches` collected (``raw_pooled``) when the projection is the identity, else one more pass with
+    the fitted projection (the standard deviation of projected cells is not the projection of the raw one)."""
+    if projection.kind == "none" and raw_pooled is not None:
+        return np.concatenate(raw_pooled).astype(np.float32)
+    out = [pool_cells(projection(feature_maps(preprocess(torch.from_numpy(load_batch(paths[i : i + batch_size],
+                                                                                      size)))))).numpy()
+           for i in range(0, len(paths), batch_size)]
+    return np.concatenate(out).astype(np.float32)
 
 
 def _chunks(x: np.ndarray, n: int) -> list[np.ndarray]:
@@ -274,16 +305,18 @@ def _chunks(x: np.ndarray, n: int) -> list[np.ndarray]:
     return [x[i : i + n] for i in range(0, len(x), n)]
 
 
-def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool) -> FittedHead:
+def fit_patch_head(settings: FitSettings, x: np.ndarray, n_cells: int, progress: bool,
+                   pooled: np.ndarray | None = None) -> FittedHead:
     """Fit the patch head ``settings.head`` (:func:`algan.model.heads.registry.head_kind` ``("patch", head)``) on
     projected training patch vectors x float32 (M, K); ``n_cells`` = all training cells (images x grid), for the
-    PatchCore bank size.
+    PatchCore bank size; ``pooled``: training images' pooled head inputs (N, 2K) for ALGAN-patch's global branch
+    (its scales are set afterwards, :meth:`algan.model.heads.patch.GlobalBranch.set_scales`).
 
     Raises:
         ValueError: not a patch head, a checkpoint with a head that does not train, or settings the head refuses.
     """
     check_checkpoint_settings(settings)
-    return head_kind("patch", settings.head).fit(settings, x, n_cells=n_cells, progress=progress)
+    return head_kind("patch", settings.head).fit(settings, x, n_cells=n_cells, progress=progress, pooled=pooled)
 
 
 def training_split(dataset: Dataset, settings: FitSettings) -> tuple[list[Path], list[Path]]:
@@ -370,22 +403,22 @@ def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float,
-                       what: str = "held-out normal images") -> tuple[float, float]:
+                       what: str | None = "held-out normal images") -> tuple[float, float]:
     """``(center, threshold)`` of normal raw scores: their median, and the order statistic ``X_(k)``,
     ``k = ceil((n + 1)(1 - target_fpr))`` (:func:`algan.contract.empirical_threshold`, the rule algan-calibrate
     uses too).
 
     With fewer than ``1 / target_fpr - 1`` scores the rate cannot be resolved: the threshold is then the maximum
     (expected false-alarm rate ``1 / (n + 1)``, above the target) and a warning says so (algan-calibrate refuses
-    instead, and offers an extreme-value fit); ``what`` names the scores in it. A threshold not above the median is
-    widened to keep the calibrated scale valid.
+    instead, and offers an extreme-value fit); ``what`` names the scores in it (``None``: no warning). A threshold
+    not above the median is widened to keep the calibrated scale valid.
 
     Raises:
         ValueError: no scores, NaN/inf scores, or ``target_fpr`` outside (0, 1).
     """
     s = np.asarray(normal_scores, dtype=np.float64)
     rule = empirical_threshold(s, target_fpr, clip=True)
-    if not rule.resolved:
+    if not rule.resolved and what is not None:
         log.warning("%d %s cannot resolve a per-frame false-alarm rate of %g (needs >= %d): "
                     "the threshold is their maximum score (expected rate about %.2g); re-calibrate with more normal "
                     "frames (algan-calibrate)", len(s), what, target_fpr, rule.needed, rule.expected_fpr)
@@ -469,15 +502,22 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     log.info("extracting features of %d training and %d held-out images", len(fit_paths), len(hold_paths))
     if settings.variant == "patch":
         pspec = settings.patch
+        fitted = cache.fitted if cache is not None else None
+        raw_pooled: list[np.ndarray] | None = [] if wants_global_branch(settings) and fitted is None else None
         patches = cache.features if cache is not None else extract_patches(
             preprocess, backbone, fit_paths, size, pspec.patches_per_image, settings.seed, settings.batch_size,
-            "patches (train)" if progress else None, tiling)
+            "patches (train)" if progress else None, tiling, raw_pooled)
         transform = PatchProjection.fit(pspec.projection, patches, pspec.dim, settings.seed)
         with torch.no_grad():
             x = transform.vectors(torch.from_numpy(patches)).numpy()
         n_cells = len(fit_paths) * n_tiles * backbone.grid[0] * backbone.grid[1]
-        head, head_settings, extras, train_info = (cache.fitted if cache is not None and cache.fitted is not None
-                                                   else kind.fit(settings, x, n_cells=n_cells, progress=progress))
+        if fitted is None:
+            pooled = None
+            if wants_global_branch(settings):
+                pooled = pooled_training_cells(preprocess, backbone, transform, raw_pooled or None, fit_paths, size,
+                                               settings.batch_size)
+            fitted = kind.fit(settings, x, n_cells=n_cells, progress=progress, pooled=pooled)
+        head, head_settings, extras, train_info = fitted
         postprocess = MapPostprocess(pspec, size)
         backbone_json = spec.to_json()
         feature_json = {"transform": pspec.projection, "in_dim": int(patches.shape[1]), "dim": int(x.shape[1]),
@@ -529,10 +569,15 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
     elif settings.variant == "patch":
         from algan.model.detector import run_batched
 
-        hold_maps = run_batched(det.raw_maps, load_batch(calib_paths, size), settings.batch_size,
-                                "maps (holdout)" if progress else None)
+        hold_u8 = load_batch(calib_paths, size)
+        hold_maps = run_batched(det.raw_maps, hold_u8, settings.batch_size, "maps (holdout)" if progress else None)
         with torch.no_grad():
             hold_raw = det.postprocess.reduce(torch.from_numpy(hold_maps)).numpy()
+        if (branch := det.global_branch) is not None:  # its scale from the same unseen normals, then the fused score
+            g_hold = run_batched(lambda u: branch.raw(det.cells(u)), hold_u8, settings.batch_size)
+            branch.set_scales(hold_raw, g_hold, settings.target_fpr)
+            with torch.no_grad():
+                hold_raw = np.maximum(hold_raw, branch.to_patch_scale(torch.from_numpy(g_hold)).numpy())
         pixel_rule, n_pixels = pixel_threshold(hold_maps, settings.pixel_fpr), int(hold_maps.size)
     elif not crossfit:
         hold_feats = extract_features(preprocess, backbone, calib_paths, size, settings.batch_size,

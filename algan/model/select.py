@@ -132,6 +132,9 @@ class VariantData:
         tiling: the tile grid of a tiled candidate (``normal``, ``defect`` and ``stats`` then hold the maps of every
             image's ``rows * cols`` tiles, image by image); ``None`` = whole frames.
         frame_hw: ``(height, width)`` of the frames the tiles were cut from (tiled only; the stitched map's frame).
+        pooled: patch, whole frames: the training images' pooled head inputs float32 (N, 2K)
+            (:func:`algan.model.fit.pooled_training_cells`), for ALGAN-patch's image-level discriminator; else
+            ``None``.
     """
 
     variant: str
@@ -143,6 +146,7 @@ class VariantData:
     stats: torch.Tensor | None = None
     tiling: TileSpec | None = None
     frame_hw: tuple[int, int] | None = None
+    pooled: np.ndarray | None = None
 
 
 @dataclass
@@ -195,10 +199,15 @@ def fitted_post(head: torch.nn.Module, data: VariantData, batch_size: int = 32):
 
 
 def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batch_size: int = 32,
-                 post: object | None = None) -> np.ndarray:
+                 post: object | None = None, fused: bool = True) -> np.ndarray:
     """Raw image scores float32 (N,) of a fitted head on cached inputs ``x`` of ``data``'s variant (patch: maps
     through ``post``, default ``data.post``; pass the candidate's :attr:`CandidateResult.post` to score as its bundle
-    does)."""
+    does). A head with a global branch (:class:`algan.model.heads.patch.GlobalBranch`) gives the larger of the map's
+    score and the branch's, as :meth:`algan.model.detector.AnomalyDetector.raw_scores` does; ``fused=False``: the
+    map's alone."""
+    from algan.model.heads.patch import PatchwiseHead
+
+    branch = head.global_branch if fused and isinstance(head, PatchwiseHead) else None
     head.eval()
     with torch.no_grad():
         if data.variant == "patch":
@@ -211,9 +220,30 @@ def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batc
                 n = len(maps) // data.tiling.n_tiles
                 return untile(np.zeros(len(maps)), maps, [data.frame_hw] * n, data.tiling,  # type: ignore[list-item]
                               post.reduction, post.topk).scores  # type: ignore[attr-defined]
-            return torch.cat([post.reduce(post(head(x[i : i + batch_size].float())))  # type: ignore[attr-defined]
-                              for i in range(0, len(x), batch_size)]).numpy()
+
+            def score(cells: torch.Tensor) -> torch.Tensor:
+                s = post.reduce(post(head(cells)))  # type: ignore[attr-defined, operator]
+                return s if branch is None else torch.maximum(s, branch(cells))
+
+            return torch.cat([score(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)]).numpy()
         return torch.cat([head(x[i : i + 1024]) for i in range(0, len(x), 1024)]).numpy()
+
+
+def set_branch_scales(head: torch.nn.Module, data: VariantData, post: object, target_fpr: float,
+                      batch_size: int = 32) -> None:
+    """Scale a fitted ALGAN-patch head's global branch on the held-out normals ``data.normal`` (their map scores
+    and the branch's raw scores, :meth:`algan.model.heads.patch.GlobalBranch.set_scales`), as
+    :func:`algan.model.fit.fit_detector` does on the same images; nothing for other heads."""
+    from algan.model.heads.patch import PatchwiseHead
+
+    branch = head.global_branch if isinstance(head, PatchwiseHead) else None
+    if branch is None:
+        return
+    p = image_scores(head, data, data.normal, batch_size, post, fused=False)
+    with torch.no_grad():
+        g = torch.cat([branch.raw(data.normal[i : i + batch_size].float())
+                       for i in range(0, len(data.normal), batch_size)]).numpy()
+    branch.set_scales(p, g, target_fpr)
 
 
 def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: VariantData, kinds: Sequence[str],
@@ -224,6 +254,7 @@ def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: Varian
     fit_s = time.perf_counter() - t
     head = fitted[0]
     post = fitted_post(head, data)
+    set_branch_scales(head, data, post, target_fpr)
     s_norm, s_def = image_scores(head, data, data.normal, post=post), image_scores(head, data, data.defect, post=post)
     kinds_a = np.asarray(kinds)
     from algan.model.evaluation.threshold import TargetFprThreshold
@@ -373,7 +404,13 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     """
     from algan.features.backbone import Preprocess, build_backbone
     from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection
-    from algan.model.fit import MAP_STATS_IMAGES, extract_features, extract_patches, map_stats_paths
+    from algan.model.fit import (
+        MAP_STATS_IMAGES,
+        extract_features,
+        extract_patches,
+        map_stats_paths,
+        pooled_training_cells,
+    )
     from algan.model.heads.vector import FeatureTransform
     from algan.runtime.tiling import load_tiles
 
@@ -385,11 +422,14 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
     if settings.variant == "patch":
         pspec = settings.patch
         fm = PatchFeatureMaps(spec, pspec).eval()
+        raw_pooled: list[np.ndarray] | None = [] if tiling is None and settings.global_weight > 0 else None
         raw = extract_patches(pre, fm, fit_paths, size, pspec.patches_per_image, settings.seed, bs,
-                              "patches (train)" if progress else None, tiling)
+                              "patches (train)" if progress else None, tiling, raw_pooled)
         proj = PatchProjection.fit(pspec.projection, raw, pspec.dim, settings.seed)
         with torch.no_grad():
             x = proj.vectors(torch.from_numpy(raw)).numpy()
+        pooled = (pooled_training_cells(pre, fm, proj, raw_pooled or None, fit_paths, size, bs)
+                  if raw_pooled is not None else None)
 
         def maps(u: torch.Tensor) -> torch.Tensor:
             return proj(fm(pre(u))).half()
@@ -402,7 +442,8 @@ def build_variant_data(settings, fit_paths: Sequence, normal_u8: np.ndarray, def
         data = VariantData("patch", x, _batched(maps, model_inputs(normal_u8, size, tiling), bs),
                            _batched(maps, model_inputs(defect_u8, size, tiling), bs),
                            len(fit_paths) * n_tiles * fm.grid[0] * fm.grid[1], MapPostprocess(pspec, size), stats,
-                           tiling, (int(normal_u8.shape[1]), int(normal_u8.shape[2])) if tiling is not None else None)
+                           tiling, (int(normal_u8.shape[1]), int(normal_u8.shape[2])) if tiling is not None else None,
+                           pooled)
         return data, raw
     if tiling is not None:
         raise ValueError("--head auto tiles the patch candidates only; a feature candidate takes whole frames")
@@ -424,7 +465,7 @@ def fitter(settings) -> Callable[[VariantData], tuple]:
     from algan.model.heads.registry import head_kind
 
     kind = head_kind(settings.variant, settings.head)
-    return lambda d: kind.fit(settings, d.train, n_cells=d.n_cells, progress=False)
+    return lambda d: kind.fit(settings, d.train, n_cells=d.n_cells, progress=False, pooled=d.pooled)
 
 
 @dataclass

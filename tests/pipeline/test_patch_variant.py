@@ -215,8 +215,16 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
             assert torch.allclose(det(images), scores)
         assert scores.dtype == torch.float32 and maps.shape == (len(images), 24, 24)
         # the image score (default reduction) is the mean of the top 1 % of the calibrated map (ceil(0.01 * 576) = 6
-        # cells): the calibration is affine, so it commutes with the mean
-        torch.testing.assert_close(scores, maps.flatten(1).topk(6, dim=1).values.mean(1))
+        # cells): the calibration is affine, so it commutes with the mean; ALGAN-patch's score is the larger of that
+        # and its global branch's
+        top = maps.flatten(1).topk(6, dim=1).values.mean(1)
+        if name == "algan":
+            assert det.global_branch is not None
+            with torch.no_grad():
+                top = torch.maximum(top, det.calibration(det.global_branch(det.cells(images))))
+        else:
+            assert det.global_branch is None
+        torch.testing.assert_close(scores, top)
         # evaluate() (algan-eval's image AUROC) scores patch detectors through their maps
         ev = evaluate(det, ds, batch_size=8, progress=False)
         np.testing.assert_allclose(ev["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)  # other batch sizes
@@ -290,6 +298,10 @@ def test_image_level_graph_keeps_one_output_key():
     (["--patch-stride", "4"], "applies to --variant patch only"),
     (["--variant", "patch", "--head", "padim", "--coreset-ratio", "0.1"], "--coreset-ratio applies"),
     (["--variant", "patch", "--head", "padim", "--input-size", "100", "100"], "multiple of the patch stride"),
+    (["--variant", "patch", "--head", "padim", "--global-weight", "0.5"], "--global-weight applies to --head algan"),
+    (["--variant", "patch", "--global-weight", "1.5"], "--global-weight must lie in [0, 1]"),
+    (["--variant", "patch", "--global-weight", "0.5", "--tiles", "2x2"], "tiled bundle has no global branch"),
+    (["--global-weight", "0.5"], "applies to --variant patch only"),
 ])
 def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
     from algan.cli.train import main
@@ -413,3 +425,43 @@ def test_patch_context_bundle_exports_with_parity(synth_root, tmp_path):
     s_o, m_o = ort_outputs(path, images)
     np.testing.assert_allclose(s_o, s_t, atol=1e-4)
     np.testing.assert_allclose(m_o, m_t, atol=1e-4)
+
+
+def test_alganpatch_global_branch_round_trips_and_exports_with_parity(synth_root, tmp_path):
+    """ALGAN-patch's image-level discriminator: recorded in the manifest, scaled on the held-out normals, fused by
+    max into the image score (not the map), the same after a reload and in the exported graph (FP32 1e-4)."""
+    from algan.bundle import load_bundle, load_samples
+    from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
+    from algan.model.heads.patch import GLOBAL_WEIGHT, pool_cells
+
+    out = _train_patch(synth_root, tmp_path / "g", "algan", "--epochs", "2")
+    det, manifest = load_bundle(out)
+    g = manifest.require("head").settings["global_branch"]
+    assert g["weight"] == GLOBAL_WEIGHT and g["dim"] == 2 * (112 + 192) and g["epochs"] == 2
+    branch = det.global_branch
+    assert branch is not None and float(branch.weight) == GLOBAL_WEIGHT
+    # scaled on real scores: not the constructor's 0 / 1
+    assert float(branch.p_scale) > 0 and float(branch.g_scale) > 0 and float(branch.p_scale) != 1.0
+    images = load_samples(out)
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        cells = det.cells(x)
+        maps = det.raw_maps(x)
+        patch = det.postprocess.reduce(maps)
+        raw_g = branch.raw(cells)
+        fused = det.raw_scores(x)
+        pooled = pool_cells(cells)
+    torch.testing.assert_close(pooled[:, : cells.shape[1]], cells.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, cells.shape[1]:], cells.std(dim=(2, 3), unbiased=False))
+    mapped = branch.p_center + GLOBAL_WEIGHT * (raw_g - branch.g_center) / branch.g_scale * branch.p_scale
+    torch.testing.assert_close(fused, torch.maximum(patch, mapped))
+    torch.testing.assert_close(det.score_and_maps(x)[1], det.calibration(maps))  # the map is the patch head's
+    path = export_onnx(det, manifest, tmp_path / "model.onnx")
+    s_t, m_t = torch_outputs(det, images)
+    s_o, m_o = ort_outputs(path, images)
+    np.testing.assert_allclose(s_o, s_t, atol=1e-4)
+    np.testing.assert_allclose(m_o, m_t, atol=1e-4)
+    # --global-weight 0: the map's score alone, nothing in the manifest
+    plain = _train_patch(synth_root, tmp_path / "p", "algan", "--epochs", "2", "--global-weight", "0")
+    det0, manifest0 = load_bundle(plain)
+    assert det0.global_branch is None and "global_branch" not in manifest0.require("head").settings

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjection, PatchSpec
-from algan.model.fit import MAP_STATS_IMAGES, extract_patches, map_stats_paths
+from algan.model.fit import MAP_STATS_IMAGES, extract_patches, map_stats_paths, pooled_training_cells
 from algan.runtime.preprocess import load_batch
 
 
@@ -32,6 +32,10 @@ class PatchEvalSet:
         stats: projected feature maps of training images, float16 (S, K, gh, gw), for the per-location map
             statistics (:meth:`algan.features.patch.MapPostprocess.fit_norm`); (0, K, gh, gw) when not asked for.
         sizes: ``(height, width)`` of each test image file, int (N, 2) (the frame a map is drawn on).
+        pooled: the training images' pooled head inputs, float32 (N_train, 2K) (:func:`pool_cells`), in the order of
+            the training paths; ``None`` when not asked for.
+        scale: projected feature maps of a seeded fifth of the training images (:func:`scale_indices`), float16,
+            whose scores set ALGAN-patch's global branch scales; ``None`` when not asked for.
     """
 
     train: np.ndarray
@@ -41,12 +45,25 @@ class PatchEvalSet:
     projection: PatchProjection
     stats: torch.Tensor | None = None
     sizes: np.ndarray | None = None
+    pooled: np.ndarray | None = None
+    scale: torch.Tensor | None = None
+
+
+#: share of the training images whose scores set the global branch's scales in the benchmark (the product uses its
+#: held-out normals); the branch's discriminator is trained on the others
+SCALE_FRACTION = 0.2
+
+
+def scale_indices(n_train: int, seed: int) -> np.ndarray:
+    """Sorted indices of the seeded :data:`SCALE_FRACTION` of ``n_train`` training images (at least one)."""
+    k = max(1, int(round(SCALE_FRACTION * n_train)))
+    return np.sort(np.random.default_rng(seed + 2).choice(n_train, min(k, n_train), replace=False))
 
 
 def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, patch: PatchSpec,
                    train: Sequence[Path], test: Sequence, size: tuple[int, int], seed: int = 0,
                    with_masks: bool = False, batch_size: int = 32, desc: str | None = None,
-                   n_stats: int = MAP_STATS_IMAGES) -> PatchEvalSet:
+                   n_stats: int = MAP_STATS_IMAGES, global_branch: bool = False) -> PatchEvalSet:
     """Extract a data set's patch features once.
 
     Args:
@@ -60,12 +77,24 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
         desc: progress-bar label of the training extraction (``None``: no bar).
         n_stats: training images (a seeded subset, :func:`algan.model.fit.map_stats_paths`) whose full feature
             maps are kept for the per-location map statistics; 0 = none.
+        global_branch: also keep what ALGAN-patch's global branch needs (``pooled`` and ``scale``).
 
     Raises:
         DatasetError: an image or mask cannot be read; ValueError: a projection that cannot be fitted.
     """
-    patches = extract_patches(preprocess, feature_maps, train, size, patch.patches_per_image, seed, batch_size, desc)
+    raw_pooled: list[np.ndarray] | None = [] if global_branch else None
+    patches = extract_patches(preprocess, feature_maps, train, size, patch.patches_per_image, seed, batch_size, desc,
+                              None, raw_pooled)
     proj = PatchProjection.fit(patch.projection, patches, patch.dim, seed)
+    pooled = scale = None
+    if raw_pooled is not None:
+        pooled = pooled_training_cells(preprocess, feature_maps, proj, raw_pooled or None, list(train), size,
+                                       batch_size)
+        spaths = [train[i] for i in scale_indices(len(train), seed)]
+        with torch.no_grad():
+            scale = torch.cat([proj(feature_maps(preprocess(torch.from_numpy(load_batch(spaths[i : i + batch_size],
+                                                                                         size))))).half()
+                               for i in range(0, len(spaths), batch_size)])
     with torch.no_grad():
         x = proj.vectors(torch.from_numpy(patches)).numpy()
         del patches
@@ -82,7 +111,8 @@ def build_eval_set(preprocess: torch.nn.Module, feature_maps: PatchFeatureMaps, 
         masks = load_masks(test, size)
     gh, gw = feature_maps.grid
     stats_t = torch.cat(stats) if stats else torch.zeros((0, proj.out_dim, gh, gw), dtype=torch.float16)
-    return PatchEvalSet(x, len(train) * gh * gw, torch.cat(feats), masks, proj, stats_t, image_sizes(paths))
+    return PatchEvalSet(x, len(train) * gh * gw, torch.cat(feats), masks, proj, stats_t, image_sizes(paths), pooled,
+                        scale)
 
 
 def image_sizes(paths: Sequence[Path]) -> np.ndarray:

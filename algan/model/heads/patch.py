@@ -29,16 +29,101 @@ PATCH_HEADS = ("algan", "patchcore", "padim")
 
 
 class PatchwiseHead(nn.Module):
-    """Apply a vector head (float32 (M, K) -> (M,)) to every cell: (N, K, gh, gw) -> (N, gh, gw)."""
+    """Apply a vector head (float32 (M, K) -> (M,)) to every cell: (N, K, gh, gw) -> (N, gh, gw).
 
-    def __init__(self, inner: nn.Module) -> None:
+    ``global_branch``: an image-level score of the same cells (:class:`GlobalBranch`, ALGAN-patch) that the detector
+    fuses with the map's image score (:meth:`algan.model.detector.AnomalyDetector.raw_scores`), or ``None``."""
+
+    def __init__(self, inner: nn.Module, global_branch: GlobalBranch | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self.global_branch = global_branch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k, h, w = x.shape
         v = x.permute(0, 2, 3, 1).reshape(-1, k)
         return self.inner(v).reshape(-1, h, w)
+
+
+#: default weight of ALGAN-patch's image-level discriminator in the image score (:class:`GlobalBranch`): the
+#: global score counts at half its calibrated size, so it raises an image only at twice its own threshold. Chosen on
+#: MTD, ballscrew, weave, metal and bottle frames together (benchmarks/RESULTS.md, "Session 17"): weight 1 gave MTD
+#: +0.06 image AUROC and weave -0.05, 0.5 MTD +0.05 and weave -0.02, 0.2 MTD +0.02.
+GLOBAL_WEIGHT = 0.5
+
+
+def pool_cells(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and standard deviation over the grid: float32 (N, K, gh, gw) -> (N, 2K)."""
+    mean = x.mean(dim=(2, 3))
+    std = ((x - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)).sqrt()
+    return torch.cat([mean, std], 1)
+
+
+class GlobalBranch(nn.Module):
+    """ALGAN-patch's image-level discriminator: (N, K, gh, gw) cells -> (N,) raw scores on the patch image score's
+    scale.
+
+    The cells are pooled (:func:`pool_cells`: mean and standard deviation per channel, the pooling of the feature
+    variant), standardised and scored by an ALGAN discriminator trained on the pooled training images (Murase &
+    Fukumizu 2022, the feature variant's objective), so a change of the whole image that no single cell shows
+    (uneven texture, a shifted or rotated part) is scored too. The score is mapped onto the patch image score's raw
+    scale with both scores' median and threshold on the same normal images (:meth:`set_scales`)::
+
+        out = p_center + weight * (g - g_center) / (g_threshold - g_center) * (p_threshold - p_center)
+
+    and the detector's image score is ``max(patch image score, out)``: with ``weight`` 0.5 the global score raises an
+    image only where it reaches twice its own threshold, so the false alarms it adds on normals stay few.
+    """
+
+    def __init__(self, head: nn.Module, dim: int, weight: float = GLOBAL_WEIGHT) -> None:
+        super().__init__()
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"global branch weight must lie in (0, 1], got {weight}")
+        self.head = head
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        for name in ("g_center", "p_center"):
+            self.register_buffer(name, torch.tensor(0.0))
+        for name in ("g_scale", "p_scale"):
+            self.register_buffer(name, torch.tensor(1.0))
+        self.register_buffer("weight", torch.tensor(float(weight)))
+
+    def standardize(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors (N, 2K) -> standardised with the training mean and standard deviation."""
+        return (pooled - self.mean) / self.std
+
+    def fit_standardization(self, pooled: np.ndarray) -> np.ndarray:
+        """Set the standardisation from training pooled vectors float32 (N, 2K); returns them standardised.
+        Constant columns (standard deviation below 1e-4 of the largest, e.g. the zero spread of the image mean that
+        ``--patch-context mean`` appends) are divided by 1, so rounding noise is not blown up."""
+        x = torch.as_tensor(np.asarray(pooled, np.float32))
+        std = x.std(0, unbiased=False)
+        floor = max(1e-6, 1e-4 * float(std.max()))
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(torch.where(std < floor, torch.ones_like(std), std))
+        return self.standardize(x).numpy()
+
+    def raw(self, cells: torch.Tensor) -> torch.Tensor:
+        """The discriminator's own score float32 (N,) of cells (N, K, gh, gw)."""
+        return self.head(self.standardize(pool_cells(cells)))
+
+    def to_patch_scale(self, g: torch.Tensor) -> torch.Tensor:
+        """Raw global scores (N,) mapped onto the patch image score's scale (the class docstring's formula)."""
+        return self.p_center + self.weight * (g - self.g_center) / self.g_scale * self.p_scale
+
+    def set_scales(self, patch_scores: np.ndarray, global_scores: np.ndarray, target_fpr: float) -> None:
+        """Set both scores' median and threshold at ``target_fpr`` from the patch image scores and the raw global
+        scores (:meth:`raw`) of the same normal images, float (N,) each, not trained on
+        (:func:`algan.model.fit.quantile_threshold`, the bundle's calibration rule)."""
+        from algan.model.fit import quantile_threshold
+
+        pc, pt = quantile_threshold(patch_scores, target_fpr, None)  # the calibration warns about too few images
+        gc, gt = quantile_threshold(global_scores, target_fpr, None)
+        for name, v in (("p_center", pc), ("p_scale", pt - pc), ("g_center", gc), ("g_scale", gt - gc)):
+            getattr(self, name).fill_(float(v))
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        return self.to_patch_scale(self.raw(cells))
 
 
 def greedy_coreset(x: np.ndarray, n: int, proj_dim: int = 128, seed: int = 0) -> np.ndarray:

@@ -34,7 +34,7 @@ from torch import nn
 
 from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig, train_algan
 from algan.model.gan.image import ImageConfig, train_algan_image
-from algan.model.heads.patch import PatchwiseHead, padim_head, patchcore_head
+from algan.model.heads.patch import GlobalBranch, PatchwiseHead, padim_head, patchcore_head
 from algan.model.heads.vector import KnnHead, MahalanobisHead
 from algan.model.nets.algan_head import fold_whitening
 
@@ -98,7 +98,8 @@ class HeadKind:
     auto_cost: ClassVar[int | None] = None
     auto_tiled: ClassVar[bool] = False
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         """Fit the head on training vectors.
 
         Args:
@@ -109,6 +110,9 @@ class HeadKind:
             n_cells: patch variant: the number of all training cells (images x grid), the reference of PatchCore's
                 bank size; 0 elsewhere.
             progress: show training progress.
+            pooled: patch variant, whole frames: every training image's pooled cells float32 (N, 2K)
+                (:func:`~algan.model.heads.patch.pool_cells`), for ALGAN-patch's image-level discriminator
+                (:class:`~algan.model.heads.patch.GlobalBranch`); ``None`` = none (tiles, other heads).
 
         Raises:
             ValueError: settings the head cannot use.
@@ -199,7 +203,8 @@ class AlganFeatureHead(HeadKind):
     variant, name, label, trains, options = "feature", "algan", "algan", True, ("algan", "checkpoint")
     auto_cost = 2
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         cfg = settings.algan
         result = train_algan(x, cfg, progress=progress, checkpoint=settings.checkpoint)
         return FittedHead(result.head, cfg.to_json(), _generator_extras(result.generator),
@@ -216,7 +221,8 @@ class MahalanobisFeatureHead(HeadKind):
     variant, name, label = "feature", "mahalanobis", "mahalanobis"
     auto_cost = 0
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         return FittedHead(MahalanobisHead.fit(x), {"estimator": "ledoit-wolf"}, {}, {})
 
     def load(self, settings: Mapping[str, Any], dim: int) -> nn.Module:
@@ -232,7 +238,8 @@ class KnnFeatureHead(HeadKind):
     variant, name, label, options = "feature", "knn", "knn", ("knn_k", "knn_metric")
     auto_cost = 1
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         head = KnnHead.fit(x, settings.knn_k, settings.knn_metric)
         return FittedHead(head, {"k": settings.knn_k, "n_bank": len(x), "metric": head.metric}, {}, {})
 
@@ -246,10 +253,12 @@ class AlganPatchHead(HeadKind):
     """ALGAN-patch: the ALGAN discriminator ensemble applied per cell, trained on sampled patch vectors; its
     whitening is folded into D's first layer when it can be (settings ``folded_whitening``)."""
 
-    variant, name, label, trains, options = "patch", "algan", "algan-patch", True, ("algan", "checkpoint")
+    variant, name, label, trains, options = ("patch", "algan", "algan-patch", True,
+                                             ("algan", "checkpoint", "global_weight"))
     auto_cost, auto_tiled = 4, True
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         cfg = settings.algan
         steps = cfg.steps_for(len(x))
         if steps < MIN_PATCH_STEPS:
@@ -261,14 +270,40 @@ class AlganPatchHead(HeadKind):
         # d_quadratic, whose radial term needs the whitened input)
         fold = result.whitening is not None and not cfg.d_quadratic
         head = PatchwiseHead(fold_whitening(result.head) if fold else result.head)
-        return FittedHead(head, {**cfg.to_json(), "folded_whitening": fold}, _generator_extras(result.generator),
-                          {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)})
+        head_settings = {**cfg.to_json(), "folded_whitening": fold}
+        info = {"train_s": result.train_s, "final": result.history[-1], "epochs_run": len(result.history)}
+        weight = settings.global_weight
+        if pooled is not None and weight > 0 and settings.tiling is None:
+            t = time.perf_counter()
+            gcfg = global_branch_config(cfg)
+            branch = GlobalBranch(nn.Identity(), pooled.shape[1], weight)
+            xg = branch.fit_standardization(pooled)
+            branch.head = train_algan(xg, gcfg, progress=False).head
+            head.global_branch = branch
+            head_settings["global_branch"] = {"weight": weight, "dim": int(pooled.shape[1]), **gcfg.to_json()}
+            info["global_train_s"] = round(time.perf_counter() - t, 2)
+        return FittedHead(head, head_settings, _generator_extras(result.generator), info)
 
     def load(self, settings: Mapping[str, Any], dim: int) -> nn.Module:
         cfg = AlganConfig.from_json(dict(settings))
         if settings.get("folded_whitening"):  # the whitening lives in D's first layer
             cfg = dataclasses.replace(cfg, whiten="none")
-        return PatchwiseHead(cfg.build_head(dim))
+        head = PatchwiseHead(cfg.build_head(dim))
+        if (g := settings.get("global_branch")) is not None:
+            gdim = int(require(g, "dim"))
+            head.global_branch = GlobalBranch(AlganConfig.from_json(dict(g)).build_head(gdim), gdim,
+                                              float(require(g, "weight")))
+        return head
+
+
+def global_branch_config(patch_cfg: AlganConfig) -> AlganConfig:
+    """The ALGAN config of ALGAN-patch's image-level discriminator: the feature variant's default preset (an
+    ensemble of 3) with the patch head's seed; an explicit epoch count of the patch head (``min_steps`` 0, as
+    ``--epochs`` sets it) is kept, so short test runs stay short."""
+    over: dict[str, Any] = {"seed": patch_cfg.seed}
+    if patch_cfg.min_steps == 0:
+        over.update(epochs=patch_cfg.epochs, min_steps=0)
+    return AlganConfig.preset("default", **over)
 
 
 @register
@@ -282,7 +317,8 @@ class PatchCorePatchHead(HeadKind):
     # minutes to score) and it was the best tiled head on no dev set (benchmarks/RESULTS.md, "Session 15")
     auto_cost = 5
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         if not 0.0 < settings.coreset_ratio <= 1.0:
             raise ValueError(f"coreset ratio must lie in (0, 1], got {settings.coreset_ratio}")
         n_bank = min(max(int(round(settings.coreset_ratio * n_cells)), 1), len(x))
@@ -304,7 +340,8 @@ class PadimPatchHead(HeadKind):
     variant, name, label = "patch", "padim", "padim-patch"
     auto_cost, auto_tiled = 3, True
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         return FittedHead(padim_head(x), {"estimator": "ledoit-wolf", "covariance": "shared"}, {}, {})
 
     def load(self, settings: Mapping[str, Any], dim: int) -> nn.Module:
@@ -319,7 +356,8 @@ class AlganImageHead(HeadKind):
 
     variant, name, label, trains, options = "image", "algan", "algan-image", True, ("image", "checkpoint")
 
-    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False) -> FittedHead:
+    def fit(self, settings: Any, x: np.ndarray, n_cells: int = 0, progress: bool = False,
+            pooled: np.ndarray | None = None) -> FittedHead:
         icfg = settings.image or ImageConfig(seed=settings.seed)
         result = train_algan_image(torch.from_numpy(x), icfg, progress=progress, checkpoint=settings.checkpoint)
         return FittedHead(result.head, icfg.to_json(), _generator_extras(result.generator),
