@@ -83,8 +83,7 @@ def _per_hour(x: float) -> str:
 
 
 def _exports_note(model_dir: Path, manifest: Manifest) -> str:
-    present = sorted({*manifest.exports.names(), *(f.name for f in model_dir.glob("model*.onnx")),
-                      *(f.name for f in model_dir.glob("*.engine"))})
+    present = sorted({*(f.name for f in model_dir.glob("model*.onnx")), *(f.name for f in model_dir.glob("*.engine"))})
     what = f"the existing exports ({', '.join(present)})" if present else "exports made later"
     return (f"no re-export needed: {what} carry the calibration they were exported with in the ONNX "
             "metadata_props algan.calibration_center / algan.calibration_scale, and the edge runner re-maps their "

@@ -48,6 +48,8 @@ def test_calibrate_writes_bundle_and_check_passes(bundle_copy, calib_data, capsy
     assert rc == 0, err
     assert "empirical quantile" in out and "per camera-hour at 25 fps" in out
     assert "no re-export needed" in out and "cameras[].threshold" in out
+    files = sorted(f.name for f in bundle_copy.glob("model*.onnx"))
+    assert f"the existing exports ({', '.join(files)})" in out if files else "exports made later" in out
     assert ">= 200 images" in err  # 30 calibration normals are too few for a stable 5 % estimate
     cal = load_manifest(bundle_copy).calibration.to_json()
     assert cal["target_fpr"] == 0.05 and cal["n_images"] == 30 and cal["fps"] == 25.0
