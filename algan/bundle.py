@@ -151,7 +151,7 @@ def load_bundle(model_dir: str | Path):
 
     from algan.features.backbone import BackboneSpec, Preprocess, build_backbone
     from algan.model.detector import AnomalyDetector, Calibration
-    from algan.model.heads.registry import MissingSetting, head_kind
+    from algan.model.heads.registry import MissingSetting, check_global_branch, head_kind
     from algan.model.heads.vector import FeatureTransform
 
     model_dir = Path(model_dir)
@@ -199,6 +199,8 @@ def load_bundle(model_dir: str | Path):
         head = kind.load(settings, feat.dim)
     except MissingSetting as exc:
         raise manifest.field_error(f"head.settings.{exc.args[0]}") from None
+    except (ValueError, TypeError) as exc:  # a hand-edited value the head cannot be built from
+        raise manifest.field_error("head.settings", f"is invalid ({exc})") from None
     det = AnomalyDetector(preprocess, backbone, transform, head,
                           Calibration(cal.center, cal.threshold), input_size=input_size, postprocess=postprocess)
     if manifest.tiling is not None:
@@ -216,6 +218,8 @@ def load_bundle(model_dir: str | Path):
         det.load_state_dict(stored, strict=False)
     except RuntimeError as exc:
         raise BundleError(f"{wpath} does not match its manifest: {str(exc).splitlines()[0]}; re-train") from exc
+    if (why := check_global_branch(head, settings)) is not None:
+        raise manifest.field_error("head.settings.global_branch.weight", why)
     det.eval()
     return det, manifest
 

@@ -221,7 +221,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
     )
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig
-    from algan.model.heads.patch import GLOBAL_WEIGHT
+    from algan.model.heads.patch import GLOBAL_WEIGHT, MIN_BRANCH_NORMALS
     from algan.runtime.preprocess import load_batch
 
     size = args.input_size
@@ -251,7 +251,10 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
                                global_weight=global_weight)
         t = time.perf_counter()
         pooled, x_train, n_cells = None, ev.train, ev.n_cells
-        if ev.pooled is not None and head_name == "algan":
+        if ev.pooled is not None and head_name == "algan" and len(scale_indices(len(ev.pooled), args.seed)) < \
+                MIN_BRANCH_NORMALS:  # too few images to scale the branch on: algan-train ships without it too
+            settings.global_weight = 0.0
+        if ev.pooled is not None and head_name == "algan" and settings.global_weight > 0:
             # as algan-train: the head and its global branch on the training images outside a seeded fifth, whose
             # scores (unseen by both) set the branch's scales, as algan-train's held-out normals do
             n = len(ev.pooled)
@@ -288,6 +291,7 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
             "variant": "patch" if spec.name == "efficientnet-lite0" else f"patch:{spec.name}",
             "head": f"{head_name}-patch",
             "blocks": list(spec.blocks),
+            **({"global_weight": settings.global_weight} if head_name == "algan" else {}),
             "auroc": round(auroc(y, scores), 4),
             "recall_at_fpr": _recall(y, scores, args.target_fpr),
             "train_s": round(train_s, 2),
@@ -393,6 +397,12 @@ def _main(args: argparse.Namespace) -> int:
     args.input_size = input_size(args.input_size)
     if not 0.0 < args.target_fpr < 0.5:
         raise ValueError(f"--target-fpr must lie in (0, 0.5), got {args.target_fpr}")
+    if args.global_weight is not None:
+        if not 0.0 <= args.global_weight <= 1.0:
+            raise ValueError(f"--global-weight must lie in [0, 1], got {args.global_weight}")
+        if "patch" not in args.variants.split(",") or "algan" not in args.patch_heads.split(","):
+            raise ValueError("--global-weight applies to ALGAN-patch: add --variants patch and --patch-heads algan, "
+                             "or drop it")
     rows, scores, y = bench_detection(args)
     if not args.json:
         def opt(v) -> str:

@@ -273,7 +273,7 @@ def check_args(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --variant patch only "
                              f"(this run is --variant {args.variant})")
-    if getattr(args, "global_weight", None) is not None and getattr(args, "tiles", None) is not None:
+    if getattr(args, "global_weight", None) and getattr(args, "tiles", None) is not None:
         raise ValueError("--global-weight applies to whole frames: a tiled bundle has no global branch; drop it or "
                          "drop --tiles")
     for option in ("coreset_ratio", "knn_metric", "global_weight"):  # a head's own settings (HeadKind.options)

@@ -33,7 +33,7 @@ from algan.features.patch import MapPostprocess, PatchFeatureMaps, PatchProjecti
 from algan.model.detector import AnomalyDetector, Calibration
 from algan.model.gan.feature import AlganConfig
 from algan.model.gan.image import PIXEL_MEAN, PIXEL_STD, ImageConfig, PixelBackbone
-from algan.model.heads.patch import GLOBAL_WEIGHT, pool_cells
+from algan.model.heads.patch import GLOBAL_WEIGHT, MIN_BRANCH_NORMALS, pool_cells
 from algan.model.heads.registry import FittedHead, head_kind, head_kinds
 from algan.model.heads.vector import FeatureTransform
 from algan.progress import track
@@ -573,6 +573,12 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
         hold_maps = run_batched(det.raw_maps, hold_u8, settings.batch_size, "maps (holdout)" if progress else None)
         with torch.no_grad():
             hold_raw = det.postprocess.reduce(torch.from_numpy(hold_maps)).numpy()
+        if det.global_branch is not None and (not hold_paths or len(hold_raw) < MIN_BRANCH_NORMALS):
+            log.warning("ALGAN-patch's image-level discriminator is scaled on held-out normals and needs >= %d, got "
+                        "%d: the bundle ships without it (the map's score alone); add normal images or raise "
+                        "--holdout", MIN_BRANCH_NORMALS, len(hold_paths))
+            head.global_branch = None
+            head_settings = {k: v for k, v in head_settings.items() if k != "global_branch"}
         if (branch := det.global_branch) is not None:  # its scale from the same unseen normals, then the fused score
             g_hold = run_batched(lambda u: branch.raw(det.cells(u)), hold_u8, settings.batch_size)
             branch.set_scales(hold_raw, g_hold, settings.target_fpr)
@@ -586,7 +592,8 @@ def fit_detector(dataset: Dataset, settings: FitSettings, progress: bool = True,
             hold_raw = head(transform(torch.from_numpy(hold_feats))).numpy()
     center, threshold = quantile_threshold(hold_raw, settings.target_fpr,
                                            "out-of-fold scores of training normals" if crossfit else
-                                           "held-out normal images")
+                                           "held-out normal images" if hold_paths else
+                                           "training images (no hold-out)")
     det.calibration = Calibration(center, threshold)
     det.eval()
     rng = np.random.default_rng(settings.seed)

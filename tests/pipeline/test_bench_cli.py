@@ -38,7 +38,8 @@ def test_bench_patch_rows_have_pixel_metrics(synth_root):
     rows = json_rows(synth_root, "--input-size", "96", "--variants", "patch")
     assert [row["head"] for row in rows] == ["algan-patch", "patchcore-patch", "padim-patch"]
     for row in rows:
-        assert set(row) == KEYS | LOC_KEYS | {"blocks"} and row["variant"] == "patch"
+        extra = {"global_weight"} if row["head"] == "algan-patch" else set()
+        assert set(row) == KEYS | LOC_KEYS | {"blocks"} | extra and row["variant"] == "patch"
         assert 0.5 < row["pixel_auroc"] <= 1.0 and 0.0 < row["aupro"] <= 1.0 and row["model_mb"] > 0
         assert 0.0 <= row["mask_f1"] <= 1.0  # at thresholds calibrated on half the test normals
         assert 0.0 <= row["border_peak_fraction"] <= 1.0 and 0.0 <= row["peak_hit_rate"] <= 1.0
@@ -48,6 +49,19 @@ def test_bench_patch_rows_have_pixel_metrics(synth_root):
     assert padim["auroc"] > 0.9 and padim["pixel_auroc"] > 0.7  # measured 0.99 / 0.78 on this set at 96 px
     algan = rows[0]
     assert algan["auroc"] > 0.9 and algan["pixel_auroc"] > 0.7  # measured 0.99 / 0.78
+    # 32 training images: a fifth (6) is too few to scale the global branch on, so the row (as algan-train) has none
+    assert algan["global_weight"] == 0.0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--variants", "patch", "--global-weight", "2"], "--global-weight must lie in [0, 1], got 2.0"),
+    (["--variants", "patch", "--patch-heads", "padim", "--global-weight", "0.3"], "--global-weight applies to ALGAN"),
+    (["--global-weight", "0.3"], "--global-weight applies to ALGAN-patch"),
+])
+def test_bench_refuses_global_weight_misuse_before_any_work(synth_root, flags, message):
+    r = subprocess.run([sys.executable, "-m", "algan.cli.bench", "detection", "--data", str(synth_root), *flags],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bench_rejects_folder_without_test_split(tmp_path):

@@ -218,12 +218,8 @@ def test_patch_heads_localise_synthetic_defects(patch_bundles, synth_root):
         # cells): the calibration is affine, so it commutes with the mean; ALGAN-patch's score is the larger of that
         # and its global branch's
         top = maps.flatten(1).topk(6, dim=1).values.mean(1)
-        if name == "algan":
-            assert det.global_branch is not None
-            with torch.no_grad():
-                top = torch.maximum(top, det.calibration(det.global_branch(det.cells(images))))
-        else:
-            assert det.global_branch is None
+        # no global branch: ALGAN-patch's is scaled on held-out normals, and 8 are too few (MIN_BRANCH_NORMALS)
+        assert det.global_branch is None
         torch.testing.assert_close(scores, top)
         # evaluate() (algan-eval's image AUROC) scores patch detectors through their maps
         ev = evaluate(det, ds, batch_size=8, progress=False)
@@ -301,6 +297,8 @@ def test_image_level_graph_keeps_one_output_key():
     (["--variant", "patch", "--head", "padim", "--global-weight", "0.5"], "--global-weight applies to --head algan"),
     (["--variant", "patch", "--global-weight", "1.5"], "--global-weight must lie in [0, 1]"),
     (["--variant", "patch", "--global-weight", "0.5", "--tiles", "2x2"], "tiled bundle has no global branch"),
+    (["--variant", "patch", "--global-weight", "0", "--tiles", "2x2", "--input-size", "100", "100"],
+     "multiple of the patch stride"),  # weight 0 (off) is accepted with tiles: the next check speaks
     (["--global-weight", "0.5"], "applies to --variant patch only"),
 ])
 def test_train_cli_patch_flag_errors(argv, message, tmp_path, capsys):
@@ -430,14 +428,15 @@ def test_patch_context_bundle_exports_with_parity(synth_root, tmp_path):
 def test_alganpatch_global_branch_round_trips_and_exports_with_parity(synth_root, tmp_path):
     """ALGAN-patch's image-level discriminator: recorded in the manifest, scaled on the held-out normals, fused by
     max into the image score (not the map), the same after a reload and in the exported graph (FP32 1e-4)."""
-    from algan.bundle import load_bundle, load_samples
+    from algan.bundle import BundleError, load_bundle, load_samples
     from algan.export.onnx_export import export_onnx, ort_outputs, torch_outputs
     from algan.model.heads.patch import GLOBAL_WEIGHT, pool_cells
 
-    out = _train_patch(synth_root, tmp_path / "g", "algan", "--epochs", "2")
+    out = _train_patch(synth_root, tmp_path / "g", "algan", "--epochs", "2", "--holdout", "0.5")  # 20 held out
     det, manifest = load_bundle(out)
     g = manifest.require("head").settings["global_branch"]
     assert g["weight"] == GLOBAL_WEIGHT and g["dim"] == 2 * (112 + 192) and g["epochs"] == 2
+    assert g["min_steps"] == 200  # an explicit --epochs keeps a floor of steps for the branch
     branch = det.global_branch
     assert branch is not None and float(branch.weight) == GLOBAL_WEIGHT
     # scaled on real scores: not the constructor's 0 / 1
@@ -461,7 +460,27 @@ def test_alganpatch_global_branch_round_trips_and_exports_with_parity(synth_root
     s_o, m_o = ort_outputs(path, images)
     np.testing.assert_allclose(s_o, s_t, atol=1e-4)
     np.testing.assert_allclose(m_o, m_t, atol=1e-4)
+    # the weight is part of the trained weights and the graph: a hand-edited manifest is refused, in one line
+    doc = json.loads((out / "algan.json").read_text())
+    doc["head"]["settings"]["global_branch"]["weight"] = 0.1
+    (out / "algan.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"global_branch.weight' is 0.1 but the trained weights hold 0.5"):
+        load_bundle(out)
+    doc["head"]["settings"]["global_branch"]["weight"] = 0
+    (out / "algan.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=r"field 'head.settings' is invalid \(global branch weight must lie"):
+        load_bundle(out)
     # --global-weight 0: the map's score alone, nothing in the manifest
-    plain = _train_patch(synth_root, tmp_path / "p", "algan", "--epochs", "2", "--global-weight", "0")
+    plain = _train_patch(synth_root, tmp_path / "p", "algan", "--epochs", "2", "--global-weight", "0", "--holdout",
+                         "0.5")
     det0, manifest0 = load_bundle(plain)
     assert det0.global_branch is None and "global_branch" not in manifest0.require("head").settings
+
+
+def test_alganpatch_ships_without_the_branch_on_too_few_held_out_normals(synth_root, tmp_path, caplog):
+    from algan.bundle import load_bundle
+
+    out = _train_patch(synth_root, tmp_path / "few", "algan", "--epochs", "2")  # 8 held-out normals
+    det, manifest = load_bundle(out)
+    assert det.global_branch is None and "global_branch" not in manifest.require("head").settings
+    assert "needs >= 20, got 8: the bundle ships without it" in caplog.text

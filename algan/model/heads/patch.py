@@ -50,6 +50,8 @@ class PatchwiseHead(nn.Module):
 #: MTD, ballscrew, weave, metal and bottle frames together (benchmarks/RESULTS.md, "Session 17"): weight 1 gave MTD
 #: +0.06 image AUROC and weave -0.05, 0.5 MTD +0.05 and weave -0.02, 0.2 MTD +0.02.
 GLOBAL_WEIGHT = 0.5
+#: fewest unseen normal images the global branch is scaled on; with fewer the bundle ships without the branch
+MIN_BRANCH_NORMALS = 20
 
 
 def pool_cells(x: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: fewest ALGAN-patch training steps without a warning: below ~500 the maps of a synthetic set came out inverted
 #: (pixel AUROC 0.30 after 32 steps, 0.55 after 96, 0.78 with the default 1500; tests/pipeline/test_bench_cli.py)
 MIN_PATCH_STEPS = 500
+#: fewest training steps of ALGAN-patch's image-level discriminator when ``--epochs`` is given (a few images at a few
+#: epochs are a handful of steps: the branch then scored below chance in a user's trial)
+BRANCH_MIN_STEPS = 200
 
 
 class FittedHead(NamedTuple):
@@ -296,13 +299,27 @@ class AlganPatchHead(HeadKind):
         return head
 
 
+def check_global_branch(head: nn.Module, settings: Mapping[str, Any]) -> str | None:
+    """``None`` when a loaded ALGAN-patch head's global branch agrees with ``head.settings.global_branch``, else what
+    differs (the weight is part of the trained weights and the exported graph: an edited manifest cannot change it)."""
+    g = settings.get("global_branch")
+    branch = getattr(head, "global_branch", None)
+    if g is None or branch is None:
+        return None
+    stored = float(branch.weight)
+    if abs(float(g["weight"]) - stored) > 1e-6:
+        return f"is {g['weight']} but the trained weights hold {stored:g} (re-train with --global-weight to change it)"
+    return None
+
+
 def global_branch_config(patch_cfg: AlganConfig) -> AlganConfig:
     """The ALGAN config of ALGAN-patch's image-level discriminator: the feature variant's default preset (an
     ensemble of 3) with the patch head's seed; an explicit epoch count of the patch head (``min_steps`` 0, as
-    ``--epochs`` sets it) is kept, so short test runs stay short."""
+    ``--epochs`` sets it) is kept, with a floor of :data:`BRANCH_MIN_STEPS` steps, so short runs stay short without
+    an untrained branch."""
     over: dict[str, Any] = {"seed": patch_cfg.seed}
     if patch_cfg.min_steps == 0:
-        over.update(epochs=patch_cfg.epochs, min_steps=0)
+        over.update(epochs=patch_cfg.epochs, min_steps=BRANCH_MIN_STEPS)
     return AlganConfig.preset("default", **over)
 
 
