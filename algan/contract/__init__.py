@@ -100,6 +100,7 @@ from algan.contract.patch import PatchSpec
 from algan.contract.threshold import (
     DEFAULT_PIXEL_FPR,
     EmpiricalThreshold,
+    center_and_threshold,
     empirical_threshold,
     order_statistic_rank,
     pixel_threshold,
@@ -113,7 +114,7 @@ __all__ = [
     "ENGINE_SIDECAR_FILE", "ENGINE_TIMING_CACHE_FILE", "EXPORT_KEYS", "FORMAT_VERSION", "FP16_ONNX_FILE",
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
     "KEY_MODEL_ID", "KEY_OUTPUTS", "KEY_PIXEL_THRESHOLD", "KEY_MAP_NORM", "KEY_PRECISION", "graph_metadata",
-    "set_metadata",
+    "center_and_threshold", "set_metadata",
     "DEFAULT_PIXEL_FPR", "pixel_threshold", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE",
     "OUTPUT_NAME",
     "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "SIGNATURE_FILE", "TRAINING_SECTIONS", "WEIGHTS_FILE",

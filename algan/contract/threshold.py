@@ -75,6 +75,23 @@ def empirical_threshold(scores: np.ndarray, target_fpr: float, *, clip: bool) ->
     return EmpiricalThreshold(float(s[k - 1]), k, 1.0 - k / (n + 1), True, need)
 
 
+def center_and_threshold(scores: np.ndarray, target_fpr: float) -> tuple[float, float, EmpiricalThreshold]:
+    """``(center, threshold, rule)`` of normal raw scores float (N,): their median and :func:`empirical_threshold`
+    (clipped to the maximum when ``N`` cannot resolve ``target_fpr``; ``rule.resolved`` says so), the threshold
+    widened to the median plus the scores' standard deviation when it does not exceed the median (tied scores), so
+    ``(raw - center) / (threshold - center)`` stays a valid calibrated scale.
+
+    Raises:
+        ValueError: as :func:`empirical_threshold`.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    rule = empirical_threshold(s, target_fpr, clip=True)
+    center, threshold = float(np.median(s)), float(rule.threshold)
+    if threshold <= center:
+        threshold = center + (float(np.std(s)) or abs(center) * 1e-3 or 1e-3)
+    return center, threshold, rule
+
+
 #: default per-pixel false-positive rate of the pixel threshold (share of normal map cells at or above it): the lowest
 #: rate measured, the best mask F1 on every dev set with flagged defects (benchmarks/pixel_threshold.py, RESULTS.md
 #: "Session 11"); still resolved by 2 held-out images of 56 x 56 cells

@@ -23,7 +23,7 @@ from algan.contract import (
     MAP_OUTPUTS,
     SCORE_OUTPUTS,
     Manifest,
-    empirical_threshold,
+    center_and_threshold,
     pixel_threshold,
     utc_now_iso,
 )
@@ -403,30 +403,25 @@ def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[li
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float,
-                       what: str | None = "held-out normal images") -> tuple[float, float]:
+                       what: str = "held-out normal images") -> tuple[float, float]:
     """``(center, threshold)`` of normal raw scores: their median, and the order statistic ``X_(k)``,
     ``k = ceil((n + 1)(1 - target_fpr))`` (:func:`algan.contract.empirical_threshold`, the rule algan-calibrate
     uses too).
 
     With fewer than ``1 / target_fpr - 1`` scores the rate cannot be resolved: the threshold is then the maximum
     (expected false-alarm rate ``1 / (n + 1)``, above the target) and a warning says so (algan-calibrate refuses
-    instead, and offers an extreme-value fit); ``what`` names the scores in it (``None``: no warning). A threshold
-    not above the median is widened to keep the calibrated scale valid.
+    instead, and offers an extreme-value fit); ``what`` names the scores in it. A threshold not above the median is
+    widened to keep the calibrated scale valid.
 
     Raises:
         ValueError: no scores, NaN/inf scores, or ``target_fpr`` outside (0, 1).
     """
     s = np.asarray(normal_scores, dtype=np.float64)
-    rule = empirical_threshold(s, target_fpr, clip=True)
-    if not rule.resolved and what is not None:
+    center, thr, rule = center_and_threshold(s, target_fpr)
+    if not rule.resolved:
         log.warning("%d %s cannot resolve a per-frame false-alarm rate of %g (needs >= %d): "
                     "the threshold is their maximum score (expected rate about %.2g); re-calibrate with more normal "
                     "frames (algan-calibrate)", len(s), what, target_fpr, rule.needed, rule.expected_fpr)
-    center = float(np.median(s))
-    thr = rule.threshold
-    if thr <= center:
-        spread = float(np.std(s)) or abs(center) * 1e-3 or 1e-3
-        thr = center + spread
     return center, thr
 
 

@@ -140,3 +140,13 @@ def test_no_contract_file_name_or_key_is_spelled_out_elsewhere():
                   for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                   and n.value in values and id(n) not in docs and id(n) not in in_fstrings]
     assert not found, "\n".join(sorted(found))
+
+
+def test_center_and_threshold_is_the_calibration_rule():
+    from algan.contract import center_and_threshold
+
+    s = np.arange(1.0, 200.0)  # 199 scores: X_(198) = 198 resolves 1 %
+    center, thr, rule = center_and_threshold(s, 0.01)
+    assert (center, thr, rule.resolved) == (100.0, 198.0, True)
+    center, thr, rule = center_and_threshold(np.array([2.0, 2.0, 2.0]), 0.01)  # tied: widened, unresolved
+    assert center == 2.0 and thr > center and not rule.resolved

@@ -115,14 +115,15 @@ class GlobalBranch(nn.Module):
 
     def set_scales(self, patch_scores: np.ndarray, global_scores: np.ndarray, target_fpr: float) -> None:
         """Set both scores' median and threshold at ``target_fpr`` from the patch image scores and the raw global
-        scores (:meth:`raw`) of the same normal images, float (N,) each, not trained on
-        (:func:`algan.model.fit.quantile_threshold`, the bundle's calibration rule)."""
-        from algan.model.fit import quantile_threshold
+        scores (:meth:`raw`) of the same normal images, float (N,) each, not trained on: the median and the bundle's
+        threshold rule (:func:`algan.contract.center_and_threshold`; too few images give their maximum, and the
+        bundle's own calibration warns about that)."""
+        from algan.contract import center_and_threshold
 
-        pc, pt = quantile_threshold(patch_scores, target_fpr, None)  # the calibration warns about too few images
-        gc, gt = quantile_threshold(global_scores, target_fpr, None)
-        for name, v in (("p_center", pc), ("p_scale", pt - pc), ("g_center", gc), ("g_scale", gt - gc)):
-            getattr(self, name).fill_(float(v))
+        for prefix, scores in (("p", patch_scores), ("g", global_scores)):
+            center, threshold, _ = center_and_threshold(scores, target_fpr)
+            getattr(self, f"{prefix}_center").fill_(center)
+            getattr(self, f"{prefix}_scale").fill_(threshold - center)
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
         return self.to_patch_scale(self.raw(cells))
