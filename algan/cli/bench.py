@@ -215,13 +215,12 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
         build_eval_set,
         calibrated_mask_f1,
         fit_map_norm,
-        head_maps,
         pixel_metrics,
         scale_indices,
     )
     from algan.model.fit import FitSettings, fit_patch_head
     from algan.model.gan.feature import PATCH_SCHEDULE, AlganConfig
-    from algan.model.heads.patch import GLOBAL_WEIGHT, MIN_BRANCH_NORMALS
+    from algan.model.heads.patch import GLOBAL_WEIGHT, MIN_BRANCH_NORMALS, scale_global_branch, scores_and_maps
     from algan.runtime.preprocess import load_batch
 
     size = args.input_size
@@ -265,25 +264,16 @@ def bench_patch(args: argparse.Namespace, ds, train, y: np.ndarray) -> list[tupl
             n_cells = ev.n_cells * (n - len(held)) // n
         head, *_ = fit_patch_head(settings, x_train, n_cells, progress, pooled)
         fit_map_norm(head, post, ev.stats)  # the per-location map statistics, as algan-train fits them
-        branch = getattr(head, "global_branch", None)
-        if branch is not None:  # scaled on the training fifth it was not trained on (algan-train: the hold-out)
-            with torch.no_grad():
-                branch.set_scales(post.reduce(head_maps(head, post, ev.scale)).numpy(),
-                                  branch.raw(ev.scale.float()).numpy(), args.target_fpr)
+        if ev.scale is not None:  # scaled on the training fifth it was not trained on (algan-train: the hold-out)
+            scale_global_branch(head, post, ev.scale, args.target_fpr)
         train_s = time.perf_counter() - t
-        maps = head_maps(head, post, ev.test)
-        scores = post.reduce(maps).numpy()
-        if branch is not None:
-            with torch.no_grad():
-                g = torch.cat([branch(ev.test[i : i + 64].float()) for i in range(0, len(ev.test), 64)]).numpy()
-            scores = np.maximum(scores, g)
-        loc = localisation(maps.numpy(), scores, y, ev.masks, ev.sizes)
+        head.eval()
         with torch.no_grad():
-            def run_head(f, h=head, b=branch):
-                s = post.reduce(post(h(f)))
-                return s if b is None else torch.maximum(s, b(f))
-
-            head_ms = _time_per_image(run_head, ev.test[:32].float())
+            outs = [scores_and_maps(head, post, ev.test[i : i + 32].float()) for i in range(0, len(ev.test), 32)]
+            head_ms = _time_per_image(lambda f, h=head: scores_and_maps(h, post, f)[0], ev.test[:32].float())
+        scores = torch.cat([s for s, _ in outs]).numpy()
+        maps = torch.cat([m for _, m in outs])
+        loc = localisation(maps.numpy(), scores, y, ev.masks, ev.sizes)
         pixel = pixel_metrics(maps, ev.masks)
         pixel["mask_f1"] = calibrated_mask_f1(maps, scores, ev.masks, y, args.seed)
         out.append(({

@@ -99,16 +99,12 @@ class AnomalyDetector(nn.Module):
     def raw_scores_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated ``(image scores (N,), maps (N, h, w))`` of a patch head: the image score is the map's
         reduction (``postprocess.reduce``), or with a :attr:`global_branch` the larger of that and the branch's."""
+        from algan.model.heads.patch import scores_and_maps
+
         if self.postprocess is None:
             raise ValueError("this detector scores whole images (no anomaly maps); train a patch head "
                              "(algan-train --variant patch)")
-        cells = self.cells(images)
-        maps = self.postprocess(self.head(cells))
-        scores = self.postprocess.reduce(maps)
-        branch = self.global_branch
-        if branch is not None:
-            scores = torch.maximum(scores, branch(cells))
-        return scores, maps
+        return scores_and_maps(self.head, self.postprocess, self.cells(images))
 
     def score_and_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated ``(scores float32 (N,), anomaly maps float32 (N, h, w))`` (patch heads only)."""

@@ -199,15 +199,12 @@ def fitted_post(head: torch.nn.Module, data: VariantData, batch_size: int = 32):
 
 
 def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batch_size: int = 32,
-                 post: object | None = None, fused: bool = True) -> np.ndarray:
+                 post: object | None = None) -> np.ndarray:
     """Raw image scores float32 (N,) of a fitted head on cached inputs ``x`` of ``data``'s variant (patch: maps
     through ``post``, default ``data.post``; pass the candidate's :attr:`CandidateResult.post` to score as its bundle
-    does). A head with a global branch (:class:`algan.model.heads.patch.GlobalBranch`) gives the larger of the map's
-    score and the branch's, as :meth:`algan.model.detector.AnomalyDetector.raw_scores` does; ``fused=False``: the
-    map's alone."""
-    from algan.model.heads.patch import PatchwiseHead
+    does; whole frames: :func:`algan.model.heads.patch.scores_and_maps`, with ALGAN-patch's global branch)."""
+    from algan.model.heads.patch import scores_and_maps
 
-    branch = head.global_branch if fused and isinstance(head, PatchwiseHead) else None
     head.eval()
     with torch.no_grad():
         if data.variant == "patch":
@@ -220,30 +217,20 @@ def image_scores(head: torch.nn.Module, data: VariantData, x: torch.Tensor, batc
                 n = len(maps) // data.tiling.n_tiles
                 return untile(np.zeros(len(maps)), maps, [data.frame_hw] * n, data.tiling,  # type: ignore[list-item]
                               post.reduction, post.topk).scores  # type: ignore[attr-defined]
-
-            def score(cells: torch.Tensor) -> torch.Tensor:
-                s = post.reduce(post(head(cells)))  # type: ignore[attr-defined, operator]
-                return s if branch is None else torch.maximum(s, branch(cells))
-
-            return torch.cat([score(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)]).numpy()
+            return torch.cat([scores_and_maps(head, post, x[i : i + batch_size].float())[0]  # type: ignore[arg-type]
+                              for i in range(0, len(x), batch_size)]).numpy()
         return torch.cat([head(x[i : i + 1024]) for i in range(0, len(x), 1024)]).numpy()
 
 
 def set_branch_scales(head: torch.nn.Module, data: VariantData, post: object, target_fpr: float,
                       batch_size: int = 32) -> None:
-    """Scale a fitted ALGAN-patch head's global branch on the held-out normals ``data.normal`` (their map scores
-    and the branch's raw scores, :meth:`algan.model.heads.patch.GlobalBranch.set_scales`), as
-    :func:`algan.model.fit.fit_detector` does on the same images; nothing for other heads."""
-    from algan.model.heads.patch import PatchwiseHead
+    """Scale a fitted ALGAN-patch head's global branch on the held-out normals ``data.normal``
+    (:func:`algan.model.heads.patch.scale_global_branch`), as :func:`algan.model.fit.fit_detector` does on the same
+    images; nothing for other heads or tiles."""
+    from algan.model.heads.patch import scale_global_branch
 
-    branch = head.global_branch if isinstance(head, PatchwiseHead) else None
-    if branch is None:
-        return
-    p = image_scores(head, data, data.normal, batch_size, post, fused=False)
-    with torch.no_grad():
-        g = torch.cat([branch.raw(data.normal[i : i + batch_size].float())
-                       for i in range(0, len(data.normal), batch_size)]).numpy()
-    branch.set_scales(p, g, target_fpr)
+    if data.variant == "patch" and data.tiling is None:
+        scale_global_branch(head, post, data.normal, target_fpr, batch_size)  # type: ignore[arg-type]
 
 
 def score_candidate(name: str, fit: Callable[[VariantData], tuple], data: VariantData, kinds: Sequence[str],

@@ -129,6 +129,34 @@ class GlobalBranch(nn.Module):
         return self.to_patch_scale(self.raw(cells))
 
 
+def scores_and_maps(head: nn.Module, post: nn.Module, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ``(image scores (N,), maps (N, h, w))`` of a patch head on cells float32 (N, K, gh, gw) through a map
+    postprocess (:class:`algan.features.patch.MapPostprocess`): the image score is the map's reduction, or with the
+    head's :class:`GlobalBranch` the larger of that and the branch's score (the one rule of the detector, the head
+    selection and the benchmark)."""
+    maps = post(head(cells))
+    scores = post.reduce(maps)
+    branch = head.global_branch if isinstance(head, PatchwiseHead) else None
+    if branch is not None:
+        scores = torch.maximum(scores, branch(cells))
+    return scores, maps
+
+
+@torch.no_grad()
+def scale_global_branch(head: nn.Module, post: nn.Module, cells: torch.Tensor, target_fpr: float,
+                        batch_size: int = 32) -> None:
+    """Set a fitted head's global branch scales (:meth:`GlobalBranch.set_scales`) from unseen normal images' cells
+    (N, K, gh, gw) (float16 or float32): their map scores and the branch's raw scores. Nothing without a branch."""
+    branch = head.global_branch if isinstance(head, PatchwiseHead) else None
+    if branch is None:
+        return
+    head.eval()
+    batches = [cells[i : i + batch_size].float() for i in range(0, len(cells), batch_size)]
+    p = torch.cat([post.reduce(post(head(c))) for c in batches]).numpy()
+    g = torch.cat([branch.raw(c) for c in batches]).numpy()
+    branch.set_scales(p, g, target_fpr)
+
+
 def greedy_coreset(x: np.ndarray, n: int, proj_dim: int = 128, seed: int = 0) -> np.ndarray:
     """Indices of a greedy k-center coreset of ``n`` rows of ``x`` (PatchCore, Roth et al. 2022, Algorithm 1).
 
