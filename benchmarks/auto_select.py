@@ -12,7 +12,8 @@ rank correlation (scipy.stats.spearmanr) between each synthetic figure and the r
 the shortfall of every alternative rule and fixed head over all sets.
 
 Data sets: ``mtd``, ``ballscrew``, ``pcb`` (from ``$ALGAN_DATA_DIR`` or ``../shared/data``), ``metal``, ``weave``
-(algan-synth textures) and ``bottle`` (video frames), built as ``benchmarks/patch_defaults.py`` builds them.
+(algan-synth textures) and ``bottle`` (video frames), built as ``benchmarks/patch_defaults.py`` builds them; and
+two stand-ins for held-out kinds, ``ballscrew-dark`` and ``bottle-rot`` (:mod:`benchmarks._stand_ins`).
 
 Usage::
 
@@ -40,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from algan.model.select import CANDIDATES as CANDIDATES_ALL  # noqa: E402
 from algan.model.select import DEFECTS_PER_IMAGE  # noqa: E402
+from benchmarks._stand_ins import STAND_INS, build_stand_in  # noqa: E402
 from benchmarks.patch_defaults import DATA, build_bottle, build_synthetic  # noqa: E402
 
 
@@ -59,7 +61,10 @@ def data_set(name: str, work: Path, smoke: bool) -> tuple[Path, str] | None:
         return (DATA / "mtd", "mtd") if (DATA / "mtd" / "MT_Free").is_dir() else None
     if name in ("ballscrew", "pcb"):
         return (DATA / name, "mvtec") if (DATA / name / "train").is_dir() else None
-    raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle")
+    if name in STAND_INS:
+        return build_stand_in(name, work, DATA)
+    raise SystemExit(f"unknown data set {name!r}; use mtd, ballscrew, pcb, metal, weave, bottle, "
+                     f"{', '.join(STAND_INS)}")
 
 
 def candidate_settings(seed: int, smoke: bool, size: int, names, patch_blocks: str | None = None,

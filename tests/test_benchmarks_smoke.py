@@ -47,3 +47,37 @@ def test_benchmark_smoke_size_runs_and_prints_figures(script: Path, tmp_path: Pa
     figures = [line for line in res.stdout.splitlines() if re.search(r"\d", line)]
     assert figures, f"{script.name} --smoke printed no figures:\n{res.stdout[-2000:]}"
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+def test_stand_ins_turn_image_and_mask_alike_and_darken_images_only(tmp_path: Path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks._stand_ins import darken, derive, rotate
+
+    src = tmp_path / "src"
+    img = np.full((64, 96, 3), 60, np.uint8)
+    img[10:20, 70:85] = 250  # the defect: a bright block off centre
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:20, 70:85] = 255
+    for d in ("train/good", "test/spot", "ground_truth/spot"):
+        (src / d).mkdir(parents=True)
+    cv2.imwrite(str(src / "train/good/000.png"), img)
+    cv2.imwrite(str(src / "test/spot/001.png"), img)
+    cv2.imwrite(str(src / "ground_truth/spot/001_mask.png"), mask)
+
+    turned = derive(src, tmp_path / "rot", rotate)
+    out = cv2.imread(str(turned / "test/spot/001.png"))
+    out_mask = cv2.imread(str(turned / "ground_truth/spot/001_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert out.shape == img.shape and set(np.unique(out_mask)) <= {0, 255}
+    assert not np.array_equal(out_mask, mask)  # 001 turns by a non-zero angle
+    inside, outside = out[out_mask > 0].mean(), out[out_mask == 0].mean()
+    assert inside > 200 and outside < 90, (inside, outside)  # the bright block moved with its mask
+
+    dark = derive(src, tmp_path / "dark", darken)
+    dimg = cv2.imread(str(dark / "train/good/000.png"))
+    assert dimg.mean() < 0.5 * img.mean()
+    assert np.array_equal(cv2.imread(str(dark / "ground_truth/spot/001_mask.png"), cv2.IMREAD_GRAYSCALE), mask)
+    assert derive(src, tmp_path / "dark", darken) == tmp_path / "dark"  # a finished build is reused
+    assert not (tmp_path / "dark.partial").exists()
