@@ -15,7 +15,9 @@ localisation figures ``border_peak_fraction, peak_hit_rate, peak_hit_rate_flagge
 (:mod:`algan.calibration.localisation`; null without masks; flagged = above the threshold at 1 % false alarms on the
 test normals).
 ``--variants`` with both feature and patch adds a row ``"head": "auto"`` with ``"chosen": "<variant>:<head>"``: the
-head ``algan-train --head auto`` picks (:mod:`algan.model.select`), with that head's test figures.
+head ``algan-train --head auto`` picks (:mod:`algan.model.select`), with that head's test figures; on frames much
+larger than the input the patch heads also compete on tiles, as in algan-train, and a tiled choice
+(``"chosen": "patch:algan@3x3"``) is fitted and scored as its bundle (:func:`tiled_auto_row`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ import time
 import numpy as np
 
 from algan.cli._common import add_version, input_size, run_cli, setup_logging
+
+#: the localisation figures of the patch rows (:func:`localisation`)
+LOCALISATION_KEYS = ("border_peak_fraction", "peak_hit_rate", "peak_hit_rate_flagged", "region_iou")
 
 
 def _recall(y: np.ndarray, scores: np.ndarray, target_fpr: float) -> float | None:
@@ -167,28 +172,88 @@ def auto_candidates(args: argparse.Namespace) -> dict:
 
 def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.ndarray]):
     """The ``"head": "auto"`` row: the head ``algan-train --head auto`` picks on this training set
-    (:func:`algan.model.select.select_heads`), with the test figures of that head's row of this run and
-    ``"chosen": "<variant>:<head>"``; ``train_s`` is the selection's time. ``None`` (and a note) when the chosen
-    head has no row here (not among --heads / --patch-heads)."""
-    from algan.model.select import format_table, select_heads
+    (:func:`algan.model.select.select_heads`, with the tiled candidates ``algan-train`` adds where the frames are much
+    larger than the input, :func:`algan.runtime.tiling.auto_grid`), with ``"chosen": "<variant>:<head>[@RxC]"`` and
+    ``train_s`` = the selection's time. A whole-frame choice takes the test figures of that head's row of this run
+    (``None`` and a note when it has none: not among --heads / --patch-heads); a tiled choice, which has no row, is
+    fitted and scored as the product does it (:func:`tiled_auto_row`)."""
+    from algan.cli.train import with_tiled
+    from algan.model.select import format_table, select_heads, split_candidate
+    from algan.runtime.tiling import auto_grid, frame_size
 
+    candidates = auto_candidates(args)
+    grid = auto_grid(frame_size(ds.train), tuple(args.input_size)) if ds.train else None
+    if grid is not None:
+        candidates = with_tiled(candidates, grid, args.blocks is not None)
+        if not args.json:
+            print(f"# auto: the frames are much larger than the input; as algan-train --head auto, the patch heads "
+                  f"also compete on {grid} tiles", file=sys.stderr, flush=True)
     t = time.perf_counter()
     try:
-        sel = select_heads(ds, auto_candidates(args), progress=not args.json)
+        sel = select_heads(ds, candidates, progress=not args.json)
     except ValueError as e:  # too few held-out normals for a threshold: the other rows still stand
         print(f"# no auto row: {e}", file=sys.stderr)
         return None
     train_s = time.perf_counter() - t
-    variant, head = sel.chosen.name.split(":")
-    want = f"{head}-patch" if variant == "patch" else ("algan[default]" if head == "algan" else head)
+    variant, head, tiles = split_candidate(sel.chosen.name)
     if not args.json:
         print(format_table(sel.chosen.name, sel.results, args.target_fpr), flush=True)
+    if tiles is not None:
+        return tiled_auto_row(args, ds, candidates[sel.chosen.name], sel, train_s)
+    want = f"{head}-patch" if variant == "patch" else ("algan[default]" if head == "algan" else head)
     for row, sc in zip(rows, scores, strict=True):
         if row["head"] == want and row["variant"].split(":")[0] == variant:
             return {**row, "head": "auto", "chosen": sel.chosen.name, "train_s": round(train_s, 2)}, sc
     print(f"# auto chose {sel.chosen.name}, which has no row in this run (add it to --heads / --patch-heads)",
           file=sys.stderr)
     return None
+
+
+def tiled_auto_row(args: argparse.Namespace, ds, settings, sel, select_s: float) -> tuple[dict, np.ndarray]:
+    """The auto row of a tiled choice: the bundle ``algan-train --head auto`` writes for it
+    (:func:`algan.model.fit.fit_detector` on the selection's cached features and fitted head, as
+    :func:`algan.model.select.fit_auto`), scored on the whole test split as ``algan-eval`` scores a bundle (tiles cut,
+    scored and stitched by the detector). ``auroc`` and ``recall_at_fpr`` as every row; the pixel and localisation
+    figures as the patch rows' (maps recalibrated on the test normals); ``head_ms``/``backbone_ms`` are ``None`` (one
+    frame is several graph runs); ``train_s`` = selection + bundle fit. Returns ``(row, test image scores (M,))``."""
+    import torch
+
+    from algan.model.evaluation.image_eval import auroc, evaluate
+    from algan.model.evaluation.patch_eval import calibrated_mask_f1
+    from algan.model.evaluation.pixel_eval import evaluate_maps, pixel_metrics_unavailable
+    from algan.model.fit import FitCache, fit_detector
+
+    t = time.perf_counter()
+    fitted = fit_detector(ds, settings, False, cache=FitCache(sel.raw[sel.chosen.name], sel.chosen.fitted))
+    det = fitted.detector.eval()
+    train_s = select_s + time.perf_counter() - t
+    y = np.array([s.label for s in ds.test])
+    keys = ("pixel_auroc", "aupro", "mask_f1")
+    if pixel_metrics_unavailable(det, ds.test) is None:
+        pix = evaluate_maps(det, ds, pixel_level=fitted.manifest.calibration.pixel_level)
+        scores = np.asarray(pix["scores"], dtype=np.float64)
+        figures = {"pixel_auroc": pix["pixel_auroc"], "aupro": pix["aupro"],
+                   "mask_f1": calibrated_mask_f1(torch.from_numpy(pix["maps"]), scores, pix["masks"], y, args.seed)}
+        figures = {k: None if v is None else round(float(v), 4) for k, v in figures.items()}
+        loc = localisation(pix["maps"], scores, y, pix["masks"], pix["frame_sizes"])
+    else:
+        scores = np.asarray(evaluate(det, ds, progress=False)["scores"], dtype=np.float64)
+        figures, loc = dict.fromkeys(keys), dict.fromkeys(LOCALISATION_KEYS)
+    return {
+        "dataset": f"{ds.root.name}({ds.layout})",
+        "variant": "patch",
+        "head": "auto",
+        "chosen": sel.chosen.name,
+        "blocks": list(settings.backbone.blocks),
+        "auroc": round(auroc(y, scores), 4),
+        "recall_at_fpr": _recall(y, scores, args.target_fpr),
+        "train_s": round(train_s, 2),
+        "head_ms": None,
+        "backbone_ms": None,
+        **figures,
+        **loc,
+        "model_mb": round(_state_mb(det.head), 3),
+    }, scores
 
 
 def _state_mb(module) -> float:
@@ -301,15 +366,14 @@ def localisation(maps: np.ndarray, scores: np.ndarray, y: np.ndarray, masks: np.
     false alarms among them (the flagged images are those above it). All ``None`` without masks."""
     from algan.calibration.localisation import localisation_metrics
 
-    keys = ("border_peak_fraction", "peak_hit_rate", "peak_hit_rate_flagged", "region_iou")
     if masks is None or not (y == 0).any():
-        return dict.fromkeys(keys)
+        return dict.fromkeys(LOCALISATION_KEYS)
     normal = scores[y == 0]
     thr = float(np.quantile(normal, 0.99, method="higher"))
     center = float(np.median(normal))
     cal = (maps - center) / max(thr - center, 1e-12)
     loc = localisation_metrics(cal, y, masks, scores > thr, frame_sizes)
-    return {k: None if loc[k] is None else round(loc[k], 4) for k in keys}
+    return {k: None if loc[k] is None else round(loc[k], 4) for k in LOCALISATION_KEYS}
 
 
 def bench_image(args: argparse.Namespace, ds, train, y: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -407,8 +471,8 @@ def _main(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['dataset']:<{wd}} {r['variant']:<{wv}} {r['head']:<{wh}} {r['auroc']:>7.4f} "
                   f"{opt(r['recall_at_fpr']):>8} {opt(r['pixel_auroc'])} {opt(r['aupro'])} {opt(r.get('mask_f1'))} "
-                  f"{r['train_s']:>8.1f} {r['head_ms']:>9.4f} {r['backbone_ms']:>11.2f} "
-                  f"{r['head_ms'] / r['backbone_ms']:>12.2%} {r['model_mb']:>8.2f}"
+                  f"{r['train_s']:>8.1f} {_ms(r['head_ms'], 9, 4)} {_ms(r['backbone_ms'], 11, 2)} "
+                  f"{_ratio(r['head_ms'], r['backbone_ms'])} {r['model_mb']:>8.2f}"
                   + (f"  chosen {r['chosen']}" if "chosen" in r else ""))
         loc = [r for r in rows if "border_peak_fraction" in r]
         if loc:
@@ -420,6 +484,14 @@ def _main(args: argparse.Namespace) -> int:
                       f"{opt(r['peak_hit_rate_flagged']):>11} {opt(r['region_iou']):>10}")
         print_comparisons(rows, scores, y)
     return 0
+
+
+def _ms(v: float | None, width: int, digits: int) -> str:
+    return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
+
+
+def _ratio(head_ms: float | None, backbone_ms: float | None) -> str:
+    return f"{head_ms / backbone_ms:>12.2%}" if head_ms is not None and backbone_ms else f"{'-':>13}"
 
 
 def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray) -> None:
@@ -438,7 +510,8 @@ def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray)
             print(f"  {r['head']:<26} {d:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {verdict}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """algan-bench's argument parser."""
     from algan.cli.train import KNN_METRIC_NAMES, add_backbone_args, add_patch_args
 
     p = argparse.ArgumentParser(prog="algan-bench", description="Detection quality and speed of every head.")
@@ -468,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--log-level", default="WARNING")
-    args = add_version(p).parse_args(argv)
+    return add_version(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return run_cli("algan-bench", lambda: _main(args))
 

@@ -103,7 +103,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_tiling_args(p: argparse.ArgumentParser) -> None:
-    """``--tiles`` and ``--tile-overlap`` (shared with algan-bench)."""
+    """``--tiles`` and ``--tile-overlap`` of algan-train."""
     p.add_argument("--tiles", default=None, metavar="ROWSxCOLS",
                    help="tiled inference: cut the region of interest into this grid of overlapping tiles, each resized "
                         "to the model input (e.g. 2x2, 3x3); train on the tiles, stitch their maps into one frame map "

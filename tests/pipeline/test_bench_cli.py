@@ -114,3 +114,59 @@ def test_bench_feature_and_patch_add_the_auto_row(tmp_path):
         {k: twin[k] for k in ("auroc", "recall_at_fpr", "head_ms")}
     for r in rows:
         assert set(r) >= KEYS and 0.0 <= r["recall_at_fpr"] <= 1.0
+
+
+@pytest.mark.slow
+def test_bench_auto_candidates_on_large_frames_are_algan_trains_and_a_tiled_choice_is_scored_as_its_bundle(tmp_path,
+                                                                                                      monkeypatch):
+    """Frames 3x the input: the auto row's candidates are exactly ``algan-train --head auto``'s, tiled patch heads
+    included (same settings, so the same choice); a tiled choice's row scores the bundle ``algan-train`` writes for
+    it as ``algan-eval`` does (same test scores after a save and load)."""
+    import numpy as np
+
+    from algan.bundle import load_bundle, save_bundle
+    from algan.cli import bench, train
+    from algan.cli._common import input_size
+    from algan.data.datasets import load_dataset
+    from algan.data.synthetic import generate_dataset
+    from algan.model.evaluation.image_eval import evaluate
+    from algan.model.select import fit_auto, select_heads
+    from algan.runtime.tiling import auto_grid, frame_size
+
+    root = tmp_path / "metal"
+    generate_dataset(root, texture="metal", seed=1, n_train=110, n_test_good=25, n_test_defect=10, size=192)
+    common = ["--data", str(root), "--input-size", "64", "--epochs", "1", "--seed", "0"]
+    args = bench.build_parser().parse_args(["detection", *common, "--variants", "feature,patch", "--json"])
+    args.input_size = input_size(args.input_size)
+    targs = train.build_parser().parse_args([*common, "--out", str(tmp_path / "m"), "--head", "auto"])
+    targs.input_size = input_size(targs.input_size)
+    train.check_args(targs)  # as algan-train: --head auto without --variant lets both variants compete
+    ds = load_dataset(root, "auto")
+    grid = auto_grid(frame_size(ds.train), (64, 64))
+    assert grid is not None and grid.n_tiles > 1
+    theirs = train.auto_settings(targs, grid)
+    ours = train.with_tiled(bench.auto_candidates(args), grid, False)
+    assert ours == theirs and any("@" in n for n in ours)
+    seen = {}
+
+    def record(dataset, settings, **kw):  # what bench_auto hands the selection; no fitting here
+        seen.update(settings)
+        raise ValueError("recorded")
+
+    with monkeypatch.context() as m:
+        m.setattr("algan.model.select.select_heads", record)
+        assert bench.bench_auto(args, ds, [], []) is None
+    assert seen == theirs
+
+    name = next(n for n in ours if n.startswith("patch:padim@"))  # one tiled candidate, cheap to fit
+    only = {name: ours[name]}
+    row, scores = bench.tiled_auto_row(args, ds, only[name], select_heads(ds, only), 1.0)
+    assert row["chosen"] == name and row["head"] == "auto" and row["head_ms"] is None and row["train_s"] > 1.0
+    assert row["pixel_auroc"] is not None and 0.5 < row["auroc"] <= 1.0
+    fitted = fit_auto(ds, only).fit
+    save_bundle(tmp_path / "bundle", fitted.detector, fitted.manifest, fitted.extra_tensors, fitted.samples)
+    det, manifest = load_bundle(tmp_path / "bundle")
+    assert manifest.tiling is not None
+    ev = evaluate(det, ds, progress=False)
+    np.testing.assert_allclose(scores, ev["scores"], rtol=1e-4, atol=1e-4)
+    assert row["auroc"] == pytest.approx(ev["auroc"], abs=1e-4)
