@@ -177,11 +177,11 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
     ``train_s`` = the selection's time. A whole-frame choice takes the test figures of that head's row of this run
     (``None`` and a note when it has none: not among --heads / --patch-heads); a tiled choice, which has no row, is
     fitted and scored as the product does it (:func:`tiled_auto_row`)."""
-    from algan.cli.train import with_tiled
+    from algan.cli.train import with_auto_holdout, with_tiled
     from algan.model.select import format_table, select_heads, split_candidate
     from algan.runtime.tiling import auto_grid, frame_size
 
-    candidates = auto_candidates(args)
+    candidates = with_auto_holdout(auto_candidates(args), len(ds.train), args.json)
     grid = auto_grid(frame_size(ds.train), tuple(args.input_size)) if ds.train else None
     if grid is not None:
         candidates = with_tiled(candidates, grid, args.blocks is not None)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from algan.cli._common import add_version, input_size, run_cli, setup_logging
-from algan.contract import DEFAULT_PIXEL_FPR
+from algan.contract import DEFAULT_HOLDOUT, DEFAULT_PIXEL_FPR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--head knn distance: after a Ledoit-Wolf whitening (default: whitened) or on standardised "
                         "features (euclidean)")
     add_patch_args(p)
-    p.add_argument("--holdout", type=float, default=0.2, help="fraction of normal images held out for calibration "
-                   "(and for --head auto's synthetic defects)")
+    p.add_argument("--holdout", type=float, default=None, help="fraction of normal images held out for calibration "
+                   "(and for --head auto's synthetic defects); default 0.2, with --head auto raised to hold out 20 "
+                   "images where 0.2 gives fewer and 40 or more are given")
     p.add_argument("--calibration", default="auto", choices=["auto", "holdout", "crossfit"],
                    help="where the threshold's normal scores come from: holdout (a head fitted on the rest scores the "
                         "held-out normals), crossfit (the head is fitted on every training normal; each is scored by "
@@ -331,7 +332,7 @@ def fit_settings(args: argparse.Namespace, variant: str, head: str):
         algan=algan_cfg,
         knn_k=args.knn_k,
         knn_metric=args.knn_metric or "whitened",
-        holdout=args.holdout,
+        holdout=args.holdout if args.holdout is not None else DEFAULT_HOLDOUT,
         calibration=args.calibration,
         target_fpr=args.target_fpr,
         pixel_fpr=args.pixel_fpr,
@@ -370,6 +371,26 @@ def with_tiled(candidates: dict, grid, keep_blocks: bool) -> dict:  # noqa: ANN0
             backbone = base.backbone if keep_blocks else candidates["patch:patchcore"].backbone
             out[candidate_name(name, grid)] = replace(base, backbone=backbone, tiling=grid)
     return out
+
+
+def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True) -> dict:
+    """``candidates`` (``{name: FitSettings}`` of ``--head auto`` on the default hold-out) with the hold-out of
+    :func:`algan.model.select.auto_holdout` for ``n_images`` training images (``--max-train`` applied here), and a
+    ``note:`` line on stderr (unless ``quiet``) when it differs from the default."""
+    from dataclasses import replace
+
+    from algan.model.select import auto_holdout
+
+    base = next(iter(candidates.values()))
+    n = min(n_images, base.max_train) if base.max_train is not None else n_images
+    fraction = auto_holdout(n, base.holdout)
+    if fraction == base.holdout:
+        return candidates
+    if not quiet:
+        print(f"note: {n} normal training images: --head auto holds out {round(n * fraction)} ({fraction:.0%}, not "
+              f"{base.holdout:.0%}) to measure recall on synthetic defects; the heads fit on the other "
+              f"{n - round(n * fraction)}", file=sys.stderr)
+    return {name: replace(s, holdout=fraction) for name, s in candidates.items()}
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -413,6 +434,8 @@ def _main(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     if grid is not None:
         candidates = with_tiled(candidates, grid, args.blocks is not None)
+    if auto and args.holdout is None:
+        candidates = with_auto_holdout(candidates, len(ds.train), args.quiet)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     progress = not args.quiet
     with using_roi(roi):

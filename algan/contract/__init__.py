@@ -98,6 +98,7 @@ from algan.contract.names import (
 )
 from algan.contract.patch import PatchSpec
 from algan.contract.threshold import (
+    DEFAULT_HOLDOUT,
     DEFAULT_PIXEL_FPR,
     EmpiricalThreshold,
     center_and_threshold,
@@ -115,8 +116,8 @@ __all__ = [
     "IMAGES_KEY", "IMAGE_SUFFIXES", "INPUT_NAME", "INT8_SET_FILE", "KEY_CAL_CENTER", "KEY_CAL_SCALE", "KEY_MAP_SIZE",
     "KEY_MODEL_ID", "KEY_OUTPUTS", "KEY_PIXEL_THRESHOLD", "KEY_MAP_NORM", "KEY_PRECISION", "graph_metadata",
     "center_and_threshold", "set_metadata",
-    "DEFAULT_PIXEL_FPR", "pixel_threshold", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS", "ONNX_FILE",
-    "OUTPUT_NAME",
+    "DEFAULT_HOLDOUT", "DEFAULT_PIXEL_FPR", "pixel_threshold", "MANIFEST_FILE", "MAPS_OUTPUT_NAME", "MAP_OUTPUTS",
+    "ONNX_FILE", "OUTPUT_NAME",
     "SAMPLES_FILE", "SCORES_KEY", "SCORE_OUTPUTS", "SIGNATURE_FILE", "TRAINING_SECTIONS", "WEIGHTS_FILE",
     "AnomalyMapSection", "BackboneSection", "CandidateFigures", "HeadSelection", "TilingSection",
     "BundleError", "CalibrationSection", "EmpiricalThreshold",

@@ -96,6 +96,8 @@ def center_and_threshold(scores: np.ndarray, target_fpr: float) -> tuple[float, 
 #: rate measured, the best mask F1 on every dev set with flagged defects (benchmarks/pixel_threshold.py, RESULTS.md
 #: "Session 11"); still resolved by 2 held-out images of 56 x 56 cells
 DEFAULT_PIXEL_FPR = 0.001
+#: default share of the normal training images held out to set the threshold on (algan-train --holdout)
+DEFAULT_HOLDOUT = 0.2
 
 
 def pixel_threshold(maps: np.ndarray, target_fpr: float = DEFAULT_PIXEL_FPR) -> EmpiricalThreshold:

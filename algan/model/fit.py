@@ -18,6 +18,7 @@ import torch
 
 from algan import __version__
 from algan.contract import (
+    DEFAULT_HOLDOUT,
     DEFAULT_PIXEL_FPR,
     FORMAT_VERSION,
     MAP_OUTPUTS,
@@ -97,7 +98,7 @@ class FitSettings:
     algan: AlganConfig = None  # type: ignore[assignment]  # set by __post_init__
     knn_k: int = 1
     knn_metric: str = "whitened"
-    holdout: float = 0.2
+    holdout: float = DEFAULT_HOLDOUT
     target_fpr: float = 0.01
     pixel_fpr: float = DEFAULT_PIXEL_FPR
     max_train: int | None = None

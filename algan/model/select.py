@@ -60,6 +60,10 @@ TILED_MARGIN = 0.10
 RULE = (f"max recall at the target FPR on synthetic defects, local marks and texture changes (threshold from the "
         f"held-out normals), a tiled head's recall counted {TILED_MARGIN} less; within {RECALL_TIE} of the best: "
         f"the cheapest head (order {', '.join(CANDIDATES)}, then the tiled ones)")
+#: held-out normals --head auto needs to measure recall at a false-alarm rate (and ALGAN-patch's global branch to be
+#: scaled), and training images it leaves to fit the heads on when it raises the hold-out (:func:`auto_holdout`)
+MIN_HELD_OUT = 20
+MIN_FIT_IMAGES = 20
 #: synthetic defects of each family (local, texture) drawn per held-out normal image. Six: with two, a second or third
 #: independent draw flipped bottle's choice to a head 0.05 AUROC worse; all three draws pooled chose as the first did
 #: on every dev set (benchmarks/RESULTS.md, "Session 15": the rule's variance over draws)
@@ -84,6 +88,21 @@ def candidates_for(variant: str, grid: TileSpec | None = None) -> tuple[str, ...
     if grid is None:
         return names
     return names + tuple(candidate_name(c, grid) for c in TILED_CANDIDATES if c in names)
+
+
+def auto_holdout(n_images: int, fraction: float) -> float:
+    """The hold-out fraction ``--head auto`` uses on ``n_images`` normal training images (after ``--max-train``)
+    when the user set none: ``fraction`` (the default, 0.2), raised so that :data:`MIN_HELD_OUT` normals are held out
+    where it gives fewer and at least :data:`MIN_FIT_IMAGES` stay to fit on (60 images: 20 held out, 40 fitted);
+    else ``fraction`` unchanged (:func:`select_heads` then refuses with its message).
+
+    Example:
+        >>> auto_holdout(60, 0.2), auto_holdout(500, 0.2), auto_holdout(30, 0.2)
+        (0.3333333333333333, 0.2, 0.2)
+    """
+    if round(n_images * fraction) >= MIN_HELD_OUT or n_images - MIN_HELD_OUT < MIN_FIT_IMAGES:
+        return fraction
+    return MIN_HELD_OUT / n_images
 
 
 def candidate_name(base: str, grid: TileSpec | None) -> str:
@@ -514,9 +533,12 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
             if getattr(s, f) != getattr(base, f):
                 raise ValueError(f"candidate {name} has {f}={getattr(s, f)!r}, the others {getattr(base, f)!r}")
     fit_paths, hold_paths = training_split(dataset, base)
-    if len(hold_paths) < 20:
-        raise ValueError(f"--head auto needs >= 20 held-out normal images to measure recall at a false-alarm rate, "
-                         f"got {len(hold_paths)}; add normal images or raise --holdout")
+    if len(hold_paths) < MIN_HELD_OUT:
+        n = len(fit_paths) + len(hold_paths)
+        raise ValueError(f"--head auto needs >= {MIN_HELD_OUT} held-out normal images to measure recall at a "
+                         f"false-alarm rate, got {len(hold_paths)} of {n}: add normal images (with >= "
+                         f"{MIN_HELD_OUT + MIN_FIT_IMAGES} it holds out {MIN_HELD_OUT} itself unless --holdout is "
+                         f"given), raise --holdout, or choose the head yourself (e.g. --head algan)")
     size = tuple(base.backbone.input_size)
     tiled = any(s.tiling is not None for s in settings.values())
     hold_u8 = load_batch(hold_paths, frame_size(hold_paths) if tiled else size)

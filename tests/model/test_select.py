@@ -265,6 +265,38 @@ def test_algan_train_head_auto_on_large_frames_says_it_tries_tiles_and_records_t
     assert "tiles per frame" in captured.out if "@" in sel.chosen else "tiles per frame" not in captured.out
 
 
+def test_auto_holdout_raises_the_hold_out_to_20_only_where_40_or_more_images_allow_it():
+    from algan.model.fit import split_holdout
+    from algan.model.select import MIN_HELD_OUT, auto_holdout
+
+    assert auto_holdout(500, 0.2) == 0.2 and auto_holdout(100, 0.2) == 0.2  # 20 held out already
+    assert auto_holdout(39, 0.2) == 0.2  # 20 held out would leave 19 to fit on: select_heads refuses instead
+    for n in (40, 60, 97, 99):
+        fit, held = split_holdout([Path(f"{i}.png") for i in range(n)], auto_holdout(n, 0.2), 0)
+        assert len(held) == MIN_HELD_OUT and len(fit) == n - MIN_HELD_OUT
+
+
+@pytest.mark.slow
+def test_algan_train_head_auto_on_60_images_holds_out_20_unless_holdout_is_given(tiny_set, tmp_path, capsys):
+    """60 normals: the default 20 % would hold out 12, too few to measure recall at 1 % false alarms; --head auto
+    holds out 20 itself and says so; a --holdout the user gives is kept, and too few held out is refused in one line
+    that says what to do."""
+    from algan.bundle import load_bundle
+    from algan.cli.train import main
+
+    base = ["--data", str(tiny_set), "--head", "auto", "--variant", "feature", "--epochs", "1", "--input-size", "64"]
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 60 normal training images: --head auto holds out 20 (33%, not 20%)" in err
+    _, m = load_bundle(tmp_path / "b")
+    assert m.head.selection.n_normal == 20  # (the chosen feature head is then cross-fitted on all 60)
+
+    assert main([*base, "--out", str(tmp_path / "c"), "--holdout", "0.2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs >= 20 held-out normal images" in err and "got 12 of 60" in err and "--head algan" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--variant", "auto", "--head", "knn"], "use it with --head auto"),
     (["--head", "auto", "--variant", "image"], "one head"),
