@@ -97,6 +97,9 @@ def bench_detection(args: argparse.Namespace) -> tuple[list[dict], list[np.ndarr
             if args.json:
                 print(json.dumps(row), flush=True)
     if "feature" not in variants:
+        if "patch" in variants and not args.json:
+            print("# no auto row: --head auto lets the feature and the patch heads compete; use --variants "
+                  "feature,patch for it", file=sys.stderr)
         return rows, all_scores, y
     backbone, pre = build_backbone(spec), Preprocess(spec.mean, spec.std)
     size = spec.input_size
@@ -178,21 +181,32 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
     (``None`` and a note when it has none: not among --heads / --patch-heads); a tiled choice, which has no row, is
     fitted and scored as the product does it (:func:`tiled_auto_row`)."""
     from algan.cli.train import with_auto_holdout, with_tiled
-    from algan.model.select import format_table, select_heads, split_candidate
+    from algan.model.select import (
+        MIN_FIT_IMAGES,
+        MIN_HELD_OUT,
+        TooFewHeldOut,
+        format_table,
+        select_heads,
+        split_candidate,
+    )
     from algan.runtime.tiling import auto_grid, frame_size
 
-    candidates = with_auto_holdout(auto_candidates(args), len(ds.train), args.json)
+    candidates = auto_candidates(args)
     grid = auto_grid(frame_size(ds.train), tuple(args.input_size)) if ds.train else None
     if grid is not None:
         candidates = with_tiled(candidates, grid, args.blocks is not None)
         if not args.json:
             print(f"# auto: the frames are much larger than the input; as algan-train --head auto, the patch heads "
                   f"also compete on {grid} tiles", file=sys.stderr, flush=True)
+    candidates = with_auto_holdout(candidates, len(ds.train), args.json, prefix="# auto:")
     t = time.perf_counter()
     try:
         sel = select_heads(ds, candidates, progress=not args.json)
-    except ValueError as e:  # too few held-out normals for a threshold: the other rows still stand
-        print(f"# no auto row: {e}", file=sys.stderr)
+    except TooFewHeldOut as e:  # the other rows still stand
+        need = MIN_HELD_OUT + MIN_FIT_IMAGES
+        advice = (f"raise --max-train to {need} or more" if len(ds.train) >= need else
+                  f"the data set needs {need} or more normal training images")
+        print(f"# no auto row: {e}: {advice}", file=sys.stderr)
         return None
     train_s = time.perf_counter() - t
     variant, head, tiles = split_candidate(sel.chosen.name)
@@ -491,7 +505,7 @@ def _ms(v: float | None, width: int, digits: int) -> str:
 
 
 def _ratio(head_ms: float | None, backbone_ms: float | None) -> str:
-    return f"{head_ms / backbone_ms:>12.2%}" if head_ms is not None and backbone_ms else f"{'-':>13}"
+    return f"{head_ms / backbone_ms:>13.2%}" if head_ms is not None and backbone_ms else f"{'-':>13}"
 
 
 def print_comparisons(rows: list[dict], scores: list[np.ndarray], y: np.ndarray) -> None:

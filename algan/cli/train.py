@@ -373,10 +373,10 @@ def with_tiled(candidates: dict, grid, keep_blocks: bool) -> dict:  # noqa: ANN0
     return out
 
 
-def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True) -> dict:
+def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True, prefix: str = "note:") -> dict:
     """``candidates`` (``{name: FitSettings}`` of ``--head auto`` on the default hold-out) with the hold-out of
     :func:`algan.model.select.auto_holdout` for ``n_images`` training images (``--max-train`` applied here), and a
-    ``note:`` line on stderr (unless ``quiet``) when it differs from the default."""
+    line on stderr starting with ``prefix`` (unless ``quiet``) when it differs from the default."""
     from dataclasses import replace
 
     from algan.model.select import auto_holdout
@@ -387,7 +387,7 @@ def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True) -> di
     if fraction == base.holdout:
         return candidates
     if not quiet:
-        print(f"note: {n} normal training images: --head auto holds out {round(n * fraction)} ({fraction:.0%}, not "
+        print(f"{prefix} {n} normal training images: --head auto holds out {round(n * fraction)} ({fraction:.0%}, not "
               f"{base.holdout:.0%}) to measure recall on synthetic defects; the heads fit on the other "
               f"{n - round(n * fraction)}", file=sys.stderr)
     return {name: replace(s, holdout=fraction) for name, s in candidates.items()}
@@ -440,14 +440,17 @@ def _main(args: argparse.Namespace) -> int:
     progress = not args.quiet
     with using_roi(roi):
         if auto:
-            from algan.model.select import fit_auto, format_table
+            from algan.model.select import TooFewHeldOut, fit_auto, format_table, held_out_advice
 
             def report(r) -> None:
                 if not args.quiet:
                     print(f"  {r.name:<20} recall@{args.target_fpr:g} {r.recall_at_fpr:.3f}  AUROC {r.auroc:.4f}  "
                           f"fit {r.fit_s:.1f} s", file=sys.stderr, flush=True)
 
-            auto_result = fit_auto(ds, candidates, progress, report)
+            try:
+                auto_result = fit_auto(ds, candidates, progress, report)
+            except TooFewHeldOut as e:
+                raise ValueError(f"{e}: {held_out_advice(e.n, len(ds.train), args.holdout is not None)}") from None
             result = auto_result.fit
             print(format_table(auto_result.chosen.name, auto_result.results, args.target_fpr))
         else:

@@ -90,6 +90,30 @@ def candidates_for(variant: str, grid: TileSpec | None = None) -> tuple[str, ...
     return names + tuple(candidate_name(c, grid) for c in TILED_CANDIDATES if c in names)
 
 
+class TooFewHeldOut(ValueError):
+    """Fewer than :data:`MIN_HELD_OUT` held-out normals for ``--head auto`` (:func:`select_heads`); ``held`` of ``n``
+    training images (after ``--max-train``). The command that catches it adds what its user can change
+    (:func:`held_out_advice`)."""
+
+    def __init__(self, held: int, n: int) -> None:
+        self.held, self.n = held, n
+        super().__init__(f"--head auto needs >= {MIN_HELD_OUT} held-out normal images to measure recall at a "
+                         f"false-alarm rate, got {held} of {n} training images")
+
+
+def held_out_advice(n: int, n_data: int, holdout_given: bool) -> str:
+    """What a user can change when ``--head auto`` holds out too few of ``n`` training images (``n_data`` in the data
+    set, more when ``--max-train`` cut them; ``holdout_given``: ``--holdout`` was set): one clause for the error
+    line."""
+    need = MIN_HELD_OUT + MIN_FIT_IMAGES
+    if n < need <= n_data:
+        return f"raise --max-train to {need} or more (the data holds {n_data})"
+    if n >= need and holdout_given:
+        return f"drop --holdout (with {need} or more images --head auto holds out {MIN_HELD_OUT} itself) or raise it"
+    return (f"add normal images ({need} or more), raise --holdout, or choose the head yourself (e.g. --head algan)"
+            if n < need else "raise --holdout")
+
+
 def auto_holdout(n_images: int, fraction: float) -> float:
     """The hold-out fraction ``--head auto`` uses on ``n_images`` normal training images (after ``--max-train``)
     when the user set none: ``fraction`` (the default, 0.2), raised so that :data:`MIN_HELD_OUT` normals are held out
@@ -534,11 +558,7 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
                 raise ValueError(f"candidate {name} has {f}={getattr(s, f)!r}, the others {getattr(base, f)!r}")
     fit_paths, hold_paths = training_split(dataset, base)
     if len(hold_paths) < MIN_HELD_OUT:
-        n = len(fit_paths) + len(hold_paths)
-        raise ValueError(f"--head auto needs >= {MIN_HELD_OUT} held-out normal images to measure recall at a "
-                         f"false-alarm rate, got {len(hold_paths)} of {n}: add normal images (with >= "
-                         f"{MIN_HELD_OUT + MIN_FIT_IMAGES} it holds out {MIN_HELD_OUT} itself unless --holdout is "
-                         f"given), raise --holdout, or choose the head yourself (e.g. --head algan)")
+        raise TooFewHeldOut(len(hold_paths), len(fit_paths) + len(hold_paths))
     size = tuple(base.backbone.input_size)
     tiled = any(s.tiling is not None for s in settings.values())
     hold_u8 = load_batch(hold_paths, frame_size(hold_paths) if tiled else size)

@@ -276,6 +276,15 @@ def test_auto_holdout_raises_the_hold_out_to_20_only_where_40_or_more_images_all
         assert len(held) == MIN_HELD_OUT and len(fit) == n - MIN_HELD_OUT
 
 
+def test_held_out_advice_names_what_the_user_can_change():
+    from algan.model.select import held_out_advice
+
+    assert "raise --max-train to 40 or more (the data holds 100)" in held_out_advice(39, 100, False)
+    assert "drop --holdout" in held_out_advice(60, 60, True)
+    assert "add normal images (40 or more)" in held_out_advice(30, 30, False)
+    assert "--head algan" in held_out_advice(30, 30, True)
+
+
 @pytest.mark.slow
 def test_algan_train_head_auto_on_60_images_holds_out_20_unless_holdout_is_given(tiny_set, tmp_path, capsys):
     """60 normals: the default 20 % would hold out 12, too few to measure recall at 1 % false alarms; --head auto
@@ -293,7 +302,8 @@ def test_algan_train_head_auto_on_60_images_holds_out_20_unless_holdout_is_given
 
     assert main([*base, "--out", str(tmp_path / "c"), "--holdout", "0.2", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "needs >= 20 held-out normal images" in err and "got 12 of 60" in err and "--head algan" in err
+    assert "needs >= 20 held-out normal images" in err and "got 12 of 60 training images" in err
+    assert "drop --holdout" in err  # 60 images: without it, auto holds out 20 itself
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
