@@ -202,11 +202,12 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
     t = time.perf_counter()
     try:
         sel = select_heads(ds, candidates, progress=not args.json)
-    except TooFewHeldOut as e:  # the other rows still stand
+    except ValueError as e:  # e.g. too few held-out normals for a threshold: the other rows still stand
         need = MIN_HELD_OUT + MIN_FIT_IMAGES
-        advice = (f"raise --max-train to {need} or more" if len(ds.train) >= need else
-                  f"the data set needs {need} or more normal training images")
-        print(f"# no auto row: {e}: {advice}", file=sys.stderr)
+        advice = "" if not isinstance(e, TooFewHeldOut) else \
+            f": raise --max-train to {need} or more" if len(ds.train) >= need else \
+            f": the data set needs {need} or more normal training images"
+        print(f"# no auto row: {e}{advice}", file=sys.stderr)
         return None
     train_s = time.perf_counter() - t
     variant, head, tiles = split_candidate(sel.chosen.name)
