@@ -541,8 +541,8 @@ def select_heads(dataset, settings: Mapping[str, object], progress: bool = False
             and target_fpr must agree.
 
     Raises:
-        ValueError: no candidates, fewer than 20 held-out normals (no threshold at the target rate can be measured),
-            settings that disagree, bad settings.
+        TooFewHeldOut (a ValueError): fewer than :data:`MIN_HELD_OUT` held-out normals.
+        ValueError: no candidates, settings that disagree, bad settings.
     """
     from algan.data.defects import synthesize_families
     from algan.model.fit import training_split
