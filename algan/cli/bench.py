@@ -180,7 +180,7 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
     ``train_s`` = the selection's time. A whole-frame choice takes the test figures of that head's row of this run
     (``None`` and a note when it has none: not among --heads / --patch-heads); a tiled choice, which has no row, is
     fitted and scored as the product does it (:func:`tiled_auto_row`)."""
-    from algan.cli.train import with_auto_holdout, with_tiled
+    from algan.cli.train import auto_candidates_for
     from algan.model.select import (
         MIN_FIT_IMAGES,
         MIN_HELD_OUT,
@@ -189,16 +189,12 @@ def bench_auto(args: argparse.Namespace, ds, rows: list[dict], scores: list[np.n
         select_heads,
         split_candidate,
     )
-    from algan.runtime.tiling import auto_grid, frame_size
 
-    candidates = auto_candidates(args)
-    grid = auto_grid(frame_size(ds.train), tuple(args.input_size)) if ds.train else None
-    if grid is not None:
-        candidates = with_tiled(candidates, grid, args.blocks is not None)
-        if not args.json:
-            print(f"# auto: the frames are much larger than the input; as algan-train --head auto, the patch heads "
-                  f"also compete on {grid} tiles", file=sys.stderr, flush=True)
-    candidates = with_auto_holdout(candidates, len(ds.train), args.json, prefix="# auto:")
+    def say(line: str) -> None:
+        print(f"# auto: {line}", file=sys.stderr, flush=True)
+
+    candidates = auto_candidates_for(auto_candidates(args), ds.train, tuple(args.input_size), args.blocks is not None,
+                                     False, None if args.json else say)
     t = time.perf_counter()
     try:
         sel = select_heads(ds, candidates, progress=not args.json)

@@ -373,10 +373,10 @@ def with_tiled(candidates: dict, grid, keep_blocks: bool) -> dict:  # noqa: ANN0
     return out
 
 
-def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True, prefix: str = "note:") -> dict:
+def with_auto_holdout(candidates: dict, n_images: int, say=None) -> dict:  # noqa: ANN001
     """``candidates`` (``{name: FitSettings}`` of ``--head auto`` on the default hold-out) with the hold-out of
-    :func:`algan.model.select.auto_holdout` for ``n_images`` training images (``--max-train`` applied here), and a
-    line on stderr starting with ``prefix`` (unless ``quiet``) when it differs from the default."""
+    :func:`algan.model.select.auto_holdout` for ``n_images`` training images (``--max-train`` applied here);
+    ``say(line)`` (when given) gets one line when it differs from the default."""
     from dataclasses import replace
 
     from algan.model.select import auto_holdout
@@ -386,11 +386,30 @@ def with_auto_holdout(candidates: dict, n_images: int, quiet: bool = True, prefi
     fraction = auto_holdout(n, base.holdout)
     if fraction == base.holdout:
         return candidates
-    if not quiet:
-        print(f"{prefix} {n} normal training images: --head auto holds out {round(n * fraction)} ({fraction:.0%}, not "
-              f"{base.holdout:.0%}) to measure recall on synthetic defects; the heads fit on the other "
-              f"{n - round(n * fraction)}", file=sys.stderr)
+    if say is not None:
+        say(f"{n} normal training images: --head auto holds out {round(n * fraction)} ({fraction:.0%}, not "
+            f"{base.holdout:.0%}) to measure recall on synthetic defects; the heads fit on the other "
+            f"{n - round(n * fraction)}")
     return {name: replace(s, holdout=fraction) for name, s in candidates.items()}
+
+
+def auto_candidates_for(candidates: dict, train_paths, input_hw: tuple[int, int], keep_blocks: bool,  # noqa: ANN001
+                        holdout_given: bool, say=None) -> dict:  # noqa: ANN001
+    """Every candidate ``--head auto`` fits on this training set: ``candidates`` (:func:`auto_settings` without a
+    grid), plus the tiled patch heads where the frames (median ROI of ``train_paths``, crop
+    :func:`algan.runtime.preprocess.current_roi`) are much larger than ``input_hw`` (:func:`with_tiled` on
+    :func:`algan.runtime.tiling.auto_grid`), on the hold-out of :func:`with_auto_holdout` unless ``holdout_given``.
+    ``say(line)`` (when given) gets a line for each of the two. algan-train and algan-bench's auto row both use it."""
+    from algan.runtime.tiling import auto_grid, frame_size
+
+    if train_paths and any(s.variant == "patch" for s in candidates.values()):
+        median_hw = frame_size(train_paths)
+        if (grid := auto_grid(median_hw, input_hw)) is not None:
+            candidates = with_tiled(candidates, grid, keep_blocks)
+            if say is not None:
+                say(f"the frames ({median_hw[1]} x {median_hw[0]} px) are much larger than the model input: "
+                    f"--head auto also tries the patch heads on {grid} tiles")
+    return candidates if holdout_given else with_auto_holdout(candidates, len(train_paths), say)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -419,23 +438,18 @@ def _main(args: argparse.Namespace) -> int:
         print(f"data: {ds.root} ({ds.layout}), {len(ds.train)} normal training images", file=sys.stderr)
         if (line := ds.skipped_line()) is not None:
             print(f"data: {line}", file=sys.stderr)
-    grid = None
-    if tiling is None and (args.variant in ("patch", "auto")) and ds.train:
-        from algan.runtime.tiling import auto_grid, frame_size, large_frame_note
+    def say(line: str) -> None:
+        print(f"note: {line}", file=sys.stderr)
 
-        with using_roi(roi):  # the median ROI size of up to 16 training images
-            median_hw = frame_size(ds.train)
+    with using_roi(roi):  # frame sizes are the median ROI size of up to 16 training images
         if auto:
-            grid = auto_grid(median_hw, tuple(args.input_size))
-            if grid is not None and not args.quiet:
-                print(f"note: the frames ({median_hw[1]} x {median_hw[0]} px) are much larger than the model input: "
-                      f"--head auto also tries the patch heads on {grid} tiles", file=sys.stderr)
-        elif not args.quiet and (note := large_frame_note(median_hw, tuple(args.input_size))) is not None:
-            print(f"note: {note}", file=sys.stderr)
-    if grid is not None:
-        candidates = with_tiled(candidates, grid, args.blocks is not None)
-    if auto and args.holdout is None:
-        candidates = with_auto_holdout(candidates, len(ds.train), args.quiet)
+            candidates = auto_candidates_for(candidates, ds.train, tuple(args.input_size), args.blocks is not None,
+                                             args.holdout is not None, None if args.quiet else say)
+        elif tiling is None and args.variant == "patch" and ds.train and not args.quiet:
+            from algan.runtime.tiling import frame_size, large_frame_note
+
+            if (note := large_frame_note(frame_size(ds.train), tuple(args.input_size))) is not None:
+                say(note)
     # a bar on a terminal; in a log or the journal one line at least every 30 s (algan.progress)
     progress = not args.quiet
     with using_roi(roi):
